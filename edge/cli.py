@@ -1,0 +1,66 @@
+"""The `edge` command: a thin layer over `edge.MemoryBank` and `edge.Agent`.
+
+Commands live in `edge.commands.*`; heavy ones (chat, train, export, eval)
+import their packages only when run, so `edge --help` stays fast.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from edge import __version__
+from edge.commands import LazyGroup
+from edge.errors import EdgeError
+
+COMMANDS = {
+    "memory": "edge.commands.memory:memory",
+    "remember": "edge.commands.agent:remember",
+    "ask": "edge.commands.agent:ask",
+    "run": "edge.commands.agent:run_script",
+    "bundle": "edge.commands.bundle:bundle",
+    "chat": "edge.commands.chat:chat",
+    "train": "edge.commands.train:train",
+    "export": "edge.commands.export:export",
+    "eval": "edge.commands.evaluate:evaluate",
+}
+
+
+@click.group(cls=LazyGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edge")
+def cli() -> None:
+    """edge: an on-device memory agent.
+
+    A Memory Manager turns conversation turns into memory operations on a
+    local SQLite bank; an Answer Agent answers from what the bank holds.
+    Everything runs offline. State lives under $EDGE_HOME (default: the
+    platform's user data folder).
+
+    \b
+    Start here:
+      edge chat                       the terminal assistant
+      edge memory add "I like tea"    store a memory by hand
+      edge memory search tea          find it again
+    """
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except EdgeError as exc:
+        click.secho(f"error: {exc.message}", fg="red", err=True)
+        if exc.hint:
+            click.echo(f"  hint: {exc.hint}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Opening SQLite with sqlite-vec loaded.
+
+The stdlib `sqlite3` is used when it can load extensions; otherwise the
+drop-in `sqlean` module (same DB-API, bundled SQLite) takes its place.
+Callers never see which one was chosen, except through `DatabaseError`.
+"""
+from __future__ import annotations
+
+import sqlite3 as _stdlib_sqlite3
+from pathlib import Path
+from types import ModuleType
+
+import sqlite_vec
+
+
+def _pick_driver() -> ModuleType:
+    probe = _stdlib_sqlite3.connect(":memory:")
+    try:
+        if hasattr(probe, "enable_load_extension"):
+            try:
+                probe.enable_load_extension(True)
+                sqlite_vec.load(probe)
+                return _stdlib_sqlite3
+            except Exception:  # noqa: BLE001 - any failure means: use the fallback
+                pass
+    finally:
+        probe.close()
+    import sqlean  # a dependency of edge; bundles a SQLite that loads extensions
+
+    return sqlean
+
+
+driver: ModuleType = _pick_driver()
+DatabaseError = driver.DatabaseError
+OperationalError = driver.OperationalError
+IntegrityError = driver.IntegrityError
+
+
+def connect(path: Path | str, *, busy_timeout_ms: int = 15_000):
+    """A connection in autocommit mode (transactions are explicit) with sqlite-vec loaded."""
+    conn = driver.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.enable_load_extension(True)
+    sqlite_vec.load(conn)
+    conn.enable_load_extension(False)
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    return conn

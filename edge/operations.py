@@ -1,0 +1,57 @@
+"""The changes a memory bank accepts, independent of who proposes them.
+
+The Manager's model output is parsed (in `edge.prompts`) into these; the
+CLI, the API and the chat app build them directly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+Tier = Literal["core", "semantic", "episodic"]
+TIERS: tuple[str, ...] = ("core", "semantic", "episodic")
+Actor = Literal["manager", "user", "api", "import"]
+ACTORS: tuple[str, ...] = ("manager", "user", "api", "import")
+
+
+@dataclass(frozen=True)
+class AddOp:
+    text: str
+    tier: Tier = "semantic"
+    event_time: str | None = None
+    source_turns: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UpdateOp:
+    id: str
+    text: str
+    event_time: str | None = None
+    source_turns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeleteOp:
+    id: str
+
+
+@dataclass(frozen=True)
+class RestoreOp:
+    """Bring back a soft-deleted memory."""
+
+    id: str
+
+
+Op = Union[AddOp, UpdateOp, DeleteOp, RestoreOp]
+
+
+@dataclass(frozen=True)
+class AppliedOp:
+    """What one operation did: the history row it wrote and the memory after it."""
+
+    seq: int
+    action: str
+    memory_id: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None

@@ -1,0 +1,355 @@
+"""Every prompt edge sends to a model, and the schemas of what comes back.
+
+This module is the one source of truth: the runtime agents, training,
+export checks and evaluation all import it. `PROMPT_VERSION` is written
+into every bundle and every trained adapter; change it whenever a prompt
+or a schema changes, since a model is only good at the prompts it was
+trained on.
+
+Models never see real memory ids: memories are shown as "0", "1", ... and
+the model's references are mapped back (`IdMap`). Small models invent
+long ids otherwise, and a constrained decoder can then only pick ids that
+were shown.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+PROMPT_VERSION = "edge-prompts/1"
+
+MAX_OPS_PER_TURN = 4
+DEFAULT_DELETE_CAP = 1
+ANSWER_TOP_K = 60
+CORE_MEMORY_CHARS = 600
+WORKING_STATE_CHARS = 480
+MAX_MEMORY_TEXT_CHARS = 300
+
+TIERS = ("core", "semantic", "episodic")
+OP_NAMES = ("ADD", "UPDATE", "DELETE", "NOOP")
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+@dataclass(frozen=True)
+class ShownMemory:
+    """A memory as a model sees it: a short local id, its tier, date and text."""
+
+    id: str
+    tier: str
+    text: str
+    event_time: str | None = None
+
+
+class IdMap:
+    """Maps real memory ids to "0", "1", ... for a prompt, and back."""
+
+    def __init__(self, real_ids: Sequence[str]) -> None:
+        self.to_local = {real: str(i) for i, real in enumerate(dict.fromkeys(real_ids))}
+        self.to_real = {local: real for real, local in self.to_local.items()}
+
+    @property
+    def local_ids(self) -> list[str]:
+        return list(self.to_real)
+
+    def real(self, local: str) -> str | None:
+        return self.to_real.get(str(local))
+
+
+def _memory_line(memory: ShownMemory) -> str:
+    when = f" ({memory.event_time})" if memory.event_time else ""
+    return f"[{memory.id}] {memory.tier}{when}: {memory.text}"
+
+
+def _extract_json(text: str) -> Any:
+    """The first JSON object in `text` (models sometimes add prose or code fences)."""
+    text = text.strip()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    start = text.find("{")
+    while start != -1:
+        depth = 0
+        in_string = escaped = False
+        for end in range(start, len(text)):
+            ch = text[end]
+            if in_string:
+                escaped = ch == "\\" and not escaped
+                if ch == '"' and not escaped:
+                    in_string = False
+                elif ch != "\\":
+                    escaped = False
+                continue
+            if ch == '"':
+                in_string = True
+            elif ch == "{":
+                depth += 1
+            elif ch == "}":
+                depth -= 1
+                if depth == 0:
+                    try:
+                        return json.loads(text[start : end + 1])
+                    except json.JSONDecodeError:
+                        break
+        start = text.find("{", start + 1)
+    raise ValueError("no JSON object found")
+
+
+# --------------------------------------------------------------------------- Memory Manager
+
+MANAGER_SYSTEM = """You keep a memory bank about the user up to date.
+Read the new conversation turn and the related memories, then return JSON
+operations that keep the bank correct and small:
+- ADD a new fact worth remembering (tier "semantic" for lasting facts, "episodic" for a dated event, "core" for who the user is).
+- UPDATE a memory (by its id) when the turn changes or adds detail to it.
+- DELETE a memory (by its id) only when the turn says it is no longer true.
+- NOOP when the turn holds nothing new.
+Write each memory as one short sentence that names the person.
+Answer only with JSON like {"ops": [{"op": "ADD", "tier": "semantic", "text": "..."}]}."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    speaker: str
+    text: str
+    time: str | None = None
+    turn_id: str | None = None
+
+
+def manager_messages(turn: Turn, related: Sequence[ShownMemory]) -> list[dict[str, str]]:
+    """The Manager's chat messages for one turn and the memories related to it."""
+    memories = "\n".join(_memory_line(m) for m in related) or "(none)"
+    when = f" on {turn.time}" if turn.time else ""
+    user = f"Related memories:\n{memories}\n\nNew turn{when}:\n{turn.speaker}: {turn.text}\n\nOperations:"
+    return [{"role": "system", "content": MANAGER_SYSTEM}, {"role": "user", "content": user}]
+
+
+def manager_schema(shown_ids: Sequence[str], *, max_ops: int = MAX_OPS_PER_TURN) -> dict[str, Any]:
+    """JSON schema of the Manager's reply; ids are limited to those shown."""
+    text = {"type": "string", "minLength": 1}
+    variants: list[dict[str, Any]] = [
+        {
+            "type": "object",
+            "properties": {"op": {"const": "ADD"}, "tier": {"enum": list(TIERS)}, "text": text},
+            "required": ["op", "tier", "text"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {"op": {"const": "NOOP"}},
+            "required": ["op"],
+            "additionalProperties": False,
+        },
+    ]
+    if shown_ids:
+        ids = {"enum": [str(i) for i in shown_ids]}
+        variants[1:1] = [
+            {
+                "type": "object",
+                "properties": {"op": {"const": "UPDATE"}, "id": ids, "text": text},
+                "required": ["op", "id", "text"],
+                "additionalProperties": False,
+            },
+            {
+                "type": "object",
+                "properties": {"op": {"const": "DELETE"}, "id": ids},
+                "required": ["op", "id"],
+                "additionalProperties": False,
+            },
+        ]
+    return {
+        "type": "object",
+        "properties": {"ops": {"type": "array", "items": {"anyOf": variants}, "minItems": 1, "maxItems": max_ops}},
+        "required": ["ops"],
+        "additionalProperties": False,
+    }
+
+
+@dataclass(frozen=True)
+class ProposedOp:
+    """One operation as the model proposed it, ids still local ("0", "1", ...)."""
+
+    op: str
+    id: str | None = None
+    tier: str | None = None
+    text: str | None = None
+
+
+@dataclass
+class ManagerParse:
+    """What a Manager reply held: the usable ops, the rejected ones with reasons, and a format score.
+
+    `format_score` is 1.0 for a reply that is valid JSON in the schema with
+    every op usable, and gives partial credit below that (used as the
+    format term of the training reward).
+    """
+
+    ops: list[ProposedOp] = field(default_factory=list)
+    rejected: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    error: str | None = None
+    format_score: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def parse_manager_output(
+    text: str, shown_ids: Sequence[str], *, delete_cap: int = DEFAULT_DELETE_CAP, max_ops: int = MAX_OPS_PER_TURN
+) -> ManagerParse:
+    """Parse and validate a Manager reply against the ids it was shown."""
+    result = ManagerParse()
+    try:
+        data = _extract_json(text)
+    except ValueError as exc:
+        result.error = f"not JSON: {exc}"
+        result.format_score = 0.1 if "{" in text else 0.0
+        return result
+    raw_ops = data.get("ops") if isinstance(data, dict) else None
+    if not isinstance(raw_ops, list):
+        result.error = 'JSON without an "ops" list'
+        result.format_score = 0.25
+        return result
+    shown = {str(i) for i in shown_ids}
+    deletes = 0
+    seen_targets: set[str] = set()
+    for raw in raw_ops:
+        reason = None
+        if not isinstance(raw, dict):
+            result.rejected.append(({"value": raw}, "not an object"))
+            continue
+        name = str(raw.get("op", "")).upper()
+        target = raw.get("id")
+        target = None if target is None else str(target)
+        body = raw.get("text")
+        body = body.strip() if isinstance(body, str) else None
+        if name not in OP_NAMES:
+            reason = f"unknown op {raw.get('op')!r}"
+        elif len(result.ops) >= max_ops:
+            reason = f"more than {max_ops} operations in one turn"
+        elif name in ("UPDATE", "DELETE") and target not in shown:
+            reason = f"id {target!r} was not among the memories shown"
+        elif name in ("UPDATE", "DELETE") and target in seen_targets:
+            reason = f"id {target!r} is changed twice in one turn"
+        elif name in ("ADD", "UPDATE") and not body:
+            reason = "empty text"
+        elif name in ("ADD", "UPDATE") and len(body or "") > MAX_MEMORY_TEXT_CHARS:
+            reason = f"text longer than {MAX_MEMORY_TEXT_CHARS} characters"
+        elif name == "ADD" and raw.get("tier", "semantic") not in TIERS:
+            reason = f"unknown tier {raw.get('tier')!r}"
+        elif name == "DELETE" and deletes >= delete_cap:
+            reason = f"more than {delete_cap} delete(s) in one turn"
+        if reason:
+            result.rejected.append((raw, reason))
+            continue
+        if name == "NOOP":
+            continue
+        if name == "DELETE":
+            deletes += 1
+        if target:
+            seen_targets.add(target)
+        result.ops.append(
+            ProposedOp(op=name, id=target, tier=raw.get("tier", "semantic") if name == "ADD" else None, text=body)
+        )
+    total = len(raw_ops) or 1
+    result.format_score = 0.5 + 0.5 * (1 - len(result.rejected) / total)
+    return result
+
+
+# --------------------------------------------------------------------------- Answer Agent
+
+ANSWER_SYSTEM = """You answer questions about the user from their memories.
+First list the ids of the memories that help answer the question, then give
+a short answer (a few words) taken from them. If no memory helps, answer
+"unknown".
+Answer only with JSON like {"relevant": ["3", "7"], "answer": "..."}."""
+
+
+def answer_messages(question: str, memories: Sequence[ShownMemory], *, core: str = "") -> list[dict[str, str]]:
+    """The Answer Agent's messages: retrieved memories (with dates) and the question."""
+    lines = "\n".join(_memory_line(m) for m in memories) or "(no memories)"
+    core_block = f"About the user:\n{core}\n\n" if core else ""
+    user = f"{core_block}Memories:\n{lines}\n\nQuestion: {question}"
+    return [{"role": "system", "content": ANSWER_SYSTEM}, {"role": "user", "content": user}]
+
+
+def answer_schema(shown_ids: Sequence[str], *, max_relevant: int = 8) -> dict[str, Any]:
+    relevant: dict[str, Any] = {"type": "array", "maxItems": max_relevant}
+    if shown_ids:
+        relevant["items"] = {"enum": [str(i) for i in shown_ids]}
+    else:
+        relevant["maxItems"] = 0
+    return {
+        "type": "object",
+        "properties": {"relevant": relevant, "answer": {"type": "string", "minLength": 1}},
+        "required": ["relevant", "answer"],
+        "additionalProperties": False,
+    }
+
+
+@dataclass
+class AnswerParse:
+    answer: str
+    relevant: list[str]
+    error: str | None = None
+
+
+def parse_answer_output(text: str, shown_ids: Sequence[str]) -> AnswerParse:
+    """Parse an Answer Agent reply; an unparsable reply keeps its raw text as the answer."""
+    try:
+        data = _extract_json(text)
+        answer = data["answer"]
+        relevant = data.get("relevant", [])
+        if not isinstance(answer, (str, int, float)) or not isinstance(relevant, list):
+            raise ValueError("wrong field types")
+    except (ValueError, KeyError, TypeError) as exc:
+        return AnswerParse(answer=text.strip() or "unknown", relevant=[], error=f"unparsable answer: {exc}")
+    shown = {str(i) for i in shown_ids}
+    kept = [str(r) for r in relevant if str(r) in shown]
+    return AnswerParse(answer=str(answer).strip() or "unknown", relevant=list(dict.fromkeys(kept)))
+
+
+# --------------------------------------------------------------------------- chat + working state
+
+CHAT_SYSTEM = """You are a helpful personal assistant that remembers the user.
+Use the memories and the conversation state below when they help. Be brief and friendly."""
+
+STATE_SYSTEM = """You keep a short running summary of a conversation.
+Rewrite the summary so it includes the latest exchange, keeping only what
+matters for the next turns. At most three sentences."""
+
+
+def chat_messages(
+    message: str, *, memories: Sequence[ShownMemory], core: str = "", state: str = ""
+) -> list[dict[str, str]]:
+    """A chat turn's messages: bounded state + retrieved memories instead of the whole history (MEM1)."""
+    parts = [CHAT_SYSTEM]
+    if core:
+        parts.append(f"About the user:\n{core[:CORE_MEMORY_CHARS]}")
+    if memories:
+        parts.append("Memories:\n" + "\n".join(f"- {m.text}" for m in memories))
+    if state:
+        parts.append(f"Conversation so far:\n{state[:WORKING_STATE_CHARS]}")
+    return [{"role": "system", "content": "\n\n".join(parts)}, {"role": "user", "content": message}]
+
+
+def state_messages(state: str, message: str, reply: str) -> list[dict[str, str]]:
+    user = (
+        f"Summary so far:\n{state[:WORKING_STATE_CHARS] or '(empty)'}\n\n"
+        f"Latest exchange:\nUser: {message}\nAssistant: {reply}\n\nNew summary:"
+    )
+    return [{"role": "system", "content": STATE_SYSTEM}, {"role": "user", "content": user}]
+
+
+def clip_state(text: str) -> str:
+    """Bound the working state, cutting at a sentence end when one is near."""
+    text = re.sub(r"\s+", " ", text).strip()
+    if len(text) <= WORKING_STATE_CHARS:
+        return text
+    cut = text[:WORKING_STATE_CHARS]
+    end = cut.rfind(". ")
+    return cut[: end + 1] if end > WORKING_STATE_CHARS // 2 else cut

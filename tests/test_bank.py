@@ -1,0 +1,364 @@
+"""The memory bank on the real stack: a SQLite file, sqlite-vec, FTS5, MiniLM on onnxruntime."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from edge.bank import MAX_TEXT_CHARS, MemoryBank
+from edge.embedder import HashEmbedder
+from edge.errors import (
+    BankError,
+    CorruptBankError,
+    EmbedderMismatchError,
+    InvalidInputError,
+    MemoryNotFoundError,
+    NothingToUndoError,
+)
+from edge.operations import AddOp, DeleteOp, UpdateOp
+
+
+@pytest.fixture
+def bank(tmp_path: Path, minilm) -> MemoryBank:
+    with MemoryBank.open(tmp_path / "bank.db", minilm, user="alice") as opened:
+        yield opened
+
+
+def run_python(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True, text=True, timeout=timeout, env=os.environ.copy(),
+    )
+
+
+def snapshot(bank: MemoryBank) -> tuple:
+    conn = bank._conn
+    return (
+        conn.execute("SELECT * FROM memories ORDER BY rowid").fetchall(),
+        conn.execute("SELECT * FROM history ORDER BY seq").fetchall(),
+        conn.execute("SELECT rowid, text FROM memory_fts ORDER BY rowid").fetchall(),
+        conn.execute("SELECT rowid FROM memory_vec ORDER BY rowid").fetchall(),
+    )
+
+
+# ----------------------------------------------------------------------------- basics
+
+
+def test_memory_has_stable_id_owner_tier_times_and_sources(bank: MemoryBank) -> None:
+    memory = bank.add(
+        "Alice's sister Maya lives in Lisbon", tier="semantic", event_time="8 May 2023",
+        source_turns=["D1:3"], metadata={"confidence": 0.9},
+    )
+    again = bank.get(memory.id)
+    assert again == memory
+    assert memory.id.startswith("m") and len(memory.id) == 9
+    assert (memory.owner, memory.tier, memory.event_time) == ("alice", "semantic", "8 May 2023")
+    assert memory.source_turns == ("D1:3",) and memory.metadata == {"confidence": 0.9}
+    assert memory.created_at == memory.updated_at and memory.deleted_at is None
+
+
+def test_memories_persist_across_processes(tmp_path: Path, minilm) -> None:
+    db = tmp_path / "bank.db"
+    with MemoryBank.open(db, minilm, user="alice") as bank:
+        bank.add("Alice plays the cello every Sunday")
+    out = run_python(
+        """
+        import sys, json
+        from edge.bank import MemoryBank
+        bank = MemoryBank.open(sys.argv[1], user="alice")
+        hits = bank.search("which instrument does she play", k=1)
+        bank.add("Alice bought a new bow", actor="api")
+        print(json.dumps([h.memory.text for h in hits]))
+        """,
+        str(db),
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == ["Alice plays the cello every Sunday"]
+    with MemoryBank.open(db, minilm, user="alice") as bank:
+        assert [m.text for m in bank.list()] == ["Alice plays the cello every Sunday", "Alice bought a new bow"]
+
+
+def test_search_modes_find_by_meaning_and_by_keyword(bank: MemoryBank) -> None:
+    bank.add_many([
+        "Alice adopted a golden retriever puppy named Biscuit",
+        "Alice works as a nurse at the city hospital",
+        "Alice's favourite food is spicy ramen",
+        "Alice went hiking in the Alps last summer",
+    ])
+    vector = bank.search("does she have any pets?", mode="vector", k=1)
+    assert vector[0].memory.text.startswith("Alice adopted a golden retriever")
+    keyword = bank.search("ramen", mode="keyword", k=3)
+    assert [h.memory.text for h in keyword] == ["Alice's favourite food is spicy ramen"]
+    hybrid = bank.search("what is her job at the hospital", mode="hybrid", k=2)
+    assert hybrid[0].memory.text == "Alice works as a nurse at the city hospital"
+    assert len(bank.search("Alice", k=3)) == 3
+    assert [h.rank for h in hybrid] == [1, 2]
+
+
+def test_keyword_search_accepts_any_text(bank: MemoryBank) -> None:
+    bank.add("Alice said: \"NEAR\" OR AND * ^ are words too")
+    assert bank.search('"NEAR" OR AND * ^ (', mode="keyword")
+    assert bank.search("*** ???", mode="keyword") == []
+
+
+def test_one_owner_never_sees_another_owners_memories(bank: MemoryBank) -> None:
+    secret = bank.add("Bob's bank PIN is 4321", user="bob")
+    bank.add("Alice's favourite colour is green")
+    for mode in ("vector", "keyword", "hybrid"):
+        hits = bank.search("bank PIN 4321", mode=mode, k=50)
+        assert all(h.memory.owner == "alice" for h in hits), mode
+    assert bank.search("bank PIN", user="bob", mode="keyword")[0].memory.id == secret.id
+    assert [m.owner for m in bank.list()] == ["alice"]
+    with pytest.raises(MemoryNotFoundError):
+        bank.get(secret.id)
+    with pytest.raises(MemoryNotFoundError):
+        bank.update(secret.id, "Bob's PIN is 0000")
+    with pytest.raises(MemoryNotFoundError):
+        bank.delete(secret.id)
+    assert bank.get(secret.id, user="bob").text == "Bob's bank PIN is 4321"
+
+
+# ----------------------------------------------------------------------------- history and undo
+
+
+def test_every_change_writes_history_with_before_after_actor_and_turn(bank: MemoryBank) -> None:
+    memory = bank.add("Alice lives in Porto", actor="manager", turn="D1:1")
+    bank.update(memory.id, "Alice lives in Lisbon", actor="user", turn="D2:4")
+    bank.delete(memory.id, actor="api")
+    rows = bank.history(memory.id)
+    assert [(r.action, r.actor, r.turn) for r in rows] == [
+        ("ADD", "manager", "D1:1"), ("UPDATE", "user", "D2:4"), ("DELETE", "api", None),
+    ]
+    assert rows[0].before is None and rows[0].after["text"] == "Alice lives in Porto"
+    assert rows[1].before["text"] == "Alice lives in Porto" and rows[1].after["text"] == "Alice lives in Lisbon"
+    assert rows[2].after["deleted_at"] is not None
+
+
+def test_delete_is_soft_and_undoable(bank: MemoryBank) -> None:
+    memory = bank.add("Alice is allergic to peanuts")
+    bank.delete(memory.id)
+    assert bank.search("peanut allergy", k=5) == []
+    assert bank.list() == [] and bank.list(include_deleted=True)[0].id == memory.id
+    undone = bank.undo()
+    assert [u.action for u in undone] == ["UNDO"]
+    assert bank.search("peanut allergy", k=1)[0].memory.id == memory.id
+    assert bank.get(memory.id).deleted_at is None
+    assert bank.check() == []
+
+
+def test_undo_reverts_updates_and_adds_newest_first(bank: MemoryBank) -> None:
+    first = bank.add("Alice drives a red car")
+    bank.update(first.id, "Alice drives a blue car")
+    second = bank.add("Alice has two cats")
+    bank.undo(steps=2)
+    assert bank.get(first.id).text == "Alice drives a red car"
+    assert bank.get(second.id).deleted_at is not None
+    assert bank.search("cats", mode="keyword") == []
+    assert [h.undone_by is not None for h in bank.history(first.id)] == [False, True, False]
+    bank.undo()
+    assert bank.list() == []
+    with pytest.raises(NothingToUndoError):
+        bank.undo()
+
+
+def test_undo_reverts_a_whole_apply_as_one_change(bank: MemoryBank) -> None:
+    kept = bank.add("Alice speaks Portuguese")
+    bank.apply([AddOp("Alice learns Japanese"), UpdateOp(kept.id, "Alice speaks Portuguese and Spanish")], turn="t9")
+    bank.undo()
+    assert [m.text for m in bank.list()] == ["Alice speaks Portuguese"]
+
+
+def test_undo_only_touches_the_callers_own_changes(bank: MemoryBank) -> None:
+    mine = bank.add("Alice likes jazz")
+    bank.add("Bob likes techno", user="bob")
+    bank.undo()
+    assert bank.get(mine.id).deleted_at is not None
+    assert bank.count(user="bob") == 1
+
+
+# ----------------------------------------------------------------------------- validation keeps the bank as it was
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("", "empty"), ("   \n ", "empty"), (b"bytes", "bytes"), ("x" * (MAX_TEXT_CHARS + 1), "at most"),
+     ("PNG\x00\x01\x02 binary", "binary"), (42, "string")],
+)
+def test_bad_text_is_refused_and_nothing_changes(bank: MemoryBank, text, message: str) -> None:
+    bank.add("Alice is a chemist")
+    before = snapshot(bank)
+    with pytest.raises(InvalidInputError, match=message):
+        bank.add(text)
+    assert snapshot(bank) == before
+
+
+def test_an_apply_with_one_bad_op_applies_nothing(bank: MemoryBank) -> None:
+    keep = bank.add("Alice was born in 1990")
+    before = snapshot(bank)
+    with pytest.raises(MemoryNotFoundError):
+        bank.apply([AddOp("Alice has a brother"), UpdateOp(keep.id, "Alice was born in 1991"), DeleteOp("mnotthere")])
+    assert snapshot(bank) == before
+
+
+# ----------------------------------------------------------------------------- file-level guarantees
+
+
+def test_embedder_of_another_dimension_is_refused(tmp_path: Path, minilm) -> None:
+    db = tmp_path / "bank.db"
+    MemoryBank.open(db, minilm).close()
+    with pytest.raises(EmbedderMismatchError, match="384-d.*768-d"):
+        MemoryBank.open(db, HashEmbedder(768))
+    with pytest.raises(EmbedderMismatchError, match="all-MiniLM-L6-v2"):
+        MemoryBank.open(db, HashEmbedder(384))
+
+
+def test_schema_steps_are_recorded_and_a_newer_file_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "bank.db"
+    with MemoryBank.open(db, HashEmbedder()) as bank:
+        assert bank.schema_version() == ["m001_memories_and_history", "m002_search_indexes"]
+        assert bank._conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert bank._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        bank._conn.execute("INSERT INTO migrations VALUES ('m999_from_the_future', 'x')")
+    with pytest.raises(BankError, match="newer edge"):
+        MemoryBank.open(db, HashEmbedder())
+
+
+def test_corrupted_file_gives_a_clear_error(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(os.urandom(8192))
+    with pytest.raises(CorruptBankError, match="not a readable SQLite file"):
+        MemoryBank.open(garbage, HashEmbedder())
+    db = tmp_path / "bank.db"
+    with MemoryBank.open(db, HashEmbedder()) as bank:
+        bank.add_many([f"memory number {i}" for i in range(50)])
+    data = bytearray(db.read_bytes())
+    data[0:16] = b"not sqlite at al"
+    db.write_bytes(bytes(data))
+    with pytest.raises(CorruptBankError):
+        MemoryBank.open(db, HashEmbedder())
+
+
+def test_a_sqlite_file_of_another_program_is_not_taken_for_a_bank(tmp_path: Path) -> None:
+    from edge import db as sqlite
+
+    other = tmp_path / "other.db"
+    conn = sqlite.connect(other)
+    conn.execute("CREATE TABLE invoices (id INTEGER)")
+    conn.close()
+    with pytest.raises(CorruptBankError, match="not an edge memory bank"):
+        MemoryBank.open(other, HashEmbedder())
+
+
+def test_jsonl_round_trip_is_exact_with_history(tmp_path: Path, bank: MemoryBank, minilm) -> None:
+    a = bank.add("Alice lives in Porto", tier="core", source_turns=["D1:1"], metadata={"k": [1, 2]})
+    bank.update(a.id, "Alice lives in Lisbon — ünïcödé ok", turn="D2:1", actor="manager")
+    b = bank.add("Alice visited Rome", tier="episodic", event_time="2023-05-08")
+    bank.delete(b.id)
+    bank.undo()
+    bank.add("Bob's secret", user="bob")
+    first = tmp_path / "first.jsonl"
+    assert bank.export_jsonl(first, user=None) > 0
+    with MemoryBank.open(tmp_path / "copy.db", minilm) as copy:
+        assert copy.import_jsonl(first) == 3
+        second = tmp_path / "second.jsonl"
+        copy.export_jsonl(second, user=None)
+        assert second.read_text() == first.read_text()
+        assert copy.check() == []
+        assert copy.search("where does she live", user="alice", k=1)[0].memory.id == a.id
+        before = snapshot(copy)
+        with pytest.raises(BankError, match="already in the bank"):
+            copy.import_jsonl(first)
+        assert snapshot(copy) == before
+
+
+def test_import_of_a_malformed_file_changes_nothing(tmp_path: Path, bank: MemoryBank) -> None:
+    bank.add("Alice is vegetarian")
+    before = snapshot(bank)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"kind": "header", "format": "edge-memory-bank", "version": 1}\n{"kind": "memory", "oops": 1}\n')
+    with pytest.raises(InvalidInputError):
+        bank.import_jsonl(bad)
+    bad.write_text("this is not json\n")
+    with pytest.raises(InvalidInputError):
+        bank.import_jsonl(bad)
+    assert snapshot(bank) == before
+
+
+# ----------------------------------------------------------------------------- crashes and concurrency
+
+WRITER = """
+import os, signal, sys
+from edge.bank import MemoryBank
+from edge.embedder import HashEmbedder
+from edge.operations import AddOp
+bank = MemoryBank.open(sys.argv[1], HashEmbedder(), user=sys.argv[2])
+mode = sys.argv[3]
+if mode == "die-inside":
+    # Kill this process in the middle of a three-operation apply, after its first write.
+    original = bank._log
+    calls = []
+    def dying_log(*args, **kwargs):
+        result = original(*args, **kwargs)
+        calls.append(result)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    bank._log = dying_log
+    bank.apply([AddOp("first of three"), AddOp("second of three"), AddOp("third of three")])
+else:
+    count = int(mode)
+    for i in range(count):
+        bank.apply([AddOp(f"{sys.argv[2]} memory {i}"), AddOp(f"{sys.argv[2]} twin {i}")])
+    print("done")
+"""
+
+
+def test_a_process_killed_mid_write_leaves_no_half_operation(tmp_path: Path) -> None:
+    db = tmp_path / "bank.db"
+    with MemoryBank.open(db, HashEmbedder(), user="alice") as bank:
+        bank.add("before the crash")
+    out = run_python(WRITER, str(db), "alice", "die-inside")
+    assert out.returncode == -signal.SIGKILL
+    with MemoryBank.open(db, HashEmbedder(), user="alice") as bank:
+        assert [m.text for m in bank.list()] == ["before the crash"]
+        assert len(bank.history()) == 1
+        assert bank.check() == []
+
+
+def test_a_writer_killed_at_random_leaves_the_bank_consistent(tmp_path: Path) -> None:
+    db = tmp_path / "bank.db"
+    MemoryBank.open(db, HashEmbedder()).close()
+    for delay in (0.8, 1.3):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(db), "alice", "100000"], env=os.environ.copy())
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with MemoryBank.open(db, HashEmbedder(), user="alice") as bank:
+        assert bank.check() == []
+        count = bank.count()
+        assert count > 0 and count % 2 == 0, "the two ops of one apply land together"
+        assert len(bank.history()) == count
+
+
+def test_two_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "bank.db"
+    MemoryBank.open(db, HashEmbedder()).close()
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(db), user, "150"], env=os.environ.copy(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for user in ("alice", "bob")
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    with MemoryBank.open(db, HashEmbedder()) as bank:
+        assert bank.count(user="alice") == 300 and bank.count(user="bob") == 300
+        assert len(bank.history(user="alice")) == 300
+        assert bank.check() == []

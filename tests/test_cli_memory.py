@@ -1,0 +1,62 @@
+"""`edge memory ...` as a user runs it: a real process, a real bank file."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def edge(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True,
+                          timeout=120, env=os.environ.copy())
+
+
+def test_add_search_update_delete_undo_history_from_the_command_line(tmp_path: Path) -> None:
+    db = str(tmp_path / "bank.db")
+    added = edge("memory", "add", "I grow tomatoes on my balcony", "--db", db, "--json")
+    assert added.returncode == 0, added.stderr
+    memory_id = json.loads(added.stdout)["id"]
+    found = json.loads(edge("memory", "search", "gardening vegetables", "--db", db, "--json").stdout)
+    assert found[0]["id"] == memory_id
+    assert edge("memory", "update", memory_id, "I grow peppers", "--db", db).returncode == 0
+    assert edge("memory", "delete", memory_id, "--db", db).returncode == 0
+    assert json.loads(edge("memory", "list", "--db", db, "--json").stdout) == []
+    undo = edge("memory", "undo", "--db", db)
+    assert undo.returncode == 0 and "I grow peppers" in undo.stdout
+    shown = json.loads(edge("memory", "show", memory_id, "--db", db, "--json").stdout)
+    assert shown["text"] == "I grow peppers" and shown["deleted_at"] is None
+    history = json.loads(edge("memory", "history", memory_id, "--db", db, "--json").stdout)
+    assert [h["action"] for h in history] == ["ADD", "UPDATE", "DELETE", "UNDO"]
+    assert "ADD" in edge("memory", "history", "--db", db).stdout
+
+
+def test_users_are_separate_on_the_command_line(tmp_path: Path) -> None:
+    db = str(tmp_path / "bank.db")
+    edge("memory", "add", "Bob's password hint is 'giraffe'", "--db", db, "--user", "bob")
+    assert json.loads(edge("memory", "search", "giraffe", "--db", db, "--json").stdout) == []
+    assert len(json.loads(edge("memory", "search", "giraffe", "--db", db, "-u", "bob", "--json").stdout)) == 1
+
+
+def test_export_import_round_trip_from_the_command_line(tmp_path: Path) -> None:
+    db, copy, dump = str(tmp_path / "a.db"), str(tmp_path / "b.db"), str(tmp_path / "dump.jsonl")
+    edge("memory", "add", "My dentist is Dr. Ortiz", "--db", db, "--tier", "core")
+    assert edge("memory", "export", dump, "--db", db).returncode == 0
+    imported = edge("memory", "import", dump, "--db", copy)
+    assert imported.returncode == 0, imported.stderr
+    rows = json.loads(edge("memory", "list", "--db", copy, "--json").stdout)
+    assert [(r["text"], r["tier"]) for r in rows] == [("My dentist is Dr. Ortiz", "core")]
+
+
+def test_errors_are_one_clear_line_not_a_traceback(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"\x00\xff" * 4000)
+    out = edge("memory", "list", "--db", str(garbage))
+    assert out.returncode == 1
+    assert "not a readable SQLite file" in out.stderr and "hint:" in out.stderr
+    assert "Traceback" not in out.stderr
+    missing = edge("memory", "show", "mnope", "--db", str(tmp_path / "none.db"))
+    assert missing.returncode == 1 and "No memory bank" in missing.stderr
+    empty = edge("memory", "add", "   ", "--db", str(tmp_path / "x.db"))
+    assert empty.returncode == 1 and "empty" in empty.stderr
