@@ -279,6 +279,14 @@ class MemoryBank:
         except sqlite.DatabaseError as exc:
             raise CorruptBankError(f"Cannot read the bank {self.path}: {exc}") from exc
 
+    def set_meta(self, key: str, value: str) -> None:
+        """Record a fact about the bank (e.g. the prompt version its memories were managed with)."""
+        if key in ("embedder_name", "embedder_dim"):
+            raise InvalidInputError(f"{key} is fixed when the bank is created.")
+        with self._transaction() as conn:
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                         (key, value))
+
     def schema_version(self) -> list[str]:
         return [r[0] for r in self._conn.execute("SELECT name FROM migrations ORDER BY name")]
 

@@ -25,7 +25,7 @@ DEFAULT_DELETE_CAP = 1
 ANSWER_TOP_K = 60
 CORE_MEMORY_CHARS = 600
 WORKING_STATE_CHARS = 480
-MAX_MEMORY_TEXT_CHARS = 300
+MAX_MEMORY_TEXT_CHARS = 160
 
 TIERS = ("core", "semantic", "episodic")
 OP_NAMES = ("ADD", "UPDATE", "DELETE", "NOOP")
@@ -109,7 +109,8 @@ operations that keep the bank correct and small:
 - DELETE a memory (by its id) only when the turn says it is no longer true.
 - NOOP when the turn holds nothing new.
 Write each memory as one short sentence that names the person.
-Answer only with JSON like {"ops": [{"op": "ADD", "tier": "semantic", "text": "..."}]}."""
+Answer only with JSON. Example: for "Alice: I started learning the violin."
+answer {"ops": [{"op": "ADD", "tier": "semantic", "text": "Alice is learning the violin."}]}"""
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def manager_messages(turn: Turn, related: Sequence[ShownMemory]) -> list[dict[st
 
 def manager_schema(shown_ids: Sequence[str], *, max_ops: int = MAX_OPS_PER_TURN) -> dict[str, Any]:
     """JSON schema of the Manager's reply; ids are limited to those shown."""
-    text = {"type": "string", "minLength": 1}
+    text = {"type": "string", "minLength": 1, "maxLength": MAX_MEMORY_TEXT_CHARS}
     variants: list[dict[str, Any]] = [
         {
             "type": "object",

@@ -40,3 +40,29 @@ def minilm():
     from edge.onnx_embedder import load_default_minilm
 
     return load_default_minilm()
+
+
+@pytest.fixture(scope="session")
+def default_bundle(minilm):
+    """The default bundle, built once per machine into the test cache."""
+    from edge.bundle import Bundle, build_default
+
+    target = CACHE / "bundle-default"
+    try:
+        bundle = Bundle.load(target)
+        if not bundle.verify():
+            return bundle
+    except Exception:  # noqa: BLE001 - any problem: rebuild
+        pass
+    return build_default(target, force=True, log=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def llama_backend(default_bundle):
+    """One llama.cpp backend on the bundled model, shared by the tests that only read from it."""
+    from edge.backends.llama_cpp import LlamaCppBackend
+
+    model, _ = default_bundle.role("answer")
+    backend = LlamaCppBackend(model, n_ctx=4096)
+    yield backend
+    backend.close()

@@ -1,0 +1,258 @@
+"""`edge.Agent`: a bundle's models, a memory bank and the two agents, behind three calls.
+
+    from edge import Agent
+    agent = Agent(db="memory.db", user="alice")          # the default bundle
+    agent.remember(["I moved to Lisbon last spring"])
+    print(agent.ask("Where do I live?").answer)
+
+`chat` answers from a bounded working state plus retrieved memories instead
+of the whole history (MEM1), so the prompt stays the same size however
+long the conversation runs; each user message then goes to the Manager.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from edge import paths
+from edge.answer import AnswerAgent, AnswerResult, core_block
+from edge.backends.base import Backend
+from edge.bank import Memory, MemoryBank
+from edge.bundle import Bundle, build_default
+from edge.errors import BundleError, InvalidInputError
+from edge.manager import MemoryManager, TurnResult, adapter_for, to_messages
+from edge.operations import AppliedOp
+from edge.prompts import (
+    PROMPT_VERSION,
+    ShownMemory,
+    Turn,
+    chat_messages,
+    clip_state,
+    state_messages,
+)
+
+CHAT_MEMORIES_K = 6
+AskResult = AnswerResult
+
+
+@dataclass
+class RememberResult:
+    turns: list[TurnResult]
+    seconds: float
+
+    @property
+    def applied(self) -> list[AppliedOp]:
+        return [op for turn in self.turns for op in turn.applied]
+
+    @property
+    def rejected(self) -> list[tuple[dict[str, Any], str]]:
+        return [r for turn in self.turns for r in turn.rejected]
+
+
+@dataclass
+class ChatResult:
+    message: str
+    reply: str
+    memory_ids: list[str]
+    remembered: TurnResult | None
+    state: str
+    prompt_tokens: int
+    completion_tokens: int
+    timings: dict[str, float] = field(default_factory=dict)
+    cancelled: bool = False
+
+    @property
+    def tokens_per_second(self) -> float:
+        generate = self.timings.get("generate_s", 0.0)
+        return self.completion_tokens / generate if generate > 0 else 0.0
+
+
+class ChatStream:
+    """Iterate for the reply's text pieces; `result` is filled once the turn is complete."""
+
+    def __init__(self, agent: "Agent", message: str, remember: bool, cancel: threading.Event | None) -> None:
+        self._agent = agent
+        self._message = message
+        self._remember = remember
+        self.cancel = cancel or threading.Event()
+        self.result: ChatResult | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        self.result = yield from self._agent._chat_turn(self._message, self._remember, self.cancel)
+
+
+def _as_turn(item: Turn | dict | str, default_speaker: str) -> Turn:
+    if isinstance(item, Turn):
+        return item
+    if isinstance(item, str):
+        return Turn(speaker=default_speaker, text=item, time=datetime.now().strftime("%Y-%m-%d %H:%M"))
+    if isinstance(item, dict) and isinstance(item.get("text"), str):
+        return Turn(
+            speaker=str(item.get("speaker") or default_speaker), text=item["text"],
+            time=item.get("time"), turn_id=item.get("turn_id") or item.get("id"),
+        )
+    raise InvalidInputError(f"A turn must be a str, a dict with 'text', or an edge.prompts.Turn, not {item!r}.")
+
+
+class Agent:
+    """The memory agent for one user: remember turns, answer questions, chat."""
+
+    def __init__(
+        self,
+        bundle: str | Path | Bundle | None = None,
+        db: str | Path | None = None,
+        user: str = paths.DEFAULT_USER,
+        *,
+        backend: Backend | None = None,
+        n_ctx: int = 4096,
+        answer_k: int | None = None,
+        delete_cap: int | None = None,
+    ) -> None:
+        """Open `bundle` (default: the embedded default bundle, built on first use) and the bank `db`.
+
+        `backend` replaces the bundle's models (e.g. an HTTP server) while
+        the bundle still provides the embedder.
+        """
+        if isinstance(bundle, Bundle):
+            self.bundle = bundle
+        elif bundle is None:
+            self.bundle = build_default()
+        else:
+            self.bundle = Bundle.load(bundle)
+        self.bundle.check_compatible()
+        self.user = user
+        self.bank = MemoryBank.open(Path(db) if db else paths.default_db(), self.bundle.load_embedder(), user=user)
+        try:
+            self._check_bank_prompts()
+            self._backends: dict[Path, Backend] = {}
+            self._owns_backends = backend is None
+            self.manager_backend = backend or self._backend_for("manager", n_ctx)
+            self.answer_backend = backend or self._backend_for("answer", n_ctx)
+            self.chat_backend = backend or self._backend_for("chat", n_ctx)
+        except BaseException:
+            self.close()
+            raise
+        extra: dict[str, Any] = {"delete_cap": delete_cap} if delete_cap is not None else {}
+        self.manager = MemoryManager(self.manager_backend, self.bank, **extra)
+        self.answerer = AnswerAgent(self.answer_backend, **({"k": answer_k} if answer_k else {}))
+        self.state = ""
+        self._lock = threading.RLock()
+
+    @property
+    def backend(self) -> Backend:
+        return self.chat_backend
+
+    def _check_bank_prompts(self) -> None:
+        recorded = self.bank.meta().get("prompt_version")
+        if recorded is None:
+            self.bank.set_meta("prompt_version", PROMPT_VERSION)
+        elif recorded != PROMPT_VERSION:
+            raise BundleError(
+                f"The bank {self.bank.path} was managed with prompts {recorded!r}; this bundle uses {PROMPT_VERSION!r}.",
+                hint="Use the bundle the bank was built with, or export the bank (`edge memory export`) and "
+                "import it into a new one.",
+            )
+
+    def _backend_for(self, role: str, n_ctx: int) -> Backend:
+        from edge.backends import load_backend
+
+        model, adapter = self.bundle.role(role)
+        if model not in self._backends:
+            adapters = self.bundle.adapter_paths() if self.bundle.backend == "llama.cpp" else None
+            kwargs: dict[str, Any] = {"model_path": model, "n_ctx": n_ctx, "adapters": adapters or None}
+            if self.bundle.backend != "llama.cpp":
+                kwargs = {"model_dir": model}
+            self._backends[model] = load_backend(self.bundle.backend, **kwargs)
+        return self._backends[model]
+
+    # ------------------------------------------------------------------ the three calls
+
+    def remember(self, turns: Sequence[Turn | dict | str] | str, *, speaker: str | None = None) -> RememberResult:
+        """Feed conversation turns to the Memory Manager, one bank transaction per turn."""
+        if isinstance(turns, (str, Turn, dict)):
+            turns = [turns]
+        parsed = [_as_turn(t, speaker or self.user) for t in turns]
+        start = time.perf_counter()
+        with self._lock:
+            results = [self.manager.process(turn, user=self.user) for turn in parsed]
+        return RememberResult(turns=results, seconds=time.perf_counter() - start)
+
+    def ask(self, question: str, *, k: int | None = None) -> AskResult:
+        """Answer from memory: the answer, the memory ids it used, and timings."""
+        with self._lock:
+            return self.answerer.answer(self.bank, question, user=self.user, k=k)
+
+    def chat(
+        self, message: str, *, stream: bool = False, remember: bool = True, cancel: threading.Event | None = None
+    ) -> ChatResult | ChatStream:
+        """Reply to `message`; with `stream=True`, a `ChatStream` to iterate for text pieces."""
+        chat_stream = ChatStream(self, message, remember, cancel)
+        if stream:
+            return chat_stream
+        for _ in chat_stream:
+            pass
+        assert chat_stream.result is not None
+        return chat_stream.result
+
+    def chat_prompt(self, message: str) -> tuple[list, list[Memory]]:
+        """The messages a chat turn sends, and the memories in them."""
+        hits = self.bank.search(message, k=CHAT_MEMORIES_K, user=self.user)
+        memories = [h.memory for h in hits if h.memory.tier != "core"]
+        shown = [ShownMemory(str(i), m.tier, m.text, m.event_time) for i, m in enumerate(memories)]
+        messages = chat_messages(message, memories=shown, core=core_block(self.bank, self.user), state=self.state)
+        return to_messages(messages), memories
+
+    def _chat_turn(self, message: str, remember: bool, cancel: threading.Event):
+        if not isinstance(message, str) or not message.strip():
+            raise InvalidInputError("The message is empty.")
+        with self._lock:
+            start = time.perf_counter()
+            messages, memories = self.chat_prompt(message)
+            retrieve_s = time.perf_counter() - start
+            pieces: list[str] = []
+            backend = self.chat_backend
+            for piece in backend.stream(messages, max_tokens=256, temperature=0.3, cancel=cancel,
+                                        adapter=adapter_for(backend, None)):
+                pieces.append(piece)
+                yield piece
+            completion = backend.last_completion
+            reply = "".join(pieces).strip()
+            generate_s = time.perf_counter() - start - retrieve_s
+            cancelled = bool(completion and completion.finish_reason == "cancelled")
+            remembered = None
+            remember_start = time.perf_counter()
+            if remember:
+                remembered = self.manager.process(
+                    Turn(self.user, message, datetime.now().strftime("%Y-%m-%d %H:%M")), user=self.user
+                )
+            remember_s = time.perf_counter() - remember_start
+            if reply and not cancelled:
+                update = backend.complete(to_messages(state_messages(self.state, message, reply)), max_tokens=96)
+                self.state = clip_state(update.text) or self.state
+            return ChatResult(
+                message=message, reply=reply, memory_ids=[m.id for m in memories], remembered=remembered,
+                state=self.state,
+                prompt_tokens=completion.prompt_tokens if completion else 0,
+                completion_tokens=completion.completion_tokens if completion else 0,
+                timings={"retrieve_s": retrieve_s, "generate_s": generate_s, "remember_s": remember_s,
+                         "total_s": time.perf_counter() - start},
+                cancelled=cancelled,
+            )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        if getattr(self, "_owns_backends", False):
+            for backend in getattr(self, "_backends", {}).values():
+                backend.close()
+        self.bank.close()
+
+    def __enter__(self) -> "Agent":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

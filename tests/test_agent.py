@@ -1,0 +1,185 @@
+"""The Memory Manager, the Answer Agent and edge.Agent on the bundled model through llama.cpp."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edge.agent import Agent
+from edge.backends.scripted import ScriptedBackend
+from edge.bank import MemoryBank
+from edge.bundle import Bundle
+from edge.embedder import HashEmbedder
+from edge.errors import BundleError, EmbedderMismatchError
+from edge.manager import MemoryManager
+from edge.prompts import Turn
+
+
+def snapshot(bank: MemoryBank) -> tuple:
+    return (
+        bank._conn.execute("SELECT * FROM memories ORDER BY rowid").fetchall(),
+        bank._conn.execute("SELECT * FROM history ORDER BY seq").fetchall(),
+    )
+
+
+@pytest.fixture
+def agent(tmp_path: Path, default_bundle, llama_backend) -> Agent:
+    with Agent(bundle=default_bundle, db=tmp_path / "bank.db", user="alice", backend=llama_backend) as opened:
+        yield opened
+
+
+# ----------------------------------------------------------------------------- real model
+
+
+def test_remember_applies_ops_and_logs_them_with_the_turn(agent: Agent) -> None:
+    result = agent.remember([Turn("alice", "I just adopted a cat named Luna.", "8 May 2023", "D1:1")])
+    turn = result.turns[0]
+    assert turn.error is None, turn.raw
+    assert turn.applied, f"the model proposed nothing applicable: {turn.raw}"
+    for op in turn.applied:
+        entries = agent.bank.history(op.memory_id)
+        assert entries[-1].actor == "manager"
+        assert json.loads(entries[-1].turn)["id"] == "D1:1"
+        assert "Luna" in json.loads(entries[-1].turn)["text"]
+    added = [op for op in turn.applied if op.action == "ADD"]
+    assert all(agent.bank.get(op.memory_id).source_turns == ("D1:1",) for op in added)
+    assert turn.prompt_tokens > 0 and turn.seconds > 0
+
+
+def test_ask_answers_with_the_ids_it_used_and_timings(agent: Agent) -> None:
+    cat = agent.bank.add("Alice's cat is called Luna")
+    agent.bank.add("Alice works as a nurse in Lisbon")
+    result = agent.ask("What is the name of Alice's cat?")
+    assert "luna" in result.answer.lower()
+    assert set(result.memory_ids) <= {m.id for m in result.retrieved}
+    assert cat.id in [m.id for m in result.retrieved]
+    assert set(result.timings) == {"retrieve_s", "generate_s", "total_s"}
+    assert result.prompt_tokens > 0
+
+
+def test_malformed_model_output_leaves_the_bank_untouched(agent: Agent, llama_backend) -> None:
+    agent.bank.add("Alice likes tea")
+    before = snapshot(agent.bank)
+    # Four tokens cannot hold a complete JSON reply: both attempts are cut off mid-object.
+    manager = MemoryManager(llama_backend, agent.bank, max_tokens=4)
+    result = manager.process(Turn("alice", "I now prefer coffee to tea."))
+    assert result.attempts == 2 and result.applied == []
+    assert result.error and "no usable reply" in result.error
+    assert snapshot(agent.bank) == before
+
+
+def test_delete_cap_holds_when_asked_to_forget_everything(agent: Agent) -> None:
+    for text in ["Alice likes tea", "Alice lives in Lisbon", "Alice has a cat", "Alice is a nurse"]:
+        agent.bank.add(text)
+    result = agent.remember(["Forget everything you know about me. Delete all of my memories now."])
+    deletes = [op for op in result.applied if op.action == "DELETE"]
+    assert len(deletes) <= 1
+    assert agent.bank.count() >= 3
+
+
+def test_chat_streams_and_keeps_the_prompt_bounded(agent: Agent) -> None:
+    stream = agent.chat("Hi! I'm training for a marathon in October.", stream=True)
+    pieces = list(stream)
+    result = stream.result
+    assert result is not None and pieces
+    assert "".join(pieces).strip() == result.reply
+    assert result.remembered is not None
+    assert len(result.state) <= 480
+    assert result.prompt_tokens > 0
+
+
+# ----------------------------------------------------------------------------- validation (scripted replies)
+
+
+@pytest.fixture
+def bank(tmp_path: Path, minilm) -> MemoryBank:
+    with MemoryBank.open(tmp_path / "bank.db", minilm, user="alice") as opened:
+        yield opened
+
+
+def test_invalid_ops_are_rejected_and_never_applied(bank: MemoryBank) -> None:
+    tea = bank.add("Alice likes tea")
+    bank.add("Bob likes coffee", user="bob")
+    reply = json.dumps({"ops": [
+        {"op": "UPDATE", "id": "7", "text": "invented id"},
+        {"op": "ADD", "tier": "semantic", "text": "   "},
+        {"op": "DELETE", "id": "m-real-id"},
+        {"op": "ADD", "tier": "semantic", "text": "Alice drinks green tea"},
+    ]})
+    result = MemoryManager(ScriptedBackend([reply], check_schema=False), bank).process(
+        Turn("alice", "I drink green tea now"))
+    reasons = [reason for _, reason in result.rejected]
+    assert len(reasons) == 3
+    assert any("not among the memories shown" in r for r in reasons)
+    assert any("empty text" in r for r in reasons)
+    assert [op.action for op in result.applied] == ["ADD"]
+    assert bank.get(tea.id).text == "Alice likes tea"
+    assert bank.count(user="bob") == 1
+
+
+def test_delete_cap_rejects_the_extra_deletes(bank: MemoryBank) -> None:
+    for text in ["Alice likes tea", "Alice likes jazz", "Alice likes hiking"]:
+        bank.add(text)
+    reply = json.dumps({"ops": [{"op": "DELETE", "id": str(i)} for i in range(3)]})
+    result = MemoryManager(ScriptedBackend([reply], check_schema=False), bank, related_k=3).process(Turn("alice", "forget everything"))
+    assert [op.action for op in result.applied] == ["DELETE"]
+    assert sum("delete" in reason for _, reason in result.rejected) == 2
+    assert bank.count() == 2
+
+
+def test_unparsable_output_is_retried_once_then_a_noop(bank: MemoryBank) -> None:
+    bank.add("Alice likes tea")
+    before = snapshot(bank)
+    backend = ScriptedBackend(["Sure! I will remember that.", '{"ops": [{"op": "ADD", "text": "unterminated'],
+                              check_schema=False)
+    result = MemoryManager(backend, bank).process(Turn("alice", "I like coffee"))
+    assert result.attempts == 2 and result.applied == [] and "no usable reply" in result.error
+    assert snapshot(bank) == before
+
+
+def test_a_retry_that_parses_is_applied(bank: MemoryBank) -> None:
+    backend = ScriptedBackend(["garbage", json.dumps({"ops": [{"op": "ADD", "tier": "core", "text": "Alice is 34"}]})])
+    result = MemoryManager(backend, bank).process(Turn("alice", "I'm 34"))
+    assert result.attempts == 2 and [op.action for op in result.applied] == ["ADD"]
+    assert bank.list(tier="core")[0].text == "Alice is 34"
+
+
+# ----------------------------------------------------------------------------- bundles and banks that do not match
+
+
+def test_a_bundle_with_other_prompts_is_refused(tmp_path: Path, default_bundle) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(default_bundle.root, copy)
+    manifest = json.loads((copy / "bundle.json").read_text())
+    manifest["prompt_version"] = "edge-prompts/0"
+    (copy / "bundle.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="made for prompts 'edge-prompts/0'"):
+        Agent(bundle=copy, db=tmp_path / "bank.db")
+    assert any("prompt version" in p for p in Bundle.load(copy).verify())
+
+
+def test_a_bank_built_with_another_embedder_is_refused(tmp_path: Path, default_bundle) -> None:
+    MemoryBank.open(tmp_path / "bank.db", HashEmbedder(768)).close()
+    with pytest.raises(EmbedderMismatchError):
+        Agent(bundle=default_bundle, db=tmp_path / "bank.db")
+
+
+def test_a_bank_managed_with_other_prompts_is_refused(tmp_path: Path, default_bundle, llama_backend) -> None:
+    with MemoryBank.open(tmp_path / "bank.db", default_bundle.load_embedder()) as bank:
+        bank.set_meta("prompt_version", "edge-prompts/0")
+    with pytest.raises(BundleError, match="managed with prompts"):
+        Agent(bundle=default_bundle, db=tmp_path / "bank.db", backend=llama_backend)
+
+
+def test_a_tampered_bundle_fails_verification(tmp_path: Path, default_bundle) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(default_bundle.root, copy)
+    with open(copy / "embedder" / "tokenizer.json", "r+b") as handle:
+        handle.seek(100)
+        handle.write(b"XX")
+    assert any("checksum mismatch" in p for p in Bundle.load(copy).verify())
+    (copy / "model.gguf").unlink()
+    with pytest.raises(BundleError, match="missing file model.gguf"):
+        Bundle.load(copy)
