@@ -36,6 +36,7 @@ from edge.prompts import (
 )
 
 CHAT_MEMORIES_K = 6
+STATE_MAX_TOKENS = 96
 AskResult = AnswerResult
 
 
@@ -111,6 +112,7 @@ class Agent:
         n_ctx: int = 4096,
         answer_k: int | None = None,
         delete_cap: int | None = None,
+        chat_max_tokens: int = 256,
     ) -> None:
         """Open `bundle` (default: the embedded default bundle, built on first use) and the bank `db`.
 
@@ -139,6 +141,7 @@ class Agent:
         extra: dict[str, Any] = {"delete_cap": delete_cap} if delete_cap is not None else {}
         self.manager = MemoryManager(self.manager_backend, self.bank, **extra)
         self.answerer = AnswerAgent(self.answer_backend, **({"k": answer_k} if answer_k else {}))
+        self.chat_max_tokens = chat_max_tokens
         self.state = ""
         self._lock = threading.RLock()
 
@@ -215,7 +218,7 @@ class Agent:
             retrieve_s = time.perf_counter() - start
             pieces: list[str] = []
             backend = self.chat_backend
-            for piece in backend.stream(messages, max_tokens=256, temperature=0.3, cancel=cancel,
+            for piece in backend.stream(messages, max_tokens=self.chat_max_tokens, temperature=0.3, cancel=cancel,
                                         adapter=adapter_for(backend, None)):
                 pieces.append(piece)
                 yield piece
@@ -231,7 +234,7 @@ class Agent:
                 )
             remember_s = time.perf_counter() - remember_start
             if reply and not cancelled:
-                update = backend.complete(to_messages(state_messages(self.state, message, reply)), max_tokens=96)
+                update = backend.complete(to_messages(state_messages(self.state, message, reply)), max_tokens=STATE_MAX_TOKENS)
                 self.state = clip_state(update.text) or self.state
             return ChatResult(
                 message=message, reply=reply, memory_ids=[m.id for m in memories], remembered=remembered,

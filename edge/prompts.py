@@ -20,12 +20,12 @@ from typing import Any, Sequence
 
 PROMPT_VERSION = "edge-prompts/1"
 
-MAX_OPS_PER_TURN = 4
+MAX_OPS_PER_TURN = 3
 DEFAULT_DELETE_CAP = 1
 ANSWER_TOP_K = 60
 CORE_MEMORY_CHARS = 600
 WORKING_STATE_CHARS = 480
-MAX_MEMORY_TEXT_CHARS = 160
+MAX_MEMORY_TEXT_CHARS = 120
 
 TIERS = ("core", "semantic", "episodic")
 OP_NAMES = ("ADD", "UPDATE", "DELETE", "NOOP")
@@ -109,8 +109,7 @@ operations that keep the bank correct and small:
 - DELETE a memory (by its id) only when the turn says it is no longer true.
 - NOOP when the turn holds nothing new.
 Write each memory as one short sentence that names the person.
-Answer only with JSON. Example: for "Alice: I started learning the violin."
-answer {"ops": [{"op": "ADD", "tier": "semantic", "text": "Alice is learning the violin."}]}"""
+Answer only with JSON like {"ops": [{"op": "ADD", "tier": "semantic", "text": "..."}]}."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,119 @@
+"""Agent latency and prompt size with the default bundle (SmolLM2-135M on llama.cpp).
+
+    python bench/bench_agent.py                 # remember/ask latency + 200 chat turns
+    python bench/bench_agent.py --chat-turns 50 # shorter chat run
+
+Measures, on this machine:
+- `remember` latency per turn (p50/p95) over LoCoMo turns of conv-26,
+- `ask` latency per question (p50/p95) over its questions, against the bank those turns built,
+- prompt tokens of a chat turn at turns 10, 100 and 200: the working state + retrieved
+  memories replace the history, so the prompt should stay flat (target: turn 200 within
+  10 % of turn 10).
+Targets on 2 cores: ask p95 ≤ 1.5 s, remember p95 ≤ 2 s per turn.
+Writes bench/results/agent.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "agent.json"
+CONV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "locomo" / "conv-26.json"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"n": len(values), "p50_s": percentile(values, 50), "p95_s": percentile(values, 95),
+            "mean_s": statistics.fmean(values) if values else float("nan")}
+
+
+def chat_messages_for(turn: int) -> str:
+    topics = ["my garden", "the marathon I'm training for", "my sister Maya", "a recipe for ramen",
+              "my new job at the library", "the trip to Kyoto", "my cat Luna", "learning the violin"]
+    return f"Let me tell you about {topics[turn % len(topics)]} (day {turn})."
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--turns", type=int, default=40, help="LoCoMo turns fed to remember")
+    parser.add_argument("--questions", type=int, default=30, help="LoCoMo questions asked")
+    parser.add_argument("--chat-turns", type=int, default=200)
+    parser.add_argument("--data", type=Path, default=CONV)
+    args = parser.parse_args()
+
+    from edge.agent import Agent
+    from edge.locomo import load_locomo
+    from edge.prompts import Turn
+
+    conversation = load_locomo(args.data)[0]
+    turns = [
+        Turn(t.speaker, t.full_text, s.date_time, t.dia_id) for s, t in conversation.turns()
+    ][: args.turns]
+    questions = [qa.question for qa in conversation.questions()][: args.questions]
+    work = Path(tempfile.mkdtemp(prefix="edge-bench-agent-"))
+    results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
+
+    with Agent(db=work / "bank.db", user="bench") as agent:
+        results["bundle"] = agent.bundle.name
+        agent.ask("warm-up question?")
+        remember_s = []
+        for i, turn in enumerate(turns, start=1):
+            result = agent.remember([turn])
+            remember_s.append(result.seconds)
+            print(f"\rremember {i}/{len(turns)} {result.seconds:.2f}s", end="", file=sys.stderr)
+        print(file=sys.stderr)
+        ask_s, ask_tokens = [], []
+        for i, question in enumerate(questions, start=1):
+            answer = agent.ask(question)
+            ask_s.append(answer.timings["total_s"])
+            ask_tokens.append(answer.prompt_tokens)
+            print(f"\rask {i}/{len(questions)} {answer.timings['total_s']:.2f}s", end="", file=sys.stderr)
+        print(file=sys.stderr)
+        results["remember"] = summary(remember_s)
+        results["ask"] = {**summary(ask_s), "prompt_tokens_mean": statistics.fmean(ask_tokens) if ask_tokens else 0}
+        results["bank_memories_after_remember"] = agent.bank.count()
+
+    prompt_tokens: dict[int, int] = {}
+    chat_s = []
+    with Agent(db=work / "chat.db", user="bench", chat_max_tokens=48) as agent:
+        for turn in range(1, args.chat_turns + 1):
+            message = chat_messages_for(turn)
+            messages, _ = agent.chat_prompt(message)
+            prompt_tokens[turn] = sum(agent.backend.count_tokens(m.content) + 4 for m in messages)
+            result = agent.chat(message)
+            chat_s.append(result.timings["total_s"])
+            print(f"\rchat {turn}/{args.chat_turns} prompt={prompt_tokens[turn]} tokens", end="", file=sys.stderr)
+        print(file=sys.stderr)
+    marks = [t for t in (10, 100, 200) if t in prompt_tokens]
+    results["chat"] = {
+        "turn_seconds": summary(chat_s),
+        "prompt_tokens": {str(t): prompt_tokens[t] for t in marks},
+        "prompt_tokens_max": max(prompt_tokens.values()) if prompt_tokens else 0,
+    }
+    if 10 in prompt_tokens and marks[-1] != 10:
+        last = marks[-1]
+        results["chat"][f"turn{last}_vs_turn10"] = prompt_tokens[last] / prompt_tokens[10]
+    results["targets"] = {"ask_p95_s": 1.5, "remember_p95_s": 2.0, "chat_prompt_growth_max": 1.10}
+
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
