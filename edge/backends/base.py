@@ -1,0 +1,266 @@
+"""The contract every language-model backend keeps.
+
+A backend turns a list of chat messages into text. `complete` returns the
+whole answer at once (optionally constrained to a JSON schema); `stream`
+yields text pieces as they are decoded and leaves the final statistics in
+`last_completion` once the iterator ends. Everything above this module (the
+Manager, the Answer Agent, the CLI, the chat app) depends only on this file.
+
+Also here: the small helpers backends share — stop-string scanning for
+streams and a JSON-schema check for backends that cannot constrain decoding.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from edge.errors import BackendError, ModelOutputError
+
+ROLES = ("system", "user", "assistant")
+FINISH_REASONS = ("stop", "length", "cancelled")
+
+
+@dataclass
+class Message:
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float  # wall time of the call
+    finish_reason: str  # "stop" | "length" | "cancelled"
+
+
+class Backend(ABC):
+    """One loaded language model (plus, optionally, named LoRA adapters)."""
+
+    name: str = "backend"
+    last_completion: Completion | None = None
+
+    @abstractmethod
+    def complete(
+        self,
+        messages: list[Message],
+        *,
+        schema: dict | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        adapter: str | None = None,
+        stop: list[str] | None = None,
+    ) -> Completion:
+        """Answer `messages`.
+
+        With `schema`, decoding is constrained to JSON matching it: when
+        finish_reason is "stop" the text parses and conforms (a reply cut off
+        by max_tokens, finish_reason "length", may not). `adapter` names a
+        LoRA adapter loaded into the backend; None is the base model.
+        """
+
+    @abstractmethod
+    def stream(
+        self,
+        messages: list[Message],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        adapter: str | None = None,
+        stop: list[str] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[str]:
+        """Yield text pieces; when it ends, `self.last_completion` holds the statistics.
+
+        Setting `cancel` stops the stream after the piece being decoded
+        (finish_reason "cancelled"); so does closing the iterator. A local
+        backend serves one call at a time: an open stream holds the model
+        until it ends or is closed.
+        """
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """How many tokens `text` takes in this backend's tokenizer."""
+
+    def close(self) -> None:
+        """Free the model. The backend cannot be used afterwards."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+def check_messages(messages: list[Message]) -> None:
+    """Reject malformed message lists before they reach a model."""
+    if not messages:
+        raise ValueError("messages must not be empty")
+    for message in messages:
+        if message.role not in ROLES:
+            raise ValueError(f"unknown role {message.role!r}; use one of {', '.join(ROLES)}")
+
+
+class DecodeLock:
+    """One decode at a time per model, and no thread waiting on itself.
+
+    A stream holds the lock until it is exhausted or closed; a second call
+    from the thread that holds an open stream would otherwise deadlock, so
+    it raises BackendError instead. Other threads wait their turn.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        if self._owner == threading.get_ident():
+            raise BackendError(
+                "This backend is still streaming an earlier reply in this thread.",
+                hint="consume the stream to its end (or call .close() on it) before the next call",
+            )
+        with self._lock:
+            self._owner = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._owner = None
+
+
+class StopScanner:
+    """Finds stop strings in streamed text without ever yielding part of one.
+
+    `feed(piece)` returns the text that is safe to show now and whether a
+    stop string was reached; text that might be the start of a stop string
+    is held back until the next piece decides it.
+    """
+
+    def __init__(self, stops: list[str] | None) -> None:
+        self.stops = [s for s in (stops or []) if s]
+        self.text = ""  # everything accepted so far (never contains a stop string)
+        self._pending = ""
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        if not self.stops:
+            self.text += piece
+            return piece, False
+        buffer = self._pending + piece
+        cut = min((i for i in (buffer.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            out = buffer[:cut]
+            self.text += out
+            self._pending = ""
+            return out, True
+        hold = self._partial_stop_length(buffer)
+        out, self._pending = buffer[: len(buffer) - hold], buffer[len(buffer) - hold :]
+        self.text += out
+        return out, False
+
+    def flush(self) -> str:
+        out, self._pending = self._pending, ""
+        self.text += out
+        return out
+
+    def _partial_stop_length(self, buffer: str) -> int:
+        longest = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(buffer)), longest, -1):
+                if buffer.endswith(stop[:n]):
+                    longest = n
+                    break
+        return longest
+
+
+# ---------------------------------------------------------------- JSON checks
+
+_TYPES = {
+    "object": dict,
+    "array": list,
+    "string": str,
+    "boolean": bool,
+    "null": type(None),
+}
+
+
+def parse_json(text: str, schema: dict) -> object:
+    """Parse `text` as JSON and check it against `schema`, or raise ModelOutputError.
+
+    Covers the subset of JSON Schema that constrained decoding uses:
+    type, properties, required, additionalProperties, items, enum, const,
+    minItems/maxItems, minLength/maxLength, anyOf/oneOf. Backends that
+    cannot constrain decoding use it to refuse invalid output instead of
+    passing it on.
+    """
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelOutputError(
+            f"model output is not JSON ({exc.msg} at position {exc.pos})",
+            hint="use a backend with constrained decoding, or raise max_tokens if the output was cut off",
+        ) from exc
+    problem = schema_violation(value, schema)
+    if problem:
+        raise ModelOutputError(f"model output does not match the schema: {problem}")
+    return value
+
+
+def schema_violation(value: object, schema: dict, path: str = "$") -> str | None:
+    """The first way `value` breaks `schema`, or None when it conforms."""
+    if "const" in schema and value != schema["const"]:
+        return f"{path} must be {schema['const']!r}"
+    if "enum" in schema and value not in schema["enum"]:
+        return f"{path} must be one of {schema['enum']!r}"
+    for key in ("anyOf", "oneOf"):
+        if key in schema and all(schema_violation(value, s, path) for s in schema[key]):
+            return f"{path} matches none of the {key} alternatives"
+    kind = schema.get("type")
+    if kind is not None:
+        kinds = kind if isinstance(kind, list) else [kind]
+        if not any(_is_type(value, k) for k in kinds):
+            return f"{path} must be of type {kind}"
+    if isinstance(value, str):
+        if len(value) < schema.get("minLength", 0):
+            return f"{path} must be at least {schema['minLength']} characters"
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            return f"{path} must be at most {schema['maxLength']} characters"
+    if isinstance(value, dict):
+        for name in schema.get("required", []):
+            if name not in value:
+                return f"{path} lacks required key {name!r}"
+        properties = schema.get("properties", {})
+        for name, item in value.items():
+            if name in properties:
+                problem = schema_violation(item, properties[name], f"{path}.{name}")
+                if problem:
+                    return problem
+            elif schema.get("additionalProperties") is False:
+                return f"{path} has unexpected key {name!r}"
+    if isinstance(value, list):
+        if len(value) < schema.get("minItems", 0):
+            return f"{path} needs at least {schema['minItems']} items"
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            return f"{path} allows at most {schema['maxItems']} items"
+        if isinstance(schema.get("items"), dict):
+            for i, item in enumerate(value):
+                problem = schema_violation(item, schema["items"], f"{path}[{i}]")
+                if problem:
+                    return problem
+    return None
+
+
+def _is_type(value: object, kind: str) -> bool:
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    expected = _TYPES.get(kind)
+    return expected is not None and isinstance(value, expected)

@@ -1,0 +1,249 @@
+"""Any OpenAI-compatible chat server: llama-server, llama_cpp.server, Ollama, vLLM.
+
+Requests go to `{root}/v1/chat/completions` (`base_url` may be given with or
+without the trailing `/v1`). Streaming reads the server-sent events.
+
+Schema-constrained output. By default the schema is sent as
+`response_format={"type": "json_object", "schema": schema}`, which
+llama_cpp.server and llama-server honour with a grammar. vLLM, Ollama and
+OpenAI itself want `{"type": "json_schema", "json_schema": {"name": ...,
+"schema": schema, "strict": true}}` instead: pass `schema_format="json_schema"`.
+A server that ignores the request would return free text, so the reply is
+checked against the schema and a mismatch raises ModelOutputError.
+
+Adapters. OpenAI-style servers expose a LoRA adapter as a model name of its
+own (vLLM `--lora-modules manager=...`, an Ollama model per adapter), so
+`adapters` maps our adapter names to the model names to request.
+
+Token counting asks the server when it can — `/extras/tokenize/count`
+(llama_cpp.server), then `/tokenize` (llama-server) — and otherwise
+estimates one token per four bytes of UTF-8, which is the usual ratio for
+English text with BPE vocabularies; the estimate is marked by
+`token_count_exact = False`. Without a usage block in a streamed reply,
+completion tokens are the number of content chunks and prompt tokens are
+counted over the message texts alone (chat-template tokens are not seen).
+"""
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Iterator
+
+from edge.backends.base import Backend, Completion, Message, check_messages, parse_json
+from edge.errors import BackendError, MissingExtraError
+
+SCHEMA_FORMATS = ("json_object", "json_schema")
+
+
+def _import_httpx():
+    try:
+        import httpx
+    except ImportError as exc:
+        raise MissingExtraError("The HTTP backend", "server") from exc
+    return httpx
+
+
+class OpenAIHTTPBackend(Backend):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 120,
+        schema_format: str = "json_object",
+        adapters: dict[str, str] | None = None,
+    ) -> None:
+        if schema_format not in SCHEMA_FORMATS:
+            raise ValueError(f"schema_format must be one of {SCHEMA_FORMATS}, not {schema_format!r}")
+        httpx = _import_httpx()
+        self._httpx = httpx
+        root = base_url.rstrip("/")
+        self.root = root[: -len("/v1")] if root.endswith("/v1") else root
+        self.model = model
+        self.name = f"http:{model}@{self.root}"
+        self.schema_format = schema_format
+        self.adapter_models = dict(adapters or {})
+        self.last_completion: Completion | None = None
+        self.token_count_exact = True
+        self._tokenizer_route: str | None = None  # found on first count_tokens
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(base_url=self.root, headers=headers, timeout=timeout)
+
+    # ------------------------------------------------------------ public API
+
+    def complete(
+        self,
+        messages: list[Message],
+        *,
+        schema: dict | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        adapter: str | None = None,
+        stop: list[str] | None = None,
+    ) -> Completion:
+        start = time.perf_counter()
+        body = self._body(messages, max_tokens, temperature, adapter, stop, stream=False)
+        if schema is not None:
+            body["response_format"] = self._response_format(schema)
+        response = self._request("POST", "/v1/chat/completions", json=body)
+        data = response.json()
+        try:
+            choice = data["choices"][0]
+            text = choice["message"].get("content") or ""
+        except (KeyError, IndexError, TypeError) as exc:
+            raise BackendError(f"Unexpected reply from {self.root}: {str(data)[:200]}") from exc
+        usage = data.get("usage") or {}
+        completion = Completion(
+            text=text,
+            prompt_tokens=int(usage.get("prompt_tokens") or self._count_messages(messages)),
+            completion_tokens=int(usage.get("completion_tokens") or self.count_tokens(text)),
+            seconds=time.perf_counter() - start,
+            finish_reason=_finish(choice.get("finish_reason")),
+        )
+        self.last_completion = completion
+        if schema is not None and completion.finish_reason == "stop":
+            parse_json(text, schema)
+        return completion
+
+    def stream(
+        self,
+        messages: list[Message],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        adapter: str | None = None,
+        stop: list[str] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[str]:
+        body = self._body(messages, max_tokens, temperature, adapter, stop, stream=True)
+        return self._stream(messages, body, cancel)
+
+    def count_tokens(self, text: str) -> int:
+        routes = [self._tokenizer_route] if self._tokenizer_route else ["llama_cpp.server", "llama-server"]
+        for route in routes:
+            count = self._server_count(route, text)
+            if count is not None:
+                self._tokenizer_route = route
+                return count
+        self._tokenizer_route = "estimate"
+        self.token_count_exact = False
+        return math.ceil(len(text.encode("utf-8")) / 4)
+
+    def close(self) -> None:
+        self._client.close()
+
+    # ------------------------------------------------------------- internals
+
+    def _stream(self, messages: list[Message], body: dict, cancel: threading.Event | None) -> Iterator[str]:
+        httpx = self._httpx
+        start = time.perf_counter()
+        pieces: list[str] = []
+        chunks, finish, usage = 0, "stop", {}
+        try:
+            with self._client.stream("POST", "/v1/chat/completions", json=body) as response:
+                self._raise_for_status(response)
+                for line in response.iter_lines():
+                    if cancel is not None and cancel.is_set():
+                        finish = "cancelled"
+                        break
+                    if not line.startswith("data:"):
+                        continue
+                    payload = line[len("data:") :].strip()
+                    if payload == "[DONE]":
+                        break
+                    event = json.loads(payload)
+                    usage = event.get("usage") or usage
+                    for choice in event.get("choices") or []:
+                        piece = (choice.get("delta") or {}).get("content")
+                        if piece:
+                            chunks += 1
+                            pieces.append(piece)
+                            yield piece
+                        if choice.get("finish_reason"):
+                            finish = _finish(choice["finish_reason"])
+        except GeneratorExit:
+            finish = "cancelled"
+            raise
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        except json.JSONDecodeError as exc:
+            raise BackendError(f"Unexpected event from {self.root}: {exc.doc[:200]!r}") from exc
+        finally:
+            text = "".join(pieces)
+            self.last_completion = Completion(
+                text=text,
+                prompt_tokens=int(usage.get("prompt_tokens") or self._count_messages(messages)),
+                completion_tokens=int(usage.get("completion_tokens") or chunks),
+                seconds=time.perf_counter() - start,
+                finish_reason=finish,
+            )
+
+    def _body(self, messages, max_tokens, temperature, adapter, stop, *, stream: bool) -> dict:
+        check_messages(messages)
+        model = self.model
+        if adapter is not None:
+            if adapter not in self.adapter_models:
+                raise BackendError(
+                    f"No model name is configured for the adapter {adapter!r}.",
+                    hint="pass adapters={'manager': '<served model name>', ...} to OpenAIHTTPBackend",
+                )
+            model = self.adapter_models[adapter]
+        body: dict = {
+            "model": model,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "stream": stream,
+        }
+        if stop:
+            body["stop"] = list(stop)
+        return body
+
+    def _response_format(self, schema: dict) -> dict:
+        if self.schema_format == "json_schema":
+            return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": True}}
+        return {"type": "json_object", "schema": schema}
+
+    def _request(self, method: str, path: str, **kwargs):
+        try:
+            response = self._client.request(method, path, **kwargs)
+        except self._httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        self._raise_for_status(response)
+        return response
+
+    def _raise_for_status(self, response) -> None:
+        if response.status_code < 400:
+            return
+        detail = response.read().decode("utf-8", "replace")[:300]
+        hint = "check the api_key" if response.status_code in (401, 403) else "check the model name and request"
+        raise BackendError(f"{self.root} answered HTTP {response.status_code}: {detail}", hint=hint)
+
+    def _unreachable(self, exc: Exception) -> BackendError:
+        return BackendError(
+            f"Cannot reach the model server at {self.root} ({type(exc).__name__}: {exc})",
+            hint="start one, e.g. `python -m llama_cpp.server --model model.gguf --n_ctx 4096`, "
+            "or check --base-url",
+        )
+
+    def _server_count(self, route: str, text: str) -> int | None:
+        try:
+            if route == "llama_cpp.server":
+                response = self._client.post("/extras/tokenize/count", json={"input": text})
+                return int(response.json()["count"]) if response.status_code == 200 else None
+            if route == "llama-server":
+                response = self._client.post("/tokenize", json={"content": text})
+                return len(response.json()["tokens"]) if response.status_code == 200 else None
+        except (self._httpx.HTTPError, ValueError, KeyError, TypeError):
+            return None
+        return None
+
+    def _count_messages(self, messages: list[Message]) -> int:
+        return sum(self.count_tokens(m.content) for m in messages)
+
+
+def _finish(reason: str | None) -> str:
+    return reason if reason in ("stop", "length") else "stop"

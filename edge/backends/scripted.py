@@ -1,0 +1,110 @@
+"""A backend that answers from a queue of prepared replies.
+
+For deterministic tests of everything above the model (CLI, chat app,
+agent flow): it keeps the full Backend contract — stop strings, max_tokens,
+streaming, cancellation, last_completion — but "tokens" are whitespace-
+separated words. With a schema, a reply that is not JSON matching the schema
+raises ModelOutputError, as a real constrained backend would never return it.
+"""
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+
+from edge.backends.base import Backend, Completion, Message, StopScanner, check_messages, parse_json
+from edge.errors import BackendError
+
+_WORDS = re.compile(r"\S+\s*|\s+")
+
+
+class ScriptedBackend(Backend):
+    def __init__(self, replies: list[str] | None = None, *, check_schema: bool = True) -> None:
+        """`check_schema=False` plays a server that ignores JSON schemas (output passes unchecked)."""
+        self.name = "scripted"
+        self.check_schema = check_schema
+        self.replies: deque[str] = deque(replies or [])
+        self.calls: list[dict] = []  # every request, for assertions in tests
+        self.last_completion: Completion | None = None
+
+    def add(self, *replies: str) -> None:
+        self.replies.extend(replies)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def complete(
+        self,
+        messages: list[Message],
+        *,
+        schema: dict | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        adapter: str | None = None,
+        stop: list[str] | None = None,
+    ) -> Completion:
+        for _ in self._play(messages, schema, max_tokens, temperature, adapter, stop, None):
+            pass
+        assert self.last_completion is not None
+        if schema is not None and self.check_schema and self.last_completion.finish_reason == "stop":
+            parse_json(self.last_completion.text, schema)
+        return self.last_completion
+
+    def stream(
+        self,
+        messages: list[Message],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        adapter: str | None = None,
+        stop: list[str] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[str]:
+        return self._play(messages, None, max_tokens, temperature, adapter, stop, cancel)
+
+    def _play(self, messages, schema, max_tokens, temperature, adapter, stop, cancel) -> Iterator[str]:
+        check_messages(messages)
+        if not self.replies:
+            raise BackendError(
+                "The scripted backend has no replies left.",
+                hint="queue one reply per model call: ScriptedBackend([...]) or .add(...)",
+            )
+        start = time.perf_counter()
+        self.calls.append(
+            {"messages": list(messages), "schema": schema, "max_tokens": max_tokens,
+             "temperature": temperature, "adapter": adapter, "stop": stop}
+        )
+        reply = self.replies.popleft()
+        scanner = StopScanner(stop)
+        n_out, finish = 0, "stop"
+        try:
+            for word in _WORDS.findall(reply):
+                if cancel is not None and cancel.is_set():
+                    finish = "cancelled"
+                    break
+                if n_out >= max_tokens:
+                    finish = "length"
+                    break
+                n_out += 1 if word.strip() else 0
+                out, stopped = scanner.feed(word)
+                if out:
+                    yield out
+                if stopped:
+                    break
+            if finish != "cancelled":
+                tail = scanner.flush()
+                if tail:
+                    yield tail
+        except GeneratorExit:
+            finish = "cancelled"
+            raise
+        finally:
+            self.last_completion = Completion(
+                text=scanner.text,
+                prompt_tokens=sum(self.count_tokens(m.content) for m in messages),
+                completion_tokens=n_out,
+                seconds=time.perf_counter() - start,
+                finish_reason=finish,
+            )
