@@ -28,6 +28,7 @@ from edge.manager import MemoryManager, TurnResult, adapter_for, to_messages
 from edge.operations import AppliedOp
 from edge.prompts import (
     PROMPT_VERSION,
+    REPEAT_PENALTY,
     ShownMemory,
     Turn,
     chat_messages,
@@ -146,6 +147,11 @@ class Agent:
         self._lock = threading.RLock()
 
     @property
+    def speaker(self) -> str:
+        """How the user is named to the models: "User" for the default owner, else the owner's name."""
+        return "User" if self.user == paths.DEFAULT_USER else self.user
+
+    @property
     def backend(self) -> Backend:
         return self.chat_backend
 
@@ -166,7 +172,10 @@ class Agent:
         model, adapter = self.bundle.role(role)
         if model not in self._backends:
             adapters = self.bundle.adapter_paths() if self.bundle.backend == "llama.cpp" else None
-            kwargs: dict[str, Any] = {"model_path": model, "n_ctx": n_ctx, "adapters": adapters or None}
+            kwargs: dict[str, Any] = {
+                "model_path": model, "n_ctx": n_ctx, "adapters": adapters or None,
+                "repeat_penalty": self.bundle.manifest.get("generation", {}).get("repeat_penalty", REPEAT_PENALTY),
+            }
             if self.bundle.backend != "llama.cpp":
                 kwargs = {"model_dir": model}
             self._backends[model] = load_backend(self.bundle.backend, **kwargs)
@@ -178,7 +187,7 @@ class Agent:
         """Feed conversation turns to the Memory Manager, one bank transaction per turn."""
         if isinstance(turns, (str, Turn, dict)):
             turns = [turns]
-        parsed = [_as_turn(t, speaker or self.user) for t in turns]
+        parsed = [_as_turn(t, speaker or self.speaker) for t in turns]
         start = time.perf_counter()
         with self._lock:
             results = [self.manager.process(turn, user=self.user) for turn in parsed]
@@ -230,7 +239,7 @@ class Agent:
             remember_start = time.perf_counter()
             if remember:
                 remembered = self.manager.process(
-                    Turn(self.user, message, datetime.now().strftime("%Y-%m-%d %H:%M")), user=self.user
+                    Turn(self.speaker, message, datetime.now().strftime("%Y-%m-%d %H:%M")), user=self.user
                 )
             remember_s = time.perf_counter() - remember_start
             if reply and not cancelled:

@@ -131,12 +131,13 @@ class MemoryManager:
         """Turn one conversation turn into applied operations (or a logged NOOP)."""
         start = time.perf_counter()
         owner = user or self.bank.user
-        id_map, parse, result = self.propose(turn, self.related(turn, owner))
+        related = self.related(turn, owner)
+        id_map, parse, result = self.propose(turn, related)
         if not parse.ok:
             result.error = f"no usable reply after {result.attempts} attempts: {parse.error}"
             log.warning("turn %s is a NOOP: %s", turn.turn_id or "", result.error)
         else:
-            ops = self.to_bank_ops(parse, id_map, turn)
+            ops = self._drop_redundant(self.to_bank_ops(parse, id_map, turn), related, result)
             if ops:
                 try:
                     result.applied = self.bank.apply(ops, user=owner, actor="manager", turn=turn_reference(turn))
@@ -145,6 +146,29 @@ class MemoryManager:
                     log.warning("turn %s: %s", turn.turn_id or "", result.error)
         result.seconds = time.perf_counter() - start
         return result
+
+    @staticmethod
+    def _drop_redundant(ops: list[Op], related: list[Memory], result: TurnResult) -> list[Op]:
+        """Refuse an ADD of a memory already shown and an UPDATE that changes nothing."""
+        def norm(text: str) -> str:
+            return " ".join(text.lower().split())
+
+        current = {m.id: norm(m.text) for m in related}
+        kept: list[Op] = []
+        for op in ops:
+            reason = None
+            if isinstance(op, AddOp) and norm(op.text) in current.values():
+                reason = "the same memory is already stored"
+            elif isinstance(op, UpdateOp) and current.get(op.id) == norm(op.text):
+                reason = "the update does not change the memory"
+            elif isinstance(op, AddOp) and any(isinstance(k, AddOp) and norm(k.text) == norm(op.text) for k in kept):
+                reason = "the same memory is added twice in one turn"
+            if reason:
+                result.rejected.append(({"op": type(op).__name__, "text": getattr(op, "text", None)}, reason))
+                log.info("manager op dropped: %s", reason)
+            else:
+                kept.append(op)
+        return kept
 
     @staticmethod
     def to_bank_ops(parse: ManagerParse, id_map: IdMap, turn: Turn) -> list[Op]:

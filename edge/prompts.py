@@ -28,6 +28,10 @@ WORKING_STATE_CHARS = 480
 MAX_MEMORY_TEXT_CHARS = 120
 
 TIERS = ("core", "semantic", "episodic")
+
+# How the models are decoded, here so training samples the way the runtime serves.
+# A repetition penalty keeps a small model from looping inside a memory's text.
+REPEAT_PENALTY = 1.2
 OP_NAMES = ("ADD", "UPDATE", "DELETE", "NOOP")
 
 

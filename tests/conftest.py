@@ -61,8 +61,9 @@ def default_bundle(minilm):
 def llama_backend(default_bundle):
     """One llama.cpp backend on the bundled model, shared by the tests that only read from it."""
     from edge.backends.llama_cpp import LlamaCppBackend
+    from edge.prompts import REPEAT_PENALTY
 
     model, _ = default_bundle.role("answer")
-    backend = LlamaCppBackend(model, n_ctx=4096)
+    backend = LlamaCppBackend(model, n_ctx=4096, repeat_penalty=REPEAT_PENALTY)
     yield backend
     backend.close()

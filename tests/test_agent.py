@@ -183,3 +183,17 @@ def test_a_tampered_bundle_fails_verification(tmp_path: Path, default_bundle) ->
     (copy / "model.gguf").unlink()
     with pytest.raises(BundleError, match="missing file model.gguf"):
         Bundle.load(copy)
+
+
+def test_duplicate_adds_and_empty_updates_are_refused(bank: MemoryBank) -> None:
+    tea = bank.add("Alice likes tea")
+    reply = json.dumps({"ops": [
+        {"op": "ADD", "tier": "semantic", "text": "alice likes  TEA"},
+        {"op": "UPDATE", "id": "0", "text": "Alice likes tea"},
+        {"op": "ADD", "tier": "semantic", "text": "Alice has a dog"},
+    ]})
+    result = MemoryManager(ScriptedBackend([reply]), bank, related_k=3).process(Turn("alice", "I like tea and my dog"))
+    assert [op.action for op in result.applied] == ["ADD"]
+    reasons = {reason for _, reason in result.rejected}
+    assert reasons == {"the same memory is already stored", "the update does not change the memory"}
+    assert len(bank.history(tea.id)) == 1

@@ -105,6 +105,7 @@ class LlamaCppBackend(Backend):
         verbose: bool = False,
         n_batch: int = 512,
         prefix_slots: int = 4,
+        repeat_penalty: float = 1.0,
     ) -> None:
         """Load `model_path` with a context of `n_ctx` tokens.
 
@@ -141,6 +142,7 @@ class LlamaCppBackend(Backend):
         self.n_ctx = self._llm.n_ctx()
         self.n_threads = threads
         self.seed = seed
+        self.repeat_penalty = repeat_penalty
         self.last_completion: Completion | None = None
         self.last_prompt_eval_tokens: int | None = None
         self._lock = DecodeLock()
@@ -301,7 +303,7 @@ class LlamaCppBackend(Backend):
                 top_p=1.0,
                 min_p=0.0,
                 typical_p=1.0,
-                repeat_penalty=1.0,
+                repeat_penalty=self.repeat_penalty,
                 grammar=grammar,
             )
             try:
