@@ -1,1 +1,11 @@
-"""Turning trained models into files the runtime loads: LoRA merge, GGUF, ONNX, quantisation, bundles."""
+"""Turning trained models into files the runtime loads: LoRA merge, GGUF, ONNX, quantisation, bundles.
+
+    base_model     the base as a Hugging Face folder (GGUF bases dequantised, tokenizer rebuilt)
+    merge          reading LoRA adapters and folding them into the base in 16-bit
+    gguf           llama.cpp's converters (from the installed llama-cpp-python's sdist) and quantisation
+    onnx           onnxruntime-genai model builder: fp32, int8, int4
+    devset/parity  the checks an export must pass
+    bundle_writer  bundles from the exported files
+    pipeline       `edge export`: all of the above, stage by stage
+    embedder       the MiniLM embedder as ONNX (+ int8)
+"""

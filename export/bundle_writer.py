@@ -1,0 +1,98 @@
+"""Assemble exported files into bundles (see `edge.bundle` for the format).
+
+One bundle per runtime format, because a bundle names one backend:
+
+    <out>/gguf-q4_k_m/   backend llama.cpp
+        models/manager.gguf, models/answer.gguf          layout "merged"
+        models/base.gguf + adapters/{manager,answer}.gguf  layout "adapters"
+        embedder/
+    <out>/onnx-int4/     backend onnx-genai
+        models/manager/, models/answer/                  (onnxruntime-genai folders)
+        embedder/
+
+Roles: the Manager and the Answer Agent get their own model (or adapter);
+`chat` uses the answer model in the merged layout and the plain base in the
+adapters layout. A role with no adapter is served by the base model.
+Each bundle is built in a hidden staging folder and renamed into place.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.bundle import Bundle, write_manifest
+
+
+@dataclass
+class BundleSpec:
+    folder_name: str  # e.g. "gguf-q4_k_m"
+    backend: str  # "llama.cpp" | "onnx-genai"
+    label: str  # shown in the UI
+    models: dict[str, tuple[Path, dict[str, Any]]]  # key -> (file or folder, manifest fields)
+    adapters: dict[str, Path] = field(default_factory=dict)  # key -> GGUF LoRA file
+    roles: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    export_info: dict[str, Any] = field(default_factory=dict)  # recorded under "export"
+    notes: str = ""
+
+
+def _place(src: Path, dst: Path, *, move: bool) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if move:
+        os.replace(src, dst)
+    elif src.is_dir():
+        shutil.copytree(src, dst, copy_function=_link_or_copy)
+    else:
+        _link_or_copy(src, dst)
+
+
+def _link_or_copy(src: str | Path, dst: str | Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _suffix(path: Path) -> str:
+    return ".gguf" if path.is_file() else ""
+
+
+def write_bundle(out_dir: Path, spec: BundleSpec, embedder_dir: Path, embedder: dict[str, Any],
+                 *, move: bool = False) -> Bundle:
+    """Write `spec` as a bundle at `out_dir / spec.folder_name`; files are linked/copied (or moved)."""
+    target = out_dir / spec.folder_name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{spec.folder_name}.tmp-", dir=out_dir))
+    staging.chmod(0o755)
+    try:
+        models = {}
+        for key, (src, fields) in spec.models.items():
+            rel = f"models/{key}{_suffix(src)}"
+            _place(src, staging / rel, move=move)
+            models[key] = {"path": rel, **fields}
+        adapters = {}
+        for key, src in spec.adapters.items():
+            rel = f"adapters/{key}.gguf"
+            _place(src, staging / rel, move=move)
+            adapters[key] = {"path": rel, "base_model": "base"}
+        _place(embedder_dir, staging / "embedder", move=False)
+        write_manifest(staging, {
+            "name": spec.label,
+            "backend": spec.backend,
+            "models": models,
+            "adapters": adapters,
+            "roles": spec.roles,
+            "embedder": {**embedder, "path": "embedder"},
+            "export": spec.export_info,
+            "notes": spec.notes,
+        })
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Bundle.load(target)
