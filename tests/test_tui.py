@@ -94,10 +94,20 @@ class SlowBackend(ScriptedBackend):
 # ----------------------------------------------------------------------------- the real model
 
 
-def test_real_model_streams_a_reply_remembers_it_and_the_panel_finds_and_undoes_it(default_bundle, tmp_path):
+def test_real_model_streams_a_reply_remembers_it_and_the_panel_finds_and_undoes_it(default_bundle, tmp_path,
+                                                                                   monkeypatch):
     db = tmp_path / "bank.db"
     app = EdgeChatApp(ChatConfig(bundle=default_bundle.root, db=db, user="alice"))
     lengths: list[int] = []
+    # Record the reply's length at every update the screen makes: a streamed reply grows in several steps
+    # (sampling from the test loop alone can miss them on a busy machine).
+    real_append = Reply.append
+
+    def recording_append(self, piece: str) -> None:
+        real_append(self, piece)
+        lengths.append(len(self.text))
+
+    monkeypatch.setattr(Reply, "append", recording_append)
 
     async def scenario(pilot: Pilot) -> None:
         await settle(pilot)
@@ -105,10 +115,7 @@ def test_real_model_streams_a_reply_remembers_it_and_the_panel_finds_and_undoes_
         status = app.screen.query_one(StatusBar)
         assert "SmolLM2-135M-Instruct" in status.model and status.memories == 0
         await send(pilot, LUNA)
-        while app.screen.generating:  # watch the reply grow while the model decodes
-            replies = app.screen.query(Reply)
-            if replies and replies.last().text:
-                lengths.append(len(replies.last().text))
+        while app.screen.generating:
             await pilot.pause(0.02)
         await settle(pilot)
         reply = app.screen.query(Reply).last()
