@@ -89,7 +89,7 @@ def main() -> None:
 
     prompt_tokens: dict[int, int] = {}
     chat_s = []
-    with Agent(db=work / "chat.db", user="bench", chat_max_tokens=48) as agent:
+    with Agent(db=work / "chat.db", user="bench", chat_max_tokens=32) as agent:
         for turn in range(1, args.chat_turns + 1):
             message = chat_messages_for(turn)
             messages, _ = agent.chat_prompt(message)

@@ -1,0 +1,403 @@
+"""Run systems over LoCoMo conversations and measure them (what `edge eval locomo` does).
+
+For each system and conversation: feed the sessions' turns in time order,
+then ask every selected question (categories 1-4; 5 on request) and score
+the answers. Everything is written as it happens, so a run that stops can be
+started again with the same `out` folder and skips what is done:
+
+    out/run.json                          the settings; a rerun must match them
+    out/<system>/<sample_id>/bank.db      the system's memory bank
+    out/<system>/<sample_id>/ingest.jsonl one line per ingested turn (seconds, ops)
+    out/<system>/<sample_id>/answers.jsonl one line per answered question, with scores
+    out/<system>/<sample_id>/stats.json   bank size and peak RSS
+    out/results.json, out/report.md, out/<metric>.png   the summary (rebuilt every run)
+
+A turn is logged after its operations are committed; a run killed between
+the two replays that turn once on resume.
+
+Measured: F1, BLEU-1, exact match and (with a judge) LLM-judge accuracy,
+per category and overall; evidence recall (the share of a question's
+LoCoMo evidence turns among the source turns of what the answer model was
+shown); per-turn ingest and per-question latency (p50/p95); prompt tokens
+per question; bank size; peak resident memory of the process.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from edge.errors import EdgeError
+from edge.evaluation.scoring import LLMJudge, lexical_scores
+from edge.evaluation.systems import SYSTEMS, EvalContext, System, make_system, repeat_penalty_of
+from edge.locomo import CATEGORY_NAMES, QA, Conversation, load_locomo
+
+DEFAULT_SYSTEMS = ("full-context", "rag-turns", "manager-prompted", "bundle")
+METRICS = ("f1", "bleu1", "em", "judge", "evidence_recall")
+METRIC_LABELS = {
+    "f1": "F1",
+    "bleu1": "BLEU-1",
+    "em": "exact match",
+    "judge": "LLM judge",
+    "evidence_recall": "evidence recall",
+}
+
+
+@dataclass
+class EvalSettings:
+    data: Path
+    out: Path
+    systems: list[str] = field(default_factory=lambda: list(DEFAULT_SYSTEMS))
+    bundle: Path | None = None
+    limit: int | None = None
+    include_adversarial: bool = False
+    samples: list[str] | None = None
+    sessions: int | None = None  # only the first N sessions, and the questions answerable from them
+    n_ctx: int = 8192
+    answer_k: int = 60
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.systems if s not in SYSTEMS]
+        if unknown:
+            raise EdgeError(f"Unknown system(s): {', '.join(unknown)}.", hint=f"choose from: {', '.join(SYSTEMS)}")
+        if not self.systems:
+            raise EdgeError("No system to evaluate.", hint=f"choose from: {', '.join(SYSTEMS)}")
+        if self.limit is not None and self.limit < 1:
+            raise EdgeError("--limit must be at least 1.")
+        if self.sessions is not None and self.sessions < 1:
+            raise EdgeError("--sessions must be at least 1.")
+        self.systems = [s for s in SYSTEMS if s in self.systems]  # one order in every report
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut off by a crash: everything after it is redone
+    return rows
+
+
+def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        handle.flush()
+
+
+def _repaired_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a progress file, dropping a last line cut off by a crash so appends stay valid."""
+    rows = _read_jsonl(path)
+    if path.exists() and len(rows) != len(path.read_text(encoding="utf-8").splitlines()):
+        _rewrite_jsonl(path, rows)
+    return rows
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _rewrite_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear-interpolated percentile (numpy's default method); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class LocomoRun:
+    """One evaluation: settings, the loaded model, and the folder it writes to."""
+
+    def __init__(self, settings: EvalSettings, *, judge: LLMJudge | None = None,
+                 context: EvalContext | None = None, log: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.judge = judge
+        self.conversations = self._select(load_locomo(settings.data))
+        self._context = context
+        self._owns_context = context is None
+        self.log = log or (lambda message: print(message, file=sys.stderr))
+
+    def _select(self, conversations: list[Conversation]) -> list[Conversation]:
+        if self.settings.sessions:
+            conversations = [c.first_sessions(self.settings.sessions) for c in conversations]
+        wanted = self.settings.samples
+        if not wanted:
+            return conversations
+        known = {c.sample_id for c in conversations}
+        missing = [s for s in wanted if s not in known]
+        if missing:
+            raise EdgeError(f"No conversation {', '.join(missing)} in {self.settings.data}.",
+                            hint=f"its sample_ids: {', '.join(sorted(known))}")
+        return [c for c in conversations if c.sample_id in wanted]
+
+    def questions(self, conversation: Conversation) -> list[QA]:
+        chosen = conversation.questions(include_adversarial=self.settings.include_adversarial)
+        return chosen[: self.settings.limit] if self.settings.limit else chosen
+
+    @property
+    def context(self) -> EvalContext:
+        if self._context is None:
+            from edge.bundle import Bundle, build_default
+
+            bundle = Bundle.load(self.settings.bundle) if self.settings.bundle else build_default(log=self.log)
+            self._context = EvalContext.load(bundle, n_ctx=self.settings.n_ctx, answer_k=self.settings.answer_k)
+        return self._context
+
+    # ------------------------------------------------------------------ settings file
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What must not change between a run and its resumption."""
+        bundle = self.context.bundle
+        model, _ = bundle.role("answer")
+        model_key = model.relative_to(bundle.root).as_posix() if model.is_relative_to(bundle.root) else str(model)
+        return {
+            "data_sha256": _sha256(self.settings.data),
+            "bundle": bundle.name,
+            "model": model.name,
+            "model_sha256": bundle.manifest.get("files", {}).get(model_key, {}).get("sha256"),
+            "adapters": sorted(bundle.adapter_paths()),
+            "prompt_version": bundle.prompt_version,
+            "repeat_penalty": repeat_penalty_of(bundle),
+            "n_ctx": self.context.n_ctx,
+            "answer_k": self.settings.answer_k,
+            "sessions": self.settings.sessions,
+        }
+
+    def _check_out_dir(self) -> dict[str, Any]:
+        out = self.settings.out
+        out.mkdir(parents=True, exist_ok=True)
+        current = self.fingerprint()
+        path = out / "run.json"
+        if path.exists():
+            recorded = json.loads(path.read_text()).get("fingerprint", {})
+            changed = [k for k in current if recorded.get(k) != current[k]]
+            if changed:
+                raise EdgeError(
+                    f"{out} holds a run with other settings ({', '.join(changed)} differ); it cannot be resumed.",
+                    hint="pass a new --out folder, or delete this one to start over",
+                )
+        _write_json(path, {"fingerprint": current, "data": str(self.settings.data)})
+        return current
+
+    # ------------------------------------------------------------------ running
+
+    def run(self) -> dict[str, Any]:
+        """Run every system on every conversation (resuming), then write the summary files."""
+        started = time.perf_counter()
+        fingerprint = self._check_out_dir()
+        for name in self.settings.systems:
+            for conversation in self.conversations:
+                self.run_one(name, conversation)
+        results = self.summarise(fingerprint)
+        results["wall_seconds_this_run"] = round(time.perf_counter() - started, 1)
+        _write_json(self.settings.out / "results.json", results)
+        from edge.evaluation.report import write_charts, write_report
+
+        write_report(results, self.settings.out / "report.md")
+        results["charts"] = write_charts(results, self.settings.out)
+        return results
+
+    def workdir(self, system: str, conversation: Conversation) -> Path:
+        return self.settings.out / system / conversation.sample_id
+
+    def run_one(self, name: str, conversation: Conversation) -> None:
+        workdir = self.workdir(name, conversation)
+        system = make_system(name, self.context)
+        system.open(conversation, workdir)
+        try:
+            self._ingest(system, conversation, workdir)
+            self._answer(system, conversation, workdir)
+            stats_path = workdir / "stats.json"
+            previous = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+            _write_json(stats_path, {
+                "bank": system.size(),
+                "peak_rss_mb": round(max(peak_rss_mb(), previous.get("peak_rss_mb", 0.0)), 1),
+            })
+        finally:
+            system.close()
+
+    def _bar(self, total: int, initial: int, desc: str):
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc, unit="it", disable=not self.settings.progress,
+                    file=sys.stderr, dynamic_ncols=True, leave=False)
+
+    def _ingest(self, system: System, conversation: Conversation, workdir: Path) -> None:
+        log_path = workdir / "ingest.jsonl"
+        done = {row["turn"] for row in _repaired_jsonl(log_path)}
+        turns = list(conversation.turns())
+        if system.keeps_bank:
+            todo = [(s, t) for s, t in turns if t.dia_id not in done]
+        else:
+            todo = turns  # nothing was kept: replay every turn, log only new ones
+        with self._bar(len(turns), len(turns) - len(todo), f"{system.name} {conversation.sample_id} ingest") as bar:
+            for session, turn in todo:
+                start = time.perf_counter()
+                info = system.ingest_turn(session, turn)
+                seconds = time.perf_counter() - start
+                if turn.dia_id not in done:
+                    _append_jsonl(log_path, {"turn": turn.dia_id, "session": session.index,
+                                             "seconds": round(seconds, 4), **info})
+                bar.update(1)
+
+    def _answer(self, system: System, conversation: Conversation, workdir: Path) -> None:
+        path = workdir / "answers.jsonl"
+        rows = _repaired_jsonl(path)
+        done = {row["qa_index"] for row in rows}
+        if self.judge is not None and any("judge" not in row for row in rows):
+            for row in rows:
+                if "judge" not in row:
+                    row["judge"] = float(self.judge.judge(row["question"], row["gold"], row["prediction"]).correct)
+            _rewrite_jsonl(path, rows)
+        questions = self.questions(conversation)
+        todo = [q for q in questions if q.index not in done]
+        with self._bar(len(questions), len(questions) - len(todo),
+                       f"{system.name} {conversation.sample_id} answer") as bar:
+            for qa in todo:
+                reply = system.answer(qa.question)
+                row = {
+                    "qa_index": qa.index, "category": qa.category, "question": qa.question, "gold": qa.answer,
+                    "prediction": reply.answer, **lexical_scores(reply.answer, qa.answer),
+                    "evidence": qa.evidence, "evidence_recall": _recall(qa.evidence, reply.context_turns),
+                    "used_recall": _recall(qa.evidence, reply.used_turns),
+                    "context_turns": reply.context_turns, "used_turns": reply.used_turns,
+                    "shown": reply.shown, "prompt_tokens": reply.prompt_tokens,
+                    "seconds": round(reply.seconds, 4), "error": reply.error,
+                }
+                if self.judge is not None:
+                    row["judge"] = float(self.judge.judge(qa.question, qa.answer, reply.answer).correct)
+                _append_jsonl(path, row)
+                bar.update(1)
+
+    # ------------------------------------------------------------------ summary
+
+    def summarise(self, fingerprint: dict[str, Any]) -> dict[str, Any]:
+        systems = {}
+        for name in self.settings.systems:
+            rows: list[dict[str, Any]] = []
+            ingest: list[dict[str, Any]] = []
+            stats: list[dict[str, Any]] = []
+            for conversation in self.conversations:
+                workdir = self.workdir(name, conversation)
+                wanted = {q.index for q in self.questions(conversation)}
+                rows += [r for r in _read_jsonl(workdir / "answers.jsonl") if r["qa_index"] in wanted]
+                ingest += _read_jsonl(workdir / "ingest.jsonl")
+                if (workdir / "stats.json").exists():
+                    stats.append(json.loads((workdir / "stats.json").read_text()))
+            systems[name] = summarise_system(name, rows, ingest, stats)
+        categories = sorted({c for s in systems.values() for c in s["categories"] if c != "overall"}, key=int)
+        return {
+            "benchmark": "LoCoMo",
+            "data": str(self.settings.data),
+            "conversations": [c.sample_id for c in self.conversations],
+            "settings": {**fingerprint, "limit": self.settings.limit,
+                         "include_adversarial": self.settings.include_adversarial},
+            "judge": self.judge.name if self.judge else None,
+            "category_names": {str(k): v for k, v in CATEGORY_NAMES.items()},
+            "categories": categories,
+            "systems": systems,
+        }
+
+    def close(self) -> None:
+        if self._owns_context and self._context is not None:
+            self._context.close()
+            self._context = None
+
+
+def _recall(evidence: list[str], turns: list[str]) -> float | None:
+    if not evidence:
+        return None
+    shown = set(turns)
+    return sum(e in shown for e in evidence) / len(evidence)
+
+
+def _scores(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"n": len(rows)}
+    for metric in METRICS:
+        values = [r[metric] for r in rows if r.get(metric) is not None]
+        out[metric] = _mean(values)
+    return out
+
+
+def summarise_system(name: str, rows: list[dict[str, Any]], ingest: list[dict[str, Any]],
+                     stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-category and overall scores, latencies and sizes of one system."""
+    by_category: dict[str, Any] = {}
+    for category in sorted({r["category"] for r in rows}):
+        by_category[str(category)] = _scores([r for r in rows if r["category"] == category])
+    by_category["overall"] = _scores(rows)
+    turn_seconds = [r["seconds"] for r in ingest]
+    answer_seconds = [r["seconds"] for r in rows]
+    prompt_tokens = [r["prompt_tokens"] for r in rows]
+    cls = SYSTEMS[name]
+    return {
+        "summary": cls.summary,
+        "categories": by_category,
+        "turns": len(ingest),
+        "questions": len(rows),
+        "answer_errors": sum(1 for r in rows if r.get("error")),
+        "ingest_errors": sum(1 for r in ingest if r.get("error")),
+        "ingest_s": {"p50": percentile(turn_seconds, 50), "p95": percentile(turn_seconds, 95),
+                     "total": sum(turn_seconds)},
+        "answer_s": {"p50": percentile(answer_seconds, 50), "p95": percentile(answer_seconds, 95),
+                     "total": sum(answer_seconds)},
+        "prompt_tokens": {"mean": _mean(prompt_tokens), "p95": percentile(prompt_tokens, 95),
+                          "max": max(prompt_tokens, default=None)},
+        "shown_mean": _mean([r["shown"] for r in rows]),
+        "bank": {"memories": sum(s["bank"]["memories"] for s in stats), "bytes": sum(s["bank"]["bytes"] for s in stats)},
+        "peak_rss_mb": max((s["peak_rss_mb"] for s in stats), default=None),
+    }
+
+
+def run_locomo(settings: EvalSettings, *, judge: LLMJudge | None = None,
+               context: EvalContext | None = None) -> dict[str, Any]:
+    """Run (or resume) an evaluation and return its results (also written to `settings.out`)."""
+    run = LocomoRun(settings, judge=judge, context=context)
+    try:
+        return run.run()
+    finally:
+        run.close()

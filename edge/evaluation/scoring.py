@@ -1,0 +1,159 @@
+"""How answers are scored: token F1, BLEU-1 and exact match, plus an optional LLM judge.
+
+The lexical scores follow the LoCoMo / Mem0 / Memory-R1 literature:
+
+- Normalisation (SQuAD's, which LoCoMo's evaluation code starts from):
+  lowercase, drop ASCII punctuation, drop the articles "a", "an", "the",
+  split on whitespace. So "The Cat!" and "cat" are the same answer.
+- F1: harmonic mean of precision and recall over the two token
+  *multisets* (a token counts as often as it appears in both).
+- BLEU-1: clipped unigram precision times the brevity penalty
+  exp(1 - r/c) when the prediction (c tokens) is shorter than the
+  reference (r tokens). This is what nltk's
+  `sentence_bleu([ref], hyp, weights=(1, 0, 0, 0))` returns on the same
+  tokens, including 0 when no token matches (nltk returns 0 before any
+  smoothing applies) and 0 for an empty prediction; it is implemented here
+  so the runtime needs no nltk.
+- Exact match: the normalised strings are equal.
+
+Two scores are 1.0 when both answers normalise to nothing (an empty
+answer to an empty question is right); one empty side gives 0.0.
+
+Departures worth knowing when comparing with published numbers: LoCoMo's
+own script also removes "and" and commas, stems with Porter, splits
+multi-hop gold answers on commas and averages; Mem0's script scores F1
+over token *sets*. Papers differ here, which is one reason the judge
+score exists.
+
+The judge asks any `Backend` (usually a bigger model behind
+`OpenAIHTTPBackend`) whether the prediction means the same as the gold
+answer, constrained to {"verdict": "CORRECT" | "WRONG"}; the score is the
+fraction judged CORRECT. Its prompt lives here rather than in
+`edge.prompts` because no edge model is ever trained on or served it.
+"""
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+from dataclasses import dataclass
+
+from edge.backends.base import Backend, Message
+from edge.errors import EdgeError, ModelOutputError
+
+_PUNCTUATION = set(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_answer(text: object) -> str:
+    """Lowercase, strip punctuation and articles, collapse whitespace."""
+    text = str(text).lower()
+    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def answer_tokens(text: object) -> list[str]:
+    return normalize_answer(text).split()
+
+
+def exact_match(prediction: object, gold: object) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def f1_score(prediction: object, gold: object) -> float:
+    """Token F1 over multisets of normalised tokens."""
+    pred, ref = answer_tokens(prediction), answer_tokens(gold)
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def bleu1_score(prediction: object, gold: object) -> float:
+    """BLEU-1 with brevity penalty, as nltk's sentence_bleu with weights (1, 0, 0, 0)."""
+    pred, ref = answer_tokens(prediction), answer_tokens(gold)
+    if not pred or not ref:
+        return float(pred == ref)
+    clipped = sum((Counter(pred) & Counter(ref)).values())
+    if clipped == 0:
+        return 0.0
+    precision = clipped / len(pred)
+    brevity = 1.0 if len(pred) > len(ref) else math.exp(1 - len(ref) / len(pred))
+    return precision * brevity
+
+
+def lexical_scores(prediction: object, gold: object) -> dict[str, float]:
+    """F1, BLEU-1 and exact match of one prediction against one gold answer."""
+    return {
+        "f1": f1_score(prediction, gold),
+        "bleu1": bleu1_score(prediction, gold),
+        "em": exact_match(prediction, gold),
+    }
+
+
+# --------------------------------------------------------------------------- LLM judge
+
+JUDGE_SYSTEM = """You grade answers to questions about a long conversation.
+You get the question, the gold answer and a generated answer. Reply CORRECT
+when the generated answer means the same as the gold answer or contains it
+(wording, length and format may differ; a date in another format or a
+relative date that resolves to the same time is fine). Reply WRONG when it
+contradicts the gold answer, misses its point, or says it does not know.
+Answer only with JSON like {"verdict": "CORRECT"}."""
+
+JUDGE_SCHEMA = {
+    "type": "object",
+    "properties": {"verdict": {"enum": ["CORRECT", "WRONG"]}},
+    "required": ["verdict"],
+    "additionalProperties": False,
+}
+
+
+@dataclass
+class Verdict:
+    correct: bool
+    raw: str
+
+
+class LLMJudge:
+    """Asks a backend whether a prediction matches the gold answer (CORRECT / WRONG)."""
+
+    def __init__(self, backend: Backend, *, max_tokens: int = 16) -> None:
+        self.backend = backend
+        self.max_tokens = max_tokens
+
+    @property
+    def name(self) -> str:
+        return getattr(self.backend, "name", type(self.backend).__name__)
+
+    def messages(self, question: str, gold: str, prediction: str) -> list[Message]:
+        user = f"Question: {question}\nGold answer: {gold}\nGenerated answer: {prediction}\n\nVerdict:"
+        return [Message("system", JUDGE_SYSTEM), Message("user", user)]
+
+    def judge(self, question: str, gold: str, prediction: str) -> Verdict:
+        try:
+            completion = self.backend.complete(
+                self.messages(question, gold, prediction), schema=JUDGE_SCHEMA, max_tokens=self.max_tokens,
+                temperature=0.0,
+            )
+            text = completion.text.strip()
+        except ModelOutputError as exc:
+            text = f"({exc.message})"
+        upper = text.upper()
+        if "CORRECT" not in upper and "WRONG" not in upper:
+            raise EdgeError(f"The judge {self.name} gave no verdict: {text[:120]!r}",
+                            hint="use a judge model that follows JSON instructions, or one behind a server "
+                            "that constrains output to a schema")
+        # "WRONG" wins a reply that somehow names both.
+        return Verdict(correct="WRONG" not in upper, raw=text)
+
+    def score(self, items: list[tuple[str, str, str]]) -> float:
+        """Fraction of (question, gold, prediction) triples judged CORRECT; 0.0 for none."""
+        if not items:
+            return 0.0
+        return sum(self.judge(q, g, p).correct for q, g, p in items) / len(items)

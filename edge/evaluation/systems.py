@@ -1,0 +1,314 @@
+"""The systems `edge eval` compares, on the same conversation and the same model.
+
+    full-context      no memory: as many of the newest raw turns as fit the
+                      context window, then the Answer Agent's prompt over them
+    rag-turns         every raw turn stored as a memory (no Manager); the
+                      Answer Agent over the top-k retrieved
+    manager-prompted  our Memory Manager and Answer Agent, untrained (base
+                      model, no adapters)
+    bundle            `edge.Agent` on the bundle as shipped (its trained
+                      adapters when it has them)
+
+Every system answers with the prompt and schema of `edge.prompts` and
+greedy decoding, so what differs is only what reaches the context. Each
+is driven the same way: `open(conversation, workdir)`, `ingest_turn(...)`
+for every turn in time order, then `answer(question)`. Systems that keep
+a bank keep it in `workdir/bank.db`, so an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from edge.answer import AnswerAgent
+from edge.backends.base import Backend
+from edge.bank import Memory, MemoryBank
+from edge.bundle import Bundle
+from edge.embedder import Embedder
+from edge.errors import EdgeError
+from edge.locomo import Conversation, LocoTurn, Session
+from edge.manager import MemoryManager, shown_memories, to_messages
+from edge.operations import AddOp
+from edge.prompts import ANSWER_TOP_K, REPEAT_PENALTY, Turn, answer_messages, answer_schema, parse_answer_output
+
+BANK_USER = "locomo"
+QUESTION_ALLOWANCE = 64  # tokens kept free for the question in full-context (LoCoMo's are shorter)
+
+
+@dataclass
+class EvalContext:
+    """What every system shares: the bundle, one loaded model and the embedder."""
+
+    bundle: Bundle
+    backend: Backend
+    embedder: Embedder
+    n_ctx: int
+    answer_k: int = ANSWER_TOP_K
+    manager_max_tokens: int | None = None  # None: the Manager's own default
+
+    @classmethod
+    def load(cls, bundle: Bundle, *, n_ctx: int = 8192, answer_k: int = ANSWER_TOP_K) -> "EvalContext":
+        """Load the bundle's answer model (with the bundle's adapters, used only by `bundle`)."""
+        from edge.backends import load_backend
+
+        bundle.check_compatible()
+        model, _ = bundle.role("answer")
+        if bundle.backend == "llama.cpp":
+            # Decoded as `edge.Agent` decodes the bundle (its generation settings, else the defaults).
+            backend = load_backend(
+                "llama.cpp", model_path=model, n_ctx=n_ctx, adapters=bundle.adapter_paths() or None,
+                repeat_penalty=repeat_penalty_of(bundle),
+            )
+        else:
+            backend = load_backend(bundle.backend, model_dir=model)
+        n_ctx = int(getattr(backend, "n_ctx", n_ctx))
+        return cls(bundle=bundle, backend=backend, embedder=bundle.load_embedder(), n_ctx=n_ctx, answer_k=answer_k)
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def repeat_penalty_of(bundle: Bundle) -> float:
+    return float(bundle.manifest.get("generation", {}).get("repeat_penalty", REPEAT_PENALTY))
+
+
+@dataclass
+class SystemAnswer:
+    answer: str
+    context_turns: list[str]  # source turns of everything shown to the answer model
+    used_turns: list[str]  # source turns of the memories the model said it used
+    prompt_tokens: int
+    seconds: float
+    shown: int  # memories (or raw turns) in the prompt
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def as_turn(session: Session, turn: LocoTurn) -> Turn:
+    return Turn(speaker=turn.speaker, text=turn.full_text, time=session.date_time, turn_id=turn.dia_id)
+
+
+def turn_line(turn: LocoTurn) -> str:
+    return f"{turn.speaker}: {turn.full_text}"
+
+
+def source_turns(memories: list[Memory]) -> list[str]:
+    return list(dict.fromkeys(t for m in memories for t in m.source_turns))
+
+
+class System:
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    keeps_bank: ClassVar[bool] = True  # False: nothing to resume, ingest is replayed on every run
+
+    def __init__(self, ctx: EvalContext) -> None:
+        self.ctx = ctx
+        self.bank: MemoryBank | None = None
+
+    def open(self, conversation: Conversation, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.conversation = conversation
+        self.bank = MemoryBank.open(workdir / "bank.db", self.ctx.embedder, user=BANK_USER)
+
+    def ingest_turn(self, session: Session, turn: LocoTurn) -> dict[str, Any]:
+        """Take in one turn; returns what to log about it (counts, errors)."""
+        raise NotImplementedError
+
+    def ingest(self, conversation: Conversation) -> list[float]:
+        """Every turn in time order; the seconds each took."""
+        seconds = []
+        for session, turn in conversation.turns():
+            start = time.perf_counter()
+            self.ingest_turn(session, turn)
+            seconds.append(time.perf_counter() - start)
+        return seconds
+
+    def answer(self, question: str) -> SystemAnswer:
+        raise NotImplementedError
+
+    def size(self) -> dict[str, int]:
+        """Live memories and bytes on disk of the bank (0 for systems without one)."""
+        if self.bank is None:
+            return {"memories": 0, "bytes": 0}
+        path = self.bank.path
+        files = [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+        return {"memories": self.bank.count(), "bytes": sum(p.stat().st_size for p in files if p.exists())}
+
+    def close(self) -> None:
+        if self.bank is not None:
+            self.bank.close()
+            self.bank = None
+
+    @staticmethod
+    def _from_agent_answer(result: Any, seconds: float) -> SystemAnswer:
+        return SystemAnswer(
+            answer=result.answer,
+            context_turns=source_turns(result.retrieved),
+            used_turns=source_turns(result.memories),
+            prompt_tokens=int(result.prompt_tokens),
+            seconds=seconds,
+            shown=len(result.retrieved),
+            error=result.error,
+            timings=dict(result.timings),
+        )
+
+
+class FullContext(System):
+    name = "full-context"
+    summary = "newest raw turns that fit the context window, no memory"
+    keeps_bank = False
+
+    def open(self, conversation: Conversation, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.conversation = conversation
+        self.turns: list[Memory] = []
+        self.turn_tokens: list[int] = []
+        self._window: tuple[int, list[Memory]] | None = None
+
+    def ingest_turn(self, session: Session, turn: LocoTurn) -> dict[str, Any]:
+        memory = Memory(
+            id=turn.dia_id, owner=BANK_USER, tier="episodic", text=turn_line(turn), created_at="", updated_at="",
+            event_time=session.date_time, source_turns=(turn.dia_id,),
+        )
+        self.turns.append(memory)
+        # The line as the prompt shows it, e.g. "[123] episodic (1:56 pm on 8 May, 2023): Ann: hi".
+        _, shown = shown_memories([memory])
+        content = answer_messages("", shown)[1]["content"]
+        line = content.split("\n", 1)[1].rsplit("\n\nQuestion:", 1)[0]
+        self.turn_tokens.append(self.ctx.backend.count_tokens(line) + 3)  # + longer local ids, newline
+        self._window = None
+        return {}
+
+    def window(self) -> list[Memory]:
+        """The newest turns that fit, oldest first; the same for every question (so the prefix is reused)."""
+        if self._window is None or self._window[0] != len(self.turns):
+            empty = to_messages(answer_messages("", []))
+            fixed = sum(self.ctx.backend.count_tokens(m.content) + 8 for m in empty)
+            budget = self.ctx.n_ctx - AnswerAgent(self.ctx.backend).max_tokens - fixed - QUESTION_ALLOWANCE
+            kept, used = 0, 0
+            for tokens in reversed(self.turn_tokens):
+                if used + tokens > budget:
+                    break
+                used += tokens
+                kept += 1
+            self._window = (len(self.turns), self.turns[len(self.turns) - kept :])
+        return self._window[1]
+
+    def answer(self, question: str) -> SystemAnswer:
+        start = time.perf_counter()
+        agent = AnswerAgent(self.ctx.backend, adapter=None)
+        memories = self.window()
+        id_map, shown = shown_memories(memories)
+        messages = to_messages(answer_messages(question, shown))
+        completion = self.ctx.backend.complete(
+            messages, schema=answer_schema(id_map.local_ids), max_tokens=agent.max_tokens, temperature=0.0
+        )
+        parsed = parse_answer_output(completion.text, id_map.local_ids)
+        used = [m for m in memories if m.id in {id_map.real(i) for i in parsed.relevant}]
+        return SystemAnswer(
+            answer=parsed.answer, context_turns=source_turns(memories), used_turns=source_turns(used),
+            prompt_tokens=completion.prompt_tokens, seconds=time.perf_counter() - start, shown=len(memories),
+            error=parsed.error,
+        )
+
+    def size(self) -> dict[str, int]:
+        return {"memories": 0, "bytes": 0}
+
+
+class RagTurns(System):
+    name = "rag-turns"
+    summary = "every raw turn stored as a memory, no Manager; Answer Agent over top-k"
+
+    def open(self, conversation: Conversation, workdir: Path) -> None:
+        super().open(conversation, workdir)
+        self.answerer = AnswerAgent(self.ctx.backend, k=self.ctx.answer_k, adapter=None)
+
+    def ingest_turn(self, session: Session, turn: LocoTurn) -> dict[str, Any]:
+        assert self.bank is not None
+        op = AddOp(turn_line(turn), "episodic", session.date_time, (turn.dia_id,))
+        self.bank.apply([op], actor="import", turn=turn.dia_id)
+        return {"applied": 1}
+
+    def answer(self, question: str) -> SystemAnswer:
+        assert self.bank is not None
+        start = time.perf_counter()
+        result = self.answerer.answer(self.bank, question, user=BANK_USER)
+        return self._from_agent_answer(result, time.perf_counter() - start)
+
+
+class ManagerPrompted(System):
+    name = "manager-prompted"
+    summary = "Memory Manager + Answer Agent on the base model, no adapters"
+
+    def open(self, conversation: Conversation, workdir: Path) -> None:
+        super().open(conversation, workdir)
+        assert self.bank is not None
+        extra = {"max_tokens": self.ctx.manager_max_tokens} if self.ctx.manager_max_tokens else {}
+        self.manager = MemoryManager(self.ctx.backend, self.bank, adapter=None, **extra)
+        self.answerer = AnswerAgent(self.ctx.backend, k=self.ctx.answer_k, adapter=None)
+
+    def ingest_turn(self, session: Session, turn: LocoTurn) -> dict[str, Any]:
+        result = self.manager.process(as_turn(session, turn), user=BANK_USER)
+        return _turn_log(result)
+
+    def answer(self, question: str) -> SystemAnswer:
+        assert self.bank is not None
+        start = time.perf_counter()
+        result = self.answerer.answer(self.bank, question, user=BANK_USER)
+        return self._from_agent_answer(result, time.perf_counter() - start)
+
+
+class BundleAgent(System):
+    name = "bundle"
+    summary = "edge.Agent on the bundle as shipped (trained adapters when it has them)"
+
+    def open(self, conversation: Conversation, workdir: Path) -> None:
+        from edge.agent import Agent
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.conversation = conversation
+        bundle = self.ctx.bundle
+        one_model = len({bundle.role(r)[0] for r in ("manager", "answer")}) == 1
+        # One model for every role: share the loaded one (it carries the bundle's adapters).
+        self.agent = Agent(
+            bundle=bundle, db=workdir / "bank.db", user=BANK_USER,
+            backend=self.ctx.backend if one_model else None, n_ctx=self.ctx.n_ctx, answer_k=self.ctx.answer_k,
+        )
+        self.bank = self.agent.bank
+        if self.ctx.manager_max_tokens:
+            self.agent.manager.max_tokens = self.ctx.manager_max_tokens
+
+    def ingest_turn(self, session: Session, turn: LocoTurn) -> dict[str, Any]:
+        result = self.agent.remember([as_turn(session, turn)])
+        return _turn_log(result.turns[0])
+
+    def answer(self, question: str) -> SystemAnswer:
+        start = time.perf_counter()
+        result = self.agent.ask(question)
+        return self._from_agent_answer(result, time.perf_counter() - start)
+
+    def close(self) -> None:
+        if getattr(self, "agent", None) is not None:
+            self.agent.close()  # closes the bank; a shared backend stays open
+            self.agent = None
+        self.bank = None
+
+
+def _turn_log(result: Any) -> dict[str, Any]:
+    return {
+        "applied": [a.action for a in result.applied],
+        "rejected": len(result.rejected),
+        "error": result.error,
+        "prompt_tokens": result.prompt_tokens,
+    }
+
+
+SYSTEMS: dict[str, type[System]] = {cls.name: cls for cls in (FullContext, RagTurns, ManagerPrompted, BundleAgent)}
+
+
+def make_system(name: str, ctx: EvalContext) -> System:
+    if name not in SYSTEMS:
+        raise EdgeError(f"Unknown system {name!r}.", hint=f"choose from: {', '.join(SYSTEMS)}")
+    return SYSTEMS[name](ctx)

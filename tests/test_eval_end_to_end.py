@@ -1,0 +1,163 @@
+"""`edge eval locomo` end to end on a tiny conversation, with the real bundled model and embedder."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edge.bundle import build_default
+from edge.evaluation.runner import EvalSettings, LocomoRun
+from edge.evaluation.systems import EvalContext
+
+TINY = [{
+    "sample_id": "tiny-1",
+    "conversation": {
+        "speaker_a": "Ana",
+        "speaker_b": "Ben",
+        "session_1_date_time": "10:00 am on 3 March, 2023",
+        "session_1": [
+            {"speaker": "Ana", "dia_id": "D1:1", "text": "Hi Ben! I adopted a cat last week, her name is Luna."},
+            {"speaker": "Ben", "dia_id": "D1:2", "text": "Congrats! I am training for the Lisbon marathon."},
+            {"speaker": "Ana", "dia_id": "D1:3", "text": "Good luck. I work as a nurse at the city hospital."},
+            {"speaker": "Ben", "dia_id": "D1:4", "text": "Nice. My sister Maya is a teacher."},
+        ],
+        "session_2_date_time": "4:30 pm on 20 April, 2023",
+        "session_2": [
+            {"speaker": "Ana", "dia_id": "D2:1", "text": "Luna knocked over my coffee this morning!"},
+            {"speaker": "Ben", "dia_id": "D2:2", "text": "Ha! I finished the marathon in four hours."},
+            {"speaker": "Ana", "dia_id": "D2:3", "text": "Amazing. I started painting landscapes."},
+            {"speaker": "Ben", "dia_id": "D2:4", "text": "Send me a photo of your first painting.",
+             "blip_caption": "a painting of mountains at sunset"},
+        ],
+        "session_3_date_time": "9:00 am on 1 May, 2023",
+    },
+    "qa": [
+        {"question": "What is the name of Ana's cat?", "answer": "Luna", "evidence": ["D1:1"], "category": 4},
+        {"question": "What does Ana do for work?", "answer": "nurse", "evidence": ["D1:3"], "category": 4},
+        {"question": "What marathon did Ben run?", "answer": "Lisbon marathon", "evidence": ["D1:2", "D2:2"],
+         "category": 1},
+        {"question": "What is Ana's dog called?", "adversarial_answer": "Luna", "evidence": ["D1:1"],
+         "category": 5},
+    ],
+}]
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory: pytest.TempPathFactory, minilm):
+    bundle = build_default(tmp_path_factory.mktemp("bundle") / "default", log=lambda _: None)
+    ctx = EvalContext.load(bundle, n_ctx=4096, answer_k=20)
+    ctx.manager_max_tokens = 48  # keeps the test short: the untrained model can ramble to the limit
+    yield ctx
+    ctx.close()
+
+
+def _data(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    return path
+
+
+def test_rag_turns_and_manager_run_end_to_end_and_resume(tmp_path: Path, context) -> None:
+    data = _data(tmp_path)
+    out = tmp_path / "out"
+    settings = EvalSettings(data=data, out=out, systems=["rag-turns", "manager-prompted"], limit=2,
+                            n_ctx=4096, answer_k=20, progress=False)
+    run = LocomoRun(settings, context=context, log=lambda _: None)
+    results = run.run()
+
+    assert (out / "results.json").is_file() and (out / "report.md").is_file()
+    assert {"f1.png", "bleu1.png", "evidence_recall.png", "latency.png"} <= set(results["charts"])
+    report = (out / "report.md").read_text()
+    assert "1 multi-hop, 2 temporal, 3 open-domain, 4 single-hop, 5 adversarial" in report
+    for name in ("rag-turns", "manager-prompted"):
+        system = results["systems"][name]
+        assert system["turns"] == 8 and system["questions"] == 2
+        for scores in system["categories"].values():
+            for metric in ("f1", "bleu1", "em", "evidence_recall"):
+                assert 0.0 <= scores[metric] <= 1.0
+        assert system["ingest_s"]["p50"] > 0 and system["answer_s"]["p95"] >= system["answer_s"]["p50"]
+        assert system["prompt_tokens"]["mean"] > 0 and system["peak_rss_mb"] > 0
+        assert f"| {name} | **overall** | 2 |" in report
+    rag = results["systems"]["rag-turns"]
+    assert rag["bank"]["memories"] == 8 and rag["bank"]["bytes"] > 0
+    # Eight raw turns, top-20: every evidence turn is in the context.
+    assert rag["categories"]["overall"]["evidence_recall"] == 1.0
+    rows = [json.loads(x) for x in (out / "rag-turns" / "tiny-1" / "answers.jsonl").read_text().splitlines()]
+    assert [r["qa_index"] for r in rows] == [0, 1]
+    assert "D2:4" in rows[0]["context_turns"]
+
+    # Rerun with one more question: ingest and the two answered questions are skipped.
+    calls: list[str] = []
+    original = context.backend.complete
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("schema", {}).get("required", ["?"])[0])
+        return original(*args, **kwargs)
+
+    context.backend.complete = counting
+    try:
+        settings.limit = 3
+        results = LocomoRun(settings, context=context, log=lambda _: None).run()
+    finally:
+        del context.backend.complete
+    assert calls == ["relevant", "relevant"]  # one new answer per system, no Manager call
+    for name in ("rag-turns", "manager-prompted"):
+        lines = (out / name / "tiny-1" / "ingest.jsonl").read_text().splitlines()
+        assert len(lines) == 8
+        assert results["systems"][name]["questions"] == 3
+        assert set(results["systems"][name]["categories"]) == {"1", "4", "overall"}
+
+
+def test_full_context_keeps_the_newest_turns_that_fit(tmp_path: Path, context) -> None:
+    from edge.evaluation.systems import FullContext
+    from edge.locomo import load_locomo
+
+    conversation = load_locomo(_data(tmp_path))[0]
+    system = FullContext(context)
+    system.open(conversation, tmp_path / "fc")
+    system.ingest(conversation)
+    assert [m.id for m in system.window()] == [t.dia_id for _, t in conversation.turns()]
+    context.n_ctx, n_ctx = 420, context.n_ctx  # room for only a few turns
+    try:
+        system._window = None
+        window = [m.id for m in system.window()]
+    finally:
+        context.n_ctx = n_ctx
+    assert 0 < len(window) < 8 and window[-1] == "D2:4"
+
+
+def test_a_changed_setting_refuses_to_resume(tmp_path: Path, context) -> None:
+    from edge.errors import EdgeError
+
+    data = _data(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"fingerprint": {"answer_k": 99}}))
+    settings = EvalSettings(data=data, out=out, systems=["rag-turns"], limit=1, n_ctx=4096, answer_k=20,
+                            progress=False)
+    with pytest.raises(EdgeError, match="other settings"):
+        LocomoRun(settings, context=context, log=lambda _: None).run()
+
+
+def test_summary_statistics_without_a_model() -> None:
+    from edge.evaluation.runner import _recall, percentile, summarise_system
+
+    assert percentile([], 50) is None
+    assert percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 95) == pytest.approx(4.8)
+    assert _recall([], ["D1:1"]) is None
+    assert _recall(["D1:1", "D2:2"], ["D2:2", "D3:3"]) == 0.5
+    rows = [
+        {"category": 4, "f1": 1.0, "bleu1": 1.0, "em": 1.0, "evidence_recall": 1.0, "seconds": 1.0,
+         "prompt_tokens": 100, "shown": 5},
+        {"category": 1, "f1": 0.0, "bleu1": 0.0, "em": 0.0, "evidence_recall": None, "seconds": 3.0,
+         "prompt_tokens": 300, "shown": 5, "error": "unparsable"},
+    ]
+    summary = summarise_system("rag-turns", rows, [{"turn": "D1:1", "seconds": 0.5}],
+                               [{"bank": {"memories": 1, "bytes": 10}, "peak_rss_mb": 99.0}])
+    overall = summary["categories"]["overall"]
+    assert overall["n"] == 2 and overall["f1"] == 0.5 and overall["evidence_recall"] == 1.0
+    assert overall["judge"] is None
+    assert summary["categories"]["1"]["f1"] == 0.0 and summary["answer_errors"] == 1
+    assert summary["answer_s"]["p50"] == 2.0 and summary["prompt_tokens"]["mean"] == 200
