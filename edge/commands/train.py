@@ -1,0 +1,84 @@
+"""`edge train manager|answer`: GRPO + LoRA fine-tuning, a thin layer over `edge.train`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edge.errors import MissingExtraError
+
+CONFIG_HELP = ("A TOML file, or a shipped config: smollm2-135m-manager, smollm2-135m-answer (CPU), "
+               "qwen2.5-3b-manager, qwen2.5-3b-answer (GPU).")
+
+
+def _require_training_extra() -> None:
+    try:
+        import peft  # noqa: F401
+        import torch  # noqa: F401
+        import trl  # noqa: F401
+    except ImportError as exc:
+        raise MissingExtraError("Training", "train") from exc
+
+
+@click.group()
+def train() -> None:
+    """Fine-tune the Memory Manager or the Answer Agent with GRPO + LoRA.
+
+    Rollouts are decoded under the same JSON schemas the runtime uses, and
+    the prompts are the runtime's own (edge.prompts), so a trained adapter
+    is served with what it was trained on. A run writes checkpoints (it
+    resumes when started again with the same --out), metrics.jsonl/csv, a
+    curve.png, and OUT/adapter/ with edge-adapter.json (prompt version and
+    base model).
+
+    \b
+    Examples:
+      edge train manager --config smollm2-135m-manager --steps 40 --out runs/manager
+      edge train answer --config qwen2.5-3b-answer --locomo locomo10.json --out runs/answer
+    """
+
+
+def _options(fn):
+    fn = click.option("--config", "config_name", required=True, help=CONFIG_HELP)(fn)
+    fn = click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps [default: the config's].")(fn)
+    fn = click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+                      help="Run folder [default: runs/<agent>]. An unfinished run in it is resumed.")(fn)
+    fn = click.option("--base", default=None, help="Base model: 'bundled', a .gguf, a folder or a hub id.")(fn)
+    fn = click.option("--locomo", "locomo_path", type=click.Path(exists=True, dir_okay=False), default=None,
+                      help="LoCoMo file for configs whose data source is 'locomo'.")(fn)
+    fn = click.option("--seed", type=int, default=None, help="Random seed [default: the config's].")(fn)
+    fn = click.option("--fresh", is_flag=True, help="Start over instead of resuming a run in --out.")(fn)
+    fn = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")(fn)
+    return fn
+
+
+def _run(agent: str, config_name: str, steps: int | None, out: Path | None, base: str | None,
+         locomo_path: str | None, seed: int | None, fresh: bool, quiet: bool) -> None:
+    _require_training_extra()
+    from edge.train import load_config
+    from edge.train import train as run_training
+
+    config = load_config(config_name, base=base, seed=seed, **{"data.locomo_path": locomo_path})
+    if config.agent != agent:
+        raise click.UsageError(f"The config {config_name!r} trains the {config.agent}; use `edge train {config.agent}`.")
+    out = out or Path("runs") / agent
+    result = run_training(config, out=out, steps=steps, resume=not fresh, show_progress=not quiet)
+    click.echo(f"adapter: {result.adapter}")
+    for label, scores in (("dev before", result.dev_before), ("dev after", result.dev_after)):
+        shown = {k: round(v, 3) for k, v in scores.items() if isinstance(v, float)}
+        click.echo(f"{label}: {shown}")
+    click.echo(f"curve: {result.out / 'curve.png'}   metrics: {result.out / 'metrics.csv'}")
+
+
+@train.command()
+@_options
+def manager(**kwargs) -> None:
+    """Train the Memory Manager (reward: a frozen reader's answers after its edits)."""
+    _run("manager", **kwargs)
+
+
+@train.command()
+@_options
+def answer(**kwargs) -> None:
+    """Train the Answer Agent (reward: exact match of its answer)."""
+    _run("answer", **kwargs)

@@ -1,0 +1,55 @@
+"""Training configs: the shipped TOML files load, and mistakes are refused with a way out."""
+from __future__ import annotations
+
+import pytest
+
+from edge.train.config import CONFIG_DIR, ConfigError, TrainConfig, config_from_dict, describe, load_config
+
+SHIPPED = ["smollm2-135m-manager", "smollm2-135m-answer", "qwen2.5-3b-manager", "qwen2.5-3b-answer"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_configs_load(name):
+    config = load_config(name)
+    assert config.agent == name.rsplit("-", 1)[-1]
+    assert (CONFIG_DIR / f"{name}.toml").is_file()
+    if name.startswith("qwen"):
+        assert (config.dtype, config.device, config.temperature) == ("bfloat16", "cuda", 1.0)
+        assert config.data.source == "locomo" and config.reward.metric == "em"
+    else:
+        assert (config.base, config.dtype, config.device) == ("bundled", "float32", "cpu")
+
+
+def test_unknown_keys_are_refused():
+    with pytest.raises(ConfigError, match="stepz"):
+        config_from_dict({"stepz": 3})
+    with pytest.raises(ConfigError, match=r"\[lora\]"):
+        config_from_dict({"lora": {"rank": 3}})
+
+
+def test_bad_combinations_say_what_to_set():
+    with pytest.raises(ConfigError, match="num_generations"):
+        TrainConfig(num_generations=1)
+    with pytest.raises(ConfigError, match="temperature"):
+        TrainConfig(temperature=0)
+    with pytest.raises(ConfigError, match="candidates"):
+        config_from_dict({"data": {"source": "locomo", "locomo_path": "x.json"}, "reward": {"reader": "candidates"}})
+    with pytest.raises(ConfigError, match="locomo_path"):
+        config_from_dict({"data": {"source": "locomo"}})
+    with pytest.raises(ConfigError, match="float32"):
+        TrainConfig(dtype="bfloat16", device="cpu")
+
+
+def test_overrides_replace_top_level_and_section_fields(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('agent = "answer"\nsteps = 7\n[data]\nsource = "synthetic"\n')
+    config = load_config(path, steps=2, seed=None, **{"data.train_conversations": 3})
+    assert (config.agent, config.steps, config.data.train_conversations) == ("answer", 2, 3)
+    with pytest.raises(ConfigError):
+        load_config("no-such-config")
+
+
+def test_every_setting_has_help():
+    rows = describe()
+    assert rows and all(help_text for _, help_text, _ in rows)
+    assert "lora.top_layers" in {name for name, _, _ in rows}

@@ -1,0 +1,261 @@
+"""Training configuration: dataclasses whose fields say what they do, loaded from TOML.
+
+    agent = "manager"
+    base = "bundled"
+    steps = 120
+    [lora]
+    r = 16
+    [data]
+    source = "synthetic"
+    [reward]
+    reader = "candidates"
+
+Top-level keys fill `TrainConfig`; the `[lora]`, `[data]` and `[reward]`
+tables fill `LoraSettings`, `DataSettings` and `RewardSettings`. Unknown
+keys are errors (a typo must not silently train with a default). Values not
+set follow TRL's `GRPOConfig` defaults, except where a field says otherwise.
+The shipped configs live in `edge/train/configs/` (`config_path(name)`).
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from edge.errors import EdgeError
+
+AGENTS = ("manager", "answer")
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class ConfigError(EdgeError):
+    """A training configuration that cannot be used as written."""
+
+
+def _help(text: str, default: Any = None, **kw: Any) -> Any:
+    if "default_factory" in kw:
+        return field(default_factory=kw["default_factory"], metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class LoraSettings:
+    r: int = _help("LoRA rank.", 16)
+    alpha: int = _help("LoRA alpha (scale = alpha / r).", 32)
+    dropout: float = _help("LoRA dropout.", 0.0)
+    target_modules: list[str] = _help(
+        "Linear layers that get adapters.",
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
+    top_layers: int = _help(
+        "Adapt only the last N transformer layers (0: all). The backward pass then stops at the first adapted "
+        "layer, which on a CPU saves most of its cost.", 0)
+
+    def __post_init__(self) -> None:
+        if self.r < 1 or self.alpha < 1:
+            raise ConfigError(f"[lora] r and alpha must be positive (got r={self.r}, alpha={self.alpha}).")
+        if self.top_layers < 0:
+            raise ConfigError("[lora] top_layers must be 0 (all layers) or a positive number of layers.")
+
+
+@dataclass
+class DataSettings:
+    source: str = _help("Where episodes come from: 'synthetic' (seeded generator) or 'locomo'.", "synthetic")
+    locomo_path: str | None = _help("LoCoMo JSON file (locomo10.json layout) when source = 'locomo'.", None)
+    dev_locomo_path: str | None = _help("LoCoMo file for dev evaluation (default: the last 20% of the episodes of "
+                                        "locomo_path, by turn order).", None)
+    train_conversations: int = _help("Synthetic conversations to train on (train seed range).", 200)
+    dev_conversations: int = _help("Synthetic conversations for dev evaluation (dev seed range).", 6)
+    embedder: str = _help("Embedder of the episode banks: 'minilm' (the runtime default) or 'hash' "
+                          "(model-free, fast).", "minilm")
+    related_k: int = _help("Memories the Manager is shown per turn (the runtime's related_k).", 8)
+    answer_k: int = _help("Memories the Answer Agent is shown per question (Memory-R1: 60).", 60)
+    window: int = _help("LoCoMo Manager episodes: how many previous turns the bank holds.", 50)
+    max_dev_episodes: int = _help("Cap on dev episodes evaluated (0: all).", 0)
+
+    def __post_init__(self) -> None:
+        if self.source not in ("synthetic", "locomo"):
+            raise ConfigError(f"[data] source must be 'synthetic' or 'locomo', not {self.source!r}.")
+        if self.source == "locomo" and not self.locomo_path:
+            raise ConfigError("[data] source = 'locomo' needs locomo_path.",
+                              hint="set locomo_path to a locomo10.json-style file, e.g. conv-26.json")
+        if self.embedder not in ("minilm", "hash"):
+            raise ConfigError(f"[data] embedder must be 'minilm' or 'hash', not {self.embedder!r}.")
+
+
+@dataclass
+class RewardSettings:
+    metric: str = _help("Answer score: 'em' (Memory-R1's exact match) or 'f1' (token F1).", "em")
+    format_weight: float = _help("Weight of the format term (partial credit for malformed replies).", 0.25)
+    outcome_weight: float = _help("Manager: weight of the frozen reader's score after applying the reply.", 1.0)
+    compression_weight: float = _help("Manager: weight of minus the number of memories added.", 0.2)
+    reader: str = _help(
+        "Manager: the frozen reader that answers from the edited bank: 'agent' (the Answer Agent on a model, "
+        "Memory-R1) or 'candidates' (model-free, synthetic questions only).", "agent")
+    reader_model: str = _help("reader = 'agent': 'bundled' or a GGUF path (run by llama.cpp), 'base' (a frozen "
+                              "copy of the run's base model, run by transformers), or a model served at reader_url.",
+                              "bundled")
+    reader_url: str | None = _help("reader = 'agent': an OpenAI-compatible server to ask instead of llama.cpp.", None)
+    reader_adapter: str | None = _help("reader = 'agent': a GGUF LoRA for the frozen Answer Agent.", None)
+    reader_k: int = _help("Memories the frozen reader retrieves per question.", 60)
+    reader_n_ctx: int = _help("reader = 'agent' on llama.cpp: context window.", 4096)
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("em", "f1"):
+            raise ConfigError(f"[reward] metric must be 'em' or 'f1', not {self.metric!r}.")
+        if self.reader not in ("agent", "candidates"):
+            raise ConfigError(f"[reward] reader must be 'agent' or 'candidates', not {self.reader!r}.")
+
+
+@dataclass
+class TrainConfig:
+    agent: str = _help("Which agent to train: 'manager' or 'answer'.", "manager")
+    base: str = _help("Base model: 'bundled' (SmolLM2-135M GGUF), a .gguf path, a folder or a hub id.", "bundled")
+    dtype: str = _help("Weights dtype: 'float32' (CPU) or 'bfloat16' (GPU).", "float32")
+    device: str = _help("'cpu', 'cuda' or 'auto'.", "auto")
+    threads: int = _help("CPU threads for torch (0: torch's default). On a busy machine 1 is often fastest.", 0)
+    seed: int = _help("Random seed (sampling, LoRA init, data order).", 0)
+    steps: int = _help("Optimiser steps.", 200)
+    learning_rate: float = _help("AdamW learning rate (LoRA weights).", 1e-5)
+    lr_scheduler: str = _help("transformers scheduler name ('linear', 'constant', 'cosine', ...).", "linear")
+    warmup_steps: int = _help("Linear warm-up steps.", 0)
+    prompts_per_step: int = _help("Distinct prompts per optimiser step (each sampled num_generations times).", 2)
+    num_generations: int = _help("Completions sampled per prompt (the GRPO group).", 8)
+    gradient_accumulation_steps: int = _help("Micro-batches per optimiser step.", 1)
+    max_completion_length: int = _help("Most tokens a sampled reply may take.", 256)
+    temperature: float = _help("Sampling temperature of rollouts (Memory-R1: 1.0).", 1.0)
+    choice_temperature: float = _help(
+        "Extra temperature at the schema's branch points only (which operation, id, tier; one more operation or "
+        "not) during rollouts, so that groups try operations the model rarely picks (1.0: off; not in "
+        "Memory-R1).", 1.0)
+    loss_tokens: str = _help(
+        "Completion tokens the policy gradient updates: 'all' (TRL) or 'choices', only those sampled at the "
+        "schema's branch points (which operation, id, tier; one more operation or not). With 'choices' the few "
+        "decision tokens are not drowned among the memory text's tokens, which the model keeps copying from the "
+        "turn as it did before training.", "all")
+    beta: float = _help("KL coefficient against the base model (TRL default 0: no reference model).", 0.0)
+    loss_type: str = _help("TRL GRPO loss aggregation ('dapo', 'grpo', 'dr_grpo', 'bnpo', ...).", "dapo")
+    scale_rewards: str = _help("Advantage scaling: 'group', 'batch' or 'none'.", "group")
+    epsilon: float = _help("PPO clip range.", 0.2)
+    max_grad_norm: float = _help("Gradient clipping norm.", 1.0)
+    gradient_checkpointing: bool = _help("Recompute activations in the backward pass (saves GPU memory).", False)
+    save_every: int = _help("Checkpoint every N steps (resume picks up the latest).", 25)
+    eval_every: int = _help("Evaluate on the dev episodes every N steps (0: only before and after).", 25)
+    eval_max_new_tokens: int = _help("Token budget of greedy dev replies.", 256)
+    eval_batch_size: int = _help("Prompts per batch in dev evaluation.", 8)
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "[lora] table."})
+    data: DataSettings = field(default_factory=DataSettings, metadata={"help": "[data] table."})
+    reward: RewardSettings = field(default_factory=RewardSettings, metadata={"help": "[reward] table."})
+
+    def __post_init__(self) -> None:
+        if self.agent not in AGENTS:
+            raise ConfigError(f"agent must be one of {', '.join(AGENTS)}, not {self.agent!r}.")
+        if self.num_generations < 2:
+            raise ConfigError("num_generations must be at least 2: GRPO compares completions of one prompt.",
+                              hint="set num_generations = 4 (CPU) or 8")
+        if self.temperature <= 0:
+            raise ConfigError("temperature must be > 0 for rollouts (greedy rollouts are all the same).",
+                              hint="Memory-R1 samples rollouts at 1.0")
+        if self.loss_tokens not in ("all", "choices"):
+            raise ConfigError(f"loss_tokens must be 'all' or 'choices', not {self.loss_tokens!r}.")
+        if self.choice_temperature < 1.0:
+            raise ConfigError("choice_temperature must be >= 1.0 (1.0 leaves rollouts as sampled).")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"dtype must be float32, bfloat16 or float16, not {self.dtype!r}.")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, not {self.device!r}.")
+        if self.dtype != "float32" and self.resolved_device() == "cpu":
+            raise ConfigError(f"dtype {self.dtype} on a CPU is slow or unsupported in training.",
+                              hint="set dtype = \"float32\" for CPU runs")
+        if self.reward.reader == "candidates" and self.data.source != "synthetic":
+            raise ConfigError("[reward] reader = 'candidates' only works on synthetic data (its questions list "
+                              "their possible answers).", hint="set reader = \"agent\" for LoCoMo")
+        if self.steps < 1 or self.prompts_per_step < 1:
+            raise ConfigError("steps and prompts_per_step must be at least 1.")
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        try:
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        except ImportError:
+            return "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_SECTIONS = {"lora": LoraSettings, "data": DataSettings, "reward": RewardSettings}
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"Unknown setting(s) in {where}: {', '.join(unknown)}.",
+                          hint=f"known: {', '.join(sorted(known))}")
+    return cls(**values)
+
+
+def config_from_dict(data: dict[str, Any], *, where: str = "the config") -> TrainConfig:
+    top = {k: v for k, v in data.items() if k not in _SECTIONS}
+    sections = {k: _build(cls, dict(data.get(k, {})), f"[{k}] of {where}") for k, cls in _SECTIONS.items()}
+    return _build(TrainConfig, {**top, **sections}, where)
+
+
+def config_path(name: str) -> Path:
+    """A shipped config by name ('smollm2-135m-manager') or a path to a TOML file."""
+    path = Path(name)
+    if path.suffix == ".toml" and path.is_file():
+        return path
+    shipped = CONFIG_DIR / f"{name.removesuffix('.toml')}.toml"
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
+    raise ConfigError(f"No config file {name!r}.", hint=f"pass a .toml path or one of: {names}")
+
+
+def load_config(name: str | Path, **overrides: Any) -> TrainConfig:
+    """Read a TOML config; keyword overrides replace top-level fields (e.g. steps=2)."""
+    path = config_path(str(name))
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    config = config_from_dict(data, where=str(path))
+    return with_overrides(config, **overrides)
+
+
+def with_overrides(config: TrainConfig, **overrides: Any) -> TrainConfig:
+    """A copy with top-level fields replaced, or section fields given as 'section.field'."""
+    top: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if "." in key:
+            section, name = key.split(".", 1)
+            sections.setdefault(section, {})[name] = value
+        else:
+            top[key] = value
+    for section, values in sections.items():
+        current = getattr(config, section, None)
+        if not is_dataclass(current):
+            raise ConfigError(f"No [{section}] table in training configs.")
+        top[section] = replace(current, **values)
+    return replace(config, **top) if top else config
+
+
+def describe(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """(name, help, default) of every setting, for `edge train --help-config`."""
+    rows: list[tuple[str, str, Any]] = []
+    for f in fields(cls):
+        if f.name in _SECTIONS:
+            rows += describe(_SECTIONS[f.name], f"{f.name}.")
+            continue
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        rows.append((prefix + f.name, f.metadata.get("help", ""), default))
+    return rows

@@ -1,0 +1,96 @@
+"""Greedy evaluation of a model being trained, decoded under the runtime's schemas.
+
+- `evaluate_manager`: one reply per Manager episode. Operation accuracy
+  (the reply's operation kinds and target ids equal the gold ones; texts
+  not compared; synthetic episodes only), value accuracy (the gold values
+  appear in what it adds or updates), format score, and the frozen
+  reader's answer score on the episode's questions after the reply is
+  applied to a copy of the bank; each also per turn kind.
+- `evaluate_answer`: EM and F1 of the Answer Agent's answers.
+
+Greedy decoding, as at run time; transformers here, where the runtime uses
+llama.cpp on the exported GGUF.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Callable, Sequence
+
+from edge.embedder import Embedder
+from edge.evaluation.scoring import exact_match, f1_score
+from edge.prompts import parse_answer_output, parse_manager_output
+
+from edge.train.base_model import render_chat
+from edge.train.constrained import SchemaConstraint, constrained_generate
+from edge.train.episodes import AnswerEpisode, ManagerEpisode
+from edge.train.rewards import CachedEmbedder, Reader, ops_match, score_reply, values_stated
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def manager_replies(model, tokenizer, constraint: SchemaConstraint, episodes: Sequence[ManagerEpisode], *,
+                    max_new_tokens: int = 256, batch_size: int = 8) -> list[str]:
+    prompts = [render_chat(tokenizer, e.messages()) for e in episodes]
+    return constrained_generate(model, tokenizer, constraint, prompts, [e.schema() for e in episodes],
+                                max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+
+def score_manager_replies(episodes: Sequence[ManagerEpisode], replies: Sequence[str], reader: Reader | None,
+                          embedder: Embedder, metric: Callable[[object, object], float] = exact_match,
+                          ) -> dict[str, Any]:
+    """Metrics of given replies (pure: no model), overall and per turn kind."""
+    cached = CachedEmbedder(embedder)
+    groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    ops_used: dict[str, int] = defaultdict(int)
+    for episode, reply in zip(episodes, replies):
+        parse = parse_manager_output(reply, episode.shown_ids)
+        for key in ("all", episode.kind or "turn"):
+            g = groups[key]
+            g["format"].append(parse.format_score)
+            if episode.gold_ops is not None:
+                g["op_accuracy"].append(float(ops_match(parse, episode.gold_ops)))
+                g["value_accuracy"].append(float(parse.ok and values_stated(parse, episode.gold_ops)))
+        for op in parse.ops or []:
+            ops_used[op.op] += 1
+        if not parse.ops and parse.ok:
+            ops_used["NOOP"] += 1
+        if reader is not None and episode.questions:
+            score, _ = score_reply(reply, episode.row(), reader, cached, metric)
+            groups["all"]["answer"].append(score)  # type: ignore[arg-type]
+            groups[episode.kind or "turn"]["answer"].append(score)  # type: ignore[arg-type]
+    result: dict[str, Any] = {"n": len(episodes), "ops_used": dict(ops_used)}
+    for key, g in groups.items():
+        target = result if key == "all" else result.setdefault("by_kind", {}).setdefault(key, {})
+        for name, values in g.items():
+            target[name] = _mean(values)
+        if key != "all":
+            target["n"] = len(g["format"])
+    return result
+
+
+def evaluate_manager(model, tokenizer, constraint: SchemaConstraint, episodes: Sequence[ManagerEpisode],
+                     reader: Reader | None, embedder: Embedder, *, max_new_tokens: int = 256, batch_size: int = 8,
+                     metric: Callable[[object, object], float] = exact_match) -> tuple[dict[str, Any], list[str]]:
+    replies = manager_replies(model, tokenizer, constraint, episodes, max_new_tokens=max_new_tokens,
+                              batch_size=batch_size)
+    return score_manager_replies(episodes, replies, reader, embedder, metric), replies
+
+
+def evaluate_answer(model, tokenizer, constraint: SchemaConstraint, episodes: Sequence[AnswerEpisode], *,
+                    max_new_tokens: int = 64, batch_size: int = 8) -> tuple[dict[str, Any], list[str]]:
+    prompts = [render_chat(tokenizer, e.messages()) for e in episodes]
+    replies = constrained_generate(model, tokenizer, constraint, prompts, [e.schema() for e in episodes],
+                                   max_new_tokens=max_new_tokens, batch_size=batch_size)
+    em, f1, fmt, recall = [], [], [], []
+    for episode, reply in zip(episodes, replies):
+        parsed = parse_answer_output(reply, episode.shown_ids)
+        em.append(exact_match(parsed.answer, episode.answer))
+        f1.append(f1_score(parsed.answer, episode.answer))
+        fmt.append(float(parsed.error is None))
+        if episode.relevant:
+            recall.append(float(bool(set(parsed.relevant) & set(episode.relevant))))
+    return {"n": len(episodes), "em": _mean(em), "f1": _mean(f1), "format": _mean(fmt),
+            "relevant_recall": _mean(recall)}, replies
+

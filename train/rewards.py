@@ -1,0 +1,275 @@
+"""Reward functions, in TRL's signature: `fn(prompts, completions, **columns) -> list[float | None]`.
+
+`completions` are what TRL passes: plain strings, or (for chat prompts) a
+one-message list `[{"role": "assistant", "content": ...}]`. The other
+arguments are dataset columns (see `edge.train.episodes`), one value per
+completion. `None` means "not applicable" (TRL skips it).
+
+Answer Agent (Memory-R1): exact match of the parsed answer against the gold
+answer after SQuAD normalisation (`answer_em_reward`); token F1 is the
+softer option (`answer_f1_reward`). The paper found an LLM-judge reward made
+answers longer and F1 worse, so none is offered.
+
+Memory Manager:
+- `manager_format_reward`: `parse_manager_output(...).format_score`, which
+  gives partial credit (prose around JSON, rejected operations);
+- `ManagerOutcomeReward`: rebuild the bank as it was before the turn (an
+  in-memory SQLite copy), apply the sampled operations exactly as the
+  runtime Manager would, and score the answers a *frozen* reader gives to
+  the episode's questions (EM). The reader is either the Answer Agent on a
+  backend (`AgentReader`, Memory-R1's choice) or `CandidateReader`, a
+  model-free reader for synthetic questions (see its docstring);
+- `manager_compression_reward`: minus the number of memories added, so that
+  turns with nothing new are left alone (Mem-alpha's compression term).
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from typing import Any, Callable, Protocol, Sequence
+
+from edge.bank import MemoryBank
+from edge.embedder import Embedder
+from edge.errors import EdgeError
+from edge.evaluation.scoring import exact_match, f1_score
+from edge.manager import MemoryManager
+from edge.operations import AddOp
+from edge.prompts import IdMap, ManagerParse, Turn, parse_answer_output, parse_manager_output
+
+UNKNOWN = "unknown"
+
+
+def completion_text(completion: Any) -> str:
+    """The text of one TRL completion (a string, or a list of chat messages)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        return str(completion[-1].get("content", ""))
+    return str(completion)
+
+
+def _loads(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+# --------------------------------------------------------------------------- Answer Agent
+
+
+def answer_em_reward(prompts: list, completions: list, answer: list, shown_ids: list, **_: Any) -> list[float]:
+    """1.0 when the parsed answer equals the gold one after normalisation, else 0.0."""
+    return [
+        exact_match(parse_answer_output(completion_text(c), _loads(ids)).answer, gold)
+        for c, gold, ids in zip(completions, answer, shown_ids)
+    ]
+
+
+def answer_f1_reward(prompts: list, completions: list, answer: list, shown_ids: list, **_: Any) -> list[float]:
+    """Token F1 of the parsed answer against the gold one."""
+    return [
+        f1_score(parse_answer_output(completion_text(c), _loads(ids)).answer, gold)
+        for c, gold, ids in zip(completions, answer, shown_ids)
+    ]
+
+
+def answer_format_reward(prompts: list, completions: list, shown_ids: list, **_: Any) -> list[float]:
+    """1.0 for a reply that parses as the Answer Agent's JSON, else 0.0."""
+    return [float(parse_answer_output(completion_text(c), _loads(ids)).error is None)
+            for c, ids in zip(completions, shown_ids)]
+
+
+# --------------------------------------------------------------------------- Memory Manager: format and size
+
+
+def manager_format_reward(prompts: list, completions: list, shown_ids: list, **_: Any) -> list[float]:
+    """Partial-credit format score of each Manager reply (1.0: valid, every operation usable)."""
+    return [parse_manager_output(completion_text(c), _loads(ids)).format_score for c, ids in zip(completions, shown_ids)]
+
+
+def manager_compression_reward(prompts: list, completions: list, shown_ids: list, **_: Any) -> list[float]:
+    """Minus the number of memories each reply adds to the bank."""
+    return [-float(sum(op.op == "ADD" for op in parse_manager_output(completion_text(c), _loads(ids)).ops))
+            for c, ids in zip(completions, shown_ids)]
+
+
+# --------------------------------------------------------------------------- Memory Manager: operations vs gold
+
+
+def op_signature(ops: Sequence[Any]) -> Counter:
+    """What operation accuracy compares: the multiset of (op, target id); NOOPs count as nothing."""
+    out: Counter = Counter()
+    for op in ops:
+        name = op["op"] if isinstance(op, dict) else op.op
+        target = op.get("id") if isinstance(op, dict) else op.id
+        if name != "NOOP":
+            out[(name, None if name == "ADD" else str(target))] += 1
+    return out
+
+
+def ops_match(parse: ManagerParse, gold_ops: Sequence[dict[str, Any]]) -> bool:
+    """Whether a parsed reply does what the gold operations do: same kinds, same targets (texts not compared)."""
+    return parse.ok and op_signature(parse.ops) == op_signature(gold_ops)
+
+
+def values_stated(parse: ManagerParse, gold_ops: Sequence[dict[str, Any]]) -> bool:
+    """Whether every value the gold ADD/UPDATEs store appears in some added or updated text."""
+    texts = " ".join((op.text or "").lower() for op in parse.ops if op.op in ("ADD", "UPDATE"))
+    return all(str(op["value"]).lower() in texts for op in gold_ops if op.get("value"))
+
+
+def manager_op_match_reward(prompts: list, completions: list, shown_ids: list, gold_ops: list,
+                            **_: Any) -> list[float | None]:
+    """1.0 when the reply's operations match the gold ones (synthetic data only; None without gold)."""
+    out: list[float | None] = []
+    for c, ids, gold in zip(completions, shown_ids, gold_ops):
+        gold = _loads(gold)
+        out.append(None if gold is None else float(ops_match(parse_manager_output(completion_text(c), _loads(ids)),
+                                                             gold)))
+    return out
+
+
+# --------------------------------------------------------------------------- readers
+
+
+class Reader(Protocol):
+    """Answers a question from a bank (frozen while the Manager trains)."""
+
+    def __call__(self, bank: MemoryBank, question: dict[str, Any]) -> str: ...
+
+
+class CandidateReader:
+    """A model-free reader for questions that list their possible answers (synthetic data).
+
+    It retrieves the top `k` memories for the question, takes from each the
+    candidate answer it mentions last ("moved from Lisbon to Oslo" states
+    Oslo), and answers with that value when all memories agree, "unknown"
+    when none mentions one, and with every value found when they disagree
+    (never the gold answer): a bank that holds a stale fact next to the new
+    one does not answer the question. It reads what the bank states the way
+    a perfect extractive reader would, so the Manager's reward measures the
+    bank rather than a small model's reading errors, at no model cost.
+    """
+
+    def __init__(self, k: int = 60) -> None:
+        self.k = k
+
+    def __call__(self, bank: MemoryBank, question: dict[str, Any]) -> str:
+        candidates = question.get("candidates")
+        if not candidates:
+            raise EdgeError("CandidateReader needs questions with candidate answers (synthetic data).",
+                            hint="use reader = \"agent\" for LoCoMo")
+        if bank.count() == 0:
+            return UNKNOWN
+        patterns = [(c, re.compile(rf"\b{re.escape(c.lower())}\b")) for c in candidates]
+        found: set[str] = set()
+        for hit in bank.search(question["question"], k=self.k):
+            text = hit.memory.text.lower()
+            positions = [(match.start(), c) for c, pattern in patterns for match in pattern.finditer(text)]
+            if positions:
+                found.add(max(positions)[1])
+        if not found:
+            return UNKNOWN
+        return found.pop() if len(found) == 1 else " / ".join(sorted(found))
+
+
+class AgentReader:
+    """The frozen Answer Agent (`edge.answer.AnswerAgent`) on a backend: Memory-R1's reward reader."""
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+
+    def __call__(self, bank: MemoryBank, question: dict[str, Any]) -> str:
+        return self.agent.answer(bank, question["question"]).answer
+
+
+# --------------------------------------------------------------------------- Memory Manager: outcome
+
+
+class CachedEmbedder:
+    """Wraps an embedder and remembers each text's vector: rebuilding a bank per completion stays cheap."""
+
+    def __init__(self, inner: Embedder, limit: int = 200_000) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.dim = inner.dim
+        self.limit = limit
+        self._cache: dict[str, Any] = {}
+
+    def embed(self, texts: list[str]):
+        import numpy as np
+
+        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if missing:
+            if len(self._cache) + len(missing) > self.limit:
+                self._cache.clear()
+            for text, vector in zip(missing, self.inner.embed(missing)):
+                self._cache[text] = vector
+        return np.stack([self._cache[t] for t in texts]) if texts else self.inner.embed([])
+
+
+def rebuild_bank(bank_rows: Sequence[dict[str, Any]], embedder: Embedder) -> tuple[MemoryBank, dict[str, str]]:
+    """An in-memory bank holding `bank_rows` (an episode's memories); returns it and key -> new id."""
+    bank = MemoryBank.open(":memory:", embedder)
+    if bank_rows:
+        applied = bank.apply([AddOp(m["text"], m["tier"], m.get("event_time")) for m in bank_rows])
+        return bank, {m["key"]: a.memory_id for m, a in zip(bank_rows, applied)}
+    return bank, {}
+
+
+def apply_reply(bank: MemoryBank, parse: ManagerParse, shown_real_ids: Sequence[str], turn: Turn) -> str | None:
+    """Apply a parsed reply to `bank` as the runtime Manager does; the bank's refusal reason, if any."""
+    id_map = IdMap(list(shown_real_ids))
+    ops = MemoryManager.to_bank_ops(parse, id_map, turn)
+    if not ops:
+        return None
+    try:
+        bank.apply(ops, actor="manager", turn=turn.turn_id)
+    except EdgeError as exc:
+        return exc.message
+    return None
+
+
+def score_reply(text: str, row: dict[str, Any], reader: Reader, embedder: Embedder,
+                metric: Callable[[object, object], float] = exact_match) -> tuple[float | None, list[str]]:
+    """Mean score of `reader`'s answers after applying reply `text` to the episode's bank; and the answers."""
+    questions = _loads(row["questions"])
+    if not questions:
+        return None, []
+    parse = parse_manager_output(text, _loads(row["shown_ids"]))
+    bank, keys = rebuild_bank(_loads(row["bank"]), embedder)
+    try:
+        if parse.ok:
+            turn = Turn(**_loads(row["turn"]))
+            apply_reply(bank, parse, [keys[k] for k in _loads(row["shown"])], turn)
+        answers = [reader(bank, q) for q in questions]
+    finally:
+        bank.close()
+    scores = [metric(a, q["answer"]) for a, q in zip(answers, questions)]
+    return sum(scores) / len(scores), answers
+
+
+class ManagerOutcomeReward:
+    """Frozen-reader EM on the episode's questions after applying each sampled reply to a copy of the bank."""
+
+    __name__ = "manager_outcome_reward"
+
+    def __init__(self, reader: Reader, embedder: Embedder, metric: Callable[[object, object], float] = exact_match):
+        self.reader = reader
+        self.embedder = CachedEmbedder(embedder)
+        self.metric = metric
+
+    def __call__(self, prompts: list, completions: list, **columns: Any) -> list[float | None]:
+        keys = ("questions", "shown_ids", "bank", "shown", "turn")
+        out: list[float | None] = []
+        for i, completion in enumerate(completions):
+            row = {k: columns[k][i] for k in keys}
+            out.append(score_reply(completion_text(completion), row, self.reader, self.embedder, self.metric)[0])
+        log_metric = columns.get("log_metric")
+        gold = columns.get("gold_ops")
+        if log_metric and gold and any(g not in (None, "null") for g in gold):
+            matches = [
+                ops_match(parse_manager_output(completion_text(c), _loads(ids)), _loads(g))
+                for c, ids, g in zip(completions, columns["shown_ids"], gold) if _loads(g) is not None
+            ]
+            log_metric("op_accuracy", sum(matches) / len(matches))
+        return out

@@ -1,0 +1,321 @@
+"""Seeded synthetic conversations for training and measuring the Memory Manager.
+
+One person talks over a few dated sessions. Facts about them are introduced,
+changed ("I moved to Oslo"), retracted ("our cat passed away"), repeated
+("as I said, I'm a nurse") and mixed with small talk. Every turn carries its
+gold operations on the person's gold memory bank, so operation accuracy can
+be measured, and questions whose gold answer is the *latest* state of a fact
+("unknown" once it was retracted), so downstream answers can be scored.
+
+Everything is a pure function of the seed. Splits are seed ranges that never
+overlap (`SPLITS`), so a test conversation is never trained on.
+
+    from edge.train.synthetic import generate
+    conversations = generate("train", 200)
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+
+UNKNOWN = "unknown"
+
+SPLITS: dict[str, range] = {
+    "train": range(0, 1_000_000),
+    "dev": range(1_000_000, 1_100_000),
+    "test": range(1_100_000, 1_200_000),
+}
+
+# Turn kinds and the operation each one calls for.
+KINDS = ("intro", "change", "retract", "repeat", "chat")
+KIND_OP = {"intro": "ADD", "change": "UPDATE", "retract": "DELETE", "repeat": "NOOP", "chat": "NOOP"}
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One kind of fact about a person: its values, how it is said, stored and asked."""
+
+    name: str
+    values: tuple[str, ...]
+    memory: str  # "{name} lives in {value}."
+    question: str  # "Where does {name} live?"
+    intro: tuple[str, ...]  # first-person sentences with {value}
+    change: tuple[str, ...]  # with {old} and {value}
+    retract: tuple[str, ...] = ()  # with {old}; empty: the fact cannot be retracted
+
+
+SLOTS: tuple[Slot, ...] = (
+    Slot(
+        "city",
+        ("Lisbon", "Oslo", "Denver", "Nairobi", "Kyoto", "Porto", "Calgary", "Lyon", "Austin", "Tallinn", "Perth",
+         "Valencia"),
+        "{name} lives in {value}.",
+        "Which city does {name} live in?",
+        ("I live in {value}.", "Home for me is {value} these days.", "I've been living in {value} for a while now."),
+        ("Big news: I moved from {old} to {value}!", "We left {old} and now live in {value}.",
+         "I don't live in {old} anymore, I moved to {value}."),
+    ),
+    Slot(
+        "job",
+        ("nurse", "teacher", "chef", "pilot", "architect", "plumber", "librarian", "dentist", "journalist",
+         "electrician", "pharmacist", "carpenter"),
+        "{name} works as a {value}.",
+        "What is {name}'s job?",
+        ("I work as a {value}.", "I'm a {value} by profession.", "My job? I'm a {value}."),
+        ("I quit being a {old} and now I work as a {value}.", "I changed careers: no longer a {old}, now a {value}.",
+         "After years as a {old} I retrained as a {value}."),
+        ("I quit my job as a {old} and I'm not working at the moment.", "I'm no longer a {old}; I stopped working."),
+    ),
+    Slot(
+        "pet",
+        ("dog", "cat", "parrot", "rabbit", "hamster", "turtle", "goldfish", "ferret", "lizard", "pony"),
+        "{name} has a pet {value}.",
+        "What pet does {name} have?",
+        ("I have a pet {value}.", "My {value} keeps me company at home.", "We just adopted a {value}!"),
+        ("We rehomed our {old} and adopted a {value}.", "Our {old} went to my sister; now we have a {value}."),
+        ("Sadly our {old} passed away, so no pets now.", "We gave our {old} to a friend; we have no pet anymore."),
+    ),
+    Slot(
+        "hobby",
+        ("painting", "chess", "surfing", "knitting", "climbing", "pottery", "birdwatching", "fencing", "baking",
+         "archery", "gardening", "rowing"),
+        "{name} enjoys {value}.",
+        "Which hobby does {name} enjoy?",
+        ("In my free time I do {value}.", "I really enjoy {value}.", "My favourite hobby is {value}."),
+        ("I got bored of {old}; {value} is my new hobby.", "I stopped {old} and took up {value} instead."),
+        ("I gave up {old} completely.", "I don't do {old} anymore, no time for hobbies."),
+    ),
+    Slot(
+        "instrument",
+        ("guitar", "piano", "violin", "cello", "drums", "flute", "trumpet", "harp", "saxophone", "ukulele"),
+        "{name} plays the {value}.",
+        "Which instrument does {name} play?",
+        ("I play the {value}.", "I've been learning the {value}.", "Music is my thing, I play the {value}."),
+        ("I sold my {old} and switched to the {value}.", "No more {old} for me, I play the {value} now."),
+        ("I stopped playing the {old}.", "I sold my {old} and don't play any instrument now."),
+    ),
+    Slot(
+        "language",
+        ("Spanish", "Japanese", "German", "Italian", "Korean", "Arabic", "Swahili", "Dutch", "Greek", "Polish"),
+        "{name} is learning {value}.",
+        "Which language is {name} learning?",
+        ("I'm learning {value}.", "I take {value} classes twice a week.", "I started studying {value}."),
+        ("I dropped {old} and I'm learning {value} now.", "I switched from {old} to {value} lessons."),
+        ("I stopped my {old} lessons.", "I gave up on learning {old}."),
+    ),
+    Slot(
+        "car",
+        ("Toyota", "Volvo", "Tesla", "Subaru", "Fiat", "Mazda", "Renault", "Skoda", "Kia", "Jeep"),
+        "{name} drives a {value}.",
+        "What car does {name} drive?",
+        ("I drive a {value}.", "My car is a {value}.", "I got around in my {value} today."),
+        ("I traded my {old} for a {value}.", "I sold the {old}; now I drive a {value}."),
+        ("I sold my {old} and don't have a car now.", "No more {old}; I gave up driving."),
+    ),
+    Slot(
+        "food",
+        ("sushi", "tacos", "ramen", "lasagna", "curry", "falafel", "paella", "dumplings", "pho", "risotto"),
+        "{name}'s favourite food is {value}.",
+        "What is {name}'s favourite food?",
+        ("My favourite food is {value}.", "I could eat {value} every day.", "Nothing beats {value} for me."),
+        ("I used to love {old}, but now {value} is my favourite.", "I'm over {old}; these days it's all about {value}."),
+    ),
+)
+SLOT_BY_NAME = {slot.name: slot for slot in SLOTS}
+
+NAMES = (
+    "Maya", "Omar", "Lena", "Tariq", "Sofia", "Jonas", "Amara", "Felix", "Ines", "Kenji", "Nadia", "Pavel",
+    "Zara", "Diego", "Ingrid", "Kofi", "Leila", "Mateo", "Noor", "Elias", "Hana", "Ravi", "Freya", "Yusuf",
+)
+
+CHAT = (
+    "Haha, that's hilarious.",
+    "Can you recommend a good movie for tonight?",
+    "Thanks for listening, talk soon!",
+    "What's the capital of Australia again?",
+    "The weather is lovely today.",
+    "I'm a bit tired, it was a long day.",
+    "Do you think it will rain tomorrow?",
+    "Good morning! How are you?",
+    "That article you mentioned was interesting.",
+    "Ugh, Mondays.",
+    "Remind me, how many ounces are in a pound?",
+    "I watched a documentary about whales last night.",
+    "Traffic was terrible this morning.",
+    "Tell me a fun fact.",
+    "Okay, sounds good.",
+    "I'm making coffee, back in a minute.",
+)
+REPEAT_PREFIX = ("As I said, ", "Like I mentioned, ", "Just a reminder: ", "")
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December")
+
+
+@dataclass(frozen=True)
+class GoldOp:
+    """A gold operation, naming memories by slot (the episode builder maps slots to ids)."""
+
+    op: str  # ADD | UPDATE | DELETE | NOOP
+    slot: str | None = None
+    value: str | None = None
+    text: str | None = None  # the canonical memory text after the op
+
+
+@dataclass(frozen=True)
+class Question:
+    question: str
+    answer: str
+    slot: str
+    candidates: tuple[str, ...]  # every value the slot can take: what a reader looks for
+
+
+@dataclass(frozen=True)
+class SynthTurn:
+    turn_id: str
+    speaker: str
+    text: str
+    time: str
+    kind: str
+    ops: tuple[GoldOp, ...]
+    questions: tuple[Question, ...]  # answered by the state right after this turn
+
+
+@dataclass
+class SynthConversation:
+    seed: int
+    person: str
+    turns: list[SynthTurn] = field(default_factory=list)
+    final_questions: list[Question] = field(default_factory=list)  # about every slot ever mentioned
+
+    @property
+    def sample_id(self) -> str:
+        return f"synth-{self.seed}"
+
+
+_A_VOWEL = re.compile(r"\b([Aa]) ([aeiouAEIOU])")
+
+
+def fix_articles(text: str) -> str:
+    """"a electrician" -> "an electrician"."""
+    return _A_VOWEL.sub(lambda m: f"{m.group(1)}n {m.group(2)}", text)
+
+
+def memory_text(slot: Slot, person: str, value: str) -> str:
+    return fix_articles(slot.memory.format(name=person, value=value))
+
+
+def question_for(slot: Slot, person: str, answer: str) -> Question:
+    return Question(slot.question.format(name=person), answer, slot.name, slot.values)
+
+
+def _date(rng: random.Random, day_index: int) -> str:
+    hour = rng.randint(8, 21)
+    return f"{hour % 12 or 12}:{rng.choice(('00', '15', '30', '45'))} {'am' if hour < 12 else 'pm'} on " \
+           f"{1 + day_index % 28} {MONTHS[(day_index // 28) % 12]}, 2023"
+
+
+def _pick_kind(rng: random.Random, state: dict[str, str], session: int) -> str:
+    unused = len(SLOTS) - len(state)
+    retractable = [s for s in state if SLOT_BY_NAME[s].retract]
+    weights = {
+        "intro": (5.0 if session == 0 else 1.5) if unused else 0.0,
+        "change": 2.5 if state else 0.0,
+        "retract": 1.2 if retractable else 0.0,
+        "repeat": 1.0 if state else 0.0,
+        "chat": 1.5,
+    }
+    kinds = [k for k in KINDS if weights[k] > 0]
+    return rng.choices(kinds, [weights[k] for k in kinds])[0]
+
+
+def _control_question(rng: random.Random, person: str, state: dict[str, str], skip: set[str]) -> list[Question]:
+    """A question about a fact the turn does not touch: wrong edits elsewhere lose it."""
+    others = sorted(s for s in state if s not in skip)
+    if not others:
+        return []
+    name = rng.choice(others)
+    return [question_for(SLOT_BY_NAME[name], person, state[name])]
+
+
+def generate_conversation(seed: int, *, sessions: tuple[int, int] = (3, 4), turns: tuple[int, int] = (3, 5),
+                          max_facts: int = 6) -> SynthConversation:
+    """One conversation, a pure function of `seed`."""
+    rng = random.Random(seed)
+    person = rng.choice(NAMES)
+    conv = SynthConversation(seed=seed, person=person)
+    state: dict[str, str] = {}  # slot -> current value
+    mentioned: set[str] = set()
+    day = rng.randint(0, 200)
+    n = 0
+    for session in range(rng.randint(*sessions)):
+        day += rng.randint(3, 40)
+        when = _date(rng, day)
+        for _ in range(rng.randint(*turns)):
+            kind = _pick_kind(rng, state, session)
+            if kind == "intro" and len(state) >= max_facts:
+                kind = "change"
+            n += 1
+            ops: list[GoldOp] = []
+            questions: list[Question] = []
+            touched: set[str] = set()
+            if kind == "intro":
+                free = [s for s in SLOTS if s.name not in state]
+                chosen = rng.sample(free, 2 if len(free) > 1 and len(state) < max_facts - 1 and rng.random() < 0.2 else 1)
+                sentences = []
+                for slot in chosen:
+                    value = rng.choice(slot.values)
+                    sentences.append(rng.choice(slot.intro).format(value=value))
+                    state[slot.name] = value
+                    ops.append(GoldOp("ADD", slot.name, value, memory_text(slot, person, value)))
+                    questions.append(question_for(slot, person, value))
+                    touched.add(slot.name)
+                text = " ".join(sentences)
+            elif kind == "change":
+                slot = SLOT_BY_NAME[rng.choice(sorted(state))]
+                old = state[slot.name]
+                value = rng.choice([v for v in slot.values if v != old])
+                text = rng.choice(slot.change).format(old=old, value=value)
+                state[slot.name] = value
+                ops.append(GoldOp("UPDATE", slot.name, value, memory_text(slot, person, value)))
+                questions.append(question_for(slot, person, value))
+                touched.add(slot.name)
+            elif kind == "retract":
+                slot = SLOT_BY_NAME[rng.choice(sorted(s for s in state if SLOT_BY_NAME[s].retract))]
+                text = rng.choice(slot.retract).format(old=state.pop(slot.name))
+                ops.append(GoldOp("DELETE", slot.name))
+                questions.append(question_for(slot, person, UNKNOWN))
+                touched.add(slot.name)
+            elif kind == "repeat":
+                slot = SLOT_BY_NAME[rng.choice(sorted(state))]
+                sentence = slot.intro[0].format(value=state[slot.name])  # the plainest way to say it
+                prefix = rng.choice(REPEAT_PREFIX)
+                text = prefix + (sentence if sentence.startswith("I") or not prefix else sentence[0].lower() + sentence[1:])
+                ops.append(GoldOp("NOOP"))
+                questions.append(question_for(slot, person, state[slot.name]))
+                touched.add(slot.name)
+            else:
+                text = rng.choice(CHAT)
+                ops.append(GoldOp("NOOP"))
+            questions += _control_question(rng, person, state, touched)
+            mentioned |= touched
+            conv.turns.append(SynthTurn(f"S{seed}:{n}", person, fix_articles(text), when, kind, tuple(ops), tuple(questions)))
+    conv.final_questions = [
+        question_for(SLOT_BY_NAME[name], person, state.get(name, UNKNOWN)) for name in sorted(mentioned)
+    ]
+    return conv
+
+
+def split_seeds(split: str, n: int, *, offset: int = 0) -> list[int]:
+    """`n` seeds of a split, starting `offset` seeds into its range."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    seeds = SPLITS[split]
+    if offset < 0 or offset + n > len(seeds):
+        raise ValueError(f"the {split} split holds {len(seeds)} seeds; {offset}+{n} asked")
+    return list(seeds[offset : offset + n])
+
+
+def generate(split: str, n: int, *, offset: int = 0, **kwargs) -> list[SynthConversation]:
+    """`n` conversations of a split (train / dev / test)."""
+    return [generate_conversation(seed, **kwargs) for seed in split_seeds(split, n, offset=offset)]

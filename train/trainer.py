@@ -1,0 +1,432 @@
+"""GRPO + LoRA for the Memory Manager and the Answer Agent: a thin layer over TRL's `GRPOTrainer`.
+
+What it adds to TRL:
+- rollouts decoded under the JSON schema of each row (`schema` column),
+  the constraint the runtime decodes with (`edge.train.constrained`);
+- checkpoints every `save_every` steps, resumed automatically;
+- a dev evaluation before training, every `eval_every` steps and at the end;
+- `metrics.jsonl` / `metrics.csv` (one row per step, plus dev rows),
+  `curve.png` (reward and dev scores against steps) and a progress bar;
+- the adapter in `OUT/adapter/`, with `edge-adapter.json` next to it
+  recording the prompt version, the base model and the final dev scores.
+
+    from edge.train import load_config, train
+    result = train(load_config("smollm2-135m-manager"), out="runs/manager", steps=50)
+
+Command line: `edge train manager --config smollm2-135m-manager --steps 50 --out runs/manager`.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edge.prompts import PROMPT_VERSION
+
+from edge.train.config import TrainConfig
+
+log = logging.getLogger("edge.train")
+
+ADAPTER_META = "edge-adapter.json"
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    adapter: Path
+    steps: int
+    dev_before: dict[str, Any] = field(default_factory=dict)
+    dev_after: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- TRL with constrained rollouts
+
+
+def _constrained_trainer_class():
+    import torch
+    from transformers import LogitsProcessorList
+    from trl import GRPOTrainer
+    from trl.models import unwrap_model_for_generation
+    from trl.trainer.utils import pad
+
+    class ConstrainedGRPOTrainer(GRPOTrainer):
+        """GRPOTrainer whose rollouts follow each row's JSON schema (column `schema`)."""
+
+        def __init__(self, *args: Any, constraint: Any, choice_temperature: float = 1.0, loss_tokens: str = "all",
+                     **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.choice_temperature = choice_temperature
+            self.loss_tokens = loss_tokens
+            self._choice_masks: list[list[int]] | None = None
+            if self.use_vllm or self.use_transformers_continuous_batching:
+                raise ValueError("constrained rollouts need transformers generation (use_vllm off)")
+            self.constraint = constraint
+            self._row_schemas: list[dict[str, Any]] | None = None
+
+        def _generate_and_score_completions(self, inputs):
+            self._row_schemas = [json.loads(x["schema"]) for x in inputs]
+            return super()._generate_and_score_completions(inputs)
+
+        def _generate(self, prompts):
+            out = list(super()._generate(prompts))
+            if self.loss_tokens == "choices":  # TRL multiplies this mask into the loss mask
+                out[2] = self._choice_masks
+            return tuple(out)
+
+        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+            schemas = self._row_schemas
+            if schemas is None or len(schemas) != len(prompt_ids):
+                raise RuntimeError("rows and schemas are out of step")
+            device = self.accelerator.device
+            pad_id = self._tokenizer.pad_token_id
+            tensors = [torch.tensor(ids) for ids in prompt_ids]
+            inputs = {
+                "input_ids": pad(tensors, padding_value=pad_id, padding_side="left"),
+                "attention_mask": pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left"),
+            }
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            processor = self.constraint.processor(schemas, self.max_completion_length,
+                                                  choice_temperature=self.choice_temperature)
+            with (
+                unwrap_model_for_generation(
+                    self.model_wrapped, self.accelerator,
+                    gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                    generation_kwargs=self.generation_kwargs,
+                    gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+                ) as model,
+                torch.no_grad(),
+            ):
+                out = model.generate(**inputs, generation_config=self.generation_config,
+                                     logits_processor=LogitsProcessorList([processor]))
+            completion_ids = out[:, inputs["input_ids"].size(1):].cpu()
+            result = []
+            eos = set(self.eos_token_ids)
+            for row in completion_ids.tolist():
+                ids = []
+                for token in row:
+                    ids.append(token)
+                    if token in eos:
+                        break
+                result.append(ids)
+            self._choice_masks = [
+                [int(flag) for flag in flags[: len(ids)]] + [0] * (len(ids) - len(flags))
+                for flags, ids in zip(processor.choices, result)
+            ]
+            return result, None
+
+    return ConstrainedGRPOTrainer
+
+
+# --------------------------------------------------------------------------- records and plots
+
+
+class RunRecords:
+    """metrics.jsonl, metrics.csv and curve.png of one run folder."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.jsonl = out / "metrics.jsonl"
+        self.rows: list[dict[str, Any]] = []
+        if self.jsonl.is_file():
+            self.rows = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        with self.jsonl.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        self._write_csv()
+
+    def truncate_after(self, step: int) -> None:
+        """Forget rows past `step` (a resumed run redoes them)."""
+        kept = [r for r in self.rows if r.get("step", 0) <= step]
+        if len(kept) != len(self.rows):
+            self.rows = kept
+            self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            self._write_csv()
+
+    def dev_rows(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r.get("kind") == "dev"]
+
+    def _write_csv(self) -> None:
+        columns: list[str] = []
+        for row in self.rows:
+            for key in row:
+                if key not in columns and not isinstance(row[key], (dict, list)):
+                    columns.append(key)
+        with (self.out / "metrics.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+    def plot(self, title: str) -> Path | None:
+        return plot_curve(self.rows, self.out / "curve.png", title)
+
+
+def plot_curve(rows: list[dict[str, Any]], path: Path, title: str) -> Path | None:
+    """Training reward per step (and its moving average) above dev scores per step."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    train = [r for r in rows if r.get("kind") == "train" and r.get("reward") is not None]
+    dev = [r for r in rows if r.get("kind") == "dev"]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    if train:
+        steps = [r["step"] for r in train]
+        values = [r["reward"] for r in train]
+        top.plot(steps, values, ".", alpha=0.35, label="reward (per step)")
+        window = max(1, len(values) // 10)
+        smooth = [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1])
+                  for i in range(len(values))]
+        top.plot(steps, smooth, "-", label=f"moving mean ({window})")
+        if any("reward_std" in r for r in train):
+            top.plot(steps, [r.get("reward_std", math.nan) for r in train], ":", label="reward std (in groups)")
+    top.set_ylabel("training reward")
+    top.legend(loc="best", fontsize=8)
+    top.set_title(title)
+    for key, label in (("op_accuracy", "operation accuracy"), ("answer", "answer score (reader)"),
+                       ("em", "answer EM"), ("f1", "answer F1"), ("format", "format score")):
+        points = [(r["step"], r[key]) for r in dev if r.get(key) is not None]
+        if points:
+            bottom.plot(*zip(*points), "o-", label=label)
+    bottom.set_xlabel("step")
+    bottom.set_ylabel("dev (greedy)")
+    bottom.set_ylim(-0.02, 1.02)
+    bottom.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _callbacks(records: RunRecords, evaluate, config: TrainConfig, total: int,
+               show_progress: bool):
+    from transformers import TrainerCallback
+
+    class EdgeCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if show_progress:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, initial=state.global_step, desc=f"train {config.agent}", unit="step")
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = dict(logs or {})
+            if "reward" not in logs:
+                return
+            row = {"kind": "train", "step": state.global_step, "time": round(time.time(), 1)}
+            row.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
+            records.add(row)
+            if self.bar is not None:
+                self.bar.set_postfix(reward=f"{logs['reward']:.3f}", std=f"{logs.get('reward_std', 0):.3f}")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+            every = config.eval_every
+            if every and state.global_step % every == 0 and state.global_step < total:
+                evaluate(kwargs["model"], state.global_step)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+
+    return [EdgeCallback()]
+
+
+def _latest_checkpoint(folder: Path) -> str | None:
+    if not folder.is_dir():
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(folder))
+
+
+def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, resume: bool = True,
+          show_progress: bool = True) -> TrainResult:
+    """Train `config.agent` with GRPO + LoRA; everything lands in `out`."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import GRPOConfig
+
+    from edge.train import evaluate as ev
+    from edge.train.base_model import load_base
+    from edge.train.constrained import SchemaConstraint
+    from edge.train.recipe import answer_metric, build_data, build_reader, build_rewards, load_embedder
+
+    started = time.perf_counter()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    total = steps or config.steps
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    device = config.resolved_device()
+
+    model, tokenizer, base = load_base(config.base, dtype=config.dtype)
+    model.to(device)
+    constraint = SchemaConstraint.for_tokenizer(tokenizer, [tokenizer.eos_token_id])
+    embedder = load_embedder(config.data.embedder)
+    data = build_data(config, embedder)
+    reader = build_reader(config) if config.agent == "manager" else None
+    reward_funcs, weights = build_rewards(config, embedder, reader)
+    log.info("%d training episodes, %d dev episodes", len(data.train), len(data.dev))
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+
+    records = RunRecords(out)
+    metric = answer_metric(config)
+
+    def evaluate(current_model, step: int) -> dict[str, Any]:
+        was_training = current_model.training
+        current_model.eval()
+        try:
+            if config.agent == "manager":
+                scores, _ = ev.evaluate_manager(
+                    current_model, tokenizer, constraint, data.dev, reader, embedder,
+                    max_new_tokens=config.eval_max_new_tokens, batch_size=config.eval_batch_size, metric=metric)
+            else:
+                scores, _ = ev.evaluate_answer(current_model, tokenizer, constraint, data.dev,
+                                               max_new_tokens=config.eval_max_new_tokens,
+                                               batch_size=config.eval_batch_size)
+        finally:
+            if was_training:
+                current_model.train()
+        row = {"kind": "dev", "step": step, "time": round(time.time(), 1), **scores}
+        records.add(row)
+        records.plot(f"{config.agent}: {base.name}")
+        return scores
+
+    checkpoints = out / "checkpoints"
+    if not resume and checkpoints.exists():
+        import shutil
+
+        shutil.rmtree(checkpoints)  # a fresh run must not resume from, or rotate, an older run's checkpoints
+    last = _latest_checkpoint(checkpoints) if resume else None
+    if last is None:
+        records.truncate_after(-1)
+        dev_before = evaluate(model, 0)
+    else:
+        done = int(Path(last).name.rsplit("-", 1)[-1])
+        records.truncate_after(done)
+        dev_before = next((r for r in records.dev_rows() if r["step"] == 0), {})
+        log.info("resuming from %s", last)
+
+    n_layers = model.config.num_hidden_layers
+    top = config.lora.top_layers
+    lora = LoraConfig(
+        r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+        target_modules=list(config.lora.target_modules), task_type="CAUSAL_LM",
+        layers_to_transform=list(range(n_layers - top, n_layers)) if top and top < n_layers else None,
+    )
+    args = GRPOConfig(
+        output_dir=str(checkpoints),
+        max_steps=total,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_steps,
+        per_device_train_batch_size=config.prompts_per_step * config.num_generations,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        num_generations=config.num_generations,
+        max_completion_length=config.max_completion_length,
+        temperature=config.temperature,
+        beta=config.beta,
+        loss_type=config.loss_type,
+        scale_rewards=config.scale_rewards,
+        epsilon=config.epsilon,
+        max_grad_norm=config.max_grad_norm,
+        reward_weights=weights,
+        gradient_checkpointing=config.gradient_checkpointing,
+        bf16=config.dtype == "bfloat16",
+        fp16=config.dtype == "float16",
+        use_cpu=device == "cpu",
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=config.save_every,
+        save_total_limit=2,
+        report_to=[],
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+    dataset = Dataset.from_list([e.row() for e in data.train])
+    trainer = _constrained_trainer_class()(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=_callbacks(records, evaluate, config, total, show_progress),
+        constraint=constraint,
+        choice_temperature=config.choice_temperature,
+        loss_tokens=config.loss_tokens,
+    )
+    trainer.train(resume_from_checkpoint=last)
+
+    dev_after = evaluate(trainer.model, total)
+    adapter = out / "adapter"
+    trainer.model.save_pretrained(str(adapter))
+    tokenizer.save_pretrained(str(adapter))
+    meta = {
+        "agent": config.agent,
+        "prompt_version": PROMPT_VERSION,
+        "base": base.name,
+        "base_sha256": base.sha256,
+        "base_gguf": str(base.gguf) if base.gguf else None,
+        "steps": total,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dev_before": dev_before,
+        "dev_after": dev_after,
+        "config": config.to_dict(),
+    }
+    (adapter / ADAPTER_META).write_text(json.dumps(meta, indent=2))
+    records.plot(f"{config.agent}: {base.name}")
+    return TrainResult(out=out, adapter=adapter, steps=total, dev_before=dev_before, dev_after=dev_after,
+                       seconds=time.perf_counter() - started)
+
+
+def read_adapter_meta(adapter: Path | str) -> dict[str, Any]:
+    """The `edge-adapter.json` written next to a trained adapter."""
+    return json.loads((Path(adapter) / ADAPTER_META).read_text())
+
+
+
+def load_trained(adapter: Path | str, *, dtype: str = "float32"):
+    """(model, tokenizer, meta): the base model named in the adapter's record with the adapter applied."""
+    from peft import PeftModel
+
+    from edge.train.base_model import load_base
+
+    meta = read_adapter_meta(adapter)
+    if meta.get("prompt_version") != PROMPT_VERSION:
+        from edge.errors import EdgeError
+
+        raise EdgeError(
+            f"The adapter {adapter} was trained on prompts {meta.get('prompt_version')!r}; this edge uses "
+            f"{PROMPT_VERSION!r}.", hint="train it again with this version of edge")
+    base = meta["config"]["base"] if meta.get("config") else meta["base"]
+    model, tokenizer, _ = load_base(base, dtype=dtype)
+    model = PeftModel.from_pretrained(model, str(adapter))
+    model.eval()
+    return model, tokenizer, meta
