@@ -210,3 +210,30 @@ def test_the_processor_marks_the_tokens_sampled_at_branch_points():
     assert len(flags) == len(reply) + 1  # one flag per generated token, end token included
     assert flags[reply.index("NOOP")] is True  # the operation is a decision
     assert not any(flags[: reply.index("NOOP")])  # the fixed JSON before it is not
+
+
+def test_exploration_flattens_value_choices_not_the_array_end():
+    grammar = compile_schema(manager_schema(["0", "1"]))
+    assert grammar.is_value_choice(grammar.walk('{"ops": [{"op": "'))
+    assert grammar.is_value_choice(grammar.walk('{"ops": [{"op": "DELETE", "id": "'))
+    after_op = grammar.walk('{"ops": [{"op": "NOOP"}')
+    assert grammar.is_choice(after_op) and not grammar.is_value_choice(after_op)  # ", " or "]": not explored
+
+
+def test_a_frozen_transformers_model_can_be_the_managers_reader(smol):
+    """reader_model = "base": the Answer Agent runs on the transformers model, under the same constraint."""
+    from edge.answer import AnswerAgent
+    from edge.bank import MemoryBank
+    from edge.embedder import HashEmbedder
+    from edge.train.hf_backend import TransformersBackend
+    from edge.train.rewards import AgentReader
+
+    model, tokenizer, _ = smol
+    backend = TransformersBackend(model, tokenizer)
+    with MemoryBank.open(":memory:", HashEmbedder()) as bank:
+        bank.add("Maya lives in Oslo.")
+        bank.add("Maya has a pet cat.")
+        agent = AnswerAgent(backend, k=5, max_tokens=24)
+        answer = AgentReader(agent)(bank, {"question": "Which city does Maya live in?", "answer": "Oslo"})
+    assert isinstance(answer, str) and answer
+    assert backend.last_completion is not None and backend.last_completion.completion_tokens <= 24
