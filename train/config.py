@@ -126,9 +126,8 @@ class TrainConfig:
     max_completion_length: int = _help("Most tokens a sampled reply may take.", 256)
     temperature: float = _help("Sampling temperature of rollouts (Memory-R1: 1.0).", 1.0)
     choice_temperature: float = _help(
-        "Extra temperature at the schema's branch points only (which operation, id, tier; one more operation or "
-        "not) during rollouts, so that groups try operations the model rarely picks (1.0: off; not in "
-        "Memory-R1).", 1.0)
+        "Extra temperature where the schema branches between values only (which operation, id, tier) during "
+        "rollouts, so that groups try operations the model rarely picks (1.0: off; not in Memory-R1).", 1.0)
     loss_tokens: str = _help(
         "Completion tokens the policy gradient updates: 'all' (TRL) or 'choices', only those sampled at the "
         "schema's branch points (which operation, id, tier; one more operation or not). With 'choices' the few "

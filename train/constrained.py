@@ -76,6 +76,7 @@ class _Allowed:
     index: dict[int, int]  # token id -> position in ids
     accepting: bool
     choice: bool  # a branch point of the schema (see Grammar.is_choice)
+    value_choice: bool  # a branch point between values (see Grammar.is_value_choice)
     limit: int | None  # maxLength of the string open in this state
     successors: list[frozenset[int]]  # the distinct states the tokens lead to
     successor_of: np.ndarray  # aligned with ids: index into successors
@@ -141,6 +142,7 @@ class SchemaConstraint:
             np.asarray(ids, dtype=np.int64), np.asarray(dists, dtype=np.int64), np.asarray(heads, dtype=np.int64),
             np.asarray(whole, dtype=bool), np.asarray(tails, dtype=np.int64), nexts,
             {token: i for i, token in enumerate(ids)}, grammar.accepts(state), grammar.is_choice(state),
+            grammar.is_value_choice(state),
             grammar.string_limit(state), *_distinct(nexts),
         )
         self._allowed[key] = found
@@ -191,10 +193,11 @@ class SchemaLogitsProcessor:
     Rows whose JSON is complete may only end; rows that already ended are
     left alone (generate pads them).
 
-    `choice_temperature` > 1 flattens the model's distribution at the
-    schema's branch points only (which operation, which id, which tier, one
-    more operation or not), on top of the sampling temperature; free text
-    is untouched. Rollouts then try the operations a small model almost
+    `choice_temperature` > 1 flattens the model's distribution where the
+    schema branches between values only (which operation, which id, which
+    tier), on top of the sampling temperature; free text and the choice to
+    add one more operation are untouched (flattening that one fills replies
+    with random extra operations, which then blame the good first one). Rollouts then try the operations a small model almost
     never picks on its own (the untrained 135M model puts ~99% on ADD), so
     a group holds different operations whose rewards can be compared. Keep
     it at 1.0 for evaluation and serving.
@@ -261,7 +264,7 @@ class SchemaLogitsProcessor:
                     short = base & (needed == needed[base].min())
                 keep = short
             ids = allowed.ids if keep is None else allowed.ids[keep]
-            if allowed.choice and self.choice_temperature != 1.0:
+            if allowed.value_choice and self.choice_temperature != 1.0:
                 scores[row] = scores[row] / self.choice_temperature
             if len(ids):
                 mask[row, torch.from_numpy(ids).to(mask.device)] = 0.0

@@ -21,6 +21,7 @@ from typing import Any
 # --------------------------------------------------------------------------- schema -> regular expression
 
 SAFE = object()  # the "any printable string character" class
+STRUCTURE = ",]}[{: "  # characters of the JSON layout, never of a value
 
 
 def _is_safe(ch: str) -> bool:
@@ -199,6 +200,15 @@ class Grammar:
             for q in self.first if p == self.START else self.follow[p]:
                 matchers.add(self.matchers[q])
         return SAFE not in matchers and len(matchers) > 1
+
+    def is_value_choice(self, state: frozenset[int]) -> bool:
+        """A branch point between quoted values (an operation, an id, a tier), not between "one more item" and
+        the end of an array."""
+        matchers: set[object] = set()
+        for p in state:
+            for q in self.first if p == self.START else self.follow[p]:
+                matchers.add(self.matchers[q])
+        return SAFE not in matchers and len(matchers) > 1 and not matchers & set(STRUCTURE)
 
     def step(self, state: frozenset[int], ch: str) -> frozenset[int] | None:
         key = (state, ch)
