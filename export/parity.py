@@ -12,9 +12,13 @@ writes no bundle.
    shows up here. Up to `GREEDY_TOKENS` tokens are decoded; both
    replies are re-tokenised with the model's tokenizer and compared.
    *agreement* is the length of the common prefix over the longer reply,
-   averaged over prompts (1.0: identical). Gated for the f16 GGUF
-   (>= 0.90: f16 weights and llama.cpp's f16 arithmetic may flip a near-tie
-   late in a reply) and the ONNX fp32 model (>= 0.95: same weights, fp32).
+   averaged over prompts (1.0: identical). A reply that leaves the
+   reference where the torch model itself was torn (its top two logits
+   within `NEAR_TIE_LOGITS`) counts as agreeing: rounding the weights to f16
+   may flip such a tie, and what follows the flip is a different but equally
+   likely reply, not a broken export. Gated for the f16 GGUF (>= 0.90) and
+   the ONNX fp32 model (>= 0.95: same weights, fp32); the raw agreement and
+   the number of near-tie flips are in the row's detail.
    Also gated: each runtime's backend renders every prompt to the same
    text and token count as the Hugging Face tokenizer does.
 
@@ -40,6 +44,7 @@ from edge.export.devset import DevItem, dev_items, score
 GREEDY_TOKENS = 32
 GGUF_GREEDY_GATE = 0.90
 ONNX_GREEDY_GATE = 0.95
+NEAR_TIE_LOGITS = 0.5  # f16 rounding moves a 135M model's logits by about 0.1
 DEFAULT_MARGIN = 0.15
 N_CTX = 2048
 
@@ -127,17 +132,26 @@ class TorchRunner:
         self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(self.device).eval()
 
     def generate(self, messages, *, max_tokens, schema=None):
+        return self.generate_with_margins(messages, max_tokens=max_tokens)[:2]
+
+    def generate_with_margins(self, messages, *, max_tokens) -> tuple[str, bool, list[int], list[float]]:
+        """Greedy reply, whether it stopped, its token ids and the top-1 minus top-2 logit at each step."""
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
         ids = ids.to(self.device)
         eos = self.tokenizer.eos_token_id
         with self._torch.no_grad():
             out = self.model.generate(
                 ids, attention_mask=self._torch.ones_like(ids), max_new_tokens=max_tokens, do_sample=False,
-                eos_token_id=eos, pad_token_id=eos,
+                eos_token_id=eos, pad_token_id=eos, output_logits=True, return_dict_in_generate=True,
             )
-        new = out[0, ids.shape[1]:].tolist()
+        new = out.sequences[0, ids.shape[1]:].tolist()
+        margins = []
+        for step_logits in out.logits:
+            top2 = self._torch.topk(step_logits[0].float(), 2).values
+            margins.append(float(top2[0] - top2[1]))
         stopped = bool(new) and new[-1] == eos
-        return self.tokenizer.decode(new[:-1] if stopped else new, skip_special_tokens=True), stopped
+        text = self.tokenizer.decode(new[:-1] if stopped else new, skip_special_tokens=True)
+        return text, stopped, new, margins
 
     def close(self) -> None:
         self.model = None
@@ -211,16 +225,43 @@ def _canonical(tokenizer, text: str, stopped: bool) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False) + ([-1] if stopped else [])
 
 
-def _agreement(a: list[int], b: list[int]) -> float:
-    longest = max(len(a), len(b))
-    if longest == 0:
-        return 1.0
+def _common_prefix(a: list[int], b: list[int]) -> int:
     prefix = 0
     for x, y in zip(a, b):
         if x != y:
             break
         prefix += 1
-    return prefix / longest
+    return prefix
+
+
+def _agreement(a: list[int], b: list[int]) -> float:
+    longest = max(len(a), len(b))
+    return 1.0 if longest == 0 else _common_prefix(a, b) / longest
+
+
+@dataclass
+class _Reference:
+    """The torch model's greedy reply to one prompt."""
+
+    tokens: list[int]  # canonical: re-tokenised text, -1 when it stopped
+    generated: list[int]  # the ids as generated
+    margins: list[float]  # top-1 minus top-2 logit at each generated step
+
+    def near_tie_at(self, position: int) -> bool:
+        """Was the torch model torn at `position` (and do canonical and generated ids agree up to it)?"""
+        if position >= len(self.margins) or self.tokens[:position] != self.generated[:position]:
+            return False
+        return self.margins[position] < NEAR_TIE_LOGITS
+
+
+def _tie_aware_agreement(ref: _Reference, reply: list[int]) -> tuple[float, bool]:
+    """Agreement that forgives a divergence at a near-tie; also whether one was forgiven."""
+    raw = _agreement(ref.tokens, reply)
+    if raw == 1.0:
+        return raw, False
+    if ref.near_tie_at(_common_prefix(ref.tokens, reply)):
+        return 1.0, True
+    return raw, False
 
 
 def check_model(
@@ -240,12 +281,16 @@ def check_model(
     torch_runner = TorchRunner(reference_dir)
     tokenizer = torch_runner.tokenizer
     try:
-        references = [torch_runner.generate(item.messages, max_tokens=GREEDY_TOKENS) for item in items]
+        generated = [torch_runner.generate_with_margins(item.messages, max_tokens=GREEDY_TOKENS) for item in items]
         rendered = [tokenizer.apply_chat_template(item.messages, add_generation_prompt=True, tokenize=False)
                     for item in items]
     finally:
         torch_runner.close()
-    ref_tokens = [_canonical(tokenizer, text, stopped) for text, stopped in references]
+    eos = tokenizer.eos_token_id
+    references = [
+        _Reference(_canonical(tokenizer, text, stopped), [-1 if t == eos else t for t in ids], margins)
+        for text, stopped, ids, margins in generated
+    ]
 
     task_scores: dict[str, float] = {}
     for candidate in candidates:
@@ -260,8 +305,11 @@ def check_model(
                                       detail="chat template text and token count equal to the HF tokenizer's"))
             greedy = [runner.generate(item.messages, max_tokens=GREEDY_TOKENS) for item in items]
             replies = [_canonical(tokenizer, text, stopped) for text, stopped in greedy]
-            agreement = sum(_agreement(ref, reply) for ref, reply in zip(ref_tokens, replies)) / len(items)
-            exact = sum(ref == reply for ref, reply in zip(ref_tokens, replies))
+            scored = [_tie_aware_agreement(ref, reply) for ref, reply in zip(references, replies)]
+            agreement = sum(value for value, _ in scored) / len(items)
+            raw = sum(_agreement(ref.tokens, reply) for ref, reply in zip(references, replies)) / len(items)
+            ties = sum(forgiven for _, forgiven in scored)
+            exact = sum(ref.tokens == reply for ref, reply in zip(references, replies))
             gate_value = None
             if candidate.reference:
                 gate_value = GGUF_GREEDY_GATE if candidate.kind == "gguf" else ONNX_GREEDY_GATE
@@ -269,7 +317,8 @@ def check_model(
                 model, candidate.artifact, "greedy vs torch", agreement,
                 gate=f">= {gate_value:.2f}" if gate_value else "",
                 passed=gate_value is None or agreement >= gate_value,
-                detail=f"{exact}/{len(items)} replies identical over {GREEDY_TOKENS} tokens",
+                detail=f"{exact}/{len(items)} replies identical over {GREEDY_TOKENS} tokens; raw agreement "
+                       f"{raw:.3f}; {ties} divergence(s) at a near-tie (< {NEAR_TIE_LOGITS} logits)",
             ))
             value = sum(
                 score(item, runner.generate(item.messages, max_tokens=item.max_tokens, schema=item.schema)[0])
