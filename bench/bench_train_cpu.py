@@ -14,13 +14,17 @@ schema:
   (the Manager's training reward, without its format and size terms);
 - both per turn kind, and the learning curve on the dev split.
 
+The trained model evaluated is the adapter the periodic dev evaluations
+picked (dev split; the test split is never looked at before the end);
+the adapter after the last step is evaluated too (`last_step_test`).
+
 Spread: the test conversations are split into disjoint groups (different
 generator seeds); each score is reported per group, and the improvement is
 compared with the spread (max - min) of the groups' scores. With several
 `--seeds`, each training seed gets its own run and the spread between
 training seeds is reported too.
 
-    python bench/bench_train_cpu.py                 # ~30-40 min on 2 idle cores
+    python bench/bench_train_cpu.py                 # ~45 min on 2 cores shared with other jobs
     python bench/bench_train_cpu.py --steps 4 --test-conversations 1 --groups 1   # smoke run
 
 Writes bench/results/train_cpu.json and bench/results/train_cpu.png; the
@@ -154,12 +158,20 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         result = train(cfg, out=run_dir, resume=not args.fresh)
         train_s = time.time() - t0
-        trained, tokenizer, _ = load_trained(result.adapter)
+        # The adapter the dev evaluations picked (model selection on dev; test is never looked at), and the
+        # one after the last step.
+        chosen = result.best_adapter or result.adapter
+        trained, tokenizer, _ = load_trained(chosen)
         t0 = time.time()
         after = evaluate_groups(trained, tokenizer, constraint, groups, reader, embedder, config)
+        last = after
+        if chosen != result.adapter:
+            last_model, _, _ = load_trained(result.adapter)
+            last = evaluate_groups(last_model, tokenizer, constraint, groups, reader, embedder, config)
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
         runs.append({"seed": seed, "train_seconds": round(train_s), "eval_seconds": round(time.time() - t0),
-                     "rows": rows, "adapter": str(result.adapter)})
+                     "rows": rows, "adapter": str(chosen), "chosen_step": result.best_step or result.steps,
+                     "last_step_test": {k: summary(last, k) for k in ("op_accuracy", "value_accuracy", "answer")}})
         after_groups_by_seed.append(after)
         print(f"seed {seed}: trained in {train_s:.0f} s", flush=True)
 

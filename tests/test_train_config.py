@@ -53,3 +53,19 @@ def test_every_setting_has_help():
     rows = describe()
     assert rows and all(help_text for _, help_text, _ in rows)
     assert "lora.top_layers" in {name for name, _, _ in rows}
+
+
+def test_the_manager_reward_terms_follow_the_config():
+    from edge.embedder import HashEmbedder
+    from edge.train.recipe import build_rewards
+    from edge.train.rewards import CandidateReader
+
+    config = load_config("smollm2-135m-manager")
+    funcs, weights = build_rewards(config, HashEmbedder(), CandidateReader())
+    assert [getattr(f, "__name__", "") for f in funcs] == [
+        "manager_outcome_reward", "manager_format_reward", "manager_compression_reward"]
+    shaped = load_config("smollm2-135m-manager", **{"reward.op_match_weight": 0.5})
+    funcs, weights = build_rewards(shaped, HashEmbedder(), CandidateReader())
+    assert funcs[-1].__name__ == "manager_op_match_reward" and weights[-1] == 0.5
+    with pytest.raises(ConfigError, match="gold"):
+        config_from_dict({"data": {"source": "locomo", "locomo_path": "x"}, "reward": {"op_match_weight": 1.0}})

@@ -237,3 +237,15 @@ def test_a_frozen_transformers_model_can_be_the_managers_reader(smol):
         answer = AgentReader(agent)(bank, {"question": "Which city does Maya live in?", "answer": "Oslo"})
     assert isinstance(answer, str) and answer
     assert backend.last_completion is not None and backend.last_completion.completion_tokens <= 24
+
+
+def test_training_decodes_with_llama_cpps_repeat_penalty_window():
+    import torch
+
+    from edge.train.constrained import RepeatPenaltyProcessor
+
+    scores = torch.tensor([[2.0, -2.0, 1.0, 3.0]])
+    context = torch.tensor([[3] * 10 + [0, 1]])  # token 3 only before the last 2 positions
+    out = RepeatPenaltyProcessor(1.25, last_n=2)(context, scores.clone())
+    assert out[0].tolist() == pytest.approx([1.6, -2.5, 1.0, 3.0])  # 0 and 1 penalised; 3 is outside the window
+    assert RepeatPenaltyProcessor(1.0)(context, scores).tolist() == scores.tolist()

@@ -69,7 +69,7 @@ def test_two_steps_of_the_answer_agent_write_an_adapter_and_resume(tmp_path: Pat
     meta = read_adapter_meta(result.adapter)
     assert meta["prompt_version"] == PROMPT_VERSION and meta["agent"] == "answer"
     assert meta["base"].endswith(".gguf") and len(meta["base_sha256"]) == 64
-    assert set(meta["dev_after"]) >= {"em", "f1", "format"}
+    assert set(meta["dev"]) >= {"em", "f1", "format"} and meta["steps"] == 2
     rows = _rows(run)
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2]
     assert [r["step"] for r in rows if r["kind"] == "dev"] == [0, 2]

