@@ -53,6 +53,8 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=30, help="LoCoMo questions asked")
     parser.add_argument("--chat-turns", type=int, default=200)
     parser.add_argument("--data", type=Path, default=CONV)
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: the backend's choice)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     from edge.agent import Agent
@@ -67,7 +69,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="edge-bench-agent-"))
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
 
-    with Agent(db=work / "bank.db", user="bench") as agent:
+    with Agent(db=work / "bank.db", user="bench", n_threads=args.threads) as agent:
+        results["llama_threads"] = agent.backend.n_threads
         results["bundle"] = agent.bundle.name
         agent.ask("warm-up question?")
         remember_s = []
@@ -89,7 +92,7 @@ def main() -> None:
 
     prompt_tokens: dict[int, int] = {}
     chat_s = []
-    with Agent(db=work / "chat.db", user="bench", chat_max_tokens=32) as agent:
+    with Agent(db=work / "chat.db", user="bench", chat_max_tokens=32, n_threads=args.threads) as agent:
         for turn in range(1, args.chat_turns + 1):
             message = chat_messages_for(turn)
             messages, _ = agent.chat_prompt(message)
@@ -109,10 +112,10 @@ def main() -> None:
         results["chat"][f"turn{last}_vs_turn10"] = prompt_tokens[last] / prompt_tokens[10]
     results["targets"] = {"ask_p95_s": 1.5, "remember_p95_s": 2.0, "chat_prompt_growth_max": 1.10}
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

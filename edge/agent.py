@@ -28,15 +28,15 @@ from edge.manager import MemoryManager, TurnResult, adapter_for, to_messages
 from edge.operations import AppliedOp
 from edge.prompts import (
     PROMPT_VERSION,
-    REPEAT_PENALTY,
     ShownMemory,
     Turn,
     chat_messages,
     clip_state,
+    pack_chat_memories,
     state_messages,
 )
 
-CHAT_MEMORIES_K = 6
+CHAT_MEMORIES_K = 16  # candidates; as many as fit the chat budget are shown
 STATE_MAX_TOKENS = 96
 AskResult = AnswerResult
 
@@ -114,11 +114,13 @@ class Agent:
         answer_k: int | None = None,
         delete_cap: int | None = None,
         chat_max_tokens: int = 256,
+        n_threads: int | None = None,
     ) -> None:
         """Open `bundle` (default: the embedded default bundle, built on first use) and the bank `db`.
 
         `backend` replaces the bundle's models (e.g. an HTTP server) while
-        the bundle still provides the embedder.
+        the bundle still provides the embedder. `n_threads` is the llama.cpp
+        thread count (default: chosen by the backend from the cores and the load).
         """
         if isinstance(bundle, Bundle):
             self.bundle = bundle
@@ -128,6 +130,7 @@ class Agent:
             self.bundle = Bundle.load(bundle)
         self.bundle.check_compatible()
         self.user = user
+        self._n_threads = n_threads
         self.bank = MemoryBank.open(Path(db) if db else paths.default_db(), self.bundle.load_embedder(), user=user)
         try:
             self._check_bank_prompts()
@@ -167,18 +170,9 @@ class Agent:
             )
 
     def _backend_for(self, role: str, n_ctx: int) -> Backend:
-        from edge.backends import load_backend
-
-        model, adapter = self.bundle.role(role)
-        if model not in self._backends:
-            adapters = self.bundle.adapter_paths() if self.bundle.backend == "llama.cpp" else None
-            kwargs: dict[str, Any] = {
-                "model_path": model, "n_ctx": n_ctx, "adapters": adapters or None,
-                "repeat_penalty": self.bundle.manifest.get("generation", {}).get("repeat_penalty", REPEAT_PENALTY),
-            }
-            if self.bundle.backend != "llama.cpp":
-                kwargs = {"model_dir": model}
-            self._backends[model] = load_backend(self.bundle.backend, **kwargs)
+        model, _ = self.bundle.role(role)
+        if model not in self._backends:  # roles on one model share it (and its adapters)
+            self._backends[model] = self.bundle.load_backend(role, n_ctx=n_ctx, n_threads=self._n_threads)
         return self._backends[model]
 
     # ------------------------------------------------------------------ the three calls
@@ -215,8 +209,10 @@ class Agent:
         hits = self.bank.search(message, k=CHAT_MEMORIES_K, user=self.user)
         memories = [h.memory for h in hits if h.memory.tier != "core"]
         shown = [ShownMemory(str(i), m.tier, m.text, m.event_time) for i, m in enumerate(memories)]
-        messages = chat_messages(message, memories=shown, core=core_block(self.bank, self.user), state=self.state)
-        return to_messages(messages), memories
+        core = core_block(self.bank, self.user)
+        messages = chat_messages(message, memories=shown, core=core, state=self.state)
+        packed = pack_chat_memories(shown, core=core, state=self.state)
+        return to_messages(messages), [memories[int(m.id)] for m in packed]
 
     def _chat_turn(self, message: str, remember: bool, cancel: threading.Event):
         if not isinstance(message, str) or not message.strip():

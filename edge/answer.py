@@ -61,12 +61,20 @@ class AnswerAgent:
         self.context_tokens = context_tokens or getattr(backend, "n_ctx", 4096)
 
     def answer(self, bank: MemoryBank, question: str, *, user: str | None = None, k: int | None = None) -> AnswerResult:
+        """Retrieve the top-k memories (hybrid search) and answer from them."""
         start = time.perf_counter()
         hits = bank.search(question, k=k or self.k, mode="hybrid", user=user)
         retrieved = [h.memory for h in hits if h.memory.tier != "core"]
         core = core_block(bank, user)
         retrieve_s = time.perf_counter() - start
-        memories, messages, id_map = self._fit(question, retrieved, core)
+        result = self.answer_from(question, retrieved, core=core)
+        result.timings.update(retrieve_s=retrieve_s, total_s=time.perf_counter() - start)
+        return result
+
+    def answer_from(self, question: str, memories: list[Memory], *, core: str = "") -> AnswerResult:
+        """Answer from given memories (best first; the lowest-ranked are dropped if they do not fit)."""
+        start = time.perf_counter()
+        memories, messages, id_map = self._fit(question, memories, core)
         generate_start = time.perf_counter()
         completion = self.backend.complete(
             messages, schema=answer_schema(id_map.local_ids), max_tokens=self.max_tokens, temperature=0.0,
@@ -84,7 +92,7 @@ class AnswerAgent:
             retrieved=memories,
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
-            timings={"retrieve_s": retrieve_s, "generate_s": end - generate_start, "total_s": end - start},
+            timings={"fit_s": generate_start - start, "generate_s": end - generate_start, "total_s": end - start},
             error=parsed.error,
             raw=completion.text,
         )

@@ -32,7 +32,7 @@ from typing import Any, Callable
 from edge import __version__
 from edge.errors import BundleError
 from edge.files import link_or_copy, sha256_file, staged_dir
-from edge.prompts import PROMPT_VERSION
+from edge.prompts import PROMPT_VERSION, REPEAT_PENALTY
 
 FORMAT = "edge-bundle"
 FORMAT_VERSION = 1
@@ -132,6 +132,23 @@ class Bundle:
     def adapter_paths(self) -> dict[str, Path]:
         return {key: self.root / spec["path"] for key, spec in self.manifest.get("adapters", {}).items()}
 
+    @property
+    def repeat_penalty(self) -> float:
+        """The repetition penalty the bundle's models are decoded with (its `generation` settings, else ours)."""
+        return float(self.manifest.get("generation", {}).get("repeat_penalty", REPEAT_PENALTY))
+
+    def load_backend(self, role: str, *, n_ctx: int = 4096, n_threads: int | None = None):
+        """The backend serving `role`, loaded as `edge.Agent` loads it (every adapter attached on llama.cpp)."""
+        from edge.backends import load_backend
+
+        model, _ = self.role(role)
+        if self.backend != "llama.cpp":
+            return load_backend(self.backend, model_dir=model)
+        return load_backend(
+            "llama.cpp", model_path=model, n_ctx=n_ctx, adapters=self.adapter_paths() or None,
+            repeat_penalty=self.repeat_penalty, n_threads=n_threads,
+        )
+
     def load_embedder(self):
         from edge.onnx_embedder import OnnxEmbedder
 
@@ -222,7 +239,12 @@ def build_default(target: Path | None = None, *, force: bool = False, log: Calla
 
     target = Path(target) if target else paths.default_bundle_dir()
     if target.exists() and not force:
-        return Bundle.load(target)
+        existing = Bundle.load(target)
+        if existing.prompt_version == PROMPT_VERSION:
+            return existing
+        # Its models are untrained, so nothing is lost by rebuilding it for this edge's prompts.
+        log(f"The default bundle was built for prompts {existing.prompt_version!r}; rebuilding it for "
+            f"{PROMPT_VERSION!r}.")
     gguf = bundled_gguf_path()
     log("[1/3] embedder: all-MiniLM-L6-v2 on onnxruntime")
     embedder = load_default_minilm()

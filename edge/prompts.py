@@ -18,12 +18,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+# Names the Manager's and the Answer Agent's prompts and schemas, the ones models are trained and
+# checked on: change them, change this. The chat prompt is served by the untuned base model and is
+# not covered (a bank or a bundle has nothing that depends on it).
 PROMPT_VERSION = "edge-prompts/1"
 
 MAX_OPS_PER_TURN = 3
 DEFAULT_DELETE_CAP = 1
 ANSWER_TOP_K = 60
 CORE_MEMORY_CHARS = 600
+CHAT_CONTEXT_CHARS = 1200  # core block + retrieved memories + working state in a chat prompt
 WORKING_STATE_CHARS = 480
 MAX_MEMORY_TEXT_CHARS = 120
 
@@ -327,15 +331,37 @@ Rewrite the summary so it includes the latest exchange, keeping only what
 matters for the next turns. At most three sentences."""
 
 
+def pack_chat_memories(memories: Sequence[ShownMemory], *, core: str = "", state: str = "") -> list[ShownMemory]:
+    """The retrieved memories (best first) that fit beside the core block and the state.
+
+    The three share one budget, `CHAT_CONTEXT_CHARS`: as the state and the core
+    block fill up over a conversation, fewer memories fit, so the prompt stays the
+    same size from the first turns that have enough to say to turn 200 and beyond.
+    """
+    used = len(core[:CORE_MEMORY_CHARS]) + len(state[:WORKING_STATE_CHARS])
+    packed = []
+    for memory in memories:
+        cost = len(memory.text) + 3  # "- " and the newline
+        if used + cost > CHAT_CONTEXT_CHARS:
+            break
+        packed.append(memory)
+        used += cost
+    return packed
+
+
 def chat_messages(
     message: str, *, memories: Sequence[ShownMemory], core: str = "", state: str = ""
 ) -> list[dict[str, str]]:
-    """A chat turn's messages: bounded state + retrieved memories instead of the whole history (MEM1)."""
+    """A chat turn's messages: bounded state + retrieved memories instead of the whole history (MEM1).
+
+    `memories` are packed with `pack_chat_memories`: pass more than fit, best first.
+    """
     parts = [CHAT_SYSTEM]
     if core:
         parts.append(f"About the user:\n{core[:CORE_MEMORY_CHARS]}")
-    if memories:
-        parts.append("Memories:\n" + "\n".join(f"- {m.text}" for m in memories))
+    packed = pack_chat_memories(memories, core=core, state=state)
+    if packed:
+        parts.append("Memories:\n" + "\n".join(f"- {m.text}" for m in packed))
     if state:
         parts.append(f"Conversation so far:\n{state[:WORKING_STATE_CHARS]}")
     return [{"role": "system", "content": "\n\n".join(parts)}, {"role": "user", "content": message}]

@@ -55,7 +55,7 @@ def test_ask_answers_with_the_ids_it_used_and_timings(agent: Agent) -> None:
     assert "luna" in result.answer.lower()
     assert set(result.memory_ids) <= {m.id for m in result.retrieved}
     assert cat.id in [m.id for m in result.retrieved]
-    assert set(result.timings) == {"retrieve_s", "generate_s", "total_s"}
+    assert set(result.timings) == {"retrieve_s", "fit_s", "generate_s", "total_s"}
     assert result.prompt_tokens > 0
 
 
@@ -88,6 +88,28 @@ def test_chat_streams_and_keeps_the_prompt_bounded(agent: Agent) -> None:
     assert result.remembered is not None
     assert len(result.state) <= 480
     assert result.prompt_tokens > 0
+
+
+
+def test_chat_prompt_size_is_flat_as_the_bank_and_the_state_fill(agent: Agent) -> None:
+    from edge.prompts import CHAT_CONTEXT_CHARS, CHAT_SYSTEM
+
+    def system_chars() -> int:
+        messages, shown = agent.chat_prompt("Tell me about my hobbies and plans.")
+        assert all(m.id for m in shown)
+        return len(messages[0].content)
+
+    hobbies = ["violin", "ramen", "climbing", "gardening", "chess", "running", "pottery", "birding"]
+    facts = [f"User's hobby number {i} is {hobbies[i % 8]}, practised on day {i} of the year." for i in range(240)]
+    agent.bank.add_many(facts[:24], user=agent.user)
+    early = system_chars()
+    agent.bank.add_many(facts[24:], user=agent.user)
+    agent.bank.add_many([f"User's core fact {i}: lives in Lisbon, works at the library." for i in range(8)],
+                        tier="core", user=agent.user)
+    agent.state = "The user talked about hobbies, plans and a long list of other things. " * 10
+    late = system_chars()
+    assert late <= len(CHAT_SYSTEM) + CHAT_CONTEXT_CHARS + 80  # headers
+    assert abs(late - early) / early <= 0.10, (early, late)
 
 
 # ----------------------------------------------------------------------------- validation (scripted replies)

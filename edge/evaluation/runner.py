@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from edge.errors import EdgeError
 from edge.evaluation.scoring import LLMJudge, lexical_scores
-from edge.evaluation.systems import SYSTEMS, EvalContext, System, make_system, repeat_penalty_of
+from edge.evaluation.systems import SYSTEMS, EvalContext, System, make_system
 from edge.locomo import CATEGORY_NAMES, QA, Conversation, load_locomo
 
 DEFAULT_SYSTEMS = ("full-context", "rag-turns", "manager-prompted", "bundle")
@@ -201,7 +201,7 @@ class LocomoRun:
             "model_sha256": bundle.manifest.get("files", {}).get(model_key, {}).get("sha256"),
             "adapters": sorted(bundle.adapter_paths()),
             "prompt_version": bundle.prompt_version,
-            "repeat_penalty": repeat_penalty_of(bundle),
+            "repeat_penalty": bundle.repeat_penalty,
             "n_ctx": self.context.n_ctx,
             "answer_k": self.settings.answer_k,
             "sessions": self.settings.sessions,

@@ -31,7 +31,7 @@ from edge.errors import EdgeError
 from edge.locomo import Conversation, LocoTurn, Session
 from edge.manager import MemoryManager, shown_memories, to_messages
 from edge.operations import AddOp
-from edge.prompts import ANSWER_TOP_K, REPEAT_PENALTY, Turn, answer_messages, answer_schema, parse_answer_output
+from edge.prompts import ANSWER_TOP_K, Turn, answer_messages
 
 BANK_USER = "locomo"
 QUESTION_ALLOWANCE = 64  # tokens kept free for the question in full-context (LoCoMo's are shorter)
@@ -51,27 +51,13 @@ class EvalContext:
     @classmethod
     def load(cls, bundle: Bundle, *, n_ctx: int = 8192, answer_k: int = ANSWER_TOP_K) -> "EvalContext":
         """Load the bundle's answer model (with the bundle's adapters, used only by `bundle`)."""
-        from edge.backends import load_backend
-
         bundle.check_compatible()
-        model, _ = bundle.role("answer")
-        if bundle.backend == "llama.cpp":
-            # Decoded as `edge.Agent` decodes the bundle (its generation settings, else the defaults).
-            backend = load_backend(
-                "llama.cpp", model_path=model, n_ctx=n_ctx, adapters=bundle.adapter_paths() or None,
-                repeat_penalty=repeat_penalty_of(bundle),
-            )
-        else:
-            backend = load_backend(bundle.backend, model_dir=model)
+        backend = bundle.load_backend("answer", n_ctx=n_ctx)  # decoded as `edge.Agent` decodes the bundle
         n_ctx = int(getattr(backend, "n_ctx", n_ctx))
         return cls(bundle=bundle, backend=backend, embedder=bundle.load_embedder(), n_ctx=n_ctx, answer_k=answer_k)
 
     def close(self) -> None:
         self.backend.close()
-
-
-def repeat_penalty_of(bundle: Bundle) -> float:
-    return float(bundle.manifest.get("generation", {}).get("repeat_penalty", REPEAT_PENALTY))
 
 
 @dataclass
@@ -198,20 +184,8 @@ class FullContext(System):
 
     def answer(self, question: str) -> SystemAnswer:
         start = time.perf_counter()
-        agent = AnswerAgent(self.ctx.backend, adapter=None)
-        memories = self.window()
-        id_map, shown = shown_memories(memories)
-        messages = to_messages(answer_messages(question, shown))
-        completion = self.ctx.backend.complete(
-            messages, schema=answer_schema(id_map.local_ids), max_tokens=agent.max_tokens, temperature=0.0
-        )
-        parsed = parse_answer_output(completion.text, id_map.local_ids)
-        used = [m for m in memories if m.id in {id_map.real(i) for i in parsed.relevant}]
-        return SystemAnswer(
-            answer=parsed.answer, context_turns=source_turns(memories), used_turns=source_turns(used),
-            prompt_tokens=completion.prompt_tokens, seconds=time.perf_counter() - start, shown=len(memories),
-            error=parsed.error,
-        )
+        result = AnswerAgent(self.ctx.backend, adapter=None).answer_from(question, self.window())
+        return self._from_agent_answer(result, time.perf_counter() - start)
 
     def size(self) -> dict[str, int]:
         return {"memories": 0, "bytes": 0}
