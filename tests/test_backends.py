@@ -102,6 +102,40 @@ def test_schema_output_always_parses(backend, temperature):
         parse_json(completion.text, OPS_SCHEMA)  # raises if it is not JSON matching the schema
 
 
+
+def test_greedy_schema_decoding_picks_the_tokens_llama_cpps_sampler_chain_picks():
+    """The fast path (grammar checked on the chosen token first) against llama.cpp's own chain."""
+    from edge.prompts import REPEAT_PENALTY, ShownMemory, Turn, manager_messages, manager_schema
+    from edge.manager import to_messages
+
+    turns = ["I moved to Berlin last month.", "My sister Ana plays tennis every Sunday and hates losing.",
+             "Forget that I like coffee, I only drink tea now.", "We adopted a cat called Luna!"]
+    shown = [ShownMemory("0", "semantic", "Ana is my sister."), ShownMemory("1", "semantic", "I like coffee.")]
+    with LlamaCppBackend(bundled_gguf_path(), n_ctx=2048, repeat_penalty=REPEAT_PENALTY) as loaded:
+        for text in turns:
+            messages = to_messages(manager_messages(Turn("Sam", text, "8 May 2023"), shown))
+            replies = []
+            for fast in (True, False):
+                loaded.fast_grammar = fast
+                loaded._llm.reset()  # both from the same, empty cache: batch shapes change float results
+                loaded._snapshots.clear()
+                replies.append(loaded.complete(messages, schema=manager_schema(["0", "1"]), max_tokens=120))
+            assert replies[0].text == replies[1].text
+            assert replies[0].finish_reason == replies[1].finish_reason
+            assert replies[0].completion_tokens == replies[1].completion_tokens > 5
+
+
+def test_thread_count_follows_edge_threads_and_stays_in_bounds(monkeypatch):
+    from edge.backends.llama_cpp import _usable_cores, default_threads
+
+    monkeypatch.setenv("EDGE_THREADS", "3")
+    assert default_threads() == 3
+    monkeypatch.setenv("EDGE_THREADS", "many")
+    with pytest.raises(BackendError, match="EDGE_THREADS"):
+        default_threads()
+    monkeypatch.delenv("EDGE_THREADS")
+    assert 1 <= default_threads() <= max(2, _usable_cores() // 2)
+
 def test_stream_pieces_make_the_final_text(backend):
     pieces = list(backend.stream(user("Name three fruits."), max_tokens=40))
     assert len(pieces) > 1

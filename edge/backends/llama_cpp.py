@@ -40,10 +40,12 @@ import json
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from edge.backends.base import Backend, Completion, DecodeLock, Message, StopScanner, check_messages
 from edge.errors import BackendError
@@ -109,11 +111,9 @@ class LlamaCppBackend(Backend):
     ) -> None:
         """Load `model_path` with a context of `n_ctx` tokens.
 
-        `n_threads` (decode and prompt evaluation) defaults to half the cores
-        this process may use, about the number of physical cores. llama.cpp's
-        threads spin while they wait for each other, so more threads than
-        free cores is far slower, not a little: on a 2-core machine shared
-        with other busy processes, 2 threads decoded 7x slower than 1.
+        `n_threads` (decode and prompt evaluation) defaults to
+        `default_threads()`: the cores not already busy, at most half of
+        them (about the physical cores) and at least 1, or `$EDGE_THREADS`.
         `adapters` maps names ("manager", "answer") to GGUF LoRA files.
         `prefix_slots` is how many system-prompt snapshots to keep (0: none).
         """
@@ -121,7 +121,7 @@ class LlamaCppBackend(Backend):
         check_gguf_file(self.model_path)
         llama_cpp = _import_llama_cpp()
         self._lib = llama_cpp
-        threads = n_threads or max(1, _usable_cores() // 2)
+        threads = n_threads or default_threads()
         try:
             self._llm = llama_cpp.Llama(
                 model_path=str(self.model_path),
@@ -149,6 +149,7 @@ class LlamaCppBackend(Backend):
         self._calls = 0
         self._pieces: dict[int, bytes] = {}
         self._grammars: dict[str, object] = {}
+        self.fast_grammar = True  # greedy schema decoding checks the chosen token first (see _greedy_under_grammar)
         self._snapshots: OrderedDict[tuple, _Snapshot] = OrderedDict()
         self._prefix_slots = prefix_slots
         self._formatter = self._make_formatter()
@@ -296,16 +297,19 @@ class LlamaCppBackend(Backend):
             vocab = llm._model.vocab
             n_out, finish = 0, "length"
             self.last_prompt_eval_tokens = None
-            generator = llm.generate(
-                tokens,
-                temp=temperature,
-                top_k=0,
-                top_p=1.0,
-                min_p=0.0,
-                typical_p=1.0,
-                repeat_penalty=self.repeat_penalty,
-                grammar=grammar,
-            )
+            if grammar is not None and temperature == 0.0 and self.fast_grammar:
+                generator = self._greedy_under_grammar(tokens, grammar)
+            else:
+                generator = llm.generate(
+                    tokens,
+                    temp=temperature,
+                    top_k=0,
+                    top_p=1.0,
+                    min_p=0.0,
+                    typical_p=1.0,
+                    repeat_penalty=self.repeat_penalty,
+                    grammar=grammar,
+                )
             try:
                 if max_tokens == 0:
                     return
@@ -343,6 +347,63 @@ class LlamaCppBackend(Backend):
                     seconds=time.perf_counter() - start,
                     finish_reason=finish,
                 )
+
+    def _greedy_under_grammar(self, tokens: list[int], grammar) -> Iterator[int]:
+        """Greedy decoding under `grammar`, checking the grammar on the chosen token first.
+
+        llama.cpp's sampler chain runs the grammar over the whole vocabulary
+        (49k tokens for SmolLM2) at every step, which doubled the cost of a
+        token. Here the repeat-penalised argmax is checked alone, and only
+        when the grammar refuses it is the whole vocabulary masked and the
+        best allowed token taken: the same token the chain picks (penalties,
+        grammar, greedy), for a fraction of the work.
+        """
+        llm, lib = self._llm, self._lib
+        n_vocab = llm.n_vocab()
+        cached = llm.longest_token_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens)
+        llm.n_tokens = min(cached, len(tokens) - 1)  # evaluate at least one token for fresh logits
+        llm.eval(tokens[llm.n_tokens:])
+        sampler = lib.llama_sampler_init_grammar(
+            llm._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8"))
+        if not sampler:
+            raise BackendError("llama.cpp could not parse the grammar made from this JSON schema.",
+                               hint="keep to type/properties/required/items/enum/anyOf")
+        one = (lib.llama_token_data * 1)()
+        one_array = lib.llama_token_data_array(one, 1, -1, False)
+        every = self._every_token(n_vocab)
+        recent: deque[int] = deque(maxlen=llm.last_n_tokens_size)  # llama.cpp's penalty window
+        try:
+            while True:
+                logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,)).copy()
+                if self.repeat_penalty != 1.0 and recent:
+                    seen = np.fromiter(set(recent), dtype=np.int64)
+                    picked = logits[seen]
+                    logits[seen] = np.where(picked <= 0, picked * self.repeat_penalty, picked / self.repeat_penalty)
+                token = int(np.argmax(logits))
+                one[0].id, one[0].logit, one[0].p = token, float(logits[token]), 0.0
+                one_array.size, one_array.selected, one_array.sorted = 1, -1, False
+                lib.llama_sampler_apply(sampler, ctypes.byref(one_array))
+                if not np.isfinite(one[0].logit):
+                    view = np.ctypeslib.as_array(every)
+                    view["id"] = np.arange(n_vocab, dtype=np.int32)
+                    view["logit"] = logits
+                    array = lib.llama_token_data_array(every, n_vocab, -1, False)
+                    lib.llama_sampler_apply(sampler, ctypes.byref(array))
+                    allowed = np.ctypeslib.as_array(every)[: array.size]
+                    token = int(allowed["id"][np.argmax(allowed["logit"])])
+                lib.llama_sampler_accept(sampler, token)
+                recent.append(token)
+                yield token
+                llm.eval([token])
+        finally:
+            lib.llama_sampler_free(sampler)
+
+    def _every_token(self, n_vocab: int):
+        buffer = getattr(self, "_every_buffer", None)
+        if buffer is None or len(buffer) != n_vocab:
+            buffer = (self._lib.llama_token_data * n_vocab)()
+            self._every_buffer = buffer
+        return buffer
 
     def _piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)
@@ -459,6 +520,32 @@ def _evaluated_tokens(perf) -> int:
     batched = perf.n_p_eval if perf.t_p_eval_ms > 0 else 0
     single = perf.n_eval if perf.t_eval_ms > 0 else 0
     return batched + single
+
+
+def default_threads() -> int:
+    """llama.cpp threads for a model loaded now: `$EDGE_THREADS`, else the free cores, capped.
+
+    llama.cpp's threads spin while they wait for each other, so more threads
+    than free cores is far slower, not a little: on a 2-core machine shared
+    with a busy process, 2 threads decoded 7x slower than 1. On the same
+    machine idle, 2 threads cut a Manager turn by a quarter. So: the cores
+    the 1-minute load average leaves free, at most half the cores (about the
+    physical ones; 2 on a 2-core machine), at least 1.
+    """
+    configured = os.environ.get("EDGE_THREADS", "").strip()
+    if configured:
+        try:
+            return max(1, int(configured))
+        except ValueError:
+            raise BackendError(f"EDGE_THREADS={configured!r} is not a number.",
+                               hint="set it to a thread count, e.g. EDGE_THREADS=2, or unset it") from None
+    cores = _usable_cores()
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows
+        busy = 0.0
+    ceiling = max(2, cores // 2) if cores >= 2 else 1
+    return max(1, min(ceiling, cores - round(busy)))
 
 
 def _usable_cores() -> int:
