@@ -47,12 +47,21 @@ def chat_messages_for(turn: int) -> str:
     return f"Let me tell you about {topics[turn % len(topics)]} (day {turn})."
 
 
+def observation_facts(path: Path) -> list[str]:
+    """LoCoMo's per-session observations: short facts about each speaker, as a Manager would store them."""
+    raw = json.loads(Path(path).read_text())
+    sample = raw[0] if isinstance(raw, list) else raw
+    return [fact[0] for session in sample.get("observation", {}).values() for facts in session.values()
+            for fact in facts if isinstance(fact, list) and fact and isinstance(fact[0], str)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--turns", type=int, default=40, help="LoCoMo turns fed to remember")
     parser.add_argument("--questions", type=int, default=30, help="LoCoMo questions asked")
     parser.add_argument("--chat-turns", type=int, default=200)
     parser.add_argument("--data", type=Path, default=CONV)
+    parser.add_argument("--answer-k", type=int, default=None, help="memories the Answer Agent retrieves (default 60)")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: the backend's choice)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -69,49 +78,68 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="edge-bench-agent-"))
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
 
-    with Agent(db=work / "bank.db", user="bench", n_threads=args.threads) as agent:
-        results["llama_threads"] = agent.backend.n_threads
-        results["bundle"] = agent.bundle.name
-        agent.ask("warm-up question?")
-        remember_s = []
-        for i, turn in enumerate(turns, start=1):
-            result = agent.remember([turn])
-            remember_s.append(result.seconds)
-            print(f"\rremember {i}/{len(turns)} {result.seconds:.2f}s", end="", file=sys.stderr)
-        print(file=sys.stderr)
-        ask_s, ask_tokens = [], []
-        for i, question in enumerate(questions, start=1):
-            answer = agent.ask(question)
-            ask_s.append(answer.timings["total_s"])
-            ask_tokens.append(answer.prompt_tokens)
-            print(f"\rask {i}/{len(questions)} {answer.timings['total_s']:.2f}s", end="", file=sys.stderr)
-        print(file=sys.stderr)
-        results["remember"] = summary(remember_s)
-        results["ask"] = {**summary(ask_s), "prompt_tokens_mean": statistics.fmean(ask_tokens) if ask_tokens else 0}
-        results["bank_memories_after_remember"] = agent.bank.count()
+    if args.turns or args.questions:
+        with Agent(db=work / "bank.db", user="bench", n_threads=args.threads, answer_k=args.answer_k) as agent:
+            results["llama_threads"] = agent.backend.n_threads
+            results["bundle"] = agent.bundle.name
+            agent.ask("warm-up question?")
+            remember_s = []
+            for i, turn in enumerate(turns, start=1):
+                result = agent.remember([turn])
+                remember_s.append(result.seconds)
+                print(f"\rremember {i}/{len(turns)} {result.seconds:.2f}s", end="", file=sys.stderr)
+            print(file=sys.stderr)
+            results["bank_memories_after_remember"] = agent.bank.count()
+            # What an untrained 135M Manager keeps from 40 turns is a handful of memories; ask against the
+            # bank a good Manager would hold instead: LoCoMo's own per-session observations (facts with
+            # their source turns), so retrieval fills the Answer Agent's top-k as it would in use.
+            facts = observation_facts(args.data)
+            agent.bank.add_many(facts, user="bench")
+            results["ask_bank"] = {"memories": agent.bank.count(), "source": "conv-26 observations + remembered",
+                                   "answer_k": agent.answerer.k}
+            ask_s, ask_tokens = [], []
+            for i, question in enumerate(questions, start=1):
+                answer = agent.ask(question)
+                ask_s.append(answer.timings["total_s"])
+                ask_tokens.append(answer.prompt_tokens)
+                print(f"\rask {i}/{len(questions)} {answer.timings['total_s']:.2f}s", end="", file=sys.stderr)
+            print(file=sys.stderr)
+            results["remember"] = summary(remember_s)
+            results["ask"] = {**summary(ask_s), "prompt_tokens_mean": statistics.fmean(ask_tokens) if ask_tokens else 0}
 
-    prompt_tokens: dict[int, int] = {}
-    chat_s = []
-    with Agent(db=work / "chat.db", user="bench", chat_max_tokens=32, n_threads=args.threads) as agent:
-        for turn in range(1, args.chat_turns + 1):
-            message = chat_messages_for(turn)
-            messages, _ = agent.chat_prompt(message)
-            prompt_tokens[turn] = sum(agent.backend.count_tokens(m.content) + 4 for m in messages)
-            result = agent.chat(message)
-            chat_s.append(result.timings["total_s"])
-            print(f"\rchat {turn}/{args.chat_turns} prompt={prompt_tokens[turn]} tokens", end="", file=sys.stderr)
-        print(file=sys.stderr)
-    marks = [t for t in (10, 100, 200) if t in prompt_tokens]
-    results["chat"] = {
-        "turn_seconds": summary(chat_s),
-        "prompt_tokens": {str(t): prompt_tokens[t] for t in marks},
-        "prompt_tokens_max": max(prompt_tokens.values()) if prompt_tokens else 0,
-    }
-    if 10 in prompt_tokens and marks[-1] != 10:
-        last = marks[-1]
-        results["chat"][f"turn{last}_vs_turn10"] = prompt_tokens[last] / prompt_tokens[10]
+    if args.chat_turns:
+        prompt_tokens: dict[int, int] = {}
+        chat_s = []
+        with Agent(db=work / "chat.db", user="bench", chat_max_tokens=32, n_threads=args.threads) as agent:
+            chat_threads = agent.backend.n_threads
+            for turn in range(1, args.chat_turns + 1):
+                message = chat_messages_for(turn)
+                messages, _ = agent.chat_prompt(message)
+                prompt_tokens[turn] = sum(agent.backend.count_tokens(m.content) + 4 for m in messages)
+                result = agent.chat(message)
+                chat_s.append(result.timings["total_s"])
+                print(f"\rchat {turn}/{args.chat_turns} prompt={prompt_tokens[turn]} tokens", end="", file=sys.stderr)
+            print(file=sys.stderr)
+        marks = [t for t in (10, 100, 200) if t in prompt_tokens]
+        results["chat"] = {
+            "turn_seconds": summary(chat_s),
+            "prompt_tokens": {str(t): prompt_tokens[t] for t in marks},
+            "prompt_tokens_max": max(prompt_tokens.values()) if prompt_tokens else 0,
+            "prompt_tokens_every_10": {str(t): n for t, n in prompt_tokens.items() if t % 10 == 0},
+            "prompt_tokens_range_from_turn_10": [min(n for t, n in prompt_tokens.items() if t >= 10),
+                                                 max(n for t, n in prompt_tokens.items() if t >= 10)]
+            if args.chat_turns >= 10 else None,
+            "llama_threads": chat_threads,
+        }
+        if 10 in prompt_tokens and marks[-1] != 10:
+            last = marks[-1]
+            results["chat"][f"turn{last}_vs_turn10"] = prompt_tokens[last] / prompt_tokens[10]
     results["targets"] = {"ask_p95_s": 1.5, "remember_p95_s": 2.0, "chat_prompt_growth_max": 1.10}
 
+    # Sections measured in separate runs (e.g. --chat-turns 0, then --turns 0 --questions 0) are merged.
+    previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results = {**previous, **results, "measured_at": {**previous.get("measured_at", {}), **{
+        key: time.strftime("%Y-%m-%d %H:%M:%S") for key in ("remember", "ask", "chat") if key in results}}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

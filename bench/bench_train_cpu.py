@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-conversations", type=int, default=3, help="test conversations per group")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: auto from the machine's load)")
     parser.add_argument("--fresh", action="store_true", help="ignore finished checkpoints of earlier runs")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config setting, e.g. --set reward.op_match_weight=0.5 (repeatable)")
+    parser.add_argument("--tag", default="", help="suffix for the results files and run folders")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -132,7 +135,11 @@ def main(argv: list[str] | None = None) -> int:
 
     threads = args.threads or auto_threads()
     torch.set_num_threads(threads)
-    config = load_config(args.config, threads=threads, steps=args.steps)
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key.strip()] = json.loads(value) if value.strip()[:1] in "0123456789-[{tf\"" else value
+    config = load_config(args.config, threads=threads, steps=args.steps, **overrides)
     embedder = load_embedder(config.data.embedder)
     reader = build_reader(config)
     groups = [
@@ -153,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
 
     runs, after_groups_by_seed = [], []
     for seed in args.seeds:
-        run_dir = paths.cache_dir() / "bench-train-cpu" / f"seed-{seed}"
-        cfg = load_config(args.config, threads=threads, steps=args.steps, seed=seed)
+        run_dir = paths.cache_dir() / "bench-train-cpu" / f"seed-{seed}{'-' + args.tag if args.tag else ''}"
+        cfg = load_config(args.config, threads=threads, steps=args.steps, seed=seed, **overrides)
         t0 = time.time()
         result = train(cfg, out=run_dir, resume=not args.fresh)
         train_s = time.time() - t0
@@ -211,8 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         means = [a["op_accuracy"]["mean"] for a in after_by_seed]
         result["spread_between_training_seeds"] = {"op_accuracy": max(means) - min(means)}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "train_cpu.json").write_text(json.dumps(result, indent=2))
-    plot(RESULTS / "train_cpu.png", runs, before, after_by_seed)
+    stem = f"train_cpu{'_' + args.tag if args.tag else ''}"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    plot(RESULTS / f"{stem}.png", runs, before, after_by_seed)
     print(json.dumps({k: result[k] for k in ("before", "after", "improvement", "seconds")}, indent=2))
     return 0
 

@@ -144,7 +144,7 @@ class Agent:
             raise
         extra: dict[str, Any] = {"delete_cap": delete_cap} if delete_cap is not None else {}
         self.manager = MemoryManager(self.manager_backend, self.bank, **extra)
-        self.answerer = AnswerAgent(self.answer_backend, **({"k": answer_k} if answer_k else {}))
+        self.answerer = AnswerAgent(self.answer_backend, k=answer_k or self.bundle.answer_k)
         self.chat_max_tokens = chat_max_tokens
         self.state = ""
         self._lock = threading.RLock()

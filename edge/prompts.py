@@ -27,8 +27,9 @@ MAX_OPS_PER_TURN = 3
 DEFAULT_DELETE_CAP = 1
 ANSWER_TOP_K = 60
 CORE_MEMORY_CHARS = 600
-CHAT_CONTEXT_CHARS = 1200  # core block + retrieved memories + working state in a chat prompt
-WORKING_STATE_CHARS = 480
+CHAT_CONTEXT_CHARS = 800  # core block + retrieved memories + working state in a chat prompt
+CHAT_CORE_CHARS = 240  # the core block's share of it (the state's is WORKING_STATE_CHARS)
+WORKING_STATE_CHARS = 320
 MAX_MEMORY_TEXT_CHARS = 120
 
 TIERS = ("core", "semantic", "episodic")
@@ -331,21 +332,39 @@ Rewrite the summary so it includes the latest exchange, keeping only what
 matters for the next turns. At most three sentences."""
 
 
+def _last_lines(text: str, limit: int) -> str:
+    """The newest whole lines of `text` that fit in `limit` characters."""
+    kept: list[str] = []
+    size = 0
+    for line in reversed(text.splitlines()):
+        if size + len(line) + 1 > limit:
+            break
+        kept.insert(0, line)
+        size += len(line) + 1
+    return "\n".join(kept)
+
+
+def chat_context(core: str, state: str) -> tuple[str, str]:
+    """The core block and the working state as a chat prompt shows them (each within its share)."""
+    return _last_lines(core, CHAT_CORE_CHARS), state[:WORKING_STATE_CHARS]
+
+
 def pack_chat_memories(memories: Sequence[ShownMemory], *, core: str = "", state: str = "") -> list[ShownMemory]:
     """The retrieved memories (best first) that fit beside the core block and the state.
 
-    The three share one budget, `CHAT_CONTEXT_CHARS`: as the state and the core
-    block fill up over a conversation, fewer memories fit, so the prompt stays the
-    same size from the first turns that have enough to say to turn 200 and beyond.
+    The three share one budget, `CHAT_CONTEXT_CHARS`: the core block and the
+    state have capped shares and the memories fill what they leave, so the
+    prompt is the same size from the first turns that have enough to say to
+    turn 200 and beyond.
     """
-    used = len(core[:CORE_MEMORY_CHARS]) + len(state[:WORKING_STATE_CHARS])
+    core, state = chat_context(core, state)
+    used = len(core) + len(state)
     packed = []
-    for memory in memories:
+    for memory in memories:  # best first; one that does not fit leaves room for a shorter one after it
         cost = len(memory.text) + 3  # "- " and the newline
-        if used + cost > CHAT_CONTEXT_CHARS:
-            break
-        packed.append(memory)
-        used += cost
+        if used + cost <= CHAT_CONTEXT_CHARS:
+            packed.append(memory)
+            used += cost
     return packed
 
 
@@ -356,14 +375,15 @@ def chat_messages(
 
     `memories` are packed with `pack_chat_memories`: pass more than fit, best first.
     """
+    packed = pack_chat_memories(memories, core=core, state=state)
+    core, state = chat_context(core, state)
     parts = [CHAT_SYSTEM]
     if core:
-        parts.append(f"About the user:\n{core[:CORE_MEMORY_CHARS]}")
-    packed = pack_chat_memories(memories, core=core, state=state)
+        parts.append(f"About the user:\n{core}")
     if packed:
         parts.append("Memories:\n" + "\n".join(f"- {m.text}" for m in packed))
     if state:
-        parts.append(f"Conversation so far:\n{state[:WORKING_STATE_CHARS]}")
+        parts.append(f"Conversation so far:\n{state}")
     return [{"role": "system", "content": "\n\n".join(parts)}, {"role": "user", "content": message}]
 
 

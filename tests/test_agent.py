@@ -14,7 +14,7 @@ from edge.bundle import Bundle
 from edge.embedder import HashEmbedder
 from edge.errors import BundleError, EmbedderMismatchError
 from edge.manager import MemoryManager
-from edge.prompts import Turn
+from edge.prompts import WORKING_STATE_CHARS, Turn
 
 
 def snapshot(bank: MemoryBank) -> tuple:
@@ -86,7 +86,7 @@ def test_chat_streams_and_keeps_the_prompt_bounded(agent: Agent) -> None:
     assert result is not None and pieces
     assert "".join(pieces).strip() == result.reply
     assert result.remembered is not None
-    assert len(result.state) <= 480
+    assert len(result.state) <= WORKING_STATE_CHARS
     assert result.prompt_tokens > 0
 
 
@@ -219,3 +219,11 @@ def test_duplicate_adds_and_empty_updates_are_refused(bank: MemoryBank) -> None:
     reasons = {reason for _, reason in result.rejected}
     assert reasons == {"the same memory is already stored", "the update does not change the memory"}
     assert len(bank.history(tea.id)) == 1
+
+
+def test_the_bundle_sets_how_many_memories_an_answer_reads(agent: Agent, tmp_path: Path) -> None:
+    from edge.bundle import DEFAULT_GENERATION
+
+    assert agent.answerer.k == agent.bundle.answer_k == DEFAULT_GENERATION["answer_k"]
+    with Agent(bundle=agent.bundle, db=tmp_path / "other.db", user="bo", backend=agent.backend, answer_k=7) as other:
+        assert other.answerer.k == 7

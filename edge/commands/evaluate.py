@@ -38,8 +38,9 @@ def _system_help() -> str:
 @click.option("--sample", "samples", multiple=True, help="Only this conversation (sample_id); repeatable.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("locomo-eval"),
               show_default=True, help="Output folder; rerunning with the same folder resumes where it stopped.")
-@click.option("--k", "answer_k", type=click.IntRange(min=1), default=60, show_default=True,
-              help="Memories retrieved for each question.")
+@click.option("--k", "answer_k", type=click.IntRange(min=1), default=None,
+              help="Memories retrieved for each question (default: the bundle's; 12 for the default bundle, "
+              "60 in Memory-R1).")
 @click.option("--n-ctx", type=click.IntRange(min=512), default=8192, show_default=True,
               help="Context window of the model, in tokens (full-context fills it).")
 @click.option("--include-adversarial", is_flag=True,
@@ -51,7 +52,7 @@ def _system_help() -> str:
               help="API key for the judge server. [env: EDGE_JUDGE_API_KEY]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def locomo(data: Path | None, bundle: Path | None, systems: tuple[str, ...], limit: int | None,
-           sessions: int | None, samples: tuple[str, ...], out: Path, answer_k: int, n_ctx: int, include_adversarial: bool,
+           sessions: int | None, samples: tuple[str, ...], out: Path, answer_k: int | None, n_ctx: int, include_adversarial: bool,
            judge_url: str | None, judge_model: str | None, judge_api_key: str | None, quiet: bool) -> None:
     """Evaluate memory systems on LoCoMo conversations.
 

@@ -60,7 +60,7 @@ class EvalSettings:
     samples: list[str] | None = None
     sessions: int | None = None  # only the first N sessions, and the questions answerable from them
     n_ctx: int = 8192
-    answer_k: int = 60
+    answer_k: int | None = None  # None: the bundle's (generation.answer_k)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -184,7 +184,8 @@ class LocomoRun:
             from edge.bundle import Bundle, build_default
 
             bundle = Bundle.load(self.settings.bundle) if self.settings.bundle else build_default(log=self.log)
-            self._context = EvalContext.load(bundle, n_ctx=self.settings.n_ctx, answer_k=self.settings.answer_k)
+            self._context = EvalContext.load(bundle, n_ctx=self.settings.n_ctx,
+                                             answer_k=self.settings.answer_k or bundle.answer_k)
         return self._context
 
     # ------------------------------------------------------------------ settings file
@@ -203,7 +204,7 @@ class LocomoRun:
             "prompt_version": bundle.prompt_version,
             "repeat_penalty": bundle.repeat_penalty,
             "n_ctx": self.context.n_ctx,
-            "answer_k": self.settings.answer_k,
+            "answer_k": self.context.answer_k,
             "sessions": self.settings.sessions,
         }
 
