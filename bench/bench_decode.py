@@ -97,8 +97,8 @@ def main() -> None:
     model = bundled_gguf_path()
     backend = LlamaCppBackend(model, n_ctx=2048, n_threads=args.threads)
     threads = backend.n_threads
-    llm = llama_cpp.Llama(
-        str(model), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False
+    llm = llama_cpp.Llama(  # same settings as the backend's (threads, flash attention)
+        str(model), n_ctx=2048, n_threads=threads, n_threads_batch=threads, flash_attn=True, verbose=False
     )
     prompt_tokens = llm.tokenize(backend.render_prompt(MESSAGES).encode(), add_bos=False, special=True)
 
