@@ -12,11 +12,9 @@ compared with its float original on the same items. Scores are in [0, 1]:
 """
 from __future__ import annotations
 
-import re
-import string
-from collections import Counter
 from dataclasses import dataclass
 
+from edge.evaluation.scoring import f1_score
 from edge.prompts import (
     ShownMemory,
     Turn,
@@ -101,22 +99,6 @@ def score(item: DevItem, text: str) -> float:
         overlap = len(proposed & expected) / len(proposed | expected) if proposed or expected else 1.0
         return 0.5 * parsed.format_score + 0.5 * overlap
     parsed = parse_answer_output(text, item.shown_ids)
-    return token_f1(parsed.answer, item.expected[0])
+    return f1_score(parsed.answer, item.expected[0])  # the token F1 `edge eval` reports
 
 
-def _normalise(text: str) -> list[str]:
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in string.punctuation)
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return text.split()
-
-
-def token_f1(prediction: str, gold: str) -> float:
-    pred, ref = _normalise(prediction), _normalise(gold)
-    if not pred or not ref:
-        return float(pred == ref)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
