@@ -27,8 +27,8 @@ MAX_OPS_PER_TURN = 3
 DEFAULT_DELETE_CAP = 1
 ANSWER_TOP_K = 60
 CORE_MEMORY_CHARS = 600
-CHAT_CONTEXT_CHARS = 800  # core block + retrieved memories + working state in a chat prompt
-CHAT_CORE_CHARS = 240  # the core block's share of it (the state's is WORKING_STATE_CHARS)
+CHAT_CONTEXT_CHARS = 560  # core block + retrieved memories + working state in a chat prompt
+CHAT_CORE_CHARS = 160  # the core block's share of it (the state's is WORKING_STATE_CHARS)
 WORKING_STATE_CHARS = 320
 MAX_MEMORY_TEXT_CHARS = 120
 
