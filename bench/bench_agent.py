@@ -112,6 +112,10 @@ def main() -> None:
         chat_s = []
         with Agent(db=work / "chat.db", user="bench", chat_max_tokens=32, n_threads=args.threads) as agent:
             chat_threads = agent.backend.n_threads
+            # A user with history: the bank starts with conv-26's observation facts, so each turn's retrieval
+            # has more than fits and the prompt shows what the budget allows, not what an untrained Manager
+            # happened to keep (it deletes as often as it adds).
+            agent.bank.add_many(observation_facts(args.data), user="bench")
             for turn in range(1, args.chat_turns + 1):
                 message = chat_messages_for(turn)
                 messages, _ = agent.chat_prompt(message)
@@ -130,6 +134,7 @@ def main() -> None:
                                                  max(n for t, n in prompt_tokens.items() if t >= 10)]
             if args.chat_turns >= 10 else None,
             "llama_threads": chat_threads,
+            "bank_at_start": "conv-26 observation facts (184)",
         }
         if 10 in prompt_tokens and marks[-1] != 10:
             last = marks[-1]
