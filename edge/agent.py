@@ -27,12 +27,12 @@ from edge.errors import BundleError, InvalidInputError
 from edge.manager import MemoryManager, TurnResult, adapter_for, to_messages
 from edge.operations import AppliedOp
 from edge.prompts import (
+    CHAT_CORE_CHARS,
     PROMPT_VERSION,
     ShownMemory,
     Turn,
     chat_messages,
     clip_state,
-    pack_chat_memories,
     state_messages,
 )
 
@@ -209,9 +209,8 @@ class Agent:
         hits = self.bank.search(message, k=CHAT_MEMORIES_K, user=self.user)
         memories = [h.memory for h in hits if h.memory.tier != "core"]
         shown = [ShownMemory(str(i), m.tier, m.text, m.event_time) for i, m in enumerate(memories)]
-        core = core_block(self.bank, self.user)
-        messages = chat_messages(message, memories=shown, core=core, state=self.state)
-        packed = pack_chat_memories(shown, core=core, state=self.state)
+        core = core_block(self.bank, self.user, limit=CHAT_CORE_CHARS)
+        messages, packed = chat_messages(message, memories=shown, core=core, state=self.state)
         return to_messages(messages), [memories[int(m.id)] for m in packed]
 
     def _chat_turn(self, message: str, remember: bool, cancel: threading.Event):

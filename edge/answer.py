@@ -32,12 +32,12 @@ class AnswerResult:
     raw: str = ""
 
 
-def core_block(bank: MemoryBank, user: str | None = None) -> str:
-    """The bounded core memory: always in context, newest kept when it overflows."""
+def core_block(bank: MemoryBank, user: str | None = None, *, limit: int = CORE_MEMORY_CHARS) -> str:
+    """The bounded core memory: always in context, newest kept when it overflows `limit` characters."""
     lines: list[str] = []
     size = 0
     for memory in reversed(bank.list(user=user, tier="core")[-CORE_LIMIT:]):
-        if size + len(memory.text) + 1 > CORE_MEMORY_CHARS:
+        if size + len(memory.text) + 1 > limit:
             break
         lines.insert(0, memory.text)
         size += len(memory.text) + 1

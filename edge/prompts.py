@@ -332,21 +332,9 @@ Rewrite the summary so it includes the latest exchange, keeping only what
 matters for the next turns. At most three sentences."""
 
 
-def _last_lines(text: str, limit: int) -> str:
-    """The newest whole lines of `text` that fit in `limit` characters."""
-    kept: list[str] = []
-    size = 0
-    for line in reversed(text.splitlines()):
-        if size + len(line) + 1 > limit:
-            break
-        kept.insert(0, line)
-        size += len(line) + 1
-    return "\n".join(kept)
-
-
 def chat_context(core: str, state: str) -> tuple[str, str]:
     """The core block and the working state as a chat prompt shows them (each within its share)."""
-    return _last_lines(core, CHAT_CORE_CHARS), state[:WORKING_STATE_CHARS]
+    return core[:CHAT_CORE_CHARS], state[:WORKING_STATE_CHARS]
 
 
 def pack_chat_memories(memories: Sequence[ShownMemory], *, core: str = "", state: str = "") -> list[ShownMemory]:
@@ -370,10 +358,13 @@ def pack_chat_memories(memories: Sequence[ShownMemory], *, core: str = "", state
 
 def chat_messages(
     message: str, *, memories: Sequence[ShownMemory], core: str = "", state: str = ""
-) -> list[dict[str, str]]:
+) -> tuple[list[dict[str, str]], list[ShownMemory]]:
     """A chat turn's messages: bounded state + retrieved memories instead of the whole history (MEM1).
 
-    `memories` are packed with `pack_chat_memories`: pass more than fit, best first.
+    `memories` are candidates, best first (pass more than fit); returned with
+    the messages are the ones `pack_chat_memories` kept. `core` should come
+    in whole lines within `CHAT_CORE_CHARS` (`core_block(..., limit=...)`);
+    longer text is cut there.
     """
     packed = pack_chat_memories(memories, core=core, state=state)
     core, state = chat_context(core, state)
@@ -384,7 +375,7 @@ def chat_messages(
         parts.append("Memories:\n" + "\n".join(f"- {m.text}" for m in packed))
     if state:
         parts.append(f"Conversation so far:\n{state}")
-    return [{"role": "system", "content": "\n\n".join(parts)}, {"role": "user", "content": message}]
+    return [{"role": "system", "content": "\n\n".join(parts)}, {"role": "user", "content": message}], packed
 
 
 def state_messages(state: str, message: str, reply: str) -> list[dict[str, str]]:

@@ -245,7 +245,10 @@ def test_training_decodes_with_llama_cpps_repeat_penalty_window():
     from edge.train.constrained import RepeatPenaltyProcessor
 
     scores = torch.tensor([[2.0, -2.0, 1.0, 3.0]])
-    context = torch.tensor([[3] * 10 + [0, 1]])  # token 3 only before the last 2 positions
-    out = RepeatPenaltyProcessor(1.25, last_n=2)(context, scores.clone())
+    prompt = torch.tensor([[3, 0] * 5])
+    penalty = RepeatPenaltyProcessor(1.25, last_n=2)
+    assert penalty(prompt, scores.clone()).tolist() == scores.tolist()  # the prompt is never penalised
+    context = torch.cat([prompt, torch.tensor([[3, 3, 0, 1]])], dim=1)  # reply: 3, 3, then 0, 1
+    out = penalty(context, scores.clone())
     assert out[0].tolist() == pytest.approx([1.6, -2.5, 1.0, 3.0])  # 0 and 1 penalised; 3 is outside the window
     assert RepeatPenaltyProcessor(1.0)(context, scores).tolist() == scores.tolist()

@@ -154,6 +154,7 @@ class LlamaCppBackend(Backend):
         self._pieces: dict[int, bytes] = {}
         self._grammars: dict[str, object] = {}
         self.fast_grammar = True  # greedy schema decoding checks the chosen token first (see _greedy_under_grammar)
+        self._every_buffer = None  # the whole vocabulary as llama_token_data, for when the grammar refuses
         self._snapshots: OrderedDict[tuple, _Snapshot] = OrderedDict()
         self._prefix_slots = prefix_slots
         self._formatter = self._make_formatter()
@@ -403,11 +404,10 @@ class LlamaCppBackend(Backend):
             lib.llama_sampler_free(sampler)
 
     def _every_token(self, n_vocab: int):
-        buffer = getattr(self, "_every_buffer", None)
-        if buffer is None or len(buffer) != n_vocab:
-            buffer = (self._lib.llama_token_data * n_vocab)()
-            self._every_buffer = buffer
-        return buffer
+        """One token-data slot per vocabulary entry, allocated on first use and reused."""
+        if self._every_buffer is None:
+            self._every_buffer = (self._lib.llama_token_data * n_vocab)()
+        return self._every_buffer
 
     def _piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)

@@ -184,8 +184,7 @@ class LocomoRun:
             from edge.bundle import Bundle, build_default
 
             bundle = Bundle.load(self.settings.bundle) if self.settings.bundle else build_default(log=self.log)
-            self._context = EvalContext.load(bundle, n_ctx=self.settings.n_ctx,
-                                             answer_k=self.settings.answer_k or bundle.answer_k)
+            self._context = EvalContext.load(bundle, n_ctx=self.settings.n_ctx, answer_k=self.settings.answer_k)
         return self._context
 
     # ------------------------------------------------------------------ settings file

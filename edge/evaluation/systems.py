@@ -49,9 +49,13 @@ class EvalContext:
     manager_max_tokens: int | None = None  # None: the Manager's own default
 
     @classmethod
-    def load(cls, bundle: Bundle, *, n_ctx: int = 8192, answer_k: int = ANSWER_TOP_K) -> "EvalContext":
-        """Load the bundle's answer model (with the bundle's adapters, used only by `bundle`)."""
+    def load(cls, bundle: Bundle, *, n_ctx: int = 8192, answer_k: int | None = None) -> "EvalContext":
+        """Load the bundle's answer model (with the bundle's adapters, used only by `bundle`).
+
+        `answer_k` None: the bundle's own (`generation.answer_k`), as `edge.Agent` reads it.
+        """
         bundle.check_compatible()
+        answer_k = answer_k or bundle.answer_k
         backend = bundle.load_backend("answer", n_ctx=n_ctx)  # decoded as `edge.Agent` decodes the bundle
         n_ctx = int(getattr(backend, "n_ctx", n_ctx))
         return cls(bundle=bundle, backend=backend, embedder=bundle.load_embedder(), n_ctx=n_ctx, answer_k=answer_k)
