@@ -138,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {}
     for item in args.set:
         key, _, value = item.partition("=")
-        overrides[key.strip()] = json.loads(value) if value.strip()[:1] in "0123456789-[{tf\"" else value
+        try:
+            overrides[key.strip()] = json.loads(value)  # numbers, true/false, lists
+        except ValueError:
+            overrides[key.strip()] = value  # a bare string
     config = load_config(args.config, threads=threads, steps=args.steps, **overrides)
     embedder = load_embedder(config.data.embedder)
     reader = build_reader(config)

@@ -276,23 +276,28 @@ class SchemaLogitsProcessor:
 class RepeatPenaltyProcessor:
     """llama.cpp's repeat penalty, so rollouts and dev replies are decoded as the runtime decodes.
 
-    Tokens among the last `last_n` of the context (prompt and reply) have
-    positive logits divided by `penalty` and negative ones multiplied, as
-    llama.cpp does with its default window of 64. (transformers' own
-    repetition penalty covers the whole prompt, which here is mostly memories
-    the reply must be free to quote.)
+    Among the last `last_n` tokens of the reply (llama.cpp's default window
+    of 64), positive logits are divided by `penalty` and negative ones
+    multiplied. Only the reply's tokens count: the runtime's sampler sees
+    the tokens it produced, not the prompt (transformers' own repetition
+    penalty would cover the whole prompt, mostly memories the reply must be
+    free to quote). One instance per `generate` call: the first call's
+    length is taken as the prompt's.
     """
 
     def __init__(self, penalty: float, last_n: int = 64) -> None:
         self.penalty = penalty
         self.last_n = last_n
+        self.prompt_length: int | None = None
 
     def __call__(self, input_ids, scores):
         import torch
 
-        if self.penalty == 1.0:
+        if self.prompt_length is None:
+            self.prompt_length = input_ids.shape[1]
+        window = input_ids[:, self.prompt_length:][:, -self.last_n:]
+        if self.penalty == 1.0 or window.shape[1] == 0:
             return scores
-        window = input_ids[:, -self.last_n:]
         picked = torch.gather(scores, 1, window)
         picked = torch.where(picked > 0, picked / self.penalty, picked * self.penalty)
         return scores.scatter(1, window, picked)

@@ -192,23 +192,19 @@ class Grammar:
                   if self.limits[q] is not None]
         return min(limits) if limits else None
 
+    def _next_matchers(self, state: frozenset[int]) -> set[object]:
+        return {self.matchers[q] for p in state for q in (self.first if p == self.START else self.follow[p])}
+
     def is_choice(self, state: frozenset[int]) -> bool:
         """Whether the schema branches here between fixed texts (an operation, an id, a tier, one more item
         or the end), as opposed to free text or a forced continuation."""
-        matchers: set[object] = set()
-        for p in state:
-            for q in self.first if p == self.START else self.follow[p]:
-                matchers.add(self.matchers[q])
+        matchers = self._next_matchers(state)
         return SAFE not in matchers and len(matchers) > 1
 
     def is_value_choice(self, state: frozenset[int]) -> bool:
         """A branch point between quoted values (an operation, an id, a tier), not between "one more item" and
         the end of an array."""
-        matchers: set[object] = set()
-        for p in state:
-            for q in self.first if p == self.START else self.follow[p]:
-                matchers.add(self.matchers[q])
-        return SAFE not in matchers and len(matchers) > 1 and not matchers & set(STRUCTURE)
+        return self.is_choice(state) and not self._next_matchers(state) & set(STRUCTURE)
 
     def step(self, state: frozenset[int], ch: str) -> frozenset[int] | None:
         key = (state, ch)
