@@ -149,3 +149,28 @@ def test_operation_match_compares_kinds_and_targets_not_texts():
     scores = rewards.manager_op_match_reward(None, [_reply({"op": "NOOP"})] * 2, shown_ids=['["0"]'] * 2,
                                              gold_ops=["[]", "null"])
     assert scores == [1.0, None]
+
+
+def test_operation_match_score_grades_kinds_then_targets():
+    from edge.prompts import parse_manager_output
+
+    ids = ["0", "1"]
+    update = [{"op": "UPDATE", "id": "0", "value": "Oslo"}]
+
+    def score(gold: list[dict], *ops: dict) -> float:
+        return rewards.op_match_score(parse_manager_output(_reply(*ops), ids), gold)
+
+    assert score(update, {"op": "UPDATE", "id": "0", "text": "Maya lives in Oslo."}) == 1.0
+    assert score(update, {"op": "UPDATE", "id": "1", "text": "Maya lives in Oslo."}) == 0.5  # right kind, wrong memory
+    assert score(update, {"op": "ADD", "tier": "semantic", "text": "Maya lives in Oslo."}) == 0.0
+    assert score(update, {"op": "NOOP"}) == 0.0
+    both = score(update, {"op": "UPDATE", "id": "0", "text": "x"}, {"op": "ADD", "tier": "semantic", "text": "y"})
+    assert both == pytest.approx(2 / 3)  # precision 1/2, recall 1 for kinds and for pairs
+    assert score([], {"op": "NOOP"}) == 1.0 and score([], {"op": "ADD", "tier": "semantic", "text": "x"}) == 0.0
+    assert score([{"op": "ADD", "value": "dog"}], {"op": "ADD", "tier": "core", "text": "anything"}) == 1.0
+    assert score([{"op": "DELETE", "id": "1"}], {"op": "DELETE", "id": "0"}) == 0.5
+    broken = parse_manager_output("not json", ids)
+    assert rewards.op_match_score(broken, []) == 0.0
+    reply = _reply({"op": "UPDATE", "id": "1", "text": "Maya lives in Oslo."})
+    assert rewards.manager_op_match_reward(None, [reply], shown_ids=[json.dumps(ids)],
+                                           gold_ops=[json.dumps(update)]) == [0.5]

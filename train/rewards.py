@@ -20,7 +20,9 @@ Memory Manager:
   backend (`AgentReader`, Memory-R1's choice) or `CandidateReader`, a
   model-free reader for synthetic questions (see its docstring);
 - `manager_compression_reward`: minus the number of memories added, so that
-  turns with nothing new are left alone (Mem-alpha's compression term).
+  turns with nothing new are left alone (Mem-alpha's compression term);
+- `manager_op_match_reward` (synthetic data, optional): the reply's
+  operations against the generator's gold ones, graded (`op_match_score`).
 """
 from __future__ import annotations
 
@@ -111,6 +113,39 @@ def ops_match(parse: ManagerParse, gold_ops: Sequence[dict[str, Any]]) -> bool:
     return parse.ok and op_signature(parse.ops) == op_signature(gold_ops)
 
 
+def _f1(predicted: Counter, gold: Counter) -> float:
+    overlap = sum((predicted & gold).values())
+    if not overlap:
+        return float(not predicted and not gold)
+    precision, recall = overlap / sum(predicted.values()), overlap / sum(gold.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+def op_match_score(parse: ManagerParse, gold_ops: Sequence[dict[str, Any]]) -> float:
+    """1.0 for the gold operations, half credit for the right kinds on the wrong memories, 0 for other kinds.
+
+    Graded because the exact match is too sparse to learn from: a sampled
+    UPDATE of a change turn is rarely aimed at the right id, and scored 0 it
+    teaches only that UPDATE is bad, so the policy falls back to ADD
+    everywhere. Half of the score is the F1 of the operation kinds (NOOP when
+    there are none), half the F1 of (kind, target) pairs.
+    """
+    if not parse.ok:
+        return 0.0
+    predicted, gold = op_signature(parse.ops), op_signature(gold_ops)
+    if predicted == gold:
+        return 1.0
+
+    def kinds(signature: Counter) -> Counter:
+        out: Counter = Counter()
+        for (name, _), n in signature.items():
+            out[name] += n
+        return out or Counter({"NOOP": 1})
+
+    pairs = (predicted or Counter({("NOOP", None): 1}), gold or Counter({("NOOP", None): 1}))
+    return 0.5 * _f1(kinds(predicted), kinds(gold)) + 0.5 * _f1(*pairs)
+
+
 def values_stated(parse: ManagerParse, gold_ops: Sequence[dict[str, Any]]) -> bool:
     """Whether every value the gold ADD/UPDATEs store appears in some added or updated text."""
     texts = " ".join((op.text or "").lower() for op in parse.ops if op.op in ("ADD", "UPDATE"))
@@ -119,12 +154,12 @@ def values_stated(parse: ManagerParse, gold_ops: Sequence[dict[str, Any]]) -> bo
 
 def manager_op_match_reward(prompts: list, completions: list, shown_ids: list, gold_ops: list,
                             **_: Any) -> list[float | None]:
-    """1.0 when the reply's operations match the gold ones (synthetic data only; None without gold)."""
+    """`op_match_score` of each reply against the gold operations (synthetic data only; None without gold)."""
     out: list[float | None] = []
     for c, ids, gold in zip(completions, shown_ids, gold_ops):
         gold = _loads(gold)
-        out.append(None if gold is None else float(ops_match(parse_manager_output(completion_text(c), _loads(ids)),
-                                                             gold)))
+        out.append(None if gold is None else op_match_score(parse_manager_output(completion_text(c), _loads(ids)),
+                                                            gold))
     return out
 
 
