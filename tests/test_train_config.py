@@ -60,8 +60,8 @@ def test_the_manager_reward_terms_follow_the_config():
     from edge.train.recipe import build_rewards
     from edge.train.rewards import CandidateReader
 
-    config = load_config("smollm2-135m-manager")
-    funcs, weights = build_rewards(config, HashEmbedder(), CandidateReader())
+    outcome_only = load_config("smollm2-135m-manager", **{"reward.op_match_weight": 0.0})
+    funcs, weights = build_rewards(outcome_only, HashEmbedder(), CandidateReader())
     assert [getattr(f, "__name__", "") for f in funcs] == [
         "manager_outcome_reward", "manager_format_reward", "manager_compression_reward"]
     shaped = load_config("smollm2-135m-manager", **{"reward.op_match_weight": 0.5})
@@ -69,3 +69,5 @@ def test_the_manager_reward_terms_follow_the_config():
     assert funcs[-1].__name__ == "manager_op_match_reward" and weights[-1] == 0.5
     with pytest.raises(ConfigError, match="gold"):
         config_from_dict({"data": {"source": "locomo", "locomo_path": "x"}, "reward": {"op_match_weight": 1.0}})
+    with pytest.raises(ConfigError, match="balance_ops"):
+        config_from_dict({"agent": "answer", "data": {"balance_ops": True}})

@@ -110,3 +110,22 @@ def test_synthetic_answer_episodes_point_at_the_memory_that_answers():
         else:
             assert len(e.relevant) == 1
             assert e.answer in e.memories[int(e.relevant[0])].text
+
+
+def test_balanced_operations_come_in_rounds_and_keep_every_episode():
+    from collections import Counter
+
+    from edge.train.episodes import balance_ops, gold_operation, synthetic_manager_episodes
+    from edge.train.synthetic import generate
+
+    episodes = synthetic_manager_episodes(generate("train", 12), HashEmbedder(), related_k=8)
+    natural = Counter(gold_operation(e) for e in episodes)
+    assert set(natural) == {"ADD", "UPDATE", "DELETE", "NOOP"} and natural["DELETE"] < natural["ADD"]
+    balanced = balance_ops(episodes, seed=3)
+    counts = Counter(gold_operation(e) for e in balanced)
+    assert set(counts.values()) == {max(natural.values())}
+    assert {e.episode_id for e in balanced} == {e.episode_id for e in episodes}
+    assert [e.episode_id for e in balance_ops(episodes, seed=3)] == [e.episode_id for e in balanced]
+    assert [e.episode_id for e in balance_ops(episodes, seed=4)] != [e.episode_id for e in balanced]
+    assert all(len({gold_operation(e) for e in balanced[i:i + 4]}) == 4 for i in range(0, len(balanced), 4))
+    assert balance_ops([], seed=0) == []

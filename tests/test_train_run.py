@@ -53,8 +53,10 @@ train_conversations = 2
 dev_conversations = 1
 max_dev_episodes = 2
 embedder = "hash"
+balance_ops = true
 [reward]
 reader = "candidates"
+op_match_weight = 1.0
 """
 
 
@@ -97,6 +99,7 @@ def test_two_steps_of_the_manager_from_the_command_line(tmp_path: Path) -> None:
     train_rows = [r for r in _rows(out) if r["kind"] == "train"]
     assert len(train_rows) == 2
     assert all(r["rewards/manager_format_reward/mean"] > 0.9 for r in train_rows)  # constrained: replies parse
+    assert all("rewards/manager_op_match_reward/mean" in r for r in train_rows)
     assert any(r["reward_std"] > 0 for r in train_rows), "no reward spread: nothing to learn from"
     dev = [r for r in _rows(out) if r["kind"] == "dev"]
     assert {"op_accuracy", "answer", "format"} <= set(dev[-1])

@@ -73,6 +73,10 @@ class DataSettings:
     answer_k: int = _help("Memories the Answer Agent is shown per question (Memory-R1: 60).", 60)
     window: int = _help("LoCoMo Manager episodes: how many previous turns the bank holds.", 50)
     max_dev_episodes: int = _help("Cap on dev episodes evaluated (0: all).", 0)
+    balance_ops: bool = _help(
+        "Synthetic Manager episodes: repeat the turns whose gold operation is rarer (UPDATE, DELETE) until each "
+        "operation is right as often as the commonest, served in rounds of one turn per operation (set "
+        "prompts_per_step = 4 for one round per step). Dev and test keep their natural mix.", False)
 
     def __post_init__(self) -> None:
         if self.source not in ("synthetic", "locomo"):
@@ -91,8 +95,9 @@ class RewardSettings:
     outcome_weight: float = _help("Manager: weight of the frozen reader's score after applying the reply.", 1.0)
     compression_weight: float = _help("Manager: weight of minus the number of memories added.", 0.2)
     op_match_weight: float = _help(
-        "Manager, synthetic data only: weight of a term that is 1 when the reply's operations match the gold ones "
-        "(supervision through the reward; 0: outcome only, as Memory-R1).", 0.0)
+        "Manager, synthetic data only: weight of a term that is 1 when the reply's operations match the gold ones, "
+        "0.5 for the right kinds on the wrong memories (supervision through the reward; 0: outcome only, as "
+        "Memory-R1).", 0.0)
     reader: str = _help(
         "Manager: the frozen reader that answers from the edited bank: 'agent' (the Answer Agent on a model, "
         "Memory-R1) or 'candidates' (model-free, synthetic questions only).", "agent")
@@ -173,6 +178,9 @@ class TrainConfig:
         if self.reward.op_match_weight and self.data.source != "synthetic":
             raise ConfigError("[reward] op_match_weight needs gold operations, which only synthetic data has.",
                               hint="set op_match_weight = 0 for LoCoMo")
+        if self.data.balance_ops and (self.data.source != "synthetic" or self.agent != "manager"):
+            raise ConfigError("[data] balance_ops applies to synthetic Manager episodes only (they know each turn's "
+                              "gold operation).", hint="remove balance_ops from this config")
         if self.reward.reader == "candidates" and self.data.source != "synthetic":
             raise ConfigError("[reward] reader = 'candidates' only works on synthetic data (its questions list "
                               "their possible answers).", hint="set reader = \"agent\" for LoCoMo")

@@ -180,6 +180,46 @@ def synthetic_manager_episodes(conversations: Iterable[SynthConversation], embed
     return episodes
 
 
+def gold_operation(episode: ManagerEpisode) -> str:
+    """The operation a synthetic turn calls for (its first gold one; NOOP when none)."""
+    return str(episode.gold_ops[0]["op"]) if episode.gold_ops else "NOOP"
+
+
+def balance_ops(episodes: Sequence[ManagerEpisode], seed: int = 0) -> list[ManagerEpisode]:
+    """Rounds of one episode per gold operation (ADD, UPDATE, DELETE, NOOP), rarer ones repeated, seeded order.
+
+    Changes and retractions are the turns a Manager most needs to learn and
+    the rarest in a conversation. In their natural share, or with NOOP
+    turns (small talk and repeats) outnumbering the others, one constant
+    operation earns most of the reward and the policy collapses onto it
+    (all-ADD, then all-NOOP, measured). With every operation equally often
+    right, no constant wins, and served one round per step
+    (`prompts_per_step` = 4) every step contrasts the four, so the gradient
+    learns which turn calls for which operation.
+    """
+    import random
+
+    by_op: dict[str, list[ManagerEpisode]] = {}
+    for episode in episodes:
+        by_op.setdefault(gold_operation(episode), []).append(episode)
+    if not by_op:
+        return []
+    target = max(len(group) for group in by_op.values())
+    rng = random.Random(seed)
+    columns = []
+    for op in sorted(by_op):
+        group = by_op[op]
+        column = group * (target // len(group)) + rng.sample(group, target % len(group))
+        rng.shuffle(column)
+        columns.append(column)
+    out: list[ManagerEpisode] = []
+    for row in zip(*columns):
+        round_ = list(row)
+        rng.shuffle(round_)
+        out += round_
+    return out
+
+
 def synthetic_answer_episodes(conversations: Iterable[SynthConversation], embedder: Embedder, *,
                               k: int = ANSWER_TOP_K) -> list[AnswerEpisode]:
     """One Answer episode per final question, over the conversation's final gold bank."""

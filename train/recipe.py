@@ -40,6 +40,8 @@ def build_data(config: TrainConfig, embedder: Embedder) -> Data:
         dev_convs = generate("dev", d.dev_conversations)
         if config.agent == "manager":
             train = ep.synthetic_manager_episodes(train_convs, embedder, related_k=d.related_k)
+            if d.balance_ops:
+                train = ep.balance_ops(train, config.seed)
             dev = ep.synthetic_manager_episodes(dev_convs, embedder, related_k=d.related_k)
         else:
             train = ep.synthetic_answer_episodes(train_convs, embedder, k=d.answer_k)

@@ -405,6 +405,7 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        shuffle_dataset=not config.data.balance_ops,  # balanced episodes come in rounds, already shuffled
     )
     dataset = Dataset.from_list([e.row() for e in data.train])
     trainer = _constrained_trainer_class()(
