@@ -24,7 +24,7 @@ compared with the spread (max - min) of the groups' scores. With several
 `--seeds`, each training seed gets its own run and the spread between
 training seeds is reported too.
 
-    python bench/bench_train_cpu.py                 # ~45 min on 2 cores shared with other jobs
+    python bench/bench_train_cpu.py --parallel 2    # two training seeds at once, one core each
     python bench/bench_train_cpu.py --steps 4 --test-conversations 1 --groups 1   # smoke run
 
 Writes bench/results/train_cpu.json and bench/results/train_cpu.png; the
@@ -107,11 +107,75 @@ def plot(path: Path, runs: list[dict], before: dict, after_by_seed: list[dict]) 
     plt.close(fig)
 
 
+def parse_overrides(items: list[str]) -> dict:
+    overrides = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            overrides[key.strip()] = json.loads(value)  # numbers, true/false, lists
+        except ValueError:
+            overrides[key.strip()] = value  # a bare string
+    return overrides
+
+
+def held_out_setup(config, args):
+    """(embedder, reader, groups of test episodes): the same in the parent and in every training process."""
+    from edge.train.episodes import synthetic_manager_episodes
+    from edge.train.recipe import build_reader, load_embedder
+    from edge.train.synthetic import generate
+
+    embedder = load_embedder(config.data.embedder)
+    groups = [
+        synthetic_manager_episodes(generate("test", args.test_conversations, offset=g * args.test_conversations),
+                                   embedder, related_k=config.data.related_k)
+        for g in range(args.groups)
+    ]
+    return embedder, build_reader(config), groups
+
+
+def train_and_test(seed: int, args, overrides: dict, threads: int) -> dict:
+    """Train one seed, then score the dev-picked adapter (and the last step's) on the test groups."""
+    import torch
+
+    from edge import paths
+    from edge.train import load_config, train
+    from edge.train.constrained import SchemaConstraint
+    from edge.train.trainer import load_trained
+
+    torch.set_num_threads(threads)
+    cfg = load_config(args.config, threads=threads, steps=args.steps, seed=seed, **overrides)
+    embedder, reader, groups = held_out_setup(cfg, args)
+    run_dir = paths.cache_dir() / "bench-train-cpu" / f"seed-{seed}{'-' + args.tag if args.tag else ''}"
+    t0 = time.time()
+    result = train(cfg, out=run_dir, resume=not args.fresh, show_progress=args.parallel == 1)
+    train_s = time.time() - t0
+    # The adapter the dev evaluations picked (model selection on dev; test is never looked at), and the
+    # one after the last step.
+    chosen = result.best_adapter or result.adapter
+    trained, tokenizer, _ = load_trained(chosen)
+    constraint = SchemaConstraint.for_tokenizer(tokenizer, [tokenizer.eos_token_id])
+    t0 = time.time()
+    after = evaluate_groups(trained, tokenizer, constraint, groups, reader, embedder, cfg)
+    last = after
+    if chosen != result.adapter:
+        last_model, _, _ = load_trained(result.adapter)
+        last = evaluate_groups(last_model, tokenizer, constraint, groups, reader, embedder, cfg)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    print(f"seed {seed}: trained in {train_s:.0f} s", flush=True)
+    run = {"seed": seed, "train_seconds": round(train_s), "eval_seconds": round(time.time() - t0),
+           "rows": rows, "adapter": str(chosen), "chosen_step": result.best_step or result.steps,
+           "last_step_test": {k: summary(last, k) for k in ("op_accuracy", "value_accuracy", "answer")}}
+    return {"run": run, "after": after}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="smollm2-135m-manager")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds, one run each")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds, one run each")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="seeds trained at once, each in its own process on one torch thread (1: one after "
+                             "another, on --threads)")
     parser.add_argument("--groups", type=int, default=3, help="disjoint groups of test conversations")
     parser.add_argument("--test-conversations", type=int, default=3, help="test conversations per group")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: auto from the machine's load)")
@@ -120,36 +184,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a config setting, e.g. --set reward.op_match_weight=0.5 (repeatable)")
     parser.add_argument("--tag", default="", help="suffix for the results files and run folders")
     args = parser.parse_args(argv)
+    if args.parallel < 1:
+        parser.error("--parallel must be at least 1")
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from edge import paths
-    from edge.train import load_config, train
+    from edge.train import load_config
     from edge.train.base_model import load_base
     from edge.train.constrained import SchemaConstraint
-    from edge.train.episodes import synthetic_manager_episodes
-    from edge.train.recipe import build_reader, load_embedder
-    from edge.train.synthetic import generate
-    from edge.train.trainer import load_trained
 
     threads = args.threads or auto_threads()
     torch.set_num_threads(threads)
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        try:
-            overrides[key.strip()] = json.loads(value)  # numbers, true/false, lists
-        except ValueError:
-            overrides[key.strip()] = value  # a bare string
+    overrides = parse_overrides(args.set)
     config = load_config(args.config, threads=threads, steps=args.steps, **overrides)
-    embedder = load_embedder(config.data.embedder)
-    reader = build_reader(config)
-    groups = [
-        synthetic_manager_episodes(generate("test", args.test_conversations, offset=g * args.test_conversations),
-                                   embedder, related_k=config.data.related_k)
-        for g in range(args.groups)
-    ]
+    embedder, reader, groups = held_out_setup(config, args)
     started = time.time()
     print(f"threads={threads}, test episodes per group: {[len(g) for g in groups]}", flush=True)
 
@@ -161,29 +210,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"base model evaluated in {before_s:.0f} s", flush=True)
     del model
 
-    runs, after_groups_by_seed = [], []
-    for seed in args.seeds:
-        run_dir = paths.cache_dir() / "bench-train-cpu" / f"seed-{seed}{'-' + args.tag if args.tag else ''}"
-        cfg = load_config(args.config, threads=threads, steps=args.steps, seed=seed, **overrides)
-        t0 = time.time()
-        result = train(cfg, out=run_dir, resume=not args.fresh)
-        train_s = time.time() - t0
-        # The adapter the dev evaluations picked (model selection on dev; test is never looked at), and the
-        # one after the last step.
-        chosen = result.best_adapter or result.adapter
-        trained, tokenizer, _ = load_trained(chosen)
-        t0 = time.time()
-        after = evaluate_groups(trained, tokenizer, constraint, groups, reader, embedder, config)
-        last = after
-        if chosen != result.adapter:
-            last_model, _, _ = load_trained(result.adapter)
-            last = evaluate_groups(last_model, tokenizer, constraint, groups, reader, embedder, config)
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        runs.append({"seed": seed, "train_seconds": round(train_s), "eval_seconds": round(time.time() - t0),
-                     "rows": rows, "adapter": str(chosen), "chosen_step": result.best_step or result.steps,
-                     "last_step_test": {k: summary(last, k) for k in ("op_accuracy", "value_accuracy", "answer")}})
-        after_groups_by_seed.append(after)
-        print(f"seed {seed}: trained in {train_s:.0f} s", flush=True)
+    if args.parallel == 1:
+        outcomes = [train_and_test(seed, args, overrides, threads) for seed in args.seeds]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=args.parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+            outcomes = list(pool.map(train_and_test, args.seeds, [args] * len(args.seeds),
+                                     [overrides] * len(args.seeds), [1] * len(args.seeds)))
+    runs = [o["run"] for o in outcomes]
+    after_groups_by_seed = [o["after"] for o in outcomes]
+    if args.parallel > 1:
+        threads = 1
 
     keys = ("op_accuracy", "value_accuracy", "answer", "format")
     before = {k: summary(before_groups, k) for k in keys}
