@@ -22,6 +22,7 @@ JSON-encoded columns the reward functions read.
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -197,8 +198,6 @@ def balance_ops(episodes: Sequence[ManagerEpisode], seed: int = 0) -> list[Manag
     (`prompts_per_step` = 4) every step contrasts the four, so the gradient
     learns which turn calls for which operation.
     """
-    import random
-
     by_op: dict[str, list[ManagerEpisode]] = {}
     for episode in episodes:
         by_op.setdefault(gold_operation(episode), []).append(episode)
