@@ -34,7 +34,7 @@ from typing import Any, Callable, Protocol, Sequence
 from edge.bank import MemoryBank
 from edge.embedder import Embedder
 from edge.errors import EdgeError
-from edge.evaluation.scoring import exact_match, f1_score
+from edge.evaluation.scoring import exact_match, f1_score, multiset_f1
 from edge.manager import MemoryManager
 from edge.operations import AddOp
 from edge.prompts import IdMap, ManagerParse, Turn, parse_answer_output, parse_manager_output
@@ -113,22 +113,14 @@ def ops_match(parse: ManagerParse, gold_ops: Sequence[dict[str, Any]]) -> bool:
     return parse.ok and op_signature(parse.ops) == op_signature(gold_ops)
 
 
-def _f1(predicted: Counter, gold: Counter) -> float:
-    overlap = sum((predicted & gold).values())
-    if not overlap:
-        return float(not predicted and not gold)
-    precision, recall = overlap / sum(predicted.values()), overlap / sum(gold.values())
-    return 2 * precision * recall / (precision + recall)
-
-
 def op_match_score(parse: ManagerParse, gold_ops: Sequence[dict[str, Any]]) -> float:
     """1.0 for the gold operations, half credit for the right kinds on the wrong memories, 0 for other kinds.
 
     Graded because the exact match is too sparse to learn from: a sampled
     UPDATE of a change turn is rarely aimed at the right id, and scored 0 it
     teaches only that UPDATE is bad, so the policy falls back to ADD
-    everywhere. Half of the score is the F1 of the operation kinds (NOOP when
-    there are none), half the F1 of (kind, target) pairs.
+    everywhere. Half of the score is the F1 of the operation kinds, half the
+    F1 of (kind, target) pairs (a NOOP reply is the empty multiset).
     """
     if not parse.ok:
         return 0.0
@@ -140,10 +132,9 @@ def op_match_score(parse: ManagerParse, gold_ops: Sequence[dict[str, Any]]) -> f
         out: Counter = Counter()
         for (name, _), n in signature.items():
             out[name] += n
-        return out or Counter({"NOOP": 1})
+        return out
 
-    pairs = (predicted or Counter({("NOOP", None): 1}), gold or Counter({("NOOP", None): 1}))
-    return 0.5 * _f1(kinds(predicted), kinds(gold)) + 0.5 * _f1(*pairs)
+    return 0.5 * multiset_f1(kinds(predicted), kinds(gold)) + 0.5 * multiset_f1(predicted, gold)
 
 
 def values_stated(parse: ManagerParse, gold_ops: Sequence[dict[str, Any]]) -> bool:

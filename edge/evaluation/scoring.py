@@ -62,16 +62,18 @@ def exact_match(prediction: object, gold: object) -> float:
     return float(normalize_answer(prediction) == normalize_answer(gold))
 
 
+def multiset_f1(predicted: Counter, gold: Counter) -> float:
+    """F1 of two multisets; two empty ones agree (1.0), one empty one does not (0.0)."""
+    common = sum((predicted & gold).values())
+    if common == 0:
+        return float(not predicted and not gold)
+    precision, recall = common / sum(predicted.values()), common / sum(gold.values())
+    return 2 * precision * recall / (precision + recall)
+
+
 def f1_score(prediction: object, gold: object) -> float:
     """Token F1 over multisets of normalised tokens."""
-    pred, ref = answer_tokens(prediction), answer_tokens(gold)
-    if not pred or not ref:
-        return float(pred == ref)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
+    return multiset_f1(Counter(answer_tokens(prediction)), Counter(answer_tokens(gold)))
 
 
 def bleu1_score(prediction: object, gold: object) -> float:
