@@ -195,16 +195,20 @@ class Grammar:
     def _next_matchers(self, state: frozenset[int]) -> set[object]:
         return {self.matchers[q] for p in state for q in (self.first if p == self.START else self.follow[p])}
 
+    @staticmethod
+    def _branches(matchers: set[object]) -> bool:
+        return SAFE not in matchers and len(matchers) > 1
+
     def is_choice(self, state: frozenset[int]) -> bool:
         """Whether the schema branches here between fixed texts (an operation, an id, a tier, one more item
         or the end), as opposed to free text or a forced continuation."""
-        matchers = self._next_matchers(state)
-        return SAFE not in matchers and len(matchers) > 1
+        return self._branches(self._next_matchers(state))
 
     def is_value_choice(self, state: frozenset[int]) -> bool:
         """A branch point between quoted values (an operation, an id, a tier), not between "one more item" and
         the end of an array."""
-        return self.is_choice(state) and not self._next_matchers(state) & set(STRUCTURE)
+        matchers = self._next_matchers(state)
+        return self._branches(matchers) and not matchers & set(STRUCTURE)
 
     def step(self, state: frozenset[int], ch: str) -> frozenset[int] | None:
         key = (state, ch)
