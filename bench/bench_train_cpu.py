@@ -133,8 +133,12 @@ def held_out_setup(config, args):
     return embedder, build_reader(config), groups
 
 
-def train_and_test(seed: int, args, overrides: dict, threads: int) -> dict:
-    """Train one seed, then score the dev-picked adapter (and the last step's) on the test groups."""
+def train_and_test(seed: int, args, overrides: dict, threads: int, shared: tuple | None = None) -> dict:
+    """Train one seed, then score the dev-picked adapter (and the last step's) on the test groups.
+
+    `shared`: the parent's (embedder, reader, groups, constraint) when run in its process; a training
+    process builds its own.
+    """
     import torch
 
     from edge import paths
@@ -144,7 +148,7 @@ def train_and_test(seed: int, args, overrides: dict, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     cfg = load_config(args.config, threads=threads, steps=args.steps, seed=seed, **overrides)
-    embedder, reader, groups = held_out_setup(cfg, args)
+    embedder, reader, groups, constraint = shared or (*held_out_setup(cfg, args), None)
     run_dir = paths.cache_dir() / "bench-train-cpu" / f"seed-{seed}{'-' + args.tag if args.tag else ''}"
     t0 = time.time()
     result = train(cfg, out=run_dir, resume=not args.fresh, show_progress=args.parallel == 1)
@@ -153,7 +157,7 @@ def train_and_test(seed: int, args, overrides: dict, threads: int) -> dict:
     # one after the last step.
     chosen = result.best_adapter or result.adapter
     trained, tokenizer, _ = load_trained(chosen)
-    constraint = SchemaConstraint.for_tokenizer(tokenizer, [tokenizer.eos_token_id])
+    constraint = constraint or SchemaConstraint.for_tokenizer(tokenizer, [tokenizer.eos_token_id])
     t0 = time.time()
     after = evaluate_groups(trained, tokenizer, constraint, groups, reader, embedder, cfg)
     last = after
@@ -211,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     del model
 
     if args.parallel == 1:
-        outcomes = [train_and_test(seed, args, overrides, threads) for seed in args.seeds]
+        shared = (embedder, reader, groups, constraint)
+        outcomes = [train_and_test(seed, args, overrides, threads, shared) for seed in args.seeds]
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -221,8 +226,6 @@ def main(argv: list[str] | None = None) -> int:
                                      [overrides] * len(args.seeds), [1] * len(args.seeds)))
     runs = [o["run"] for o in outcomes]
     after_groups_by_seed = [o["after"] for o in outcomes]
-    if args.parallel > 1:
-        threads = 1
 
     keys = ("op_accuracy", "value_accuracy", "answer", "format")
     before = {k: summary(before_groups, k) for k in keys}
@@ -231,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "train_cpu",
         "what": "SmolLM2-135M-Instruct Memory Manager, GRPO + LoRA on CPU, synthetic episodes; held-out test split",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": threads,
+                    "training_threads": threads if args.parallel == 1 else 1, "parallel": args.parallel,
                     "load_average_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
                     "python": sys.version.split()[0], "torch": torch.__version__},
         "config": config.to_dict(),
