@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from edge.commands import db_option, json_option, user_option
-from edge.errors import InvalidInputError
+from edge.errors import EdgeError
 
 
 def bundle_option(fn):
@@ -62,22 +62,37 @@ def answer_json(result) -> dict:
 @user_option
 @json_option
 def remember(texts, speaker, when, bundle, db, user, as_json) -> None:
-    """Let the Memory Manager turn each of TEXTS (a conversation turn) into memory operations."""
-    from edge.prompts import Turn
+    """Let the Memory Manager turn each of TEXTS (a conversation turn) into memory operations.
 
+    Each turn is its own change: one that is refused or fails is reported and
+    the others still run; the exit status is then 1.
+    """
+    from edge.script import ScriptLine, play
+
+    lines = [ScriptLine(number, "turn", text, time=when) for number, text in enumerate(texts, start=1)]
     with open_agent(bundle, db, user) as agent:
-        result = agent.remember([Turn(speaker or user, text, when) for text in texts])
+        outcomes = list(play(agent, lines, speaker=speaker or user))
     if as_json:
-        click.echo(json.dumps([turn_json(t) for t in result.turns], indent=2, ensure_ascii=False))
-        return
-    for turn in result.turns:
-        click.echo(f"{turn.turn.speaker}: {turn.turn.text}")
-        click.echo("\n".join(describe_turn(turn)))
+        click.echo(json.dumps([remembered_json(o) for o in outcomes], indent=2, ensure_ascii=False))
+    else:
+        for outcome in outcomes:
+            click.echo("\n".join(describe_line(outcome, "turn")))
+    if any(o.status != "done" for o in outcomes):
+        raise click.exceptions.Exit(1)
+
+
+def remembered_json(outcome) -> dict:
+    """One turn of `edge remember --json`: the turn's result, or what it said and why it was not done."""
+    if outcome.result is not None:
+        return {"status": outcome.status, "reason": None, **turn_json(outcome.result)}
+    line = outcome.line
+    turn = {"speaker": line.speaker, "text": line.text, "time": line.time, "turn_id": line.turn_id}
+    return {"status": outcome.status, "reason": outcome.reason, "turn": turn}
 
 
 @click.command()
 @click.argument("question")
-@click.option("-k", "--top-k", "k", type=int, default=None, help="Memories to retrieve. [default: 60]")
+@click.option("-k", "--top-k", "k", type=int, default=None, help="Memories to retrieve. [default: the bundle's answer_k]")
 @click.option("--show-memories", is_flag=True, help="Also print the memories the answer used.")
 @bundle_option
 @db_option
@@ -96,30 +111,31 @@ def ask(question, k, show_memories, bundle, db, user, as_json) -> None:
             click.echo(click.style(f"  - {memory.id} {memory.text}", dim=True))
 
 
-def read_script(path: Path) -> list[dict]:
-    """A script is JSONL ({"speaker", "text"[, "time"]} or {"ask": ...}) or plain text:
-    `Speaker: text` lines are turns, `? question` lines are questions, `#` starts a comment."""
-    items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("{"):
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InvalidInputError(f"{path}:{number}: not valid JSON ({exc}).") from exc
-            if not isinstance(item, dict) or not ({"ask"} & item.keys() or {"text"} & item.keys()):
-                raise InvalidInputError(f"{path}:{number}: expected an object with 'text' or 'ask'.")
-            items.append(item)
-        elif line.startswith("?"):
-            items.append({"ask": line[1:].strip()})
-        elif ":" in line:
-            speaker, text = line.split(":", 1)
-            items.append({"speaker": speaker.strip(), "text": text.strip()})
-        else:
-            raise InvalidInputError(f"{path}:{number}: expected 'Speaker: text' or '? question'.")
-    return items
+def line_json(outcome) -> dict:
+    """One script line in `edge run --json`: where it was, what it was, what became of it."""
+    line = outcome.line
+    result = None
+    if outcome.result is not None:
+        result = answer_json(outcome.result) if line.kind == "question" else turn_json(outcome.result)
+    return {
+        "line": line.number, "kind": line.kind, "status": outcome.status, "reason": outcome.reason,
+        "speaker": line.speaker, "text": line.text, "result": result,
+    }
+
+
+def describe_line(outcome, label: str = "line") -> list[str]:
+    """One script line (or, with label "turn", one of `edge remember`'s turns) as it is printed."""
+    line = outcome.line
+    if outcome.status != "done":
+        colour = "yellow" if outcome.status == "refused" else "red"
+        return [click.style(f"{label} {line.number} {outcome.status}: {outcome.reason}", fg=colour)]
+    if line.kind == "question":
+        return [f"? {outcome.result.question}", f"= {outcome.result.answer}"]
+    return [f"{outcome.result.turn.speaker}: {outcome.result.turn.text}", *describe_turn(outcome.result)]
+
+
+def summary_json(outcomes) -> dict:
+    return {status: sum(o.status == status for o in outcomes) for status in ("done", "refused", "failed")}
 
 
 @click.command(name="run")
@@ -136,24 +152,41 @@ def run_script(script, bundle, db, user, as_json) -> None:
       Alice: I moved to Porto last week.
       ? Where does Alice live?
     or JSONL lines: {"speaker": "Alice", "text": "...", "time": "..."} / {"ask": "..."}
-    """
-    from edge.prompts import Turn
 
-    items = read_script(script)
-    records = []
-    with open_agent(bundle, db, user) as agent:
-        for item in items:
-            if "ask" in item:
-                result = agent.ask(str(item["ask"]))
-                records.append({"kind": "answer", **answer_json(result)})
+    Every line is run and reported, whatever happened to the ones before it:
+    done, refused (a line that cannot be read, or text that is not accepted,
+    with its line number and the reason) or failed (the model or the bank
+    failed on it). With --json the output is always one JSON document:
+    {"script", "lines": [{"line", "kind", "status", "reason", ...}],
+    "summary", "error"}.
+
+    \b
+    Exit status: 0 when every line was done; 1 when some line was refused
+    or failed (or the script or the agent could not be opened).
+    """
+    from edge.script import play, read_script
+
+    outcomes = []
+    try:
+        lines = read_script(script)
+        with open_agent(bundle, db, user) as agent:
+            for outcome in play(agent, lines, speaker=user):
+                outcomes.append(outcome)
                 if not as_json:
-                    click.echo(f"? {result.question}\n= {result.answer}")
-            else:
-                turn = Turn(str(item.get("speaker") or user), str(item["text"]), item.get("time"), item.get("id"))
-                result = agent.remember([turn]).turns[0]
-                records.append({"kind": "turn", **turn_json(result)})
-                if not as_json:
-                    click.echo(f"{turn.speaker}: {turn.text}")
-                    click.echo("\n".join(describe_turn(result)))
+                    click.echo("\n".join(describe_line(outcome)))
+    except EdgeError as exc:
+        if not as_json:
+            raise
+        document = {"script": str(script), "lines": [line_json(o) for o in outcomes],
+                    "summary": summary_json(outcomes), "error": {"message": exc.message, "hint": exc.hint}}
+        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+        raise click.exceptions.Exit(1) from exc
+    summary = summary_json(outcomes)
     if as_json:
-        click.echo(json.dumps(records, indent=2, ensure_ascii=False))
+        document = {"script": str(script), "lines": [line_json(o) for o in outcomes], "summary": summary,
+                    "error": None}
+        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+    else:
+        click.echo(f"{len(outcomes)} lines: " + ", ".join(f"{n} {status}" for status, n in summary.items()))
+    if summary["refused"] or summary["failed"]:
+        raise click.exceptions.Exit(1)

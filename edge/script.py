@@ -1,0 +1,177 @@
+"""Conversation scripts: a file of turns and questions that `edge run` plays in order.
+
+A script is plain text or JSONL, one item per line (the two can be mixed):
+
+    Alice: I moved to Porto last week.            a turn: "Speaker: text"
+    ? Where does Alice live?                      a question
+    {"speaker": "Alice", "text": "...", "time": "8 May 2023", "id": "D1:3"}
+    {"ask": "Where does Alice live?"}
+    # a comment; blank lines are skipped too
+
+Reading never stops at a bad line: a line that cannot be understood comes
+back as an `invalid` ScriptLine with its number and the reason, so a run can
+report it and go on with the rest. Only a file that cannot be read at all
+raises.
+
+`play` runs the lines on an `edge.Agent` and reports each one: done,
+refused (the line or its text was not accepted) or failed (the model, the
+bank or edge itself failed on it), and goes on with the next.
+
+Lines are split on "\\n" only (a "\\r" before it is dropped). `str.splitlines`
+would also split on U+2028, U+0085 and other characters that JSON writers
+leave unescaped inside strings, cutting a valid JSONL line in two.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from edge.errors import EdgeError, InvalidInputError
+
+log = logging.getLogger(__name__)
+
+LineKind = Literal["turn", "question", "invalid"]
+Status = Literal["done", "refused", "failed"]
+STATUSES: tuple[str, ...] = ("done", "refused", "failed")
+BOM = "\ufeff"
+
+
+@dataclass(frozen=True)
+class ScriptLine:
+    """One item of a script, with the 1-based number of the line it came from."""
+
+    number: int
+    kind: LineKind
+    text: str = ""
+    speaker: str | None = None
+    time: str | None = None
+    turn_id: str | None = None
+    error: str | None = None  # why an invalid line cannot be run
+
+
+def read_script(path: Path | str) -> list[ScriptLine]:
+    """Every turn, question and invalid line of the script at `path`, in file order."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(f"Cannot read the script {path}: {exc.strerror or exc}.",
+                                hint="Check the path and that the file is readable.") from exc
+    lines = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        line = parse_line(raw, number)
+        if line is not None:
+            lines.append(line)
+    return lines
+
+
+def parse_line(raw: bytes, number: int) -> ScriptLine | None:
+    """One line of a script as bytes; None for blank lines and comments."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _invalid(number, f"not UTF-8 text (byte {exc.start + 1} is {raw[exc.start]:#04x})")
+    if number == 1:
+        text = text.removeprefix(BOM)  # editors that save "UTF-8 with BOM"
+    text = text.strip()
+    if not text or text.startswith("#"):
+        return None
+    if text.startswith("{"):
+        return _from_json(text, number)
+    if text.startswith("?"):
+        question = text[1:].strip()
+        return ScriptLine(number, "question", question) if question else _invalid(number, "a '?' with no question")
+    speaker, colon, said = text.partition(":")
+    if not colon:
+        return _invalid(number, "expected 'Speaker: text', '? question' or a JSON object")
+    if not speaker.strip() or not said.strip():
+        return _invalid(number, "a turn needs a speaker before ':' and text after it")
+    return ScriptLine(number, "turn", said.strip(), speaker=speaker.strip())
+
+
+def _from_json(text: str, number: int) -> ScriptLine:
+    try:
+        item = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return _invalid(number, f"not valid JSON ({exc.msg} at column {exc.colno})")
+    if not isinstance(item, dict):
+        return _invalid(number, "expected a JSON object")
+    if "ask" in item:
+        question = item["ask"]
+        if not isinstance(question, str) or not question.strip():
+            return _invalid(number, "'ask' must be a non-empty string")
+        return ScriptLine(number, "question", question.strip())
+    said = item.get("text")
+    if not isinstance(said, str) or not said.strip():
+        return _invalid(number, "expected an object with a non-empty string 'text' (a turn) or 'ask' (a question)")
+    fields = {name: _optional_str(item, name) for name in ("speaker", "time", "id", "turn_id")}
+    wrong = [name for name, value in fields.items() if value is _WRONG]
+    if wrong:
+        return _invalid(number, f"{', '.join(repr(w) for w in wrong)} must be a string")
+    return ScriptLine(
+        number, "turn", said.strip(), speaker=fields["speaker"] or None, time=fields["time"] or None,
+        turn_id=fields["turn_id"] or fields["id"] or None,
+    )
+
+
+_WRONG: Any = object()
+
+
+def _optional_str(item: dict[str, Any], name: str) -> Any:
+    """item[name] as a str (numbers are accepted as ids), None when absent, `_WRONG` otherwise."""
+    value = item.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return _WRONG
+
+
+def _invalid(number: int, reason: str) -> ScriptLine:
+    return ScriptLine(number, "invalid", error=reason)
+
+
+@dataclass(frozen=True)
+class LineOutcome:
+    """What became of one script line: its status, why when not done, and the agent's result when done."""
+
+    line: ScriptLine
+    status: Status
+    reason: str | None = None
+    result: Any = None  # a TurnResult (turn) or an AnswerResult (question)
+
+
+def play(agent: Any, lines: Iterable[ScriptLine], *, speaker: str | None = None) -> Iterator[LineOutcome]:
+    """Run each line on `agent` (an `edge.Agent`) in order, whatever happened to the lines before it.
+
+    `speaker` names the turns that do not name one (default: the agent's
+    own name for its user).
+    """
+    for line in lines:
+        yield play_line(agent, line, speaker=speaker)
+
+
+def play_line(agent: Any, line: ScriptLine, *, speaker: str | None = None) -> LineOutcome:
+    """One line on `agent`; never raises for the line's own sake (only KeyboardInterrupt and the like)."""
+    from edge.prompts import Turn
+
+    if line.kind == "invalid":
+        return LineOutcome(line, "refused", line.error)
+    try:
+        if line.kind == "question":
+            result = agent.ask(line.text)
+        else:
+            turn = Turn(line.speaker or speaker or agent.speaker, line.text, line.time, line.turn_id)
+            result = agent.remember([turn]).turns[0]
+    except InvalidInputError as exc:
+        return LineOutcome(line, "refused", exc.message)
+    except EdgeError as exc:
+        return LineOutcome(line, "failed", exc.message)
+    except Exception as exc:  # noqa: BLE001 - one line's failure must not cost the rest of the script
+        log.exception("script line %d failed", line.number)
+        return LineOutcome(line, "failed", f"{type(exc).__name__}: {exc}")
+    return LineOutcome(line, "done", result=result)

@@ -1,0 +1,206 @@
+"""Conversation scripts (`edge run`): every line is read, run and reported, whatever happened before it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edge.agent import Agent
+from edge.backends.scripted import ScriptedBackend
+from edge.bank import MemoryBank
+from edge.cli import cli
+from edge.errors import BackendError
+from edge.script import read_script
+
+NOOP = json.dumps({"ops": [{"op": "NOOP"}]})
+ANSWER = json.dumps({"relevant": [], "answer": "unknown"})
+
+
+class RoleBackend(ScriptedBackend):
+    """A scripted backend that replies by what is asked: the Manager a NOOP, the Answer Agent "unknown"."""
+
+    def complete(self, messages, *, schema=None, **kwargs):
+        properties = (schema or {}).get("properties", {})
+        self.add(NOOP if "ops" in properties else ANSWER if "answer" in properties else "ok")
+        return super().complete(messages, schema=schema, **kwargs)
+
+
+@pytest.fixture
+def scripted_agent(monkeypatch: pytest.MonkeyPatch, default_bundle, tmp_path: Path):
+    """`edge run` and `edge remember` on the default bundle's embedder and a real bank, with a scripted model."""
+    import edge.commands.agent as commands
+
+    def open_agent(bundle, db, user):
+        return Agent(bundle=default_bundle, db=db or tmp_path / "bank.db", user=user,
+                     backend=RoleBackend(check_schema=False))
+
+    monkeypatch.setattr(commands, "open_agent", open_agent)
+
+
+def write(path: Path, *lines: str) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def test_a_script_is_read_line_by_line_with_numbers_kinds_and_fields(tmp_path: Path) -> None:
+    script = write(
+        tmp_path / "s.txt",
+        "# a comment",
+        "Ana: I moved to Porto last week.",
+        "",
+        "? Where does Ana live?",
+        '{"speaker": "Ben", "text": "I play the cello.", "time": "8 May 2023", "id": "D1:2"}',
+        '{"ask": "What does Ben play?"}',
+        '{"text": "No speaker given.", "id": 7}',
+    )
+    lines = read_script(script)
+    assert [(l.number, l.kind) for l in lines] == [
+        (2, "turn"), (4, "question"), (5, "turn"), (6, "question"), (7, "turn"),
+    ]
+    assert (lines[0].speaker, lines[0].text) == ("Ana", "I moved to Porto last week.")
+    assert lines[1].text == "Where does Ana live?"
+    assert (lines[2].speaker, lines[2].time, lines[2].turn_id) == ("Ben", "8 May 2023", "D1:2")
+    assert (lines[4].speaker, lines[4].turn_id) == (None, "7")
+
+
+def test_bad_lines_come_back_with_their_number_and_reason_and_the_rest_is_still_read(tmp_path: Path) -> None:
+    script = tmp_path / "s.txt"
+    script.write_bytes(
+        b"Ana: first\n"
+        b"{not json\n"
+        b"just words without a colon\n"
+        b"?\n"
+        b'{"text": 42}\n'
+        b'{"speaker": ["x"], "text": "list speaker"}\n'
+        b"Ana: caf\xe9 in Latin-1\n"
+        b'[1, 2]\n'
+        b"Ana: last\n"
+    )
+    lines = read_script(script)
+    assert [(l.number, l.kind) for l in lines] == [
+        (1, "turn"), (2, "invalid"), (3, "invalid"), (4, "invalid"), (5, "invalid"), (6, "invalid"),
+        (7, "invalid"), (8, "invalid"), (9, "turn"),
+    ]
+    reasons = {l.number: l.error for l in lines if l.kind == "invalid"}
+    assert "not valid JSON" in reasons[2]
+    assert "Speaker: text" in reasons[3]
+    assert "no question" in reasons[4]
+    assert "'text'" in reasons[5]
+    assert "'speaker' must be a string" in reasons[6]
+    assert "not UTF-8" in reasons[7]
+    assert lines[-1].text == "last"
+
+
+def test_line_separators_inside_json_strings_crlf_and_a_bom_do_not_break_lines(tmp_path: Path) -> None:
+    turn = json.dumps({"speaker": "Ana", "text": "one\u2028two\u0085three \U0001FAE9"}, ensure_ascii=False)
+    script = tmp_path / "s.jsonl"
+    script.write_bytes(("\ufeff" + turn + "\r\n? Who?\r\n").encode("utf-8"))
+    lines = read_script(script)
+    assert [(l.number, l.kind) for l in lines] == [(1, "turn"), (2, "question")]
+    assert lines[0].text == "one\u2028two\u0085three \U0001FAE9"
+    assert lines[1].text == "Who?"
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def test_a_refused_line_is_reported_with_its_number_and_the_run_goes_on(tmp_path: Path, scripted_agent) -> None:
+    long_turn = "I kept a diary that day. " * 160  # 4,000 characters, 4,004 with "Ana:"
+    script = write(
+        tmp_path / "s.jsonl",
+        json.dumps({"speaker": "Ana", "text": "I moved to Porto last week."}),
+        json.dumps({"speaker": "Ana", "text": long_turn.strip() + " The end."}),
+        json.dumps({"speaker": "Ana", "text": "a NUL \u0000 is not text"}),
+        "{broken json",
+        json.dumps({"ask": "Where does Ana live?"}),
+    )
+    out = CliRunner().invoke(cli, ["run", str(script), "--json", "--db", str(tmp_path / "bank.db"), "--user", "ana"])
+    document = json.loads(out.stdout)
+    assert out.exit_code == 1
+    lines = {line["line"]: line for line in document["lines"]}
+    assert sorted(lines) == [1, 2, 3, 4, 5]
+    assert lines[1]["status"] == "done" and lines[1]["result"]["turn"]["text"] == "I moved to Porto last week."
+    assert lines[2]["status"] in ("done", "refused")  # a long turn is run or refused on its own, never the run
+    assert lines[3]["status"] == "refused" and lines[3]["reason"]
+    assert lines[4]["status"] == "refused" and lines[4]["kind"] == "invalid" and "JSON" in lines[4]["reason"]
+    assert lines[5]["status"] == "done" and lines[5]["kind"] == "question"
+    assert lines[5]["result"]["question"] == "Where does Ana live?"
+    refused = sum(line["status"] == "refused" for line in document["lines"])
+    assert document["summary"] == {"done": 5 - refused, "refused": refused, "failed": 0}
+    assert document["error"] is None
+
+
+def test_a_failing_model_fails_its_line_and_the_next_lines_still_run(tmp_path: Path, monkeypatch, default_bundle) -> None:
+    import edge.commands.agent as commands
+
+    class FailsOnce(RoleBackend):
+        """The model fails on the first call (as a crashed server or a broken model file would)."""
+
+        failed = False
+
+        def complete(self, messages, *, schema=None, **kwargs):
+            if not self.failed:
+                self.failed = True
+                raise BackendError("The model stopped answering.", hint="restart it")
+            return super().complete(messages, schema=schema, **kwargs)
+
+    monkeypatch.setattr(commands, "open_agent", lambda bundle, db, user: Agent(
+        bundle=default_bundle, db=tmp_path / "bank.db", user=user, backend=FailsOnce(check_schema=False)))
+    script = write(tmp_path / "s.txt", "Ana: I play the cello.", "Ana: I also sing.", "? What does Ana play?")
+    out = CliRunner().invoke(cli, ["run", str(script), "--json"])
+    document = json.loads(out.stdout)
+    assert [l["status"] for l in document["lines"]] == ["failed", "done", "done"]
+    assert "stopped answering" in document["lines"][0]["reason"]
+    assert out.exit_code == 1
+
+
+def test_a_clean_script_exits_zero_and_prints_every_line(tmp_path: Path, scripted_agent) -> None:
+    script = write(tmp_path / "s.txt", "Ana: I play the cello.", "? What does Ana play?")
+    out = CliRunner().invoke(cli, ["run", str(script)])
+    assert out.exit_code == 0, out.output
+    assert "Ana: I play the cello." in out.output and "? What does Ana play?" in out.output
+    assert "2 lines: 2 done, 0 refused, 0 failed" in out.output
+
+
+def test_json_output_is_one_document_even_when_the_agent_cannot_open(tmp_path: Path) -> None:
+    script = write(tmp_path / "s.txt", "Ana: hello")
+    out = CliRunner().invoke(cli, ["run", str(script), "--json", "--bundle", str(tmp_path / "no-such-bundle")])
+    document = json.loads(out.stdout)
+    assert out.exit_code == 1
+    assert document["lines"] == [] and "No bundle folder" in document["error"]["message"]
+
+
+def test_remember_reports_each_turn_and_a_refused_one_does_not_hide_the_others(tmp_path: Path, scripted_agent) -> None:
+    out = CliRunner().invoke(cli, ["remember", "I play the cello.", "a NUL \x00 here", "I also sing.", "--json"])
+    turns = json.loads(out.stdout)
+    assert [t["status"] for t in turns] == ["done", "refused", "done"]
+    assert turns[1]["reason"] and turns[1]["turn"]["text"] == "a NUL \x00 here"
+    assert out.exit_code == 1
+
+
+def test_run_plays_turns_and_a_question_on_the_default_bundle(tmp_path: Path, default_bundle) -> None:
+    script = write(
+        tmp_path / "s.txt",
+        "Ana: I just adopted a cat named Luna.",
+        "Ana: I work as a nurse in Lisbon.",
+        "? What is the name of Ana's cat?",
+    )
+    out = CliRunner().invoke(cli, ["run", str(script), "--json", "--bundle", str(default_bundle.root),
+                                   "--db", str(tmp_path / "bank.db"), "--user", "ana"])
+    assert out.exit_code == 0, out.output
+    document = json.loads(out.stdout)
+    assert document["error"] is None and document["summary"] == {"done": 3, "refused": 0, "failed": 0}
+    assert [(l["line"], l["kind"], l["status"]) for l in document["lines"]] == [
+        (1, "turn", "done"), (2, "turn", "done"), (3, "question", "done"),
+    ]
+    turn = document["lines"][0]["result"]
+    assert turn["turn"]["speaker"] == "Ana" and turn["prompt_tokens"] > 0
+    answer = document["lines"][2]["result"]
+    assert answer["question"] == "What is the name of Ana's cat?" and isinstance(answer["answer"], str)
+    with MemoryBank.open(tmp_path / "bank.db", user="ana", create=False) as bank:
+        assert all(bank.get(memory_id).owner == "ana" for memory_id in answer["memory_ids"])
