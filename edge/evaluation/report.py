@@ -1,37 +1,62 @@
-"""Turn an evaluation's results into report.md and one PNG chart per metric."""
+"""Turn an evaluation's results into report.md and one PNG chart per metric.
+
+`render_report` also reads the results.json of older runs: a figure they
+did not record (LoCoMo's F1, evidence recall by memory kind, the stored-fact
+audit) is shown as "—".
+"""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from edge.evaluation.runner import METRIC_LABELS, METRICS
+from edge.evaluation.runner import MEM0_CATEGORY_NAMES, METRIC_LABELS, METRICS
+
+MISSING = "—"
+OPTIONAL_METRICS = ("judge",)  # columns shown only when some system has a value
 
 
 def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f}"
+    return MISSING if value is None else f"{100 * value:.1f}"
 
 
 def _num(value: float | None, digits: int = 2) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
+    return MISSING if value is None else f"{value:.{digits}f}"
 
 
-def _category_label(results: dict[str, Any], key: str) -> str:
-    return "overall" if key == "overall" else f"{key} {results['category_names'].get(key, '')}".strip()
+def _mem0_names(results: dict[str, Any]) -> dict[str, str]:
+    """Mem0-paper names of the categories (older results did not store them)."""
+    return results.get("category_names_mem0") or {str(k): v for k, v in MEM0_CATEGORY_NAMES.items()}
+
+
+def _category_label(results: dict[str, Any], key: str, *, sep: str = " ") -> str:
+    """"1 multi-hop (Mem0: single-hop)": the number, LoCoMo's name and the Mem0 paper's name."""
+    if key == "overall":
+        return "overall"
+    label = f"{key} {results['category_names'].get(key, '')}".strip()
+    mem0 = _mem0_names(results).get(key)
+    return f"{label}{sep}(Mem0: {mem0})" if mem0 else label
+
+
+def _has_values(results: dict[str, Any], metric: str) -> bool:
+    return any(c.get(metric) is not None for s in results["systems"].values() for c in s["categories"].values())
 
 
 def _metrics_shown(results: dict[str, Any]) -> list[str]:
-    """Metrics with at least one value (the judge only when one was configured)."""
-    shown = []
-    for metric in METRICS:
-        if any(c.get(metric) is not None for s in results["systems"].values() for c in s["categories"].values()):
-            shown.append(metric)
-    return shown
+    """Table columns: every metric, but the judge only when one was configured."""
+    return [m for m in METRICS if m not in OPTIONAL_METRICS or _has_values(results, m)]
+
+
+def _metrics_charted(results: dict[str, Any]) -> list[str]:
+    """Metrics with at least one value: one chart each."""
+    return [m for m in METRICS if _has_values(results, m)]
 
 
 def render_report(results: dict[str, Any]) -> str:
     settings = results["settings"]
     metrics = _metrics_shown(results)
     mapping = ", ".join(f"{k} {v}" for k, v in results["category_names"].items())
+    mem0_mapping = ", ".join(f"{k} {v}" for k, v in _mem0_names(results).items())
     lines = [
         "# LoCoMo evaluation",
         "",
@@ -46,11 +71,16 @@ def render_report(results: dict[str, Any]) -> str:
            if settings.get("sessions") else ""),
         f"- judge: {results['judge'] or 'none configured'}",
         f"- categories (LoCoMo's own evaluation code): {mapping}",
+        f"- the same categories as Mem0's paper names them (and Memory-R1, MemLoRA after it): {mem0_mapping}",
         "",
         "Scores are percentages. F1 and BLEU-1 use SQuAD-style normalisation (lowercase, no punctuation, no "
-        "articles); BLEU-1 has the brevity penalty. Evidence recall is the share of a question's evidence turns "
-        "among the source turns of what the answer model was shown (top-k memories; for full-context, the turns "
-        "that fit the window).",
+        "articles); BLEU-1 has the brevity penalty. LoCoMo F1 is LoCoMo's own (task_eval/evaluation.py): also "
+        "drops \"and\", stems with Porter, scores multi-hop (1) as the mean over the gold's comma-separated "
+        "parts of the best-matching part of the answer, and keeps open-domain (3) gold before \";\". "
+        "Evidence recall is the share of a question's evidence turns among the source turns of what the answer "
+        "model was shown (top-k memories; for full-context, the turns that fit the window); its episodic column "
+        "counts only the turn-log memories shown, its facts column only the facts the Manager wrote (semantic, "
+        f"core). {MISSING}: not measured (no memory of that kind shown, or a run that did not record it).",
         "",
         "## Scores",
         "",
@@ -60,8 +90,9 @@ def render_report(results: dict[str, Any]) -> str:
     for name, system in results["systems"].items():
         for key, scores in system["categories"].items():
             label = f"**{_category_label(results, key)}**" if key == "overall" else _category_label(results, key)
-            cells = [name, label, str(scores["n"])] + [_pct(scores.get(m)) for m in metrics]
+            cells = [name, label, str(scores.get("n", MISSING))] + [_pct(scores.get(m)) for m in metrics]
             lines.append("| " + " | ".join(cells) + " |")
+    lines += _facts_section(results)
     lines += [
         "",
         "## Cost",
@@ -88,9 +119,67 @@ def render_report(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _facts_row(name: str, facts: dict[str, Any] | None) -> str:
+    """One system's stored facts, grounded ones and hallucination rate ("—" with no facts or no audit)."""
+    if not facts or not facts.get("stored"):
+        stored = MISSING if not facts else str(facts.get("stored", MISSING))
+        return f"| {name} | {stored} | {MISSING} | {MISSING} |"
+    return (f"| {name} | {facts['stored']} | {facts['grounded']} | "
+            f"{_pct(facts.get('hallucination_rate'))} |")
+
+
+def _example_line(example: dict[str, Any]) -> str:
+    turns = ", ".join(example.get("source_turns") or []) or "none"
+    missing = "; ".join(example.get("missing") or [])
+    where = f"{example['sample_id']} " if example.get("sample_id") else ""
+    marks = "".join(f" ({mark})" for mark in ("deleted", "superseded") if example.get(mark))
+    said = f" — not in the source: {missing}" if missing else ""
+    return f"  - {where}[{turns}]{marks} {example.get('text', '')!r}{said}"
+
+
+def _facts_section(results: dict[str, Any]) -> list[str]:
+    """The stored-fact audit: per system, facts stored, grounded, hallucination rate, and a few ungrounded."""
+    lines = [
+        "",
+        "## Stored facts",
+        "",
+        "Facts are the semantic and core memories a system's bank held after ingest, deleted and superseded "
+        "versions included. "
+        "One is grounded when `edge.grounding` finds each of its content words in the turns it names as its "
+        "source, as the Manager's own check does: their text, speaker, session date and the dates their "
+        "expressions (\"yesterday\") resolve to, and for a newer version the fact it replaced. The "
+        f"hallucination rate is the share of stored facts that are not grounded. {MISSING}: no facts (or no "
+        "audit in this run).",
+        "",
+        "| system | facts stored | grounded | hallucination rate |",
+        "|---|---|---|---|",
+    ]
+    systems = results["systems"]
+    lines += [_facts_row(name, s.get("facts")) for name, s in systems.items()]
+    examples = [(name, (s.get("facts") or {}).get("examples") or []) for name, s in systems.items()]
+    if any(found for _, found in examples):
+        lines += ["", "Ungrounded facts (the first few per system):", ""]
+        for name, found in examples:
+            if found:
+                lines.append(f"- `{name}`:")
+                lines += [_example_line(e) for e in found]
+    return lines
+
+
 def write_report(results: dict[str, Any], path: Path) -> Path:
     path.write_text(render_report(results), encoding="utf-8")
     return path
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """A results.json, from this version of `edge eval` or an older one."""
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def regenerate(out: Path) -> tuple[Path, list[str]]:
+    """Rewrite out/report.md and the charts from out/results.json; the report's path and the charts written."""
+    results = load_results(out / "results.json")
+    return write_report(results, out / "report.md"), write_charts(results, out)
 
 
 def write_charts(results: dict[str, Any], out: Path) -> list[str]:
@@ -105,9 +194,9 @@ def write_charts(results: dict[str, Any], out: Path) -> list[str]:
     written = []
     names = list(results["systems"])
     keys = list(results["categories"]) + ["overall"]
-    labels = [_category_label(results, k) for k in keys]
+    labels = [_category_label(results, k, sep="\n") for k in keys]
     width = 0.8 / max(1, len(names))
-    for metric in _metrics_shown(results):
+    for metric in _metrics_charted(results):
         fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(keys)), 4))
         for i, name in enumerate(names):
             cats = results["systems"][name]["categories"]

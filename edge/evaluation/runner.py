@@ -10,20 +10,28 @@ started again with the same `out` folder and skips what is done:
     out/<system>/<sample_id>/ingest.jsonl one line per ingested turn (seconds, ops)
     out/<system>/<sample_id>/answers.jsonl one line per answered question, with scores
     out/<system>/<sample_id>/stats.json   bank size and peak RSS
+    out/<system>/<sample_id>/facts.json   the grounding audit of its stored facts (systems with a bank)
     out/results.json, out/report.md, out/<metric>.png   the summary (rebuilt every run)
 
 A turn is logged after its operations are committed; a run killed between
 the two replays that turn once on resume.
 
-Measured: F1, BLEU-1, exact match and (with a judge) LLM-judge accuracy,
-per category and overall; evidence recall (the share of a question's
-LoCoMo evidence turns among the source turns of what the answer model was
-shown); per-turn ingest and per-question latency (p50/p95); prompt tokens
-per question; bank size; peak resident memory of the process.
+Measured: F1 (SQuAD-style and LoCoMo's own, `scoring.locomo_f1`), BLEU-1,
+exact match and (with a judge) LLM-judge accuracy, per category and
+overall; evidence recall (the share of a question's LoCoMo evidence turns
+among the source turns of what the answer model was shown), overall and
+split by memory kind: episodic memories (the verbatim turn log, one per
+turn) and facts (semantic and core memories the Manager wrote); per-turn
+ingest and per-question latency (p50/p95); prompt tokens per question;
+bank size; peak resident memory of the process; and the hallucination rate
+of stored facts: the share of a bank's fact memories (deleted and
+superseded versions too) whose text `edge.grounding.grounding` does not
+find in the turns they name as their source.
 """
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import resource
@@ -31,22 +39,39 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from edge.errors import EdgeError
-from edge.evaluation.scoring import LLMJudge, lexical_scores
-from edge.evaluation.systems import SYSTEMS, EvalContext, System, make_system
-from edge.locomo import CATEGORY_NAMES, QA, Conversation, load_locomo
+from edge.evaluation.scoring import LLMJudge, lexical_scores, locomo_f1
+from edge.evaluation.systems import BANK_USER, SYSTEMS, EvalContext, System, make_system
+from edge.locomo import CATEGORY_NAMES, QA, Conversation, LocoTurn, Session, load_locomo
 
 DEFAULT_SYSTEMS = ("full-context", "rag-turns", "manager-prompted", "bundle")
-METRICS = ("f1", "bleu1", "em", "judge", "evidence_recall")
+METRICS = ("f1", "locomo_f1", "bleu1", "em", "judge", "evidence_recall", "evidence_recall_episodic",
+           "evidence_recall_fact")
 METRIC_LABELS = {
     "f1": "F1",
+    "locomo_f1": "LoCoMo F1",
     "bleu1": "BLEU-1",
     "em": "exact match",
     "judge": "LLM judge",
     "evidence_recall": "evidence recall",
+    "evidence_recall_episodic": "evidence recall (episodic)",
+    "evidence_recall_fact": "evidence recall (facts)",
 }
+# The same five categories as Mem0's paper names them ("Mem0: Building Production-Ready AI Agents with
+# Scalable Long-Term Memory", Chhikara et al., 2025, arXiv:2504.19413), and Memory-R1 and MemLoRA after it.
+# `CATEGORY_NAMES` are LoCoMo's own (its task_eval code); the numbers are the data's.
+MEM0_CATEGORY_NAMES: dict[int, str] = {
+    1: "single-hop",
+    2: "temporal",
+    3: "multi-hop",
+    4: "open-domain",
+    5: "adversarial",
+}
+MEMORY_KINDS = ("episodic", "fact")  # keys of `SystemAnswer.context_turns_by_tier`
+EXAMPLES_SHOWN = 5  # ungrounded facts listed per system in the summary
+NO_FACTS: dict[str, Any] = {"stored": 0, "grounded": 0, "ungrounded": []}  # facts.json of a bank without facts
 
 
 @dataclass
@@ -146,6 +171,149 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+# --------------------------------------------------------------------------- stored facts
+#
+# A stored fact is checked as the Memory Manager checks a write (`edge.manager`):
+# `edge.grounding.grounding` over the turn(s) it names as its source and, for a
+# newer version, the text of the fact it replaced; the speaker; and the dates the
+# turn allows (its session date, and its own date expressions resolved against it).
+
+# `edge.grounding.grounding(text, sources, *, speaker=None, dates=()) -> Grounding(grounded, missing)`
+Grounder = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class SourceTurn:
+    """A turn as a fact's source: who said what, and the dates it makes sayable."""
+
+    speaker: str
+    text: str
+    dates: tuple[str, ...]
+
+
+def session_dates(date_time: str) -> tuple[str, ...]:
+    """A LoCoMo session stamp ("1:56 pm on 8 May, 2023") as ("8 May 2023", "2023-05-08") (`edge.dates`).
+
+    A stamp in another shape is passed on as it is.
+    """
+    from edge.dates import human_date, parse_time
+
+    try:
+        when = parse_time(date_time)
+    except EdgeError:
+        return (date_time,) if date_time.strip() else ()
+    if when is None:
+        return ()
+    iso = when.date().isoformat()
+    return (human_date(iso), iso)
+
+
+def turn_dates(session: Session, turn: LocoTurn) -> tuple[str, ...]:
+    """The session date, and the turn's date expressions ("yesterday") resolved against it, ISO and human."""
+    from edge.dates import human_date, parse_time, resolve_dates
+
+    dates = list(session_dates(session.date_time))
+    try:
+        at = parse_time(session.date_time)
+    except EdgeError:
+        at = None
+    if at is not None:
+        for mention in resolve_dates(turn.full_text, at):
+            dates += [mention.value, human_date(mention.value)]
+    return tuple(dict.fromkeys(dates))
+
+
+def metadata_dates(metadata: dict[str, Any], said: Sequence[str] = ()) -> list[str]:
+    """The dates a memory's `metadata["dates"]` holds: a list's items, one string, or a mapping's values.
+
+    A mapping is {expression: date}, the Manager resolving the memory's own
+    text; with `said`, a date counts only when its expression occurs in one of
+    those texts, so that a date the memory's text merely asserts cannot ground
+    itself.
+    """
+    dates = metadata.get("dates") if isinstance(metadata, dict) else None
+    if isinstance(dates, dict):
+        heard = " ".join(said).casefold()
+        values: list[Any] = [v for k, v in dates.items() if not said or str(k).casefold() in heard]
+    elif isinstance(dates, (list, tuple)):
+        values = list(dates)
+    else:
+        values = [dates]
+    return [str(v) for v in values if isinstance(v, (str, int)) and str(v).strip()]
+
+
+def check_fact(memory: Any, sources: list[SourceTurn], grounder: Grounder, replaced: str | None = None
+               ) -> dict[str, Any]:
+    """Whether one fact memory's text is grounded in its source turns (and the fact it replaced, if any).
+
+    The speaker is the first source turn's. A memory none of whose source
+    turns is in the conversation is ungrounded.
+    """
+    row = {"id": memory.id, "tier": memory.tier, "text": memory.text, "source_turns": list(memory.source_turns),
+           "deleted": bool(getattr(memory, "deleted_at", None)),
+           "superseded": bool(getattr(memory, "superseded", False))}
+    if not sources:
+        return {**row, "grounded": False, "missing": ["(no source turn in the conversation)"]}
+    texts = [s.text for s in sources] + ([replaced] if replaced else [])
+    dates = [d for s in sources for d in s.dates] + metadata_dates(memory.metadata, texts)
+    result = grounder(memory.text, texts, speaker=sources[0].speaker, dates=tuple(dict.fromkeys(dates)))
+    return {**row, "grounded": bool(result.grounded), "missing": list(result.missing)}
+
+
+def audit_facts(memories: Sequence[Any], conversation: Conversation, grounder: Grounder) -> dict[str, Any]:
+    """Grounding of every fact memory of one bank: counts and the ungrounded ones (facts.json).
+
+    `memories` are all of the bank's facts, older versions included: a newer
+    version (metadata "supersedes") may also draw on the text it replaced.
+    """
+    turns = {turn.dia_id: (session, turn) for session, turn in conversation.turns()}
+    known: dict[str, SourceTurn] = {}
+
+    def source(dia_id: str) -> SourceTurn:
+        if dia_id not in known:
+            session, turn = turns[dia_id]
+            known[dia_id] = SourceTurn(turn.speaker, turn.full_text, turn_dates(session, turn))
+        return known[dia_id]
+
+    texts = {m.id: m.text for m in memories}
+    checked = [
+        check_fact(m, [source(t) for t in m.source_turns if t in turns], grounder,
+                   texts.get(m.metadata.get("supersedes") or ""))
+        for m in memories
+    ]
+    return {
+        "stored": len(checked),
+        "grounded": sum(c["grounded"] for c in checked),
+        "ungrounded": [c for c in checked if not c["grounded"]],
+    }
+
+
+def bank_facts(bank: Any) -> list[Any]:
+    """Every fact memory (tiers other than episodic) of the evaluation's user, deleted and superseded too."""
+    older = {"include_superseded": True} if "include_superseded" in inspect.signature(bank.list).parameters else {}
+    return [m for m in bank.list(user=BANK_USER, include_deleted=True, **older) if m.tier != "episodic"]
+
+
+def summarise_facts(audits: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """One system's stored-fact figures over its conversations; None when none was audited (no bank).
+
+    `hallucination_rate` is the share of stored facts that are not grounded
+    (None when no fact was stored); `examples` are the first ungrounded ones.
+    """
+    if not audits:
+        return None
+    stored = sum(a["stored"] for a in audits)
+    grounded = sum(a["grounded"] for a in audits)
+    examples = [{"sample_id": a.get("sample_id"), **u} for a in audits for u in a["ungrounded"]]
+    return {
+        "stored": stored,
+        "grounded": grounded,
+        "ungrounded": stored - grounded,
+        "hallucination_rate": (stored - grounded) / stored if stored else None,
+        "examples": examples[:EXAMPLES_SHOWN],
+    }
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -153,9 +321,11 @@ class LocomoRun:
     """One evaluation: settings, the loaded model, and the folder it writes to."""
 
     def __init__(self, settings: EvalSettings, *, judge: LLMJudge | None = None,
-                 context: EvalContext | None = None, log: Callable[[str], None] | None = None) -> None:
+                 context: EvalContext | None = None, log: Callable[[str], None] | None = None,
+                 grounder: Grounder | None = None) -> None:
         self.settings = settings
         self.judge = judge
+        self._grounder = grounder
         self.conversations = self._select(load_locomo(settings.data))
         self._context = context
         self._owns_context = context is None
@@ -244,12 +414,21 @@ class LocomoRun:
     def workdir(self, system: str, conversation: Conversation) -> Path:
         return self.settings.out / system / conversation.sample_id
 
+    @property
+    def grounder(self) -> Grounder:
+        if self._grounder is None:
+            from edge.grounding import grounding
+
+            self._grounder = grounding
+        return self._grounder
+
     def run_one(self, name: str, conversation: Conversation) -> None:
         workdir = self.workdir(name, conversation)
         system = make_system(name, self.context)
         system.open(conversation, workdir)
         try:
             self._ingest(system, conversation, workdir)
+            self._audit_facts(system, conversation, workdir)
             self._answer(system, conversation, workdir)
             stats_path = workdir / "stats.json"
             previous = json.loads(stats_path.read_text()) if stats_path.exists() else {}
@@ -284,14 +463,21 @@ class LocomoRun:
                                              "seconds": round(seconds, 4), **info})
                 bar.update(1)
 
+    def _audit_facts(self, system: System, conversation: Conversation, workdir: Path) -> None:
+        """Check every fact the system's bank holds against its source turns (redone each run: it is cheap)."""
+        bank = getattr(system, "bank", None)
+        if bank is None:
+            return  # no bank (full-context): no facts, no facts.json
+        memories = bank_facts(bank)
+        # The grounding module is loaded only when there is a fact to check.
+        audit = audit_facts(memories, conversation, self.grounder) if memories else NO_FACTS
+        _write_json(workdir / "facts.json", audit)
+
     def _answer(self, system: System, conversation: Conversation, workdir: Path) -> None:
         path = workdir / "answers.jsonl"
         rows = _repaired_jsonl(path)
         done = {row["qa_index"] for row in rows}
-        if self.judge is not None and any("judge" not in row for row in rows):
-            for row in rows:
-                if "judge" not in row:
-                    row["judge"] = float(self.judge.judge(row["question"], row["gold"], row["prediction"]).correct)
+        if _backfill(rows, self.judge):
             _rewrite_jsonl(path, rows)
         questions = self.questions(conversation)
         todo = [q for q in questions if q.index not in done]
@@ -299,12 +485,17 @@ class LocomoRun:
                        f"{system.name} {conversation.sample_id} answer") as bar:
             for qa in todo:
                 reply = system.answer(qa.question)
+                by_tier = reply.context_turns_by_tier
                 row = {
                     "qa_index": qa.index, "category": qa.category, "question": qa.question, "gold": qa.answer,
                     "prediction": reply.answer, **lexical_scores(reply.answer, qa.answer),
+                    "locomo_f1": locomo_f1(reply.answer, qa.answer, qa.category),
                     "evidence": qa.evidence, "evidence_recall": _recall(qa.evidence, reply.context_turns),
+                    **{f"evidence_recall_{kind}": _recall(qa.evidence, by_tier.get(kind, []))
+                       for kind in MEMORY_KINDS},
                     "used_recall": _recall(qa.evidence, reply.used_turns),
-                    "context_turns": reply.context_turns, "used_turns": reply.used_turns,
+                    "context_turns": reply.context_turns, "context_turns_by_tier": by_tier,
+                    "used_turns": reply.used_turns,
                     "shown": reply.shown, "prompt_tokens": reply.prompt_tokens,
                     "seconds": round(reply.seconds, 4), "error": reply.error,
                 }
@@ -321,6 +512,7 @@ class LocomoRun:
             rows: list[dict[str, Any]] = []
             ingest: list[dict[str, Any]] = []
             stats: list[dict[str, Any]] = []
+            facts: list[dict[str, Any]] = []
             for conversation in self.conversations:
                 workdir = self.workdir(name, conversation)
                 wanted = {q.index for q in self.questions(conversation)}
@@ -328,7 +520,10 @@ class LocomoRun:
                 ingest += _read_jsonl(workdir / "ingest.jsonl")
                 if (workdir / "stats.json").exists():
                     stats.append(json.loads((workdir / "stats.json").read_text()))
-            systems[name] = summarise_system(name, rows, ingest, stats)
+                if (workdir / "facts.json").exists():
+                    facts.append({"sample_id": conversation.sample_id,
+                                  **json.loads((workdir / "facts.json").read_text())})
+            systems[name] = summarise_system(name, rows, ingest, stats, facts)
         categories = sorted({c for s in systems.values() for c in s["categories"] if c != "overall"}, key=int)
         return {
             "benchmark": "LoCoMo",
@@ -338,6 +533,7 @@ class LocomoRun:
                          "include_adversarial": self.settings.include_adversarial},
             "judge": self.judge.name if self.judge else None,
             "category_names": {str(k): v for k, v in CATEGORY_NAMES.items()},
+            "category_names_mem0": {str(k): v for k, v in MEM0_CATEGORY_NAMES.items()},
             "categories": categories,
             "systems": systems,
         }
@@ -355,21 +551,47 @@ def _recall(evidence: list[str], turns: list[str]) -> float | None:
     return sum(e in shown for e in evidence) / len(evidence)
 
 
-def _scores(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _backfill(rows: list[dict[str, Any]], judge: LLMJudge | None) -> bool:
+    """Add the scores that answers written by an older run (or without a judge) lack; True if any was."""
+    changed = False
+    for row in rows:
+        if "locomo_f1" not in row:
+            row["locomo_f1"] = locomo_f1(row["prediction"], row["gold"], row["category"])
+            changed = True
+        if judge is not None and "judge" not in row:
+            row["judge"] = float(judge.judge(row["question"], row["gold"], row["prediction"]).correct)
+            changed = True
+    return changed
+
+
+def _kinds_shown(rows: list[dict[str, Any]]) -> set[str]:
+    """The memory kinds that reached the answer model for at least one question."""
+    return {kind for r in rows for kind, turns in (r.get("context_turns_by_tier") or {}).items() if turns}
+
+
+def _scores(rows: list[dict[str, Any]], kinds: set[str]) -> dict[str, Any]:
+    """Mean of each metric over the rows that have it (None for none).
+
+    Evidence recall of a memory kind the system never showed (facts for
+    rag-turns and full-context) is None rather than 0: there is nothing to
+    measure, and answers from an older run that did not record kinds have none.
+    """
     out: dict[str, Any] = {"n": len(rows)}
     for metric in METRICS:
+        kind = metric.removeprefix("evidence_recall_") if metric.startswith("evidence_recall_") else None
         values = [r[metric] for r in rows if r.get(metric) is not None]
-        out[metric] = _mean(values)
+        out[metric] = None if kind is not None and kind not in kinds else _mean(values)
     return out
 
 
 def summarise_system(name: str, rows: list[dict[str, Any]], ingest: list[dict[str, Any]],
-                     stats: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-category and overall scores, latencies and sizes of one system."""
+                     stats: list[dict[str, Any]], facts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Per-category and overall scores, latencies, sizes and the stored-fact audit of one system."""
+    kinds = _kinds_shown(rows)
     by_category: dict[str, Any] = {}
     for category in sorted({r["category"] for r in rows}):
-        by_category[str(category)] = _scores([r for r in rows if r["category"] == category])
-    by_category["overall"] = _scores(rows)
+        by_category[str(category)] = _scores([r for r in rows if r["category"] == category], kinds)
+    by_category["overall"] = _scores(rows, kinds)
     turn_seconds = [r["seconds"] for r in ingest]
     answer_seconds = [r["seconds"] for r in rows]
     prompt_tokens = [r["prompt_tokens"] for r in rows]
@@ -390,6 +612,7 @@ def summarise_system(name: str, rows: list[dict[str, Any]], ingest: list[dict[st
         "shown_mean": _mean([r["shown"] for r in rows]),
         "bank": {"memories": sum(s["bank"]["memories"] for s in stats), "bytes": sum(s["bank"]["bytes"] for s in stats)},
         "peak_rss_mb": max((s["peak_rss_mb"] for s in stats), default=None),
+        "facts": summarise_facts(facts or []),
     }
 
 

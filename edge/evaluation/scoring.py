@@ -23,7 +23,7 @@ Departures worth knowing when comparing with published numbers: LoCoMo's
 own script also removes "and" and commas, stems with Porter, splits
 multi-hop gold answers on commas and averages; Mem0's script scores F1
 over token *sets*. Papers differ here, which is one reason the judge
-score exists.
+score exists. `locomo_f1` is LoCoMo's own F1, reported beside `f1_score`.
 
 The judge asks any `Backend` (usually a bigger model behind
 `OpenAIHTTPBackend`) whether the prediction means the same as the gold
@@ -38,6 +38,7 @@ import re
 import string
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 
 from edge.backends.base import Backend, Message
 from edge.errors import EdgeError, ModelOutputError
@@ -96,6 +97,80 @@ def lexical_scores(prediction: object, gold: object) -> dict[str, float]:
         "bleu1": bleu1_score(prediction, gold),
         "em": exact_match(prediction, gold),
     }
+
+
+# --------------------------------------------------------------------------- LoCoMo's own F1
+#
+# The F1 of LoCoMo's `task_eval/evaluation.py` (snap-research/locomo, Maharana
+# et al., ACL 2024): `normalize_answer`, `f1_score`, `f1` and the per-category
+# rules of `eval_question_answering`, re-implemented to give the same numbers.
+
+_LOCOMO_DROPPED = re.compile(r"\b(a|an|the|and)\b")
+_LOCOMO_ABSTAINS = ("no information available", "not mentioned")
+
+
+def locomo_normalize(text: object) -> str:
+    """LoCoMo's `normalize_answer`: drop commas, lowercase, drop punctuation, then a/an/the/and."""
+    text = str(text).replace(",", "").lower()
+    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
+    return " ".join(_LOCOMO_DROPPED.sub(" ", text).split())
+
+
+@lru_cache(maxsize=None)
+def _porter() -> object:
+    from nltk.stem import PorterStemmer  # imported on first use: only evaluation needs nltk
+
+    return PorterStemmer()
+
+
+@lru_cache(maxsize=65536)
+def porter_stem(word: str) -> str:
+    """nltk's `PorterStemmer().stem`, as LoCoMo's evaluation applies it to every token."""
+    return _porter().stem(word)  # type: ignore[attr-defined]
+
+
+def locomo_tokens(text: object) -> list[str]:
+    return [porter_stem(w) for w in locomo_normalize(text).split()]
+
+
+def locomo_token_f1(prediction: object, gold: object) -> float:
+    """LoCoMo's `f1_score`: multiset F1 of Porter-stemmed tokens; 0.0 when nothing is shared.
+
+    Unlike `f1_score`, two answers that normalise to nothing score 0.0, as in LoCoMo.
+    """
+    predicted, expected = Counter(locomo_tokens(prediction)), Counter(locomo_tokens(gold))
+    if sum((predicted & expected).values()) == 0:
+        return 0.0
+    return multiset_f1(predicted, expected)
+
+
+def locomo_multi_answer_f1(prediction: object, gold: object) -> float:
+    """LoCoMo's `f1`: split both on ","; mean over gold parts of the best F1 against any predicted part."""
+    predicted = [p.strip() for p in str(prediction).split(",")]
+    expected = [g.strip() for g in str(gold).split(",")]
+    return sum(max(locomo_token_f1(p, g) for p in predicted) for g in expected) / len(expected)
+
+
+def locomo_f1(prediction: object, gold: object, category: int) -> float:
+    """LoCoMo's official per-question F1 (snap-research/locomo, `task_eval/evaluation.py`,
+    `eval_question_answering`), with categories numbered as LoCoMo's code numbers them:
+
+    - 1 (multi-hop): `locomo_multi_answer_f1`, gold and prediction split on commas;
+    - 2 (temporal), 4 (single-hop): `locomo_token_f1`;
+    - 3 (open-domain): `locomo_token_f1` against the gold's text before the first ";";
+    - 5 (adversarial): 1.0 when the prediction says "no information available" or
+      "not mentioned" (any case), else 0.0.
+    """
+    gold = str(gold)
+    if category == 1:
+        return locomo_multi_answer_f1(prediction, gold)
+    if category in (2, 4):
+        return locomo_token_f1(prediction, gold)
+    if category == 3:
+        return locomo_token_f1(prediction, gold.split(";")[0].strip())
+    if category == 5:
+        return float(any(phrase in str(prediction).lower() for phrase in _LOCOMO_ABSTAINS))
+    raise ValueError(f"LoCoMo has no question category {category!r}")
 
 
 # --------------------------------------------------------------------------- LLM judge
