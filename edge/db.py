@@ -36,7 +36,10 @@ OperationalError = driver.OperationalError
 IntegrityError = driver.IntegrityError
 
 
-def connect(path: Path | str, *, busy_timeout_ms: int = 15_000):
+BUSY_TIMEOUT_MS = 15_000  # how long a connection waits for another process's lock
+
+
+def connect(path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS):
     """A connection in autocommit mode (transactions are explicit) with sqlite-vec loaded."""
     conn = driver.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.enable_load_extension(True)
