@@ -31,6 +31,11 @@ tokens. Sampling at temperature > 0 draws from the model's full distribution
 (no top-k/top-p/min-p), which is what GRPO rollouts assume; 0 is greedy.
 Call n samples with seed `seed + n`: repeated calls differ, a run repeats.
 Grammars emit object properties in the schema's order.
+
+A reply decoded under a schema always parses as JSON: the grammar's string
+rule is replaced by one that follows JSON (see `strict_json_strings`), and
+control tokens (`<|im_start|>` and the like, which the grammar sees as text
+but the output drops) are never chosen.
 """
 from __future__ import annotations
 
@@ -59,6 +64,32 @@ CHATML_TEMPLATE = (
     "{{ message['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+# One character of a JSON string. Raw: anything but the quote, the backslash, the C0 control characters
+# (JSON forbids them inside strings: a newline must be the escape backslash-n) and DEL. Escaped: only
+# \" \\ \/ \n \r \t; \b, \f and \uXXXX could spell control characters and lone surrogates, which the
+# bank refuses as "not text". Wider exclusions (C1 controls, non-characters) would cost real text:
+# llama.cpp refuses a token holding an unfinished UTF-8 sequence when the character it may complete to
+# *could* fall in an excluded range, so excluding U+1FFFE would refuse the first half of every emoji
+# split across two tokens.
+JSON_STRING_CHAR = r'[^"\\\x00-\x1F\x7F] | "\\" ["\\/nrt]'
+
+
+def strict_json_strings(grammar: str) -> str:
+    """`grammar` (GBNF from llama-cpp-python's JSON-schema converter) with strings that are JSON.
+
+    llama-cpp-python 0.3.36 writes `char ::= [^"\\] | "\\" (...)`: any
+    character but a quote or a backslash, so a raw newline inside a string
+    passed the grammar and the reply failed `json.loads` ("not JSON"). Its
+    `dot` rule (regex patterns) has the same hole and lets a raw quote end
+    the string early; both become JSON_STRING_CHAR.
+    """
+    lines = []
+    for line in grammar.splitlines():
+        name = line.split("::=", 1)[0].strip() if "::=" in line else None
+        lines.append(f"{name} ::= {JSON_STRING_CHAR}" if name in ("char", "dot") else line)
+    return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -155,6 +186,7 @@ class LlamaCppBackend(Backend):
         self._grammars: dict[str, object] = {}
         self.fast_grammar = True  # greedy schema decoding checks the chosen token first (see _greedy_under_grammar)
         self._every_buffer = None  # the whole vocabulary as llama_token_data, for when the grammar refuses
+        self._control_ids: np.ndarray | None = None  # control tokens that do not end generation (see _controls)
         self._snapshots: OrderedDict[tuple, _Snapshot] = OrderedDict()
         self._prefix_slots = prefix_slots
         self._formatter = self._make_formatter()
@@ -314,6 +346,7 @@ class LlamaCppBackend(Backend):
                     typical_p=1.0,
                     repeat_penalty=self.repeat_penalty,
                     grammar=grammar,
+                    logits_processor=None if grammar is None else [self._without_controls],
                 )
             try:
                 if max_tokens == 0:
@@ -384,6 +417,7 @@ class LlamaCppBackend(Backend):
                     seen = np.fromiter(set(recent), dtype=np.int64)
                     picked = logits[seen]
                     logits[seen] = np.where(picked <= 0, picked * self.repeat_penalty, picked / self.repeat_penalty)
+                logits = self._without_controls(None, logits)
                 token = int(np.argmax(logits))
                 one[0].id, one[0].logit, one[0].p = token, float(logits[token]), 0.0
                 one_array.size, one_array.selected, one_array.sorted = 1, -1, False
@@ -403,6 +437,28 @@ class LlamaCppBackend(Backend):
         finally:
             lib.llama_sampler_free(sampler)
 
+    def _without_controls(self, _input_ids, logits: np.ndarray) -> np.ndarray:
+        """`logits` with every control token that does not end generation refused (-inf).
+
+        The grammar checks a token by its text with special tokens spelled
+        out, so `<|im_start|>` is 12 characters it may accept inside a
+        string; the output leaves special tokens out, so what was checked
+        and what comes out would differ (a string the grammar counted as
+        long enough comes out empty). No JSON reply needs one.
+        """
+        logits[self._controls()] = -np.inf
+        return logits
+
+    def _controls(self) -> np.ndarray:
+        if self._control_ids is None:
+            lib, vocab = self._lib, self._llm._model.vocab
+            self._control_ids = np.array(
+                [t for t in range(self._llm.n_vocab())
+                 if lib.llama_vocab_is_control(vocab, t) and not lib.llama_vocab_is_eog(vocab, t)],
+                dtype=np.int64,
+            )
+        return self._control_ids
+
     def _every_token(self, n_vocab: int):
         """One token-data slot per vocabulary entry, allocated on first use and reused."""
         if self._every_buffer is None:
@@ -420,10 +476,10 @@ class LlamaCppBackend(Backend):
         key = json.dumps(schema)  # key order matters: the grammar emits properties in schema order
         grammar = self._grammars.get(key)
         if grammar is None:
-            from llama_cpp.llama_grammar import LlamaGrammar
+            from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
 
             try:
-                grammar = LlamaGrammar.from_json_schema(key, verbose=False)
+                grammar = LlamaGrammar.from_string(strict_json_strings(json_schema_to_gbnf(key)), verbose=False)
             except Exception as exc:  # the converter raises bare Exceptions
                 raise BackendError(
                     f"This JSON schema cannot be turned into a grammar: {exc}",
