@@ -98,5 +98,56 @@ def m003_binary_vectors(db, dim: int) -> None:
     db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('vector_code', ?)", (VECTOR_CODE,))
 
 
+@migration
+def m004_episodic_log_and_superseded_facts(db, dim: int) -> None:
+    """Superseded facts, and search tables that know what each row is, with no per-owner allocation.
+
+    - `memories` gains `valid_until` (when a superseded fact stopped holding:
+      the time of the turn that replaced it), `superseded_by` (the id of its
+      newer version, NULL when it was retracted) and `superseded_turn`.
+    - Every search row carries `kind`: "turn" for the episodic log,
+      "fact" for current facts, "old" for superseded ones, so one query can
+      ask for facts, turns, or both, current or not.
+    - The owner becomes a metadata column of the vector tables instead of a
+      partition key: sqlite-vec allocated a whole chunk (1024 vectors, about
+      1.6 MB) for every owner's partition, so each idle user of a shared file
+      cost megabytes. Owner and kind are filtered inside the KNN scan.
+    Existing vectors are copied over unchanged.
+    """
+    for column in ("valid_until", "superseded_by", "superseded_turn"):
+        db.execute(f"ALTER TABLE memories ADD COLUMN {column} TEXT")
+    kinds = {r[0]: ("turn" if r[1] == "episodic" else "fact") for r in db.execute("SELECT rowid, tier FROM memories")}
+    texts = db.execute("SELECT rowid, text, owner FROM memory_fts").fetchall()
+    pending = []
+    cursor = db.execute("SELECT v.rowid, v.owner, v.embedding, b.code, b.half FROM memory_vec v JOIN memory_bin b ON b.rowid = v.rowid")
+    while rows := cursor.fetchmany(2048):
+        pending += [(r[0], r[1], kinds.get(r[0], "fact"), r[2], r[3], r[4]) for r in rows]
+    for table in ("memory_fts", "memory_vec", "memory_bin"):
+        db.execute(f"DROP TABLE {table}")
+    create_search_tables(db, dim)
+    db.executemany(
+        "INSERT INTO memory_fts (rowid, text, owner, kind) VALUES (?, ?, ?, ?)",
+        [(r[0], r[1], r[2], kinds.get(r[0], "fact")) for r in texts],
+    )
+    db.executemany("INSERT INTO memory_vec (rowid, owner, kind, embedding) VALUES (?, ?, ?, ?)", [p[:4] for p in pending])
+    db.executemany(
+        "INSERT INTO memory_bin (rowid, owner, kind, code, half) VALUES (?, ?, ?, vec_bit(?), ?)",
+        [(p[0], p[1], p[2], p[4], p[5]) for p in pending],
+    )
+
+
+def create_search_tables(db, dim: int) -> None:
+    """The keyword, vector and binary-code tables as m004 defines them."""
+    from edge.retrieval import code_bits
+
+    db.execute(
+        "CREATE VIRTUAL TABLE memory_fts USING fts5(text, owner UNINDEXED, kind UNINDEXED, tokenize = 'porter unicode61')"
+    )
+    db.execute(f"CREATE VIRTUAL TABLE memory_vec USING vec0(owner TEXT, kind TEXT, embedding float[{int(dim)}])")
+    db.execute(
+        f"CREATE VIRTUAL TABLE memory_bin USING vec0(owner TEXT, kind TEXT, code bit[{code_bits(dim)}], +half BLOB)"
+    )
+
+
 def names() -> list[str]:
     return [fn.__name__ for fn in MIGRATIONS]

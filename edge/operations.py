@@ -38,12 +38,32 @@ class DeleteOp:
 
 @dataclass(frozen=True)
 class RestoreOp:
-    """Bring back a soft-deleted memory."""
+    """Bring back a soft-deleted memory, or make a superseded one current again."""
 
     id: str
 
 
-Op = Union[AddOp, UpdateOp, DeleteOp, RestoreOp]
+@dataclass(frozen=True)
+class SupersedeOp:
+    """Retire a fact without destroying it: the Manager's UPDATE and DELETE.
+
+    The old version stays in the bank as superseded, valid until `at` (the
+    time of the turn that replaced it) and naming that turn; with `text`, a
+    new version carrying it becomes the current fact (an UPDATE), without,
+    the fact is only retired (a DELETE). Zep and Mem0's graph memory
+    invalidate contradicted facts the same way instead of deleting them.
+    """
+
+    id: str
+    text: str | None = None
+    at: str | None = None
+    turn_id: str | None = None
+    event_time: str | None = None
+    source_turns: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+Op = Union[AddOp, UpdateOp, DeleteOp, RestoreOp, SupersedeOp]
 
 
 @dataclass(frozen=True)

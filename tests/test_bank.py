@@ -222,8 +222,9 @@ def test_embedder_of_another_dimension_is_refused(tmp_path: Path, minilm) -> Non
 def test_schema_steps_are_recorded_and_a_newer_file_is_refused(tmp_path: Path) -> None:
     db = tmp_path / "bank.db"
     with MemoryBank.open(db, HashEmbedder()) as bank:
-        assert bank.schema_version() == ["m001_memories_and_history", "m002_search_indexes", "m003_binary_vectors"]
-        assert bank._conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert bank.schema_version() == ["m001_memories_and_history", "m002_search_indexes", "m003_binary_vectors",
+                                         "m004_episodic_log_and_superseded_facts"]
+        assert bank._conn.execute("PRAGMA user_version").fetchone()[0] == 4
         assert bank._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         bank._conn.execute("INSERT INTO migrations VALUES ('m999_from_the_future', 'x')")
     with pytest.raises(BankError, match="newer edge"):

@@ -194,24 +194,43 @@ def test_check_reports_a_missing_code(tmp_path: Path) -> None:
         assert any("binary codes" in p for p in bank.check())
 
 
-def test_an_older_bank_gets_its_codes_when_opened(tmp_path: Path) -> None:
-    db = tmp_path / "bank.db"
-    with MemoryBank.open(db, HashEmbedder(), user="alice") as bank:
-        ids = bank.add_many(sentences(500))
-        bank.add_many(sentences(80, seed=6), user="bob")
-        bank.delete(ids[0])
-        before = {q: [h.memory.id for h in bank.search(q, mode="vector", k=5)] for q in sentences(8, seed=12)}
-        # Make it look like a bank written before the binary codes existed.
-        conn = bank._conn
-        conn.execute("DROP TABLE memory_bin")
-        conn.execute("DELETE FROM migrations WHERE name = 'm003_binary_vectors'")
-        conn.execute("DELETE FROM meta WHERE key = 'vector_code'")
-    with MemoryBank.open(db, HashEmbedder(), user="alice") as bank:
-        assert "m003_binary_vectors" in bank.schema_version()
+def old_bank(path: Path, texts_by_owner: dict[str, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bank as edge wrote it before binary codes (m001 + m002 only), rows written as that code wrote them."""
+    from edge import migrations
+
+    embedder = HashEmbedder()
+    with monkeypatch.context() as patch:
+        patch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:2])
+        with MemoryBank.open(path, embedder) as bank:
+            conn = bank._conn
+            for owner, texts in texts_by_owner.items():
+                for i, (text, vec) in enumerate(zip(texts, embedder.embed(texts))):
+                    memory_id = f"m{owner}{i}"
+                    cur = conn.execute(
+                        "INSERT INTO memories (id, owner, tier, text, created_at, updated_at) "
+                        "VALUES (?, ?, 'semantic', ?, '2024-01-01', '2024-01-01')", (memory_id, owner, text))
+                    conn.execute("INSERT INTO history (op_group, owner, memory_id, action, after, actor, at) "
+                                 "VALUES ('g', ?, ?, 'ADD', '{}', 'api', '2024-01-01')", (owner, memory_id))
+                    conn.execute("INSERT INTO memory_fts (rowid, text, owner) VALUES (?, ?, ?)", (cur.lastrowid, text, owner))
+                    conn.execute("INSERT INTO memory_vec (rowid, owner, embedding) VALUES (?, ?, ?)",
+                                 (cur.lastrowid, owner, np.asarray(vec, dtype=np.float32).tobytes()))
+
+
+def test_an_older_bank_is_migrated_when_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = {"alice": sentences(500), "bob": sentences(80, seed=6)}
+    old_bank(tmp_path / "old.db", texts, monkeypatch)
+    with MemoryBank.open(tmp_path / "new.db", HashEmbedder(), user="alice") as fresh:
+        for owner, owned in texts.items():
+            fresh.add_many(owned, user=owner)
+        expected = {q: [h.memory.text for h in fresh.search(q, mode="vector", k=5)] for q in sentences(8, seed=12)}
+    with MemoryBank.open(tmp_path / "old.db", HashEmbedder(), user="alice") as bank:
+        assert bank.schema_version()[-2:] == ["m003_binary_vectors", "m004_episodic_log_and_superseded_facts"]
         assert_indexes_agree(bank)
         assert bank._binary_search
-        after = {q: [h.memory.id for h in bank.search(q, mode="vector", k=5)] for q in before}
-        assert after == before
+        after = {q: [h.memory.text for h in bank.search(q, mode="vector", k=5)] for q in expected}
+        assert after == expected
+        assert bank.count() == 500 and bank.count(user="bob") == 80
+        assert bank.search("Maya", mode="keyword", k=3, user="bob")
 
 
 def test_a_bank_with_codes_of_another_scheme_searches_exactly(tmp_path: Path) -> None:

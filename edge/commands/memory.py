@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from edge import paths
-from edge.bank import HistoryEntry, Memory, MemoryBank, SearchHit
+from edge.bank import SCOPES, HistoryEntry, Memory, MemoryBank, SearchHit
 from edge.commands import db_option, json_option, user_option
 from edge.operations import TIERS
 
@@ -25,8 +25,12 @@ def _emit(data, as_json: bool, human) -> None:
 
 def _line(memory: Memory) -> str:
     when = f" [{memory.event_time}]" if memory.event_time else ""
+    who = f" {memory.speaker}:" if memory.tier == "episodic" and memory.speaker else ""
     gone = click.style(" (deleted)", fg="red") if memory.deleted_at else ""
-    return f"{click.style(memory.id, fg='cyan')}  {memory.tier:<9}{when} {memory.text}{gone}"
+    if memory.superseded:
+        by = f" by {memory.superseded_by}" if memory.superseded_by else ""
+        gone += click.style(f" (superseded{by}, valid until {memory.valid_until})", fg="yellow")
+    return f"{click.style(memory.id, fg='cyan')}  {memory.tier:<9}{when}{who} {memory.text}{gone}"
 
 
 def _history_line(entry: HistoryEntry) -> str:
@@ -87,7 +91,7 @@ def delete(memory_id: str, db: Path | None, user: str, as_json: bool) -> None:
 @user_option
 @json_option
 def restore(memory_id: str, db: Path | None, user: str, as_json: bool) -> None:
-    """Bring back deleted memory MEMORY_ID."""
+    """Bring back MEMORY_ID: a deleted memory, or a fact a later turn superseded (it becomes current again)."""
     with open_bank(db, user, create=False) as bank:
         memory_ = bank.restore(memory_id, actor="user")
     _emit(memory_.to_dict(), as_json, lambda: click.echo(f"restored {_line(memory_)}"))
@@ -97,13 +101,18 @@ def restore(memory_id: str, db: Path | None, user: str, as_json: bool) -> None:
 @click.argument("query")
 @click.option("-k", "--top-k", "k", default=10, show_default=True, help="How many memories to return.")
 @click.option("--mode", type=click.Choice(["hybrid", "vector", "keyword"]), default="hybrid", show_default=True)
+@click.option("--scope", type=click.Choice(SCOPES), default="all", show_default=True,
+              help="facts (core + semantic), episodic (the verbatim turn log), or all.")
+@click.option("--superseded", is_flag=True, help="Include facts a later turn superseded (\"where did I live before?\").")
 @db_option
 @user_option
 @json_option
-def search(query: str, k: int, mode: str, db: Path | None, user: str, as_json: bool) -> None:
+def search(query: str, k: int, mode: str, scope: str, superseded: bool, db: Path | None, user: str,
+           as_json: bool) -> None:
     """Find memories about QUERY (by meaning, keywords, or both)."""
     with open_bank(db, user, create=False) as bank:
-        hits: list[SearchHit] = bank.search(query, k=k, mode=mode)  # type: ignore[arg-type]
+        hits: list[SearchHit] = bank.search(query, k=k, mode=mode, scope=scope,  # type: ignore[arg-type]
+                                            include_superseded=superseded)
 
     def human() -> None:
         if not hits:
@@ -115,16 +124,19 @@ def search(query: str, k: int, mode: str, db: Path | None, user: str, as_json: b
 
 
 @memory.command(name="list")
-@click.option("--tier", type=click.Choice(TIERS), default=None, help="Only this tier.")
+@click.option("--tier", type=click.Choice(TIERS), default=None,
+              help="Only this tier: core, semantic (facts), or episodic (every turn, verbatim).")
 @click.option("--deleted", is_flag=True, help="Include deleted memories.")
+@click.option("--superseded", is_flag=True, help="Include facts a later turn superseded.")
 @click.option("--limit", type=int, default=None, help="At most this many.")
 @db_option
 @user_option
 @json_option
-def list_(tier: str | None, deleted: bool, limit: int | None, db: Path | None, user: str, as_json: bool) -> None:
-    """List memories, oldest first."""
+def list_(tier: str | None, deleted: bool, superseded: bool, limit: int | None, db: Path | None, user: str,
+          as_json: bool) -> None:
+    """List memories, oldest first (current ones unless --deleted / --superseded)."""
     with open_bank(db, user, create=False) as bank:
-        memories = bank.list(tier=tier, include_deleted=deleted, limit=limit)
+        memories = bank.list(tier=tier, include_deleted=deleted, include_superseded=superseded, limit=limit)
 
     def human() -> None:
         if not memories:
@@ -195,19 +207,69 @@ def undo(steps: int, db: Path | None, user: str, as_json: bool) -> None:
 @click.option("--all-users", is_flag=True, help="Export every user's memories, not only --user's.")
 @db_option
 @user_option
-def export_(path: Path, all_users: bool, db: Path | None, user: str) -> None:
-    """Write memories and their history to a JSONL file at PATH."""
+@json_option
+def export_(path: Path, all_users: bool, db: Path | None, user: str, as_json: bool) -> None:
+    """Write memories and their history to a JSONL file at PATH (--user's, or --all-users')."""
+    from edge.bank_io import summarize
+
+    if all_users and _given(click.get_current_context(), "user"):
+        raise click.UsageError("--all-users exports every user; leave out --user, or drop --all-users.")
     with open_bank(db, user, create=False) as bank:
-        lines = bank.export_jsonl(path, user=None if all_users else user)
-    click.echo(f"wrote {lines} lines to {path}")
+        bank.export_jsonl(path, user=None if all_users else user)
+    written = summarize(path)
+    whose = "every user" if all_users else f"user {user!r}"
+
+    def human() -> None:
+        click.echo(f"wrote {written.memories} memories and {written.history} history rows of {whose} to {path}")
+        if not written.memories:
+            hint = "" if all_users else " (--user NAME picks another user, --all-users takes everyone)"
+            click.secho(f"warning: {whose} has no memories in this bank{hint}", fg="yellow", err=True)
+
+    _emit({"path": str(path), "memories": written.memories, "history": written.history,
+           "owners": list(written.owners)}, as_json, human)
 
 
 @memory.command(name="import")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @db_option
 @user_option
-def import_(path: Path, db: Path | None, user: str) -> None:
-    """Load a JSONL export into the bank (all or nothing)."""
+@json_option
+def import_(path: Path, db: Path | None, user: str, as_json: bool) -> None:
+    """Load a JSONL export into the bank (all or nothing).
+
+    \b
+    Without --user: a restore, every memory to the owner written in the
+    file, with its history.
+    With --user NAME: the memories of a one-user export become NAME's, as
+    one change by "import" in NAME's history (one `undo` takes it back);
+    deleted memories are left out, ids already in the bank get new ones.
+    """
+    from edge.bank_io import import_for_user, summarize
+
+    if _given(click.get_current_context(), "user"):
+        with open_bank(db, user) as bank:
+            done = import_for_user(bank, path, user, progress=not as_json)
+        data = {"path": str(path), "imported": done.imported, "owners": [user], "file_owner": done.file_owner,
+                "left_out_deleted": done.left_out_deleted, "new_ids": done.new_ids, "history": "one import change"}
+
+        def human() -> None:
+            origin = f" (written for {done.file_owner!r})" if done.file_owner not in (None, user) else ""
+            left = f"; {done.left_out_deleted} deleted ones left out" if done.left_out_deleted else ""
+            click.echo(f"imported {done.imported} memories for user {user!r} from {path}{origin}{left}")
+
+        _emit(data, as_json, human)
+        return
     with open_bank(db, user) as bank:
-        count = bank.import_jsonl(path, progress=True)
-    click.echo(f"imported {count} memories from {path}")
+        count = bank.import_jsonl(path, progress=not as_json)
+    held = summarize(path)
+    data = {"path": str(path), "imported": count, "owners": list(held.owners), "history": held.history}
+    _emit(data, as_json, lambda: click.echo(
+        f"imported {count} memories with {held.history} history rows from {path} "
+        f"for {', '.join(repr(o) for o in held.owners) or 'no user'}"
+    ))
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    """Whether the user typed option `name` (not just its default)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source != click.core.ParameterSource.DEFAULT
