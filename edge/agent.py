@@ -24,12 +24,13 @@ from edge.backends.base import Backend
 from edge.bank import Memory, MemoryBank
 from edge.bundle import Bundle, build_default
 from edge.errors import BundleError, InvalidInputError
-from edge.manager import MemoryManager, TurnResult, adapter_for, to_messages
+from edge.manager import MemoryManager, TurnResult, adapter_for, shown_memory, to_messages
 from edge.operations import AppliedOp
 from edge.prompts import (
     CHAT_CORE_CHARS,
     PROMPT_VERSION,
-    ShownMemory,
+    READABLE_PROMPT_VERSIONS,
+    TEXT_MODES,
     Turn,
     chat_messages,
     clip_state,
@@ -87,15 +88,20 @@ class ChatStream:
         self.result = yield from self._agent._chat_turn(self._message, self._remember, self.cancel)
 
 
+def now_stamp() -> str:
+    """The time a turn entering edge now was said (local time, to the minute): its dates resolve against it."""
+    return datetime.now().strftime("%Y-%m-%d %H:%M")
+
+
 def _as_turn(item: Turn | dict | str, default_speaker: str) -> Turn:
     if isinstance(item, Turn):
-        return item
+        return item if item.time else Turn(item.speaker, item.text, now_stamp(), item.turn_id)
     if isinstance(item, str):
-        return Turn(speaker=default_speaker, text=item, time=datetime.now().strftime("%Y-%m-%d %H:%M"))
+        return Turn(speaker=default_speaker, text=item, time=now_stamp())
     if isinstance(item, dict) and isinstance(item.get("text"), str):
         return Turn(
             speaker=str(item.get("speaker") or default_speaker), text=item["text"],
-            time=item.get("time"), turn_id=item.get("turn_id") or item.get("id"),
+            time=item.get("time") or now_stamp(), turn_id=item.get("turn_id") or item.get("id"),
         )
     raise InvalidInputError(f"A turn must be a str, a dict with 'text', or an edge.prompts.Turn, not {item!r}.")
 
@@ -115,12 +121,17 @@ class Agent:
         delete_cap: int | None = None,
         chat_max_tokens: int = 256,
         n_threads: int | None = None,
+        text_mode: str | None = None,
     ) -> None:
         """Open `bundle` (default: the embedded default bundle, built on first use) and the bank `db`.
 
         `backend` replaces the bundle's models (e.g. an HTTP server) while
         the bundle still provides the embedder. `n_threads` is the llama.cpp
         thread count (default: chosen by the backend from the cores and the load).
+        `text_mode` ("extractive" or "free") overrides the bundle's
+        `generation.text_mode`: how fact texts and answers are written.
+        Raises `BundleError` for a bundle that cannot serve this edge,
+        `EmbedderMismatchError` / `BankError` for a bank that does not fit it.
         """
         if isinstance(bundle, Bundle):
             self.bundle = bundle
@@ -143,8 +154,12 @@ class Agent:
             self.close()
             raise
         extra: dict[str, Any] = {"delete_cap": delete_cap} if delete_cap is not None else {}
-        self.manager = MemoryManager(self.manager_backend, self.bank, **extra)
-        self.answerer = AnswerAgent(self.answer_backend, k=answer_k or self.bundle.answer_k)
+        if text_mode is not None and text_mode not in TEXT_MODES:
+            self.close()
+            raise InvalidInputError(f"Unknown text mode {text_mode!r}.", hint=f"use one of {', '.join(TEXT_MODES)}")
+        text_mode = text_mode or self.bundle.text_mode
+        self.manager = MemoryManager(self.manager_backend, self.bank, text_mode=text_mode, **extra)
+        self.answerer = AnswerAgent(self.answer_backend, k=answer_k or self.bundle.answer_k, text_mode=text_mode)
         self.chat_max_tokens = chat_max_tokens
         self.state = ""
         self._lock = threading.RLock()
@@ -160,7 +175,7 @@ class Agent:
 
     def _check_bank_prompts(self) -> None:
         recorded = self.bank.meta().get("prompt_version")
-        if recorded is None:
+        if recorded is None or recorded in READABLE_PROMPT_VERSIONS:
             self.bank.set_meta("prompt_version", PROMPT_VERSION)
         elif recorded != PROMPT_VERSION:
             raise BundleError(
@@ -206,9 +221,9 @@ class Agent:
 
     def chat_prompt(self, message: str) -> tuple[list, list[Memory]]:
         """The messages a chat turn sends, and the memories in them."""
-        hits = self.bank.search(message, k=CHAT_MEMORIES_K, user=self.user)
+        hits = self.bank.search(message, k=CHAT_MEMORIES_K, user=self.user, scope="all")
         memories = [h.memory for h in hits if h.memory.tier != "core"]
-        shown = [ShownMemory(str(i), m.tier, m.text, m.event_time) for i, m in enumerate(memories)]
+        shown = [shown_memory(str(i), m) for i, m in enumerate(memories)]
         core = core_block(self.bank, self.user, limit=CHAT_CORE_CHARS)
         messages, packed = chat_messages(message, memories=shown, core=core, state=self.state)
         return to_messages(messages), [memories[int(m.id)] for m in packed]
@@ -233,9 +248,7 @@ class Agent:
             remembered = None
             remember_start = time.perf_counter()
             if remember:
-                remembered = self.manager.process(
-                    Turn(self.speaker, message, datetime.now().strftime("%Y-%m-%d %H:%M")), user=self.user
-                )
+                remembered = self.manager.process(Turn(self.speaker, message, now_stamp()), user=self.user)
             remember_s = time.perf_counter() - remember_start
             if reply and not cancelled:
                 update = backend.complete(to_messages(state_messages(self.state, message, reply)), max_tokens=STATE_MAX_TOKENS)

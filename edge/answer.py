@@ -1,19 +1,34 @@
 """The Answer Agent: retrieve, let the model pick the memories that matter, answer from them.
 
-As in Memory-R1, many memories are retrieved (top 60 by default, hybrid
-search), each shown with its date; the model first lists the ids it finds
-relevant ("memory distillation") and then answers. The answer reports which
-real memory ids it used and where the time went.
+As in Memory-R1, many memories are retrieved (hybrid search over the
+current facts and the episodic turn log), each shown with its date; the
+model first lists the ids it finds relevant ("memory distillation") and
+then answers. With extractive answers (the default bundle) the answer can
+only be a span of a shown memory, a date shown with one, or "unknown"
+(constrained decoding). With nothing retrieved the answer is "unknown"
+without asking the model. The answer reports which real memory ids it
+used, whether it is supported by what was shown, and where the time went.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from edge.backends.base import Backend
 from edge.bank import Memory, MemoryBank
+from edge.errors import ModelOutputError
 from edge.manager import adapter_for, shown_memories, to_messages
-from edge.prompts import ANSWER_TOP_K, CORE_MEMORY_CHARS, answer_messages, answer_schema, parse_answer_output
+from edge.prompts import (
+    ANSWER_TOP_K,
+    CORE_MEMORY_CHARS,
+    UNKNOWN,
+    answer_messages,
+    answer_schema,
+    answer_spans,
+    answer_supported,
+    parse_answer_output,
+)
 
 CORE_LIMIT = 20
 
@@ -30,6 +45,18 @@ class AnswerResult:
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     raw: str = ""
+    supported: bool = True  # the answer is "unknown" or a span of a memory (or date) it was shown
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (what `edge ask --json` prints)."""
+        return {
+            "question": self.question, "answer": self.answer, "supported": self.supported,
+            "memory_ids": self.memory_ids,
+            "memories": [{"id": m.id, "tier": m.tier, "text": m.text, "event_time": m.event_time} for m in self.memories],
+            "retrieved": [m.id for m in self.retrieved],
+            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+            "timings": {k: round(v, 4) for k, v in self.timings.items()}, "error": self.error,
+        }
 
 
 def core_block(bank: MemoryBank, user: str | None = None, *, limit: int = CORE_MEMORY_CHARS) -> str:
@@ -53,17 +80,19 @@ class AnswerAgent:
         adapter: str | None = "answer",
         max_tokens: int = 96,
         context_tokens: int | None = None,
+        text_mode: str = "extractive",
     ) -> None:
         self.backend = backend
         self.k = k
         self.adapter = adapter
         self.max_tokens = max_tokens
         self.context_tokens = context_tokens or getattr(backend, "n_ctx", 4096)
+        self.text_mode = text_mode
 
     def answer(self, bank: MemoryBank, question: str, *, user: str | None = None, k: int | None = None) -> AnswerResult:
         """Retrieve the top-k memories (hybrid search) and answer from them."""
         start = time.perf_counter()
-        hits = bank.search(question, k=k or self.k, mode="hybrid", user=user)
+        hits = bank.search(question, k=k or self.k, mode="hybrid", user=user, scope="all")
         retrieved = [h.memory for h in hits if h.memory.tier != "core"]
         core = core_block(bank, user)
         retrieve_s = time.perf_counter() - start
@@ -74,12 +103,20 @@ class AnswerAgent:
     def answer_from(self, question: str, memories: list[Memory], *, core: str = "") -> AnswerResult:
         """Answer from given memories (best first; the lowest-ranked are dropped if they do not fit)."""
         start = time.perf_counter()
-        memories, messages, id_map = self._fit(question, memories, core)
+        if not memories and not core:
+            return AnswerResult(question=question, answer=UNKNOWN, memory_ids=[], memories=[], retrieved=[],
+                                timings={"fit_s": 0.0, "generate_s": 0.0, "total_s": time.perf_counter() - start})
+        memories, messages, id_map, shown = self._fit(question, memories, core)
+        spans = answer_spans(shown, question) if self.text_mode == "extractive" else None
         generate_start = time.perf_counter()
-        completion = self.backend.complete(
-            messages, schema=answer_schema(id_map.local_ids), max_tokens=self.max_tokens, temperature=0.0,
-            adapter=adapter_for(self.backend, self.adapter),
-        )
+        try:
+            completion = self.backend.complete(
+                messages, schema=answer_schema(id_map.local_ids, spans=spans), max_tokens=self.max_tokens,
+                temperature=0.0, adapter=adapter_for(self.backend, self.adapter),
+            )
+        except ModelOutputError as exc:  # a backend that checks the schema itself refused the reply
+            return AnswerResult(question=question, answer=UNKNOWN, memory_ids=[], memories=[], retrieved=memories,
+                                timings={"total_s": time.perf_counter() - start}, error=exc.message)
         parsed = parse_answer_output(completion.text, id_map.local_ids)
         used_ids = [id_map.real(local) for local in parsed.relevant]
         by_id = {m.id: m for m in memories}
@@ -95,6 +132,7 @@ class AnswerAgent:
             timings={"fit_s": generate_start - start, "generate_s": end - generate_start, "total_s": end - start},
             error=parsed.error,
             raw=completion.text,
+            supported=answer_supported(parsed.answer, shown),
         )
 
     def _fit(self, question: str, memories: list[Memory], core: str):
@@ -106,7 +144,7 @@ class AnswerAgent:
             messages = to_messages(answer_messages(question, shown, core=core))
             size = sum(self.backend.count_tokens(m.content) + 4 for m in messages)
             if size <= budget or not kept:
-                return kept, messages, id_map
+                return kept, messages, id_map, shown
             overflow = size - budget
             drop = max(1, min(len(kept), overflow // 24))
             kept = kept[: len(kept) - drop]

@@ -32,7 +32,7 @@ from typing import Any, Callable
 from edge import __version__
 from edge.errors import BundleError
 from edge.files import link_or_copy, sha256_file, staged_dir
-from edge.prompts import ANSWER_TOP_K, PROMPT_VERSION, REPEAT_PENALTY
+from edge.prompts import ANSWER_TOP_K, PROMPT_VERSION, REPEAT_PENALTY, TEXT_MODES
 
 FORMAT = "edge-bundle"
 FORMAT_VERSION = 1
@@ -138,6 +138,15 @@ class Bundle:
         return int(self.manifest.get("generation", {}).get("answer_k", ANSWER_TOP_K))
 
     @property
+    def text_mode(self) -> str:
+        """How memory texts and answers are written (`generation.text_mode`): "extractive" (spans of what was
+        said, chosen under constrained decoding) or "free" (written by the model, validated); default extractive."""
+        mode = str(self.manifest.get("generation", {}).get("text_mode", "extractive"))
+        if mode not in TEXT_MODES:
+            raise BundleError(f"The bundle {self.root} asks for text_mode {mode!r}.", hint=f"use one of {', '.join(TEXT_MODES)}")
+        return mode
+
+    @property
     def repeat_penalty(self) -> float:
         """The repetition penalty the bundle's models are decoded with (its `generation` settings, else ours)."""
         return float(self.manifest.get("generation", {}).get("repeat_penalty", REPEAT_PENALTY))
@@ -230,9 +239,11 @@ class Bundle:
 # ---------------------------------------------------------------------- the default bundle
 
 
-# The default bundle's decoding settings. answer_k: 60 memories (Memory-R1's k) make a 1,500-token prompt
-# that SmolLM2-135M reads in about 5 s on 2 cores; 12 answer within 1.5 s (bench/bench_agent.py).
-DEFAULT_GENERATION = {"answer_k": 12, "repeat_penalty": REPEAT_PENALTY}
+# The default bundle's decoding settings. answer_k: llama.cpp reads about 280 prompt tokens a second with
+# SmolLM2-135M on 2 cores, so the prompt decides `ask`'s latency: 60 memories (Memory-R1's k) take about 5 s,
+# 20 LoCoMo turns about 3 s, 12 answer within 1.5 s (bench/bench_agent.py). text_mode: the 135M model
+# chooses spans of what was said instead of writing text.
+DEFAULT_GENERATION = {"answer_k": 12, "repeat_penalty": REPEAT_PENALTY, "text_mode": "extractive"}
 
 
 def build_default(target: Path | None = None, *, force: bool = False, log: Callable[[str], None] = print) -> Bundle:

@@ -81,8 +81,18 @@ def parse_time(value: str | datetime | None) -> datetime | None:
 @lru_cache(maxsize=1024)
 def _parse_text(text: str) -> datetime | None:
     """Cached: every turn of a session carries the same stamp, and dateparser takes a few ms a call."""
-    parsed = _parse_iso(text) or _parse_locomo(text)
+    parsed = _parse_iso(text) or _parse_locomo(text) or _parse_absolute(text)
     return parsed.replace(tzinfo=None) if parsed else None
+
+
+def _parse_absolute(text: str) -> datetime | None:
+    """Any other absolute date with a day, a month and a year ("8 May 2023", "May 8, 2023 2:05 pm")."""
+    if not re.search(r"\d{4}", text):
+        return None  # no year written: never completed from a default
+    parsed = _dateparser_parse(text, {"STRICT_PARSING": True, "REQUIRE_PARTS": ["day", "month", "year"]})
+    if parsed is None or str(parsed.year) not in text:
+        return None
+    return parsed
 
 
 def _parse_iso(text: str) -> datetime | None:

@@ -20,7 +20,7 @@ to the turn by plain text rules, with no model in the loop:
   the other person (prompt injection), which must never become a memory.
 
 Words are compared after lower-casing, dropping `STOPWORDS`, stripping
-possessive "'s" and stemming with nltk's `PorterStemmer` (pure Python, no
+possessive "'s" and stemming with the Snowball project's Porter stemmer (pure Python, no
 data download). Negations ("not", "never", "no") are content words: a memory
 that adds or drops one changes what was said.
 """
@@ -126,16 +126,18 @@ INSTRUCTION_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
 
 
 @lru_cache(maxsize=1)
-def _stemmer():  # noqa: ANN202 - nltk ships no types
-    # Imported on first use: nltk's package import loads much of nltk (0.4 s alone, ~3 s where scipy is installed).
-    from nltk.stem.porter import PorterStemmer
+def _stemmer():  # noqa: ANN202 - snowballstemmer ships no types
+    # The Snowball project's Porter stemmer (snowballstemmer, pure Python, ~10 ms to import). nltk's
+    # PorterStemmer would do as well, but importing it loads much of nltk (~3 s where scipy is installed),
+    # a cost every `edge remember` would pay; the LoCoMo scorer keeps nltk's, as LoCoMo's code uses it.
+    import snowballstemmer
 
-    return PorterStemmer()
+    return snowballstemmer.stemmer("porter")
 
 
 @lru_cache(maxsize=65536)
 def _stem(word: str) -> str:
-    return _stemmer().stem(word)
+    return _stemmer().stemWord(word)
 
 
 @lru_cache(maxsize=8)
@@ -220,7 +222,7 @@ def content_words(text: str) -> list[str]:
     punctuation are not words), lower-cased; possessive and other clitics
     ("'s", "'re", "'ll") are dropped and "n't" becomes "not"; number words
     and ordinals become digits ("two" -> "2", "8th" -> "8"); `STOPWORDS` are
-    removed and each word is stemmed with nltk's `PorterStemmer`.
+    removed and each word is stemmed with Porter's algorithm (`snowballstemmer`).
     """
     return [stem for _, stem in _content_pairs(text)]
 

@@ -1,25 +1,37 @@
-"""The Memory Manager: turns one conversation turn into checked memory operations.
+"""The Memory Manager: keeps every turn, and turns what it states into checked facts.
 
-For each turn: retrieve the related memories, show them to the model under
-local ids ("0", "1", ...), decode its reply under the JSON schema of
-`edge.prompts`, validate every operation (ids it was shown, non-empty
-text, the per-turn delete cap), and apply what survives in one bank
-transaction that records the turn. A reply that cannot be parsed is
-retried once; after that the turn is a NOOP with the reason logged. A
-failure never changes the bank.
+For each turn:
+1. The turn itself is kept verbatim in the episodic log (speaker, absolute
+   time, turn id, its relative dates resolved against that time).
+2. The related facts are retrieved and shown to the model under local ids
+   ("0", "1", ...); the model's reply is decoded under the JSON schema of
+   `edge.prompts`. With extractive memory (the default bundle) a fact's text
+   can only be one of the turn's clauses, so the model chooses what to keep.
+3. Every operation is validated: ids it was shown, the delete cap, a text
+   grounded in what was said (`edge.grounding`), no instruction-like text,
+   no retiring of a fact the turn just repeated.
+4. The log entry and what survives are applied in one bank transaction. An
+   UPDATE or DELETE supersedes the old fact (kept, valid until this turn)
+   instead of destroying it.
+A reply that cannot be parsed is retried once; after that the turn is a
+NOOP with the reason logged, and the turn is still kept. A model that fails
+outright (a server gone away) leaves the turn kept and the error raised.
 """
 from __future__ import annotations
 
 import json
 import logging
+import re
+import secrets
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from edge.backends.base import Backend, Message
 from edge.bank import Memory, MemoryBank
 from edge.errors import EdgeError, ModelOutputError
-from edge.operations import AddOp, AppliedOp, DeleteOp, Op, UpdateOp
+from edge.operations import AddOp, AppliedOp, Op, SupersedeOp
 from edge.prompts import (
     DEFAULT_DELETE_CAP,
     IdMap,
@@ -35,11 +47,13 @@ log = logging.getLogger("edge.manager")
 
 RELATED_K = 8
 RETRY_TEMPERATURE = 0.7
+SHOWN_TEXT_CHARS = 300  # a related fact longer than this is shown cut (user-added memories can be 4,000)
+MANAGER_TURN_CHARS = 1000  # a longer turn reaches the Manager in pieces of about this size (it is logged whole)
 
 
 @dataclass
 class TurnResult:
-    """What the Manager did with one turn."""
+    """What the Manager did with one turn: the log entry, the fact operations applied and refused."""
 
     turn: Turn
     applied: list[AppliedOp] = field(default_factory=list)
@@ -50,6 +64,20 @@ class TurnResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+    logged: AppliedOp | None = None  # the turn's entry in the episodic log
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (what `edge remember --json` and `edge run --json` print)."""
+        return {
+            "turn": {"speaker": self.turn.speaker, "text": self.turn.text, "time": self.turn.time,
+                     "id": self.turn.turn_id},
+            "logged": self.logged.memory_id if self.logged else None,
+            "applied": [{"action": a.action, "memory_id": a.memory_id,
+                         "text": (a.after or {}).get("text") or (a.before or {}).get("text")} for a in self.applied],
+            "rejected": [{"op": raw, "reason": reason} for raw, reason in self.rejected],
+            "error": self.error,
+            "seconds": round(self.seconds, 4),
+        }
 
 
 def to_messages(messages: list[dict[str, str]]) -> list[Message]:
@@ -61,9 +89,23 @@ def adapter_for(backend: Backend, name: str | None) -> str | None:
     return name if name and name in getattr(backend, "adapters", ()) else None
 
 
-def shown_memories(memories: list[Memory]) -> tuple[IdMap, list[ShownMemory]]:
+def shown_memory(local_id: str, memory: Memory, *, max_chars: int | None = None) -> ShownMemory:
+    """A bank memory as the prompts show it (dates, speaker, resolved relative dates, superseded mark)."""
+    text = memory.text
+    if max_chars is not None and len(text) > max_chars:
+        text = text[: max_chars - 1].rsplit(" ", 1)[0] + "…"
+    dates = memory.metadata.get("dates") or {}
+    return ShownMemory(
+        local_id, memory.tier, text, memory.event_time,
+        speaker=memory.speaker if memory.tier == "episodic" else None,
+        dates=tuple((str(k), str(v)) for k, v in dates.items()) if memory.tier == "episodic" else (),
+        until=memory.valid_until,
+    )
+
+
+def shown_memories(memories: list[Memory], *, max_chars: int | None = None) -> tuple[IdMap, list[ShownMemory]]:
     id_map = IdMap([m.id for m in memories])
-    return id_map, [ShownMemory(id_map.to_local[m.id], m.tier, m.text, m.event_time) for m in memories]
+    return id_map, [shown_memory(id_map.to_local[m.id], m, max_chars=max_chars) for m in memories]
 
 
 def turn_reference(turn: Turn) -> str:
@@ -71,6 +113,58 @@ def turn_reference(turn: Turn) -> str:
     return json.dumps(
         {"id": turn.turn_id, "speaker": turn.speaker, "time": turn.time, "text": turn.text[:200]}, ensure_ascii=False
     )
+
+
+def turn_time(turn: Turn) -> datetime | None:
+    """The turn's own absolute time (None when it has none); every date in it is resolved against this."""
+    from edge.dates import parse_time
+
+    return parse_time(turn.time)
+
+
+def stamp(at: datetime | None) -> str | None:
+    return at.isoformat(timespec="minutes") if at else None
+
+
+def resolved_dates(text: str, at: datetime | None) -> dict[str, str]:
+    """The text's date expressions resolved against the turn's time: {"yesterday": "2025-03-01"}."""
+    if at is None:
+        return {}
+    from edge.dates import resolve_dates
+
+    return {m.text: m.value for m in resolve_dates(text, at)}
+
+
+def log_entry(turn: Turn, at: datetime | None, dates: dict[str, str]) -> AddOp:
+    """The turn as the episodic log keeps it: verbatim, with its speaker, time, id and resolved dates."""
+    metadata: dict[str, Any] = {"speaker": turn.speaker, "turn_id": turn.turn_id}
+    if dates:
+        metadata["dates"] = dates
+    return AddOp(turn.text, "episodic", stamp(at) or turn.time, (turn.turn_id,) if turn.turn_id else (), metadata)
+
+
+def manager_pieces(text: str, limit: int = MANAGER_TURN_CHARS) -> list[str]:
+    """A long turn cut at sentence ends into pieces of at most about `limit` characters, for the Manager."""
+    if len(text) <= limit:
+        return [text]
+    pieces, current = [], ""
+    for sentence in re.split(r"(?<=[.!?\n])\s+", text):
+        while len(sentence) > limit:  # one sentence longer than a piece: cut at a space
+            cut = sentence.rfind(" ", 0, limit)
+            cut = cut if cut > 0 else limit
+            if current:
+                pieces.append(current)
+                current = ""
+            pieces.append(sentence[:cut])
+            sentence = sentence[cut:].lstrip()
+        if current and len(current) + 1 + len(sentence) > limit:
+            pieces.append(current)
+            current = sentence
+        else:
+            current = f"{current} {sentence}".strip()
+    if current:
+        pieces.append(current)
+    return [p for p in pieces if p.strip()]
 
 
 class MemoryManager:
@@ -83,6 +177,7 @@ class MemoryManager:
         delete_cap: int = DEFAULT_DELETE_CAP,
         adapter: str | None = "manager",
         max_tokens: int = 160,
+        text_mode: str = "extractive",
     ) -> None:
         self.backend = backend
         self.bank = bank
@@ -90,19 +185,40 @@ class MemoryManager:
         self.delete_cap = delete_cap
         self.adapter = adapter
         self.max_tokens = max_tokens
+        self.text_mode = text_mode
 
     def related(self, turn: Turn, user: str | None = None) -> list[Memory]:
-        """Memories the model should see for this turn: the closest ones, core memories first."""
-        hits = self.bank.search(f"{turn.speaker}: {turn.text}", k=self.related_k, user=user)
+        """Current facts the model should see for this turn: the closest ones, core facts first."""
+        hits = self.bank.search(f"{turn.speaker}: {turn.text[:MANAGER_TURN_CHARS]}", k=self.related_k, user=user,
+                                scope="facts")
         core = [h.memory for h in hits if h.memory.tier == "core"]
         return core + [h.memory for h in hits if h.memory.tier != "core"]
+
+    def candidates(self, turn: Turn) -> list[str] | None:
+        """The texts a fact may have (extractive memory): the turn's clauses, none that reads as an instruction."""
+        if self.text_mode != "extractive":
+            return None
+        from edge.grounding import clauses, looks_like_instruction
+
+        return [c for c in clauses(turn.text, turn.speaker) if not looks_like_instruction(c)]
+
+    def prompt(self, turn: Turn, related: list[Memory]) -> tuple[IdMap, list[Message], list[Memory]]:
+        """The Manager's prompt, built to fit the model's context: the lowest-ranked facts go first."""
+        budget = int(getattr(self.backend, "n_ctx", 4096)) - self.max_tokens - 16
+        kept = list(related)
+        while True:
+            id_map, shown = shown_memories(kept, max_chars=SHOWN_TEXT_CHARS)
+            messages = to_messages(manager_messages(turn, shown, text_mode=self.text_mode))
+            size = sum(self.backend.count_tokens(m.content) + 4 for m in messages)
+            if size <= budget or not kept:
+                return id_map, messages, kept
+            kept = kept[:-1]
 
     def propose(self, turn: Turn, related: list[Memory]) -> tuple[IdMap, ManagerParse, TurnResult]:
         """Ask the model for operations on `related`; parse and validate them (nothing is applied)."""
         result = TurnResult(turn=turn)
-        id_map, shown = shown_memories(related)
-        messages = to_messages(manager_messages(turn, shown))
-        schema = manager_schema(id_map.local_ids)
+        id_map, messages, _ = self.prompt(turn, related)
+        schema = manager_schema(id_map.local_ids, candidates=self.candidates(turn))
         parse = ManagerParse(error="not asked")
         for attempt, temperature in enumerate((0.0, RETRY_TEMPERATURE), start=1):
             result.attempts = attempt
@@ -122,65 +238,152 @@ class MemoryManager:
             if parse.ok:
                 break
             log.warning("manager reply unusable (attempt %d): %s: %r", attempt, parse.error, completion.text[:200])
-        result.rejected = parse.rejected
+        result.rejected = list(parse.rejected)
         for raw, reason in parse.rejected:
             log.warning("manager op rejected: %s: %r", reason, raw)
         return id_map, parse, result
 
     def process(self, turn: Turn, *, user: str | None = None) -> TurnResult:
-        """Turn one conversation turn into applied operations (or a logged NOOP)."""
+        """Keep the turn in the episodic log and apply the facts the model took from it, in one transaction."""
         start = time.perf_counter()
         owner = user or self.bank.user
-        related = self.related(turn, owner)
-        id_map, parse, result = self.propose(turn, related)
-        if not parse.ok:
-            result.error = f"no usable reply after {result.attempts} attempts: {parse.error}"
-            log.warning("turn %s is a NOOP: %s", turn.turn_id or "", result.error)
-        else:
-            ops = self._drop_redundant(self.to_bank_ops(parse, id_map, turn), related, result)
-            if ops:
-                try:
-                    result.applied = self.bank.apply(ops, user=owner, actor="manager", turn=turn_reference(turn))
-                except EdgeError as exc:
-                    result.error = f"operations refused by the bank: {exc.message}"
-                    log.warning("turn %s: %s", turn.turn_id or "", result.error)
+        if not turn.turn_id:
+            turn = Turn(turn.speaker, turn.text, turn.time, "t" + secrets.token_hex(5))
+        at = turn_time(turn)
+        dates = resolved_dates(turn.text, at)
+        entry = log_entry(turn, at, dates)
+        pieces = manager_pieces(turn.text)
+        result = TurnResult(turn=turn)
+        ops: list[Op] = []
+        try:
+            for piece in pieces:
+                part = Turn(turn.speaker, piece, turn.time, turn.turn_id)
+                related = self.related(part, owner)
+                id_map, parse, piece_result = self.propose(part, related)
+                result.raw = piece_result.raw
+                result.attempts += piece_result.attempts
+                result.prompt_tokens += piece_result.prompt_tokens
+                result.completion_tokens += piece_result.completion_tokens
+                result.rejected += piece_result.rejected
+                if not parse.ok:
+                    result.error = f"no usable reply after {piece_result.attempts} attempts: {parse.error}"
+                    log.warning("turn %s is a NOOP: %s", turn.turn_id, result.error)
+                    continue
+                ops += to_bank_ops(parse, id_map, part, related, rejected=result.rejected)
+        except EdgeError:
+            # The model failed outright (e.g. a server that went away): the turn itself is still kept.
+            result.logged = self.bank.apply([entry], user=owner, actor="manager", turn=turn_reference(turn))[0]
+            raise
+        turn_ref = turn_reference(turn)
+        try:
+            applied = self.bank.apply([entry, *ops], user=owner, actor="manager", turn=turn_ref)
+        except EdgeError as exc:
+            if not ops:
+                raise
+            result.error = f"operations refused by the bank: {exc.message}"
+            log.warning("turn %s: %s", turn.turn_id, result.error)
+            applied = self.bank.apply([entry], user=owner, actor="manager", turn=turn_ref)
+        result.logged, result.applied = applied[0], applied[1:]
         result.seconds = time.perf_counter() - start
         return result
 
-    @staticmethod
-    def _drop_redundant(ops: list[Op], related: list[Memory], result: TurnResult) -> list[Op]:
-        """Refuse an ADD of a memory already shown and an UPDATE that changes nothing."""
-        def norm(text: str) -> str:
-            return " ".join(text.lower().split())
 
-        current = {m.id: norm(m.text) for m in related}
-        kept: list[Op] = []
-        for op in ops:
-            reason = None
-            if isinstance(op, AddOp) and norm(op.text) in current.values():
-                reason = "the same memory is already stored"
-            elif isinstance(op, UpdateOp) and current.get(op.id) == norm(op.text):
-                reason = "the update does not change the memory"
-            elif isinstance(op, AddOp) and any(isinstance(k, AddOp) and norm(k.text) == norm(op.text) for k in kept):
-                reason = "the same memory is added twice in one turn"
-            if reason:
-                result.rejected.append(({"op": type(op).__name__, "text": getattr(op, "text", None)}, reason))
-                log.info("manager op dropped: %s", reason)
-            else:
-                kept.append(op)
-        return kept
+def to_bank_ops(
+    parse: ManagerParse, id_map: IdMap, turn: Turn, related: list[Memory],
+    *, rejected: list[tuple[dict[str, Any], str]] | None = None,
+) -> list[Op]:
+    """The model's operations as bank operations, less those that fail a faithfulness check.
 
-    @staticmethod
-    def to_bank_ops(parse: ManagerParse, id_map: IdMap, turn: Turn) -> list[Op]:
-        """Map the model's local ids back to real ones; the turn becomes each op's source."""
-        sources = (turn.turn_id,) if turn.turn_id else ()
-        ops: list[Op] = []
-        for proposed in parse.ops:
-            if proposed.op == "ADD":
-                event_time = turn.time if proposed.tier == "episodic" else None
-                ops.append(AddOp(proposed.text or "", proposed.tier or "semantic", event_time, sources))  # type: ignore[arg-type]
-            elif proposed.op == "UPDATE":
-                ops.append(UpdateOp(id_map.real(proposed.id or "") or "", proposed.text or "", None, sources))
-            elif proposed.op == "DELETE":
-                ops.append(DeleteOp(id_map.real(proposed.id or "") or ""))
-        return ops
+    The one place a parsed Manager reply becomes bank operations: the
+    runtime Manager and the training reward both call it, so a reward
+    scores the bank the served Manager would write. Refused operations are
+    appended to `rejected` with their reason: a text not grounded in the
+    turn (or the fact it replaces), instruction-like text, a fact already
+    stored, an UPDATE that changes nothing, a DELETE of a fact the turn
+    just repeated, any change of facts by a turn that reads as an
+    instruction. UPDATE and DELETE become `SupersedeOp`s: the old fact is
+    kept, valid until this turn.
+    """
+    from edge.grounding import grounding, looks_like_instruction, restates
+
+    rejected = rejected if rejected is not None else []
+    at = turn_time(turn)
+    by_id = {m.id: m for m in related}
+    current = {_norm(m.text) for m in related}
+    instruction = looks_like_instruction(turn.text)
+    said_at = stamp(at) or turn.time
+    dates = resolved_dates(turn.text, at)
+    date_words = [*dates.values(), *(_human(v) for v in dates.values()), *([_human(said_at)] if said_at else [])]
+    kept: list[Op] = []
+    added: set[str] = set()
+    for proposed in parse.ops:
+        target = by_id.get(id_map.real(proposed.id or "") or "") if proposed.op != "ADD" else None
+        text = proposed.text
+        sources = [turn.text] + ([target.text] if target else [])
+        reason = None
+        if proposed.op != "ADD" and target is None:
+            reason = f"id {proposed.id!r} is not a fact that was shown"
+        elif text is not None and instruction and looks_like_instruction(text):
+            reason = "the text reads as an instruction, not as something that was said"
+        elif text is not None and not (g := grounding(text, sources, speaker=turn.speaker, dates=date_words)).grounded:
+            reason = f"the text is not grounded in the turn ({', '.join(g.missing) or 'no content word'})"
+        elif proposed.op == "ADD" and _norm(text or "") in current:
+            reason = "the same fact is already stored"
+        elif text is not None and _norm(text) in added:
+            reason = "the same text is written twice in one turn"
+        elif proposed.op != "ADD" and instruction:
+            reason = "the turn reads as an instruction; it cannot change or retire facts"
+        elif proposed.op != "ADD" and target is not None and not shares_topic(target.text, turn.text, turn.speaker):
+            reason = "the turn says nothing about this fact (no word in common besides the speaker's name)"
+        elif proposed.op == "UPDATE" and target is not None and _norm(target.text) == _norm(text or ""):
+            reason = "the update does not change the fact"
+        elif proposed.op == "DELETE" and target is not None and restates(target.text, turn.text, speaker=turn.speaker):
+            reason = "the turn repeats this fact; repeating a fact never retires it"
+        if reason:
+            rejected.append(({"op": proposed.op, "id": proposed.id, "text": text}, reason))
+            log.info("manager op refused: %s", reason)
+            continue
+        kept.append(_bank_op(proposed.op, text, target, turn, at, said_at, tier=proposed.tier or "semantic"))
+        if text is not None:
+            added.add(_norm(text))
+    return kept
+
+
+def _bank_op(name: str, text: str | None, target: Memory | None, turn: Turn, at: datetime | None,
+             said_at: str | None, *, tier: str = "semantic") -> Op:
+    if name == "DELETE":
+        assert target is not None
+        return SupersedeOp(target.id, None, said_at, turn.turn_id)
+    fact_dates = resolved_dates(text or "", at)
+    event_time = next(iter(fact_dates.values()), None) or said_at
+    metadata: dict[str, Any] = {"speaker": turn.speaker, "said_at": said_at}
+    if fact_dates:
+        metadata["dates"] = fact_dates
+    sources = (turn.turn_id,) if turn.turn_id else ()
+    if name == "UPDATE":
+        assert target is not None
+        return SupersedeOp(target.id, text, said_at, turn.turn_id, event_time, sources, metadata)
+    return AddOp(text or "", tier, event_time, sources, metadata)  # type: ignore[arg-type]
+
+
+def shares_topic(fact: str, turn: str, speaker: str | None) -> bool:
+    """Whether a turn speaks of a fact at all: a content word in common, the speaker's name not counted.
+
+    An UPDATE or DELETE of a fact the turn does not mention is the commonest
+    way a small model destroys memory (it rewrites memory "0" whatever the
+    turn says); this keeps its changes to the facts the turn is about.
+    """
+    from edge.grounding import content_words
+
+    name = set(content_words(speaker or ""))
+    return bool((set(content_words(fact)) - name) & set(content_words(turn)))
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def _human(value: str) -> str:
+    from edge.prompts import show_date
+
+    return show_date(value)

@@ -17,10 +17,14 @@ from edge.manager import MemoryManager
 from edge.prompts import WORKING_STATE_CHARS, Turn
 
 
-def snapshot(bank: MemoryBank) -> tuple:
+def snapshot(bank: MemoryBank, *, facts_only: bool = False) -> tuple:
+    """Every row of the bank; with `facts_only`, all but the episodic log (a turn is logged even when its
+    Manager reply is unusable)."""
+    where = "WHERE tier != 'episodic'" if facts_only else ""
+    history = ("WHERE memory_id NOT IN (SELECT id FROM memories WHERE tier = 'episodic')" if facts_only else "")
     return (
-        bank._conn.execute("SELECT * FROM memories ORDER BY rowid").fetchall(),
-        bank._conn.execute("SELECT * FROM history ORDER BY seq").fetchall(),
+        bank._conn.execute(f"SELECT * FROM memories {where} ORDER BY rowid").fetchall(),
+        bank._conn.execute(f"SELECT * FROM history {history} ORDER BY seq").fetchall(),
     )
 
 
@@ -61,13 +65,14 @@ def test_ask_answers_with_the_ids_it_used_and_timings(agent: Agent) -> None:
 
 def test_malformed_model_output_leaves_the_bank_untouched(agent: Agent, llama_backend) -> None:
     agent.bank.add("Alice likes tea")
-    before = snapshot(agent.bank)
+    before = snapshot(agent.bank, facts_only=True)
     # Four tokens cannot hold a complete JSON reply: both attempts are cut off mid-object.
     manager = MemoryManager(llama_backend, agent.bank, max_tokens=4)
     result = manager.process(Turn("alice", "I now prefer coffee to tea."))
     assert result.attempts == 2 and result.applied == []
     assert result.error and "no usable reply" in result.error
-    assert snapshot(agent.bank) == before
+    assert snapshot(agent.bank, facts_only=True) == before, "the facts are as they were"
+    assert [m.text for m in agent.bank.list(tier="episodic")] == ["I now prefer coffee to tea."], "the turn is kept"
 
 
 def test_delete_cap_holds_when_asked_to_forget_everything(agent: Agent) -> None:
@@ -130,7 +135,7 @@ def test_invalid_ops_are_rejected_and_never_applied(bank: MemoryBank) -> None:
         {"op": "DELETE", "id": "m-real-id"},
         {"op": "ADD", "tier": "semantic", "text": "Alice drinks green tea"},
     ]})
-    result = MemoryManager(ScriptedBackend([reply], check_schema=False), bank).process(
+    result = MemoryManager(ScriptedBackend([reply], check_schema=False), bank, text_mode="free").process(
         Turn("alice", "I drink green tea now"))
     reasons = [reason for _, reason in result.rejected]
     assert len(reasons) == 3
@@ -145,25 +150,26 @@ def test_delete_cap_rejects_the_extra_deletes(bank: MemoryBank) -> None:
     for text in ["Alice likes tea", "Alice likes jazz", "Alice likes hiking"]:
         bank.add(text)
     reply = json.dumps({"ops": [{"op": "DELETE", "id": str(i)} for i in range(3)]})
-    result = MemoryManager(ScriptedBackend([reply], check_schema=False), bank, related_k=3).process(Turn("alice", "forget everything"))
+    manager = MemoryManager(ScriptedBackend([reply], check_schema=False), bank, related_k=3, text_mode="free")
+    result = manager.process(Turn("alice", "I no longer like tea, jazz or hiking."))
     assert [op.action for op in result.applied] == ["DELETE"]
     assert sum("delete" in reason for _, reason in result.rejected) == 2
-    assert bank.count() == 2
+    assert bank.count(tier="semantic") == 2
 
 
 def test_unparsable_output_is_retried_once_then_a_noop(bank: MemoryBank) -> None:
     bank.add("Alice likes tea")
-    before = snapshot(bank)
+    before = snapshot(bank, facts_only=True)
     backend = ScriptedBackend(["Sure! I will remember that.", '{"ops": [{"op": "ADD", "text": "unterminated'],
                               check_schema=False)
-    result = MemoryManager(backend, bank).process(Turn("alice", "I like coffee"))
+    result = MemoryManager(backend, bank, text_mode="free").process(Turn("alice", "I like coffee"))
     assert result.attempts == 2 and result.applied == [] and "no usable reply" in result.error
-    assert snapshot(bank) == before
+    assert snapshot(bank, facts_only=True) == before
 
 
 def test_a_retry_that_parses_is_applied(bank: MemoryBank) -> None:
     backend = ScriptedBackend(["garbage", json.dumps({"ops": [{"op": "ADD", "tier": "core", "text": "Alice is 34"}]})])
-    result = MemoryManager(backend, bank).process(Turn("alice", "I'm 34"))
+    result = MemoryManager(backend, bank, text_mode="free").process(Turn("alice", "I'm 34"))
     assert result.attempts == 2 and [op.action for op in result.applied] == ["ADD"]
     assert bank.list(tier="core")[0].text == "Alice is 34"
 
@@ -214,10 +220,11 @@ def test_duplicate_adds_and_empty_updates_are_refused(bank: MemoryBank) -> None:
         {"op": "UPDATE", "id": "0", "text": "Alice likes tea"},
         {"op": "ADD", "tier": "semantic", "text": "Alice has a dog"},
     ]})
-    result = MemoryManager(ScriptedBackend([reply]), bank, related_k=3).process(Turn("alice", "I like tea and my dog"))
+    manager = MemoryManager(ScriptedBackend([reply]), bank, related_k=3, text_mode="free")
+    result = manager.process(Turn("alice", "I like tea and my dog"))
     assert [op.action for op in result.applied] == ["ADD"]
     reasons = {reason for _, reason in result.rejected}
-    assert reasons == {"the same memory is already stored", "the update does not change the memory"}
+    assert reasons == {"the same fact is already stored", "the update does not change the fact"}
     assert len(bank.history(tea.id)) == 1
 
 

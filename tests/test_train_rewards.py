@@ -110,14 +110,15 @@ def test_outcome_reward_prefers_the_right_operation():
         _reply({"op": "UPDATE", "id": "0", "text": "Maya lives in Oslo."}),  # right
         _reply({"op": "ADD", "tier": "semantic", "text": "Maya moved to Oslo."}),  # stale fact kept
         _reply({"op": "NOOP"}),  # change missed
-        _reply({"op": "UPDATE", "id": "1", "text": "Maya lives in Oslo."}),  # wrong memory: pet lost, city ambiguous
+        # wrong memory: refused by the runtime's check (the turn says nothing of the pet), so the bank is as before
+        _reply({"op": "UPDATE", "id": "1", "text": "Maya lives in Oslo."}),
         '{"ops": [',  # unparsable: the bank is left as it was
     ]
     reward = rewards.ManagerOutcomeReward(rewards.CandidateReader(), HashEmbedder())
     logged = {}
     cols = _columns([row] * len(replies))
     scores = reward(None, replies, **cols, log_metric=lambda k, v: logged.setdefault(k, v))
-    assert scores == [1.0, 0.5, 0.5, 0.0, 0.5]
+    assert scores == [1.0, 0.5, 0.5, 0.5, 0.5]
     assert logged["op_accuracy"] == pytest.approx(1 / 5)
 
 

@@ -49,7 +49,8 @@ def chat_app(default_bundle, tmp_path: Path) -> EdgeChatApp:
         "Congratulations! Luna is a lovely name. I will remember that, and your peanut allergy.",
         ADD, "Alice adopted Luna; allergic to peanuts.",
     ])
-    return EdgeChatApp(ChatConfig(bundle=default_bundle, db=tmp_path / "bank.db", user="alice", backend=backend))
+    return EdgeChatApp(ChatConfig(bundle=default_bundle, db=tmp_path / "bank.db", user="alice", backend=backend,
+                                   text_mode="free"))
 
 
 def after_a_turn(theme: str, *steps: tuple[str, ...]):

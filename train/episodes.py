@@ -274,7 +274,9 @@ def locomo_manager_episodes(conversations: Sequence[Any], embedder: Embedder, *,
                         bank=[_stored(m) for m in bank.list()],
                         questions=questions,
                     ))
-                memory = bank.add(f"{loco.speaker}: {loco.full_text}", tier="episodic", event_time=session.date_time,
+                # The previous turns stand in for the facts a Manager would have kept from them: the Manager
+                # is shown facts only (the episodic log is edge's own and never offered to it).
+                memory = bank.add(f"{loco.speaker}: {loco.full_text}", tier="semantic", event_time=session.date_time,
                                   source_turns=[loco.dia_id])
                 live.append(memory.id)
                 if len(live) > window:

@@ -35,7 +35,7 @@ from edge.bank import MemoryBank
 from edge.embedder import Embedder
 from edge.errors import EdgeError
 from edge.evaluation.scoring import exact_match, f1_score, multiset_f1
-from edge.manager import MemoryManager
+from edge.manager import to_bank_ops
 from edge.operations import AddOp
 from edge.prompts import IdMap, ManagerParse, Turn, parse_answer_output, parse_manager_output
 
@@ -245,7 +245,7 @@ def rebuild_bank(bank_rows: Sequence[dict[str, Any]], embedder: Embedder) -> tup
 def apply_reply(bank: MemoryBank, parse: ManagerParse, shown_real_ids: Sequence[str], turn: Turn) -> str | None:
     """Apply a parsed reply to `bank` as the runtime Manager does; the bank's refusal reason, if any."""
     id_map = IdMap(list(shown_real_ids))
-    ops = MemoryManager.to_bank_ops(parse, id_map, turn)
+    ops = to_bank_ops(parse, id_map, turn, [bank.get(i) for i in shown_real_ids])
     if not ops:
         return None
     try:

@@ -24,6 +24,7 @@ from edge.bank import Memory
 from edge.bundle import Bundle, build_default
 from edge.errors import EdgeError
 from edge.operations import AppliedOp
+from edge.prompts import FACT_TIERS
 
 Progress = Callable[[str], None]
 LIST_LIMIT = 200
@@ -43,6 +44,7 @@ class ChatConfig:
     db: Path | None = None
     user: str = paths.DEFAULT_USER
     backend: Backend | None = None  # replaces the bundle's models (a server, or scripted replies in tests)
+    text_mode: str | None = None  # "extractive" | "free"; None: the bundle's `generation.text_mode`
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,8 @@ class ChatService:
         progress(f"Bundle: {bundle.name}")
         db = Path(self.config.db) if self.config.db else paths.default_db()
         progress(f"Opening the memory bank {db} and loading the models ...")
-        self.agent = Agent(bundle=bundle, db=db, user=self.config.user, backend=self.config.backend)
+        self.agent = Agent(bundle=bundle, db=db, user=self.config.user, backend=self.config.backend,
+                           text_mode=self.config.text_mode)
         info = self.info()
         progress(f"Ready: {info.model}, {info.memories} memories for {info.user}.")
         return info
@@ -182,7 +185,7 @@ class ChatService:
         agent = self._agent()
         return StatusInfo(
             model=self._model_label(agent), bundle=agent.bundle.name, user=agent.user,
-            db=agent.bank.path, memories=agent.bank.count(),
+            db=agent.bank.path, memories=agent.bank.count(tier=FACT_TIERS),
         )
 
     def _model_label(self, agent: Agent) -> str:
@@ -231,11 +234,11 @@ class ChatService:
     def memories(self, query: str = "", *, limit: int = LIST_LIMIT) -> Listing:
         """The user's newest memories (newest first), or the best matches for `query`."""
         bank = self._agent().bank
-        total = bank.count()
+        total = bank.count(tier=FACT_TIERS)
         query = query.strip()
         if query:
             return Listing(self._search(query), total, query)
-        newest = bank.list(limit=limit, offset=max(0, total - limit))
+        newest = bank.list(tier=FACT_TIERS, limit=limit, offset=max(0, total - limit))
         return Listing(list(reversed(newest)), total)
 
     def _search(self, query: str) -> list[Memory]:
@@ -246,10 +249,10 @@ class ChatService:
         """
         bank = self._agent().bank
         vector = bank.embedder.embed([query])[0]
-        close = {h.memory.id for h in bank.search(query, k=SEARCH_K, mode="vector", query_vector=vector)
+        close = {h.memory.id for h in bank.search(query, k=SEARCH_K, mode="vector", query_vector=vector, scope="facts")
                  if h.score >= MIN_SIMILARITY}
-        close |= {h.memory.id for h in bank.search(query, k=SEARCH_K, mode="keyword")}
-        ranked = bank.search(query, k=SEARCH_K, mode="hybrid", query_vector=vector)
+        close |= {h.memory.id for h in bank.search(query, k=SEARCH_K, mode="keyword", scope="facts")}
+        ranked = bank.search(query, k=SEARCH_K, mode="hybrid", query_vector=vector, scope="facts")
         return [h.memory for h in ranked if h.memory.id in close]
 
     def add(self, text: str) -> list[OpView]:

@@ -31,7 +31,7 @@ from edge.errors import EdgeError
 from edge.locomo import Conversation, LocoTurn, Session
 from edge.manager import MemoryManager, shown_memories, to_messages
 from edge.operations import AddOp
-from edge.prompts import ANSWER_TOP_K, Turn, answer_messages
+from edge.prompts import ANSWER_TOP_K, Turn, answer_messages, memory_line
 
 BANK_USER = "locomo"
 QUESTION_ALLOWANCE = 64  # tokens kept free for the question in full-context (LoCoMo's are shorter)
@@ -47,6 +47,7 @@ class EvalContext:
     n_ctx: int
     answer_k: int = ANSWER_TOP_K
     manager_max_tokens: int | None = None  # None: the Manager's own default
+    text_mode: str = "extractive"  # the bundle's `generation.text_mode`, for every system alike
 
     @classmethod
     def load(cls, bundle: Bundle, *, n_ctx: int = 8192, answer_k: int | None = None) -> "EvalContext":
@@ -58,7 +59,8 @@ class EvalContext:
         answer_k = answer_k or bundle.answer_k
         backend = bundle.load_backend("answer", n_ctx=n_ctx)  # decoded as `edge.Agent` decodes the bundle
         n_ctx = int(getattr(backend, "n_ctx", n_ctx))
-        return cls(bundle=bundle, backend=backend, embedder=bundle.load_embedder(), n_ctx=n_ctx, answer_k=answer_k)
+        return cls(bundle=bundle, backend=backend, embedder=bundle.load_embedder(), n_ctx=n_ctx, answer_k=answer_k,
+                   text_mode=bundle.text_mode)
 
     def close(self) -> None:
         self.backend.close()
@@ -74,10 +76,21 @@ class SystemAnswer:
     shown: int  # memories (or raw turns) in the prompt
     error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    # `context_turns` split by memory kind: "episodic" (the verbatim turn log) and "fact" (semantic and core
+    # memories the Manager wrote), each the source turns of the memories of that kind shown.
+    context_turns_by_tier: dict[str, list[str]] = field(default_factory=dict)
 
 
 def as_turn(session: Session, turn: LocoTurn) -> Turn:
     return Turn(speaker=turn.speaker, text=turn.full_text, time=session.date_time, turn_id=turn.dia_id)
+
+
+def session_time(session: Session) -> str:
+    """The session's date as edge stores times (ISO, to the minute)."""
+    from edge.dates import parse_time
+
+    at = parse_time(session.date_time)
+    return at.isoformat(timespec="minutes") if at else session.date_time
 
 
 def turn_line(turn: LocoTurn) -> str:
@@ -142,6 +155,10 @@ class System:
             shown=len(result.retrieved),
             error=result.error,
             timings=dict(result.timings),
+            context_turns_by_tier={
+                "episodic": source_turns([m for m in result.retrieved if m.tier == "episodic"]),
+                "fact": source_turns([m for m in result.retrieved if m.tier != "episodic"]),
+            },
         )
 
 
@@ -160,14 +177,12 @@ class FullContext(System):
     def ingest_turn(self, session: Session, turn: LocoTurn) -> dict[str, Any]:
         memory = Memory(
             id=turn.dia_id, owner=BANK_USER, tier="episodic", text=turn_line(turn), created_at="", updated_at="",
-            event_time=session.date_time, source_turns=(turn.dia_id,),
+            event_time=session_time(session), source_turns=(turn.dia_id,),
         )
         self.turns.append(memory)
-        # The line as the prompt shows it, e.g. "[123] episodic (1:56 pm on 8 May, 2023): Ann: hi".
+        # The line as the prompt shows it, e.g. "[123] 8 May 2023: Ann: hi".
         _, shown = shown_memories([memory])
-        content = answer_messages("", shown)[1]["content"]
-        line = content.split("\n", 1)[1].rsplit("\n\nQuestion:", 1)[0]
-        self.turn_tokens.append(self.ctx.backend.count_tokens(line) + 3)  # + longer local ids, newline
+        self.turn_tokens.append(self.ctx.backend.count_tokens(memory_line(shown[0])) + 3)  # + longer ids, newline
         self._window = None
         return {}
 
@@ -188,7 +203,8 @@ class FullContext(System):
 
     def answer(self, question: str) -> SystemAnswer:
         start = time.perf_counter()
-        result = AnswerAgent(self.ctx.backend, adapter=None).answer_from(question, self.window())
+        answerer = AnswerAgent(self.ctx.backend, adapter=None, text_mode=self.ctx.text_mode)
+        result = answerer.answer_from(question, self.window())
         return self._from_agent_answer(result, time.perf_counter() - start)
 
     def size(self) -> dict[str, int]:
@@ -201,11 +217,11 @@ class RagTurns(System):
 
     def open(self, conversation: Conversation, workdir: Path) -> None:
         super().open(conversation, workdir)
-        self.answerer = AnswerAgent(self.ctx.backend, k=self.ctx.answer_k, adapter=None)
+        self.answerer = AnswerAgent(self.ctx.backend, k=self.ctx.answer_k, adapter=None, text_mode=self.ctx.text_mode)
 
     def ingest_turn(self, session: Session, turn: LocoTurn) -> dict[str, Any]:
         assert self.bank is not None
-        op = AddOp(turn_line(turn), "episodic", session.date_time, (turn.dia_id,))
+        op = AddOp(turn_line(turn), "episodic", session_time(session), (turn.dia_id,))
         self.bank.apply([op], actor="import", turn=turn.dia_id)
         return {"applied": 1}
 
@@ -224,8 +240,8 @@ class ManagerPrompted(System):
         super().open(conversation, workdir)
         assert self.bank is not None
         extra = {"max_tokens": self.ctx.manager_max_tokens} if self.ctx.manager_max_tokens else {}
-        self.manager = MemoryManager(self.ctx.backend, self.bank, adapter=None, **extra)
-        self.answerer = AnswerAgent(self.ctx.backend, k=self.ctx.answer_k, adapter=None)
+        self.manager = MemoryManager(self.ctx.backend, self.bank, adapter=None, text_mode=self.ctx.text_mode, **extra)
+        self.answerer = AnswerAgent(self.ctx.backend, k=self.ctx.answer_k, adapter=None, text_mode=self.ctx.text_mode)
 
     def ingest_turn(self, session: Session, turn: LocoTurn) -> dict[str, Any]:
         result = self.manager.process(as_turn(session, turn), user=BANK_USER)
