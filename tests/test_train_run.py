@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("trl")
 pytest.importorskip("peft")
 
+from edge.errors import EdgeError  # noqa: E402
 from edge.prompts import PROMPT_VERSION  # noqa: E402
 from edge.train import load_config, read_adapter_meta, train  # noqa: E402
 
@@ -82,6 +83,13 @@ def test_two_steps_of_the_answer_agent_write_an_adapter_and_resume(tmp_path: Pat
     steps = [r["step"] for r in _rows(run) if r["kind"] == "train"]
     assert steps == [1, 2, 3], "a resumed run continues from its last checkpoint"
     assert again.steps == 3
+
+    train(load_config("smollm2-135m-answer", **{**TINY, "steps": 3}), out=run, show_progress=False)
+    rows = _rows(run)
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3], "nothing left to train"
+    assert [r["step"] for r in rows if r["kind"] == "dev"] == [0, 2, 3], "step 3's evaluation is redone, not added"
+    with pytest.raises(EdgeError, match="already holds a run trained to step 3"):
+        train(load_config("smollm2-135m-answer", **TINY), out=run, show_progress=False)
 
 
 def test_two_steps_of_the_manager_from_the_command_line(tmp_path: Path) -> None:

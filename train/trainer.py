@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from edge.errors import EdgeError
 from edge.prompts import PROMPT_VERSION
 
 from edge.train.config import TrainConfig
@@ -143,6 +144,10 @@ class RunRecords:
             self.rows = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
 
     def add(self, row: dict[str, Any]) -> None:
+        """Append a row; a dev row replaces an earlier one of the same step (a run resumed at its last
+        step evaluates that step again)."""
+        if row.get("kind") == "dev":
+            self._keep([r for r in self.rows if not (r.get("kind") == "dev" and r.get("step") == row.get("step"))])
         self.rows.append(row)
         with self.jsonl.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
@@ -150,7 +155,9 @@ class RunRecords:
 
     def truncate_after(self, step: int) -> None:
         """Forget rows past `step` (a resumed run redoes them)."""
-        kept = [r for r in self.rows if r.get("step", 0) <= step]
+        self._keep([r for r in self.rows if r.get("step", 0) <= step])
+
+    def _keep(self, kept: list[dict[str, Any]]) -> None:
         if len(kept) != len(self.rows):
             self.rows = kept
             self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in kept))
@@ -350,6 +357,7 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
 
         shutil.rmtree(checkpoints)  # a fresh run must not resume from, or rotate, an older run's checkpoints
     last = _latest_checkpoint(checkpoints) if resume else None
+    done = 0
     if last is None:
         records.truncate_after(-1)
         if (out / "best-adapter").exists():
@@ -359,6 +367,9 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
         dev_before.update(evaluate(model, 0))
     else:
         done = int(Path(last).name.rsplit("-", 1)[-1])
+        if done > total:
+            raise EdgeError(f"{out} already holds a run trained to step {done}, past the {total} steps asked for.",
+                            hint=f"ask for --steps {done} or more, or train into another --out")
         records.truncate_after(done)
         dev_before.update(next((r for r in records.dev_rows() if r["step"] == 0), {}))
         for row in records.dev_rows():
@@ -420,7 +431,14 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
         choice_temperature=config.choice_temperature,
         loss_tokens=config.loss_tokens,
     )
-    trainer.train(resume_from_checkpoint=last)
+    if last is not None and done == total:
+        # Nothing left to train (Trainer would take one more step): evaluate and save the checkpoint's adapter.
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(trainer.model, load_file(str(Path(last) / "adapter_model.safetensors")))
+    else:
+        trainer.train(resume_from_checkpoint=last)
 
     dev_after = evaluate(trainer.model, total)
     adapter = out / "adapter"
