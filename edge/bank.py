@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import secrets
 import threading
-import unicodedata
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -178,6 +177,35 @@ def clean_text(text: object, *, what: str = "memory text", max_chars: int = MAX_
     return stripped
 
 
+def _error_kind(exc: Exception) -> str:
+    """"busy" (locked by another connection), "corrupt" (not a database, malformed) or "other"."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        primary = code & 0xFF  # an extended code (SQLITE_BUSY_RECOVERY...) holds its primary code there
+        return {5: "busy", 6: "busy", 11: "corrupt", 26: "corrupt"}.get(primary, "other")
+    text = str(exc).lower()
+    if "locked" in text or "busy" in text:
+        return "busy"
+    return "corrupt" if "not a database" in text or "malformed" in text else "other"
+
+
+def _unusable(path: Path, exc: Exception, doing: str) -> BankError:
+    """The user-facing error for a SQLite error: a lock is a lock, never reported as corruption."""
+    kind = _error_kind(exc)
+    if kind == "busy":
+        return BankLockedError(
+            f"The bank {path} stayed locked by another process while {doing} ({exc}).",
+            hint="Another edge process is writing to it or opening it; retry when it is done.",
+        )
+    if kind == "corrupt":
+        return CorruptBankError(
+            f"{path} is not a readable SQLite file ({exc}).",
+            hint="Restore it from a JSONL export (`edge memory import`), or move it aside to start a new bank.",
+        )
+    return BankError(f"The bank {path} cannot be used ({exc}).",
+                     hint="Check the file's and its folder's permissions and the free disk space.")
+
+
 def _op_search_text(op: Op) -> str | None:
     """The text an operation puts into the search indexes (None: it embeds nothing new)."""
     if isinstance(op, AddOp):
@@ -324,31 +352,6 @@ class MemoryBank:
         import random
         import time
 
-        def kind_of(exc: Exception) -> str:
-            code = getattr(exc, "sqlite_errorcode", None)
-            if code is not None:
-                primary = code & 0xFF  # an extended code (SQLITE_BUSY_RECOVERY...) holds its primary code there
-                return {5: "busy", 6: "busy", 11: "corrupt", 26: "corrupt"}.get(primary, "other")
-            text = str(exc).lower()
-            if "locked" in text or "busy" in text:
-                return "busy"
-            return "corrupt" if "not a database" in text or "malformed" in text else "other"
-
-        def unusable(exc: Exception, doing: str) -> BankError:
-            kind = kind_of(exc)
-            if kind == "busy":
-                return BankLockedError(
-                    f"The bank {path} stayed locked by another process while {doing} ({exc}).",
-                    hint="Another edge process is writing to it or opening it; retry when it is done.",
-                )
-            if kind == "corrupt":
-                return CorruptBankError(
-                    f"{path} is not a readable SQLite file ({exc}).",
-                    hint="Restore it from a JSONL export (`edge memory import`), or move it aside to start a new bank.",
-                )
-            return BankError(f"The bank {path} cannot be used ({exc}).",
-                             hint="Check the file's and its folder's permissions and the free disk space.")
-
         deadline = time.monotonic() + conn.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
         delay = 0.002
         while True:
@@ -357,8 +360,8 @@ class MemoryBank:
                 tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
                 break
             except sqlite.DatabaseError as exc:
-                if kind_of(exc) != "busy" or time.monotonic() > deadline:
-                    raise unusable(exc, "opening it") from exc
+                if _error_kind(exc) != "busy" or time.monotonic() > deadline:
+                    raise _unusable(path, exc, "opening it") from exc
             time.sleep(delay * (0.5 + random.random()))  # jittered, so racing processes do not retry in step
             delay = min(delay * 2, 0.1)
         if tables and "meta" not in tables:
@@ -435,7 +438,7 @@ class MemoryBank:
         try:
             return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
         except sqlite.DatabaseError as exc:
-            raise CorruptBankError(f"Cannot read the bank {self.path}: {exc}") from exc
+            raise _unusable(self.path, exc, "reading it") from exc
 
     def set_meta(self, key: str, value: str) -> None:
         """Record a fact about the bank (e.g. the prompt version its memories were managed with)."""
@@ -480,11 +483,8 @@ class MemoryBank:
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-            except sqlite.OperationalError as exc:
-                raise BankLockedError(
-                    f"The bank {self.path} stayed locked by another writer ({exc}).",
-                    hint="Another edge process is writing; retry when it is done.",
-                ) from exc
+            except sqlite.DatabaseError as exc:  # locked past the busy timeout, read-only, disk full, ...
+                raise _unusable(self.path, exc, "writing to it") from exc
             try:
                 yield self._conn
                 self._conn.execute("COMMIT")

@@ -176,7 +176,7 @@ class MemoryManager:
         related_k: int = RELATED_K,
         delete_cap: int = DEFAULT_DELETE_CAP,
         adapter: str | None = "manager",
-        max_tokens: int = 160,
+        max_tokens: int = 224,  # three operations of up to 120 characters each, with their JSON
         text_mode: str = "extractive",
     ) -> None:
         self.backend = backend
