@@ -94,15 +94,7 @@ def import_jsonl(bank: "MemoryBank", path: Path, *, progress: bool = False) -> i
             clean_text(memory.text, max_chars=MAX_TURN_CHARS if memory.tier == "episodic" else MAX_TEXT_CHARS)
     except TypeError as exc:
         raise InvalidInputError(f"{path} holds a malformed memory ({exc}).") from exc
-    live = [m for m in parsed if m.deleted_at is None]
-    vectors: dict[str, Any] = {}
-    batch = 64
-    with tqdm(total=len(live), desc="embedding", unit="memory", disable=not progress) as bar:
-        for start in range(0, len(live), batch):
-            chunk = live[start : start + batch]
-            for memory, vec in zip(chunk, bank._embed([m.search_text() for m in chunk])):
-                vectors[memory.id] = vec
-            bar.update(len(chunk))
+    vectors = _embed_all(bank, [m for m in parsed if m.deleted_at is None], progress)
     with bank._transaction() as conn:
         ids = [m.id for m in parsed]
         for start in range(0, len(ids), 500):
