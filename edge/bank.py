@@ -383,7 +383,7 @@ class MemoryBank:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite.DatabaseError as exc:
-            raise unusable(exc, "creating or upgrading its schema") from exc
+            raise _unusable(path, exc, "creating or upgrading its schema") from exc
         try:
             conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             conn.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
