@@ -80,6 +80,18 @@ class TurnResult:
         }
 
 
+def enum_safe(text: str) -> str:
+    """A clause as a JSON-schema enum value every grammar converter accepts: double quotes become single ones.
+
+    llama-cpp-python's schema-to-grammar converter (0.3.36) writes an enum
+    value holding a double quote or a backslash as a GBNF literal llama.cpp
+    cannot parse, so a turn quoting a title ("Charlotte's Web") would fail
+    the Manager's call. Quotes carry no content word, so the fact stays
+    grounded in the turn.
+    """
+    return " ".join(text.replace('"', "'").replace("\\", " ").replace("\u201c", "'").replace("\u201d", "'").split())
+
+
 def to_messages(messages: list[dict[str, str]]) -> list[Message]:
     return [Message(m["role"], m["content"]) for m in messages]
 
@@ -200,7 +212,7 @@ class MemoryManager:
             return None
         from edge.grounding import clauses, looks_like_instruction
 
-        return [c for c in clauses(turn.text, turn.speaker) if not looks_like_instruction(c)]
+        return list(dict.fromkeys(enum_safe(c) for c in clauses(turn.text, turn.speaker) if not looks_like_instruction(c)))
 
     def prompt(self, turn: Turn, related: list[Memory]) -> tuple[IdMap, list[Message], list[Memory]]:
         """The Manager's prompt, built to fit the model's context: the lowest-ranked facts go first."""

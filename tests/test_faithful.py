@@ -70,6 +70,15 @@ def test_the_tomas_turns_are_logged_verbatim_and_every_fact_is_grounded(agent: A
     assert answer.retrieved, "the episodic log is searched for answers"
 
 
+def test_a_turn_that_quotes_a_title_is_managed(agent: Agent) -> None:
+    # Clauses become JSON-schema enum values; one holding a double quote once broke llama.cpp's grammar.
+    result = agent.remember([{"speaker": "Melanie", "time": "2023-07-03 10:00",
+                              "text": 'I loved reading "Charlotte\'s Web" as a kid. C:\\books is my folder.'}])
+    assert result.turns[0].logged is not None and result.turns[0].error is None
+    for fact in facts(agent.bank):
+        assert '"' not in fact.text and "\\" not in fact.text
+
+
 def test_repeating_a_fact_never_loses_it(agent: Agent) -> None:
     agent.remember([{"speaker": "Tomas", "time": "2025-03-02 10:00", "text": "I am vegetarian and I love cycling."}])
     before = {m.id for m in facts(agent.bank)}
