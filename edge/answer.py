@@ -90,15 +90,37 @@ class AnswerAgent:
         self.text_mode = text_mode
 
     def answer(self, bank: MemoryBank, question: str, *, user: str | None = None, k: int | None = None) -> AnswerResult:
-        """Retrieve the top-k memories (hybrid search) and answer from them."""
+        """Retrieve memories (hybrid search) and answer from them: `retrieve`, then `answer_from`."""
         start = time.perf_counter()
-        hits = bank.search(question, k=k or self.k, mode="hybrid", user=user, scope="all")
-        retrieved = [h.memory for h in hits if h.memory.tier != "core"]
+        retrieved = self.retrieve(bank, question, user=user, k=k)
         core = core_block(bank, user)
         retrieve_s = time.perf_counter() - start
         result = self.answer_from(question, retrieved, core=core)
         result.timings.update(retrieve_s=retrieve_s, total_s=time.perf_counter() - start)
         return result
+
+    def retrieve(self, bank: MemoryBank, question: str, *, user: str | None = None, k: int | None = None) -> list[Memory]:
+        """What the Answer Agent reads: up to k//3 facts beside the top-k turns of the episodic log.
+
+        The turns are what plain retrieval over raw turns would show (so the
+        evidence it finds is never crowded out); the facts come on top, best
+        first, leaving out any whose source turns are all shown already.
+        Facts first in the list: they are short and name the person. A bank
+        without a log (facts only) gets its top-k facts.
+        """
+        k = k or self.k
+        turns = [h.memory for h in bank.search(question, k=k, mode="hybrid", user=user, scope="episodic")]
+        shown = {t for m in turns for t in m.source_turns}
+        room = max(2, k // 3) if turns else k
+        facts = []
+        for hit in bank.search(question, k=room + len(turns), mode="hybrid", user=user, scope="facts"):
+            memory = hit.memory
+            if memory.tier == "core" or (memory.source_turns and set(memory.source_turns) <= shown):
+                continue
+            facts.append(memory)
+            if len(facts) == room:
+                break
+        return facts + turns
 
     def answer_from(self, question: str, memories: list[Memory], *, core: str = "") -> AnswerResult:
         """Answer from given memories (best first; the lowest-ranked are dropped if they do not fit)."""
