@@ -41,6 +41,7 @@ from edge.prompts import (
     manager_messages,
     manager_schema,
     parse_manager_output,
+    show_date,
 )
 
 log = logging.getLogger("edge.manager")
@@ -325,7 +326,7 @@ def to_bank_ops(
     instruction = looks_like_instruction(turn.text)
     said_at = stamp(at) or turn.time
     dates = resolved_dates(turn.text, at)
-    date_words = [*dates.values(), *(_human(v) for v in dates.values()), *([_human(said_at)] if said_at else [])]
+    date_words = [*dates.values(), *(show_date(v) for v in dates.values()), *([show_date(said_at)] if said_at else [])]
     kept: list[Op] = []
     added: set[str] = set()
     for proposed in parse.ops:
@@ -395,7 +396,3 @@ def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def _human(value: str) -> str:
-    from edge.prompts import show_date
-
-    return show_date(value)
