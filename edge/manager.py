@@ -394,5 +394,3 @@ def shares_topic(fact: str, turn: str, speaker: str | None) -> bool:
 
 def _norm(text: str) -> str:
     return " ".join(text.lower().split())
-
-
