@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 from edge.errors import EdgeError
@@ -23,14 +23,18 @@ from edge.errors import EdgeError
 # Names the Manager's and the Answer Agent's prompts and schemas, the ones models are trained and
 # checked on: change them, change this. The chat prompt is served by the untuned base model and is
 # not covered (a bank or a bundle has nothing that depends on it).
-PROMPT_VERSION = "edge-prompts/2"
+PROMPT_VERSION = "edge-prompts/3"
 # Banks managed with these earlier prompts hold nothing the current ones cannot read (m004 migrated their
 # tables); an Agent takes them over and records the current version.
-READABLE_PROMPT_VERSIONS = ("edge-prompts/1",)
+READABLE_PROMPT_VERSIONS = ("edge-prompts/1", "edge-prompts/2")
 
 MAX_OPS_PER_TURN = 3
 DEFAULT_DELETE_CAP = 1
 ANSWER_TOP_K = 60
+# The Answer Agent reads each memory as a window of this many words around the question's words, and all of
+# them within this many tokens, so a prompt over 20 memories costs what one over 8 whole turns did.
+ANSWER_WINDOW_WORDS = 16
+ANSWER_CONTEXT_TOKENS = 300
 CORE_MEMORY_CHARS = 600
 CHAT_CONTEXT_CHARS = 560  # core block + retrieved memories + working state in a chat prompt
 CHAT_CORE_CHARS = 160  # the core block's share of it (the state's is WORKING_STATE_CHARS)
@@ -364,15 +368,72 @@ UNKNOWN = "unknown"
 
 
 def answer_messages(question: str, memories: Sequence[ShownMemory], *, core: str = "") -> list[dict[str, str]]:
-    """The Answer Agent's messages: retrieved memories (with dates) and the question."""
-    lines = "\n".join(memory_line(m) for m in memories) or "(no memories)"
+    """The Answer Agent's messages: retrieved memories (with dates, each focused on the question) and the question."""
+    lines = "\n".join(memory_line(focus_memory(m, question)) for m in memories) or "(no memories)"
     core_block = f"About the user:\n{core}\n\n" if core else ""
     user = f"{core_block}Memories:\n{lines}\n\nQuestion: {question}"
     return [{"role": "system", "content": ANSWER_SYSTEM}, {"role": "user", "content": user}]
 
 
 _SPAN_WORD = re.compile(r"[^\s\"\\]+")
-_EDGE_PUNCTUATION = ".,;:!?()[]{}'\u2018\u2019\u201c\u201d*_"
+_EDGE_PUNCTUATION = ".,;:!?()[]{}'\u2018\u2019\u201c\u201d*_\u2026"
+ELLIPSIS = "\u2026"
+
+
+def focus(text: str, question: str, *, max_words: int = ANSWER_WINDOW_WORDS) -> str:
+    """The `max_words`-word window of `text` that holds the most of the question's content words.
+
+    Query-focused compression, as in extractive readers: a turn of the
+    episodic log is shown to the Answer Agent as the part that matches
+    the question (Porter-stemmed content words, `edge.grounding`), with
+    "…" where words were left out; the bank keeps the whole turn. Ties go
+    to the window best centred on its matches, then to the earliest; a
+    text with no match keeps its start. Words
+    are whitespace-separated and kept as written, so every span of the
+    window is a span of the memory.
+    """
+    words = text.split()
+    if len(words) <= max_words:
+        return text
+    from edge.grounding import content_words
+
+    wanted = set(content_words(question))
+    hits = [i for i, word in enumerate(words) if wanted.intersection(content_words(word))]
+    best, best_key = 0, (0, 0.0)
+    for start in range(len(words) - max_words + 1):
+        inside = [i for i in hits if start <= i < start + max_words]
+        if not inside:
+            continue
+        # Most matches first; then the window centred on them, so the words around a match are shown too.
+        key = (len(inside), -abs(start + max_words / 2 - sum(inside) / len(inside)))
+        if key > best_key:
+            best, best_key = start, key
+    end = best + max_words
+    return (ELLIPSIS if best else "") + " ".join(words[best:end]) + (ELLIPSIS if end < len(words) else "")
+
+
+def focus_memory(memory: ShownMemory, question: str, *, max_words: int = ANSWER_WINDOW_WORDS) -> ShownMemory:
+    """`memory` as the Answer Agent reads it for `question`: its `focus` window, and dates if time is asked for.
+
+    A question that asks for a time ("when", "what year", ...) sees the
+    memory's date and the relative dates resolved inside the window; any
+    other question sees no dates: a small model copies the date at the
+    head of a line whatever was asked, and each date costs five tokens.
+
+    Idempotent (a focused memory is its own focus), so every answer
+    prompt, span list and support check built from it agrees. No
+    question (an empty one) leaves the memory whole.
+    """
+    if not question.strip():
+        return memory
+    text = focus(memory.text, question, max_words=max_words)
+    if not _ASKS_FOR_TIME.search(question):  # dates are shown (and offered as answers) only when asked for
+        return replace(memory, text=text, event_time=None, dates=())
+    if text == memory.text:
+        return memory
+    lowered = text.lower()
+    dates = tuple((phrase, value) for phrase, value in memory.dates if phrase.lower() in lowered)
+    return replace(memory, text=text, dates=dates)
 
 
 def _words(text: str) -> list[str]:
@@ -402,6 +463,7 @@ def answer_spans(
     from edge.grounding import content_words
 
     spans: dict[str, None] = {UNKNOWN: None}
+    memories = [focus_memory(m, question) for m in memories]
     wants_time, wants_person = bool(_ASKS_FOR_TIME.search(question)), bool(_ASKS_FOR_PERSON.search(question))
     for memory in memories:
         for value in (memory.event_time, *(v for _, v in memory.dates)) if wants_time else ():

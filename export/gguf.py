@@ -165,19 +165,26 @@ def lora_to_gguf(adapter_dir: Path, base_dir: Path, out_file: Path, *, outtype: 
 _QUANTIZE = r"""
 import ctypes, sys
 import llama_cpp
-src, dst, ftype, threads = sys.argv[1:5]
+src, dst, ftype, threads, requantize = sys.argv[1:6]
 params = llama_cpp.llama_model_quantize_default_params()
 params.ftype = getattr(llama_cpp, ftype)
 params.nthread = int(threads)
+params.allow_requantize = requantize == "1"
 sys.exit(llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params)))
 """
 
 
-def quantize_gguf(src: Path, dst: Path, quant: str, *, threads: int | None = None) -> Path:
+def quantize_gguf(
+    src: Path, dst: Path, quant: str, *, threads: int | None = None, allow_requantize: bool = False
+) -> Path:
     """Quantise a GGUF file (normally the f16 one) to `quant` (see QUANT_TYPES) with llama.cpp.
 
     Runs `llama_cpp.llama_model_quantize` in a child process, which keeps
     llama.cpp's per-tensor log off the terminal (it is shown on failure).
+    `allow_requantize` lets llama.cpp start from an already quantised file
+    (the default bundle turns the shipped Q4_1 weights into Q8_0).
+
+    Raises `EdgeError` for an unknown type or a failed quantisation.
     """
     quant = quant.lower()
     if quant not in _FTYPE_NAMES:
@@ -190,7 +197,8 @@ def quantize_gguf(src: Path, dst: Path, quant: str, *, threads: int | None = Non
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")
     result = subprocess.run(
-        [sys.executable, "-c", _QUANTIZE, str(src), str(tmp), _FTYPE_NAMES[quant], str(threads or cores)],
+        [sys.executable, "-c", _QUANTIZE, str(src), str(tmp), _FTYPE_NAMES[quant], str(threads or cores),
+         "1" if allow_requantize else "0"],
         capture_output=True, text=True,
     )
     if result.returncode != 0 or not tmp.is_file():

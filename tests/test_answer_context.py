@@ -1,0 +1,117 @@
+"""The Answer Agent's context: many memories, each shown as its window around the question, within a token budget.
+
+`edge.prompts.focus` is pure text work and is tested directly; the budget
+is tested on a real bank with the real bundled model's tokenizer, since a
+budget is only as good as the token counts it is checked with.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge.answer import AnswerAgent
+from edge.bank import MemoryBank
+from edge.operations import AddOp
+from edge.prompts import (
+    ELLIPSIS,
+    ShownMemory,
+    answer_messages,
+    answer_spans,
+    answer_supported,
+    focus,
+    focus_memory,
+)
+
+LONG_TURN = (
+    "Hey Mel! Good to see you again, it has been a while. Yesterday I went to an LGBTQ support group "
+    "and it was so powerful. The stories people shared were inspiring and I felt accepted, and it made "
+    "me think about my own journey and how far I have come since I moved here from Sweden four years ago."
+)
+
+
+def test_a_short_text_is_shown_whole() -> None:
+    assert focus("I moved to Ghent.", "Where does Tomas live?", max_words=20) == "I moved to Ghent."
+
+
+def test_a_long_text_is_shown_as_the_window_around_the_question_words() -> None:
+    shown = focus(LONG_TURN, "When did Caroline go to the LGBTQ support group?", max_words=12)
+    assert "LGBTQ support group" in shown
+    assert shown.startswith(ELLIPSIS) and shown.endswith(ELLIPSIS), "cut words are marked on both sides"
+    assert len(shown.split()) == 12
+    assert shown.strip(ELLIPSIS) in LONG_TURN, "the window is the memory's own words, in order"
+
+
+def test_another_question_shows_another_window_of_the_same_memory() -> None:
+    shown = focus(LONG_TURN, "Where did Caroline move from?", max_words=12)
+    assert "Sweden" in shown and "LGBTQ" not in shown
+    assert shown.startswith(ELLIPSIS)
+
+
+def test_a_text_that_does_not_match_keeps_its_start() -> None:
+    shown = focus(LONG_TURN, "What is the capital of Peru?", max_words=8)
+    assert shown == " ".join(LONG_TURN.split()[:8]) + ELLIPSIS
+
+
+def test_focus_is_idempotent_and_spans_and_prompt_agree() -> None:
+    question = "When did Caroline go to the LGBTQ support group?"
+    memory = ShownMemory("0", "episodic", LONG_TURN, "2023-05-08T13:56", speaker="Caroline",
+                         dates=(("Yesterday", "2023-05-07"), ("four years ago", "2019-05-08")))
+    once = focus_memory(memory, question)
+    assert once.text != LONG_TURN and focus_memory(once, question) == once
+    assert once.dates == (("Yesterday", "2023-05-07"),), "only the dates resolved inside the window are shown"
+    prompt = answer_messages(question, [once])[1]["content"]
+    assert once.text in prompt and "Sweden" not in prompt
+    spans = answer_spans([memory], question)
+    assert "LGBTQ support group" in spans and "Sweden" not in spans, "an answer can only be what was shown"
+    assert all(answer_supported(span, [once]) for span in spans)
+
+
+def test_no_question_leaves_a_memory_whole() -> None:
+    memory = ShownMemory("0", "episodic", LONG_TURN)
+    assert focus_memory(memory, "") is memory
+
+
+@pytest.mark.slow
+def test_many_long_turns_fit_the_token_budget_in_rank_order(
+    tmp_path: Path, minilm, llama_backend
+) -> None:
+    with MemoryBank.open(tmp_path / "bank.db", minilm, user="caro") as bank:
+        ops = [AddOp(f"Day {i}: {LONG_TURN}", "episodic", f"2023-05-{i + 1:02d}T10:00", (f"D1:{i}",))
+               for i in range(30)]
+        bank.apply(ops, actor="import")
+        whole = AnswerAgent(llama_backend, k=30, adapter=None, memory_tokens=100_000)
+        focused = AnswerAgent(llama_backend, k=30, adapter=None, memory_tokens=400)
+        question = "When did Caroline go to the LGBTQ support group?"
+        retrieved = focused.retrieve(bank, question)
+        memories, messages, _, shown = focused._fit(question, retrieved, "")
+        lines = messages[1].content.split("\n")
+        memory_lines = [line for line in lines if line.startswith("[")]
+        used = sum(llama_backend.count_tokens(line) + 1 for line in memory_lines)
+        assert used <= 400
+        assert memories[0] == retrieved[0], "the best-ranked memory is always shown"
+        positions = [retrieved.index(m) for m in memories]
+        assert positions == sorted(positions), "memories keep their rank order"
+        assert len(memories) >= 10, "windows let many memories into the budget"
+        assert all("LGBTQ support group" in m.text for m in shown)
+        full_memories, *_ = whole._fit(question, retrieved, "")
+        assert len(full_memories) == 30
+        result = focused.answer(bank, question)
+        assert result.supported
+        assert len(result.retrieved) == len(memories)
+
+
+@pytest.mark.slow
+def test_turns_come_before_facts_and_facts_fill_the_room_left(tmp_path: Path, minilm, llama_backend) -> None:
+    with MemoryBank.open(tmp_path / "bank.db", minilm, user="tomas") as bank:
+        bank.apply([AddOp("Tomas: I quit the bakery, I now work at the city library.", "episodic",
+                          "2025-03-09T18:30", ("D1:3",))], actor="import")
+        bank.apply([AddOp("Tomas works at the city library", "semantic", "2025-03-09T18:30", ("D1:3",)),
+                    AddOp("Tomas's sister Ines is vegetarian", "semantic", "2025-03-02T10:01", ("D1:2",))],
+                   actor="manager")
+        agent = AnswerAgent(llama_backend, k=6, adapter=None)
+        retrieved = agent.retrieve(bank, "Where does Tomas work now?")
+        assert [m.tier for m in retrieved] == ["episodic", "semantic"], "a fact whose turn is shown is left out"
+        assert retrieved[1].text == "Tomas's sister Ines is vegetarian"
+        memories, *_ = agent._fit("Where does Tomas work now?", retrieved, "")
+        assert memories == retrieved, "a short fact fits the room the turns left"
