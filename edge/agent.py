@@ -122,6 +122,7 @@ class Agent:
         chat_max_tokens: int = 256,
         n_threads: int | None = None,
         text_mode: str | None = None,
+        answer_tokens: int | None = None,
     ) -> None:
         """Open `bundle` (default: the embedded default bundle, built on first use) and the bank `db`.
 
@@ -130,6 +131,9 @@ class Agent:
         thread count (default: chosen by the backend from the cores and the load).
         `text_mode` ("extractive" or "free") overrides the bundle's
         `generation.text_mode`: how fact texts and answers are written.
+        `answer_k` / `answer_tokens` override the bundle's `generation.answer_k`
+        (memories retrieved per question) and `generation.answer_tokens` (the
+        most tokens their lines take in the Answer Agent's prompt).
         Raises `BundleError` for a bundle that cannot serve this edge,
         `EmbedderMismatchError` / `BankError` for a bank that does not fit it.
         """
@@ -159,7 +163,8 @@ class Agent:
             raise InvalidInputError(f"Unknown text mode {text_mode!r}.", hint=f"use one of {', '.join(TEXT_MODES)}")
         text_mode = text_mode or self.bundle.text_mode
         self.manager = MemoryManager(self.manager_backend, self.bank, text_mode=text_mode, **extra)
-        self.answerer = AnswerAgent(self.answer_backend, k=answer_k or self.bundle.answer_k, text_mode=text_mode)
+        self.answerer = AnswerAgent(self.answer_backend, k=answer_k or self.bundle.answer_k, text_mode=text_mode,
+                                    memory_tokens=answer_tokens or self.bundle.answer_tokens)
         self.chat_max_tokens = chat_max_tokens
         self.state = ""
         self._lock = threading.RLock()

@@ -32,7 +32,7 @@ from typing import Any, Callable
 from edge import __version__
 from edge.errors import BundleError
 from edge.files import sha256_file, staged_dir
-from edge.prompts import ANSWER_TOP_K, PROMPT_VERSION, REPEAT_PENALTY, TEXT_MODES
+from edge.prompts import ANSWER_CONTEXT_TOKENS, ANSWER_TOP_K, PROMPT_VERSION, REPEAT_PENALTY, TEXT_MODES
 
 FORMAT = "edge-bundle"
 FORMAT_VERSION = 1
@@ -136,6 +136,16 @@ class Bundle:
     def answer_k(self) -> int:
         """How many memories the Answer Agent retrieves with this bundle's models (`generation.answer_k`)."""
         return int(self.manifest.get("generation", {}).get("answer_k", ANSWER_TOP_K))
+
+    @property
+    def answer_tokens(self) -> int:
+        """The most tokens the Answer Agent's memory lines may take (`generation.answer_tokens`).
+
+        The prompt's variable part, so what decides `ask` latency: 300 keeps
+        the default 135M model within 1.5 s on 2 cores; a faster machine or a
+        bigger context buys evidence recall (`bench/bench_answer_context.py`).
+        """
+        return int(self.manifest.get("generation", {}).get("answer_tokens", ANSWER_CONTEXT_TOKENS))
 
     @property
     def text_mode(self) -> str:

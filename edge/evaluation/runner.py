@@ -374,6 +374,7 @@ class LocomoRun:
             "repeat_penalty": bundle.repeat_penalty,
             "n_ctx": self.context.n_ctx,
             "answer_k": self.context.answer_k,
+            "answer_tokens": self.context.answer_tokens,
             "sessions": self.settings.sessions,
         }
 
@@ -384,7 +385,8 @@ class LocomoRun:
         path = out / "run.json"
         if path.exists():
             recorded = json.loads(path.read_text()).get("fingerprint", {})
-            changed = [k for k in current if recorded.get(k) != current[k]]
+            # A setting a run did not record (it predates the setting) is taken to be unchanged.
+            changed = [k for k in current if k in recorded and recorded[k] != current[k]]
             if changed:
                 raise EdgeError(
                     f"{out} holds a run with other settings ({', '.join(changed)} differ); it cannot be resumed.",

@@ -31,7 +31,7 @@ from edge.errors import EdgeError
 from edge.locomo import Conversation, LocoTurn, Session
 from edge.manager import MemoryManager, shown_memories, to_messages
 from edge.operations import AddOp
-from edge.prompts import ANSWER_TOP_K, Turn, answer_messages, memory_line
+from edge.prompts import ANSWER_CONTEXT_TOKENS, ANSWER_TOP_K, Turn, answer_messages, memory_line
 
 BANK_USER = "locomo"
 QUESTION_ALLOWANCE = 64  # tokens kept free for the question in full-context (LoCoMo's are shorter)
@@ -48,6 +48,7 @@ class EvalContext:
     answer_k: int = ANSWER_TOP_K
     manager_max_tokens: int | None = None  # None: the Manager's own default
     text_mode: str = "extractive"  # the bundle's `generation.text_mode`, for every system alike
+    answer_tokens: int = ANSWER_CONTEXT_TOKENS  # the bundle's `generation.answer_tokens`, likewise
 
     @classmethod
     def load(cls, bundle: Bundle, *, n_ctx: int = 8192, answer_k: int | None = None) -> "EvalContext":
@@ -60,7 +61,7 @@ class EvalContext:
         backend = bundle.load_backend("answer", n_ctx=n_ctx)  # decoded as `edge.Agent` decodes the bundle
         n_ctx = int(getattr(backend, "n_ctx", n_ctx))
         return cls(bundle=bundle, backend=backend, embedder=bundle.load_embedder(), n_ctx=n_ctx, answer_k=answer_k,
-                   text_mode=bundle.text_mode)
+                   text_mode=bundle.text_mode, answer_tokens=bundle.answer_tokens)
 
     def close(self) -> None:
         self.backend.close()
@@ -217,7 +218,8 @@ class RagTurns(System):
 
     def open(self, conversation: Conversation, workdir: Path) -> None:
         super().open(conversation, workdir)
-        self.answerer = AnswerAgent(self.ctx.backend, k=self.ctx.answer_k, adapter=None, text_mode=self.ctx.text_mode)
+        self.answerer = AnswerAgent(self.ctx.backend, k=self.ctx.answer_k, adapter=None, text_mode=self.ctx.text_mode,
+                                    memory_tokens=self.ctx.answer_tokens)
 
     def ingest_turn(self, session: Session, turn: LocoTurn) -> dict[str, Any]:
         assert self.bank is not None
@@ -241,7 +243,8 @@ class ManagerPrompted(System):
         assert self.bank is not None
         extra = {"max_tokens": self.ctx.manager_max_tokens} if self.ctx.manager_max_tokens else {}
         self.manager = MemoryManager(self.ctx.backend, self.bank, adapter=None, text_mode=self.ctx.text_mode, **extra)
-        self.answerer = AnswerAgent(self.ctx.backend, k=self.ctx.answer_k, adapter=None, text_mode=self.ctx.text_mode)
+        self.answerer = AnswerAgent(self.ctx.backend, k=self.ctx.answer_k, adapter=None, text_mode=self.ctx.text_mode,
+                                    memory_tokens=self.ctx.answer_tokens)
 
     def ingest_turn(self, session: Session, turn: LocoTurn) -> dict[str, Any]:
         result = self.manager.process(as_turn(session, turn), user=BANK_USER)
