@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from bank_file import sql
 
 from edge.agent import Agent
 from edge.backends.scripted import ScriptedBackend
@@ -23,8 +24,8 @@ def snapshot(bank: MemoryBank, *, facts_only: bool = False) -> tuple:
     where = "WHERE tier != 'episodic'" if facts_only else ""
     history = ("WHERE memory_id NOT IN (SELECT id FROM memories WHERE tier = 'episodic')" if facts_only else "")
     return (
-        bank._conn.execute(f"SELECT * FROM memories {where} ORDER BY rowid").fetchall(),
-        bank._conn.execute(f"SELECT * FROM history {history} ORDER BY seq").fetchall(),
+        sql(bank.path, f"SELECT * FROM memories {where} ORDER BY rowid"),
+        sql(bank.path, f"SELECT * FROM history {history} ORDER BY seq"),
     )
 
 
