@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from bank_file import sql
 
-from edge.bank import MAX_TEXT_CHARS, MemoryBank
+from edge.bank import MAX_TEXT_CHARS, MIN_SIMILARITY, MemoryBank
 from edge.embedder import HashEmbedder
 from edge.errors import (
     BankError,
@@ -100,6 +100,21 @@ def test_search_modes_find_by_meaning_and_by_keyword(bank: MemoryBank) -> None:
     assert hybrid[0].memory.text == "Alice works as a nurse at the city hospital"
     assert len(bank.search("Alice", k=3)) == 3
     assert [h.rank for h in hybrid] == [1, 2]
+
+
+def test_min_similarity_keeps_keyword_matches_and_close_hits_only(bank: MemoryBank) -> None:
+    """The search box's filter (chat app and `edge memory search`): k nearest is not "matching"."""
+    bank.add_many(["Alice adopted a cat named Luna", "Alice works as a nurse in Lisbon", "Alice likes green tea"])
+    everything = bank.search("pets", k=10)
+    assert len(everything) == 3  # without the filter, every memory is somewhere among the nearest
+    by_meaning = bank.search("pets", k=10, min_similarity=MIN_SIMILARITY)
+    assert [h.memory.text for h in by_meaning] == ["Alice adopted a cat named Luna"]
+    by_keyword = bank.search("Lisbon", k=10, min_similarity=MIN_SIMILARITY)
+    assert [h.memory.text for h in by_keyword] == ["Alice works as a nurse in Lisbon"]
+    vector_only = bank.search("pets", k=10, mode="vector", min_similarity=MIN_SIMILARITY)
+    assert [h.memory.text for h in vector_only] == ["Alice adopted a cat named Luna"]
+    assert all(h.score >= MIN_SIMILARITY for h in vector_only)
+    assert bank.search("quantum chromodynamics", k=10, min_similarity=MIN_SIMILARITY) == []
 
 
 def test_keyword_search_accepts_any_text(bank: MemoryBank) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 from edge import paths
 from edge.agent import Agent, ChatResult
 from edge.backends.base import Backend
-from edge.bank import Memory
+from edge.bank import MIN_SIMILARITY, Memory
 from edge.bundle import Bundle, build_default
 from edge.errors import EdgeError
 from edge.operations import AppliedOp
@@ -29,7 +29,6 @@ from edge.prompts import FACT_TIERS
 Progress = Callable[[str], None]
 LIST_LIMIT = 200
 SEARCH_K = 50
-MIN_SIMILARITY = 0.3  # cosine, all-MiniLM-L6-v2: related short sentences score above, unrelated ones below
 
 
 class BusyError(EdgeError):
@@ -237,23 +236,10 @@ class ChatService:
         total = bank.count(tier=FACT_TIERS)
         query = query.strip()
         if query:
-            return Listing(self._search(query), total, query)
+            hits = bank.search(query, k=SEARCH_K, scope="facts", min_similarity=MIN_SIMILARITY)
+            return Listing([h.memory for h in hits], total, query)
         newest = bank.list(tier=FACT_TIERS, limit=limit, offset=max(0, total - limit))
         return Listing(list(reversed(newest)), total)
-
-    def _search(self, query: str) -> list[Memory]:
-        """Hybrid-ranked hits that match a keyword or are close in meaning.
-
-        Vector search always returns its k nearest memories, however far; a
-        search box that listed every memory for any query would not filter.
-        """
-        bank = self._agent().bank
-        vector = bank.embedder.embed([query])[0]
-        close = {h.memory.id for h in bank.search(query, k=SEARCH_K, mode="vector", query_vector=vector, scope="facts")
-                 if h.score >= MIN_SIMILARITY}
-        close |= {h.memory.id for h in bank.search(query, k=SEARCH_K, mode="keyword", scope="facts")}
-        ranked = bank.search(query, k=SEARCH_K, mode="hybrid", query_vector=vector, scope="facts")
-        return [h.memory for h in ranked if h.memory.id in close]
 
     def add(self, text: str) -> list[OpView]:
         return self._change(lambda bank: [bank.add(text, actor="user")], "ADD")
