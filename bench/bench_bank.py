@@ -482,10 +482,10 @@ def main() -> None:
     import sqlite_vec
 
     from edge import db as edge_db
-    from edge.onnx_embedder import load_default_minilm
+    from edge.onnx_embedder import build_default_minilm
 
     started = time.perf_counter()
-    model = load_default_minilm()
+    model = build_default_minilm()
     load_s = time.perf_counter() - started
     turns, locomo_questions = locomo_texts()
     source = TextSource(args.seed)

@@ -256,7 +256,7 @@ def build_default(target: Path | None = None, *, force: bool = False, log: Calla
     """
     from edge import paths
     from edge.models import bundled_gguf_path
-    from edge.onnx_embedder import load_default_minilm
+    from edge.onnx_embedder import build_default_minilm
 
     target = Path(target) if target else paths.default_bundle_dir()
     if target.exists() and not force:
@@ -267,7 +267,7 @@ def build_default(target: Path | None = None, *, force: bool = False, log: Calla
         log("The default bundle was built by another edge version; rebuilding it.")
     gguf = bundled_gguf_path()
     log("[1/3] embedder: all-MiniLM-L6-v2 on onnxruntime")
-    embedder = load_default_minilm()
+    embedder = build_default_minilm()
     with staged_dir(target) as staging:
         shutil.copytree(embedder.model_dir, staging / "embedder")
         log(f"[2/3] model: {gguf.name}")

@@ -13,7 +13,17 @@ from edge.operations import TIERS
 
 
 def open_bank(db: Path | None, user: str, *, create: bool = True) -> MemoryBank:
-    return MemoryBank.open(db or paths.default_db(), user=user, create=create)
+    """The bank at `db` (default: under $EDGE_HOME); on the very first run, build the default embedder first.
+
+    The bank loads the default embedder when it needs one and never builds
+    it; building (once, with a progress bar) is this first-run path's job.
+    """
+    from edge.onnx_embedder import build_default_minilm, default_minilm_built
+
+    path = db or paths.default_db()
+    if (create or path.exists()) and not default_minilm_built():
+        build_default_minilm()
+    return MemoryBank.open(path, user=user, create=create)
 
 
 def _emit(data, as_json: bool, human) -> None:
