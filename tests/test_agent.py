@@ -235,3 +235,16 @@ def test_the_bundle_sets_how_many_memories_an_answer_reads(agent: Agent, tmp_pat
     assert agent.answerer.k == agent.bundle.answer_k == DEFAULT_GENERATION["answer_k"]
     with Agent(bundle=agent.bundle, db=tmp_path / "other.db", user="bo", backend=agent.backend, answer_k=7) as other:
         assert other.answerer.k == 7
+
+
+def test_a_bundle_is_resolved_from_itself_a_folder_or_the_default_built_on_first_use(default_bundle) -> None:
+    from edge import paths
+
+    assert Bundle.resolve(default_bundle) is default_bundle
+    assert Bundle.resolve(str(default_bundle.root)).manifest == default_bundle.manifest
+    said: list[str] = []
+    built = Bundle.resolve(None, log=said.append)
+    assert built.root == paths.default_bundle_dir() and said[0].startswith("First run")
+    steps = len(said)
+    assert Bundle.resolve(None, log=said.append).root == built.root and len(said) == steps  # built once
+    assert built.model_label("chat") == built.model_label("manager") == "SmolLM2-135M-Instruct Q4_1"
