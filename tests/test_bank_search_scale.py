@@ -12,6 +12,7 @@ from edge import db as sqlite
 from edge import retrieval
 from edge.bank import MemoryBank
 from edge.embedder import HashEmbedder
+from edge.errors import MemoryNotFoundError
 from edge.operations import AddOp, DeleteOp, UpdateOp
 from edge.retrieval import (
     VECTOR_CODE,
@@ -178,7 +179,7 @@ def test_codes_follow_update_delete_restore_and_undo(tmp_path: Path) -> None:
 def test_a_failed_apply_leaves_no_code_behind(tmp_path: Path) -> None:
     with MemoryBank.open(tmp_path / "bank.db", HashEmbedder(), user="alice") as bank:
         bank.add_many(sentences(20))
-        with pytest.raises(Exception):
+        with pytest.raises(MemoryNotFoundError):
             bank.apply([AddOp("fine text"), DeleteOp("m-no-such-id")])
         assert_indexes_agree(bank)
 
