@@ -106,7 +106,7 @@ def to_messages(messages: list[dict[str, str]]) -> list[Message]:
 
 def adapter_for(backend: Backend, name: str | None) -> str | None:
     """The adapter to use, if the backend has it loaded; else the plain base model."""
-    return name if name and name in getattr(backend, "adapters", ()) else None
+    return name if name and name in backend.adapters else None
 
 
 def shown_memory(local_id: str, memory: Memory, *, max_chars: int | None = None) -> ShownMemory:
@@ -224,7 +224,7 @@ class MemoryManager:
 
     def prompt(self, turn: Turn, related: list[Memory]) -> tuple[IdMap, list[Message], list[Memory]]:
         """The Manager's prompt, built to fit the model's context: the lowest-ranked facts go first."""
-        budget = int(getattr(self.backend, "n_ctx", 4096)) - self.max_tokens - 16
+        budget = int(self.backend.n_ctx) - self.max_tokens - 16
         kept = list(related)
         while True:
             id_map, shown = shown_memories(kept, max_chars=SHOWN_TEXT_CHARS)
