@@ -54,7 +54,9 @@ from typing import Callable
 
 import numpy as np
 
+from edge import db as sqlite
 from edge.bank import MemoryBank
+from edge.bank.search import HYBRID_POOL
 from edge.operations import AddOp
 from edge.paths import cache_dir
 from edge.retrieval import query_words, reciprocal_rank_fusion
@@ -67,7 +69,6 @@ USER = "alice"
 OTHER_USERS = ("bob", "carol", "dan")
 BATCH = 500
 TOP_K = 10
-HYBRID_POOL = 20  # what MemoryBank.search fetches per side for hybrid at k=10
 TARGET_HYBRID_P95_MS = 50.0
 TARGET_EMBED_P50_MS = 15.0
 
@@ -340,12 +341,18 @@ def insert(bank: MemoryBank, embedder: PrecomputedEmbedder, owner: str, texts: l
 
 
 def exact_knn(bank: MemoryBank, vec: np.ndarray, k: int) -> list[int]:
-    """sqlite-vec's exact float32 KNN over the owner's partition (the reference)."""
-    rows = bank._conn.execute(
-        "SELECT rowid FROM memory_vec WHERE embedding MATCH ? AND k = ? AND owner = ?",
-        (np.asarray(vec, dtype=np.float32).tobytes(), int(k), USER),
-    ).fetchall()
-    return [r[0] for r in rows]
+    """sqlite-vec's exact float32 KNN over the owner's vectors (the reference)."""
+    return [rowid for rowid, _ in bank.index.nearest(vec, USER, k, exact=True)]
+
+
+_READERS: dict[Path, object] = {}
+
+
+def reader(bank: MemoryBank):
+    """A read connection of the benchmark's own to the bank's file, for reference queries the bank does not make."""
+    if bank.path not in _READERS:
+        _READERS[bank.path] = sqlite.connect(bank.path)
+    return _READERS[bank.path]
 
 
 def measure_search(bank: MemoryBank, qs: list[str], qvecs: np.ndarray, embed_ms: list[float]) -> dict:
@@ -368,16 +375,16 @@ def measure_search(bank: MemoryBank, qs: list[str], qvecs: np.ndarray, embed_ms:
     parts_cpu: dict[str, list[float]] = {name: [] for name in parts}
     recall, hybrid_overlap, kw_hits = [], [], []
     for q, v in zip(qs, qvecs):
-        dt, dc, by_vec = timed2(bank._vector, v, USER, HYBRID_POOL)
+        dt, dc, by_vec = timed2(bank.index.nearest, v, USER, HYBRID_POOL)
         parts["vector_pool"].append(dt)
         parts_cpu["vector_pool"].append(dc)
-        dt, dc, by_kw = timed2(bank._keyword, q, USER, HYBRID_POOL)
+        dt, dc, by_kw = timed2(bank.index.keyword, q, USER, HYBRID_POOL)
         parts["keyword_pool"].append(dt)
         parts_cpu["keyword_pool"].append(dc)
         kw_hits.append(len(by_kw))
 
         def fuse_and_fetch():
-            return bank._hits(reciprocal_rank_fusion([r for r, _ in by_vec], [r for r, _ in by_kw])[:TOP_K])
+            return bank.hits(reciprocal_rank_fusion([r for r, _ in by_vec], [r for r, _ in by_kw])[:TOP_K])
 
         dt, dc, _ = timed2(fuse_and_fetch)
         parts["fuse_and_fetch_rows"].append(dt)
@@ -386,11 +393,11 @@ def measure_search(bank: MemoryBank, qs: list[str], qvecs: np.ndarray, embed_ms:
         parts["exact_float_knn"].append(dt)
         parts_cpu["exact_float_knn"].append(dc)
         got = [h.memory.id for h in bank.search(q, k=TOP_K, mode="vector", query_vector=v)]
-        want = [h.memory.id for h in bank._hits([(r, 0.0) for r in exact[:TOP_K]])]
+        want = [h.memory.id for h in bank.hits([(r, 0.0) for r in exact[:TOP_K]])]
         recall.append(len(set(got) & set(want)) / max(1, len(want)))
         exact_fused = reciprocal_rank_fusion(exact, [r for r, _ in by_kw])[:TOP_K]
         got_h = {h.memory.id for h in bank.search(q, k=TOP_K, mode="hybrid", query_vector=v)}
-        want_h = {h.memory.id for h in bank._hits(exact_fused)}
+        want_h = {h.memory.id for h in bank.hits(exact_fused)}
         hybrid_overlap.append(len(got_h & want_h) / max(1, len(want_h)))
     out["hybrid_parts"] = {name: summary(ms, parts_cpu[name]) for name, ms in parts.items()}
 
@@ -401,7 +408,7 @@ def measure_search(bank: MemoryBank, qs: list[str], qvecs: np.ndarray, embed_ms:
         def previous_hybrid():
             words = list(dict.fromkeys(w for w in WORD.findall(q.lower()) if len(w) > 1 or w.isdigit()))
             by_kw = exact_bm25(bank, words, HYBRID_POOL)
-            return bank._hits(reciprocal_rank_fusion(exact_knn(bank, v, HYBRID_POOL), by_kw)[:TOP_K])
+            return bank.hits(reciprocal_rank_fusion(exact_knn(bank, v, HYBRID_POOL), by_kw)[:TOP_K])
 
         dt, dc, _ = timed2(previous_hybrid)
         ms.append(dt)
@@ -422,7 +429,7 @@ def exact_bm25(bank: MemoryBank, words: list[str], k: int) -> list[int]:
     """bm25 over every row that matches any of the words (the search before bounded ranking)."""
     if not words:
         return []
-    return [r[0] for r in bank._conn.execute(
+    return [r[0] for r in reader(bank).execute(
         "SELECT rowid FROM memory_fts WHERE memory_fts MATCH ? AND owner = ? ORDER BY rank LIMIT ?",
         (" OR ".join(f'"{w}"' for w in words), USER, k),
     )]
@@ -433,7 +440,7 @@ def keyword_overlap(bank: MemoryBank, qs: list[str]) -> dict:
     stopwords too, or its content words only) that the bank's keyword pool holds."""
     all_words, content = [], []
     for q in qs:
-        got = {r for r, _ in bank._keyword(q, USER, HYBRID_POOL)}
+        got = {r for r, _ in bank.index.keyword(q, USER, HYBRID_POOL)}
         words = list(dict.fromkeys(w for w in WORD.findall(q.lower()) if len(w) > 1 or w.isdigit()))
         for ref, out in ((exact_bm25(bank, words, HYBRID_POOL), all_words),
                          (exact_bm25(bank, query_words(q), HYBRID_POOL), content)):
@@ -445,13 +452,13 @@ def keyword_overlap(bank: MemoryBank, qs: list[str]) -> dict:
 
 
 def db_size_mb(bank: MemoryBank) -> float:
-    bank._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    bank.checkpoint()
     total = sum(p.stat().st_size for p in bank.path.parent.glob(bank.path.name + "*"))
     return round(total / 2**20, 1)
 
 
 def vector_tables(bank: MemoryBank) -> list[str]:
-    return [r[0] for r in bank._conn.execute(
+    return [r[0] for r in reader(bank).execute(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL TABLE%'"
     )]
 
@@ -475,10 +482,10 @@ def main() -> None:
     import sqlite_vec
 
     from edge import db as edge_db
-    from edge.onnx_embedder import load_default_minilm
+    from edge.onnx_embedder import build_default_minilm
 
     started = time.perf_counter()
-    model = load_default_minilm()
+    model = build_default_minilm()
     load_s = time.perf_counter() - started
     turns, locomo_questions = locomo_texts()
     source = TextSource(args.seed)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.onnx_embedder import OnnxEmbedder, load_default_minilm
+from edge.onnx_embedder import OnnxEmbedder, build_default_minilm
 
 RESULTS = Path(__file__).resolve().parent / "results" / "embed.json"
 
@@ -87,7 +87,7 @@ def main() -> None:
     if args.model_dir:
         embedder = OnnxEmbedder(args.model_dir, threads=args.threads)
     else:
-        embedder = load_default_minilm(threads=args.threads)
+        embedder = build_default_minilm(threads=args.threads)
     load_s = time.perf_counter() - started
 
     result = {

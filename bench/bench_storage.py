@@ -41,7 +41,7 @@ def file_bytes(path: Path) -> int:
 
 
 def checkpointed(bank) -> None:
-    bank._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    bank.checkpoint()
 
 
 def per_user(work: Path, users: int) -> dict:
@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    from edge import migrations
+    from edge.bank import migrations
 
     work = Path(tempfile.mkdtemp(prefix="edge-bench-storage-"))
     result: dict = {

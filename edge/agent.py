@@ -22,7 +22,7 @@ from edge import paths
 from edge.answer import AnswerAgent, AnswerResult, core_block
 from edge.backends.base import Backend
 from edge.bank import Memory, MemoryBank
-from edge.bundle import Bundle, build_default
+from edge.bundle import Bundle
 from edge.errors import BundleError, InvalidInputError
 from edge.manager import MemoryManager, TurnResult, adapter_for, shown_memory, to_messages
 from edge.operations import AppliedOp
@@ -137,12 +137,7 @@ class Agent:
         Raises `BundleError` for a bundle that cannot serve this edge,
         `EmbedderMismatchError` / `BankError` for a bank that does not fit it.
         """
-        if isinstance(bundle, Bundle):
-            self.bundle = bundle
-        elif bundle is None:
-            self.bundle = build_default()
-        else:
-            self.bundle = Bundle.load(bundle)
+        self.bundle = Bundle.resolve(bundle)
         self.bundle.check_compatible()
         self.user = user
         self._n_threads = n_threads

@@ -98,7 +98,7 @@ class AnswerAgent:
         self.k = k
         self.adapter = adapter
         self.max_tokens = max_tokens
-        self.context_tokens = context_tokens or getattr(backend, "n_ctx", 4096)
+        self.context_tokens = context_tokens or backend.n_ctx
         self.text_mode = text_mode
         self.memory_tokens = memory_tokens
 

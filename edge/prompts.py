@@ -122,8 +122,6 @@ def memory_line(memory: ShownMemory) -> str:
     return f"[{memory.id}] {head + ': ' if head else ''}{memory.text}{tail}{until}"
 
 
-_memory_line = memory_line
-
 
 def _extract_json(text: str) -> Any:
     """The first JSON object in `text` (models sometimes add prose or code fences)."""
@@ -274,17 +272,18 @@ class ProposedOp:
 
 @dataclass
 class ManagerParse:
-    """What a Manager reply held: the usable ops, the rejected ones with reasons, and a format score.
+    """What a Manager reply held: the usable ops, the rejected ones with reasons, and how far it parsed.
 
-    `format_score` is 1.0 for a reply that is valid JSON in the schema with
-    every op usable, and gives partial credit below that (used as the
-    format term of the training reward).
+    `found_json` is False when the reply held no JSON object; `proposed` is
+    the length of its "ops" list (None when there was none). Training turns
+    these into a format reward (`edge.train.rewards.manager_format_score`).
     """
 
     ops: list[ProposedOp] = field(default_factory=list)
     rejected: list[tuple[dict[str, Any], str]] = field(default_factory=list)
     error: str | None = None
-    format_score: float = 0.0
+    found_json: bool = False
+    proposed: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -300,13 +299,13 @@ def parse_manager_output(
         data = _extract_json(text)
     except ValueError as exc:
         result.error = f"not JSON: {exc}"
-        result.format_score = 0.1 if "{" in text else 0.0
         return result
+    result.found_json = True
     raw_ops = data.get("ops") if isinstance(data, dict) else None
     if not isinstance(raw_ops, list):
         result.error = 'JSON without an "ops" list'
-        result.format_score = 0.25
         return result
+    result.proposed = len(raw_ops)
     shown = {str(i) for i in shown_ids}
     deletes = 0
     seen_targets: set[str] = set()
@@ -352,8 +351,6 @@ def parse_manager_output(
         result.ops.append(
             ProposedOp(op=name, id=target, tier=raw.get("tier", "semantic") if name == "ADD" else None, text=body)
         )
-    total = len(raw_ops) or 1
-    result.format_score = 0.5 + 0.5 * (1 - len(result.rejected) / total)
     return result
 
 

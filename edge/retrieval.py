@@ -29,7 +29,7 @@ STOPWORDS = frozenset(
 
 # Keyword search computes bm25 for at most about this many rows: the rarest
 # query words (whose document counts add up to this) choose the rows, and the
-# remaining words only re-rank them (see `MemoryBank._keyword`).
+# remaining words only re-rank them (see `edge.bank.search.SearchIndex.keyword`).
 KEYWORD_RANK_BUDGET = 5000
 
 

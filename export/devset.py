@@ -5,7 +5,7 @@ Manager turns and Answer Agent questions, sent with the runtime's own
 prompts and schemas (`edge.prompts`), so that a quantised export can be
 compared with its float original on the same items. Scores are in [0, 1]:
 
-    manager  half for the reply's format (`ManagerParse.format_score`), half
+    manager  half for the reply's format (`edge.train.rewards.manager_format_score`), half
              for proposing the expected operations (Jaccard over "ADD",
              "UPDATE:<id>", "DELETE:<id>", "NOOP")
     answer   token F1 of the answer against the gold answer
@@ -25,6 +25,7 @@ from edge.prompts import (
     parse_answer_output,
     parse_manager_output,
 )
+from edge.train.rewards import manager_format_score
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def score(item: DevItem, text: str) -> float:
             proposed = {"NOOP"}
         expected = set(item.expected)
         overlap = len(proposed & expected) / len(proposed | expected) if proposed or expected else 1.0
-        return 0.5 * parsed.format_score + 0.5 * overlap
+        return 0.5 * manager_format_score(text, parsed) + 0.5 * overlap
     parsed = parse_answer_output(text, item.shown_ids)
     return f1_score(parsed.answer, item.expected[0])  # the token F1 `edge eval` reports
 

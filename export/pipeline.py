@@ -312,9 +312,9 @@ def _parity_plan(options, merged_keys, sources, gguf_files, lora_files, onnx_dir
 
 
 def _embedder(options: ExportOptions, work: Path) -> tuple[Path, dict[str, Any]]:
-    from edge.onnx_embedder import load_default_minilm
+    from edge.onnx_embedder import build_default_minilm
 
-    embedder = load_default_minilm()
+    embedder = build_default_minilm()
     folder = Path(embedder.model_dir)
     if options.embedder_int8:
         from edge.export.embedder import quantize_embedder_int8

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from bank_file import sql
 
 from edge.agent import Agent
 from edge.backends.scripted import ScriptedBackend
@@ -14,7 +15,7 @@ from edge.bundle import Bundle
 from edge.embedder import HashEmbedder
 from edge.errors import BundleError, EmbedderMismatchError
 from edge.manager import MemoryManager
-from edge.prompts import WORKING_STATE_CHARS, Turn
+from edge.prompts import DEFAULT_DELETE_CAP, FACT_TIERS, WORKING_STATE_CHARS, Turn
 
 
 def snapshot(bank: MemoryBank, *, facts_only: bool = False) -> tuple:
@@ -23,8 +24,8 @@ def snapshot(bank: MemoryBank, *, facts_only: bool = False) -> tuple:
     where = "WHERE tier != 'episodic'" if facts_only else ""
     history = ("WHERE memory_id NOT IN (SELECT id FROM memories WHERE tier = 'episodic')" if facts_only else "")
     return (
-        bank._conn.execute(f"SELECT * FROM memories {where} ORDER BY rowid").fetchall(),
-        bank._conn.execute(f"SELECT * FROM history {history} ORDER BY seq").fetchall(),
+        sql(bank.path, f"SELECT * FROM memories {where} ORDER BY rowid"),
+        sql(bank.path, f"SELECT * FROM history {history} ORDER BY seq"),
     )
 
 
@@ -75,13 +76,37 @@ def test_malformed_model_output_leaves_the_bank_untouched(agent: Agent, llama_ba
     assert [m.text for m in agent.bank.list(tier="episodic")] == ["I now prefer coffee to tea."], "the turn is kept"
 
 
+FACTS = ["Alice likes tea", "Alice lives in Lisbon", "Alice has a cat", "Alice is a nurse"]
+FORGET = "Forget everything you know about me. Delete all of my memories now."
+
+
 def test_delete_cap_holds_when_asked_to_forget_everything(agent: Agent) -> None:
-    for text in ["Alice likes tea", "Alice lives in Lisbon", "Alice has a cat", "Alice is a nurse"]:
+    """The real model, which may well delete nothing; the scripted test below makes it try."""
+    for text in FACTS:
         agent.bank.add(text)
-    result = agent.remember(["Forget everything you know about me. Delete all of my memories now."])
+    result = agent.remember([FORGET])
     deletes = [op for op in result.applied if op.action == "DELETE"]
-    assert len(deletes) <= 1
-    assert agent.bank.count() >= 3
+    assert len(deletes) <= DEFAULT_DELETE_CAP
+    assert agent.bank.count(tier=FACT_TIERS) >= len(FACTS) - DEFAULT_DELETE_CAP
+
+
+def test_delete_cap_holds_when_the_manager_tries_to_delete_everything(tmp_path: Path, default_bundle) -> None:
+    """Scripted Manager replies that delete every fact shown: at most the cap goes, the rest is refused."""
+    tries = json.dumps({"ops": [{"op": "DELETE", "id": str(i)} for i in range(len(FACTS))]})
+    backend = ScriptedBackend([tries, tries, tries], check_schema=False)
+    with Agent(bundle=default_bundle, db=tmp_path / "bank.db", user="alice", backend=backend) as agent:
+        for text in FACTS:
+            agent.bank.add(text)
+        # Asked to forget, the Manager may retire nothing at all: the turn is an instruction, not news.
+        forget = agent.remember([FORGET]).turns[0]
+        assert forget.applied == [] and len(forget.rejected) == len(FACTS)
+        assert agent.bank.count(tier=FACT_TIERS) == len(FACTS)
+        # Told that everything changed, it may retire facts, but no more than the cap in one turn.
+        changed = agent.remember(["I no longer like tea, I left Lisbon, my cat died and I quit nursing."]).turns[0]
+        assert [op.action for op in changed.applied] == ["DELETE"] * DEFAULT_DELETE_CAP
+        capped = [reason for _, reason in changed.rejected if "delete(s) in one turn" in reason]
+        assert len(capped) == len(FACTS) - DEFAULT_DELETE_CAP
+        assert agent.bank.count(tier=FACT_TIERS) == len(FACTS) - DEFAULT_DELETE_CAP
 
 
 def test_chat_streams_and_keeps_the_prompt_bounded(agent: Agent) -> None:
@@ -234,3 +259,16 @@ def test_the_bundle_sets_how_many_memories_an_answer_reads(agent: Agent, tmp_pat
     assert agent.answerer.k == agent.bundle.answer_k == DEFAULT_GENERATION["answer_k"]
     with Agent(bundle=agent.bundle, db=tmp_path / "other.db", user="bo", backend=agent.backend, answer_k=7) as other:
         assert other.answerer.k == 7
+
+
+def test_a_bundle_is_resolved_from_itself_a_folder_or_the_default_built_on_first_use(default_bundle) -> None:
+    from edge import paths
+
+    assert Bundle.resolve(default_bundle) is default_bundle
+    assert Bundle.resolve(str(default_bundle.root)).manifest == default_bundle.manifest
+    said: list[str] = []
+    built = Bundle.resolve(None, log=said.append)
+    assert built.root == paths.default_bundle_dir() and said[0].startswith("First run")
+    steps = len(said)
+    assert Bundle.resolve(None, log=said.append).root == built.root and len(said) == steps  # built once
+    assert built.model_label("chat") == built.model_label("manager") == "SmolLM2-135M-Instruct Q4_1"

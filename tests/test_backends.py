@@ -457,3 +457,15 @@ def test_onnx_genai_missing_folder_raises(tmp_path):
     pytest.importorskip("onnxruntime_genai")
     with pytest.raises(BackendError, match="genai_config.json"):
         load_backend("onnx-genai", model_dir=tmp_path)
+
+
+def test_every_backend_declares_its_context_adapters_and_prompt_text(llama_backend) -> None:
+    """What the Manager, the Answer Agent and the evaluation ask of any backend, without getattr guesses."""
+    from edge.backends.scripted import ScriptedBackend
+
+    scripted = ScriptedBackend()
+    assert scripted.n_ctx == 4096 and scripted.adapters == []
+    with pytest.raises(BackendError, match="does not expose"):
+        scripted.render_prompt([Message("user", "hi")])
+    assert llama_backend.n_ctx == 4096 and llama_backend.adapters == []
+    assert "hi" in llama_backend.render_prompt([Message("user", "hi")])

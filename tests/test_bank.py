@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from bank_file import sql
 
-from edge.bank import MAX_TEXT_CHARS, MemoryBank
+from edge.bank import MAX_TEXT_CHARS, MIN_SIMILARITY, MemoryBank
 from edge.embedder import HashEmbedder
 from edge.errors import (
     BankError,
@@ -39,12 +40,11 @@ def run_python(code: str, *args: str, timeout: float = 120) -> subprocess.Comple
 
 
 def snapshot(bank: MemoryBank) -> tuple:
-    conn = bank._conn
     return (
-        conn.execute("SELECT * FROM memories ORDER BY rowid").fetchall(),
-        conn.execute("SELECT * FROM history ORDER BY seq").fetchall(),
-        conn.execute("SELECT rowid, text FROM memory_fts ORDER BY rowid").fetchall(),
-        conn.execute("SELECT rowid FROM memory_vec ORDER BY rowid").fetchall(),
+        sql(bank.path, "SELECT * FROM memories ORDER BY rowid"),
+        sql(bank.path, "SELECT * FROM history ORDER BY seq"),
+        sql(bank.path, "SELECT rowid, text FROM memory_fts ORDER BY rowid"),
+        sql(bank.path, "SELECT rowid FROM memory_vec ORDER BY rowid"),
     )
 
 
@@ -100,6 +100,21 @@ def test_search_modes_find_by_meaning_and_by_keyword(bank: MemoryBank) -> None:
     assert hybrid[0].memory.text == "Alice works as a nurse at the city hospital"
     assert len(bank.search("Alice", k=3)) == 3
     assert [h.rank for h in hybrid] == [1, 2]
+
+
+def test_min_similarity_keeps_keyword_matches_and_close_hits_only(bank: MemoryBank) -> None:
+    """The search box's filter (chat app and `edge memory search`): k nearest is not "matching"."""
+    bank.add_many(["Alice adopted a cat named Luna", "Alice works as a nurse in Lisbon", "Alice likes green tea"])
+    everything = bank.search("pets", k=10)
+    assert len(everything) == 3  # without the filter, every memory is somewhere among the nearest
+    by_meaning = bank.search("pets", k=10, min_similarity=MIN_SIMILARITY)
+    assert [h.memory.text for h in by_meaning] == ["Alice adopted a cat named Luna"]
+    by_keyword = bank.search("Lisbon", k=10, min_similarity=MIN_SIMILARITY)
+    assert [h.memory.text for h in by_keyword] == ["Alice works as a nurse in Lisbon"]
+    vector_only = bank.search("pets", k=10, mode="vector", min_similarity=MIN_SIMILARITY)
+    assert [h.memory.text for h in vector_only] == ["Alice adopted a cat named Luna"]
+    assert all(h.score >= MIN_SIMILARITY for h in vector_only)
+    assert bank.search("quantum chromodynamics", k=10, min_similarity=MIN_SIMILARITY) == []
 
 
 def test_keyword_search_accepts_any_text(bank: MemoryBank) -> None:
@@ -224,9 +239,9 @@ def test_schema_steps_are_recorded_and_a_newer_file_is_refused(tmp_path: Path) -
     with MemoryBank.open(db, HashEmbedder()) as bank:
         assert bank.schema_version() == ["m001_memories_and_history", "m002_search_indexes", "m003_binary_vectors",
                                          "m004_episodic_log_and_superseded_facts"]
-        assert bank._conn.execute("PRAGMA user_version").fetchone()[0] == 4
-        assert bank._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        bank._conn.execute("INSERT INTO migrations VALUES ('m999_from_the_future', 'x')")
+        assert sql(db, "PRAGMA user_version") == [(4,)]
+        assert sql(db, "PRAGMA journal_mode") == [("wal",)]
+        sql(db, "INSERT INTO migrations VALUES ('m999_from_the_future', 'x')")
     with pytest.raises(BankError, match="newer edge"):
         MemoryBank.open(db, HashEmbedder())
 
@@ -302,16 +317,16 @@ from edge.operations import AddOp
 bank = MemoryBank.open(sys.argv[1], HashEmbedder(), user=sys.argv[2])
 mode = sys.argv[3]
 if mode == "die-inside":
-    # Kill this process in the middle of a three-operation apply, after its first write.
-    original = bank._log
+    # Kill this process in the middle of a three-operation apply, after its second memory is written.
+    original = bank.index.add
     calls = []
-    def dying_log(*args, **kwargs):
+    def dying_add(*args, **kwargs):
         result = original(*args, **kwargs)
         calls.append(result)
         if len(calls) == 2:
             os.kill(os.getpid(), signal.SIGKILL)
         return result
-    bank._log = dying_log
+    bank.index.add = dying_add
     bank.apply([AddOp("first of three"), AddOp("second of three"), AddOp("third of three")])
 else:
     count = int(mode)

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bank_file import sql
 
-from edge import bank as bank_module
+from edge import db as sqlite
 from edge import retrieval
 from edge.bank import MemoryBank
 from edge.embedder import HashEmbedder
+from edge.errors import MemoryNotFoundError
 from edge.operations import AddOp, DeleteOp, UpdateOp
 from edge.retrieval import (
     VECTOR_CODE,
@@ -43,11 +45,10 @@ def sentences(n: int, seed: int = 3) -> list[str]:
 
 
 def index_rows(bank: MemoryBank) -> tuple[list, list, list]:
-    conn = bank._conn
     return (
-        conn.execute("SELECT rowid, owner FROM memories WHERE deleted_at IS NULL ORDER BY rowid").fetchall(),
-        conn.execute("SELECT rowid, owner FROM memory_vec ORDER BY rowid").fetchall(),
-        conn.execute("SELECT rowid, owner FROM memory_bin ORDER BY rowid").fetchall(),
+        sql(bank.path, "SELECT rowid, owner FROM memories WHERE deleted_at IS NULL ORDER BY rowid"),
+        sql(bank.path, "SELECT rowid, owner FROM memory_vec ORDER BY rowid"),
+        sql(bank.path, "SELECT rowid, owner FROM memory_bin ORDER BY rowid"),
     )
 
 
@@ -88,7 +89,7 @@ def test_a_new_bank_records_its_code_scheme(tmp_path: Path) -> None:
     with MemoryBank.open(tmp_path / "bank.db", HashEmbedder()) as bank:
         assert bank.meta()["vector_code"] == VECTOR_CODE
         assert "m003_binary_vectors" in bank.schema_version()
-        assert bank._binary_search
+        assert bank.index.binary
 
 
 # ----------------------------------------------------------------------------- quantised vs exact
@@ -99,8 +100,8 @@ def test_quantised_vector_search_matches_exact_search(big_bank: MemoryBank) -> N
     top1 = overlap = 0.0
     for query in queries:
         vec = big_bank.embedder.embed([query])[0]
-        fast = [r for r, _ in big_bank._vector(vec, "alice", 10)]
-        exact = [r for r, _ in big_bank._vector_exact(vec, "alice", 10)]
+        fast = [r for r, _ in big_bank.index.nearest(vec, "alice", 10)]
+        exact = [r for r, _ in big_bank.index.nearest(vec, "alice", 10, exact=True)]
         top1 += fast[0] == exact[0]
         overlap += len(set(fast) & set(exact)) / 10
     assert top1 / len(queries) >= 0.95
@@ -109,8 +110,8 @@ def test_quantised_vector_search_matches_exact_search(big_bank: MemoryBank) -> N
 
 def test_quantised_scores_are_cosine_similarities(big_bank: MemoryBank) -> None:
     vec = big_bank.embedder.embed(["Maya went hiking in the Alps"])[0]
-    fast = dict(big_bank._vector(vec, "alice", 5))
-    exact = dict(big_bank._vector_exact(vec, "alice", 50))
+    fast = dict(big_bank.index.nearest(vec, "alice", 5))
+    exact = dict(big_bank.index.nearest(vec, "alice", 50, exact=True))
     for rowid, score in fast.items():
         assert score == pytest.approx(exact[rowid], abs=2e-3)
     assert list(fast.values()) == sorted(fast.values(), reverse=True)
@@ -122,7 +123,7 @@ def test_small_owner_is_searched_exactly(tmp_path: Path) -> None:
         bank.add_many(sentences(200, seed=8), user="bob")
         for query in sentences(10, seed=5):
             vec = bank.embedder.embed([query])[0]
-            assert [r for r, _ in bank._vector(vec, "alice", 10)] == [r for r, _ in bank._vector_exact(vec, "alice", 10)]
+            assert [r for r, _ in bank.index.nearest(vec, "alice", 10)] == [r for r, _ in bank.index.nearest(vec, "alice", 10, exact=True)]
             hits = bank.search(query, mode="vector", k=50)
             assert len(hits) == 40 and all(h.memory.owner == "alice" for h in hits)
 
@@ -169,20 +170,16 @@ def test_codes_follow_update_delete_restore_and_undo(tmp_path: Path) -> None:
         bank.undo(2)
         assert_indexes_agree(bank)
         # The row's vector and its float16 copy describe the same text.
-        rowid = bank._conn.execute("SELECT rowid FROM memories WHERE id = ?", (target,)).fetchone()[0]
-        full = np.frombuffer(
-            bank._conn.execute("SELECT embedding FROM memory_vec WHERE rowid = ?", (rowid,)).fetchone()[0], np.float32
-        )
-        half = np.frombuffer(
-            bank._conn.execute("SELECT half FROM memory_bin WHERE rowid = ?", (rowid,)).fetchone()[0], np.float16
-        )
+        rowid = sql(bank.path, "SELECT rowid FROM memories WHERE id = ?", (target,))[0][0]
+        full = np.frombuffer(sql(bank.path, "SELECT embedding FROM memory_vec WHERE rowid = ?", (rowid,))[0][0], np.float32)
+        half = np.frombuffer(sql(bank.path, "SELECT half FROM memory_bin WHERE rowid = ?", (rowid,))[0][0], np.float16)
         assert np.allclose(full, half.astype(np.float32), atol=1e-3)
 
 
 def test_a_failed_apply_leaves_no_code_behind(tmp_path: Path) -> None:
     with MemoryBank.open(tmp_path / "bank.db", HashEmbedder(), user="alice") as bank:
         bank.add_many(sentences(20))
-        with pytest.raises(Exception):
+        with pytest.raises(MemoryNotFoundError):
             bank.apply([AddOp("fine text"), DeleteOp("m-no-such-id")])
         assert_indexes_agree(bank)
 
@@ -190,30 +187,33 @@ def test_a_failed_apply_leaves_no_code_behind(tmp_path: Path) -> None:
 def test_check_reports_a_missing_code(tmp_path: Path) -> None:
     with MemoryBank.open(tmp_path / "bank.db", HashEmbedder(), user="alice") as bank:
         bank.add_many(sentences(20))
-        bank._conn.execute("DELETE FROM memory_bin WHERE rowid = (SELECT MIN(rowid) FROM memory_bin)")
+        sql(bank.path, "DELETE FROM memory_bin WHERE rowid = (SELECT MIN(rowid) FROM memory_bin)")
         assert any("binary codes" in p for p in bank.check())
 
 
 def old_bank(path: Path, texts_by_owner: dict[str, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
     """A bank as edge wrote it before binary codes (m001 + m002 only), rows written as that code wrote them."""
-    from edge import migrations
+    from edge.bank import migrations
 
     embedder = HashEmbedder()
     with monkeypatch.context() as patch:
         patch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:2])
-        with MemoryBank.open(path, embedder) as bank:
-            conn = bank._conn
-            for owner, texts in texts_by_owner.items():
-                for i, (text, vec) in enumerate(zip(texts, embedder.embed(texts))):
-                    memory_id = f"m{owner}{i}"
-                    cur = conn.execute(
-                        "INSERT INTO memories (id, owner, tier, text, created_at, updated_at) "
-                        "VALUES (?, ?, 'semantic', ?, '2024-01-01', '2024-01-01')", (memory_id, owner, text))
-                    conn.execute("INSERT INTO history (op_group, owner, memory_id, action, after, actor, at) "
-                                 "VALUES ('g', ?, ?, 'ADD', '{}', 'api', '2024-01-01')", (owner, memory_id))
-                    conn.execute("INSERT INTO memory_fts (rowid, text, owner) VALUES (?, ?, ?)", (cur.lastrowid, text, owner))
-                    conn.execute("INSERT INTO memory_vec (rowid, owner, embedding) VALUES (?, ?, ?)",
-                                 (cur.lastrowid, owner, np.asarray(vec, dtype=np.float32).tobytes()))
+        MemoryBank.open(path, embedder).close()
+    conn = sqlite.connect(path)
+    conn.execute("BEGIN")
+    for owner, texts in texts_by_owner.items():
+        for i, (text, vec) in enumerate(zip(texts, embedder.embed(texts))):
+            memory_id = f"m{owner}{i}"
+            cur = conn.execute(
+                "INSERT INTO memories (id, owner, tier, text, created_at, updated_at) "
+                "VALUES (?, ?, 'semantic', ?, '2024-01-01', '2024-01-01')", (memory_id, owner, text))
+            conn.execute("INSERT INTO history (op_group, owner, memory_id, action, after, actor, at) "
+                         "VALUES ('g', ?, ?, 'ADD', '{}', 'api', '2024-01-01')", (owner, memory_id))
+            conn.execute("INSERT INTO memory_fts (rowid, text, owner) VALUES (?, ?, ?)", (cur.lastrowid, text, owner))
+            conn.execute("INSERT INTO memory_vec (rowid, owner, embedding) VALUES (?, ?, ?)",
+                         (cur.lastrowid, owner, np.asarray(vec, dtype=np.float32).tobytes()))
+    conn.execute("COMMIT")
+    conn.close()
 
 
 def test_an_older_bank_is_migrated_when_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -226,7 +226,7 @@ def test_an_older_bank_is_migrated_when_opened(tmp_path: Path, monkeypatch: pyte
     with MemoryBank.open(tmp_path / "old.db", HashEmbedder(), user="alice") as bank:
         assert bank.schema_version()[-2:] == ["m003_binary_vectors", "m004_episodic_log_and_superseded_facts"]
         assert_indexes_agree(bank)
-        assert bank._binary_search
+        assert bank.index.binary
         after = {q: [h.memory.text for h in bank.search(q, mode="vector", k=5)] for q in expected}
         assert after == expected
         assert bank.count() == 500 and bank.count(user="bob") == 80
@@ -237,11 +237,11 @@ def test_a_bank_with_codes_of_another_scheme_searches_exactly(tmp_path: Path) ->
     db = tmp_path / "bank.db"
     with MemoryBank.open(db, HashEmbedder(), user="alice") as bank:
         bank.add_many(sentences(100))
-        bank._conn.execute("UPDATE meta SET value = 'some-other-scheme' WHERE key = 'vector_code'")
+        sql(bank.path, "UPDATE meta SET value = 'some-other-scheme' WHERE key = 'vector_code'")
     with MemoryBank.open(db, HashEmbedder(), user="alice") as bank:
-        assert not bank._binary_search
+        assert not bank.index.binary
         vec = bank.embedder.embed(["Maya baked bread"])[0]
-        assert bank._vector(vec, "alice", 10) == bank._vector_exact(vec, "alice", 10)
+        assert bank.index.nearest(vec, "alice", 10) == bank.index.nearest(vec, "alice", 10, exact=True)
 
 
 # ----------------------------------------------------------------------------- keyword search
@@ -263,32 +263,30 @@ def test_split_by_frequency_keeps_the_rarest_within_budget() -> None:
 
 
 def exact_keyword(bank: MemoryBank, query: str, owner: str, k: int) -> list[int]:
-    rows = bank._conn.execute(
-        "SELECT rowid FROM memory_fts WHERE memory_fts MATCH ? AND owner = ? ORDER BY rank LIMIT ?",
-        (retrieval.fts_or(query_words(query)), owner, k),
-    ).fetchall()
+    rows = sql(bank.path, "SELECT rowid FROM memory_fts WHERE memory_fts MATCH ? AND owner = ? ORDER BY rank LIMIT ?",
+               (retrieval.fts_or(query_words(query)), owner, k))
     return [r[0] for r in rows]
 
 
 def test_bounded_keyword_ranking_keeps_the_rare_word_hits_first(big_bank: MemoryBank, monkeypatch) -> None:
     # "Maya" is in ~1 in 12 memories, "hiking" in ~1 in 10; a tight budget forces the bounded path.
-    monkeypatch.setattr(bank_module, "KEYWORD_RANK_BUDGET", 150)
+    monkeypatch.setattr(big_bank.index, "keyword_rank_budget", 150)
     big_bank.add("Maya went paragliding over Interlaken")
-    hits = big_bank._keyword("did Maya go paragliding?", "alice", 20)
+    hits = big_bank.index.keyword("did Maya go paragliding?", "alice", 20)
     assert len(hits) == 20
-    first = big_bank._hits(hits[:1])[0].memory.text
+    first = big_bank.hits(hits[:1])[0].memory.text
     assert first == "Maya went paragliding over Interlaken"
     # The rest still mention Maya: the common word fills the list.
-    assert all("maya" in h.memory.text.lower() for h in big_bank._hits(hits))
+    assert all("maya" in h.memory.text.lower() for h in big_bank.hits(hits))
 
 
 def test_keyword_ranking_is_exact_when_within_budget(big_bank: MemoryBank) -> None:
     for query in ("Priya kayaking", "Sven pottery Kyoto", "aquarium Oaxaca"):
-        assert [r for r, _ in big_bank._keyword(query, "alice", 10)] == exact_keyword(big_bank, query, "alice", 10)
+        assert [r for r, _ in big_bank.index.keyword(query, "alice", 10)] == exact_keyword(big_bank, query, "alice", 10)
 
 
 def test_keyword_search_with_only_common_words_is_bounded_and_owner_scoped(big_bank: MemoryBank, monkeypatch) -> None:
-    monkeypatch.setattr(bank_module, "KEYWORD_RANK_BUDGET", 100)
+    monkeypatch.setattr(big_bank.index, "keyword_rank_budget", 100)
     hits = big_bank.search("in the", mode="keyword", k=10, user="bob")
     assert len(hits) == 10 and all(h.memory.owner == "bob" for h in hits)
     assert [h.rank for h in hits] == list(range(1, 11))

@@ -20,6 +20,10 @@ def test_add_search_update_delete_undo_history_from_the_command_line(tmp_path: P
     memory_id = json.loads(added.stdout)["id"]
     found = json.loads(edge("memory", "search", "gardening vegetables", "--db", db, "--json").stdout)
     assert found[0]["id"] == memory_id
+    # As the chat app's search box: the nearest memory is not a hit when it is far in meaning and shares no word.
+    assert json.loads(edge("memory", "search", "quantum chromodynamics", "--db", db, "--json").stdout) == []
+    unfiltered = edge("memory", "search", "quantum chromodynamics", "--min-similarity", "-1", "--db", db, "--json")
+    assert [h["id"] for h in json.loads(unfiltered.stdout)] == [memory_id]
     assert edge("memory", "update", memory_id, "I grow peppers", "--db", db).returncode == 0
     assert edge("memory", "delete", memory_id, "--db", db).returncode == 0
     assert json.loads(edge("memory", "list", "--db", db, "--json").stdout) == []

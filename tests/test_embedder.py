@@ -24,7 +24,7 @@ from edge.onnx_embedder import (
     MODEL_FILE,
     TOKENIZER_FILE,
     OnnxEmbedder,
-    load_default_minilm,
+    build_default_minilm,
     minilm_source_dir,
 )
 
@@ -129,6 +129,46 @@ def test_runtime_imports_neither_torch_nor_transformers(model_dir):
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ), timeout=120)
 
 
+RUNTIME_ONLY = """
+import sys
+from edge.agent import Agent
+from edge.bank import MemoryBank
+with MemoryBank.open(sys.argv[1] + "/plain.db", user="alice") as bank:  # no embedder: the default one
+    bank.add("Alice keeps bees on her roof")
+    assert bank.search("insects", k=1)[0].memory.text == "Alice keeps bees on her roof"
+with Agent(bundle=sys.argv[2], db=sys.argv[1] + "/agent.db", user="alice") as agent:
+    agent.bank.add("Alice keeps bees on her roof")
+    assert agent.ask("What does Alice keep on her roof?").retrieved
+bad = [m for m in ("torch", "transformers", "edge.export", "edge.train") if m in sys.modules]
+assert not bad, bad
+"""
+
+
+def test_opening_a_bank_and_answering_never_import_torch(default_bundle, tmp_path):
+    """The runtime loads what `edge bundle build-default` built; it never reaches the export code."""
+    subprocess.run([sys.executable, "-c", RUNTIME_ONLY, str(tmp_path), str(default_bundle.root)],
+                   check=True, env=dict(os.environ), timeout=300)
+
+
+def test_a_bank_without_an_embedder_never_builds_one(tmp_path):
+    code = (
+        "import sys\n"
+        "from edge.bank import MemoryBank\n"
+        "from edge.errors import BundleError\n"
+        "try:\n"
+        "    MemoryBank.open(sys.argv[1])\n"
+        "except BundleError as exc:\n"
+        "    assert 'edge bundle build-default' in exc.hint, exc.hint\n"
+        "else:\n"
+        "    raise AssertionError('opened a new bank with no embedder built')\n"
+        "bad = [m for m in ('torch', 'edge.export') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    env = dict(os.environ, EDGE_CACHE=str(tmp_path / "empty-cache"))
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "bank.db")], check=True, env=env, timeout=120)
+    assert not (tmp_path / "empty-cache" / DEFAULT_CACHE_NAME).exists()
+
+
 # ---------------------------------------------------------------- broken or missing files
 
 
@@ -179,7 +219,7 @@ def test_broken_default_cache_is_rebuilt(model_dir, tmp_path, monkeypatch, capsy
     _truncate(cache / DEFAULT_CACHE_NAME / MODEL_FILE)
     monkeypatch.setenv("EDGE_CACHE", str(cache))
 
-    rebuilt = load_default_minilm()
+    rebuilt = build_default_minilm()
 
     assert "rebuilding" in capsys.readouterr().err
     assert (rebuilt.model_dir / MODEL_FILE).stat().st_size == (model_dir / MODEL_FILE).stat().st_size

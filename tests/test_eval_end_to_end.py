@@ -161,3 +161,24 @@ def test_summary_statistics_without_a_model() -> None:
     assert overall["judge"] is None
     assert summary["categories"]["1"]["f1"] == 0.0 and summary["answer_errors"] == 1
     assert summary["answer_s"]["p50"] == 2.0 and summary["prompt_tokens"]["mean"] == 200
+
+
+def test_the_eval_command_runs_a_system_and_rewrites_its_report(tmp_path: Path, default_bundle) -> None:
+    from click.testing import CliRunner
+
+    from edge.cli import cli
+
+    out = tmp_path / "out"
+    missing = CliRunner().invoke(cli, ["eval", "locomo", "--out", str(out)], env={"EDGE_LOCOMO_DATA": None})
+    assert missing.exit_code == 2 and "Missing --data" in missing.output
+    args = ["eval", "locomo", "--data", str(_data(tmp_path)), "--bundle", str(default_bundle.root),
+            "--system", "rag-turns", "--limit", "1", "--n-ctx", "4096", "--out", str(out), "--quiet"]
+    ran = CliRunner().invoke(cli, args)
+    assert ran.exit_code == 0, ran.output
+    assert "| rag-turns | **overall** | 1 |" in ran.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["systems"]["rag-turns"]["questions"] == 1 and results["systems"]["rag-turns"]["turns"] == 8
+    (out / "report.md").unlink()
+    rewritten = CliRunner().invoke(cli, ["eval", "report", str(out)])
+    assert rewritten.exit_code == 0, rewritten.output
+    assert "| rag-turns | **overall** | 1 |" in (out / "report.md").read_text()

@@ -19,6 +19,7 @@ from edge.prompts import (
     parse_manager_output,
 )
 from edge.train.json_automaton import compile_schema
+from edge.train.rewards import manager_format_score
 
 
 def test_manager_automaton_accepts_the_schema_language_only():
@@ -114,7 +115,7 @@ def test_sampled_replies_of_the_135m_model_are_always_schema_valid(smol):
     for reply in replies:
         parse_json(reply, schema)
         parse = parse_manager_output(reply, ["0", "1"])
-        assert parse.ok and parse.format_score >= 0.5, reply
+        assert parse.ok and manager_format_score(reply, parse) >= 0.5, reply
     greedy = constrained_generate(model, tokenizer, constraint, [prompt], [schema], max_new_tokens=16)[0]
     parse_json(greedy, schema)  # cut short by the budget, the JSON is still closed
     assert len(tokenizer(greedy, add_special_tokens=False)["input_ids"]) <= 16
@@ -186,7 +187,7 @@ def test_random_logits_still_give_schema_valid_replies_within_the_budget(budget)
         text = "".join(vocabulary.texts[t] for t in tokens[:-1])
         assert grammar.matches(text), text
         parse_json(text, schema)
-        assert parse_manager_output(text, ["0", "1"]).format_score >= 0.5
+        assert manager_format_score(text, parse_manager_output(text, ["0", "1"])) >= 0.5
 
 
 def test_the_processor_marks_the_tokens_sampled_at_branch_points():

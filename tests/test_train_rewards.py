@@ -5,8 +5,10 @@ import json
 
 import pytest
 
+from edge import db as sqlite
 from edge.bank import MemoryBank
 from edge.embedder import HashEmbedder
+from edge.errors import EdgeError
 from edge.prompts import Turn
 from edge.train import rewards
 from edge.train.episodes import ManagerEpisode, StoredMemory
@@ -74,6 +76,7 @@ def test_manager_format_reward_gives_partial_credit():
     assert scores[2] == 1.0  # the parser finds the JSON inside prose
     assert 0.0 < scores[3] < 0.5
     assert scores[4] == 0.0
+    assert rewards.manager_format_reward(None, ['{"memory": []}'], shown_ids=['[]']) == [rewards.FORMAT_NO_OPS_LIST]
     assert len(set(scores)) >= 4  # different replies, different rewards: a gradient exists
 
 
@@ -99,7 +102,9 @@ def test_candidate_reader_needs_one_unambiguous_value():
     assert reader(bank, CITY_Q) not in ("Lisbon", "Oslo")  # stale and new together: no answer
     assert reader(bank, PET_Q) == "unknown"
     bank.close()
-    with pytest.raises(Exception):
+    with pytest.raises(sqlite.DatabaseError, match="closed database"):  # the reader really reads the bank
+        reader(bank, CITY_Q)
+    with pytest.raises(EdgeError, match="needs questions with candidate answers"):
         reader(bank, {"question": "Where?", "answer": "x"})
 
 

@@ -23,7 +23,7 @@ from edge.prompts import parse_answer_output, parse_manager_output
 from edge.train.base_model import render_chat
 from edge.train.constrained import SchemaConstraint, constrained_generate
 from edge.train.episodes import AnswerEpisode, ManagerEpisode
-from edge.train.rewards import CachedEmbedder, Reader, ops_match, score_reply, values_stated
+from edge.train.rewards import CachedEmbedder, Reader, manager_format_score, ops_match, score_reply, values_stated
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -48,7 +48,7 @@ def score_manager_replies(episodes: Sequence[ManagerEpisode], replies: Sequence[
         parse = parse_manager_output(reply, episode.shown_ids)
         for key in ("all", episode.kind or "turn"):
             g = groups[key]
-            g["format"].append(parse.format_score)
+            g["format"].append(manager_format_score(reply, parse))
             if episode.gold_ops is not None:
                 g["op_accuracy"].append(float(ops_match(parse, episode.gold_ops)))
                 g["value_accuracy"].append(float(parse.ok and values_stated(parse, episode.gold_ops)))

@@ -28,9 +28,9 @@ class Data:
 def load_embedder(name: str) -> Embedder:
     if name == "hash":
         return HashEmbedder()
-    from edge.onnx_embedder import load_default_minilm
+    from edge.onnx_embedder import build_default_minilm
 
-    return load_default_minilm()
+    return build_default_minilm()
 
 
 def build_data(config: TrainConfig, embedder: Embedder) -> Data:

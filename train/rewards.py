@@ -11,7 +11,7 @@ softer option (`answer_f1_reward`). The paper found an LLM-judge reward made
 answers longer and F1 worse, so none is offered.
 
 Memory Manager:
-- `manager_format_reward`: `parse_manager_output(...).format_score`, which
+- `manager_format_reward`: `manager_format_score` of the parsed reply, which
   gives partial credit (prose around JSON, rejected operations);
 - `ManagerOutcomeReward`: rebuild the bank as it was before the turn (an
   in-memory SQLite copy), apply the sampled operations exactly as the
@@ -83,9 +83,30 @@ def answer_format_reward(prompts: list, completions: list, shown_ids: list, **_:
 # --------------------------------------------------------------------------- Memory Manager: format and size
 
 
+# Partial credit for a Manager reply that is not fully usable: a small model sampled freely writes no valid
+# JSON at all, and a reward that is 0 for every completion gives GRPO no signal (see DESIGN.md).
+FORMAT_BRACE_ONLY = 0.1  # no JSON object, but the reply opened one
+FORMAT_NO_OPS_LIST = 0.25  # a JSON object without an "ops" list
+FORMAT_OPS_LIST = 0.5  # an "ops" list; the other half is the share of its operations that are usable
+
+
+def manager_format_score(text: str, parse: ManagerParse) -> float:
+    """How well-formed a Manager reply is, in [0, 1]: 1.0 for JSON in the schema with every operation usable.
+
+    `parse` is `parse_manager_output(text, ...)`.
+    """
+    if not parse.found_json:
+        return FORMAT_BRACE_ONLY if "{" in text else 0.0
+    if parse.proposed is None:
+        return FORMAT_NO_OPS_LIST
+    usable = 1 - len(parse.rejected) / (parse.proposed or 1)
+    return FORMAT_OPS_LIST + (1 - FORMAT_OPS_LIST) * usable
+
+
 def manager_format_reward(prompts: list, completions: list, shown_ids: list, **_: Any) -> list[float]:
     """Partial-credit format score of each Manager reply (1.0: valid, every operation usable)."""
-    return [parse_manager_output(completion_text(c), _loads(ids)).format_score for c, ids in zip(completions, shown_ids)]
+    texts = [completion_text(c) for c in completions]
+    return [manager_format_score(text, parse_manager_output(text, _loads(ids))) for text, ids in zip(texts, shown_ids)]
 
 
 def manager_compression_reward(prompts: list, completions: list, shown_ids: list, **_: Any) -> list[float]:

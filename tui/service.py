@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterator
 from edge import paths
 from edge.agent import Agent, ChatResult
 from edge.backends.base import Backend
-from edge.bank import Memory
-from edge.bundle import Bundle, build_default
+from edge.bank import MIN_SIMILARITY, Memory
+from edge.bundle import Bundle
 from edge.errors import EdgeError
 from edge.operations import AppliedOp
 from edge.prompts import FACT_TIERS
@@ -29,7 +29,6 @@ from edge.prompts import FACT_TIERS
 Progress = Callable[[str], None]
 LIST_LIMIT = 200
 SEARCH_K = 50
-MIN_SIMILARITY = 0.3  # cosine, all-MiniLM-L6-v2: related short sentences score above, unrelated ones below
 
 
 class BusyError(EdgeError):
@@ -159,15 +158,9 @@ class ChatService:
 
         Raises `EdgeError` (e.g. `BundleError`, `BankLockedError`, `BackendError`) with a hint.
         """
-        bundle = self.config.bundle
-        if bundle is None:
-            target = paths.default_bundle_dir()
-            if not target.exists():
-                progress(f"First run: building the default bundle in {target} (once; it takes a little while).")
-            bundle = build_default(target, log=progress)
-        elif not isinstance(bundle, Bundle):
-            progress(f"Reading the bundle {bundle}")
-            bundle = Bundle.load(bundle)
+        if self.config.bundle is not None and not isinstance(self.config.bundle, Bundle):
+            progress(f"Reading the bundle {self.config.bundle}")
+        bundle = Bundle.resolve(self.config.bundle, log=progress)
         progress(f"Bundle: {bundle.name}")
         db = Path(self.config.db) if self.config.db else paths.default_db()
         progress(f"Opening the memory bank {db} and loading the models ...")
@@ -190,15 +183,7 @@ class ChatService:
 
     def _model_label(self, agent: Agent) -> str:
         """The chat model as people call it (e.g. "SmolLM2-135M-Instruct Q4_1"), else the backend's name."""
-        if self.config.backend is not None:
-            return agent.backend.name
-        manifest = agent.bundle.manifest
-        try:
-            spec = manifest["models"][manifest["roles"].get("chat", manifest["roles"]["answer"])["model"]]
-        except KeyError:
-            return agent.backend.name
-        name = Path(str(spec.get("base") or spec.get("path") or agent.backend.name)).name
-        return f"{name} {spec.get('quantization') or ''}".strip()
+        return agent.backend.name if self.config.backend is not None else agent.bundle.model_label("chat")
 
     def close(self, wait_s: float = 60.0) -> None:
         """Cancel a reply in progress, wait for its turn to finish, then release the models and the bank."""
@@ -237,23 +222,10 @@ class ChatService:
         total = bank.count(tier=FACT_TIERS)
         query = query.strip()
         if query:
-            return Listing(self._search(query), total, query)
+            hits = bank.search(query, k=SEARCH_K, scope="facts", min_similarity=MIN_SIMILARITY)
+            return Listing([h.memory for h in hits], total, query)
         newest = bank.list(tier=FACT_TIERS, limit=limit, offset=max(0, total - limit))
         return Listing(list(reversed(newest)), total)
-
-    def _search(self, query: str) -> list[Memory]:
-        """Hybrid-ranked hits that match a keyword or are close in meaning.
-
-        Vector search always returns its k nearest memories, however far; a
-        search box that listed every memory for any query would not filter.
-        """
-        bank = self._agent().bank
-        vector = bank.embedder.embed([query])[0]
-        close = {h.memory.id for h in bank.search(query, k=SEARCH_K, mode="vector", query_vector=vector, scope="facts")
-                 if h.score >= MIN_SIMILARITY}
-        close |= {h.memory.id for h in bank.search(query, k=SEARCH_K, mode="keyword", scope="facts")}
-        ranked = bank.search(query, k=SEARCH_K, mode="hybrid", query_vector=vector, scope="facts")
-        return [h.memory for h in ranked if h.memory.id in close]
 
     def add(self, text: str) -> list[OpView]:
         return self._change(lambda bank: [bank.add(text, actor="user")], "ADD")

@@ -44,6 +44,22 @@ class Backend(ABC):
 
     name: str = "backend"
     last_completion: Completion | None = None
+    # The context window in tokens (prompt + reply). Callers fit their prompts to it; a backend that knows
+    # its model's window (llama.cpp) sets its own, others (a server, scripted replies) keep this default.
+    n_ctx: int = 4096
+
+    @property
+    def adapters(self) -> list[str]:
+        """Names of the LoRA adapters loaded next to the model, which `adapter=` may name; none by default."""
+        return []
+
+    def render_prompt(self, messages: list[Message]) -> str:
+        """The exact text the model reads for `messages` (its chat template applied).
+
+        Raises `BackendError` for a backend that does not see the prompt
+        text (a server applies its own template).
+        """
+        raise BackendError(f"The {self.name} backend does not expose the text of its prompts.")
 
     @abstractmethod
     def complete(

@@ -78,6 +78,7 @@ class OnnxGenAIBackend(Backend):
             ) from exc
         config = json.loads(config_path.read_text())
         self.context_length = int(config.get("model", {}).get("context_length", 2048))
+        self.n_ctx = self.context_length
         eos = config.get("model", {}).get("eos_token_id", [])
         self._eos = set(eos if isinstance(eos, list) else [eos])
         self.name = f"onnx-genai:{self.model_dir.name}"
@@ -92,6 +93,10 @@ class OnnxGenAIBackend(Backend):
             self.load_adapter(adapter_name, path)
 
     # ------------------------------------------------------------ public API
+
+    @property
+    def adapters(self) -> list[str]:
+        return sorted(self._adapter_names)
 
     def load_adapter(self, name: str, path: Path) -> None:
         if self._adapters is None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from edge.bundle import DEFAULT_GENERATION
 from edge.commands import db_option, json_option, user_option
 from edge.errors import EdgeError
 
@@ -24,6 +25,7 @@ def open_agent(bundle: Path | None, db: Path | None, user: str):
 
 
 def describe_turn(result) -> list[str]:
+    """A Manager turn's operations as printed: one line each, refused ones and errors in yellow."""
     lines = []
     for op in result.applied:
         text = (op.after or {}).get("text") or (op.before or {}).get("text", "")
@@ -35,22 +37,6 @@ def describe_turn(result) -> list[str]:
     if not lines:
         lines.append("  NOOP")
     return lines
-
-
-def turn_json(result) -> dict:
-    return {
-        "turn": vars(result.turn), "applied": [vars(op) for op in result.applied],
-        "rejected": [{"op": raw, "reason": reason} for raw, reason in result.rejected],
-        "error": result.error, "seconds": result.seconds, "prompt_tokens": result.prompt_tokens,
-    }
-
-
-def answer_json(result) -> dict:
-    return {
-        "question": result.question, "answer": result.answer, "memory_ids": result.memory_ids,
-        "memories": [m.text for m in result.memories], "timings": result.timings,
-        "prompt_tokens": result.prompt_tokens, "error": result.error,
-    }
 
 
 @click.command()
@@ -84,7 +70,7 @@ def remember(texts, speaker, when, bundle, db, user, as_json) -> None:
 def remembered_json(outcome) -> dict:
     """One turn of `edge remember --json`: the turn's result, or what it said and why it was not done."""
     if outcome.result is not None:
-        return {"status": outcome.status, "reason": None, **turn_json(outcome.result)}
+        return {"status": outcome.status, "reason": None, **outcome.result.to_dict()}
     line = outcome.line
     turn = {"speaker": line.speaker, "text": line.text, "time": line.time, "turn_id": line.turn_id}
     return {"status": outcome.status, "reason": outcome.reason, "turn": turn}
@@ -92,7 +78,9 @@ def remembered_json(outcome) -> dict:
 
 @click.command()
 @click.argument("question")
-@click.option("-k", "--top-k", "k", type=int, default=None, help="Memories to retrieve. [default: the bundle's answer_k]")
+@click.option("-k", "--top-k", "k", type=click.IntRange(min=1), default=None,
+              help=f"Memories to retrieve. [default: the bundle's generation.answer_k; "
+              f"{DEFAULT_GENERATION['answer_k']} for the default bundle]")
 @click.option("--show-memories", is_flag=True, help="Also print the memories the answer used.")
 @bundle_option
 @db_option
@@ -103,7 +91,7 @@ def ask(question, k, show_memories, bundle, db, user, as_json) -> None:
     with open_agent(bundle, db, user) as agent:
         result = agent.ask(question, k=k)
     if as_json:
-        click.echo(json.dumps(answer_json(result), indent=2, ensure_ascii=False))
+        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
         return
     click.echo(result.answer)
     if show_memories:
@@ -116,7 +104,7 @@ def line_json(outcome) -> dict:
     line = outcome.line
     result = None
     if outcome.result is not None:
-        result = answer_json(outcome.result) if line.kind == "question" else turn_json(outcome.result)
+        result = outcome.result.to_dict()
     return {
         "line": line.number, "kind": line.kind, "status": outcome.status, "reason": outcome.reason,
         "speaker": line.speaker, "text": line.text, "result": result,

@@ -7,13 +7,23 @@ from pathlib import Path
 import click
 
 from edge import paths
-from edge.bank import SCOPES, HistoryEntry, Memory, MemoryBank, SearchHit
+from edge.bank import MIN_SIMILARITY, SCOPES, HistoryEntry, Memory, MemoryBank, SearchHit
 from edge.commands import db_option, json_option, user_option
 from edge.operations import TIERS
 
 
 def open_bank(db: Path | None, user: str, *, create: bool = True) -> MemoryBank:
-    return MemoryBank.open(db or paths.default_db(), user=user, create=create)
+    """The bank at `db` (default: under $EDGE_HOME); on the very first run, build the default embedder first.
+
+    The bank loads the default embedder when it needs one and never builds
+    it; building (once, with a progress bar) is this first-run path's job.
+    """
+    from edge.onnx_embedder import build_default_minilm, default_minilm_built
+
+    path = db or paths.default_db()
+    if (create or path.exists()) and not default_minilm_built():
+        build_default_minilm()
+    return MemoryBank.open(path, user=user, create=create)
 
 
 def _emit(data, as_json: bool, human) -> None:
@@ -104,15 +114,17 @@ def restore(memory_id: str, db: Path | None, user: str, as_json: bool) -> None:
 @click.option("--scope", type=click.Choice(SCOPES), default="all", show_default=True,
               help="facts (core + semantic), episodic (the verbatim turn log), or all.")
 @click.option("--superseded", is_flag=True, help="Include facts a later turn superseded (\"where did I live before?\").")
+@click.option("--min-similarity", type=float, default=MIN_SIMILARITY, show_default=True,
+              help="Hits that match no keyword must be at least this close in meaning (cosine); -1 keeps every hit.")
 @db_option
 @user_option
 @json_option
-def search(query: str, k: int, mode: str, scope: str, superseded: bool, db: Path | None, user: str,
-           as_json: bool) -> None:
-    """Find memories about QUERY (by meaning, keywords, or both)."""
+def search(query: str, k: int, mode: str, scope: str, superseded: bool, min_similarity: float, db: Path | None,
+           user: str, as_json: bool) -> None:
+    """Find memories about QUERY (by meaning, keywords, or both), as the chat app's search box finds them."""
     with open_bank(db, user, create=False) as bank:
         hits: list[SearchHit] = bank.search(query, k=k, mode=mode, scope=scope,  # type: ignore[arg-type]
-                                            include_superseded=superseded)
+                                            include_superseded=superseded, min_similarity=min_similarity)
 
     def human() -> None:
         if not hits:

@@ -351,9 +351,9 @@ class LocomoRun:
     @property
     def context(self) -> EvalContext:
         if self._context is None:
-            from edge.bundle import Bundle, build_default
+            from edge.bundle import Bundle
 
-            bundle = Bundle.load(self.settings.bundle) if self.settings.bundle else build_default(log=self.log)
+            bundle = Bundle.resolve(self.settings.bundle, log=self.log)
             self._context = EvalContext.load(bundle, n_ctx=self.settings.n_ctx, answer_k=self.settings.answer_k)
         return self._context
 

@@ -59,7 +59,7 @@ class EvalContext:
         bundle.check_compatible()
         answer_k = answer_k or bundle.answer_k
         backend = bundle.load_backend("answer", n_ctx=n_ctx)  # decoded as `edge.Agent` decodes the bundle
-        n_ctx = int(getattr(backend, "n_ctx", n_ctx))
+        n_ctx = int(backend.n_ctx)
         return cls(bundle=bundle, backend=backend, embedder=bundle.load_embedder(), n_ctx=n_ctx, answer_k=answer_k,
                    text_mode=bundle.text_mode, answer_tokens=bundle.answer_tokens)
 

@@ -6,7 +6,11 @@ written by a newer edge and is refused rather than guessed at.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
+
+from edge.bank.records import now
+from edge.errors import BankError
 
 MIGRATIONS: list[Callable] = []
 
@@ -150,4 +154,30 @@ def create_search_tables(db, dim: int) -> None:
 
 
 def names() -> list[str]:
+    """The names of every migration this edge knows, oldest first."""
     return [fn.__name__ for fn in MIGRATIONS]
+
+
+def migrate(db, path: Path, dim: int) -> None:
+    """Run every migration `db` has not recorded yet, in order, and record each.
+
+    Runs inside the caller's write transaction (the bank opens one around
+    it), so a failed step leaves the file as it was. `dim` is the
+    embedder's dimension, which the vector tables are created with.
+    Raises `BankError` for a file that records steps this edge does not
+    know (it was written by a newer edge).
+    """
+    db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    applied = {r[0] for r in db.execute("SELECT name FROM migrations")}
+    known = names()
+    unknown = applied - set(known)
+    if unknown:
+        raise BankError(
+            f"The bank {path} was written by a newer edge (schema steps {', '.join(sorted(unknown))}).",
+            hint="Upgrade edge to open it.",
+        )
+    for fn in MIGRATIONS:
+        if fn.__name__ not in applied:
+            fn(db, int(dim))
+            db.execute("INSERT INTO migrations (name, applied_at) VALUES (?, ?)", (fn.__name__, now()))
+    db.execute(f"PRAGMA user_version = {len(known)}")

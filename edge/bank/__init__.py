@@ -1,0 +1,35 @@
+"""The memory bank: a user's memories in one SQLite file, searchable by meaning and by keywords.
+
+    records     Memory, SearchHit, HistoryEntry and the rules for their text (no database)
+    store       MemoryBank: memories, transactions, history and undo
+    search      SearchIndex: the vector, binary-code and keyword tables, rank fusion, their consistency
+    opening     opening a file: WAL, embedder and schema checks, SQLite errors users can act on
+    migrations  the schema as append-only named steps, and the runner that applies them
+
+Everything other modules use is imported from here: `from edge.bank import MemoryBank, Memory`.
+"""
+from __future__ import annotations
+
+from edge.bank.records import (
+    EPISODIC,
+    MAX_TEXT_CHARS,
+    MAX_TURN_CHARS,
+    SCOPES,
+    SEARCH_MODES,
+    HistoryEntry,
+    Memory,
+    SearchHit,
+    SearchMode,
+    SearchScope,
+    clean_text,
+    now,
+    text_limit,
+)
+from edge.bank.search import MIN_SIMILARITY, SearchIndex
+from edge.bank.store import MemoryBank
+
+__all__ = [
+    "EPISODIC", "MAX_TEXT_CHARS", "MAX_TURN_CHARS", "MIN_SIMILARITY", "SCOPES", "SEARCH_MODES", "HistoryEntry",
+    "Memory", "MemoryBank", "SearchHit", "SearchIndex", "SearchMode", "SearchScope", "clean_text", "now",
+    "text_limit",
+]

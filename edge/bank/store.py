@@ -1,0 +1,677 @@
+"""`MemoryBank`: one SQLite file holding a user's memories and an append-only history of every change.
+
+Every change goes through `apply`, which validates all of its operations
+before it writes anything, then writes them and their history rows in one
+transaction. Deletes are soft (`deleted_at`), so every change can be undone.
+Search goes through the bank's `SearchIndex` (`edge.bank.search`), which
+the bank keeps in step with the memories inside the same transactions.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from edge import db as sqlite
+from edge.bank.opening import prepare, unusable
+from edge.bank.records import (
+    EPISODIC,
+    HISTORY_COLUMNS,
+    MEMORY_COLUMNS,
+    HistoryEntry,
+    Memory,
+    SearchHit,
+    SearchMode,
+    SearchScope,
+    clean_text,
+    history_from_row,
+    memory_from_row,
+    memory_row,
+    new_id,
+    now,
+    text_limit,
+)
+from edge.bank.search import Ranked, SearchIndex
+from edge.embedder import Embedder
+from edge.errors import (
+    BankError,
+    EmbedderMismatchError,
+    InvalidInputError,
+    MemoryNotFoundError,
+    NothingToUndoError,
+)
+from edge.operations import ACTORS, TIERS, AddOp, AppliedOp, DeleteOp, Op, RestoreOp, SupersedeOp, UpdateOp
+from edge.paths import DEFAULT_USER
+
+
+def _op_search_text(op: Op) -> str | None:
+    """The text an operation puts into the search indexes (None: it embeds nothing new)."""
+    if isinstance(op, AddOp):
+        speaker = op.metadata.get("speaker") if op.tier == EPISODIC else None
+        return f"{speaker}: {op.text}" if speaker else op.text
+    if isinstance(op, (UpdateOp, SupersedeOp)):
+        return op.text
+    return None
+
+
+def _tier_filter(tier: str | Sequence[str] | None, args: list[Any]) -> str:
+    """SQL condition for one tier or several (appending their arguments); "" for all."""
+    if not tier:
+        return ""
+    tiers = [tier] if isinstance(tier, str) else list(tier)
+    args += tiers
+    return f" AND tier IN ({','.join('?' * len(tiers))})"
+
+
+class MemoryBank:
+    """A user-scoped memory store in one SQLite file.
+
+    `user` is the default owner for every call; each call may name another.
+    A search for one owner never returns another owner's memories.
+    """
+
+    def __init__(self, conn, path: Path, embedder: Embedder | None, user: str) -> None:
+        self._conn = conn
+        self.path = path
+        self._embedder = embedder
+        self.user = user
+        self._lock = threading.RLock()
+        meta = self.meta()
+        self.embedder_name = meta["embedder_name"]
+        self.dim = int(meta["embedder_dim"])
+        self.index = SearchIndex.of(conn, meta)
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(
+        cls,
+        path: Path | str,
+        embedder: Embedder | None = None,
+        *,
+        user: str = DEFAULT_USER,
+        create: bool = True,
+        busy_timeout_ms: int = sqlite.BUSY_TIMEOUT_MS,
+    ) -> "MemoryBank":
+        """Open (or create) a bank. A new bank records the embedder it is built with.
+
+        With no embedder, the default one (MiniLM on onnxruntime, as
+        `edge bundle build-default` built it) is loaded when a search or a
+        write first needs it; opening never builds it. `busy_timeout_ms` is
+        how long to wait for another process that holds the file's lock
+        (when opening and at every write) before `BankLockedError`.
+        """
+        path = Path(path)
+        if not path.exists() and not create:
+            raise BankError(f"No memory bank at {path}.", hint="Check --db, or add a memory to create it.")
+        if path.is_dir():
+            raise BankError(f"{path} is a folder, not a memory bank file.", hint="Point --db at a .db file.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite.connect(path, busy_timeout_ms=busy_timeout_ms)
+        try:
+            prepare(conn, path, embedder)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path, embedder, user)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> "MemoryBank":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the file and empty it (before measuring the file's size)."""
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # ------------------------------------------------------------------ metadata
+
+    def meta(self) -> dict[str, str]:
+        try:
+            return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite.DatabaseError as exc:
+            raise unusable(self.path, exc, "reading it") from exc
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Record a fact about the bank (e.g. the prompt version its memories were managed with)."""
+        if key in ("embedder_name", "embedder_dim"):
+            raise InvalidInputError(f"{key} is fixed when the bank is created.")
+        with self._transaction() as conn:
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                         (key, value))
+
+    def schema_version(self) -> list[str]:
+        return [r[0] for r in self._conn.execute("SELECT name FROM migrations ORDER BY name")]
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            from edge.embedder import embedder_for
+
+            embedder = embedder_for(self.embedder_name, self.dim)
+            if embedder.name != self.embedder_name or embedder.dim != self.dim:
+                raise EmbedderMismatchError(
+                    f"The bank {self.path} was built with {self.embedder_name} ({self.dim}-d), "
+                    f"not the default {embedder.name} ({embedder.dim}-d).",
+                    hint="Open it with the embedder it was built with.",
+                )
+            self._embedder = embedder
+        return self._embedder
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), dim) float32 unit vectors from the bank's embedder, as the bank indexes them.
+
+        Raises `EmbedderMismatchError` when the embedder returns another shape.
+        """
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = np.asarray(self.embedder.embed(texts), dtype=np.float32)
+        if vectors.shape != (len(texts), self.dim):
+            raise EmbedderMismatchError(
+                f"The embedder returned vectors of shape {vectors.shape}, expected ({len(texts)}, {self.dim})."
+            )
+        return vectors
+
+    # ------------------------------------------------------------------ writing
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite.DatabaseError as exc:  # locked past the busy timeout, read-only, disk full, ...
+                raise unusable(self.path, exc, "writing to it") from exc
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def apply(
+        self,
+        ops: Sequence[Op],
+        *,
+        user: str | None = None,
+        actor: str = "api",
+        turn: str | None = None,
+    ) -> list[AppliedOp]:
+        """Apply operations all together or not at all, each with a history row.
+
+        Everything is validated before the first write; any failure leaves
+        the bank exactly as it was.
+        """
+        owner = user or self.user
+        if actor not in ACTORS:
+            raise InvalidInputError(f"Unknown actor {actor!r}; expected one of {', '.join(ACTORS)}.")
+        ops = list(ops)
+        if not ops:
+            return []
+        cleaned: list[Op] = []
+        for op in ops:
+            if isinstance(op, AddOp):
+                if op.tier not in TIERS:
+                    raise InvalidInputError(f"Unknown tier {op.tier!r}; expected one of {', '.join(TIERS)}.")
+                what = "turn" if op.tier == EPISODIC else "memory text"
+                cleaned.append(replace(op, text=clean_text(op.text, what=what, max_chars=text_limit(op.tier)),
+                                       source_turns=tuple(op.source_turns), metadata=dict(op.metadata)))
+            elif isinstance(op, UpdateOp):
+                cleaned.append(UpdateOp(op.id, clean_text(op.text), op.event_time, tuple(op.source_turns)))
+            elif isinstance(op, SupersedeOp):
+                text = None if op.text is None else clean_text(op.text)
+                cleaned.append(replace(op, text=text, source_turns=tuple(op.source_turns), metadata=dict(op.metadata)))
+            elif isinstance(op, (DeleteOp, RestoreOp)):
+                cleaned.append(op)
+            else:
+                raise InvalidInputError(f"Not an operation: {op!r}")
+        texts = [_op_search_text(op) for op in cleaned if _op_search_text(op) is not None]
+        vectors = iter(self.embed(texts))  # type: ignore[arg-type]
+        plan = [(op, next(vectors) if _op_search_text(op) is not None else None) for op in cleaned]
+        group = secrets.token_hex(6)
+        with self._transaction() as conn:
+            return [self._apply_one(conn, op, vec, owner, actor, turn, group) for op, vec in plan]
+
+    def _current(self, conn, memory_id: str, owner: str) -> tuple[int, Memory]:
+        row = conn.execute(
+            f"SELECT rowid, {MEMORY_COLUMNS} FROM memories WHERE id = ? AND owner = ?", (memory_id, owner)
+        ).fetchone()
+        if row is None:
+            raise MemoryNotFoundError(f"No memory {memory_id!r} for user {owner!r}.", hint="`edge memory list` shows ids.")
+        return row[0], memory_from_row(row[1:])
+
+    def _apply_one(self, conn, op: Op, vec, owner: str, actor: str, turn: str | None, group: str) -> AppliedOp:
+        stamp = now()
+        if isinstance(op, AddOp):
+            memory = Memory(
+                id=new_id(), owner=owner, tier=op.tier, text=op.text, created_at=stamp, updated_at=stamp,
+                event_time=op.event_time, source_turns=tuple(op.source_turns), metadata=dict(op.metadata),
+            )
+            while conn.execute("SELECT 1 FROM memories WHERE id = ?", (memory.id,)).fetchone():
+                memory = replace(memory, id=new_id())
+            self._insert_row(conn, memory, vec)
+            return self._log(conn, group, "ADD", memory.id, owner, None, memory, actor, turn, stamp)
+        rowid, before = self._current(conn, op.id, owner)
+        if before.tier == EPISODIC and actor == "manager":
+            raise InvalidInputError(
+                f"Memory {op.id!r} is a turn of the episodic log; the Manager cannot change or delete it.",
+                hint="Only a user can edit or delete the episodic log (recoverably).",
+            )
+        if isinstance(op, SupersedeOp):
+            return self._supersede(conn, op, rowid, before, vec, owner, actor, turn, group, stamp)
+        if isinstance(op, UpdateOp):
+            if before.deleted_at:
+                raise MemoryNotFoundError(f"Memory {op.id!r} is deleted; restore it before updating it.")
+            after = replace(
+                before, text=op.text, updated_at=stamp, event_time=op.event_time or before.event_time,
+                source_turns=tuple(dict.fromkeys(before.source_turns + tuple(op.source_turns))),
+            )
+            self._write_row(conn, rowid, after, None if before.tier == EPISODIC else vec)
+            return self._log(conn, group, "UPDATE", op.id, owner, before, after, actor, turn, stamp)
+        if isinstance(op, DeleteOp):
+            if before.deleted_at:
+                raise MemoryNotFoundError(f"Memory {op.id!r} is already deleted.")
+            after = replace(before, deleted_at=stamp)
+            self._write_row(conn, rowid, after, None)
+            return self._log(conn, group, "DELETE", op.id, owner, before, after, actor, turn, stamp)
+        if not before.deleted_at and not before.superseded:
+            raise InvalidInputError(f"Memory {op.id!r} is current; there is nothing to restore.")
+        after = replace(before, deleted_at=None, valid_until=None, superseded_by=None, superseded_turn=None,
+                        updated_at=stamp)
+        self._write_row(conn, rowid, after, None)
+        return self._log(conn, group, "RESTORE", op.id, owner, before, after, actor, turn, stamp)
+
+    def _supersede(self, conn, op: SupersedeOp, rowid: int, before: Memory, vec, owner: str, actor: str,
+                   turn: str | None, group: str, stamp: str) -> AppliedOp:
+        """Retire `before` (kept, searchable on request) and, for an UPDATE, add its newer version."""
+        if before.deleted_at or before.superseded:
+            raise MemoryNotFoundError(f"Memory {op.id!r} is not a current fact; only current facts can be superseded.")
+        newer = None
+        if op.text is not None:
+            newer = Memory(
+                id=new_id(), owner=owner, tier=before.tier, text=op.text, created_at=stamp, updated_at=stamp,
+                event_time=op.event_time, source_turns=tuple(op.source_turns),
+                metadata={**op.metadata, "supersedes": before.id},
+            )
+            while conn.execute("SELECT 1 FROM memories WHERE id = ?", (newer.id,)).fetchone():
+                newer = replace(newer, id=new_id())
+        retired = replace(before, updated_at=stamp, valid_until=op.at or stamp,
+                          superseded_by=newer.id if newer else None, superseded_turn=op.turn_id)
+        conn.execute("UPDATE memories SET updated_at = ?, valid_until = ?, superseded_by = ?, superseded_turn = ? "
+                     "WHERE rowid = ?", (retired.updated_at, retired.valid_until, retired.superseded_by,
+                                         retired.superseded_turn, rowid))
+        self.index.set_kind(rowid, retired.kind)
+        action = "UPDATE" if newer else "DELETE"
+        applied = self._log(conn, group, action, before.id, owner, before, retired, actor, turn, stamp)
+        if newer is None:
+            return applied
+        self._insert_row(conn, newer, vec)
+        added = self._log(conn, group, "ADD", newer.id, owner, None, newer, actor, turn, stamp)
+        # The op's result names the new version; the retired one is in `before` and in history.
+        return AppliedOp(seq=added.seq, action="UPDATE", memory_id=newer.id, before=applied.before, after=added.after)
+
+    def _insert_row(self, conn, memory: Memory, vec) -> int:
+        cur = conn.execute(f"INSERT INTO memories ({MEMORY_COLUMNS}) VALUES ({', '.join('?' * 13)})", memory_row(memory))
+        rowid = cur.lastrowid
+        if memory.deleted_at is None:
+            self.index.add(rowid, memory.search_text(), memory.owner, memory.kind, vec)
+        return rowid
+
+    def _write_row(self, conn, rowid: int, memory: Memory, vec) -> None:
+        """Overwrite a memory's row; its search entries follow (removed when deleted)."""
+        conn.execute(
+            "UPDATE memories SET tier = ?, text = ?, updated_at = ?, event_time = ?, source_turns = ?, "
+            "metadata = ?, deleted_at = ?, valid_until = ?, superseded_by = ?, superseded_turn = ? WHERE rowid = ?",
+            (
+                memory.tier, memory.text, memory.updated_at, memory.event_time,
+                json.dumps(list(memory.source_turns)), json.dumps(memory.metadata), memory.deleted_at,
+                memory.valid_until, memory.superseded_by, memory.superseded_turn, rowid,
+            ),
+        )
+        self.index.remove(rowid)
+        if memory.deleted_at is None:
+            if vec is None:
+                vec = self.embed([memory.search_text()])[0]
+            self.index.add(rowid, memory.search_text(), memory.owner, memory.kind, vec)
+
+    def _log(self, conn, group, action, memory_id, owner, before, after, actor, turn, stamp, reverts=None) -> AppliedOp:
+        before_d = before.to_dict() if isinstance(before, Memory) else before
+        after_d = after.to_dict() if isinstance(after, Memory) else after
+        cur = conn.execute(
+            "INSERT INTO history (op_group, owner, memory_id, action, before, after, actor, turn, at, reverts) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                group, owner, memory_id, action,
+                json.dumps(before_d) if before_d else None, json.dumps(after_d) if after_d else None,
+                actor, turn, stamp, reverts,
+            ),
+        )
+        return AppliedOp(seq=cur.lastrowid, action=action, memory_id=memory_id, before=before_d, after=after_d)
+
+    # convenience wrappers ------------------------------------------------------
+
+    def add(
+        self,
+        text: str,
+        *,
+        tier: str = "semantic",
+        event_time: str | None = None,
+        source_turns: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
+        user: str | None = None,
+        actor: str = "api",
+        turn: str | None = None,
+    ) -> Memory:
+        """Store one memory and return it."""
+        op = AddOp(text, tier, event_time, tuple(source_turns), metadata or {})  # type: ignore[arg-type]
+        applied = self.apply([op], user=user, actor=actor, turn=turn)[0]
+        return Memory.from_dict(applied.after)  # type: ignore[arg-type]
+
+    def add_many(self, texts: Sequence[str], *, tier: str = "semantic", user: str | None = None, actor: str = "api") -> list[str]:
+        """Store many memories in one transaction (one embedding batch); returns their ids."""
+        applied = self.apply([AddOp(t, tier) for t in texts], user=user, actor=actor)  # type: ignore[arg-type]
+        return [a.memory_id for a in applied]
+
+    def update(self, memory_id: str, text: str, *, user: str | None = None, actor: str = "api", turn: str | None = None) -> Memory:
+        applied = self.apply([UpdateOp(memory_id, text)], user=user, actor=actor, turn=turn)[0]
+        return Memory.from_dict(applied.after)  # type: ignore[arg-type]
+
+    def delete(self, memory_id: str, *, user: str | None = None, actor: str = "api", turn: str | None = None) -> Memory:
+        """Soft-delete: the memory leaves search and lists, and `undo` or `restore` brings it back."""
+        applied = self.apply([DeleteOp(memory_id)], user=user, actor=actor, turn=turn)[0]
+        return Memory.from_dict(applied.after)  # type: ignore[arg-type]
+
+    def restore(self, memory_id: str, *, user: str | None = None, actor: str = "api") -> Memory:
+        applied = self.apply([RestoreOp(memory_id)], user=user, actor=actor)[0]
+        return Memory.from_dict(applied.after)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ undo
+
+    def undo(self, steps: int = 1, *, user: str | None = None, actor: str = "user") -> list[AppliedOp]:
+        """Revert the last `steps` changes (a change = all operations of one `apply`), newest first.
+
+        The revert is itself recorded in history (action UNDO) and marks
+        the original rows as undone, so history is never rewritten.
+        """
+        owner = user or self.user
+        if steps < 1:
+            raise InvalidInputError("Undo needs at least one step.")
+        with self._transaction() as conn:
+            groups = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT op_group FROM history WHERE owner = ? AND action != 'UNDO' AND undone_by IS NULL "
+                    "GROUP BY op_group ORDER BY MAX(seq) DESC LIMIT ?",
+                    (owner, steps),
+                )
+            ]
+            if not groups:
+                raise NothingToUndoError(f"Nothing to undo for user {owner!r}.")
+            undo_group = secrets.token_hex(6)
+            results = []
+            for group in groups:
+                rows = conn.execute(
+                    f"SELECT {HISTORY_COLUMNS} FROM history WHERE op_group = ? ORDER BY seq DESC", (group,)
+                ).fetchall()
+                for entry in map(history_from_row, rows):
+                    results.append(self._revert(conn, entry, owner, actor, undo_group))
+            return results
+
+    def _revert(self, conn, entry: HistoryEntry, owner: str, actor: str, group: str) -> AppliedOp:
+        stamp = now()
+        rowid, current = self._current(conn, entry.memory_id, owner)
+        if entry.action == "ADD":
+            target = replace(current, deleted_at=stamp, updated_at=stamp)
+        else:
+            target = Memory.from_dict(entry.before)  # type: ignore[arg-type]
+        self._write_row(conn, rowid, target, None)
+        applied = self._log(conn, group, "UNDO", entry.memory_id, owner, current, target, actor, None, stamp, reverts=entry.seq)
+        conn.execute("UPDATE history SET undone_by = ? WHERE seq = ?", (applied.seq, entry.seq))
+        return applied
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, memory_id: str, *, user: str | None = None) -> Memory:
+        owner = user or self.user
+        row = self._conn.execute(
+            f"SELECT {MEMORY_COLUMNS} FROM memories WHERE id = ? AND owner = ?", (memory_id, owner)
+        ).fetchone()
+        if row is None:
+            raise MemoryNotFoundError(f"No memory {memory_id!r} for user {owner!r}.", hint="`edge memory list` shows ids.")
+        return memory_from_row(row)
+
+    def list(
+        self,
+        *,
+        user: str | None = None,
+        tier: str | Sequence[str] | None = None,
+        include_deleted: bool = False,
+        include_superseded: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Memory]:
+        """Memories of one owner, oldest first: current ones, and on request deleted and superseded ones."""
+        sql = f"SELECT {MEMORY_COLUMNS} FROM memories WHERE owner = ?"
+        args: list[Any] = [user or self.user]
+        sql += _tier_filter(tier, args)
+        if not include_deleted:
+            sql += " AND deleted_at IS NULL"
+        if not include_superseded:
+            sql += " AND valid_until IS NULL"
+        sql += " ORDER BY rowid LIMIT ? OFFSET ?"
+        args += [-1 if limit is None else int(limit), int(offset)]
+        return [memory_from_row(r) for r in self._conn.execute(sql, args)]
+
+    def count(self, *, user: str | None = None, tier: str | Sequence[str] | None = None) -> int:
+        """Current memories of one owner (not deleted, not superseded), of some tiers or all."""
+        sql = "SELECT COUNT(*) FROM memories WHERE owner = ? AND deleted_at IS NULL AND valid_until IS NULL"
+        args: list[Any] = [user or self.user]
+        sql += _tier_filter(tier, args)
+        return self._conn.execute(sql, args).fetchone()[0]
+
+    def history(self, memory_id: str | None = None, *, user: str | None = None, limit: int | None = None) -> list[HistoryEntry]:
+        """History rows of one memory, or of the whole owner when no id is given; oldest first."""
+        owner = user or self.user
+        if memory_id is not None:
+            rows = self._conn.execute(
+                f"SELECT {HISTORY_COLUMNS} FROM history WHERE memory_id = ? AND owner = ? ORDER BY seq", (memory_id, owner)
+            ).fetchall()
+            if not rows:
+                self.get(memory_id, user=owner)  # raises a clear not-found error
+        else:
+            rows = self._conn.execute(
+                f"SELECT {HISTORY_COLUMNS} FROM (SELECT * FROM history WHERE owner = ? ORDER BY seq DESC LIMIT ?) "
+                "ORDER BY seq",
+                (owner, -1 if limit is None else int(limit)),
+            ).fetchall()
+        return [history_from_row(r) for r in rows]
+
+    # ------------------------------------------------------------------ search
+
+    def search(
+        self,
+        query: str,
+        *,
+        k: int = 10,
+        mode: SearchMode = "hybrid",
+        user: str | None = None,
+        query_vector: np.ndarray | None = None,
+        scope: SearchScope = "all",
+        include_superseded: bool = False,
+        min_similarity: float | None = None,
+    ) -> list[SearchHit]:
+        """Find one owner's memories for a query: by meaning, by keywords, or both fused (RRF).
+
+        `scope` picks facts (core + semantic), the episodic turn log, or
+        both; superseded facts are left out unless `include_superseded`
+        ("where did Ana live before?"). Vector search always returns its k
+        nearest memories, however far; `min_similarity` (a cosine, e.g.
+        `edge.bank.MIN_SIMILARITY`) keeps only hits that match a keyword of
+        the query or are at least that close in meaning, as a search box
+        must. `query_vector` is the query's embedding when the caller has
+        it already. Raises `InvalidInputError` for an empty or overlong
+        query and an unknown mode or scope.
+        """
+        owner = user or self.user
+        if k < 1:
+            return []
+        query = clean_text(query, what="query")
+        with self._lock:
+            vector = None
+            if mode != "keyword":
+                vector = query_vector if query_vector is not None else self.embed([query])[0]
+            ranked = self.index.ranked(query, vector, owner, k, mode=mode, scope=scope,
+                                       include_superseded=include_superseded, min_similarity=min_similarity)
+            return self.hits(ranked)
+
+    def hits(self, ranked: Ranked) -> list[SearchHit]:
+        """The live memories behind (rowid, score) pairs of a `SearchIndex` ranking, ranked from 1 in that order."""
+        if not ranked:
+            return []
+        marks = ",".join("?" * len(ranked))
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT rowid, {MEMORY_COLUMNS} FROM memories WHERE rowid IN ({marks}) AND deleted_at IS NULL",
+                [r for r, _ in ranked],
+            ).fetchall()
+        by_rowid = {r[0]: memory_from_row(r[1:]) for r in rows}
+        found = [(by_rowid[r], s) for r, s in ranked if r in by_rowid]
+        return [SearchHit(memory=m, score=float(s), rank=i) for i, (m, s) in enumerate(found, start=1)]
+
+    # ------------------------------------------------------------------ checks
+
+    def check(self) -> list[str]:
+        """Problems found in the file and its indexes; empty when the bank is consistent."""
+        with self._lock:
+            problems = [r[0] for r in self._conn.execute("PRAGMA quick_check") if r[0] != "ok"]
+            live = self._conn.execute("SELECT COUNT(*) FROM memories WHERE deleted_at IS NULL").fetchone()[0]
+            problems += self.index.check(live)
+            orphans = self._conn.execute(
+                "SELECT COUNT(*) FROM memories m WHERE NOT EXISTS (SELECT 1 FROM history h WHERE h.memory_id = m.id)"
+            ).fetchone()[0]
+        if orphans:
+            problems.append(f"{orphans} memories have no history")
+        return problems
+
+    # ------------------------------------------------------------------ whole-bank copies (JSONL export and import)
+
+    @contextmanager
+    def snapshot(self) -> Iterator["MemoryBank"]:
+        """Read the bank as of one moment: reads inside see no write made meanwhile by another process."""
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                yield self
+            finally:
+                self._conn.execute("COMMIT")
+
+    def iter_memories(self, *, owner: str | None = None) -> Iterator[Memory]:
+        """Every memory row (deleted and superseded ones too) of one owner, or of all when None, oldest first."""
+        where, args = ("WHERE owner = ?", [owner]) if owner else ("", [])
+        for row in self._conn.execute(f"SELECT {MEMORY_COLUMNS} FROM memories {where} ORDER BY rowid", args):
+            yield memory_from_row(row)
+
+    def iter_history(self, *, owner: str | None = None) -> Iterator[HistoryEntry]:
+        """Every history row of one owner, or of all when None, oldest first."""
+        where, args = ("WHERE owner = ?", [owner]) if owner else ("", [])
+        for row in self._conn.execute(f"SELECT {HISTORY_COLUMNS} FROM history {where} ORDER BY seq", args):
+            yield history_from_row(row)
+
+    def load(self, memories: Sequence[Memory], history: Sequence[HistoryEntry],
+             vectors: Mapping[str, np.ndarray]) -> int:
+        """Put memories and their history back as they were written (ids, owners, times), in one transaction.
+
+        `vectors` holds the vector of every live memory by id (see `embed`).
+        History rows get new sequence numbers; their links (`reverts`,
+        `undone_by`) follow. Raises `BankError`, writing nothing, when a
+        memory's id is already in the bank. Returns the memories loaded.
+        """
+        with self._transaction() as conn:
+            clash = self._taken_ids(conn, [m.id for m in memories])
+            if clash:
+                raise BankError(f"Memory {sorted(clash)[0]!r} is already in the bank; nothing was loaded.")
+            for memory in memories:
+                self._insert_row(conn, memory, vectors.get(memory.id))
+            seq_map: dict[int, int] = {}
+            for entry in history:
+                applied = self._log(conn, entry.op_group, entry.action, entry.memory_id, entry.owner, entry.before,
+                                    entry.after, entry.actor, entry.turn, entry.at, reverts=seq_map.get(entry.reverts))
+                seq_map[entry.seq] = applied.seq
+            for entry in history:
+                if entry.undone_by is not None:
+                    conn.execute("UPDATE history SET undone_by = ? WHERE seq = ?",
+                                 (seq_map.get(entry.undone_by), seq_map[entry.seq]))
+        return len(memories)
+
+    def adopt(self, memories: Sequence[Memory], vectors: Mapping[str, np.ndarray], *, owner: str | None = None,
+              actor: str = "import") -> dict[str, str]:
+        """Give `owner` these memories as one change that `undo` takes back whole: an ADD by `actor` each.
+
+        Unlike `load`, the memories' own history is not kept. Ids the bank
+        already holds get new ones, and links between the memories
+        (`superseded_by`, metadata "supersedes") follow them. `vectors` holds
+        each memory's vector by its old id. Returns old id -> new id.
+        """
+        owner = owner or self.user
+        if actor not in ACTORS:
+            raise InvalidInputError(f"Unknown actor {actor!r}; expected one of {', '.join(ACTORS)}.")
+        group = secrets.token_hex(6)
+        with self._transaction() as conn:
+            taken = self._taken_ids(conn, [m.id for m in memories])
+            ids: dict[str, str] = {}
+            for memory in memories:
+                fresh = memory.id
+                while fresh in taken:
+                    fresh = new_id()
+                taken.add(fresh)
+                ids[memory.id] = fresh
+            stamp = now()
+            for memory in memories:
+                mine = _relinked(memory, owner, ids)
+                self._insert_row(conn, mine, vectors[memory.id])
+                self._log(conn, group, "ADD", mine.id, owner, None, mine, actor, None, stamp)
+        return ids
+
+    @staticmethod
+    def _taken_ids(conn, ids: Sequence[str]) -> set[str]:
+        """Those of `ids` the bank holds already."""
+        taken: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            taken |= {r[0] for r in conn.execute(f"SELECT id FROM memories WHERE id IN ({marks})", chunk)}
+        return taken
+
+    def export_jsonl(self, path: Path | str, *, user: str | None = None) -> int:
+        """Write the bank (all owners, or one) with its history to JSONL; returns the lines written."""
+        from edge.bank_io import export_jsonl
+
+        return export_jsonl(self, Path(path), owner=user)
+
+    def import_jsonl(self, path: Path | str, *, progress: bool = False) -> int:
+        """Load a JSONL export in one transaction; returns the memories imported."""
+        from edge.bank_io import import_jsonl
+
+        return import_jsonl(self, Path(path), progress=progress)
+
+
+def _relinked(memory: Memory, owner: str, ids: Mapping[str, str]) -> Memory:
+    """`memory` as `owner`'s, with ids that point into its set renamed as `ids` renames them."""
+    changes: dict[str, Any] = {"owner": owner, "id": ids[memory.id]}
+    if memory.superseded_by in ids:
+        changes["superseded_by"] = ids[memory.superseded_by]
+    if memory.metadata.get("supersedes") in ids:
+        changes["metadata"] = {**memory.metadata, "supersedes": ids[memory.metadata["supersedes"]]}
+    return replace(memory, **changes)
