@@ -45,7 +45,9 @@ def test_ask_prints_the_answer_and_with_json_the_memories_it_used(tmp_path: Path
 
 def test_ask_help_states_the_default_bundles_k() -> None:
     out = CliRunner().invoke(cli, ["ask", "--help"])
-    assert "12 for the default bundle" in " ".join(out.output.split())
+    from edge.bundle import DEFAULT_GENERATION
+
+    assert f"{DEFAULT_GENERATION['answer_k']} for the default bundle" in " ".join(out.output.split())
 
 
 def test_ask_answers_from_memory_on_the_default_bundle(tmp_path: Path, default_bundle) -> None:

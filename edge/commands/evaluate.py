@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from edge.bundle import DEFAULT_GENERATION
+
 from edge.evaluation.runner import DEFAULT_SYSTEMS, EvalSettings
 from edge.evaluation.systems import SYSTEMS
 
@@ -39,8 +41,8 @@ def _system_help() -> str:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("locomo-eval"),
               show_default=True, help="Output folder; rerunning with the same folder resumes where it stopped.")
 @click.option("--k", "answer_k", type=click.IntRange(min=1), default=None,
-              help="Memories retrieved for each question (default: the bundle's; 12 for the default bundle, "
-              "60 in Memory-R1).")
+              help="Memories retrieved for each question (default: the bundle's generation.answer_k; "
+              f"{DEFAULT_GENERATION['answer_k']} for the default bundle, 60 in Memory-R1).")
 @click.option("--n-ctx", type=click.IntRange(min=512), default=8192, show_default=True,
               help="Context window of the model, in tokens (full-context fills it).")
 @click.option("--include-adversarial", is_flag=True,
