@@ -454,7 +454,10 @@ def answer_spans(
     with a shown date (the turn's date, its resolved relative dates), one
     that asks for a person ("who") with a speaker's name; offered to every
     question, a small model copies the date at the head of each memory line
-    whatever was asked. Deterministic and in first-seen order, since it
+    whatever was asked. A span whose content words are all the question's
+    ("Melanie" for "What did Melanie paint?") is no answer and is left out:
+    the default model copied the asked-about name in a third of its
+    single-hop answers. Deterministic and in first-seen order, since it
     becomes a JSON-schema `enum` the decoder is held to.
     """
     from edge.grounding import content_words
@@ -462,19 +465,22 @@ def answer_spans(
     spans: dict[str, None] = {UNKNOWN: None}
     memories = [focus_memory(m, question) for m in memories]
     wants_time, wants_person = bool(_ASKS_FOR_TIME.search(question)), bool(_ASKS_FOR_PERSON.search(question))
+    asked = set(content_words(question))
     for memory in memories:
         for value in (memory.event_time, *(v for _, v in memory.dates)) if wants_time else ():
             if value:
                 spans[show_date(value)] = None
-        if memory.speaker and wants_person:
+        if memory.speaker and wants_person and not set(content_words(memory.speaker)) <= asked:
             spans[memory.speaker] = None
         words = _words(memory.text)
-        keep = [bool(content_words(w)) for w in words]
+        stems = [set(content_words(w)) for w in words]
         for start in range(len(words)):
-            if not keep[start]:
+            if not stems[start]:
                 continue
+            said: set[str] = set()
             for end in range(start, min(start + max_words, len(words))):
-                if keep[end]:
+                said |= stems[end]
+                if stems[end] and not said <= asked:  # an answer says something the question does not
                     spans[" ".join(words[start : end + 1])] = None
     return list(spans)
 

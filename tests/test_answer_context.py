@@ -63,7 +63,9 @@ def test_focus_is_idempotent_and_spans_and_prompt_agree() -> None:
     prompt = answer_messages(question, [once])[1]["content"]
     assert once.text in prompt and "Sweden" not in prompt
     spans = answer_spans([memory], question)
-    assert "LGBTQ support group" in spans and "Sweden" not in spans, "an answer can only be what was shown"
+    assert "powerful" in spans and "Sweden" not in spans, "an answer can only be what was shown"
+    assert "7 May 2023" in spans, "a time question can be answered with a date resolved in the window"
+    assert "LGBTQ support group" not in spans, "a span that only repeats the question is no answer"
     assert all(answer_supported(span, [once]) for span in spans)
 
 
