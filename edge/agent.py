@@ -116,7 +116,7 @@ class Agent:
         user: str = paths.DEFAULT_USER,
         *,
         backend: Backend | None = None,
-        n_ctx: int = 4096,
+        n_ctx: int | None = None,
         answer_k: int | None = None,
         delete_cap: int | None = None,
         chat_max_tokens: int = 256,
@@ -128,6 +128,7 @@ class Agent:
         `backend` replaces the bundle's models (e.g. an HTTP server) while
         the bundle still provides the embedder. `n_threads` is the llama.cpp
         thread count (default: chosen by the backend from the cores and the load).
+        `n_ctx` is the models' context window (default: the bundle's `generation.n_ctx`, else 4096).
         `text_mode` ("extractive" or "free") overrides the bundle's
         `generation.text_mode`: how fact texts and answers are written.
         Raises `BundleError` for a bundle that cannot serve this edge,
@@ -142,6 +143,7 @@ class Agent:
         self.bundle.check_compatible()
         self.user = user
         self._n_threads = n_threads
+        n_ctx = n_ctx or self.bundle.n_ctx
         self.bank = MemoryBank.open(Path(db) if db else paths.default_db(), self.bundle.load_embedder(), user=user)
         try:
             self._check_bank_prompts()

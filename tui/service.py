@@ -45,6 +45,7 @@ class ChatConfig:
     user: str = paths.DEFAULT_USER
     backend: Backend | None = None  # replaces the bundle's models (a server, or scripted replies in tests)
     text_mode: str | None = None  # "extractive" | "free"; None: the bundle's `generation.text_mode`
+    source: Any = None  # an `edge.model_source.ModelChoice` (a GGUF file, a server, a bundle); used when bundle is None
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,10 @@ class ChatService:
         Raises `EdgeError` (e.g. `BundleError`, `BankLockedError`, `BackendError`) with a hint.
         """
         bundle = self.config.bundle
+        source = self.config.source
+        if bundle is None and source is not None and not (source.is_default and not source.generation):
+            progress(f"Model: {source.describe()}")
+            bundle = source.open(progress)
         if bundle is None:
             target = paths.default_bundle_dir()
             if not target.exists():
@@ -193,6 +198,8 @@ class ChatService:
         if self.config.backend is not None:
             return agent.backend.name
         manifest = agent.bundle.manifest
+        if manifest.get("backend") == "http":  # which model, on which server
+            return f"{manifest['server']['model']} @ {manifest['server']['url']}"
         try:
             spec = manifest["models"][manifest["roles"].get("chat", manifest["roles"]["answer"])["model"]]
         except KeyError:

@@ -79,7 +79,7 @@ class EvalSettings:
     data: Path
     out: Path
     systems: list[str] = field(default_factory=lambda: list(DEFAULT_SYSTEMS))
-    bundle: Path | None = None
+    bundle: Any = None  # a bundle folder, an `edge.bundle.Bundle` (e.g. a GGUF file or a server), or None: default
     limit: int | None = None
     include_adversarial: bool = False
     samples: list[str] | None = None
@@ -353,7 +353,9 @@ class LocomoRun:
         if self._context is None:
             from edge.bundle import Bundle, build_default
 
-            bundle = Bundle.load(self.settings.bundle) if self.settings.bundle else build_default(log=self.log)
+            bundle = self.settings.bundle
+            if not isinstance(bundle, Bundle):
+                bundle = Bundle.load(bundle) if bundle else build_default(log=self.log)
             self._context = EvalContext.load(bundle, n_ctx=self.settings.n_ctx, answer_k=self.settings.answer_k)
         return self._context
 
