@@ -131,8 +131,12 @@ class ReplyStream:
 def describe_turn(result: ChatResult) -> TurnOutcome:
     remembered = result.remembered
     ops = [OpView.of(op, "manager") for op in remembered.applied] if remembered else []
+    caught_up = [OpView.of(op, "manager") for earlier in result.caught_up for op in earlier.applied]
     note = None
-    if remembered is None:
+    if result.caught_up:  # turns kept while the model was unreachable, gone over now
+        ops = caught_up + ops
+        note = f"also went over {len(result.caught_up)} earlier message(s) kept while the model was unreachable"
+    elif remembered is None:
         note = "not sent to the Manager"
     elif remembered.error:
         note = f"nothing remembered: {remembered.error}"
