@@ -83,8 +83,11 @@ def verify(path: Path, as_json: bool) -> None:
     from edge.bundle import Bundle
 
     loaded = Bundle.load(path)
-    with click.progressbar(length=len(loaded.manifest.get("files", {})), label="checksums") as bar:
-        problems = loaded.verify(progress=lambda _: bar.update(1))
+    if as_json:  # stdout is the JSON document alone
+        problems = loaded.verify()
+    else:
+        with click.progressbar(length=len(loaded.manifest.get("files", {})), label="checksums") as bar:
+            problems = loaded.verify(progress=lambda _: bar.update(1))
     if not problems:
         problems = _load_problems(loaded)
     if as_json:
