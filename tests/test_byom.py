@@ -322,3 +322,22 @@ def test_a_server_killed_mid_turn_leaves_a_consistent_bank(tmp_path, minilm):
             assert counts(db)[1] == before[1] + 3  # nothing logged twice
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("structured_output", ["auto", "json_object", "grammar"])
+def test_structured_output_forms_a_real_llama_cpp_server_takes(llama_server, structured_output):
+    from edge.backends import Message, parse_json
+    from edge.backends.http import OpenAIHTTPBackend
+    from edge.prompts import manager_schema
+
+    schema = manager_schema(["0"], candidates=["Ana moved to Porto last week"])
+    messages = [Message("system", "Answer with memory operations as JSON."),
+                Message("user", "Ana: I moved to Porto last week.")]
+    with OpenAIHTTPBackend(llama_server.url, "smollm2", schema_format=structured_output) as backend:
+        completion = backend.complete(messages, schema=schema, max_tokens=120)
+        assert completion.finish_reason == "stop"
+        parse_json(completion.text, schema)
+        if structured_output == "auto":
+            assert (backend.server_kind, backend.schema_format) == ("llama_cpp.server", "json_object")
+            assert backend.models() == ["smollm2"]

@@ -136,6 +136,14 @@ class OpenAIHTTPBackend(Backend):
             self._check(completion, schema, schema_format)
         return completion
 
+    def models(self) -> list[str]:
+        """The model names the server lists at /v1/models (empty when it lists none). BackendError when unreachable."""
+        data = self._request("GET", "/v1/models").json()
+        try:
+            return [str(m["id"]) for m in data.get("data") or [] if isinstance(m, dict) and "id" in m]
+        except AttributeError:
+            return []
+
     def detect(self) -> str:
         """The schema format this server takes ("auto" resolved by asking the server); remembered once found."""
         if self.schema_format != "auto":

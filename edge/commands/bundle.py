@@ -128,21 +128,22 @@ def _server_problems(loaded) -> list[str]:
     """A served bundle is usable when its server answers and lists (or at least serves) its model."""
     from edge.backends.base import Message
 
+    from edge.errors import EdgeError
+
     server = loaded.manifest["server"]
     backend = loaded.load_backend("answer")
     try:
         try:
-            response = backend._client.get("/v1/models", timeout=10)
-            listed = [m.get("id") for m in response.json().get("data", [])] if response.status_code == 200 else []
-        except Exception as exc:  # noqa: BLE001
-            return [f"the server {server['url']} does not answer ({type(exc).__name__}: {exc})"]
+            listed = backend.models()
+        except EdgeError as exc:
+            return [f"the server {server['url']} does not answer: {exc.message}"]
         if listed and server["model"] not in listed:
             # Some servers (llama_cpp.server) serve their one model under any name; ask it once.
             try:
                 backend.complete([Message("user", "Say OK.")], max_tokens=2)
-            except Exception as exc:  # noqa: BLE001
-                return [f"the server does not serve {server['model']!r} (it lists {', '.join(map(str, listed))}): "
-                        f"{getattr(exc, 'message', exc)}"]
+            except EdgeError as exc:
+                return [f"the server does not serve {server['model']!r} (it lists {', '.join(listed)}): "
+                        f"{exc.message}"]
         return []
     finally:
         backend.close()
