@@ -175,3 +175,27 @@ def test_server_bundle_in_memory(minilm):
     backend = bundle.load_backend("manager")
     assert backend.schema_format == "ollama" and backend.model == "qwen2.5:1.5b"
     backend.close()
+
+
+def test_edge_chat_saves_the_model_for_next_time(monkeypatch, gguf_copy):
+    import edge.tui.app
+
+    opened = []
+    monkeypatch.setattr(edge.tui.app, "run", opened.append)  # the app itself is driven in test_tui / test_byom
+    result = CliRunner().invoke(cli, ["chat", "--model", str(gguf_copy), "--answer-k", "5"])
+    assert result.exit_code == 0, result.output
+    assert "from now on" in result.output
+    assert load_config() == {"model.gguf": str(gguf_copy)}
+    assert opened[0].source.gguf == gguf_copy and opened[0].source.generation == {"answer_k": 5}
+    # Next time, no option: the saved model.
+    CliRunner().invoke(cli, ["chat"])
+    assert opened[1].source.gguf == gguf_copy and opened[1].source.origin == "config"
+    assert load_config() == {"model.gguf": str(gguf_copy)}
+
+
+def test_every_agent_command_takes_a_model_or_a_server():
+    for command in (["chat"], ["remember"], ["ask"], ["run"], ["eval", "locomo"]):
+        result = CliRunner().invoke(cli, [*command, "--help"])
+        assert result.exit_code == 0
+        for option in ("--bundle", "--model", "--server", "--structured-output", "--api-key-env"):
+            assert option in result.output, (command, option)
