@@ -8,9 +8,16 @@
 `chat` answers from a bounded working state plus retrieved memories instead
 of the whole history (MEM1), so the prompt stays the same size however
 long the conversation runs; each user message then goes to the Manager.
+
+A model that cannot be reached (a server gone away) costs no turn: the turn
+is kept in the episodic log, recorded as pending in the bank, and the next
+`remember` or `chat` first has the Manager go over the pending turns
+(`catch_up`), oldest first.
 """
 from __future__ import annotations
 
+import json
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,7 +30,7 @@ from edge.answer import AnswerAgent, AnswerResult, core_block
 from edge.backends.base import Backend
 from edge.bank import Memory, MemoryBank
 from edge.bundle import Bundle
-from edge.errors import BundleError, InvalidInputError
+from edge.errors import BackendError, BundleError, InvalidInputError
 from edge.manager import MemoryManager, TurnResult, adapter_for, shown_memory, to_messages
 from edge.operations import AppliedOp
 from edge.prompts import (
@@ -37,6 +44,7 @@ from edge.prompts import (
     state_messages,
 )
 
+PENDING_META = "pending_manager_turns"  # bank meta: turns kept while the model was unreachable (JSON list)
 CHAT_MEMORIES_K = 16  # candidates; as many as fit the chat budget are shown
 STATE_MAX_TOKENS = 96
 AskResult = AnswerResult
@@ -67,6 +75,7 @@ class ChatResult:
     completion_tokens: int
     timings: dict[str, float] = field(default_factory=dict)
     cancelled: bool = False
+    caught_up: list[TurnResult] = field(default_factory=list)  # earlier turns the Manager could go over only now
 
     @property
     def tokens_per_second(self) -> float:
@@ -106,6 +115,13 @@ def _as_turn(item: Turn | dict | str, default_speaker: str) -> Turn:
     raise InvalidInputError(f"A turn must be a str, a dict with 'text', or an edge.prompts.Turn, not {item!r}.")
 
 
+def _kept(exc: BackendError) -> BackendError:
+    """`exc` saying that the turn was not lost: it is in the log and pending for the Manager."""
+    said = f"{exc.hint.rstrip('.')}. " if exc.hint else ""
+    return BackendError(exc.message, hint=f"{said}Your message is kept in the conversation log; memory is "
+                        "updated from it once the model answers again.")
+
+
 class Agent:
     """The memory agent for one user: remember turns, answer questions, chat."""
 
@@ -116,7 +132,7 @@ class Agent:
         user: str = paths.DEFAULT_USER,
         *,
         backend: Backend | None = None,
-        n_ctx: int = 4096,
+        n_ctx: int | None = None,
         answer_k: int | None = None,
         delete_cap: int | None = None,
         chat_max_tokens: int = 256,
@@ -129,6 +145,7 @@ class Agent:
         `backend` replaces the bundle's models (e.g. an HTTP server) while
         the bundle still provides the embedder. `n_threads` is the llama.cpp
         thread count (default: chosen by the backend from the cores and the load).
+        `n_ctx` is the models' context window (default: the bundle's `generation.n_ctx`, else 4096).
         `text_mode` ("extractive" or "free") overrides the bundle's
         `generation.text_mode`: how fact texts and answers are written.
         `answer_k` / `answer_tokens` override the bundle's `generation.answer_k`
@@ -141,6 +158,7 @@ class Agent:
         self.bundle.check_compatible()
         self.user = user
         self._n_threads = n_threads
+        n_ctx = n_ctx or self.bundle.n_ctx
         self.bank = MemoryBank.open(Path(db) if db else paths.default_db(), self.bundle.load_embedder(), user=user)
         try:
             self._check_bank_prompts()
@@ -199,8 +217,58 @@ class Agent:
         parsed = [_as_turn(t, speaker or self.speaker) for t in turns]
         start = time.perf_counter()
         with self._lock:
-            results = [self.manager.process(turn, user=self.user) for turn in parsed]
+            self.catch_up()
+            results = [self._manage(turn) for turn in parsed]
         return RememberResult(turns=results, seconds=time.perf_counter() - start)
+
+    # ------------------------------------------------------------------ turns the model missed
+
+    def pending(self) -> list[Turn]:
+        """This user's turns that are in the episodic log but that the Manager has not gone over yet."""
+        return [Turn(p["speaker"], p["text"], p["time"], p["turn_id"]) for p in self._pending_records()
+                if p.get("user") == self.user]
+
+    def catch_up(self) -> list[TurnResult]:
+        """Have the Manager go over the pending turns, oldest first; stop at the first the model still fails on.
+
+        Never raises for an unreachable model (the turns stay pending); returns what was done.
+        """
+        done = []
+        with self._lock:
+            for turn in self.pending():
+                try:
+                    done.append(self.manager.process(turn, user=self.user, already_logged=True))
+                except BackendError:
+                    break
+                self._set_pending([p for p in self._pending_records()
+                                   if not (p.get("user") == self.user and p.get("turn_id") == turn.turn_id)])
+        return done
+
+    def _manage(self, turn: Turn) -> TurnResult:
+        """`manager.process`, recording the turn as pending when the model cannot be reached (the log keeps it)."""
+        turn = turn if turn.turn_id else Turn(turn.speaker, turn.text, turn.time, "t" + secrets.token_hex(5))
+        try:
+            return self.manager.process(turn, user=self.user)
+        except BackendError:
+            self._add_pending(turn)
+            raise
+
+    def _keep_pending(self, turn: Turn) -> None:
+        """Keep a turn the model could not go over (no model call): in the log now, pending for the Manager."""
+        turn = turn if turn.turn_id else Turn(turn.speaker, turn.text, turn.time, "t" + secrets.token_hex(5))
+        self.manager.keep(turn, user=self.user)
+        self._add_pending(turn)
+
+    def _add_pending(self, turn: Turn) -> None:
+        record = {"user": self.user, "speaker": turn.speaker, "text": turn.text, "time": turn.time,
+                  "turn_id": turn.turn_id}
+        self._set_pending([*self._pending_records(), record])
+
+    def _pending_records(self) -> list[dict[str, Any]]:
+        return json.loads(self.bank.meta().get(PENDING_META) or "[]")
+
+    def _set_pending(self, records: list[dict[str, Any]]) -> None:
+        self.bank.set_meta(PENDING_META, json.dumps(records, ensure_ascii=False))
 
     def ask(self, question: str, *, k: int | None = None) -> AskResult:
         """Answer from memory: the answer, the memory ids it used, and timings."""
@@ -237,18 +305,29 @@ class Agent:
             retrieve_s = time.perf_counter() - start
             pieces: list[str] = []
             backend = self.chat_backend
-            for piece in backend.stream(messages, max_tokens=self.chat_max_tokens, temperature=0.3, cancel=cancel,
-                                        adapter=adapter_for(backend, None)):
-                pieces.append(piece)
-                yield piece
+            try:
+                for piece in backend.stream(messages, max_tokens=self.chat_max_tokens, temperature=0.3,
+                                            cancel=cancel, adapter=adapter_for(backend, None)):
+                    pieces.append(piece)
+                    yield piece
+            except BackendError as exc:
+                if not remember:
+                    raise
+                self._keep_pending(Turn(self.speaker, message, now_stamp()))
+                raise _kept(exc) from exc
             completion = backend.last_completion
             reply = "".join(pieces).strip()
             generate_s = time.perf_counter() - start - retrieve_s
             cancelled = bool(completion and completion.finish_reason == "cancelled")
             remembered = None
+            caught_up: list[TurnResult] = []
             remember_start = time.perf_counter()
             if remember:
-                remembered = self.manager.process(Turn(self.speaker, message, now_stamp()), user=self.user)
+                caught_up = self.catch_up()
+                try:
+                    remembered = self._manage(Turn(self.speaker, message, now_stamp()))
+                except BackendError as exc:
+                    raise _kept(exc) from exc
             remember_s = time.perf_counter() - remember_start
             if reply and not cancelled:
                 update = backend.complete(to_messages(state_messages(self.state, message, reply)), max_tokens=STATE_MAX_TOKENS)
@@ -260,7 +339,7 @@ class Agent:
                 completion_tokens=completion.completion_tokens if completion else 0,
                 timings={"retrieve_s": retrieve_s, "generate_s": generate_s, "remember_s": remember_s,
                          "total_s": time.perf_counter() - start},
-                cancelled=cancelled,
+                cancelled=cancelled, caught_up=caught_up,
             )
 
     # ------------------------------------------------------------------ lifecycle

@@ -9,7 +9,10 @@ Manifest fields:
     format, format_version   "edge-bundle", 1
     name                     a label shown in the UI
     prompt_version           `edge.prompts.PROMPT_VERSION` the models were trained/checked with
-    backend                  "llama.cpp" | "onnx-genai"
+    backend                  "llama.cpp" | "onnx-genai" | "http"
+    server                   (backend "http" only) {"url", "model", "structured_output", "api_key_env", "adapters"}:
+                             an OpenAI-compatible server; its models have no "path". The API key itself is
+                             never stored, only the name of the environment variable holding it.
     models                   {key: {"path", "format", "quantization", "base"}}
     adapters                 {key: {"path", "base_model"}}  (may be empty)
     roles                    {"manager"|"answer"|"chat": {"model": key, "adapter": key | null}}
@@ -39,7 +42,7 @@ FORMAT = "edge-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "bundle.json"
 ROLES = ("manager", "answer", "chat")
-BACKENDS = ("llama.cpp", "onnx-genai")
+BACKENDS = ("llama.cpp", "onnx-genai", "http")
 
 
 def _files_of(root: Path) -> dict[str, dict[str, Any]]:
@@ -145,21 +148,28 @@ class Bundle:
         return self.manifest["roles"].get(role) or self.manifest["roles"]["answer"]
 
     def role(self, role: str) -> tuple[Path, Path | None]:
-        """The model file (or folder) and the optional LoRA adapter that serve a role."""
+        """The model file (or folder) and the optional LoRA adapter that serve a role.
+
+        A served model (backend "http") has no file: its path is `root/<model key>`, which only tells models apart.
+        """
         spec = self._role_spec(role)
-        model = self.root / self.manifest["models"][spec["model"]]["path"]
+        model = self.root / self.manifest["models"][spec["model"]].get("path", spec["model"])
         adapter_key = spec.get("adapter")
         adapter = self.root / self.manifest["adapters"][adapter_key]["path"] if adapter_key else None
         return model, adapter
 
     def model_label(self, role: str = "chat") -> str:
-        """The model serving `role` as people call it, e.g. "SmolLM2-135M-Instruct Q4_1" (its base and quantisation)."""
+        """The model serving `role` as people call it: "SmolLM2-135M-Instruct Q8_0" (base and quantisation),
+        or "qwen2.5:3b @ http://localhost:11434" for a served one."""
+        if self.manifest.get("backend") == "http":
+            server = self.manifest.get("server", {})
+            return f"{server.get('model')} @ {server.get('url')}"
         spec = self.manifest["models"][self._role_spec(role)["model"]]
         name = Path(str(spec.get("base") or spec.get("path"))).name
         return f"{name} {spec.get('quantization') or ''}".strip()
 
     def model_paths(self) -> dict[str, Path]:
-        return {key: self.root / spec["path"] for key, spec in self.manifest["models"].items()}
+        return {key: self.root / spec["path"] for key, spec in self.manifest["models"].items() if "path" in spec}
 
     def adapter_paths(self) -> dict[str, Path]:
         return {key: self.root / spec["path"] for key, spec in self.manifest.get("adapters", {}).items()}
@@ -189,6 +199,11 @@ class Bundle:
         return mode
 
     @property
+    def n_ctx(self) -> int:
+        """The context window the bundle's models are loaded with (`generation.n_ctx`), in tokens; default 4096."""
+        return int(self.manifest.get("generation", {}).get("n_ctx", 4096))
+
+    @property
     def repeat_penalty(self) -> float:
         """The repetition penalty the bundle's models are decoded with (its `generation` settings, else ours)."""
         return float(self.manifest.get("generation", {}).get("repeat_penalty", REPEAT_PENALTY))
@@ -198,6 +213,10 @@ class Bundle:
         from edge.backends import load_backend
 
         model, _ = self.role(role)
+        if self.backend == "http":
+            from edge.model_source import http_backend
+
+            return http_backend(self.manifest["server"], n_ctx=n_ctx)
         if self.backend != "llama.cpp":
             return load_backend(self.backend, model_dir=model)
         return load_backend(
@@ -226,6 +245,10 @@ class Bundle:
             return problems
         if m["backend"] not in BACKENDS:
             problems.append(f"unknown backend {m['backend']!r}")
+        if m["backend"] == "http" and not {"url", "model"} <= set(m.get("server") or {}):
+            problems.append("backend 'http' needs a 'server' with 'url' and 'model'")
+        if m["backend"] != "http" and any("path" not in spec for spec in m["models"].values()):
+            problems.append(f"backend {m['backend']!r} needs a 'path' for every model")
         for role, spec in m["roles"].items():
             if spec.get("model") not in m["models"]:
                 problems.append(f"role {role!r} names unknown model {spec.get('model')!r}")
@@ -241,7 +264,7 @@ class Bundle:
                 problems.append(f"{rel} is {path.stat().st_size} bytes, the manifest says {info.get('bytes')}")
         for what, entries in (("model", m["models"]), ("adapter", m.get("adapters", {}))):
             for key, spec in entries.items():
-                if not (self.root / spec["path"]).exists():
+                if "path" in spec and not (self.root / spec["path"]).exists():
                     problems.append(f"{what} {key!r} not found at {spec['path']}")
         if not (self.root / m["embedder"].get("path", "")).is_dir():
             problems.append("embedder folder missing")

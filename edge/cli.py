@@ -19,6 +19,7 @@ COMMANDS = {
     "ask": "edge.commands.agent:ask",
     "run": "edge.commands.agent:run_script",
     "bundle": "edge.commands.bundle:bundle",
+    "config": "edge.commands.config:config",
     "chat": "edge.commands.chat:chat",
     "train": "edge.commands.train:train",
     "export": "edge.commands.export:export",
@@ -41,6 +42,7 @@ def cli() -> None:
       edge chat                       the terminal assistant
       edge memory add "I like tea"    store a memory by hand
       edge memory search tea          find it again
+      edge chat --model FILE.gguf     chat on your own model (or --server URL --model NAME)
     """
 
 

@@ -15,7 +15,9 @@ For each turn:
    instead of destroying it.
 A reply that cannot be parsed is retried once; after that the turn is a
 NOOP with the reason logged, and the turn is still kept. A model that fails
-outright (a server gone away) leaves the turn kept and the error raised.
+outright (a server gone away) leaves the turn kept and the error raised;
+`edge.Agent` then has the Manager go over the turn once the model answers
+again (`process(..., already_logged=True)`).
 """
 from __future__ import annotations
 
@@ -263,8 +265,21 @@ class MemoryManager:
             log.warning("manager op rejected: %s: %r", reason, raw)
         return id_map, parse, result
 
-    def process(self, turn: Turn, *, user: str | None = None) -> TurnResult:
-        """Keep the turn in the episodic log and apply the facts the model took from it, in one transaction."""
+    def keep(self, turn: Turn, *, user: str | None = None) -> AppliedOp:
+        """Keep the turn in the episodic log without asking the model (its model is unreachable).
+
+        The Manager goes over it later with `process(turn, already_logged=True)`.
+        """
+        at = turn_time(turn)
+        entry = log_entry(turn, at, resolved_dates(turn.text, at))
+        return self.bank.apply([entry], user=user or self.bank.user, actor="manager", turn=turn_reference(turn))[0]
+
+    def process(self, turn: Turn, *, user: str | None = None, already_logged: bool = False) -> TurnResult:
+        """Keep the turn in the episodic log and apply the facts the model took from it, in one transaction.
+
+        `already_logged`: the turn is in the log already (kept by `keep` while
+        the model was unreachable); only its facts are applied now.
+        """
         start = time.perf_counter()
         owner = user or self.bank.user
         if not turn.turn_id:
@@ -272,6 +287,7 @@ class MemoryManager:
         at = turn_time(turn)
         dates = resolved_dates(turn.text, at)
         entry = log_entry(turn, at, dates)
+        logs = [] if already_logged else [entry]
         pieces = manager_pieces(turn.text)
         result = TurnResult(turn=turn)
         ops: list[Op] = []
@@ -292,21 +308,26 @@ class MemoryManager:
                 ops += to_bank_ops(parse, id_map, part, related, rejected=result.rejected)
         except EdgeError:
             # The model failed outright (e.g. a server that went away): the turn itself is still kept.
-            result.logged = self.bank.apply([entry], user=owner, actor="manager", turn=turn_reference(turn))[0]
+            if logs:
+                result.logged = self.bank.apply(logs, user=owner, actor="manager", turn=turn_reference(turn))[0]
             raise
         turn_ref = turn_reference(turn)
+        if not logs and not ops:
+            result.seconds = time.perf_counter() - start
+            return result
         try:
-            applied = self.bank.apply([entry, *ops], user=owner, actor="manager", turn=turn_ref)
+            applied = self.bank.apply([*logs, *ops], user=owner, actor="manager", turn=turn_ref)
         except EdgeError as exc:
             if not ops:
                 raise
             result.error = f"operations refused by the bank: {exc.message}"
             log.warning("turn %s: %s", turn.turn_id, result.error)
-            applied = self.bank.apply([entry], user=owner, actor="manager", turn=turn_ref)
-        result.logged, result.applied = applied[0], applied[1:]
+            applied = self.bank.apply(logs, user=owner, actor="manager", turn=turn_ref) if logs else []
+        if logs:
+            result.logged, applied = applied[0], applied[1:]
+        result.applied = applied
         result.seconds = time.perf_counter() - start
         return result
-
 
 def to_bank_ops(
     parse: ManagerParse, id_map: IdMap, turn: Turn, related: list[Memory],

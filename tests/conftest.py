@@ -67,3 +67,81 @@ def llama_backend(default_bundle):
     backend = LlamaCppBackend(model, n_ctx=4096, repeat_penalty=REPEAT_PENALTY)
     yield backend
     backend.close()
+
+
+# ----------------------------------------------------------------------------- a real model server
+
+
+class LocalServer:
+    """`python -m llama_cpp.server` on the bundled model, on a port of its own (stopped and started by tests)."""
+
+    def __init__(self, log_path: Path, port: int | None = None, n_ctx: int = 4096) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.n_ctx = n_ctx
+        self.process = None
+
+    def start(self, timeout: float = 90) -> "LocalServer":
+        import subprocess
+        import sys
+        import time
+
+        import httpx
+
+        from edge.models import bundled_gguf_path
+
+        threads = str(max(1, (os.cpu_count() or 2) // 2))
+        log = self.log_path.open("a")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_gguf_path()), "--model_alias", "smollm2",
+             "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx),
+             "--n_threads", threads, "--n_threads_batch", threads],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                pytest.fail(f"llama_cpp.server exited early:\n{self.log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/v1/models", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"llama_cpp.server did not answer /v1/models within {timeout} s")
+            time.sleep(0.3)
+
+    def kill(self) -> None:
+        """Stop the server at once (SIGKILL), as a crash or a closed laptop lid would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory):
+    """A real OpenAI-compatible server (llama-cpp-python's) on the bundled model, for a test module."""
+    pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python[server]")
+    server = LocalServer(tmp_path_factory.mktemp("server") / "server.log").start()
+    yield server
+    server.stop()

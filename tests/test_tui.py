@@ -305,10 +305,13 @@ def test_a_model_failure_is_a_message_and_the_chat_goes_on(default_bundle, tmp_p
         assert reply.has_class("failed") and "no replies left" in reply.note
         errors = [n for n in app._notifications if n.severity == "error"]
         assert errors and "no replies left" in errors[-1].message and "Traceback" not in errors[-1].message
-        backend.add("Now I can answer.", NOOP, "state")
+        assert "kept in the conversation log" in errors[-1].message
+        # The model answers again: the reply, then the Manager goes over the message it missed and the new one.
+        backend.add("Now I can answer.", NOOP, NOOP, "state")
         await send(pilot, "hello again")
         await settle(pilot)
         assert app.screen.query(Reply).last().text == "Now I can answer."
+        assert app.service.agent.pending() == []
 
     drive(app, scenario)
 

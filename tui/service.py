@@ -44,6 +44,7 @@ class ChatConfig:
     user: str = paths.DEFAULT_USER
     backend: Backend | None = None  # replaces the bundle's models (a server, or scripted replies in tests)
     text_mode: str | None = None  # "extractive" | "free"; None: the bundle's `generation.text_mode`
+    source: Any = None  # an `edge.model_source.ModelChoice` (a GGUF file, a server, a bundle); used when bundle is None
 
 
 @dataclass(frozen=True)
@@ -129,8 +130,12 @@ class ReplyStream:
 def describe_turn(result: ChatResult) -> TurnOutcome:
     remembered = result.remembered
     ops = [OpView.of(op, "manager") for op in remembered.applied] if remembered else []
+    caught_up = [OpView.of(op, "manager") for earlier in result.caught_up for op in earlier.applied]
     note = None
-    if remembered is None:
+    if result.caught_up:  # turns kept while the model was unreachable, gone over now
+        ops = caught_up + ops
+        note = f"also went over {len(result.caught_up)} earlier message(s) kept while the model was unreachable"
+    elif remembered is None:
         note = "not sent to the Manager"
     elif remembered.error:
         note = f"nothing remembered: {remembered.error}"
@@ -158,9 +163,14 @@ class ChatService:
 
         Raises `EdgeError` (e.g. `BundleError`, `BankLockedError`, `BackendError`) with a hint.
         """
-        if self.config.bundle is not None and not isinstance(self.config.bundle, Bundle):
-            progress(f"Reading the bundle {self.config.bundle}")
-        bundle = Bundle.resolve(self.config.bundle, log=progress)
+        bundle = self.config.bundle
+        source = self.config.source
+        if bundle is None and source is not None and not (source.is_default and not source.generation):
+            progress(f"Model: {source.describe()}")
+            bundle = source.open(progress)
+        if bundle is not None and not isinstance(bundle, Bundle):
+            progress(f"Reading the bundle {bundle}")
+        bundle = Bundle.resolve(bundle, log=progress)
         progress(f"Bundle: {bundle.name}")
         db = Path(self.config.db) if self.config.db else paths.default_db()
         progress(f"Opening the memory bank {db} and loading the models ...")

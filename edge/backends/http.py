@@ -3,13 +3,23 @@
 Requests go to `{root}/v1/chat/completions` (`base_url` may be given with or
 without the trailing `/v1`). Streaming reads the server-sent events.
 
-Schema-constrained output. By default the schema is sent as
-`response_format={"type": "json_object", "schema": schema}`, which
-llama_cpp.server and llama-server honour with a grammar. vLLM, Ollama and
-OpenAI itself want `{"type": "json_schema", "json_schema": {"name": ...,
-"schema": schema, "strict": true}}` instead: pass `schema_format="json_schema"`.
-A server that ignores the request would return free text, so the reply is
-checked against the schema and a mismatch raises ModelOutputError.
+Schema-constrained output (`schema_format`, the `--structured-output` flag).
+Servers accept a JSON schema in different ways:
+
+    json_object   response_format={"type": "json_object", "schema": ...}    llama_cpp.server, llama-server
+    json_schema   response_format={"type": "json_schema", "json_schema": {"name", "schema", "strict"}}
+                                                                             vLLM, LM Studio, OpenAI, llama-server
+    grammar       "grammar": GBNF made from the schema                       llama-server, llama_cpp.server
+    ollama        Ollama's own /api/chat with "format": schema               Ollama
+    none          nothing: the prompt alone asks for JSON
+    auto          found on the first schema call by asking the server what it is: /api/version answers on
+                  Ollama, /props on llama-server, /extras/tokenize/count on llama_cpp.server; any other
+                  server gets json_schema, the OpenAI form (`server_kind` says what was found)
+
+A server that ignores the request returns free text, so the reply is always
+checked against the schema and a mismatch raises ModelOutputError naming the
+server and the format used (the Manager then retries once and makes the turn
+a logged NOOP; see `edge.manager`).
 
 Adapters. OpenAI-style servers expose a LoRA adapter as a model name of its
 own (vLLM `--lora-modules manager=...`, an Ollama model per adapter), so
@@ -32,9 +42,10 @@ import time
 from collections.abc import Iterator
 
 from edge.backends.base import Backend, Completion, Message, check_messages, parse_json
-from edge.errors import BackendError, MissingExtraError
+from edge.errors import BackendError, MissingExtraError, ModelOutputError
 
-SCHEMA_FORMATS = ("json_object", "json_schema")
+SCHEMA_FORMATS = ("auto", "json_object", "json_schema", "grammar", "ollama", "none")
+PROBE_TIMEOUT_S = 5.0
 
 
 def _import_httpx():
@@ -55,7 +66,17 @@ class OpenAIHTTPBackend(Backend):
         timeout: float = 120,
         schema_format: str = "json_object",
         adapters: dict[str, str] | None = None,
+        n_ctx: int | None = None,
     ) -> None:
+        """Talk to the server at `base_url` asking for `model`.
+
+        `schema_format` says how a JSON schema is sent (see the module
+        docstring; "auto" asks the server on first use). `n_ctx` is the
+        context the server gives the model, in tokens, when known: the
+        Manager fits its prompt into it (default 4096). Nothing is sent
+        until the first call, so a server that is not up yet is not an
+        error here.
+        """
         if schema_format not in SCHEMA_FORMATS:
             raise ValueError(f"schema_format must be one of {SCHEMA_FORMATS}, not {schema_format!r}")
         httpx = _import_httpx()
@@ -65,6 +86,8 @@ class OpenAIHTTPBackend(Backend):
         self.model = model
         self.name = f"http:{model}@{self.root}"
         self.schema_format = schema_format
+        self.server_kind: str | None = None  # set by detect(): "ollama", "llama-server", "llama_cpp.server", ...
+        self.n_ctx = n_ctx or 4096
         self.adapter_models = dict(adapters or {})
         self.last_completion: Completion | None = None
         self.token_count_exact = True
@@ -86,8 +109,13 @@ class OpenAIHTTPBackend(Backend):
     ) -> Completion:
         start = time.perf_counter()
         body = self._body(messages, max_tokens, temperature, adapter, stop, stream=False)
+        schema_format = self.detect() if schema is not None and self.schema_format == "auto" else self.schema_format
+        if schema is not None and schema_format == "ollama":
+            completion = self._complete_ollama(body, schema, start)
+            self._check(completion, schema, schema_format)
+            return completion
         if schema is not None:
-            body["response_format"] = self._response_format(schema)
+            self._constrain(body, schema, schema_format)
         response = self._request("POST", "/v1/chat/completions", json=body)
         data = response.json()
         try:
@@ -104,9 +132,38 @@ class OpenAIHTTPBackend(Backend):
             finish_reason=_finish(choice.get("finish_reason")),
         )
         self.last_completion = completion
-        if schema is not None and completion.finish_reason == "stop":
-            parse_json(text, schema)
+        if schema is not None:
+            self._check(completion, schema, schema_format)
         return completion
+
+    def models(self) -> list[str]:
+        """The model names the server lists at /v1/models (empty when it lists none). BackendError when unreachable."""
+        data = self._request("GET", "/v1/models").json()
+        try:
+            return [str(m["id"]) for m in data.get("data") or [] if isinstance(m, dict) and "id" in m]
+        except AttributeError:
+            return []
+
+    def detect(self) -> str:
+        """The schema format this server takes ("auto" resolved by asking the server); remembered once found."""
+        if self.schema_format != "auto":
+            return self.schema_format
+        kind, schema_format = "openai-compatible", "json_schema"
+        for path, found, answer in (("/api/version", "ollama", "ollama"), ("/props", "llama-server", "json_object")):
+            try:
+                response = self._client.get(path, timeout=PROBE_TIMEOUT_S)
+                if response.status_code == 200 and isinstance(response.json(), dict):
+                    kind, schema_format = found, answer
+                    break
+            except self._httpx.TransportError as exc:
+                raise self._unreachable(exc) from exc
+            except (self._httpx.HTTPError, ValueError):
+                continue
+        else:
+            if self._server_count("llama_cpp.server", "probe") is not None:
+                kind, schema_format = "llama_cpp.server", "json_object"
+        self.server_kind, self.schema_format = kind, schema_format
+        return schema_format
 
     def stream(
         self,
@@ -202,10 +259,53 @@ class OpenAIHTTPBackend(Backend):
             body["stop"] = list(stop)
         return body
 
-    def _response_format(self, schema: dict) -> dict:
-        if self.schema_format == "json_schema":
-            return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": True}}
-        return {"type": "json_object", "schema": schema}
+    def _constrain(self, body: dict, schema: dict, schema_format: str) -> None:
+        """Add `schema` to a /v1/chat/completions request the way `schema_format` says."""
+        if schema_format == "json_schema":
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "output", "schema": schema, "strict": True}}
+        elif schema_format == "json_object":
+            body["response_format"] = {"type": "json_object", "schema": schema}
+        elif schema_format == "grammar":
+            from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+            from edge.backends.llama_cpp import strict_json_strings
+
+            body["grammar"] = strict_json_strings(json_schema_to_gbnf(json.dumps(schema)))
+
+    def _complete_ollama(self, body: dict, schema: dict, start: float) -> Completion:
+        """One schema-constrained call on Ollama's own API (`format` takes a JSON schema since Ollama 0.5)."""
+        options = {"temperature": body["temperature"], "num_predict": body["max_tokens"]}
+        if body.get("stop"):
+            options["stop"] = body["stop"]
+        request = {"model": body["model"], "messages": body["messages"], "stream": False, "format": schema,
+                   "options": options}
+        data = self._request("POST", "/api/chat", json=request).json()
+        try:
+            text = data["message"].get("content") or ""
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise BackendError(f"Unexpected reply from {self.root}/api/chat: {str(data)[:200]}") from exc
+        completion = Completion(
+            text=text, prompt_tokens=int(data.get("prompt_eval_count") or 0),
+            completion_tokens=int(data.get("eval_count") or 0), seconds=time.perf_counter() - start,
+            finish_reason=_finish(data.get("done_reason")),
+        )
+        self.last_completion = completion
+        return completion
+
+    def _check(self, completion: Completion, schema: dict, schema_format: str) -> None:
+        """Refuse a reply that does not follow the schema, saying which server and which format it ignored."""
+        if completion.finish_reason != "stop":
+            return  # cut off by max_tokens: the caller sees finish_reason "length"
+        try:
+            parse_json(completion.text, schema)
+        except ModelOutputError as exc:
+            raise ModelOutputError(
+                f"{self.root} returned a reply that does not follow the JSON schema ({exc.message}); "
+                f"structured output was asked as {schema_format!r}. Reply: {completion.text[:120]!r}",
+                hint="the server may not support that form: choose another with --structured-output "
+                "(json_object, json_schema, grammar, ollama)",
+            ) from exc
 
     def _request(self, method: str, path: str, **kwargs):
         try:
@@ -226,7 +326,7 @@ class OpenAIHTTPBackend(Backend):
         return BackendError(
             f"Cannot reach the model server at {self.root} ({type(exc).__name__}: {exc})",
             hint="start one, e.g. `python -m llama_cpp.server --model model.gguf --n_ctx 4096`, "
-            "or check --base-url",
+            "or check the URL (--server)",
         )
 
     def _server_count(self, route: str, text: str) -> int | None:

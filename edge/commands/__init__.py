@@ -45,3 +45,57 @@ def user_option(fn):
 
 def json_option(fn):
     return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")(fn)
+
+
+def model_options(*, generation: bool = True, answer_k: bool = True):
+    """--bundle / --model / --server (and the generation overrides), handed to the command as one `source`.
+
+    The command receives `source`, an `edge.model_source.ModelChoice`: the
+    options when any names a model, else the `[model]` table of
+    $EDGE_HOME/config.toml, else the default bundle.
+    """
+    import functools
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, bundle=None, model=None, server=None, structured_output=None, api_key_env=None,
+                    text_mode=None, n_ctx=None, default_k=None, **kwargs):
+            from edge.config import load_config
+            from edge.model_source import ModelChoice
+
+            source = ModelChoice.from_options(
+                bundle=bundle, model=model, server=server, structured_output=structured_output,
+                api_key_env=api_key_env, answer_k=default_k, text_mode=text_mode, n_ctx=n_ctx, config=load_config(),
+            )
+            return fn(*args, source=source, **kwargs)
+
+        options = [
+            click.option("--bundle", type=click.Path(file_okay=False, path_type=Path), default=None,
+                         help="Bundle folder. [default: config.toml's model, else the default bundle]"),
+            click.option("--model", "-m", default=None, metavar="FILE.gguf|NAME",
+                         help="A GGUF model file to run in process; with --server, the served model's name."),
+            click.option("--server", default=None, metavar="URL",
+                         help="An OpenAI-compatible chat server (llama-server, Ollama, vLLM, LM Studio), "
+                         "e.g. http://localhost:11434."),
+            click.option("--structured-output", type=click.Choice(["auto", "json_object", "json_schema", "grammar",
+                                                                   "ollama", "none"]), default=None,
+                         help="How JSON is asked of the server. [default: auto, asked of the server]"),
+            click.option("--api-key-env", default=None, metavar="VAR",
+                         help="Environment variable holding the server's API key. [default: EDGE_API_KEY]"),
+        ]
+        if generation:
+            options += [
+                click.option("--text-mode", type=click.Choice(["extractive", "free"]), default=None,
+                             help="Facts and answers chosen from what was said, or written by the model. "
+                             "[default: from the model's size]"),
+                click.option("--n-ctx", type=click.IntRange(min=512), default=None,
+                             help="Context window in tokens. [default: from the model file, at most 8192]"),
+            ]
+        if generation and answer_k:
+            options.append(click.option("--answer-k", "default_k", type=click.IntRange(min=1), default=None,
+                                        help="Memories the Answer Agent reads. [default: from the model's size]"))
+        for option in reversed(options):
+            wrapper = option(wrapper)
+        return wrapper
+
+    return decorate

@@ -7,20 +7,17 @@ from pathlib import Path
 import click
 
 from edge.bundle import DEFAULT_GENERATION
-from edge.commands import db_option, json_option, user_option
+from edge.commands import db_option, json_option, model_options, user_option
 from edge.errors import EdgeError
 
 
-def bundle_option(fn):
-    return click.option(
-        "--bundle", type=click.Path(file_okay=False, path_type=Path), default=None,
-        help="Bundle folder. [default: the embedded default bundle, built on first use]",
-    )(fn)
-
-
-def open_agent(bundle: Path | None, db: Path | None, user: str):
+def open_agent(bundle, db: Path | None, user: str):
+    """The agent on `bundle`: an `edge.model_source.ModelChoice` (the model options), a folder, or None."""
     from edge.agent import Agent
+    from edge.model_source import ModelChoice
 
+    if isinstance(bundle, ModelChoice):
+        bundle = bundle.open()
     return Agent(bundle=bundle, db=db, user=user)
 
 
@@ -43,11 +40,11 @@ def describe_turn(result) -> list[str]:
 @click.argument("texts", nargs=-1, required=True)
 @click.option("--speaker", default=None, help="Who said it. [default: the --user]")
 @click.option("--time", "when", default=None, help="When it was said (e.g. '1:56 pm on 8 May, 2023').")
-@bundle_option
+@model_options()
 @db_option
 @user_option
 @json_option
-def remember(texts, speaker, when, bundle, db, user, as_json) -> None:
+def remember(texts, speaker, when, source, db, user, as_json) -> None:
     """Let the Memory Manager turn each of TEXTS (a conversation turn) into memory operations.
 
     Each turn is its own change: one that is refused or fails is reported and
@@ -56,7 +53,7 @@ def remember(texts, speaker, when, bundle, db, user, as_json) -> None:
     from edge.script import ScriptLine, play
 
     lines = [ScriptLine(number, "turn", text, time=when) for number, text in enumerate(texts, start=1)]
-    with open_agent(bundle, db, user) as agent:
+    with open_agent(source, db, user) as agent:
         outcomes = list(play(agent, lines, speaker=speaker or user))
     if as_json:
         click.echo(json.dumps([remembered_json(o) for o in outcomes], indent=2, ensure_ascii=False))
@@ -82,13 +79,13 @@ def remembered_json(outcome) -> dict:
               help=f"Memories to retrieve. [default: the bundle's generation.answer_k; "
               f"{DEFAULT_GENERATION['answer_k']} for the default bundle]")
 @click.option("--show-memories", is_flag=True, help="Also print the memories the answer used.")
-@bundle_option
+@model_options(answer_k=False)
 @db_option
 @user_option
 @json_option
-def ask(question, k, show_memories, bundle, db, user, as_json) -> None:
+def ask(question, k, show_memories, source, db, user, as_json) -> None:
     """Answer QUESTION from memory."""
-    with open_agent(bundle, db, user) as agent:
+    with open_agent(source, db, user) as agent:
         result = agent.ask(question, k=k)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
@@ -128,11 +125,11 @@ def summary_json(outcomes) -> dict:
 
 @click.command(name="run")
 @click.argument("script", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@bundle_option
+@model_options()
 @db_option
 @user_option
 @json_option
-def run_script(script, bundle, db, user, as_json) -> None:
+def run_script(script, source, db, user, as_json) -> None:
     """Feed SCRIPT's turns to the Manager and ask its questions, in order; print ops and answers.
 
     \b
@@ -157,7 +154,7 @@ def run_script(script, bundle, db, user, as_json) -> None:
     outcomes = []
     try:
         lines = read_script(script)
-        with open_agent(bundle, db, user) as agent:
+        with open_agent(source, db, user) as agent:
             for outcome in play(agent, lines, speaker=user):
                 outcomes.append(outcome)
                 if not as_json:

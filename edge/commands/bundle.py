@@ -1,4 +1,4 @@
-"""`edge bundle ...`: build the default bundle, check a bundle."""
+"""`edge bundle ...`: build the default bundle, make one for your own model, check a bundle."""
 from __future__ import annotations
 
 import json
@@ -28,6 +28,54 @@ def build_default_cmd(out: Path | None, force: bool) -> None:
 
 
 @bundle.command()
+@click.option("--gguf", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A GGUF chat model file; every role runs on it.")
+@click.option("--manager-adapter", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A GGUF LoRA adapter over --gguf for the Memory Manager (e.g. from `edge train` + `edge export`).")
+@click.option("--answer-adapter", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A GGUF LoRA adapter over --gguf for the Answer Agent.")
+@click.option("--server", default=None, metavar="URL", help="An OpenAI-compatible chat server.")
+@click.option("--model", "name", default=None, help="With --server: the model name to request.")
+@click.option("--structured-output", type=click.Choice(["auto", "json_object", "json_schema", "grammar", "ollama",
+                                                       "none"]), default="auto", show_default=True,
+              help="With --server: how JSON is asked of it.")
+@click.option("--api-key-env", default=None, metavar="VAR",
+              help="With --server: the environment variable that will hold its API key (the key is never "
+              "written to the bundle). [default: EDGE_API_KEY]")
+@click.option("--text-mode", type=click.Choice(["extractive", "free"]), default=None,
+              help="Override the text mode chosen from the model's size.")
+@click.option("--answer-k", type=click.IntRange(min=1), default=None,
+              help="Override the memories per question chosen from the model's size.")
+@click.option("--n-ctx", type=click.IntRange(min=512), default=None, help="Override the context window.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="The bundle folder to write.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def create(gguf, manager_adapter, answer_adapter, server, name, structured_output, api_key_env, text_mode, answer_k,
+           n_ctx, out, force, as_json) -> None:
+    """Make a bundle for your own model: a GGUF file (with optional LoRA adapters) or a served model.
+
+    \b
+      edge bundle create --gguf qwen2.5-1.5b-instruct-q4_k_m.gguf --out ~/bundles/qwen
+      edge bundle create --server http://localhost:11434 --model qwen2.5:1.5b --out ~/bundles/ollama-qwen
+      edge bundle verify ~/bundles/qwen && edge chat --bundle ~/bundles/qwen
+
+    The settings (memories per question, extractive or free text, context)
+    follow the model's size unless given; the default embedder is copied in.
+    """
+    from edge.model_source import create_bundle
+
+    generation = {k: v for k, v in {"text_mode": text_mode, "answer_k": answer_k, "n_ctx": n_ctx}.items() if v}
+    made = create_bundle(out, gguf=gguf, manager_adapter=manager_adapter, answer_adapter=answer_adapter,
+                         server=server, name=name, structured_output=structured_output, api_key_env=api_key_env,
+                         generation=generation, force=force, log=(lambda _: None) if as_json else click.echo)
+    if as_json:
+        click.echo(json.dumps({"bundle": str(made.root), "name": made.name, "backend": made.backend,
+                               "generation": made.manifest.get("generation", {})}, indent=2))
+    else:
+        click.echo(f"bundle ready: {made.root}  (check it with `edge bundle verify {made.root}`)")
+
+
+@bundle.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def verify(path: Path, as_json: bool) -> None:
@@ -35,8 +83,11 @@ def verify(path: Path, as_json: bool) -> None:
     from edge.bundle import Bundle
 
     loaded = Bundle.load(path)
-    with click.progressbar(length=len(loaded.manifest.get("files", {})), label="checksums") as bar:
-        problems = loaded.verify(progress=lambda _: bar.update(1))
+    if as_json:  # stdout is the JSON document alone
+        problems = loaded.verify()
+    else:
+        with click.progressbar(length=len(loaded.manifest.get("files", {})), label="checksums") as bar:
+            problems = loaded.verify(progress=lambda _: bar.update(1))
     if not problems:
         problems = _load_problems(loaded)
     if as_json:
@@ -60,6 +111,8 @@ def _load_problems(loaded) -> list[str]:
             problems.append(f"embedder returns shape {vector.shape}, manifest says dim {loaded.embedder_dim}")
     except Exception as exc:  # noqa: BLE001 - every failure is reported, none is fatal here
         problems.append(f"embedder does not load: {exc}")
+    if loaded.backend == "http":
+        return problems + _server_problems(loaded)
     for key, model in loaded.model_paths().items():
         try:
             kwargs = {"model_path": model, "n_ctx": 256} if loaded.backend == "llama.cpp" else {"model_dir": model}
@@ -69,6 +122,31 @@ def _load_problems(loaded) -> list[str]:
         except Exception as exc:  # noqa: BLE001
             problems.append(f"model {key!r} does not load: {exc}")
     return problems
+
+
+def _server_problems(loaded) -> list[str]:
+    """A served bundle is usable when its server answers and lists (or at least serves) its model."""
+    from edge.backends.base import Message
+
+    from edge.errors import EdgeError
+
+    server = loaded.manifest["server"]
+    backend = loaded.load_backend("answer")
+    try:
+        try:
+            listed = backend.models()
+        except EdgeError as exc:
+            return [f"the server {server['url']} does not answer: {exc.message}"]
+        if listed and server["model"] not in listed:
+            # Some servers (llama_cpp.server) serve their one model under any name; ask it once.
+            try:
+                backend.complete([Message("user", "Say OK.")], max_tokens=2)
+            except EdgeError as exc:
+                return [f"the server does not serve {server['model']!r} (it lists {', '.join(listed)}): "
+                        f"{exc.message}"]
+        return []
+    finally:
+        backend.close()
 
 
 @bundle.command()

@@ -5,18 +5,14 @@ from pathlib import Path
 
 import click
 
-from edge.commands import db_option, user_option
+from edge.commands import db_option, model_options, user_option
 
 
 @click.command()
-@click.option(
-    "--bundle", type=click.Path(file_okay=False, path_type=Path), default=None,
-    help="Bundle folder with the models and embedder. [default: the default bundle under $EDGE_HOME, "
-    "built on first run]",
-)
+@model_options()
 @db_option
 @user_option
-def chat(bundle: Path | None, db: Path | None, user: str) -> None:
+def chat(source, db: Path | None, user: str) -> None:
     """Chat with edge in the terminal while it remembers what you tell it.
 
     The conversation is on the left; on the right, your memories, a search
@@ -30,10 +26,21 @@ def chat(bundle: Path | None, db: Path | None, user: str) -> None:
       e / d    edit / delete the highlighted memory
       ctrl+q   quit
 
-    The first run with no --bundle builds the default bundle
+    \b
+    Models (the choice is saved in $EDGE_HOME/config.toml for the next `edge chat`):
+      edge chat --model ~/models/qwen2.5-1.5b-instruct-q4_k_m.gguf
+      edge chat --server http://localhost:11434 --model qwen2.5:1.5b
+      edge chat --bundle DIR
+
+    The first run with no model builds the default bundle
     (SmolLM2-135M-Instruct + all-MiniLM-L6-v2, offline) under $EDGE_HOME.
     """
+    from edge.model_source import remember_choice
     from edge.tui.app import run
     from edge.tui.service import ChatConfig
 
-    run(ChatConfig(bundle=bundle, db=db, user=user))
+    if source.origin == "options":
+        saved = remember_choice(source)
+        if saved:
+            click.echo(f"edge chat will use {source.describe()} from now on (saved in {saved}).", err=True)
+    run(ChatConfig(source=source, db=db, user=user))

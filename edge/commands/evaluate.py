@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from edge.bundle import DEFAULT_GENERATION
-
+from edge.commands import model_options
 from edge.evaluation.runner import DEFAULT_SYSTEMS, EvalSettings
 from edge.evaluation.systems import SYSTEMS
 
@@ -27,9 +27,7 @@ def _system_help() -> str:
 @click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=lambda: os.environ.get(DATA_ENV), show_default=f"${DATA_ENV}",
               help="LoCoMo file in the locomo10.json layout (e.g. locomo10.json, or one conversation of it).")
-@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Bundle whose model (and adapters, for the 'bundle' system) to evaluate. [default: the "
-              "default bundle]")
+@model_options(generation=False)
 @click.option("--system", "systems", multiple=True, type=click.Choice(list(SYSTEMS)),
               help=f"System to run; repeat for several. [default: all] ({_system_help()})")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
@@ -53,7 +51,7 @@ def _system_help() -> str:
 @click.option("--judge-api-key", envvar="EDGE_JUDGE_API_KEY", default=None,
               help="API key for the judge server. [env: EDGE_JUDGE_API_KEY]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def locomo(data: Path | None, bundle: Path | None, systems: tuple[str, ...], limit: int | None,
+def locomo(data: Path | None, source, systems: tuple[str, ...], limit: int | None,
            sessions: int | None, samples: tuple[str, ...], out: Path, answer_k: int | None, n_ctx: int, include_adversarial: bool,
            judge_url: str | None, judge_model: str | None, judge_api_key: str | None, quiet: bool) -> None:
     """Evaluate memory systems on LoCoMo conversations.
@@ -89,7 +87,8 @@ def locomo(data: Path | None, bundle: Path | None, systems: tuple[str, ...], lim
     if bool(judge_url) != bool(judge_model):
         raise click.UsageError("--judge-url and --judge-model go together.")
     settings = EvalSettings(
-        data=data, out=out, systems=list(systems or DEFAULT_SYSTEMS), bundle=bundle, limit=limit,
+        data=data, out=out, systems=list(systems or DEFAULT_SYSTEMS), bundle=None if source.is_default else source.open(),
+        limit=limit,
         include_adversarial=include_adversarial, samples=list(samples) or None, sessions=sessions, n_ctx=n_ctx, answer_k=answer_k,
         progress=not quiet,
     )

@@ -79,7 +79,7 @@ class EvalSettings:
     data: Path
     out: Path
     systems: list[str] = field(default_factory=lambda: list(DEFAULT_SYSTEMS))
-    bundle: Path | None = None
+    bundle: Any = None  # a bundle folder, an `edge.bundle.Bundle` (e.g. a GGUF file or a server), or None: default
     limit: int | None = None
     include_adversarial: bool = False
     samples: list[str] | None = None

@@ -1,0 +1,71 @@
+"""`edge config show|set|unset`: the settings in $EDGE_HOME/config.toml (`edge.config`)."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from edge.commands import json_option
+
+
+@click.group()
+def config() -> None:
+    """Settings every command uses when given no model: the model source and generation defaults.
+
+    \b
+      edge config set model.gguf ~/models/qwen2.5-1.5b-instruct-q4_k_m.gguf
+      edge config set model.server http://localhost:11434
+      edge config set model.name qwen2.5:1.5b
+      edge config set generation.answer_k 20
+      edge config unset model.gguf
+    """
+
+
+@config.command()
+@json_option
+def show(as_json: bool) -> None:
+    """Print the settings (and where they are kept)."""
+    from edge.config import KEYS, config_path, load_config
+
+    settings = load_config()
+    if as_json:
+        click.echo(json.dumps({"path": str(config_path()), "settings": settings}, indent=2))
+        return
+    click.echo(f"# {config_path()}" + ("" if settings else "  (no settings: the default bundle is used)"))
+    for name in KEYS:
+        if name in settings:
+            click.echo(f"{name} = {settings[name]!r}")
+
+
+@config.command(name="set")
+@click.argument("name")
+@click.argument("value")
+@json_option
+def set_(name: str, value: str, as_json: bool) -> None:
+    """Set NAME (e.g. model.gguf, model.server, generation.answer_k) to VALUE.
+
+    Setting a model source (model.bundle, model.gguf, model.server) replaces
+    the one set before. The API key is never a setting: model.api_key_env
+    names the environment variable that holds it.
+    """
+    from edge.config import KEYS, config_path, set_value
+
+    settings = set_value(name, value)
+    if as_json:
+        click.echo(json.dumps({"path": str(config_path()), "settings": settings}, indent=2))
+    else:
+        click.echo(f"{name} = {settings[name]!r}  ({KEYS[name][0]}; saved in {config_path()})")
+
+
+@config.command()
+@click.argument("name")
+@json_option
+def unset(name: str, as_json: bool) -> None:
+    """Remove NAME from the settings."""
+    from edge.config import config_path, unset_value
+
+    settings = unset_value(name)
+    if as_json:
+        click.echo(json.dumps({"path": str(config_path()), "settings": settings}, indent=2))
+    else:
+        click.echo(f"{name} unset")

@@ -1,0 +1,351 @@
+"""Bring your own model: a GGUF file or an OpenAI-compatible server, wherever a bundle is accepted.
+
+Every command that runs the agents takes one *model source*:
+
+    --bundle DIR                     a bundle folder (`edge export`, `edge bundle create`)
+    --model FILE.gguf                any GGUF file, run in process by llama.cpp
+    --server URL --model NAME        any OpenAI-compatible chat server (llama-server, Ollama, vLLM, ...)
+    (none)                           the `[model]` table of $EDGE_HOME/config.toml, else the default bundle
+
+A GGUF file or a server becomes a `Bundle` held in memory (`gguf_bundle`,
+`server_bundle`): the same object `edge.Agent` gets from a bundle folder, its
+models pointing at the file (or the server) and its embedder the default one
+(all-MiniLM-L6-v2), so a bank filled with one model can be read with another.
+`create_bundle` writes the same thing to a folder, with checksums, for
+`edge bundle create`.
+
+Settings follow the model's size, read from the GGUF header (`GENERATION_BY_SIZE`):
+a sub-1B model chooses spans of what was said (extractive text, as the
+bundled 135M model does) and reads up to 20 memories in 300 tokens; bigger ones
+write their own text and read more. The user overrides any of them with
+--text-mode / --answer-k / --n-ctx or `edge config set generation.*`.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from edge.bundle import FORMAT, FORMAT_VERSION, ROLES, Bundle, build_default, write_manifest
+from edge.errors import BundleError, InvalidInputError
+from edge.files import link_or_copy, staged_dir
+from edge.gguf_info import GgufInfo, read_gguf_info
+from edge.prompts import PROMPT_VERSION, REPEAT_PENALTY
+
+Progress = Callable[[str], None]
+DEFAULT_API_KEY_ENV = "EDGE_API_KEY"
+
+# (largest size in billions of parameters, settings). answer_k / answer_tokens: the Answer Agent reads up to
+# answer_k memories as windows within answer_tokens tokens, and prompt evaluation on a laptop CPU slows with
+# the model's size: 300 tokens answer within 1.5 s with the 135M model on 2 cores (bench/bench_agent.py);
+# a bigger model reads more and better (bench/bench_answer_context.py: 300 tokens hold 61 % of conv-26's
+# evidence, 500 tokens 71 %); Memory-R1 reads 60 memories with an 8B model on a GPU. text_mode: below 1B
+# the model chooses among the turn's clauses (DESIGN.md, "Faithful memory"); from 1B on it writes the
+# fact, and the grounding checks still refuse text nobody said. n_ctx: the file's trained context, capped
+# where the KV cache of a laptop-sized model stays small.
+GENERATION_BY_SIZE: tuple[tuple[float, dict[str, Any]], ...] = (
+    (1.0, {"answer_k": 20, "answer_tokens": 300, "text_mode": "extractive", "n_ctx_cap": 4096}),
+    (4.5, {"answer_k": 20, "answer_tokens": 600, "text_mode": "free", "n_ctx_cap": 8192}),
+    (float("inf"), {"answer_k": 30, "answer_tokens": 1000, "text_mode": "free", "n_ctx_cap": 8192}),
+)
+# A served model's size is not known; servers usually run models of 1B and more.
+SERVER_GENERATION: dict[str, Any] = {"answer_k": 20, "answer_tokens": 600, "text_mode": "free", "n_ctx": 4096,
+                                     "repeat_penalty": 1.0}
+OVERRIDES = ("answer_k", "answer_tokens", "text_mode", "n_ctx")
+
+
+def generation_for(info: GgufInfo) -> dict[str, Any]:
+    """The `generation` settings for a model of this size: answer_k, answer_tokens, text_mode, n_ctx, repeat_penalty."""
+    for ceiling, settings in GENERATION_BY_SIZE:
+        if info.billions < ceiling:
+            break
+    n_ctx = min(info.context_length or 4096, settings["n_ctx_cap"])
+    return {"answer_k": settings["answer_k"], "answer_tokens": settings["answer_tokens"],
+            "text_mode": settings["text_mode"], "n_ctx": n_ctx, "repeat_penalty": REPEAT_PENALTY}
+
+
+def default_embedder(progress: Progress = lambda _: None) -> dict[str, Any]:
+    """The default embedder's manifest entry {"name", "dim", "path"} with an absolute path.
+
+    The default bundle's copy when it exists; else the cached ONNX export of
+    all-MiniLM-L6-v2 (built once, as for the default bundle).
+    """
+    from edge import paths
+
+    default = paths.default_bundle_dir()
+    if (default / "bundle.json").is_file():
+        try:
+            bundle = Bundle.load(default)
+            return {"name": bundle.embedder_name, "dim": bundle.embedder_dim, "path": str(bundle.embedder_dir)}
+        except BundleError:
+            pass
+    from edge.onnx_embedder import load_default_minilm
+
+    progress("Loading the default embedder (all-MiniLM-L6-v2)")
+    embedder = load_default_minilm()
+    return {"name": embedder.name, "dim": embedder.dim, "path": str(Path(embedder.model_dir).resolve())}
+
+
+def api_key_from_env(name: str | None) -> str | None:
+    """The API key from the environment variable `name` (default EDGE_API_KEY); None when unset."""
+    return os.environ.get(name or DEFAULT_API_KEY_ENV) or None
+
+
+def http_backend(server: dict[str, Any], *, n_ctx: int | None = None):
+    """The backend for a bundle's `server` entry, its API key read from the environment now."""
+    from edge.backends.http import OpenAIHTTPBackend
+
+    return OpenAIHTTPBackend(
+        server["url"], server["model"], api_key=api_key_from_env(server.get("api_key_env")),
+        schema_format=server.get("structured_output", "auto"), adapters=server.get("adapters") or None, n_ctx=n_ctx,
+    )
+
+
+# ---------------------------------------------------------------------- bundles in memory
+
+
+def _in_memory(root: Path, manifest: dict[str, Any]) -> Bundle:
+    full = {"format": FORMAT, "format_version": FORMAT_VERSION, "prompt_version": PROMPT_VERSION,
+            "adapters": {}, "files": {}, **manifest}
+    return Bundle(root, full)
+
+
+def gguf_manifest(info: GgufInfo, model_path: str, embedder: dict[str, Any],
+                  adapters: dict[str, str] | None = None, generation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A bundle manifest serving every role from one GGUF file (with optional manager/answer adapters)."""
+    adapters = adapters or {}
+    return {
+        "name": info.path.stem,
+        "backend": "llama.cpp",
+        "models": {"base": {"path": model_path, "format": "gguf", "quantization": info.quantization,
+                            "base": info.name}},
+        "adapters": {key: {"path": path, "base_model": "base"} for key, path in adapters.items()},
+        "roles": {role: {"model": "base", "adapter": role if role in adapters else None} for role in ROLES},
+        "embedder": embedder,
+        "generation": {**generation_for(info), **(generation or {})},
+    }
+
+
+def server_manifest(url: str, name: str, embedder: dict[str, Any], *, structured_output: str = "auto",
+                    api_key_env: str | None = None, adapters: dict[str, str] | None = None,
+                    generation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A bundle manifest whose models are served by an OpenAI-compatible server (backend "http").
+
+    `adapters` maps "manager"/"answer" to the model names the server serves
+    those adapters under. The API key is never written: only the name of the
+    environment variable that holds it.
+    """
+    from edge.backends.http import SCHEMA_FORMATS
+
+    if structured_output not in SCHEMA_FORMATS:
+        raise InvalidInputError(f"Unknown structured output {structured_output!r}.",
+                                hint=f"use one of {', '.join(SCHEMA_FORMATS)}")
+    adapters = adapters or {}
+    return {
+        "name": f"{name} @ {url}",
+        "backend": "http",
+        "server": {"url": url, "model": name, "structured_output": structured_output,
+                   "api_key_env": api_key_env or DEFAULT_API_KEY_ENV, "adapters": adapters},
+        "models": {"base": {"format": "served", "base": name}},
+        "roles": {role: {"model": "base", "adapter": None} for role in ROLES},
+        "embedder": embedder,
+        "generation": {**SERVER_GENERATION, **(generation or {})},
+    }
+
+
+def gguf_bundle(path: Path | str, *, generation: dict[str, Any] | None = None,
+                progress: Progress = lambda _: None) -> Bundle:
+    """A bundle in memory that runs `path` (any GGUF chat model) for every role, with the default embedder.
+
+    Raises BackendError when the file is missing, is not GGUF, or has no chat template.
+    """
+    path = Path(path).expanduser().resolve()
+    info = read_gguf_info(path)
+    info.require_chat_template()
+    progress(f"Model: {path.name} ({info.billions:.2f}B parameters)")
+    manifest = gguf_manifest(info, str(path), default_embedder(progress), generation=generation)
+    manifest["name"] = path.name
+    return _in_memory(path.parent, manifest)
+
+
+def server_bundle(url: str, name: str, *, structured_output: str = "auto", api_key_env: str | None = None,
+                  generation: dict[str, Any] | None = None, progress: Progress = lambda _: None) -> Bundle:
+    """A bundle in memory whose models are `name` on the server at `url`, with the default embedder."""
+    manifest = server_manifest(url, name, default_embedder(progress), structured_output=structured_output,
+                               api_key_env=api_key_env, generation=generation)
+    return _in_memory(Path.cwd(), manifest)
+
+
+def with_generation(bundle: Bundle, generation: dict[str, Any]) -> Bundle:
+    """`bundle` with some `generation` settings replaced (the user's overrides); the folder is not touched."""
+    if not generation:
+        return bundle
+    manifest = dict(bundle.manifest)
+    manifest["generation"] = {**bundle.manifest.get("generation", {}), **generation}
+    return Bundle(bundle.root, manifest)
+
+
+# ---------------------------------------------------------------------- bundles on disk
+
+
+def create_bundle(out: Path, *, gguf: Path | None = None, manager_adapter: Path | None = None,
+                  answer_adapter: Path | None = None, server: str | None = None, name: str | None = None,
+                  structured_output: str = "auto", api_key_env: str | None = None,
+                  generation: dict[str, Any] | None = None, force: bool = False,
+                  log: Progress = print) -> Bundle:
+    """Write a bundle folder for a GGUF file (and LoRA adapters over it) or for a served model.
+
+    The folder holds the model (hard-linked when the filesystem allows),
+    the adapters, the default embedder and a checksummed manifest; it is
+    built beside `out` and renamed into place. Raises BundleError when `out`
+    exists (unless `force`), InvalidInputError for a wrong combination of
+    arguments, BackendError for a file that is not a usable GGUF chat model.
+    """
+    out = Path(out).expanduser()
+    if bool(gguf) == bool(server):
+        raise InvalidInputError("Give either a GGUF file or a server.", hint="--gguf FILE, or --server URL --model NAME")
+    if server and not name:
+        raise InvalidInputError("A served model needs its name.", hint="--server URL --model NAME")
+    if server and (manager_adapter or answer_adapter):
+        raise InvalidInputError("Adapters are files for a GGUF bundle; a server serves its own.",
+                                hint="serve the adapter under a model name of its own and use that name")
+    if out.exists() and not force:
+        raise BundleError(f"{out} already exists.", hint="choose another --out, or pass --force to replace it")
+    embedder = default_embedder(log)
+    with staged_dir(out) as staging:
+        log("[1/3] embedder: " + embedder["name"])
+        shutil.copytree(embedder["path"], staging / "embedder")
+        embedder = {**embedder, "path": "embedder"}
+        if gguf:
+            info = read_gguf_info(gguf)
+            info.require_chat_template()
+            log(f"[2/3] model: {Path(gguf).name} ({info.billions:.2f}B parameters)")
+            link_or_copy(gguf, staging / "model.gguf")
+            adapters = {}
+            for key, adapter in (("manager", manager_adapter), ("answer", answer_adapter)):
+                if adapter:
+                    read_gguf_info(adapter)  # a GGUF at least; llama.cpp checks it fits the model when verified
+                    link_or_copy(adapter, staging / "adapters" / f"{key}.gguf")
+                    adapters[key] = f"adapters/{key}.gguf"
+            manifest = gguf_manifest(info, "model.gguf", embedder, adapters, generation)
+            manifest["notes"] = f"Made by `edge bundle create --gguf {Path(gguf).name}`."
+        else:
+            log(f"[2/3] model: {name} served at {server}")
+            manifest = server_manifest(server, name, embedder, structured_output=structured_output,
+                                       api_key_env=api_key_env, generation=generation)
+            manifest["notes"] = "Made by `edge bundle create --server`; the API key is read from the environment."
+        log("[3/3] checksums and manifest")
+        write_manifest(staging, manifest)
+    return Bundle.load(out)
+
+
+# ---------------------------------------------------------------------- what the user chose
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Where the models come from (one of bundle / gguf / server) and the user's generation overrides."""
+
+    bundle: Path | None = None
+    gguf: Path | None = None
+    server: str | None = None
+    name: str | None = None  # the served model's name (with `server`)
+    structured_output: str = "auto"
+    api_key_env: str | None = None
+    generation: dict[str, Any] = field(default_factory=dict)  # answer_k / text_mode / n_ctx set by the user
+    origin: str = "default"  # "options" (command line), "config" (config.toml) or "default"
+
+    @classmethod
+    def from_options(cls, *, bundle: Path | None = None, model: str | None = None, server: str | None = None,
+                     structured_output: str | None = None, api_key_env: str | None = None,
+                     answer_k: int | None = None, text_mode: str | None = None, n_ctx: int | None = None,
+                     config: dict[str, Any] | None = None) -> "ModelChoice":
+        """The choice from command-line options; with no source among them, from `config` (`edge.config`).
+
+        `model` is a GGUF path without `server`, the served model's name with
+        it. Options override the config's `generation.*` one by one.
+        """
+        config = config if config is not None else {}
+        given = {"answer_k": answer_k, "text_mode": text_mode, "n_ctx": n_ctx}
+        generation = {key: config[f"generation.{key}"] for key in OVERRIDES if f"generation.{key}" in config}
+        generation.update({key: value for key, value in given.items() if value is not None})
+        if bundle and (model or server):
+            raise InvalidInputError("--bundle and --model/--server are two ways to choose the model; give one.")
+        if server:
+            if not model:
+                raise InvalidInputError(f"Which model should {server} run?",
+                                        hint="--server URL --model NAME (the name the server lists at /v1/models)")
+            return cls(server=server, name=model, structured_output=structured_output or "auto",
+                       api_key_env=api_key_env, generation=generation, origin="options")
+        if model:
+            if not (model.lower().endswith(".gguf") or Path(model).expanduser().is_file()):
+                raise InvalidInputError(f"--model {model!r} is not a .gguf file.",
+                                        hint="give a path to a GGUF file, or add --server URL to use a served model")
+            return cls(gguf=Path(model).expanduser().resolve(), generation=generation, origin="options")
+        if bundle:
+            return cls(bundle=Path(bundle), generation=generation, origin="options")
+        if config.get("model.server"):
+            return cls(server=config["model.server"], name=config.get("model.name") or "default",
+                       structured_output=structured_output or config.get("model.structured_output", "auto"),
+                       api_key_env=api_key_env or config.get("model.api_key_env"), generation=generation,
+                       origin="config")
+        if config.get("model.gguf"):
+            return cls(gguf=Path(config["model.gguf"]), generation=generation, origin="config")
+        if config.get("model.bundle"):
+            return cls(bundle=Path(config["model.bundle"]), generation=generation, origin="config")
+        return cls(generation=generation)
+
+    @property
+    def is_default(self) -> bool:
+        return not (self.bundle or self.gguf or self.server)
+
+    def describe(self) -> str:
+        if self.server:
+            return f"{self.name} @ {self.server}"
+        if self.gguf:
+            return str(self.gguf)
+        return str(self.bundle) if self.bundle else "the default bundle"
+
+    def settings(self) -> dict[str, Any]:
+        """This choice as `edge.config` settings (what `edge chat` saves for next time)."""
+        settings: dict[str, Any] = {}
+        if self.server:
+            settings.update({"model.server": self.server, "model.name": self.name,
+                             "model.structured_output": self.structured_output})
+            if self.api_key_env:
+                settings["model.api_key_env"] = self.api_key_env
+        elif self.gguf:
+            settings["model.gguf"] = str(self.gguf)
+        elif self.bundle:
+            settings["model.bundle"] = str(Path(self.bundle).expanduser().resolve())
+        return settings
+
+    def open(self, progress: Progress = lambda _: None) -> Bundle:
+        """The bundle this choice names (built, read or made in memory), with the user's overrides applied."""
+        if self.server:
+            bundle = server_bundle(self.server, self.name or "default", structured_output=self.structured_output,
+                                   api_key_env=self.api_key_env, progress=progress)
+        elif self.gguf:
+            bundle = gguf_bundle(self.gguf, progress=progress)
+        elif self.bundle:
+            progress(f"Reading the bundle {self.bundle}")
+            bundle = Bundle.load(self.bundle)
+        else:
+            bundle = build_default(log=progress)
+        return with_generation(bundle, self.generation)
+
+    def with_generation(self, **generation: Any) -> "ModelChoice":
+        return replace(self, generation={**self.generation, **{k: v for k, v in generation.items() if v is not None}})
+
+
+def remember_choice(choice: ModelChoice) -> Path | None:
+    """Save `choice`'s model source in the config file (what `edge chat` does); None for the default bundle."""
+    from edge import config
+
+    if choice.is_default:
+        return None
+    settings = {k: v for k, v in config.load_config().items() if not k.startswith("model.")}
+    settings.update(choice.settings())
+    return config.save_config(settings)
