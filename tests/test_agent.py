@@ -271,4 +271,6 @@ def test_a_bundle_is_resolved_from_itself_a_folder_or_the_default_built_on_first
     assert built.root == paths.default_bundle_dir() and said[0].startswith("First run")
     steps = len(said)
     assert Bundle.resolve(None, log=said.append).root == built.root and len(said) == steps  # built once
-    assert built.model_label("chat") == built.model_label("manager") == "SmolLM2-135M-Instruct Q4_1"
+    from edge.bundle import DEFAULT_QUANT
+
+    assert built.model_label("chat") == built.model_label("manager") == f"SmolLM2-135M-Instruct {DEFAULT_QUANT.upper()}"

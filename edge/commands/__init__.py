@@ -58,10 +58,14 @@ def model_options(*, generation: bool = True, answer_k: bool = True):
 
     def decorate(fn):
         @functools.wraps(fn)
-        def wrapper(*args, bundle=None, model=None, server=None, structured_output=None, api_key_env=None,
-                    text_mode=None, n_ctx=None, default_k=None, **kwargs):
+        def wrapper(*args, bundle=None, model=None, server=None, structured_output=None, api_key_env=None, **kwargs):
             from edge.config import load_config
             from edge.model_source import ModelChoice
+
+            # Only the options added here are taken; a command's own (eval's --n-ctx) pass through.
+            text_mode = kwargs.pop("text_mode", None) if generation else None
+            n_ctx = kwargs.pop("n_ctx", None) if generation else None
+            default_k = kwargs.pop("default_k", None) if generation and answer_k else None
 
             source = ModelChoice.from_options(
                 bundle=bundle, model=model, server=server, structured_output=structured_output,
