@@ -120,9 +120,9 @@ class AnswerAgent:
         best first, leaving out any whose source turns are all shown
         already, and are read when the token budget has room left
         (`_fit`). Turns first because they hold more evidence per token than
-        the untrained Manager's facts: on LoCoMo conv-26, giving facts a
-        quarter of a 300-token budget lowered evidence recall from 63.9 % to
-        59.0 % (`bench/results/answer_context.json`). A bank without a log
+        the untrained Manager's facts: on LoCoMo conv-26, giving facts
+        15 % of a 300-token budget lowered evidence recall from 60.9 % to
+        57.3 % (`bench/results/answer_context.json`). A bank without a log
         (facts only) gets its top-k facts.
         """
         k = k or self.k
@@ -140,7 +140,7 @@ class AnswerAgent:
         return turns + facts
 
     def answer_from(self, question: str, memories: list[Memory], *, core: str = "") -> AnswerResult:
-        """Answer from given memories (best first; the lowest-ranked are dropped if they do not fit)."""
+        """Answer from given memories (in order; those whose lines no longer fit the token budget are left out)."""
         start = time.perf_counter()
         if not memories and not core:
             return AnswerResult(question=question, answer=UNKNOWN, memory_ids=[], memories=[], retrieved=[],
@@ -182,7 +182,7 @@ class AnswerAgent:
         left); then, should the whole prompt and the answer still not fit
         the context window, the last are dropped.
         """
-        id_map, shown = shown_memories(memories)
+        _, shown = shown_memories(memories)
         kept: list[Memory] = []
         used = 0
         for memory, line in zip(memories, shown):
