@@ -238,8 +238,8 @@ def test_schema_steps_are_recorded_and_a_newer_file_is_refused(tmp_path: Path) -
     db = tmp_path / "bank.db"
     with MemoryBank.open(db, HashEmbedder()) as bank:
         assert bank.schema_version() == ["m001_memories_and_history", "m002_search_indexes", "m003_binary_vectors",
-                                         "m004_episodic_log_and_superseded_facts"]
-        assert sql(db, "PRAGMA user_version") == [(4,)]
+                                         "m004_episodic_log_and_superseded_facts", "m005_turns_keyword_index"]
+        assert sql(db, "PRAGMA user_version") == [(5,)]
         assert sql(db, "PRAGMA journal_mode") == [("wal",)]
         sql(db, "INSERT INTO migrations VALUES ('m999_from_the_future', 'x')")
     with pytest.raises(BankError, match="newer edge"):

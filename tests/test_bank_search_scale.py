@@ -224,7 +224,8 @@ def test_an_older_bank_is_migrated_when_opened(tmp_path: Path, monkeypatch: pyte
             fresh.add_many(owned, user=owner)
         expected = {q: [h.memory.text for h in fresh.search(q, mode="vector", k=5)] for q in sentences(8, seed=12)}
     with MemoryBank.open(tmp_path / "old.db", HashEmbedder(), user="alice") as bank:
-        assert bank.schema_version()[-2:] == ["m003_binary_vectors", "m004_episodic_log_and_superseded_facts"]
+        assert bank.schema_version()[-3:] == ["m003_binary_vectors", "m004_episodic_log_and_superseded_facts",
+                                              "m005_turns_keyword_index"]
         assert_indexes_agree(bank)
         assert bank.index.binary
         after = {q: [h.memory.text for h in bank.search(q, mode="vector", k=5)] for q in expected}
@@ -291,3 +292,79 @@ def test_keyword_search_with_only_common_words_is_bounded_and_owner_scoped(big_b
     assert len(hits) == 10 and all(h.memory.owner == "bob" for h in hits)
     assert [h.rank for h in hits] == list(range(1, 11))
     assert big_bank.search("zzzqx", mode="keyword") == []
+
+
+# ----------------------------------------------------------------------------- turns and facts apart
+
+
+def test_facts_do_not_change_how_the_turn_log_is_ranked(tmp_path: Path) -> None:
+    """A log searched in a bank full of facts ranks exactly as the same log alone (bm25 per table, m005)."""
+    turns = sentences(300, seed=21)
+    facts = sentences(900, seed=22)  # the same vocabulary, so shared statistics would move the turns' scores
+    with MemoryBank.open(tmp_path / "alone.db", HashEmbedder(), user="alice") as alone, \
+            MemoryBank.open(tmp_path / "mixed.db", HashEmbedder(), user="alice") as mixed:
+        alone.add_many(turns, tier="episodic")
+        mixed.add_many(turns, tier="episodic")
+        mixed.add_many(facts)
+        queries = sentences(20, seed=23)
+        for mode in ("keyword", "hybrid"):
+            for query in queries:
+                want = [h.memory.text for h in alone.search(query, k=10, mode=mode, scope="episodic")]
+                got = [h.memory.text for h in mixed.search(query, k=10, mode=mode, scope="episodic")]
+                assert got == want, (mode, query)
+                assert want
+        # scope "all" reads both tables and still finds each kind
+        hits = mixed.search(turns[0], k=10, mode="keyword")
+        assert {h.memory.tier for h in hits} == {"episodic", "semantic"}
+        assert_indexes_agree(mixed)
+
+
+def test_a_bank_from_before_the_split_moves_its_turns_to_their_own_table(tmp_path: Path) -> None:
+    path = tmp_path / "m004.db"
+    with MemoryBank.open(path, HashEmbedder(), user="alice") as bank:
+        bank.add_many(["Caroline went to the LGBTQ support group", "Melanie painted a sunrise"], tier="episodic")
+        bank.add_many(["Caroline is a counselor"])
+    # Rewrite the file as m004 left it: turns and facts in one keyword table, no m005 step.
+    conn = sqlite.connect(path)
+    conn.execute("BEGIN")
+    conn.execute("INSERT INTO memory_fts (rowid, text, owner, kind) SELECT rowid, text, owner, 'turn' FROM turn_fts")
+    conn.execute("DROP TABLE turn_fts")
+    conn.execute("DELETE FROM migrations WHERE name = 'm005_turns_keyword_index'")
+    conn.execute("COMMIT")
+    conn.close()
+    assert sql(path, "SELECT count(*) FROM memory_fts WHERE kind = 'turn'") == [(2,)]
+    with MemoryBank.open(path, HashEmbedder(), user="alice") as bank:
+        assert bank.schema_version()[-1] == "m005_turns_keyword_index"
+        assert sql(path, "SELECT text FROM turn_fts ORDER BY rowid") == [
+            ("Caroline went to the LGBTQ support group",), ("Melanie painted a sunrise",)]
+        assert sql(path, "SELECT text FROM memory_fts") == [("Caroline is a counselor",)]
+        assert [h.memory.text for h in bank.search("Caroline", mode="keyword", scope="episodic")] == [
+            "Caroline went to the LGBTQ support group"]
+        assert bank.check() == []
+
+
+def test_hybrid_search_ranks_keywords_on_a_second_connection_as_on_one(tmp_path: Path) -> None:
+    from edge.bank import SearchIndex
+
+    with MemoryBank.open(tmp_path / "bank.db", HashEmbedder(), user="alice") as bank:
+        bank.add_many(sentences(400, seed=31))
+        bank.add_many(sentences(200, seed=32), tier="episodic")
+        one_connection = SearchIndex(bank._conn, binary=bank.index.binary)
+        for query in sentences(15, seed=33):
+            vector = bank.embed([query])[0]
+            for scope in ("all", "facts", "episodic"):
+                assert bank.index.ranked(query, vector, "alice", 10, scope=scope) == \
+                    one_connection.ranked(query, vector, "alice", 10, scope=scope)
+        assert bank.index._reader is not None  # the second connection was used
+        # a memory just written is found by both halves at once
+        bank.add("Zanzibar ferries leave at dawn")
+        assert bank.search("Zanzibar ferries", k=1)[0].memory.text == "Zanzibar ferries leave at dawn"
+        with bank.snapshot():  # inside a read transaction the search stays on the bank's own connection
+            assert bank.search("Zanzibar ferries", k=1)[0].memory.text == "Zanzibar ferries leave at dawn"
+
+
+def test_an_in_memory_bank_searches_on_its_one_connection() -> None:
+    with MemoryBank.open(":memory:", HashEmbedder(), user="alice") as bank:
+        bank.add_many(["Maya baked bread on Sunday", "Liam fixed the bike"])
+        assert bank.search("Maya bread", k=1)[0].memory.text == "Maya baked bread on Sunday"
+        assert bank.index._reader is None

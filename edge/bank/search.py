@@ -3,14 +3,17 @@
 Every live memory has one row in each of three tables, keyed by the
 memory's rowid and carrying its owner and `kind` ("turn", "fact", "old"):
 `memory_vec` (float32 vector, exact KNN), `memory_bin` (binary code plus
-a float16 copy of the vector, for fast approximate KNN) and `memory_fts`
-(the text, for bm25 keyword ranking). `SearchIndex` is the only code that
+a float16 copy of the vector, for fast approximate KNN) and a keyword
+table for bm25 ranking: `turn_fts` for the episodic log, `memory_fts` for
+facts, so that each is ranked with its own term statistics. `SearchIndex` is the only code that
 reads or writes them; `MemoryBank` calls it inside its own transactions
 and under its own lock, so an index is not meant to be shared between threads by itself.
 """
 from __future__ import annotations
 
-from typing import Any
+import heapq
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
 
 import numpy as np
 
@@ -53,6 +56,20 @@ def kind_filter(scope: str, include_superseded: bool) -> tuple[str, tuple[str, .
     return ("", ()) if include_superseded else (" AND kind != ?", ("old",))
 
 
+def keyword_tables(scope: str, include_superseded: bool) -> list[tuple[str, str, tuple[str, ...]]]:
+    """The keyword tables a scope reads, each as (table, SQL condition, arguments).
+
+    Raises `InvalidInputError` for a scope not in SCOPES.
+    """
+    if scope not in SCOPES:
+        raise InvalidInputError(f"Unknown search scope {scope!r}; use one of {', '.join(SCOPES)}.")
+    facts = ("memory_fts", "", ()) if include_superseded else ("memory_fts", " AND kind = ?", ("fact",))
+    return {"episodic": [TURNS], "facts": [facts], "all": [TURNS, facts]}[scope]
+
+
+TURNS = ("turn_fts", "", ())
+
+
 class SearchIndex:
     """The vector, binary-code and keyword tables of one bank file, and the searches over them.
 
@@ -61,24 +78,41 @@ class SearchIndex:
     uses the exact float32 table only.
     """
 
-    def __init__(self, conn: Any, *, binary: bool) -> None:
+    def __init__(self, conn: Any, *, binary: bool, reader: Callable[[], Any] | None = None) -> None:
+        """`reader` opens a second connection to the same file, on which a hybrid search ranks by keyword
+        while `conn` ranks by vector (see `ranked`); None ranks one after the other."""
         self._conn = conn
         self.binary = binary
         # Keyword ranking scores at most about this many rows (see `keyword`); tests lower it.
         self.keyword_rank_budget = KEYWORD_RANK_BUDGET
+        self._open_reader = reader
+        self._reader: Any = None
+        self._worker: ThreadPoolExecutor | None = None
 
     @classmethod
-    def of(cls, conn: Any, meta: dict[str, str]) -> "SearchIndex":
+    def of(cls, conn: Any, meta: dict[str, str], *, reader: Callable[[], Any] | None = None) -> "SearchIndex":
         """The index of a file whose `meta` table reads `meta`."""
-        return cls(conn, binary=meta.get("vector_code") == VECTOR_CODE)
+        return cls(conn, binary=meta.get("vector_code") == VECTOR_CODE, reader=reader)
+
+    def close(self) -> None:
+        """Close the keyword reader's connection and thread, if a hybrid search opened them."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     # ------------------------------------------------------------------ writing
 
     def add(self, rowid: int, text: str, owner: str, kind: str, vector: np.ndarray) -> None:
         """Index one memory: its search text, its (unit, float32) vector and that vector's binary code."""
         vec = np.asarray(vector, dtype=np.float32)
-        self._conn.execute("INSERT INTO memory_fts (rowid, text, owner, kind) VALUES (?, ?, ?, ?)",
-                           (rowid, text, owner, kind))
+        if kind == "turn":
+            self._conn.execute("INSERT INTO turn_fts (rowid, text, owner) VALUES (?, ?, ?)", (rowid, text, owner))
+        else:
+            self._conn.execute("INSERT INTO memory_fts (rowid, text, owner, kind) VALUES (?, ?, ?, ?)",
+                               (rowid, text, owner, kind))
         self._conn.execute("INSERT INTO memory_vec (rowid, owner, kind, embedding) VALUES (?, ?, ?, ?)",
                            (rowid, owner, kind, vec.tobytes()))
         self._conn.execute(
@@ -88,11 +122,16 @@ class SearchIndex:
 
     def remove(self, rowid: int) -> None:
         """Take a memory out of every search table (nothing happens when it is not there)."""
-        for table in ("memory_fts", "memory_vec", "memory_bin"):
+        for table in ("turn_fts", "memory_fts", "memory_vec", "memory_bin"):
             self._conn.execute(f"DELETE FROM {table} WHERE rowid = ?", (rowid,))
 
     def set_kind(self, rowid: int, kind: str) -> None:
-        """Relabel a memory's rows (a fact that became "old" when superseded); its vector stays."""
+        """Relabel a fact's rows ("fact" <-> "old", when superseded or restored); its vector stays.
+
+        Raises `InvalidInputError` for "turn": the episodic log's rows are never relabelled.
+        """
+        if kind == "turn":
+            raise InvalidInputError("A fact cannot become a turn of the episodic log.")
         for table in ("memory_fts", "memory_vec", "memory_bin"):
             self._conn.execute(f"UPDATE {table} SET kind = ? WHERE rowid = ?", (kind, rowid))
 
@@ -125,15 +164,28 @@ class SearchIndex:
         if k < 1:
             return []
         if mode == "keyword":
-            return self.keyword(query, owner, k, kinds=kinds)
+            return self.keyword(query, owner, k, scope=scope, include_superseded=include_superseded)
         if vector is None:
             raise InvalidInputError("A vector or hybrid search needs the query's vector.")
         if mode == "vector":
             by_vector = self.nearest(vector, owner, k, kinds=kinds)
             return [(r, s) for r, s in by_vector if min_similarity is None or s >= min_similarity]
         pool = max(k, HYBRID_POOL)
-        by_vector = self.nearest(vector, owner, pool, kinds=kinds)
-        by_keyword = self.keyword(query, owner, pool, kinds=kinds)
+        if self._open_reader is None or self._conn.in_transaction:
+            by_vector = self.nearest(vector, owner, pool, kinds=kinds)
+            by_keyword = self.keyword(query, owner, pool, scope=scope, include_superseded=include_superseded)
+        else:
+            # The two rankings run at once, keywords on the reader's connection: SQLite releases the GIL
+            # while it steps, so on two cores a hybrid search costs about its slower half (bench_bank.py).
+            # Outside a transaction both read the last commit; inside one (a snapshot, a write) only `conn`
+            # sees what it holds, so that case stays sequential.
+            future = self._keyword_worker().submit(
+                self.keyword, query, owner, pool, scope=scope, include_superseded=include_superseded,
+                conn=self._reader)
+            try:
+                by_vector = self.nearest(vector, owner, pool, kinds=kinds)
+            finally:
+                by_keyword = future.result()
         fused = reciprocal_rank_fusion([r for r, _ in by_vector], [r for r, _ in by_keyword])
         if min_similarity is not None:
             keep = {r for r, _ in by_keyword} | {r for r, s in by_vector if s >= min_similarity}
@@ -176,8 +228,35 @@ class SearchIndex:
         order = np.lexsort((np.arange(len(rows)), dist2))[:k]
         return [(rows[i][0], float(1.0 - dist2[i] / 2.0)) for i in order]
 
-    def keyword(self, query: str, owner: str, k: int, *, kinds: tuple[str, tuple] = ("", ())) -> Ranked:
+    def _keyword_worker(self) -> ThreadPoolExecutor:
+        if self._worker is None:
+            self._reader = self._open_reader()
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-keyword")
+        return self._worker
+
+    def keyword(self, query: str, owner: str, k: int, *, scope: str = "all",
+                include_superseded: bool = True, conn: Any = None) -> Ranked:
         """The owner's k best keyword matches as (rowid, -bm25), best first.
+
+        Turns and facts are ranked in their own tables (`keyword_tables`),
+        each with its own term statistics; a scope that reads both merges
+        the two rankings by score. `conn` is the connection to read with
+        (default: the index's own). Raises `InvalidInputError` for an
+        unknown scope.
+        """
+        words = query_words(query)
+        if not words or k < 1:
+            return []
+        conn = conn if conn is not None else self._conn
+        rankings = [self._keyword_in(conn, table, words, owner, k, (cond, args))
+                    for table, cond, args in keyword_tables(scope, include_superseded)]
+        if len(rankings) == 1:
+            return rankings[0]
+        return list(heapq.merge(*rankings, key=lambda hit: -hit[1]))[:k]
+
+    def _keyword_in(self, conn: Any, table: str, words: list[str], owner: str, k: int,
+                    kinds: tuple[str, tuple]) -> Ranked:
+        """The best k matches in one keyword table.
 
         bm25 must be computed for every row that matches, so a query word
         found in a large share of the bank makes ranking slow. The query's
@@ -187,9 +266,8 @@ class SearchIndex:
         most recent matches of the other words fill up the list.
         """
         budget = self.keyword_rank_budget
-        words = query_words(query)
         counts = {
-            w: self._conn.execute("SELECT count(*) FROM memory_fts WHERE memory_fts MATCH ?", (fts_or([w]),)).fetchone()[0]
+            w: conn.execute(f"SELECT count(*) FROM {table} WHERE {table} MATCH ?", (fts_or([w]),)).fetchone()[0]
             for w in words
         }
         words = [w for w in words if counts[w]]
@@ -198,22 +276,23 @@ class SearchIndex:
         rare, common = split_by_frequency(words, counts, budget)
         if sum(counts[w] for w in rare) > budget:
             # Even the rarest word is everywhere: rank only its most recent matches.
-            rows = self._keyword_recent(fts_or(words), owner, k, set(), kinds)
+            rows = self._keyword_recent(conn, table, fts_or(words), owner, k, set(), kinds)
         else:
             match = fts_or(rare) if not common else f"({fts_or(rare)}) AND ({fts_or(rare + common)})"
-            rows = self._conn.execute(
-                "SELECT rowid, rank FROM memory_fts WHERE memory_fts MATCH ? AND owner = ?" + kinds[0]
+            rows = conn.execute(
+                f"SELECT rowid, rank FROM {table} WHERE {table} MATCH ? AND owner = ?" + kinds[0]
                 + " ORDER BY rank LIMIT ?",
                 (match, owner, *kinds[1], int(k)),
             ).fetchall()
             if common and len(rows) < k:
-                rows += self._keyword_recent(fts_or(common), owner, k - len(rows), {r[0] for r in rows}, kinds)
+                rows += self._keyword_recent(conn, table, fts_or(common), owner, k - len(rows), {r[0] for r in rows},
+                                             kinds)
         return [(rowid, -rank) for rowid, rank in rows]
 
-    def _keyword_recent(self, match: str, owner: str, k: int, skip: set[int], kinds) -> list[tuple[int, float]]:
-        """bm25-ranked top k among the owner's `keyword_rank_budget` most recent matches."""
-        rows = self._conn.execute(
-            "SELECT rowid, rank FROM (SELECT rowid, rank FROM memory_fts WHERE memory_fts MATCH ? AND owner = ?"
+    def _keyword_recent(self, conn: Any, table: str, match: str, owner: str, k: int, skip: set[int], kinds) -> Ranked:
+        """bm25-ranked top k among the owner's `keyword_rank_budget` most recent matches in `table`."""
+        rows = conn.execute(
+            f"SELECT rowid, rank FROM (SELECT rowid, rank FROM {table} WHERE {table} MATCH ? AND owner = ?"
             + kinds[0] + " ORDER BY rowid DESC LIMIT ?) ORDER BY rank LIMIT ?",
             (match, owner, *kinds[1], self.keyword_rank_budget, int(k) + len(skip)),
         ).fetchall()
@@ -223,7 +302,7 @@ class SearchIndex:
 
     def check(self, live: int) -> list[str]:
         """Problems with the tables given `live` current memories in the file; empty when they agree."""
-        fts = self._conn.execute("SELECT COUNT(*) FROM memory_fts").fetchone()[0]
+        fts = sum(self._conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("turn_fts", "memory_fts"))
         vec = self._conn.execute("SELECT COUNT(*) FROM memory_vec").fetchone()[0]
         codes = self._conn.execute("SELECT COUNT(*) FROM memory_bin").fetchone()[0]
         if live == fts == vec == codes:
