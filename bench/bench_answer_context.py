@@ -13,7 +13,9 @@ figures are exact and cheap. Layouts:
   300 tokens (what `edge.answer.AnswerAgent` shows now); `windows-200/400/500`
   the same within other budgets (up to 30 turns);
 - `facts-share-S`: as `windows-300`, but the facts first get a share S of
-  the budget (the turns take the rest): how much a fact is worth per token.
+  the budget (the turns take the rest): how much a fact is worth per token;
+- `no-ids-B`: as `windows-B`, with lines that leave out the memory's id
+  (what extractive answers show, `edge.prompts.answer_line`).
 
 Prompt tokens are the uncached part of the prompt (the memory lines and the
 question; the instructions' KV state is reused). Writes
@@ -53,11 +55,11 @@ def main() -> None:
     questions = conversation.questions()
     bank = MemoryBank.open(args.db, bundle.load_embedder(), user=args.user)
 
-    def line_cost(memory, question: str, focused: bool) -> int:
+    def line_cost(memory, question: str, focused: bool, ids: bool = True) -> int:
         shown = shown_memories([memory])[1][0]
-        return backend.count_tokens(memory_line(focus_memory(shown, question) if focused else shown)) + 1
+        return backend.count_tokens(memory_line(focus_memory(shown, question) if focused else shown, with_id=ids)) + 1
 
-    def windows(question: str, share: float, budget: int = ANSWER_CONTEXT_TOKENS) -> list:
+    def windows(question: str, share: float, budget: int = ANSWER_CONTEXT_TOKENS, ids: bool = True) -> list:
         agent = AnswerAgent(backend, k=30, adapter=None)
         retrieved = agent.retrieve(bank, question)
         turns = [m for m in retrieved if m.tier == "episodic"]
@@ -67,7 +69,7 @@ def main() -> None:
         def take(memories: list, limit: float) -> None:
             nonlocal used
             for memory in memories:
-                cost = line_cost(memory, question, True)
+                cost = line_cost(memory, question, True, ids)
                 if memory not in kept and used + cost <= limit:
                     kept.append(memory)
                     used += cost
@@ -90,6 +92,9 @@ def main() -> None:
         layouts[f"windows-{budget}"] = (lambda q, b=budget: windows(q, 0.0, b), True)
     for share in (0.15, 0.25, 0.35):
         layouts[f"facts-share-{share}"] = (lambda q, s=share: windows(q, s), True)
+    # Extractive answers name no ids, so their lines leave the "[id]" out (`edge.prompts.answer_line`).
+    for budget in (220, 240, 260, 300):
+        layouts[f"no-ids-{budget}"] = (lambda q, b=budget: windows(q, 0.0, b, ids=False), "no-ids")
 
     started = time.perf_counter()
     results = {}
@@ -103,7 +108,7 @@ def main() -> None:
             if evidence:
                 recall.append(len(evidence & seen) / len(evidence))
                 recall_turns.append(len(evidence & seen_turns) / len(evidence))
-            tokens.append(sum(line_cost(m, qa.question, focused) for m in memories)
+            tokens.append(sum(line_cost(m, qa.question, bool(focused), focused != "no-ids") for m in memories)
                           + backend.count_tokens(f"Memories:\n\nQuestion: {qa.question}"))
             shown.append(len(memories))
             facts.append(sum(m.tier != "episodic" for m in memories))

@@ -1,11 +1,12 @@
 """The Answer Agent: retrieve, let the model pick the memories that matter, answer from them.
 
 As in Memory-R1, many memories are retrieved (hybrid search over the
-current facts and the episodic turn log), each shown with its date; the
-model first lists the ids it finds relevant ("memory distillation") and
-then answers. With extractive answers (the default bundle) the answer can
-only be a span of a shown memory, a date shown with one, or "unknown"
-(constrained decoding). With nothing retrieved the answer is "unknown"
+current facts and the episodic turn log), each shown with its date; with free-text
+answers the model first lists the ids it finds relevant ("memory
+distillation") and then answers. With extractive answers (the default
+bundle) the reply is the answer alone, which can only be a span of a shown
+memory, a date shown with one, or "unknown" (constrained decoding); the
+memories it used are those that hold it. With nothing retrieved the answer is "unknown"
 without asking the model. The answer reports which real memory ids it
 used, whether it is supported by what was shown, and where the time went.
 """
@@ -24,13 +25,14 @@ from edge.prompts import (
     ANSWER_TOP_K,
     CORE_MEMORY_CHARS,
     UNKNOWN,
+    answer_line,
     answer_messages,
     answer_schema,
     answer_spans,
     answer_supported,
     focus_memory,
-    memory_line,
     parse_answer_output,
+    supporting,
 )
 
 CORE_LIMIT = 20
@@ -157,7 +159,9 @@ class AnswerAgent:
             return AnswerResult(question=question, answer=UNKNOWN, memory_ids=[], memories=[], retrieved=memories,
                                 timings={"total_s": time.perf_counter() - start}, error=exc.message)
         parsed = parse_answer_output(completion.text, id_map.local_ids)
-        used_ids = [id_map.real(local) for local in parsed.relevant]
+        # An extractive answer names no ids: the memories it used are those that hold it.
+        used = parsed.relevant if spans is None else supporting(parsed.answer, shown)
+        used_ids = [id_map.real(local) for local in used]
         by_id = {m.id: m for m in memories}
         end = time.perf_counter()
         return AnswerResult(
@@ -186,7 +190,7 @@ class AnswerAgent:
         kept: list[Memory] = []
         used = 0
         for memory, line in zip(memories, shown):
-            cost = self.backend.count_tokens(memory_line(focus_memory(line, question))) + 1
+            cost = self.backend.count_tokens(answer_line(line, question, text_mode=self.text_mode)) + 1
             if kept and used + cost > self.memory_tokens:
                 continue
             kept.append(memory)
@@ -195,7 +199,7 @@ class AnswerAgent:
         while True:
             id_map, shown = shown_memories(kept)
             shown = [focus_memory(m, question) for m in shown]
-            messages = to_messages(answer_messages(question, shown, core=core))
+            messages = to_messages(answer_messages(question, shown, core=core, text_mode=self.text_mode))
             size = sum(self.backend.count_tokens(m.content) + 4 for m in messages)
             if size <= budget or not kept:
                 return kept, messages, id_map, shown

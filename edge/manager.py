@@ -48,7 +48,7 @@ from edge.prompts import (
 
 log = logging.getLogger("edge.manager")
 
-RELATED_K = 8
+RELATED_K = 5  # facts shown to the Manager per turn: each costs prompt tokens, and only UPDATE/DELETE use them
 RETRY_TEMPERATURE = 0.7
 SHOWN_TEXT_CHARS = 300  # a related fact longer than this is shown cut (user-added memories can be 4,000)
 MANAGER_TURN_CHARS = 1000  # a longer turn reaches the Manager in pieces of about this size (it is logged whole)

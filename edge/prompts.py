@@ -23,18 +23,25 @@ from edge.errors import EdgeError
 # Names the Manager's and the Answer Agent's prompts and schemas, the ones models are trained and
 # checked on: change them, change this. The chat prompt is served by the untuned base model and is
 # not covered (a bank or a bundle has nothing that depends on it).
-PROMPT_VERSION = "edge-prompts/3"
+PROMPT_VERSION = "edge-prompts/4"
 # Banks managed with these earlier prompts hold nothing the current ones cannot read (m004 migrated their
 # tables); an Agent takes them over and records the current version.
-READABLE_PROMPT_VERSIONS = ("edge-prompts/1", "edge-prompts/2")
+READABLE_PROMPT_VERSIONS = ("edge-prompts/1", "edge-prompts/2", "edge-prompts/3")
 
 MAX_OPS_PER_TURN = 3
+# With extractive memory the Manager makes one choice per turn (or per piece of a long turn): keep one of its
+# clauses (ADD, or UPDATE a fact with it), retire a fact, or NOOP. With three, the 135M model wrote a second
+# operation on most turns that the checks then refused (an UPDATE of an unrelated fact with the same clause),
+# and those tokens made `remember` p95 2.4 s on 2 cores against 1.4 s with one (18 turns of LoCoMo conv-26).
+EXTRACTIVE_MAX_OPS = 1
 DEFAULT_DELETE_CAP = 1
 ANSWER_TOP_K = 60
 # The Answer Agent reads each memory as a window of this many words around the question's words, and all of
 # them within this many tokens, so a prompt over 20 memories costs what one over 8 whole turns did.
 ANSWER_WINDOW_WORDS = 16
-ANSWER_CONTEXT_TOKENS = 300
+# Extractive lines leave the memory's id out (`answer_line`), so 280 tokens hold what 300 held with ids:
+# 11 windows, about 61 % of LoCoMo conv-26's evidence (bench/results/answer_context.json).
+ANSWER_CONTEXT_TOKENS = 280
 CORE_MEMORY_CHARS = 600
 CHAT_CONTEXT_CHARS = 560  # core block + retrieved memories + working state in a chat prompt
 CHAT_CORE_CHARS = 160  # the core block's share of it (the state's is WORKING_STATE_CHARS)
@@ -108,18 +115,29 @@ def show_date(value: str | None) -> str:
         return value
 
 
-def memory_line(memory: ShownMemory) -> str:
+def memory_line(memory: ShownMemory, *, with_id: bool = True) -> str:
     """One memory as every prompt shows it: `[id] date, speaker: text (yesterday = 7 May 2023)`.
 
     Turns of the episodic log carry their speaker; relative dates in them
     are shown resolved against the turn's own time, so a small model can
-    copy an absolute date instead of computing one.
+    copy an absolute date instead of computing one. `with_id=False` leaves
+    the id out (a reply that names no ids: extractive answers).
     """
     head = ", ".join(part for part in (show_date(memory.event_time), memory.speaker) if part)
     resolved = "; ".join(f"{phrase} = {show_date(value)}" for phrase, value in memory.dates)
     until = f" (until {show_date(memory.until)})" if memory.until else ""
     tail = f" ({resolved})" if resolved else ""
-    return f"[{memory.id}] {head + ': ' if head else ''}{memory.text}{tail}{until}"
+    return f"{f'[{memory.id}] ' if with_id else ''}{head + ': ' if head else ''}{memory.text}{tail}{until}"
+
+
+def answer_line(memory: ShownMemory, question: str, *, text_mode: str = "free") -> str:
+    """A memory as the Answer Agent reads it: focused on the question; with its id unless answers are extractive.
+
+    The token budget of the Answer Agent's memories (`ANSWER_CONTEXT_TOKENS`)
+    is counted on these lines. An id costs about 3 tokens a line, a tenth of
+    the budget over 13 lines, and an extractive reply names none.
+    """
+    return memory_line(focus_memory(memory, question), with_id=text_mode != "extractive")
 
 
 
@@ -201,7 +219,7 @@ def manager_messages(turn: Turn, related: Sequence[ShownMemory], *, text_mode: s
 
 
 def manager_schema(
-    shown_ids: Sequence[str], *, max_ops: int = MAX_OPS_PER_TURN, candidates: Sequence[str] | None = None
+    shown_ids: Sequence[str], *, max_ops: int | None = None, candidates: Sequence[str] | None = None
 ) -> dict[str, Any]:
     """JSON schema of the Manager's reply; ids are limited to those shown.
 
@@ -209,8 +227,11 @@ def manager_schema(
     `edge.grounding.clauses`) a memory text can only be one of them, so a
     small model chooses what to keep instead of writing it; with an empty
     list the only operation left is NOOP. Without, texts are free strings
-    of at most MAX_MEMORY_TEXT_CHARS, validated after decoding.
+    of at most MAX_MEMORY_TEXT_CHARS, validated after decoding. `max_ops`
+    defaults to EXTRACTIVE_MAX_OPS with candidates, MAX_OPS_PER_TURN without.
     """
+    if max_ops is None:
+        max_ops = EXTRACTIVE_MAX_OPS if candidates is not None else MAX_OPS_PER_TURN
     if candidates is None:
         text: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": MAX_MEMORY_TEXT_CHARS}
         add_props: dict[str, Any] = {"op": {"const": "ADD"}, "tier": {"enum": list(FACT_TIERS)}, "text": text}
@@ -361,15 +382,29 @@ First list the ids of the memories that answer it, then give a short answer
 (a few words or a date) copied from them. If no memory answers it, answer "unknown".
 Answer only with JSON like {"relevant": ["3", "7"], "answer": "..."}."""
 
+# Extractive answers name no ids: the answer is a span of the memories, and the memories holding it are the ones
+# it used (`supporting`). Each id the model listed cost a decoding step (about 20 ms each on 2 cores, with the
+# JSON around it) and the untrained model listed none on most questions.
+ANSWER_SYSTEM_EXTRACTIVE = """You answer a question from memories of a conversation.
+Give a short answer (a few words or a date) copied from the memories.
+If no memory answers it, answer "unknown".
+Answer only with JSON like {"answer": "..."}."""
+
 UNKNOWN = "unknown"
 
 
-def answer_messages(question: str, memories: Sequence[ShownMemory], *, core: str = "") -> list[dict[str, str]]:
-    """The Answer Agent's messages: retrieved memories (with dates, each focused on the question) and the question."""
-    lines = "\n".join(memory_line(focus_memory(m, question)) for m in memories) or "(no memories)"
+def answer_messages(question: str, memories: Sequence[ShownMemory], *, core: str = "",
+                    text_mode: str = "free") -> list[dict[str, str]]:
+    """The Answer Agent's messages: retrieved memories (with dates, each focused on the question) and the question.
+
+    `text_mode` "extractive" asks for the answer alone (`answer_schema` with spans); "free" for the
+    relevant ids, then the answer.
+    """
+    lines = "\n".join(answer_line(m, question, text_mode=text_mode) for m in memories) or "(no memories)"
     core_block = f"About the user:\n{core}\n\n" if core else ""
     user = f"{core_block}Memories:\n{lines}\n\nQuestion: {question}"
-    return [{"role": "system", "content": ANSWER_SYSTEM}, {"role": "user", "content": user}]
+    system = ANSWER_SYSTEM_EXTRACTIVE if text_mode == "extractive" else ANSWER_SYSTEM
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
 _SPAN_WORD = re.compile(r"[^\s\"\\]+")
@@ -490,9 +525,13 @@ def answer_schema(
 ) -> dict[str, Any]:
     """JSON schema of the Answer Agent's reply: relevant ids among those shown, then the answer.
 
-    With `spans` (extractive answers, see `answer_spans`) the answer can
-    only be one of them: a grounded answer by construction.
+    With `spans` (extractive answers, see `answer_spans`) the reply is the
+    answer alone and can only be one of them: a grounded answer by
+    construction, whose memories are those that hold it (`supporting`).
     """
+    if spans is not None:
+        return {"type": "object", "properties": {"answer": {"enum": list(spans)}}, "required": ["answer"],
+                "additionalProperties": False}
     relevant: dict[str, Any] = {"type": "array", "maxItems": max_relevant}
     if shown_ids:
         relevant["items"] = {"enum": [str(i) for i in shown_ids]}
@@ -510,16 +549,24 @@ def answer_schema(
 def answer_supported(answer: str, memories: Sequence[ShownMemory]) -> bool:
     """Whether an answer is "unknown" or its words occur, in order, in one shown memory or its dates."""
     wanted = [w.lower() for w in _words(answer)]
+    return not wanted or wanted == [UNKNOWN] or bool(supporting(answer, memories))
+
+
+def supporting(answer: str, memories: Sequence[ShownMemory]) -> list[str]:
+    """The ids of the shown memories whose text, speaker or dates hold the answer's words in order ("unknown": none)."""
+    wanted = [w.lower() for w in _words(answer)]
     if not wanted or wanted == [UNKNOWN]:
-        return True
+        return []
+    found = []
+    n = len(wanted)
     for memory in memories:
         extra = [memory.speaker or "", *(show_date(v) for v in (memory.event_time, *(v for _, v in memory.dates)) if v)]
         for source in (memory.text, *extra):
             words = [w.lower() for w in _words(source)]
-            n = len(wanted)
             if any(words[i : i + n] == wanted for i in range(len(words) - n + 1)):
-                return True
-    return False
+                found.append(memory.id)
+                break
+    return found
 
 
 @dataclass

@@ -29,12 +29,12 @@ def test_ask_prints_the_answer_and_with_json_the_memories_it_used(tmp_path: Path
     db = str(tmp_path / "bank.db")
     added = CliRunner().invoke(cli, ["memory", "add", "Ana adopted a cat named Luna", "--db", db, "-u", "ana", "--json"])
     memory_id = json.loads(added.stdout)["id"]
-    scripted_answers.add(json.dumps({"relevant": ["0"], "answer": "Luna"}))
+    scripted_answers.add(json.dumps({"answer": "Luna"}))
     out = CliRunner().invoke(cli, ["ask", "What is the name of Ana's cat?", "--db", db, "-u", "ana", "--show-memories"])
     assert out.exit_code == 0, out.output
     assert out.stdout.splitlines() == ["Luna", f"  - {memory_id} Ana adopted a cat named Luna"]
 
-    scripted_answers.add(json.dumps({"relevant": ["0"], "answer": "Luna"}))
+    scripted_answers.add(json.dumps({"answer": "Luna"}))
     out = CliRunner().invoke(cli, ["ask", "What is the name of Ana's cat?", "--db", db, "-u", "ana", "--json", "-k", "3"])
     document = json.loads(out.stdout)
     assert document["answer"] == "Luna" and document["supported"] is True

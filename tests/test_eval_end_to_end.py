@@ -101,7 +101,7 @@ def test_rag_turns_and_manager_run_end_to_end_and_resume(tmp_path: Path, context
         results = LocomoRun(settings, context=context, log=lambda _: None).run()
     finally:
         del context.backend.complete
-    assert calls == ["relevant", "relevant"]  # one new answer per system, no Manager call
+    assert calls == ["answer", "answer"]  # one new answer per system, no Manager call
     for name in ("rag-turns", "manager-prompted"):
         lines = (out / name / "tiny-1" / "ingest.jsonl").read_text().splitlines()
         assert len(lines) == 8

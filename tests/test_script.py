@@ -15,7 +15,7 @@ from edge.errors import BackendError
 from edge.script import read_script
 
 NOOP = json.dumps({"ops": [{"op": "NOOP"}]})
-ANSWER = json.dumps({"relevant": [], "answer": "unknown"})
+ANSWER = json.dumps({"answer": "unknown"})
 
 
 class RoleBackend(ScriptedBackend):
