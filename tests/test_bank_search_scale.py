@@ -343,28 +343,9 @@ def test_a_bank_from_before_the_split_moves_its_turns_to_their_own_table(tmp_pat
         assert bank.check() == []
 
 
-def test_hybrid_search_ranks_keywords_on_a_second_connection_as_on_one(tmp_path: Path) -> None:
-    from edge.bank import SearchIndex
-
-    with MemoryBank.open(tmp_path / "bank.db", HashEmbedder(), user="alice") as bank:
-        bank.add_many(sentences(400, seed=31))
-        bank.add_many(sentences(200, seed=32), tier="episodic")
-        one_connection = SearchIndex(bank._conn, binary=bank.index.binary)
-        for query in sentences(15, seed=33):
-            vector = bank.embed([query])[0]
-            for scope in ("all", "facts", "episodic"):
-                assert bank.index.ranked(query, vector, "alice", 10, scope=scope) == \
-                    one_connection.ranked(query, vector, "alice", 10, scope=scope)
-        assert bank.index._reader is not None  # the second connection was used
-        # a memory just written is found by both halves at once
-        bank.add("Zanzibar ferries leave at dawn")
-        assert bank.search("Zanzibar ferries", k=1)[0].memory.text == "Zanzibar ferries leave at dawn"
-        with bank.snapshot():  # inside a read transaction the search stays on the bank's own connection
-            assert bank.search("Zanzibar ferries", k=1)[0].memory.text == "Zanzibar ferries leave at dawn"
-
-
-def test_an_in_memory_bank_searches_on_its_one_connection() -> None:
+def test_an_in_memory_bank_searches_turns_and_facts() -> None:
     with MemoryBank.open(":memory:", HashEmbedder(), user="alice") as bank:
         bank.add_many(["Maya baked bread on Sunday", "Liam fixed the bike"])
-        assert bank.search("Maya bread", k=1)[0].memory.text == "Maya baked bread on Sunday"
-        assert bank.index._reader is None
+        bank.add_many(["Maya: I bake bread every Sunday"], tier="episodic")
+        assert bank.search("Maya bread", k=1, scope="facts")[0].memory.text == "Maya baked bread on Sunday"
+        assert bank.search("Maya bread", k=1, scope="episodic")[0].memory.text == "Maya: I bake bread every Sunday"

@@ -12,8 +12,7 @@ and under its own lock, so an index is not meant to be shared between threads by
 from __future__ import annotations
 
 import heapq
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -78,30 +77,16 @@ class SearchIndex:
     uses the exact float32 table only.
     """
 
-    def __init__(self, conn: Any, *, binary: bool, reader: Callable[[], Any] | None = None) -> None:
-        """`reader` opens a second connection to the same file, on which a hybrid search ranks by keyword
-        while `conn` ranks by vector (see `ranked`); None ranks one after the other."""
+    def __init__(self, conn: Any, *, binary: bool) -> None:
         self._conn = conn
         self.binary = binary
         # Keyword ranking scores at most about this many rows (see `keyword`); tests lower it.
         self.keyword_rank_budget = KEYWORD_RANK_BUDGET
-        self._open_reader = reader
-        self._reader: Any = None
-        self._worker: ThreadPoolExecutor | None = None
 
     @classmethod
-    def of(cls, conn: Any, meta: dict[str, str], *, reader: Callable[[], Any] | None = None) -> "SearchIndex":
+    def of(cls, conn: Any, meta: dict[str, str]) -> "SearchIndex":
         """The index of a file whose `meta` table reads `meta`."""
-        return cls(conn, binary=meta.get("vector_code") == VECTOR_CODE, reader=reader)
-
-    def close(self) -> None:
-        """Close the keyword reader's connection and thread, if a hybrid search opened them."""
-        if self._worker is not None:
-            self._worker.shutdown(wait=True)
-            self._worker = None
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        return cls(conn, binary=meta.get("vector_code") == VECTOR_CODE)
 
     # ------------------------------------------------------------------ writing
 
@@ -171,21 +156,8 @@ class SearchIndex:
             by_vector = self.nearest(vector, owner, k, kinds=kinds)
             return [(r, s) for r, s in by_vector if min_similarity is None or s >= min_similarity]
         pool = max(k, HYBRID_POOL)
-        if self._open_reader is None or self._conn.in_transaction:
-            by_vector = self.nearest(vector, owner, pool, kinds=kinds)
-            by_keyword = self.keyword(query, owner, pool, scope=scope, include_superseded=include_superseded)
-        else:
-            # The two rankings run at once, keywords on the reader's connection: SQLite releases the GIL
-            # while it steps, so on two cores a hybrid search costs about its slower half (bench_bank.py).
-            # Outside a transaction both read the last commit; inside one (a snapshot, a write) only `conn`
-            # sees what it holds, so that case stays sequential.
-            future = self._keyword_worker().submit(
-                self.keyword, query, owner, pool, scope=scope, include_superseded=include_superseded,
-                conn=self._reader)
-            try:
-                by_vector = self.nearest(vector, owner, pool, kinds=kinds)
-            finally:
-                by_keyword = future.result()
+        by_vector = self.nearest(vector, owner, pool, kinds=kinds)
+        by_keyword = self.keyword(query, owner, pool, scope=scope, include_superseded=include_superseded)
         fused = reciprocal_rank_fusion([r for r, _ in by_vector], [r for r, _ in by_keyword])
         if min_similarity is not None:
             keep = {r for r, _ in by_keyword} | {r for r, s in by_vector if s >= min_similarity}
@@ -227,12 +199,6 @@ class SearchIndex:
         dist2 = np.sum((vectors - query) ** 2, axis=1)
         order = np.lexsort((np.arange(len(rows)), dist2))[:k]
         return [(rows[i][0], float(1.0 - dist2[i] / 2.0)) for i in order]
-
-    def _keyword_worker(self) -> ThreadPoolExecutor:
-        if self._worker is None:
-            self._reader = self._open_reader()
-            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-keyword")
-        return self._worker
 
     def keyword(self, query: str, owner: str, k: int, *, scope: str = "all",
                 include_superseded: bool = True, conn: Any = None) -> Ranked:

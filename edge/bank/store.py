@@ -76,8 +76,7 @@ class MemoryBank:
     A search for one owner never returns another owner's memories.
     """
 
-    def __init__(self, conn, path: Path, embedder: Embedder | None, user: str, *,
-                 busy_timeout_ms: int = sqlite.BUSY_TIMEOUT_MS) -> None:
+    def __init__(self, conn, path: Path, embedder: Embedder | None, user: str) -> None:
         self._conn = conn
         self.path = path
         self._embedder = embedder
@@ -86,10 +85,7 @@ class MemoryBank:
         meta = self.meta()
         self.embedder_name = meta["embedder_name"]
         self.dim = int(meta["embedder_dim"])
-        # A file gets a second connection for hybrid search's keyword half; an in-memory bank (":memory:") has no
-        # file a second connection could open.
-        reader = (lambda: sqlite.connect(path, busy_timeout_ms=busy_timeout_ms)) if Path(path).is_file() else None
-        self.index = SearchIndex.of(conn, meta, reader=reader)
+        self.index = SearchIndex.of(conn, meta)
 
     # ------------------------------------------------------------------ opening
 
@@ -123,11 +119,10 @@ class MemoryBank:
         except BaseException:
             conn.close()
             raise
-        return cls(conn, path, embedder, user, busy_timeout_ms=busy_timeout_ms)
+        return cls(conn, path, embedder, user)
 
     def close(self) -> None:
         with self._lock:
-            self.index.close()
             self._conn.close()
 
     def __enter__(self) -> "MemoryBank":
