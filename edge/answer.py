@@ -1,14 +1,15 @@
 """The Answer Agent: retrieve, let the model pick the memories that matter, answer from them.
 
 As in Memory-R1, many memories are retrieved (hybrid search over the
-current facts and the episodic turn log), each shown with its date; with free-text
-answers the model first lists the ids it finds relevant ("memory
-distillation") and then answers. With extractive answers (the default
-bundle) the reply is the answer alone, which can only be a span of a shown
-memory, a date shown with one, or "unknown" (constrained decoding); the
-memories it used are those that hold it. With nothing retrieved the answer is "unknown"
-without asking the model. The answer reports which real memory ids it
-used, whether it is supported by what was shown, and where the time went.
+current facts and the episodic turn log), each shown with its date. With
+free-text answers the model first lists the ids it finds relevant
+("memory distillation") and then answers. With extractive answers (the
+default bundle) the reply is the answer alone, which can only be a span of
+a shown memory, a date shown with one, or "unknown" (constrained
+decoding); the memories it used are those that hold it. With nothing
+retrieved the answer is "unknown" without asking the model. The answer
+reports which real memory ids it used, whether it is supported by what was
+shown, and where the time went.
 """
 from __future__ import annotations
 

@@ -452,13 +452,18 @@ def focus_memory(memory: ShownMemory, question: str, *, max_words: int = ANSWER_
     other question sees no dates: a small model copies the date at the
     head of a line whatever was asked, and each date costs five tokens.
 
+    The speaker's name, shown before a turn's text, counts among the
+    window's `max_words`: a turn of the log reads as long as the same turn
+    stored as "Speaker: text", so the log and plain retrieval over raw
+    turns fit the same number of turns in a budget.
+
     Idempotent (a focused memory is its own focus), so every answer
     prompt, span list and support check built from it agrees. No
     question (an empty one) leaves the memory whole.
     """
     if not question.strip():
         return memory
-    text = focus(memory.text, question, max_words=max_words)
+    text = focus(memory.text, question, max_words=max(4, max_words - len((memory.speaker or "").split())))
     if not _ASKS_FOR_TIME.search(question):  # dates are shown (and offered as answers) only when asked for
         return replace(memory, text=text, event_time=None, dates=())
     if text == memory.text:

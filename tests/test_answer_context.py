@@ -117,3 +117,18 @@ def test_turns_come_before_facts_and_facts_fill_the_room_left(tmp_path: Path, mi
         assert retrieved[1].text == "Tomas's sister Ines is vegetarian"
         memories, *_ = agent._fit("Where does Tomas work now?", retrieved, "")
         assert memories == retrieved, "a short fact fits the room the turns left"
+
+
+def test_a_logged_turn_reads_as_long_as_the_same_raw_turn() -> None:
+    """The speaker's name counts in the window, so the log fits as many turns in a budget as raw turns do."""
+    from edge.prompts import answer_line
+
+    text = ("I went to a LGBTQ support group yesterday and it was so powerful, the stories moved me and "
+            "I left feeling that I could finally be myself with people who understand")
+    question = "What did Caroline feel after the support group?"
+    logged = ShownMemory("0", "episodic", text, None, speaker="Caroline")
+    raw = ShownMemory("0", "episodic", f"Caroline: {text}", None)
+    logged_line = answer_line(logged, question, text_mode="extractive")
+    raw_line = answer_line(raw, question, text_mode="extractive")
+    assert len(logged_line.split()) == len(raw_line.split()) <= 16 + 2  # 16 words and the two "…"
+    assert logged_line.startswith("Caroline: ")
