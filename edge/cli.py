@@ -48,7 +48,8 @@ def cli() -> None:
 
 def main() -> None:
     try:
-        cli.main(standalone_mode=False)
+        # Without standalone mode click hands back the code of a command's `Exit` instead of exiting with it.
+        code = cli.main(standalone_mode=False)
     except EdgeError as exc:
         click.secho(f"error: {exc.message}", fg="red", err=True)
         if exc.hint:
@@ -62,6 +63,8 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

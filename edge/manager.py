@@ -305,7 +305,8 @@ class MemoryManager:
                     result.error = f"no usable reply after {piece_result.attempts} attempts: {parse.error}"
                     log.warning("turn %s is a NOOP: %s", turn.turn_id, result.error)
                     continue
-                ops += to_bank_ops(parse, id_map, part, related, rejected=result.rejected)
+                ops += _new_texts(to_bank_ops(parse, id_map, part, related, rejected=result.rejected), ops,
+                                  result.rejected)
         except EdgeError:
             # The model failed outright (e.g. a server that went away): the turn itself is still kept.
             if logs:
@@ -364,6 +365,8 @@ def to_bank_ops(
         reason = None
         if proposed.op != "ADD" and target is None:
             reason = f"id {proposed.id!r} is not a fact that was shown"
+        elif text is not None and "\ufffd" in text and not any("\ufffd" in source for source in sources):
+            reason = "the text holds a character that was not said (U+FFFD, a broken decoding)"
         elif text is not None and instruction and looks_like_instruction(text):
             reason = "the text reads as an instruction, not as something that was said"
         elif text is not None and not (g := grounding(text, sources, speaker=turn.speaker, dates=date_words)).grounded:
@@ -387,6 +390,23 @@ def to_bank_ops(
         kept.append(_bank_op(proposed.op, text, target, turn, at, said_at, tier=proposed.tier or "semantic"))
         if text is not None:
             added.add(_norm(text))
+    return kept
+
+
+def _new_texts(ops: list[Op], earlier: list[Op], rejected: list[tuple[dict[str, Any], str]]) -> list[Op]:
+    """`ops` less those whose text an earlier piece of the same turn already wrote (a long turn's pieces
+    are applied together, so a later piece does not see the facts an earlier one added)."""
+    seen = {_norm(t) for op in earlier if (t := getattr(op, "text", None))}
+    kept = []
+    for op in ops:
+        text = getattr(op, "text", None)
+        if text and _norm(text) in seen:
+            rejected.append(({"op": "ADD" if isinstance(op, AddOp) else "UPDATE", "text": text},
+                             "the same text is written twice in one turn"))
+            continue
+        if text:
+            seen.add(_norm(text))
+        kept.append(op)
     return kept
 
 

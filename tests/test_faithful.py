@@ -18,7 +18,7 @@ from edge.backends.scripted import ScriptedBackend
 from edge.bank import MemoryBank
 from edge.errors import BackendError, InvalidInputError
 from edge.grounding import clauses, grounding
-from edge.manager import MemoryManager
+from edge.manager import MemoryManager, manager_pieces
 from edge.operations import SupersedeOp
 from edge.prompts import Turn
 
@@ -228,3 +228,24 @@ def test_extractive_answers_are_spans_of_what_was_shown(bank: MemoryBank) -> Non
     assert result.answer == "city library" and result.supported
     # the reply names no ids: the memory that holds the span is the one it used
     assert [m.text for m in result.memories] == ["Tomas works at the city library in Ghent."]
+
+
+def test_a_broken_character_that_was_not_said_is_refused(bank: MemoryBank) -> None:
+    turn = Turn("Tomas", "I am so tired \U0001FAE9 today.", "2025-03-02 10:01")
+    result = manager(bank, reply({"op": "ADD", "tier": "semantic", "text": "Tomas is so tired \ufffd\ufffd today."}),
+                     text_mode="free", check_schema=False).process(turn)
+    assert [reason for _, reason in result.rejected] == [
+        "the text holds a character that was not said (U+FFFD, a broken decoding)"]
+    assert facts(bank) == []
+    assert bank.list(tier="episodic")[0].text == "I am so tired \U0001FAE9 today."
+
+
+def test_the_pieces_of_a_long_turn_never_store_one_fact_twice(bank: MemoryBank) -> None:
+    sentence = "I like long walks along the river Leie near the Gravensteen castle and I often stop at the market."
+    turn = Turn("Tomas", " ".join([sentence] * 30), "2025-03-02 10:01")  # about 3,000 characters: several pieces
+    fact = "Tomas like long walks along the river Leie near the Gravensteen castle and Tomas often stop at the market."
+    pieces = len(manager_pieces(turn.text))
+    assert pieces > 1
+    result = manager(bank, *[reply({"op": "ADD", "text": fact})] * pieces).process(turn)
+    assert [m.text for m in facts(bank)] == [fact]
+    assert [reason for _, reason in result.rejected] == ["the same text is written twice in one turn"] * (pieces - 1)

@@ -111,3 +111,18 @@ def test_manager_replies_over_locomo_turns_always_parse_as_json(llama_backend, t
             except Exception as exc:  # noqa: BLE001 - collect every failing reply, then report them all
                 failures.append(f"{turn.turn_id} t={temperature}: {exc}: {reply.text!r}")
     assert failures == []
+
+
+def test_an_emoji_in_an_enum_comes_out_as_itself(llama_backend) -> None:
+    """Characters beyond the BMP in enum values (a clause of the turn, a span) decode as written, not as U+FFFD."""
+    from edge.backends.base import Message
+
+    clauses = ["I am so tired \U0001FAE9 today", "the mango \U0001F96D was sweet", "caf\u00e9 in Gent"]
+    schema = {"type": "object", "properties": {"text": {"enum": clauses}}, "required": ["text"],
+              "additionalProperties": False}
+    for clause in clauses:
+        reply = llama_backend.complete(
+            [Message("system", "Copy the sentence the user gives into JSON."), Message("user", clause)],
+            schema={**schema, "properties": {"text": {"enum": [clause]}}}, max_tokens=40)
+        assert json.loads(reply.text) == {"text": clause}
+        assert "\ufffd" not in reply.text

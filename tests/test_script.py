@@ -204,3 +204,15 @@ def test_run_plays_turns_and_a_question_on_the_default_bundle(tmp_path: Path, de
     assert answer["question"] == "What is the name of Ana's cat?" and isinstance(answer["answer"], str)
     with MemoryBank.open(tmp_path / "bank.db", user="ana", create=False) as bank:
         assert all(bank.get(memory_id).owner == "ana" for memory_id in answer["memory_ids"])
+
+
+def test_the_installed_command_exits_with_the_status_the_command_sets(tmp_path: Path) -> None:
+    """`edge` (edge.cli:main, not click's test runner) passes a command's exit status on to the shell."""
+    import subprocess
+    import sys
+
+    script = write(tmp_path / "s.txt", "Ana: hello")
+    done = subprocess.run([sys.executable, "-m", "edge.cli", "run", str(script), "--json", "--bundle",
+                           str(tmp_path / "no-such-bundle")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "No bundle folder" in json.loads(done.stdout)["error"]["message"]

@@ -43,6 +43,7 @@ import codecs
 import ctypes
 import json
 import os
+import re
 import threading
 import time
 from collections import OrderedDict, deque
@@ -90,6 +91,26 @@ def strict_json_strings(grammar: str) -> str:
         name = line.split("::=", 1)[0].strip() if "::=" in line else None
         lines.append(f"{name} ::= {JSON_STRING_CHAR}" if name in ("char", "dot") else line)
     return "\n".join(lines) + "\n"
+
+
+_SURROGATE_PAIR = re.compile(r"(?<!\\)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})", re.IGNORECASE)
+
+
+def whole_code_points(grammar: str) -> str:
+    """`grammar` with every character beyond the BMP written as one code point (`\\U0001FAE9`).
+
+    llama-cpp-python's converter writes the literals of `enum`/`const`
+    values with `json.dumps`, so an emoji in a turn's clause became the
+    surrogate pair `\\ud83e\\udee9`; llama.cpp reads each half as a code
+    point of its own, which no valid UTF-8 encodes, and the reply came out
+    as six U+FFFD ("tired ������" stored as a fact). GBNF's `\\U` escape
+    names the character itself.
+    """
+    def joined(match: re.Match) -> str:
+        high, low = int(match.group(1), 16), int(match.group(2), 16)
+        return f"\\U{0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00):08X}"
+
+    return _SURROGATE_PAIR.sub(joined, grammar)
 
 
 @dataclass
@@ -479,7 +500,8 @@ class LlamaCppBackend(Backend):
             from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
 
             try:
-                grammar = LlamaGrammar.from_string(strict_json_strings(json_schema_to_gbnf(key)), verbose=False)
+                grammar = LlamaGrammar.from_string(
+                    strict_json_strings(whole_code_points(json_schema_to_gbnf(key))), verbose=False)
             except Exception as exc:  # the converter raises bare Exceptions
                 raise BackendError(
                     f"This JSON schema cannot be turned into a grammar: {exc}",
