@@ -10,12 +10,13 @@ figures are exact and cheap. Layouts:
   facts first (what edge showed before windows, `answer_k` 12);
 - `windows-300`: the top turns, each as its 16-word window around the
   question's words (`edge.prompts.focus`), facts after them, all within
-  300 tokens (what `edge.answer.AnswerAgent` shows now); `windows-200/400/500`
-  the same within other budgets (up to 30 turns);
+  300 tokens (what free-text answers show); `windows-200/400/500` the same
+  within other budgets (up to 30 turns);
 - `facts-share-S`: as `windows-300`, but the facts first get a share S of
   the budget (the turns take the rest): how much a fact is worth per token;
 - `no-ids-B`: as `windows-B`, with lines that leave out the memory's id
-  (what extractive answers show, `edge.prompts.answer_line`).
+  (what extractive answers show, `edge.prompts.answer_line`; the default
+  bundle's budget is `ANSWER_CONTEXT_TOKENS`, 280).
 
 Prompt tokens are the uncached part of the prompt (the memory lines and the
 question; the instructions' KV state is reused). Writes
@@ -87,13 +88,13 @@ def main() -> None:
                  if not (h.memory.source_turns and set(h.memory.source_turns) <= shown) and h.memory.tier != "core"]
         return facts[:4] + turns
 
-    layouts = {"whole-12": (whole, False), "windows-300": (lambda q: windows(q, 0.0), True)}
+    layouts = {"whole-12": (whole, False), "windows-300": (lambda q: windows(q, 0.0, 300), True)}
     for budget in (200, 400, 500):
         layouts[f"windows-{budget}"] = (lambda q, b=budget: windows(q, 0.0, b), True)
     for share in (0.15, 0.25, 0.35):
-        layouts[f"facts-share-{share}"] = (lambda q, s=share: windows(q, s), True)
+        layouts[f"facts-share-{share}"] = (lambda q, s=share: windows(q, s, 300), True)
     # Extractive answers name no ids, so their lines leave the "[id]" out (`edge.prompts.answer_line`).
-    for budget in (220, 240, 260, 300):
+    for budget in sorted({220, 240, 260, ANSWER_CONTEXT_TOKENS, 300}):
         layouts[f"no-ids-{budget}"] = (lambda q, b=budget: windows(q, 0.0, b, ids=False), "no-ids")
 
     started = time.perf_counter()
