@@ -291,6 +291,7 @@ class MemoryManager:
         pieces = manager_pieces(turn.text)
         result = TurnResult(turn=turn)
         ops: list[Op] = []
+        written: set[str] = set()  # the pieces are applied together: none may write what an earlier one wrote
         try:
             for piece in pieces:
                 part = Turn(turn.speaker, piece, turn.time, turn.turn_id)
@@ -305,8 +306,7 @@ class MemoryManager:
                     result.error = f"no usable reply after {piece_result.attempts} attempts: {parse.error}"
                     log.warning("turn %s is a NOOP: %s", turn.turn_id, result.error)
                     continue
-                ops += _new_texts(to_bank_ops(parse, id_map, part, related, rejected=result.rejected), ops,
-                                  result.rejected)
+                ops += to_bank_ops(parse, id_map, part, related, rejected=result.rejected, written=written)
         except EdgeError:
             # The model failed outright (e.g. a server that went away): the turn itself is still kept.
             if logs:
@@ -332,7 +332,7 @@ class MemoryManager:
 
 def to_bank_ops(
     parse: ManagerParse, id_map: IdMap, turn: Turn, related: list[Memory],
-    *, rejected: list[tuple[dict[str, Any], str]] | None = None,
+    *, rejected: list[tuple[dict[str, Any], str]] | None = None, written: set[str] | None = None,
 ) -> list[Op]:
     """The model's operations as bank operations, less those that fail a faithfulness check.
 
@@ -344,7 +344,9 @@ def to_bank_ops(
     stored, an UPDATE that changes nothing, a DELETE of a fact the turn
     just repeated, any change of facts by a turn that reads as an
     instruction. UPDATE and DELETE become `SupersedeOp`s: the old fact is
-    kept, valid until this turn.
+    kept, valid until this turn. `written` holds the (normalised) texts
+    already written for this turn and gains the ones kept: the pieces of a
+    long turn share one.
     """
     from edge.grounding import grounding, looks_like_instruction, restates
 
@@ -357,7 +359,7 @@ def to_bank_ops(
     dates = resolved_dates(turn.text, at)
     date_words = [*dates.values(), *(show_date(v) for v in dates.values()), *([show_date(said_at)] if said_at else [])]
     kept: list[Op] = []
-    added: set[str] = set()
+    added = written if written is not None else set()
     for proposed in parse.ops:
         target = by_id.get(id_map.real(proposed.id or "") or "") if proposed.op != "ADD" else None
         text = proposed.text
@@ -390,23 +392,6 @@ def to_bank_ops(
         kept.append(_bank_op(proposed.op, text, target, turn, at, said_at, tier=proposed.tier or "semantic"))
         if text is not None:
             added.add(_norm(text))
-    return kept
-
-
-def _new_texts(ops: list[Op], earlier: list[Op], rejected: list[tuple[dict[str, Any], str]]) -> list[Op]:
-    """`ops` less those whose text an earlier piece of the same turn already wrote (a long turn's pieces
-    are applied together, so a later piece does not see the facts an earlier one added)."""
-    seen = {_norm(t) for op in earlier if (t := getattr(op, "text", None))}
-    kept = []
-    for op in ops:
-        text = getattr(op, "text", None)
-        if text and _norm(text) in seen:
-            rejected.append(({"op": "ADD" if isinstance(op, AddOp) else "UPDATE", "text": text},
-                             "the same text is written twice in one turn"))
-            continue
-        if text:
-            seen.add(_norm(text))
-        kept.append(op)
     return kept
 
 
