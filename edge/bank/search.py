@@ -5,8 +5,8 @@ memory's rowid and carrying its owner and `kind` ("turn", "fact", "old"):
 `memory_vec` (float32 vector, exact KNN), `memory_bin` (binary code plus
 a float16 copy of the vector, for fast approximate KNN) and a keyword
 table for bm25 ranking: `turn_fts` for the episodic log, `memory_fts` for
-facts, so that each is ranked with its own term statistics. `SearchIndex` is the only code that
-reads or writes them; `MemoryBank` calls it inside its own transactions
+facts, so that each is ranked with its own term statistics. `SearchIndex`
+is the only code that reads or writes them; `MemoryBank` calls it inside its own transactions
 and under its own lock, so an index is not meant to be shared between threads by itself.
 """
 from __future__ import annotations
@@ -201,27 +201,24 @@ class SearchIndex:
         return [(rows[i][0], float(1.0 - dist2[i] / 2.0)) for i in order]
 
     def keyword(self, query: str, owner: str, k: int, *, scope: str = "all",
-                include_superseded: bool = True, conn: Any = None) -> Ranked:
+                include_superseded: bool = True) -> Ranked:
         """The owner's k best keyword matches as (rowid, -bm25), best first.
 
         Turns and facts are ranked in their own tables (`keyword_tables`),
         each with its own term statistics; a scope that reads both merges
-        the two rankings by score. `conn` is the connection to read with
-        (default: the index's own). Raises `InvalidInputError` for an
+        the two rankings by score. Raises `InvalidInputError` for an
         unknown scope.
         """
         words = query_words(query)
         if not words or k < 1:
             return []
-        conn = conn if conn is not None else self._conn
-        rankings = [self._keyword_in(conn, table, words, owner, k, (cond, args))
+        rankings = [self._keyword_in(table, words, owner, k, (cond, args))
                     for table, cond, args in keyword_tables(scope, include_superseded)]
         if len(rankings) == 1:
             return rankings[0]
         return list(heapq.merge(*rankings, key=lambda hit: -hit[1]))[:k]
 
-    def _keyword_in(self, conn: Any, table: str, words: list[str], owner: str, k: int,
-                    kinds: tuple[str, tuple]) -> Ranked:
+    def _keyword_in(self, table: str, words: list[str], owner: str, k: int, kinds: tuple[str, tuple]) -> Ranked:
         """The best k matches in one keyword table.
 
         bm25 must be computed for every row that matches, so a query word
@@ -233,7 +230,7 @@ class SearchIndex:
         """
         budget = self.keyword_rank_budget
         counts = {
-            w: conn.execute(f"SELECT count(*) FROM {table} WHERE {table} MATCH ?", (fts_or([w]),)).fetchone()[0]
+            w: self._conn.execute(f"SELECT count(*) FROM {table} WHERE {table} MATCH ?", (fts_or([w]),)).fetchone()[0]
             for w in words
         }
         words = [w for w in words if counts[w]]
@@ -242,22 +239,21 @@ class SearchIndex:
         rare, common = split_by_frequency(words, counts, budget)
         if sum(counts[w] for w in rare) > budget:
             # Even the rarest word is everywhere: rank only its most recent matches.
-            rows = self._keyword_recent(conn, table, fts_or(words), owner, k, set(), kinds)
+            rows = self._keyword_recent(table, fts_or(words), owner, k, set(), kinds)
         else:
             match = fts_or(rare) if not common else f"({fts_or(rare)}) AND ({fts_or(rare + common)})"
-            rows = conn.execute(
+            rows = self._conn.execute(
                 f"SELECT rowid, rank FROM {table} WHERE {table} MATCH ? AND owner = ?" + kinds[0]
                 + " ORDER BY rank LIMIT ?",
                 (match, owner, *kinds[1], int(k)),
             ).fetchall()
             if common and len(rows) < k:
-                rows += self._keyword_recent(conn, table, fts_or(common), owner, k - len(rows), {r[0] for r in rows},
-                                             kinds)
+                rows += self._keyword_recent(table, fts_or(common), owner, k - len(rows), {r[0] for r in rows}, kinds)
         return [(rowid, -rank) for rowid, rank in rows]
 
-    def _keyword_recent(self, conn: Any, table: str, match: str, owner: str, k: int, skip: set[int], kinds) -> Ranked:
+    def _keyword_recent(self, table: str, match: str, owner: str, k: int, skip: set[int], kinds) -> Ranked:
         """bm25-ranked top k among the owner's `keyword_rank_budget` most recent matches in `table`."""
-        rows = conn.execute(
+        rows = self._conn.execute(
             f"SELECT rowid, rank FROM (SELECT rowid, rank FROM {table} WHERE {table} MATCH ? AND owner = ?"
             + kinds[0] + " ORDER BY rowid DESC LIMIT ?) ORDER BY rank LIMIT ?",
             (match, owner, *kinds[1], self.keyword_rank_budget, int(k) + len(skip)),
