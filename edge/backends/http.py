@@ -267,11 +267,9 @@ class OpenAIHTTPBackend(Backend):
         elif schema_format == "json_object":
             body["response_format"] = {"type": "json_object", "schema": schema}
         elif schema_format == "grammar":
-            from llama_cpp.llama_grammar import json_schema_to_gbnf
+            from edge.backends.llama_cpp import schema_gbnf
 
-            from edge.backends.llama_cpp import strict_json_strings
-
-            body["grammar"] = strict_json_strings(json_schema_to_gbnf(json.dumps(schema)))
+            body["grammar"] = schema_gbnf(json.dumps(schema))
 
     def _complete_ollama(self, body: dict, schema: dict, start: float) -> Completion:
         """One schema-constrained call on Ollama's own API (`format` takes a JSON schema since Ollama 0.5)."""

@@ -113,6 +113,18 @@ def whole_code_points(grammar: str) -> str:
     return _SURROGATE_PAIR.sub(joined, grammar)
 
 
+def schema_gbnf(schema_json: str) -> str:
+    """The GBNF grammar edge decodes a JSON schema (given as JSON text) under, in process or on a server.
+
+    llama-cpp-python's converter, with JSON strings (`strict_json_strings`)
+    and characters beyond the BMP written whole (`whole_code_points`).
+    Raises what the converter raises for a schema it cannot convert.
+    """
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    return strict_json_strings(whole_code_points(json_schema_to_gbnf(schema_json)))
+
+
 @dataclass
 class _Snapshot:
     tokens: list[int]
@@ -497,11 +509,10 @@ class LlamaCppBackend(Backend):
         key = json.dumps(schema)  # key order matters: the grammar emits properties in schema order
         grammar = self._grammars.get(key)
         if grammar is None:
-            from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+            from llama_cpp.llama_grammar import LlamaGrammar
 
             try:
-                grammar = LlamaGrammar.from_string(
-                    strict_json_strings(whole_code_points(json_schema_to_gbnf(key))), verbose=False)
+                grammar = LlamaGrammar.from_string(schema_gbnf(key), verbose=False)
             except Exception as exc:  # the converter raises bare Exceptions
                 raise BackendError(
                     f"This JSON schema cannot be turned into a grammar: {exc}",
