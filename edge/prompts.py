@@ -542,10 +542,9 @@ def answer_schema(
         relevant["items"] = {"enum": [str(i) for i in shown_ids]}
     else:
         relevant["maxItems"] = 0
-    answer: dict[str, Any] = {"enum": list(spans)} if spans is not None else {"type": "string", "minLength": 1}
     return {
         "type": "object",
-        "properties": {"relevant": relevant, "answer": answer},
+        "properties": {"relevant": relevant, "answer": {"type": "string", "minLength": 1}},
         "required": ["relevant", "answer"],
         "additionalProperties": False,
     }

@@ -118,12 +118,14 @@ def test_an_emoji_in_an_enum_comes_out_as_itself(llama_backend) -> None:
     from edge.backends.base import Message
 
     clauses = ["I am so tired \U0001FAE9 today", "the mango \U0001F96D was sweet", "caf\u00e9 in Gent"]
-    schema = {"type": "object", "properties": {"text": {"enum": clauses}}, "required": ["text"],
-              "additionalProperties": False}
     for clause in clauses:
+        # "type" beside "enum": not a ChoiceReply, whose shortcut would write the option out itself.
+        schema = {"type": "object", "properties": {"text": {"type": "string", "enum": [clause]}},
+                  "required": ["text"], "additionalProperties": False}
         reply = llama_backend.complete(
             [Message("system", "Copy the sentence the user gives into JSON."), Message("user", clause)],
-            schema={**schema, "properties": {"text": {"enum": [clause]}}}, max_tokens=40)
+            schema=schema, max_tokens=40)
+        assert reply.completion_tokens > 3
         assert json.loads(reply.text) == {"text": clause}
         assert "\ufffd" not in reply.text
 
@@ -138,3 +140,41 @@ def test_a_server_asked_for_a_grammar_gets_the_in_process_one() -> None:
     OpenAIHTTPBackend._constrain(None, body, schema, "grammar")  # the request body edge posts (no server needed)
     assert body["grammar"] == schema_gbnf(json.dumps(schema))
     assert "\\U0001FAE9" in body["grammar"] and "\\ud83e" not in body["grammar"].lower()
+
+
+def test_a_choice_reply_settles_once_one_option_fits() -> None:
+    """The fixed start is the key and the options' common prefix; the reply is settled when one option fits."""
+    from edge.backends.base import ChoiceReply
+    from edge.prompts import answer_schema, manager_schema
+
+    choice = ChoiceReply.of(answer_schema([], spans=["May 7", "May", 'the "blue" one', "unknown"]))
+    assert choice is not None and choice.prefix == '{"answer": "'
+    assert choice.settled(choice.prefix) is None
+    assert choice.settled('{"answer": "th') == '{"answer": "the \\"blue\\" one"}'
+    assert json.loads(choice.settled('{"answer": "th')) == {"answer": 'the "blue" one'}
+    assert choice.settled('{"answer": "May') is None  # "May" and "May 7" both still fit
+    assert choice.settled('{"answer": "May"') == '{"answer": "May"}'
+    assert choice.settled('{"answer": "May ') == '{"answer": "May 7"}'
+    assert ChoiceReply.of(answer_schema([], spans=["Ghent, Belgium", "Ghent"])).prefix == '{"answer": "Ghent'
+    # Replies with more than one decision are decoded token by token.
+    assert ChoiceReply.of(answer_schema(["1", "2"])) is None
+    assert ChoiceReply.of(manager_schema(["1"], candidates=["I moved.", "Hi!"])) is None
+
+
+def test_a_choice_is_decoded_until_one_option_fits(llama_backend) -> None:
+    """On the real model: the reply is an option, written out once its first tokens rule out the others."""
+    from edge.backends.base import Message
+
+    options = ["The library on Korenmarkt opens at nine every weekday morning.",
+               "My sister Ines is visiting in May and she is vegetarian.",
+               "Porto was where I lived before I moved to Ghent for work."]
+    schema = {"type": "object", "properties": {"answer": {"enum": options}}, "required": ["answer"]}
+    messages = [Message("system", "Pick the sentence that answers the question."),
+                Message("user", "Sentences:\n" + "\n".join(options) + "\nQuestion: Who is visiting in May?")]
+    reply = llama_backend.complete(messages, schema=schema, max_tokens=60)
+    assert reply.finish_reason == "stop"
+    assert json.loads(reply.text)["answer"] in options
+    assert reply.completion_tokens <= 3  # the options differ in their first word
+    only = llama_backend.complete(messages, schema={**schema, "properties": {"answer": {"enum": [options[1]]}}})
+    assert json.loads(only.text) == {"answer": options[1]}
+    assert only.completion_tokens == 0 and llama_backend.last_prompt_eval_tokens == 0

@@ -12,6 +12,7 @@ streams and a JSON-schema check for backends that cannot constrain decoding.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -194,6 +195,48 @@ class StopScanner:
                     longest = n
                     break
         return longest
+
+
+class ChoiceReply:
+    """A reply that picks one of a few strings: `{"<key>": <one of options>}` (the extractive answer).
+
+    Greedy decoding under such a schema's grammar spends most of its steps
+    on characters the grammar already decides: the opening `{"answer": "`,
+    and the rest of an option once its first tokens rule out every other.
+    `prefix` is the reply's fixed start (the key and the options' common
+    prefix), evaluated with the prompt in one batch; `settled(text)` gives
+    the whole reply as soon as `text` is consistent with one option only.
+    The start is canonical JSON (`{"answer": "`, as `json.dumps` writes
+    it): the grammar leaves the whitespace free and the model otherwise
+    picks it, sometimes `{ "answer"`. A backend that decodes such a reply
+    in steps of its own (llama.cpp here, the training rollouts) starts it
+    with `prefix`; the reply parses to an option as before.
+    """
+
+    def __init__(self, key: str, options: list[str]) -> None:
+        self.head = "{" + json.dumps(key, ensure_ascii=False) + ': "'
+        # The options as the grammar spells them inside the quotes (JSON escapes, characters whole).
+        self.spelled = [json.dumps(o, ensure_ascii=False)[1:-1] for o in options]
+        self.prefix = self.head + os.path.commonprefix(self.spelled)
+
+    @classmethod
+    def of(cls, schema: dict) -> ChoiceReply | None:
+        properties = schema.get("properties")
+        if schema.get("type") != "object" or not isinstance(properties, dict) or len(properties) != 1:
+            return None
+        (key, value), = properties.items()
+        if schema.get("required") != [key] or not isinstance(value, dict) or set(value) != {"enum"}:
+            return None
+        options = value["enum"]
+        if not isinstance(options, list) or not options or not all(isinstance(o, str) for o in options):
+            return None
+        return cls(key, options)
+
+    def settled(self, text: str) -> str | None:
+        """The whole reply once `text` (the reply so far, `prefix` included) fits one option only."""
+        inside = text[len(self.head):]
+        fitting = [s for s in self.spelled if (s + '"').startswith(inside) or inside.startswith(s + '"')]
+        return self.head + fitting[0] + '"}' if len(fitting) == 1 else None
 
 
 # ---------------------------------------------------------------- JSON checks

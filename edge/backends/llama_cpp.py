@@ -53,7 +53,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.backends.base import Backend, Completion, DecodeLock, Message, StopScanner, check_messages
+from edge.backends.base import (
+    Backend,
+    ChoiceReply,
+    Completion,
+    DecodeLock,
+    Message,
+    StopScanner,
+    check_messages,
+)
 from edge.errors import BackendError
 
 GGUF_MAGIC = b"GGUF"
@@ -367,7 +375,18 @@ class LlamaCppBackend(Backend):
             vocab = llm._model.vocab
             n_out, finish = 0, "length"
             self.last_prompt_eval_tokens = None
-            if grammar is not None and temperature == 0.0 and self.fast_grammar:
+            choice = self._choice(schema) if grammar is not None and temperature == 0.0 and self.fast_grammar else None
+            head, settled = (choice[0].prefix, choice[0].settled(choice[0].prefix)) if choice else ("", None)
+            if settled is not None:  # one option only: nothing to decode
+                self.last_prompt_eval_tokens = 0
+                self.last_completion = Completion(text=settled, prompt_tokens=len(tokens), completion_tokens=0,
+                                                  seconds=time.perf_counter() - start, finish_reason="stop")
+                return
+            if choice is not None:
+                forced = choice[1]
+                max_tokens = max(0, min(max_tokens, self.n_ctx - len(tokens) - len(forced)))
+                generator = self._greedy_under_grammar(tokens + forced, grammar, forced=len(forced))
+            elif grammar is not None and temperature == 0.0 and self.fast_grammar:
                 generator = self._greedy_under_grammar(tokens, grammar)
             else:
                 generator = llm.generate(
@@ -400,6 +419,11 @@ class LlamaCppBackend(Backend):
                     if stopped:
                         finish = "stop"
                         break
+                    if choice is not None:
+                        settled = choice[0].settled(head + scanner.text)
+                        if settled is not None:
+                            finish = "stop"
+                            break
                     if n_out >= max_tokens:
                         break
                 if finish != "cancelled":
@@ -412,15 +436,19 @@ class LlamaCppBackend(Backend):
             finally:
                 generator.close()
                 self.last_completion = Completion(
-                    text=scanner.text,
+                    text=settled if settled is not None else head + scanner.text,
                     prompt_tokens=len(tokens),
                     completion_tokens=n_out,
                     seconds=time.perf_counter() - start,
                     finish_reason=finish,
                 )
 
-    def _greedy_under_grammar(self, tokens: list[int], grammar) -> Iterator[int]:
+    def _greedy_under_grammar(self, tokens: list[int], grammar, *, forced: int = 0) -> Iterator[int]:
         """Greedy decoding under `grammar`, checking the grammar on the chosen token first.
+
+        The last `forced` of `tokens` are the reply's fixed start (see
+        `ChoiceReply`): evaluated with the prompt, and accepted by the grammar
+        and the repeat penalty as if decoded.
 
         llama.cpp's sampler chain runs the grammar over the whole vocabulary
         (49k tokens for SmolLM2) at every step, which doubled the cost of a
@@ -443,6 +471,9 @@ class LlamaCppBackend(Backend):
         one_array = lib.llama_token_data_array(one, 1, -1, False)
         every = self._every_token(n_vocab)
         recent: deque[int] = deque(maxlen=llm.last_n_tokens_size)  # llama.cpp's penalty window
+        for token in tokens[len(tokens) - forced:]:
+            lib.llama_sampler_accept(sampler, token)
+            recent.append(token)
         try:
             while True:
                 logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,)).copy()
@@ -469,6 +500,17 @@ class LlamaCppBackend(Backend):
                 llm.eval([token])
         finally:
             lib.llama_sampler_free(sampler)
+
+    def _choice(self, schema: dict) -> tuple[ChoiceReply, list[int]] | None:
+        """The schema as a `ChoiceReply` and its fixed start as tokens, or None (not a choice, or its start
+        does not tokenize back to itself, as with tokenizers that add a leading space)."""
+        choice = ChoiceReply.of(schema)
+        if choice is None:
+            return None
+        forced = self._llm.tokenize(choice.prefix.encode("utf-8"), add_bos=False, special=False)
+        if b"".join(self._piece(t) for t in forced) != choice.prefix.encode("utf-8"):
+            return None
+        return choice, forced
 
     def _without_controls(self, _input_ids, logits: np.ndarray) -> np.ndarray:
         """`logits` with every control token that does not end generation refused (-inf).
