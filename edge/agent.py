@@ -31,13 +31,13 @@ from edge.backends.base import Backend
 from edge.bank import Memory, MemoryBank
 from edge.bundle import Bundle
 from edge.errors import BackendError, BundleError, InvalidInputError
+from edge.generation import GenerationConfig
 from edge.manager import MemoryManager, TurnResult, adapter_for, shown_memory, to_messages
 from edge.operations import AppliedOp
 from edge.prompts import (
     CHAT_CORE_CHARS,
     PROMPT_VERSION,
     READABLE_PROMPT_VERSIONS,
-    TEXT_MODES,
     Turn,
     chat_messages,
     clip_state,
@@ -135,52 +135,63 @@ class Agent:
         n_ctx: int | None = None,
         answer_k: int | None = None,
         delete_cap: int | None = None,
-        chat_max_tokens: int = 256,
+        chat_max_tokens: int | None = None,
         n_threads: int | None = None,
         text_mode: str | None = None,
         answer_tokens: int | None = None,
     ) -> None:
         """Open `bundle` (default: the embedded default bundle, built on first use) and the bank `db`.
 
+        The models are decoded with the bundle's `generation` settings
+        (`Bundle.generation`, `edge.generation`); `n_ctx` (context window),
+        `answer_k` (memories retrieved per question), `answer_tokens` (the
+        most tokens their lines take), `text_mode` ("extractive" or "free":
+        how fact texts and answers are written) and `chat_max_tokens`
+        override them one by one. The result is `self.generation`, the one
+        object the backends, the Manager and the Answer Agent are given.
+        Each role is served by the adapter its `roles` entry names (None:
+        the base model).
+
         `backend` replaces the bundle's models (e.g. an HTTP server) while
         the bundle still provides the embedder. `n_threads` is the llama.cpp
         thread count (default: chosen by the backend from the cores and the load).
-        `n_ctx` is the models' context window (default: the bundle's `generation.n_ctx`, else 4096).
-        `text_mode` ("extractive" or "free") overrides the bundle's
-        `generation.text_mode`: how fact texts and answers are written.
-        `answer_k` / `answer_tokens` override the bundle's `generation.answer_k`
-        (memories retrieved per question) and `generation.answer_tokens` (the
-        most tokens their lines take in the Answer Agent's prompt).
-        Raises `BundleError` for a bundle that cannot serve this edge,
-        `EmbedderMismatchError` / `BankError` for a bank that does not fit it.
+        Raises `InvalidInputError` for a bad override, `BundleError` for a
+        bundle that cannot serve this edge (or a role whose adapter its
+        backend has not loaded), `EmbedderMismatchError` / `BankError` for a
+        bank that does not fit it.
         """
         self.bundle = Bundle.resolve(bundle)
         self.bundle.check_compatible()
+        self.generation: GenerationConfig = self.bundle.generation.override(
+            n_ctx=n_ctx, answer_k=answer_k, answer_tokens=answer_tokens, text_mode=text_mode,
+            chat_max_tokens=chat_max_tokens)
         self.user = user
         self._n_threads = n_threads
-        n_ctx = n_ctx or self.bundle.n_ctx
         self.bank = MemoryBank.open(Path(db) if db else paths.default_db(), self.bundle.load_embedder(), user=user)
         try:
             self._check_bank_prompts()
             self._backends: dict[Path, Backend] = {}
             self._owns_backends = backend is None
-            self.manager_backend = backend or self._backend_for("manager", n_ctx)
-            self.answer_backend = backend or self._backend_for("answer", n_ctx)
-            self.chat_backend = backend or self._backend_for("chat", n_ctx)
+            self.manager_backend = backend or self._backend_for("manager")
+            self.answer_backend = backend or self._backend_for("answer")
+            self.chat_backend = backend or self._backend_for("chat")
+            adapters = {role: self._role_adapter(role, b) for role, b in (
+                ("manager", self.manager_backend), ("answer", self.answer_backend), ("chat", self.chat_backend))}
         except BaseException:
             self.close()
             raise
         extra: dict[str, Any] = {"delete_cap": delete_cap} if delete_cap is not None else {}
-        if text_mode is not None and text_mode not in TEXT_MODES:
-            self.close()
-            raise InvalidInputError(f"Unknown text mode {text_mode!r}.", hint=f"use one of {', '.join(TEXT_MODES)}")
-        text_mode = text_mode or self.bundle.text_mode
-        self.manager = MemoryManager(self.manager_backend, self.bank, text_mode=text_mode, **extra)
-        self.answerer = AnswerAgent(self.answer_backend, k=answer_k or self.bundle.answer_k, text_mode=text_mode,
-                                    memory_tokens=answer_tokens or self.bundle.answer_tokens)
-        self.chat_max_tokens = chat_max_tokens
+        self.manager = MemoryManager(self.manager_backend, self.bank, generation=self.generation,
+                                     adapter=adapters["manager"], **extra)
+        self.answerer = AnswerAgent(self.answer_backend, generation=self.generation, adapter=adapters["answer"])
+        self.chat_adapter = adapters["chat"]
         self.state = ""
         self._lock = threading.RLock()
+
+    @property
+    def chat_max_tokens(self) -> int:
+        """The chat reply budget, in tokens (`generation.chat_max_tokens`)."""
+        return self.generation.chat_max_tokens
 
     @property
     def speaker(self) -> str:
@@ -202,11 +213,28 @@ class Agent:
                 "import it into a new one.",
             )
 
-    def _backend_for(self, role: str, n_ctx: int) -> Backend:
+    def _backend_for(self, role: str) -> Backend:
         model, _ = self.bundle.role(role)
         if model not in self._backends:  # roles on one model share it (and its adapters)
-            self._backends[model] = self.bundle.load_backend(role, n_ctx=n_ctx, n_threads=self._n_threads)
+            self._backends[model] = self.bundle.load_backend(role, n_threads=self._n_threads,
+                                                             generation=self.generation)
         return self._backends[model]
+
+    def _role_adapter(self, role: str, backend: Backend) -> str | None:
+        """The adapter the bundle names for `role`, checked to be loaded in `backend` (None: the base model).
+
+        Raises `BundleError` when it is not: serving the base model in its
+        place would quietly answer with an untrained model.
+        """
+        name = self.bundle.role_adapter(role)
+        if name is not None and name not in backend.adapters:
+            raise BundleError(
+                f"The bundle {self.bundle.root} serves its {role} role with the adapter {name!r}, "
+                f"which {backend.name} has not loaded.",
+                hint=f"loaded adapters: {', '.join(backend.adapters) or 'none'}; pass no backend= so the bundle's "
+                "own (with its adapters) is loaded, or use a bundle whose roles name no adapter",
+            )
+        return name
 
     # ------------------------------------------------------------------ the three calls
 
@@ -306,8 +334,9 @@ class Agent:
             pieces: list[str] = []
             backend = self.chat_backend
             try:
-                for piece in backend.stream(messages, max_tokens=self.chat_max_tokens, temperature=0.3,
-                                            cancel=cancel, adapter=adapter_for(backend, None)):
+                for piece in backend.stream(messages, max_tokens=self.generation.chat_max_tokens,
+                                            temperature=self.generation.chat_temperature, cancel=cancel,
+                                            adapter=adapter_for(backend, self.chat_adapter)):
                     pieces.append(piece)
                     yield piece
             except BackendError as exc:
@@ -330,7 +359,8 @@ class Agent:
                     raise _kept(exc) from exc
             remember_s = time.perf_counter() - remember_start
             if reply and not cancelled:
-                update = backend.complete(to_messages(state_messages(self.state, message, reply)), max_tokens=STATE_MAX_TOKENS)
+                update = backend.complete(to_messages(state_messages(self.state, message, reply)),
+                                          max_tokens=STATE_MAX_TOKENS, adapter=adapter_for(backend, self.chat_adapter))
                 self.state = clip_state(update.text) or self.state
             return ChatResult(
                 message=message, reply=reply, memory_ids=[m.id for m in memories], remembered=remembered,

@@ -20,10 +20,9 @@ from typing import Any
 from edge.backends.base import Backend
 from edge.bank import Memory, MemoryBank
 from edge.errors import ModelOutputError
+from edge.generation import GenerationConfig
 from edge.manager import adapter_for, shown_memories, to_messages
 from edge.prompts import (
-    ANSWER_CONTEXT_TOKENS,
-    ANSWER_TOP_K,
     CORE_MEMORY_CHARS,
     UNKNOWN,
     answer_line,
@@ -82,28 +81,71 @@ class AnswerAgent:
         self,
         backend: Backend,
         *,
-        k: int = ANSWER_TOP_K,
-        adapter: str | None = "answer",
-        max_tokens: int = 96,
+        generation: GenerationConfig | None = None,
+        k: int | None = None,
+        adapter: str | None = None,
+        max_tokens: int | None = None,
         context_tokens: int | None = None,
-        text_mode: str = "extractive",
-        memory_tokens: int = ANSWER_CONTEXT_TOKENS,
+        text_mode: str | None = None,
+        memory_tokens: int | None = None,
     ) -> None:
-        """`k`: memories retrieved per question; `memory_tokens`: the most tokens their lines may take.
+        """`generation`: how questions are answered (a bundle's `Bundle.generation`; default `GenerationConfig()`).
+
+        Its `answer_k` is how many memories are retrieved per question and
+        `answer_tokens` the most tokens their lines may take; `k`,
+        `memory_tokens`, `max_tokens` and `text_mode` override `answer_k`,
+        `answer_tokens`, `answer_max_tokens` and `text_mode`. `adapter`
+        names the LoRA adapter serving the Answer Agent (the bundle's
+        `roles.answer.adapter`); None is the base model, and a name the
+        backend has not loaded raises `BackendError` here.
 
         The prompt's instructions are the same for every question and their
         KV state is reused (`LlamaCppBackend`), so what a question costs is
-        its memory lines: `memory_tokens` bounds that cost, and each memory
+        its memory lines: `answer_tokens` bounds that cost, and each memory
         is shown as its window around the question's words
         (`edge.prompts.focus`) so that many memories fit in it.
         """
         self.backend = backend
-        self.k = k
-        self.adapter = adapter
-        self.max_tokens = max_tokens
+        self.adapter = adapter_for(backend, adapter)
+        self.generation = (generation or GenerationConfig()).override(
+            answer_k=k, answer_tokens=memory_tokens, answer_max_tokens=max_tokens, text_mode=text_mode)
         self.context_tokens = context_tokens or backend.n_ctx
-        self.text_mode = text_mode
-        self.memory_tokens = memory_tokens
+
+    @property
+    def k(self) -> int:
+        """Memories retrieved per question (`generation.answer_k`)."""
+        return self.generation.answer_k
+
+    @k.setter
+    def k(self, value: int) -> None:
+        self.generation = self.generation.override(answer_k=value)
+
+    @property
+    def memory_tokens(self) -> int:
+        """The most tokens the memory lines may take (`generation.answer_tokens`)."""
+        return self.generation.answer_tokens
+
+    @memory_tokens.setter
+    def memory_tokens(self, value: int) -> None:
+        self.generation = self.generation.override(answer_tokens=value)
+
+    @property
+    def max_tokens(self) -> int:
+        """The reply budget, in tokens (`generation.answer_max_tokens`)."""
+        return self.generation.answer_max_tokens
+
+    @max_tokens.setter
+    def max_tokens(self, value: int) -> None:
+        self.generation = self.generation.override(answer_max_tokens=value)
+
+    @property
+    def text_mode(self) -> str:
+        """"extractive" or "free" (`generation.text_mode`)."""
+        return self.generation.text_mode
+
+    @text_mode.setter
+    def text_mode(self, value: str) -> None:
+        self.generation = self.generation.override(text_mode=value)
 
     def answer(self, bank: MemoryBank, question: str, *, user: str | None = None, k: int | None = None) -> AnswerResult:
         """Retrieve memories (hybrid search) and answer from them: `retrieve`, then `answer_from`."""
@@ -154,7 +196,7 @@ class AnswerAgent:
         try:
             completion = self.backend.complete(
                 messages, schema=answer_schema(id_map.local_ids, spans=spans), max_tokens=self.max_tokens,
-                temperature=0.0, adapter=adapter_for(self.backend, self.adapter),
+                temperature=self.generation.temperature, adapter=adapter_for(self.backend, self.adapter),
             )
         except ModelOutputError as exc:  # a backend that checks the schema itself refused the reply
             return AnswerResult(question=question, answer=UNKNOWN, memory_ids=[], memories=[], retrieved=memories,

@@ -17,6 +17,8 @@ Manifest fields:
     adapters                 {key: {"path", "base_model"}}  (may be empty)
     roles                    {"manager"|"answer"|"chat": {"model": key, "adapter": key | null}}
     embedder                 {"name", "dim", "path"}
+    generation               how the models are decoded (optional; `edge.generation.GenerationConfig`,
+                             read once, as `Bundle.generation`)
     files                    {relative path: {"sha256", "bytes"}} for every file in the bundle
     created_at, edge_version, notes
 
@@ -30,13 +32,15 @@ import shutil
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
 from edge import __version__
 from edge.errors import BundleError
 from edge.files import sha256_file, staged_dir
-from edge.prompts import ANSWER_CONTEXT_TOKENS, ANSWER_TOP_K, PROMPT_VERSION, REPEAT_PENALTY, TEXT_MODES
+from edge.generation import GenerationConfig
+from edge.prompts import PROMPT_VERSION, REPEAT_PENALTY
 
 FORMAT = "edge-bundle"
 FORMAT_VERSION = 1
@@ -94,6 +98,7 @@ class Bundle:
         problems = bundle._structure_problems()
         if problems:
             raise BundleError(f"The bundle {root} is broken: " + "; ".join(problems), hint="Rebuild or re-export it.")
+        bundle.generation  # noqa: B018 - a bad `generation` table fails here, at load, not when first decoding
         return bundle
 
     @classmethod
@@ -174,54 +179,81 @@ class Bundle:
     def adapter_paths(self) -> dict[str, Path]:
         return {key: self.root / spec["path"] for key, spec in self.manifest.get("adapters", {}).items()}
 
+    def role_adapter(self, role: str) -> str | None:
+        """The name of the LoRA adapter that serves `role` (its `roles` entry), None for the plain base model.
+
+        The agents ask their backend for exactly this adapter; a backend
+        that has not loaded it is an error, never a silent fall-back to the
+        base model (`edge.manager.adapter_for`).
+        """
+        return self._role_spec(role).get("adapter") or None
+
+    @cached_property
+    def generation(self) -> GenerationConfig:
+        """How this bundle's models are decoded: its manifest's `generation` table, parsed and validated once.
+
+        Raises `BundleError` (naming this bundle and the bad key) for a table
+        that does not read; missing keys take `GenerationConfig`'s defaults.
+        """
+        return GenerationConfig.from_manifest(self.manifest.get("generation"), source=f"The bundle {self.root}")
+
+    # Shorthands for code that reads one setting (`edge.evaluation.systems`, bench scripts); they read
+    # `generation` and nothing else. Code that decodes takes the `generation` object itself.
     @property
     def answer_k(self) -> int:
-        """How many memories the Answer Agent retrieves with this bundle's models (`generation.answer_k`)."""
-        return int(self.manifest.get("generation", {}).get("answer_k", ANSWER_TOP_K))
+        """`generation.answer_k`: memories the Answer Agent retrieves per question."""
+        return self.generation.answer_k
 
     @property
     def answer_tokens(self) -> int:
-        """The most tokens the Answer Agent's memory lines may take (`generation.answer_tokens`).
-
-        The prompt's variable part, so what decides `ask` latency: 300 keeps
-        the default 135M model within 1.5 s on 2 cores; a faster machine or a
-        bigger context buys evidence recall (`bench/bench_answer_context.py`).
-        """
-        return int(self.manifest.get("generation", {}).get("answer_tokens", ANSWER_CONTEXT_TOKENS))
+        """`generation.answer_tokens`: the most tokens the Answer Agent's memory lines may take."""
+        return self.generation.answer_tokens
 
     @property
     def text_mode(self) -> str:
-        """How memory texts and answers are written (`generation.text_mode`): "extractive" (spans of what was
-        said, chosen under constrained decoding) or "free" (written by the model, validated); default extractive."""
-        mode = str(self.manifest.get("generation", {}).get("text_mode", "extractive"))
-        if mode not in TEXT_MODES:
-            raise BundleError(f"The bundle {self.root} asks for text_mode {mode!r}.", hint=f"use one of {', '.join(TEXT_MODES)}")
-        return mode
+        """`generation.text_mode`: "extractive" or "free"."""
+        return self.generation.text_mode
 
     @property
     def n_ctx(self) -> int:
-        """The context window the bundle's models are loaded with (`generation.n_ctx`), in tokens; default 4096."""
-        return int(self.manifest.get("generation", {}).get("n_ctx", 4096))
+        """`generation.n_ctx`: the context window the models are loaded with, in tokens."""
+        return self.generation.n_ctx
 
     @property
     def repeat_penalty(self) -> float:
-        """The repetition penalty the bundle's models are decoded with (its `generation` settings, else ours)."""
-        return float(self.manifest.get("generation", {}).get("repeat_penalty", REPEAT_PENALTY))
+        """`generation.repeat_penalty`: the repetition penalty the models are decoded with."""
+        return self.generation.repeat_penalty
 
-    def load_backend(self, role: str, *, n_ctx: int = 4096, n_threads: int | None = None):
-        """The backend serving `role`, loaded as `edge.Agent` loads it (every adapter attached on llama.cpp)."""
+    def load_backend(self, role: str, *, n_ctx: int | None = None, n_threads: int | None = None,
+                     generation: GenerationConfig | None = None):
+        """The backend serving `role`, loaded as `edge.Agent` loads it (every adapter of the bundle attached).
+
+        `generation` (default: `self.generation`) gives the repetition
+        penalty and the context window; `n_ctx` overrides the latter.
+        Raises `BundleError` for an adapter file the manifest names that is
+        not there, `BackendError` for one the backend cannot load.
+        """
         from edge.backends import load_backend
 
+        generation = generation or self.generation
+        n_ctx = n_ctx or generation.n_ctx
         model, _ = self.role(role)
         if self.backend == "http":
             from edge.model_source import http_backend
 
             return http_backend(self.manifest["server"], n_ctx=n_ctx)
-        if self.backend != "llama.cpp":
-            return load_backend(self.backend, model_dir=model)
+        adapters = self.adapter_paths()
+        missing = [f"{key} ({path})" for key, path in adapters.items() if not path.exists()]
+        if missing:
+            raise BundleError(
+                f"The bundle {self.root} names adapter files that are not there: {', '.join(missing)}.",
+                hint="re-export the bundle, or set the roles' \"adapter\" to null to serve the base model")
+        if self.backend == "onnx-genai":
+            return load_backend("onnx-genai", model_dir=model, adapters=adapters or None,
+                                repeat_penalty=generation.repeat_penalty)
         return load_backend(
-            "llama.cpp", model_path=model, n_ctx=n_ctx, adapters=self.adapter_paths() or None,
-            repeat_penalty=self.repeat_penalty, n_threads=n_threads,
+            "llama.cpp", model_path=model, n_ctx=n_ctx, adapters=adapters or None,
+            repeat_penalty=generation.repeat_penalty, n_threads=n_threads,
         )
 
     def load_embedder(self):
@@ -314,6 +346,16 @@ def _to_stderr(message: str) -> None:
 # chooses spans of what was said instead of writing text.
 DEFAULT_QUANT = "q8_0"
 DEFAULT_GENERATION = {"answer_k": 20, "repeat_penalty": REPEAT_PENALTY, "text_mode": "extractive"}
+
+
+def default_generation() -> GenerationConfig:
+    """The default bundle's decoding settings (`DEFAULT_GENERATION`, the rest `GenerationConfig`'s defaults).
+
+    What a model trained on the bundled base is served with unless its
+    bundle says otherwise: the training reward's reader and `edge export`
+    start from it.
+    """
+    return GenerationConfig.from_manifest(DEFAULT_GENERATION, source="the default bundle")
 
 
 def build_default(target: Path | None = None, *, force: bool = False, log: Callable[[str], None] = print) -> Bundle:

@@ -32,7 +32,8 @@ from typing import Any
 
 from edge.backends.base import Backend, Message
 from edge.bank import Memory, MemoryBank
-from edge.errors import EdgeError, ModelOutputError
+from edge.errors import BackendError, EdgeError, ModelOutputError
+from edge.generation import GenerationConfig
 from edge.operations import AddOp, AppliedOp, Op, SupersedeOp
 from edge.prompts import (
     DEFAULT_DELETE_CAP,
@@ -49,7 +50,6 @@ from edge.prompts import (
 log = logging.getLogger("edge.manager")
 
 RELATED_K = 5  # facts shown to the Manager per turn: each costs prompt tokens, and only UPDATE/DELETE use them
-RETRY_TEMPERATURE = 0.7
 SHOWN_TEXT_CHARS = 300  # a related fact longer than this is shown cut (user-added memories can be 4,000)
 MANAGER_TURN_CHARS = 1000  # a longer turn reaches the Manager in pieces of about this size (it is logged whole)
 
@@ -107,8 +107,22 @@ def to_messages(messages: list[dict[str, str]]) -> list[Message]:
 
 
 def adapter_for(backend: Backend, name: str | None) -> str | None:
-    """The adapter to use, if the backend has it loaded; else the plain base model."""
-    return name if name and name in backend.adapters else None
+    """The adapter `name` as the argument `backend.complete(adapter=...)` takes; None is the plain base model.
+
+    A role whose bundle names an adapter is served by that adapter or not at
+    all: an adapter the backend has not loaded raises `BackendError`
+    instead of quietly answering with the base model (which would serve an
+    untrained Manager under a trained bundle's name).
+    """
+    if name is None:
+        return None
+    if name not in backend.adapters:
+        raise BackendError(
+            f"The adapter {name!r} is not loaded in {backend.name}; its role would be served by the base model.",
+            hint=f"loaded adapters: {', '.join(backend.adapters) or 'none'}; load it with the backend "
+            "(`Bundle.load_backend` attaches a bundle's adapters), or pass adapter=None for the base model",
+        )
+    return name
 
 
 def shown_memory(local_id: str, memory: Memory, *, max_chars: int | None = None) -> ShownMemory:
@@ -195,19 +209,45 @@ class MemoryManager:
         backend: Backend,
         bank: MemoryBank,
         *,
+        generation: GenerationConfig | None = None,
         related_k: int = RELATED_K,
         delete_cap: int = DEFAULT_DELETE_CAP,
-        adapter: str | None = "manager",
-        max_tokens: int = 224,  # three operations of up to 120 characters each, with their JSON
-        text_mode: str = "extractive",
+        adapter: str | None = None,
+        max_tokens: int | None = None,
+        text_mode: str | None = None,
     ) -> None:
+        """`generation`: how replies are decoded (a bundle's `Bundle.generation`; default `GenerationConfig()`).
+
+        `max_tokens` / `text_mode` override its `manager_max_tokens` /
+        `text_mode`. `adapter` names the LoRA adapter serving the Manager
+        (the bundle's `roles.manager.adapter`); None is the base model, and
+        a name the backend has not loaded raises `BackendError` when asked.
+        """
         self.backend = backend
         self.bank = bank
         self.related_k = related_k
         self.delete_cap = delete_cap
-        self.adapter = adapter
-        self.max_tokens = max_tokens
-        self.text_mode = text_mode
+        self.adapter = adapter_for(backend, adapter)  # an adapter the backend lacks fails here, not mid-turn
+        self.generation = (generation or GenerationConfig()).override(manager_max_tokens=max_tokens,
+                                                                       text_mode=text_mode)
+
+    @property
+    def max_tokens(self) -> int:
+        """The reply budget, in tokens (`generation.manager_max_tokens`)."""
+        return self.generation.manager_max_tokens
+
+    @max_tokens.setter
+    def max_tokens(self, value: int) -> None:
+        self.generation = self.generation.override(manager_max_tokens=value)
+
+    @property
+    def text_mode(self) -> str:
+        """"extractive" or "free" (`generation.text_mode`)."""
+        return self.generation.text_mode
+
+    @text_mode.setter
+    def text_mode(self, value: str) -> None:
+        self.generation = self.generation.override(text_mode=value)
 
     def related(self, turn: Turn, user: str | None = None) -> list[Memory]:
         """Current facts the model should see for this turn: the closest ones, core facts first."""
@@ -242,7 +282,8 @@ class MemoryManager:
         id_map, messages, _ = self.prompt(turn, related)
         schema = manager_schema(id_map.local_ids, candidates=self.candidates(turn))
         parse = ManagerParse(error="not asked")
-        for attempt, temperature in enumerate((0.0, RETRY_TEMPERATURE), start=1):
+        temperatures = (self.generation.temperature, self.generation.retry_temperature)
+        for attempt, temperature in enumerate(temperatures, start=1):
             result.attempts = attempt
             try:
                 completion = self.backend.complete(

@@ -14,7 +14,8 @@ models pointing at the file (or the server) and its embedder the default one
 `create_bundle` writes the same thing to a folder, with checksums, for
 `edge bundle create`.
 
-Settings follow the model's size, read from the GGUF header (`GENERATION_BY_SIZE`):
+Settings follow the model's size, read from the GGUF header (`GENERATION_BY_SIZE`), and are
+written as the manifest's `generation` table, which `Bundle.generation` reads (`edge.generation`):
 a sub-1B model chooses spans of what was said (extractive text, as the
 bundled 135M model does) and reads up to 20 memories in 300 tokens; bigger ones
 write their own text and read more. The user overrides any of them with
@@ -179,12 +180,17 @@ def server_bundle(url: str, name: str, *, structured_output: str = "auto", api_k
 
 
 def with_generation(bundle: Bundle, generation: dict[str, Any]) -> Bundle:
-    """`bundle` with some `generation` settings replaced (the user's overrides); the folder is not touched."""
+    """`bundle` with some `generation` settings replaced (the user's overrides); the folder is not touched.
+
+    Raises `BundleError` for an override `GenerationConfig` refuses (checked here, before any model loads).
+    """
     if not generation:
         return bundle
     manifest = dict(bundle.manifest)
     manifest["generation"] = {**bundle.manifest.get("generation", {}), **generation}
-    return Bundle(bundle.root, manifest)
+    changed = Bundle(bundle.root, manifest)
+    changed.generation  # noqa: B018 - validates the merged table once
+    return changed
 
 
 # ---------------------------------------------------------------------- bundles on disk

@@ -36,6 +36,7 @@ class BundleSpec:
     adapters: dict[str, Path] = field(default_factory=dict)  # key -> GGUF LoRA file
     roles: dict[str, dict[str, str | None]] = field(default_factory=dict)
     export_info: dict[str, Any] = field(default_factory=dict)  # recorded under "export"
+    generation: dict[str, Any] | None = None  # the manifest's `generation` table (None: the runtime's defaults)
     notes: str = ""
 
 
@@ -77,6 +78,7 @@ def write_bundle(out_dir: Path, spec: BundleSpec, embedder_dir: Path, embedder: 
             "roles": spec.roles,
             "embedder": {**embedder, "path": "embedder"},
             "export": spec.export_info,
+            **({"generation": spec.generation} if spec.generation is not None else {}),
             "notes": spec.notes,
         })
     return Bundle.load(target)

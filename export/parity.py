@@ -22,6 +22,13 @@ writes no bundle.
    Also gated: each runtime's backend renders every prompt to the same
    text and token count as the Hugging Face tokenizer does.
 
+Every model is decoded with the repetition penalty of the bundles the
+export writes (`generation`, an `edge.generation.GenerationConfig`, the
+same object the pipeline writes into their manifests): the runtime
+backends get it as the agents do, and the torch reference applies the same
+rule (llama.cpp's, over the reply's last 64 tokens). The checks are greedy
+whatever the configured temperature: greedy tokens are what can be compared.
+
 2. Task score on the dev set, decoded under the runtime's JSON-schema
    constraint, for every quantised variant against its float original in
    the same runtime (Q4_K_M, Q8_0 against the f16 GGUF; ONNX int8, int4
@@ -40,6 +47,7 @@ from typing import Callable, Iterable, Protocol
 
 from edge.errors import EdgeError
 from edge.export.devset import DevItem, dev_items, score
+from edge.generation import GenerationConfig
 
 GREEDY_TOKENS = 32
 GGUF_GREEDY_GATE = 0.90
@@ -116,9 +124,14 @@ class Runner(Protocol):
 
 
 class TorchRunner:
-    """The merged Hugging Face model on torch, float32: the reference."""
+    """The merged Hugging Face model on torch, float32: the reference.
 
-    def __init__(self, model_dir: Path) -> None:
+    `repeat_penalty` is applied as llama.cpp applies it (the reply's last 64
+    tokens, `edge.train.constrained.RepeatPenaltyProcessor`), so the reference
+    decodes like the runtime backends it is compared with.
+    """
+
+    def __init__(self, model_dir: Path, *, repeat_penalty: float = 1.0) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -130,23 +143,32 @@ class TorchRunner:
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(self.device).eval()
+        self.repeat_penalty = repeat_penalty
 
     def generate(self, messages, *, max_tokens, schema=None):
         return self.generate_with_margins(messages, max_tokens=max_tokens)[:2]
 
     def generate_with_margins(self, messages, *, max_tokens) -> tuple[str, bool, list[int], list[float]]:
-        """Greedy reply, whether it stopped, its token ids and the top-1 minus top-2 logit at each step."""
+        """Greedy reply, whether it stopped, its token ids and the top-1 minus top-2 score at each step.
+
+        The scores are the logits after the repeat penalty: what greedy decoding chose from.
+        """
+        from transformers import LogitsProcessorList
+
+        from edge.train.constrained import RepeatPenaltyProcessor
+
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
         ids = ids.to(self.device)
         eos = self.tokenizer.eos_token_id
         with self._torch.no_grad():
             out = self.model.generate(
                 ids, attention_mask=self._torch.ones_like(ids), max_new_tokens=max_tokens, do_sample=False,
-                eos_token_id=eos, pad_token_id=eos, output_logits=True, return_dict_in_generate=True,
+                eos_token_id=eos, pad_token_id=eos, output_scores=True, return_dict_in_generate=True,
+                logits_processor=LogitsProcessorList([RepeatPenaltyProcessor(self.repeat_penalty)]),
             )
         new = out.sequences[0, ids.shape[1]:].tolist()
         margins = []
-        for step_logits in out.logits:
+        for step_logits in out.scores:
             top2 = self._torch.topk(step_logits[0].float(), 2).values
             margins.append(float(top2[0] - top2[1]))
         stopped = bool(new) and new[-1] == eos
@@ -191,19 +213,24 @@ def _messages(messages: list[dict]):
     return [Message(m["role"], m["content"]) for m in messages]
 
 
-def gguf_runner(model_path: Path, adapter: Path | None = None) -> BackendRunner:
-    """A GGUF file (and optionally a GGUF LoRA) on the runtime's llama.cpp backend."""
+def gguf_runner(model_path: Path, adapter: Path | None = None, *,
+                generation: GenerationConfig | None = None) -> BackendRunner:
+    """A GGUF file (and optionally a GGUF LoRA) on the runtime's llama.cpp backend, decoded with `generation`'s
+    repeat penalty (default `GenerationConfig()`)."""
     from edge.backends.llama_cpp import LlamaCppBackend
 
-    backend = LlamaCppBackend(model_path, n_ctx=N_CTX, adapters={"tuned": adapter} if adapter else None)
+    generation = generation or GenerationConfig()
+    backend = LlamaCppBackend(model_path, n_ctx=N_CTX, adapters={"tuned": adapter} if adapter else None,
+                              repeat_penalty=generation.repeat_penalty)
     return BackendRunner(backend, "tuned" if adapter else None)
 
 
-def onnx_runner(model_dir: Path) -> BackendRunner:
-    """An onnxruntime-genai folder on the runtime's onnx-genai backend."""
+def onnx_runner(model_dir: Path, *, generation: GenerationConfig | None = None) -> BackendRunner:
+    """An onnxruntime-genai folder on the runtime's onnx-genai backend, decoded with `generation`'s repeat penalty."""
     from edge.backends.onnx_genai import OnnxGenAIBackend
 
-    return BackendRunner(OnnxGenAIBackend(model_dir))
+    generation = generation or GenerationConfig()
+    return BackendRunner(OnnxGenAIBackend(model_dir, repeat_penalty=generation.repeat_penalty))
 
 
 # ---------------------------------------------------------------------- checks
@@ -272,13 +299,20 @@ def check_model(
     margin: float = DEFAULT_MARGIN,
     items: list[DevItem] | None = None,
     tick: Callable[[str], None] = lambda label: None,
+    generation: GenerationConfig | None = None,
 ) -> list[ParityRow]:
-    """All parity rows for one model: `reference_dir` is its merged Hugging Face folder."""
+    """All parity rows for one model: `reference_dir` is its merged Hugging Face folder.
+
+    `generation` (default `GenerationConfig()`) gives the torch reference
+    its repeat penalty; the candidates' runners carry their own (built by
+    the caller with the same object).
+    """
+    generation = generation or GenerationConfig()
     if items is None:
         items = dev_items((model,) if model in ("manager", "answer") else ("manager", "answer"))
     rows: list[ParityRow] = []
     tick(f"{model}: torch reference")
-    torch_runner = TorchRunner(reference_dir)
+    torch_runner = TorchRunner(reference_dir, repeat_penalty=generation.repeat_penalty)
     tokenizer = torch_runner.tokenizer
     try:
         generated = [torch_runner.generate_with_margins(item.messages, max_tokens=GREEDY_TOKENS) for item in items]
@@ -358,16 +392,21 @@ def run_checks(
     margin: float = DEFAULT_MARGIN,
     per_role: int | None = None,
     tick: Callable[[str], None] = lambda label: None,
+    generation: GenerationConfig | None = None,
 ) -> ParityReport:
     """Check every target; within each runtime the float reference runs before its quantisations.
 
-    `per_role` limits the dev items to the first N of each role (quick checks).
+    `per_role` limits the dev items to the first N of each role (quick
+    checks). `generation` is the decoding settings the exported bundles
+    will serve with (the torch reference's repeat penalty; the candidates'
+    runners are opened with the same object by `edge.export.pipeline`).
     """
     start = time.perf_counter()
     report = ParityReport()
     for target in targets:
         ordered = sorted(target.candidates, key=lambda c: (c.kind, not c.reference))
         report.rows += check_model(target.model, target.reference_dir, ordered, margin=margin,
-                                   items=dev_items(target.roles, per_role=per_role), tick=tick)
+                                   items=dev_items(target.roles, per_role=per_role), tick=tick,
+                                   generation=generation)
     report.seconds = time.perf_counter() - start
     return report

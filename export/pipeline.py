@@ -32,10 +32,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edge import __version__
+from edge.bundle import default_generation
 from edge.errors import EdgeError, MissingExtraError
 from edge.export.gguf import QUANT_TYPES
 from edge.export.onnx import PRECISIONS
 from edge.export.parity import DEFAULT_MARGIN, ParityReport
+from edge.generation import GenerationConfig
 from edge.prompts import PROMPT_VERSION
 
 ROLES = ("manager", "answer")
@@ -63,9 +65,14 @@ class ExportOptions:
     allow_unrecorded_prompts: bool = field(default=False, metadata={
         "help": "accept adapters without a recorded prompt version"})
     name: str | None = field(default=None, metadata={"help": "bundle label; default from base and formats"})
+    generation: GenerationConfig = field(default_factory=default_generation, metadata={
+        "help": "how the bundles' models are decoded: written into their manifests and used by the parity checks "
+                "(default: the default bundle's, which the training reward's reader also starts from)"})
 
     def __post_init__(self) -> None:
         self.out = Path(self.out).expanduser()
+        if not isinstance(self.generation, GenerationConfig):  # a manifest-style table
+            self.generation = GenerationConfig.from_manifest(self.generation, source="--generation")
         self.adapters = {role: Path(path).expanduser() for role, path in self.adapters.items() if path}
         unknown = set(self.adapters) - set(ROLES)
         if unknown:
@@ -259,7 +266,8 @@ def export(options: ExportOptions, *, progress: bool = True, log: Callable[[str]
         if options.parity:
             checks = _parity_plan(options, merged_keys, sources, gguf_files, lora_files, onnx_dirs, gguf_variants)
             report = stages.run("parity", lambda: parity.run_checks(
-                checks, margin=options.margin, per_role=options.parity_items, tick=stages.note))
+                checks, margin=options.margin, per_role=options.parity_items, tick=stages.note,
+                generation=options.generation))
 
         summary = _summary(options, base, adapters, sizes, report, stages.timings, started)
         summary_path = options.out / SUMMARY_FILE
@@ -287,8 +295,10 @@ def export(options: ExportOptions, *, progress: bool = True, log: Callable[[str]
 
 
 def _parity_plan(options, merged_keys, sources, gguf_files, lora_files, onnx_dirs, gguf_variants):
+    """The parity targets, every runner decoding with `options.generation` (what the bundles will serve with)."""
     from edge.export.parity import Candidate, Target, gguf_runner, onnx_runner
 
+    generation = options.generation
     targets = []
     for key in merged_keys:
         served = tuple(r for r in ROLES if (r if r in sources else "base") == key)
@@ -301,12 +311,14 @@ def _parity_plan(options, merged_keys, sources, gguf_files, lora_files, onnx_dir
                 model, lora = gguf_files[(key, variant)], None
                 artifact = f"gguf {variant}"
             candidates.append(Candidate(key, artifact, "gguf", variant,
-                                        lambda model=model, lora=lora: gguf_runner(model, lora),
+                                        lambda model=model, lora=lora: gguf_runner(model, lora,
+                                                                                   generation=generation),
                                         reference=variant == "f16"))
         for (onnx_key, precision), folder in onnx_dirs.items():
             if onnx_key == key:
                 candidates.append(Candidate(key, f"onnx {precision}", "onnx", precision,
-                                            lambda folder=folder: onnx_runner(folder), reference=precision == "fp32"))
+                                            lambda folder=folder: onnx_runner(folder, generation=generation),
+                                            reference=precision == "fp32"))
         targets.append(Target(key, sources[key], candidates, served))
     return targets
 
@@ -359,6 +371,7 @@ def _bundle_specs(options, base, adapters, merged_keys, gguf_files, lora_files, 
             folder_name=f"gguf-{variant}", backend="llama.cpp",
             label=options.name or f"{Path(base.name).name} {_quant_label(variant)} ({'+'.join(roles_with) or 'base'})",
             models=models, adapters=adapter_files, roles=roles, export_info=export_info,
+            generation=options.generation.to_manifest(),
             notes=f"Exported by edge {__version__} (layout {options.layout}).",
         ))
     for precision in options.onnx:
@@ -370,7 +383,7 @@ def _bundle_specs(options, base, adapters, merged_keys, gguf_files, lora_files, 
         specs.append(BundleSpec(
             folder_name=f"onnx-{precision}", backend="onnx-genai",
             label=options.name or f"{Path(base.name).name} ONNX {precision} ({'+'.join(roles_with) or 'base'})",
-            models=models, roles=roles, export_info=export_info,
+            models=models, roles=roles, export_info=export_info, generation=options.generation.to_manifest(),
             notes=f"Exported by edge {__version__}; ONNX models are always merged (onnxruntime-genai).",
         ))
     return specs
@@ -392,6 +405,7 @@ def _summary(options, base, adapters, sizes, report, timings, started) -> dict[s
             for role, a in adapters.items()
         },
         "layout": options.layout,
+        "generation": options.generation.to_manifest(),
         "gguf": list(options.gguf),
         "onnx": list(options.onnx),
         "sizes_bytes": sizes,

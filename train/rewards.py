@@ -35,9 +35,9 @@ from edge.bank import MemoryBank
 from edge.embedder import Embedder
 from edge.errors import EdgeError
 from edge.evaluation.scoring import exact_match, f1_score, multiset_f1
-from edge.manager import to_bank_ops
+from edge.manager import to_bank_ops, turn_reference
 from edge.operations import AddOp
-from edge.prompts import IdMap, ManagerParse, Turn, parse_answer_output, parse_manager_output
+from edge.prompts import DEFAULT_DELETE_CAP, IdMap, ManagerParse, Turn, parse_answer_output, parse_manager_output
 
 UNKNOWN = "unknown"
 
@@ -220,10 +220,20 @@ class CandidateReader:
 
 
 class AgentReader:
-    """The frozen Answer Agent (`edge.answer.AnswerAgent`) on a backend: Memory-R1's reward reader."""
+    """The frozen Answer Agent (`edge.answer.AnswerAgent`) on a backend: Memory-R1's reward reader.
+
+    Built by `edge.train.recipe.build_reader` with the decoding settings of
+    the bundle the Manager is trained for (`generation`), so it reads a
+    bank the way the served Answer Agent will.
+    """
 
     def __init__(self, agent: Any) -> None:
         self.agent = agent
+
+    @property
+    def generation(self) -> Any:
+        """The reader's `edge.generation.GenerationConfig` (its Answer Agent's)."""
+        return self.agent.generation
 
     def __call__(self, bank: MemoryBank, question: dict[str, Any]) -> str:
         return self.agent.answer(bank, question["question"]).answer
@@ -264,13 +274,26 @@ def rebuild_bank(bank_rows: Sequence[dict[str, Any]], embedder: Embedder) -> tup
 
 
 def apply_reply(bank: MemoryBank, parse: ManagerParse, shown_real_ids: Sequence[str], turn: Turn) -> str | None:
-    """Apply a parsed reply to `bank` as the runtime Manager does; the bank's refusal reason, if any."""
+    """Apply a parsed reply to `bank` as the runtime Manager does; the bank's refusal reason, if any.
+
+    The operations come from `edge.manager.to_bank_ops`, the function the
+    runtime `MemoryManager.process` calls: the same grounding, instruction,
+    redundancy and topic checks, the same supersede-not-destroy UPDATE and
+    DELETE, in one transaction recorded as the Manager's for this turn. So
+    the facts this bank holds afterwards are those the served Manager would
+    write for the same reply (`tests/test_generation_config.py` checks it).
+    Unlike the runtime, this does not add the turn itself to the episodic
+    log: every reply of a group would share that entry, so it could not tell
+    them apart, and a reader could answer from it whatever the reply did.
+    (A turn longer than `edge.manager.MANAGER_TURN_CHARS` reaches the served
+    Manager in pieces; an episode holds it whole.)
+    """
     id_map = IdMap(list(shown_real_ids))
     ops = to_bank_ops(parse, id_map, turn, [bank.get(i) for i in shown_real_ids])
     if not ops:
         return None
     try:
-        bank.apply(ops, actor="manager", turn=turn.turn_id)
+        bank.apply(ops, actor="manager", turn=turn_reference(turn))
     except EdgeError as exc:
         return exc.message
     return None
@@ -282,7 +305,7 @@ def score_reply(text: str, row: dict[str, Any], reader: Reader, embedder: Embedd
     questions = _loads(row["questions"])
     if not questions:
         return None, []
-    parse = parse_manager_output(text, _loads(row["shown_ids"]))
+    parse = parse_manager_output(text, _loads(row["shown_ids"]), delete_cap=DEFAULT_DELETE_CAP)  # as the runtime's
     bank, keys = rebuild_bank(_loads(row["bank"]), embedder)
     try:
         if parse.ok:

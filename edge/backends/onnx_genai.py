@@ -16,14 +16,25 @@ writes, or an optimum `text-generation-with-past` export with a
   per call with `Generator.set_active_adapter`.
 - Each call evaluates its whole prompt: there is no KV reuse across calls.
 - Sampling at temperature > 0 draws from the full distribution; 0 is greedy.
+- `repeat_penalty` is llama.cpp's (`LlamaCppBackend`): among the last 64
+  tokens of the reply, positive logits are divided by it and the others
+  multiplied, so a bundle decodes alike on both runtimes. onnxruntime-genai's
+  own `repetition_penalty` search option is not used: it penalises every
+  token of the sequence, the prompt included (transformers' rule), i.e. the
+  very memories an answer must be free to quote. The penalty is applied
+  through `Generator.get_logits` / `set_logits` before each token is chosen
+  (the schema's mask is applied by onnxruntime-genai either way).
 """
 from __future__ import annotations
 
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
 
 from edge.backends.base import (
     Backend,
@@ -41,6 +52,7 @@ CHATML_TEMPLATE = (
     "{{ message['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+PENALTY_LAST_N = 64  # llama.cpp's penalty window (`Llama.last_n_tokens_size`), in tokens of the reply
 
 
 def _import_og():
@@ -58,7 +70,15 @@ class OnnxGenAIBackend(Backend):
         *,
         adapters: dict[str, Path] | None = None,
         seed: int = 0,
+        repeat_penalty: float = 1.0,
     ) -> None:
+        """Load the onnxruntime-genai folder `model_dir` (and `.onnx_adapter` files under their names).
+
+        `repeat_penalty`: llama.cpp's repetition penalty (see the module
+        docstring); 1.0 is none. Raises `BackendError` for a folder that does
+        not load, or for a penalty this onnxruntime-genai cannot apply (no
+        `Generator.get_logits`/`set_logits`) rather than decode without it.
+        """
         self.model_dir = Path(model_dir)
         config_path = self.model_dir / "genai_config.json"
         if not config_path.is_file():
@@ -84,6 +104,15 @@ class OnnxGenAIBackend(Backend):
         self.name = f"onnx-genai:{self.model_dir.name}"
         self.seed = seed
         self.constrained = hasattr(og.GeneratorParams, "set_guidance")
+        if not repeat_penalty > 0:
+            raise BackendError(f"repeat_penalty must be > 0, not {repeat_penalty!r}.", hint="1.0 is no penalty")
+        if repeat_penalty != 1.0 and not all(hasattr(og.Generator, a) for a in ("get_logits", "set_logits")):
+            raise BackendError(
+                f"This onnxruntime-genai ({getattr(og, '__version__', '?')}) cannot apply a repeat penalty: "
+                "its Generator has no get_logits/set_logits.",
+                hint="install onnxruntime-genai >= 0.8, or set the bundle's generation.repeat_penalty to 1.0",
+            )
+        self.repeat_penalty = float(repeat_penalty)
         self.last_completion: Completion | None = None
         self._calls = 0
         self._lock = DecodeLock()
@@ -194,6 +223,7 @@ class OnnxGenAIBackend(Backend):
             decoder = self._tokenizer.create_stream()
             scanner = StopScanner(stop)
             n_out, finish = 0, "length"
+            recent: deque[int] = deque(maxlen=PENALTY_LAST_N)
             try:
                 if max_tokens == 0:
                     return
@@ -202,8 +232,11 @@ class OnnxGenAIBackend(Backend):
                     if cancel is not None and cancel.is_set():
                         finish = "cancelled"
                         break
+                    if self.repeat_penalty != 1.0 and recent:
+                        self._penalise(generator, recent)
                     generator.generate_next_token()
                     token = int(generator.get_next_tokens()[0])
+                    recent.append(token)
                     if token in self._eos:
                         finish = "stop"
                         break
@@ -231,3 +264,12 @@ class OnnxGenAIBackend(Backend):
                     seconds=time.perf_counter() - start,
                     finish_reason=finish,
                 )
+
+    def _penalise(self, generator, recent: deque[int]) -> None:
+        """Apply the repeat penalty to the next token's logits (shape [1, vocab], or [1, 1, vocab])."""
+        logits = np.array(generator.get_logits(), dtype=np.float32, copy=True)
+        row = logits.reshape(-1, logits.shape[-1])[0]  # a view: batch size is 1
+        seen = np.fromiter(set(recent), dtype=np.int64)
+        picked = row[seen]
+        row[seen] = np.where(picked <= 0, picked * self.repeat_penalty, picked / self.repeat_penalty)
+        generator.set_logits(logits)

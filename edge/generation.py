@@ -1,0 +1,146 @@
+"""How a bundle's models are decoded: one `GenerationConfig`, read once from its manifest.
+
+A bundle's `generation` table says how its models are served (the
+repetition penalty, the reply budgets, how many memories the Answer Agent
+reads, extractive or free text, the context window). The runtime
+(`edge.Agent`, `Bundle.load_backend`, `MemoryManager`, `AnswerAgent`), the
+training reward's frozen reader (`edge.train.recipe.build_reader`), the
+export's parity checks (`edge.export.parity`) and `edge eval` all take their
+settings from this one object, passed along, so a model is trained, checked
+and evaluated with the settings it is served with, and no caller re-reads the
+manifest with defaults of its own.
+
+Manifest table (every key optional; a missing key takes the default below,
+so manifests written before a key existed stay readable):
+
+    repeat_penalty      float > 0    llama.cpp's penalty over the last 64 generated tokens (1.0: none)
+    temperature         float >= 0   the Manager's first attempt and every Answer Agent call (0: greedy)
+    retry_temperature   float >= 0   the Manager's second attempt after an unusable reply
+    answer_k            int >= 1     memories the Answer Agent retrieves per question
+    answer_tokens       int >= 1     the most tokens their lines take in its prompt (what decides `ask`'s
+                                     latency: 280 keeps the 135M model within 1.5 s on 2 cores)
+    manager_max_tokens  int >= 1     the Manager's reply budget, in tokens
+    answer_max_tokens   int >= 1     the Answer Agent's reply budget, in tokens
+    chat_temperature    float >= 0   `Agent.chat` replies
+    chat_max_tokens     int >= 1     `Agent.chat` reply budget, in tokens
+    text_mode           str          "extractive" (spans of what was said) or "free" (written, validated)
+    n_ctx               int >= 256   the context window the models are loaded with, in tokens
+
+A bad value raises `BundleError` naming the bundle, the key and what it
+accepts; an unknown key is refused too (a misspelt key would otherwise be
+silently served with its default).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Mapping
+
+from edge.errors import BundleError, InvalidInputError
+from edge.prompts import ANSWER_CONTEXT_TOKENS, ANSWER_TOP_K, REPEAT_PENALTY, TEXT_MODES
+
+# The reply budgets the agents have always used: three Manager operations of up to 120 characters with
+# their JSON; an answer with its relevant ids.
+MANAGER_MAX_TOKENS = 224
+ANSWER_MAX_TOKENS = 96
+RETRY_TEMPERATURE = 0.7
+CHAT_TEMPERATURE = 0.3
+CHAT_MAX_TOKENS = 256
+N_CTX = 4096
+MIN_N_CTX = 256  # below this not even the Manager's instructions fit
+
+_INTS = ("answer_k", "answer_tokens", "manager_max_tokens", "answer_max_tokens", "chat_max_tokens", "n_ctx")
+_FLOATS = ("repeat_penalty", "temperature", "retry_temperature", "chat_temperature")
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Decoding settings of one bundle (see the module docstring for units and ranges).
+
+    Built with `from_manifest` (a bundle's `generation` table) or directly;
+    `override` returns a copy with some settings replaced (a user's
+    `--answer-k`, an Agent's arguments). Construction validates every field
+    and raises `InvalidInputError` (`BundleError` from `from_manifest`).
+    """
+
+    repeat_penalty: float = REPEAT_PENALTY
+    temperature: float = 0.0
+    retry_temperature: float = RETRY_TEMPERATURE
+    answer_k: int = ANSWER_TOP_K
+    answer_tokens: int = ANSWER_CONTEXT_TOKENS
+    manager_max_tokens: int = MANAGER_MAX_TOKENS
+    answer_max_tokens: int = ANSWER_MAX_TOKENS
+    chat_temperature: float = CHAT_TEMPERATURE
+    chat_max_tokens: int = CHAT_MAX_TOKENS
+    text_mode: str = "extractive"
+    n_ctx: int = N_CTX
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise InvalidInputError("Bad generation settings: " + "; ".join(problems) + ".", hint=_HINT)
+
+    def problems(self) -> list[str]:
+        """What is wrong with these settings, one phrase per field; empty when sound."""
+        out = []
+        for name in _INTS:
+            value = getattr(self, name)
+            low = MIN_N_CTX if name == "n_ctx" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                out.append(f"{name} must be a whole number >= {low}, not {value!r}")
+        for name in _FLOATS:
+            value = getattr(self, name)
+            if not _is_number(value) or value < 0 or (name == "repeat_penalty" and value <= 0):
+                out.append(f"{name} must be a number {'> 0' if name == 'repeat_penalty' else '>= 0'}, not {value!r}")
+        if self.text_mode not in TEXT_MODES:
+            out.append(f"text_mode must be one of {', '.join(TEXT_MODES)}, not {self.text_mode!r}")
+        return out
+
+    @classmethod
+    def from_manifest(cls, table: Mapping[str, Any] | None, *, source: str = "the bundle") -> "GenerationConfig":
+        """The settings a manifest's `generation` table names; missing keys take the defaults.
+
+        Integral floats (20.0) are read as ints and ints as floats, as JSON
+        and TOML writers differ there. Raises `BundleError` naming `source`
+        for a table that is not an object, an unknown key or a bad value.
+        """
+        if table is None:
+            return cls()
+        if not isinstance(table, Mapping):
+            raise BundleError(f"{source}: `generation` must be an object, not {type(table).__name__}.", hint=_HINT)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise BundleError(f"{source}: unknown generation setting(s) {', '.join(map(repr, unknown))}.",
+                              hint=f"the settings are: {', '.join(f.name for f in fields(cls))}")
+        values = {name: _coerce(name, value) for name, value in table.items()}
+        try:
+            return cls(**values)
+        except InvalidInputError as exc:
+            raise BundleError(f"{source}: {exc.message}", hint=exc.hint) from exc
+
+    def override(self, **changes: Any) -> "GenerationConfig":
+        """A copy with the given settings replaced; a value of None keeps the current one."""
+        given = {k: _coerce(k, v) for k, v in changes.items() if v is not None}
+        return replace(self, **given) if given else self
+
+    def to_manifest(self) -> dict[str, Any]:
+        """Every setting as the `generation` table of a manifest (what `from_manifest` reads back)."""
+        return asdict(self)
+
+
+_HINT = ("fix the `generation` table of the bundle's bundle.json (or the override), e.g. \"repeat_penalty\": 1.2, "
+         "\"answer_k\": 20, \"text_mode\": \"extractive\"; or rebuild the bundle")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """JSON's 20.0 as 20 for an int setting, 1 as 1.0 for a float one; anything else unchanged (then validated)."""
+    if name in _INTS and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if name in _FLOATS and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
