@@ -1,276 +1,311 @@
-"""Decoding under the same JSON schemas the runtime gives llama.cpp.
+"""Decoding under the grammar the runtime gives llama.cpp, with llguidance.
 
-At run time the Manager's and the Answer Agent's replies are decoded under a
-grammar made from `edge.prompts.manager_schema` / `answer_schema`. Rollouts
-for training must be decoded under the same constraint, or the model is
-trained on outputs it will never produce when served (and, sampled freely,
-the untrained 135M model writes no valid JSON at all: every reward is 0 and
-so is the gradient).
+At run time the Manager's and the Answer Agent's replies are decoded by
+llama.cpp under the GBNF grammar `edge.backends.llama_cpp.schema_gbnf` makes
+from `edge.prompts.manager_schema` / `answer_schema`. Rollouts for training
+must be decoded under the same constraint, or the model is trained on
+outputs it will never produce when served (and, sampled freely, the
+untrained 135M model writes no valid JSON at all: every reward is 0 and so
+is the gradient).
 
-`edge.train.json_automaton` turns those schemas into a character automaton
-of the canonical JSON layout; this module runs it over a tokenizer's
-vocabulary: a `LogitsProcessor` that, at each step, leaves only the tokens
-whose whole text keeps the reply inside the language (string maxLength
-included), and end-of-sequence only once the JSON is complete.
+This module compiles that very GBNF text with llguidance
+(https://github.com/guidance-ai/llguidance, the Rust engine llama.cpp itself
+can be built with) and masks a transformers model's logits with it, token by
+token: one grammar, two decoders. A reply that runs out of tokens is cut
+off, as llama.cpp cuts it off (finish_reason "length"); nothing here steers
+it towards closing the JSON early.
 
-Allowed-token sets are computed once per automaton state by walking a trie
-of the vocabulary and cached, so after the first few batches a step costs a
-dictionary lookup per row. When the remaining token budget gets short, only
-tokens that lead towards closing the JSON are allowed, so a reply is never
-cut off mid-object.
+Why llguidance (compared in issue 16):
+- llguidance 1.9.1: one 3 MB abi3 wheel with no dependencies; reads GBNF
+  through its own `gbnf_to_lark` converter; computes a 49k-token mask in
+  tens of microseconds, with a numpy bitmask API applied here as a
+  transformers logits processor. Its converter trips on two things
+  llama-cpp-python's JSON-schema converter writes (`_raw_code_points`,
+  `_bounded_repetitions` rewrite them into equivalent GBNF first), and it
+  is told not to force canonical tokens (`schema_lark`). Its own
+  JSON-schema compiler is not used: that would be a second translation of
+  the schema, not llama.cpp's grammar.
+- xgrammar 0.2.9: reads GBNF too (`Grammar.from_ebnf`), but on Linux
+  x86_64 its wheel requires triton (a GPU kernel compiler) and
+  apache-tvm-ffi, pulled into a CPU training install.
+- outlines 1.3: JSON schemas through outlines-core's regex automaton (its
+  own JSON layout, not the GBNF text), CFGs through llguidance anyway; it
+  pulls jsonschema, genson and more.
+- lm-format-enforcer 0.11: its own character-level JSON-schema parser, no
+  GBNF: a second implementation of the language, the problem this module
+  had.
+tests/test_constraint_equivalence.py checks, token by token over a corpus
+of replies, that llguidance allows exactly the tokens llama.cpp's grammar
+sampler allows.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import re
+from collections import OrderedDict
 from typing import Any, Sequence
 
 import numpy as np
 
-from edge.train.json_automaton import Grammar, compile_schema
+# --------------------------------------------------------------------------- GBNF -> llguidance
 
-# --------------------------------------------------------------------------- vocabulary
+_ESCAPE = re.compile(r"\\(U[0-9a-fA-F]{8}|u[0-9a-fA-F]{4}|.)", re.DOTALL)
+_NESTED_OPTIONAL = re.compile(r"\(([\w-]+)((?: \(\1)*)((?:\)\?)+)")
+_KEEP_ESCAPED = set('"\\[]^-/')
 
 
-class Vocabulary:
-    """Each token's text, a trie over those texts, and the ids that end a reply."""
+def _raw_code_points(gbnf: str) -> str:
+    """`gbnf` with its `\\uXXXX` / `\\UXXXXXXXX` escapes written as the characters themselves.
 
-    def __init__(self, tokenizer, eos_ids: Sequence[int] | None = None) -> None:
+    gbnf_to_lark copies them with their leading zeros stripped (`\\U1FAE9`),
+    which llguidance's Lark reader refuses. Control characters, surrogates
+    and GBNF's own syntax characters stay escaped. GBNF has backslashes only
+    in escapes, so matching escape by escape never splits one.
+    """
+    def raw(match: re.Match) -> str:
+        body = match.group(1)
+        if body[0] not in "uU" or len(body) == 1:
+            return match.group(0)
+        ch = chr(int(body[1:], 16))
+        if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 or 0xD800 <= ord(ch) < 0xE000 or ch in _KEEP_ESCAPED:
+            return match.group(0)
+        return ch
+
+    return _ESCAPE.sub(raw, gbnf)
+
+
+def _bounded_repetitions(gbnf: str) -> str:
+    """`gbnf` with `x (x (x)?)?` written `x{0,3}`.
+
+    llama-cpp-python's converter writes a string's maxLength as optional
+    groups nested maxLength deep, which llguidance's Lark reader refuses as
+    "too deeply nested"; `(x x{0,k})?` is `x{0,k+1}`.
+    """
+    def fold(match: re.Match) -> str:
+        name, chain, closers = match.groups()
+        depth = chain.count(" (") + 1
+        extra = closers.count(")?") - depth
+        if extra < 0:  # not the whole nest: leave it as it is
+            return match.group(0)
+        return f"{name}{{0,{depth}}}" + ")?" * extra
+
+    return _NESTED_OPTIONAL.sub(fold, gbnf)
+
+
+def schema_lark(schema: dict[str, Any]) -> str:
+    """The grammar llama.cpp decodes `schema` under (`schema_gbnf`), in llguidance's Lark syntax."""
+    from llguidance.gbnf_to_lark import gbnf_to_lark
+
+    from edge.backends.llama_cpp import schema_gbnf
+
+    gbnf = schema_gbnf(json.dumps(schema))  # key order matters: the grammar emits properties in schema order
+    # no_forcing: where the grammar leaves one way to go on (`ops": [`), llguidance would allow only the canonical
+    # tokenization of that text; llama.cpp lets the model write it in any tokens, and so must rollouts.
+    return '%llguidance {"no_forcing": true}\n' + gbnf_to_lark(_bounded_repetitions(_raw_code_points(gbnf)))
+
+
+# --------------------------------------------------------------------------- the constraint
+
+
+class _TokenList:
+    """What llguidance's TokenizerWrapper reads, for a tokenizer that is not a transformers fast one."""
+
+    def __init__(self, tokenizer) -> None:
         size = len(tokenizer)
         special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
-        anchor = tokenizer.encode("a", add_special_tokens=False)[-1:]
-        base = tokenizer.decode(anchor, clean_up_tokenization_spaces=False)
-        texts = tokenizer.batch_decode(
-            [anchor + [i] for i in range(size)], clean_up_tokenization_spaces=False, skip_special_tokens=False
-        )
-        self.texts: list[str | None] = []
-        for i, text in enumerate(texts):
-            piece = text[len(base) :] if text.startswith(base) else None
-            ok = piece and i not in special and "\ufffd" not in piece
-            self.texts.append(piece if ok else None)
-        eos = list(eos_ids) if eos_ids is not None else []
-        if not eos and tokenizer.eos_token_id is not None:
-            eos = [tokenizer.eos_token_id]
-        self.eos_ids = sorted(set(eos))
-        self.size = size
-        self.trie: dict = {}
-        for i, piece in enumerate(self.texts):
-            if piece is None:
-                continue
-            node = self.trie
-            for ch in piece:
-                node = node.setdefault(ch, {})
-            node.setdefault(None, []).append(i)
+        self.tokens = [b"" if i in special else tokenizer.decode([i]).encode("utf-8") for i in range(size)]
+        self.special_token_ids = sorted(special)
+        self.eos_token_id = tokenizer.eos_token_id
+        self.bos_token_id = getattr(tokenizer, "bos_token_id", None)
+        self._tokenizer = tokenizer
+
+    def __call__(self, text):
+        text = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+        return list(self._tokenizer.encode(text, add_special_tokens=False))
 
 
-@dataclass
-class _Allowed:
-    """The tokens allowed in one automaton state, with what each does."""
-
-    ids: np.ndarray  # token ids that keep the reply valid
-    dists: np.ndarray  # characters still needed after each of them
-    heads: np.ndarray  # characters each adds to the string open in this state, before leaving it
-    whole: np.ndarray  # True where the token stays inside that string
-    tails: np.ndarray  # string characters at the token's end (the length of a string it leaves open)
-    next_states: list[frozenset[int]]  # aligned with ids
-    index: dict[int, int]  # token id -> position in ids
-    accepting: bool
-    choice: bool  # a branch point of the schema (see Grammar.is_choice)
-    value_choice: bool  # a branch point between values (see Grammar.is_value_choice)
-    limit: int | None  # maxLength of the string open in this state
-    successors: list[frozenset[int]]  # the distinct states the tokens lead to
-    successor_of: np.ndarray  # aligned with ids: index into successors
-    token_dists: np.ndarray | None = None  # aligned with ids: fewest tokens to finish after each (lazy)
+_WHITESPACE = np.frombuffer(b" \t\n\r", dtype=np.uint8)
+_STRUCTURE = np.frombuffer(b",]}[{:", dtype=np.uint8)
+# A free JSON string may go on with any printable ASCII character (a quote ends it, a backslash escapes).
+_STRING_CHARS = np.asarray([c for c in range(0x20, 0x7F) if c not in (0x22, 0x5C)], dtype=np.int64)
 
 
-@dataclass
 class SchemaConstraint:
-    """Caches, per tokenizer, the automata of schemas and the allowed tokens of their states."""
+    """A tokenizer for llguidance, and the compiled grammars of schemas (a bounded cache)."""
 
-    vocabulary: Vocabulary
-    _grammars: dict[str, Grammar] = field(default_factory=dict)
-    _allowed: dict[tuple[int, frozenset[int]], _Allowed] = field(default_factory=dict)
-    _token_distance: dict[tuple[int, frozenset[int]], int] = field(default_factory=dict)
+    def __init__(self, ll_tokenizer, eos_ids: Sequence[int], vocab_size: int, cache_size: int = 512) -> None:
+        self.ll_tokenizer = ll_tokenizer
+        self.eos_ids = sorted(set(eos_ids))
+        self.vocab_size = vocab_size
+        self.cache_size = cache_size
+        self._matchers: OrderedDict[str, Any] = OrderedDict()
+        self._executor = None
+        # Each token's first byte (-1: a special token or an empty one), for telling branch points apart.
+        first = np.full(vocab_size, -1, dtype=np.int16)
+        for i in range(vocab_size):
+            if i in self.eos_ids or ll_tokenizer.is_special_token(i):
+                continue
+            piece = ll_tokenizer.decode_bytes([i])
+            if piece:
+                first[i] = piece[0]
+        self.first_byte = first
 
     @classmethod
     def for_tokenizer(cls, tokenizer, eos_ids: Sequence[int] | None = None) -> "SchemaConstraint":
-        return cls(Vocabulary(tokenizer, eos_ids))
+        """For a transformers tokenizer; `eos_ids` end a reply (default: the tokenizer's eos)."""
+        import llguidance
 
-    def grammar(self, schema: dict[str, Any]) -> Grammar:
-        key = json.dumps(schema, sort_keys=True)
-        grammar = self._grammars.get(key)
-        if grammar is None:
-            grammar = self._grammars[key] = compile_schema(schema)
-        return grammar
+        eos = list(eos_ids) if eos_ids else [tokenizer.eos_token_id]
+        size = len(tokenizer)
+        try:
+            from transformers import PreTrainedTokenizerFast
+        except ImportError:  # pragma: no cover - transformers comes with the train extra
+            PreTrainedTokenizerFast = ()  # type: ignore[assignment]
+        if isinstance(tokenizer, PreTrainedTokenizerFast):
+            import llguidance.hf
 
-    def allowed(self, grammar: Grammar, state: frozenset[int]) -> _Allowed:
-        key = (id(grammar), state)
-        found = self._allowed.get(key)
-        if found is not None:
-            return found
-        ids: list[int] = []
-        dists: list[int] = []
-        heads: list[int] = []
-        whole: list[bool] = []
-        tails: list[int] = []
-        nexts: list[frozenset[int]] = []
-        # (trie node, state, head, head still open, tail)
-        stack = [(self.vocabulary.trie, state, 0, True, 0)]
-        while stack:
-            node, at, head, head_open, tail = stack.pop()
-            for ch, child in node.items():
-                if ch is None:
-                    continue
-                after = grammar.step(at, ch)
-                if after is None:
-                    continue
-                safe = grammar.in_string(after)
-                still = head_open and safe
-                h, t = head + 1 if still else head, tail + 1 if safe else 0
-                ending = child.get(None)
-                if ending:
-                    d = grammar.distance(after)
-                    for token in ending:
-                        ids.append(token)
-                        dists.append(d)
-                        heads.append(h)
-                        whole.append(still)
-                        tails.append(t)
-                        nexts.append(after)
-                stack.append((child, after, h, still, t))
-        found = _Allowed(
-            np.asarray(ids, dtype=np.int64), np.asarray(dists, dtype=np.int64), np.asarray(heads, dtype=np.int64),
-            np.asarray(whole, dtype=bool), np.asarray(tails, dtype=np.int64), nexts,
-            {token: i for i, token in enumerate(ids)}, grammar.accepts(state), grammar.is_choice(state),
-            grammar.is_value_choice(state),
-            grammar.string_limit(state), *_distinct(nexts),
-        )
-        self._allowed[key] = found
-        return found
+            ll_tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=size, eos_token=eos)
+        else:
+            from llguidance import TokenizerWrapper
 
-    def token_distance(self, grammar: Grammar, state: frozenset[int]) -> int:
-        """The fewest tokens that complete the JSON from `state` (0: complete), by breadth-first search."""
-        key = (id(grammar), state)
-        found = self._token_distance.get(key)
-        if found is not None:
-            return found
-        frontier, seen, depth = [state], {state}, 0
-        while frontier and not any(grammar.accepts(s) for s in frontier):
-            nxt = []
-            for s in frontier:
-                for after in self.allowed(grammar, s).successors:
-                    if after not in seen:
-                        seen.add(after)
-                        nxt.append(after)
-            frontier, depth = nxt, depth + 1
-        self._token_distance[key] = depth
-        return depth
+            ll_tokenizer = llguidance.LLTokenizer(TokenizerWrapper(_TokenList(tokenizer)), n_vocab=size,
+                                                  eos_token=eos)
+        return cls(ll_tokenizer, eos, size)
 
-    def token_dists(self, grammar: Grammar, allowed: _Allowed) -> np.ndarray:
-        """For each allowed token: the fewest tokens that complete the JSON after it."""
-        if allowed.token_dists is None:
-            per_successor = np.asarray([self.token_distance(grammar, s) for s in allowed.successors], dtype=np.int64)
-            allowed.token_dists = per_successor[allowed.successor_of] if len(per_successor) else per_successor
-        return allowed.token_dists
+    def matcher(self, schema: dict[str, Any]):
+        """A fresh llguidance matcher of the runtime's grammar for `schema`, at the start of a reply."""
+        import llguidance
 
-    def processor(self, schemas: Sequence[dict[str, Any]], max_new_tokens: int, *,
+        key = json.dumps(schema)
+        template = self._matchers.get(key)
+        if template is None:
+            try:
+                lark = schema_lark(schema)
+            except Exception as exc:  # the converters raise bare Exceptions
+                raise ValueError(f"This JSON schema's grammar cannot be read by llguidance: {exc}") from exc
+            template = llguidance.LLMatcher(self.ll_tokenizer, lark, log_level=0)
+            if template.is_error():
+                raise ValueError(f"llguidance cannot compile the grammar of this schema: {template.get_error()}")
+            self._matchers[key] = template
+            while len(self._matchers) > self.cache_size:
+                self._matchers.popitem(last=False)
+        else:
+            self._matchers.move_to_end(key)
+        return template.deep_copy()
+
+    def accepts(self, schema: dict[str, Any], token_ids: Sequence[int]) -> bool:
+        """Whether `token_ids` are a whole reply under `schema` (one that may end there)."""
+        matcher = self.matcher(schema)
+        return matcher.validate_tokens(list(token_ids)) == len(token_ids) and matcher.consume_tokens(
+            list(token_ids)) and matcher.is_accepting()
+
+    def masks(self, matchers: Sequence[Any]) -> np.ndarray:
+        """The tokens each matcher allows next, as a (rows, vocab) boolean array."""
+        import llguidance
+        import llguidance.numpy as llnp
+
+        bitmask = llnp.allocate_token_bitmask(len(matchers), self.vocab_size)
+        if self._executor is None:
+            self._executor = llguidance.LLExecutor()
+        llnp.fill_next_token_bitmask_par(self._executor, [(m, i) for i, m in enumerate(matchers)], bitmask)
+        bits = np.unpackbits(bitmask.view(np.uint8), axis=1, bitorder="little")
+        return bits[:, : self.vocab_size].astype(bool)
+
+    def branch(self, allowed: np.ndarray) -> tuple[bool, bool]:
+        """(choice, value_choice) of a position, from the tokens allowed there.
+
+        A choice: the next character (layout whitespace aside) can be one of
+        several fixed ones: an operation, an id, a tier, a clause, one more
+        item or the end of the list; not free text, not a forced
+        continuation. A value choice: one between quoted values, not between
+        "one more item" and the end of a list.
+        """
+        present = np.zeros(256, dtype=bool)
+        firsts = self.first_byte[allowed]
+        present[firsts[firsts >= 0]] = True
+        if present[_STRING_CHARS].all():  # free text
+            return False, False
+        present[_WHITESPACE] = False
+        if present.sum() < 2:
+            return False, False
+        return True, not present[_STRUCTURE].any()
+
+    def processor(self, schemas: Sequence[dict[str, Any]], *,
                   choice_temperature: float = 1.0) -> "SchemaLogitsProcessor":
         """A fresh logits processor for one `generate` call: row i follows `schemas[i]`."""
-        return SchemaLogitsProcessor(self, [self.grammar(s) for s in schemas], max_new_tokens,
-                                     choice_temperature=choice_temperature)
-
-
-def _distinct(states: list[frozenset[int]]) -> tuple[list[frozenset[int]], np.ndarray]:
-    index: dict[frozenset[int], int] = {}
-    positions = [index.setdefault(s, len(index)) for s in states]
-    return list(index), np.asarray(positions, dtype=np.int64)
+        return SchemaLogitsProcessor(self, [self.matcher(s) for s in schemas], choice_temperature=choice_temperature)
 
 
 class SchemaLogitsProcessor:
-    """Masks, row by row, every token that would leave the row's schema.
+    """Masks, row by row, every token the runtime's grammar for the row's schema does not allow.
 
     Use one instance per `generate` call (it remembers where each row is).
-    Rows whose JSON is complete may only end; rows that already ended are
-    left alone (generate pads them).
+    End-of-sequence is allowed once the reply is complete; rows that already
+    ended are left alone (generate pads them). A row that reaches
+    max_new_tokens is cut where it is, as llama.cpp cuts it.
 
-    `choice_temperature` > 1 flattens the model's distribution where the
-    schema branches between values only (which operation, which id, which
-    tier), on top of the sampling temperature; free text and the choice to
-    add one more operation are untouched (flattening that one fills replies
-    with random extra operations, which then blame the good first one). Rollouts then try the operations a small model almost
-    never picks on its own (the untrained 135M model puts ~99% on ADD), so
-    a group holds different operations whose rewards can be compared. Keep
-    it at 1.0 for evaluation and serving.
+    `choices[row]` flags each generated token (end token included) sampled
+    at a branch point (`SchemaConstraint.branch`). `choice_temperature` > 1
+    flattens the model's distribution where the schema branches between
+    values only (which operation, which id, which tier), on top of the
+    sampling temperature; free text and the choice to add one more
+    operation are untouched (flattening that one fills replies with random
+    extra operations, which then blame the good first one). Rollouts then
+    try the operations a small model almost never picks on its own (the
+    untrained 135M model puts ~99% on ADD), so a group holds different
+    operations whose rewards can be compared. Keep it at 1.0 for evaluation
+    and serving.
     """
 
-    def __init__(self, constraint: SchemaConstraint, grammars: list[Grammar], max_new_tokens: int, *,
-                 choice_temperature: float = 1.0) -> None:
+    def __init__(self, constraint: SchemaConstraint, matchers: list[Any], *, choice_temperature: float = 1.0) -> None:
         self.constraint = constraint
         self.choice_temperature = choice_temperature
-        self.grammars = grammars
-        self.max_new_tokens = max_new_tokens
-        self.states: list[frozenset[int] | None] = [g.start for g in grammars]
-        self.runs: list[int] = [0] * len(grammars)  # characters written in each row's open string
-        self.choices: list[list[bool]] = [[] for _ in grammars]  # per row and token: sampled at a branch point?
+        self.matchers: list[Any | None] = list(matchers)  # None once a row has ended (or left the grammar)
+        self.choices: list[list[bool]] = [[] for _ in matchers]
+        self.ended: set[int] = set()  # rows that sampled an end token
+        self.invalid_rows: set[int] = set()  # rows given a token the grammar refused (forced by another processor)
         self.prompt_length: int | None = None
-        self.invalid_rows: set[int] = set()
 
     def __call__(self, input_ids, scores):
         import torch
 
         rows = input_ids.shape[0]
-        if rows != len(self.grammars):
-            raise ValueError(f"{rows} rows are being generated but {len(self.grammars)} schemas were given")
-        eos = self.constraint.vocabulary.eos_ids
+        if rows != len(self.matchers):
+            raise ValueError(f"{rows} rows are being generated but {len(self.matchers)} schemas were given")
+        eos = self.constraint.eos_ids
         if self.prompt_length is None:
             self.prompt_length = input_ids.shape[1]
         else:
-            last = input_ids[:, -1].tolist()
-            for row, token in enumerate(last):
-                state = self.states[row]
-                if state is None:
+            for row, token in enumerate(input_ids[:, -1].tolist()):
+                matcher = self.matchers[row]
+                if matcher is None:
                     continue
                 if token in eos:
-                    self.states[row] = None
-                    continue
-                allowed = self.constraint.allowed(self.grammars[row], state)
-                i = allowed.index.get(token)
-                if i is None:  # a token this processor did not allow (e.g. forced by another processor)
+                    self.ended.add(row)
+                    self.matchers[row] = None
+                elif not matcher.consume_token(token):
                     self.invalid_rows.add(row)
-                    self.states[row] = None
-                    continue
-                self.states[row] = allowed.next_states[i]
-                self.runs[row] = self.runs[row] + int(allowed.heads[i]) if allowed.whole[i] else int(allowed.tails[i])
-        remaining = self.max_new_tokens - (input_ids.shape[1] - self.prompt_length)
-        mask = torch.full_like(scores, float("-inf"))
-        for row in range(rows):
-            state = self.states[row]
-            if state is None:
-                mask[row] = 0.0
-                continue
-            allowed = self.constraint.allowed(self.grammars[row], state)
-            self.choices[row].append(allowed.choice)
-            keep = None
-            if allowed.limit is not None and self.runs[row] + int(allowed.heads.max(initial=0)) > allowed.limit:
-                keep = self.runs[row] + allowed.heads <= allowed.limit  # the string's maxLength
-            if len(allowed.ids) and remaining - 2 < int(allowed.dists.max()):
-                # Leave room to close the JSON and end. Characters left bound the tokens left, so the exact
-                # token count is only looked up when the budget may be short.
-                needed = self.constraint.token_dists(self.grammars[row], allowed)
-                short = needed <= remaining - 2
-                short = short if keep is None else keep & short
-                if not short.any():  # too late for that bound: take the tokens that get closest
-                    base = np.ones_like(short) if keep is None or not keep.any() else keep
-                    short = base & (needed == needed[base].min())
-                keep = short
-            ids = allowed.ids if keep is None else allowed.ids[keep]
-            if allowed.value_choice and self.choice_temperature != 1.0:
-                scores[row] = scores[row] / self.choice_temperature
-            if len(ids):
-                mask[row, torch.from_numpy(ids).to(mask.device)] = 0.0
-            if allowed.accepting or not len(ids):
-                mask[row, eos] = 0.0
-        return scores + mask
+                    self.matchers[row] = None
+        live = [row for row in range(rows) if self.matchers[row] is not None]
+        if not live:
+            return scores
+        vocab = min(self.constraint.vocab_size, scores.shape[1])  # models may pad their output layer
+        allowed = np.ones((rows, scores.shape[1]), dtype=bool)
+        masks = self.constraint.masks([self.matchers[row] for row in live])
+        divide = np.ones(rows, dtype=np.float32)
+        for mask, row in zip(masks, live):
+            if not mask.any():  # cannot happen with a sound grammar; end the row rather than sample from nothing
+                mask = np.zeros_like(mask)
+                mask[eos] = True
+            choice, value_choice = self.constraint.branch(mask)
+            self.choices[row].append(choice)
+            if value_choice:
+                divide[row] = self.choice_temperature
+            allowed[row, :vocab] = mask[:vocab]
+            allowed[row, vocab:] = False
+        if self.choice_temperature != 1.0 and (divide != 1.0).any():
+            scores = scores / torch.from_numpy(divide).to(scores.device, scores.dtype)[:, None]
+        return scores.masked_fill(~torch.from_numpy(allowed).to(scores.device), float("-inf"))
 
 
 class RepeatPenaltyProcessor:
@@ -304,7 +339,7 @@ class RepeatPenaltyProcessor:
 
 
 def runtime_processors(constraint_processor):
-    """The logits processors of a runtime-like decode: repeat penalty, then the JSON-schema mask."""
+    """The logits processors of a runtime-like decode: repeat penalty, then the grammar's mask."""
     from transformers import LogitsProcessorList
 
     from edge.prompts import REPEAT_PENALTY
@@ -316,12 +351,16 @@ def constrained_generate(model, tokenizer, constraint: SchemaConstraint, prompts
                          schemas: Sequence[dict[str, Any]], *, max_new_tokens: int = 96,
                          temperature: float = 0.0, batch_size: int = 8, seed: int | None = None,
                          choice_temperature: float = 1.0) -> list[str]:
-    """Decode `prompts` (already chat-formatted text) under `schemas`; greedy when temperature is 0."""
+    """Decode `prompts` (already chat-formatted text) under `schemas`; greedy when temperature is 0.
+
+    A reply still open after `max_new_tokens` comes back cut off, as the
+    runtime returns it (finish_reason "length").
+    """
     import torch
 
     if seed is not None:
         torch.manual_seed(seed)
-    eos = constraint.vocabulary.eos_ids
+    eos = constraint.eos_ids
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     outputs: list[str] = []
     side = tokenizer.padding_side
@@ -331,7 +370,7 @@ def constrained_generate(model, tokenizer, constraint: SchemaConstraint, prompts
             chunk = list(prompts[start : start + batch_size])
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
             enc = {k: v.to(model.device) for k, v in enc.items()}
-            processor = constraint.processor(schemas[start : start + batch_size], max_new_tokens,
+            processor = constraint.processor(schemas[start : start + batch_size],
                                              choice_temperature=choice_temperature if temperature > 0 else 1.0)
             sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 \
                 else {"do_sample": False}
@@ -341,7 +380,11 @@ def constrained_generate(model, tokenizer, constraint: SchemaConstraint, prompts
                     eos_token_id=eos, pad_token_id=pad, **sampling,
                 )
             for row in out[:, enc["input_ids"].shape[1] :]:
-                tokens = [t for t in row.tolist() if t not in eos and t != pad]
+                tokens = []
+                for t in row.tolist():
+                    if t in eos:
+                        break
+                    tokens.append(t)
                 outputs.append(tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False))
     finally:
         tokenizer.padding_side = side
