@@ -260,3 +260,14 @@ def _parse_qa(item: Any, where: str, index: int) -> QA:
         adversarial_answer=None if adversarial is None else _as_text(adversarial),
         index=index,
     )
+
+
+def dev_question(index: int) -> bool:
+    """Whether LoCoMo question `index` (its position in the sample's `qa` list) is held out from training.
+
+    Every fifth question (index a multiple of 5) is a dev question: on
+    conv-26 that is 40 of 199 (31 of the 152 non-adversarial), spread over
+    every session and category. `edge train` never trains on them and
+    `edge eval locomo` reports them apart (`split` "dev" and "trained").
+    """
+    return index % 5 == 0

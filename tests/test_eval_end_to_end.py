@@ -79,6 +79,9 @@ def test_rag_turns_and_manager_run_end_to_end_and_resume(tmp_path: Path, context
         assert system["ingest_s"]["p50"] > 0 and system["answer_s"]["p95"] >= system["answer_s"]["p50"]
         assert system["prompt_tokens"]["mean"] > 0 and system["peak_rss_mb"] > 0
         assert f"| {name} | **overall** | 2 |" in report
+        # Question 0 is a dev question (every fifth is held out from training), question 1 is not.
+        assert system["split"]["dev"]["n"] == 1 and system["split"]["trained"]["n"] == 1
+        assert f"| {name} | dev | 1 |" in report and f"| {name} | trained | 1 |" in report
     rag = results["systems"]["rag-turns"]
     assert rag["bank"]["memories"] == 8 and rag["bank"]["bytes"] > 0
     # Eight raw turns, top-20: every evidence turn is in the context.

@@ -129,3 +129,91 @@ def test_balanced_operations_come_in_rounds_and_keep_every_episode():
     assert [e.episode_id for e in balance_ops(episodes, seed=4)] != [e.episode_id for e in balanced]
     assert all(len({gold_operation(e) for e in balanced[i:i + 4]}) == 4 for i in range(0, len(balanced), 4))
     assert balance_ops([], seed=0) == []
+
+
+def test_extractive_manager_episodes_offer_the_runtime_clauses_and_a_gold_reply_that_fits_them():
+    """What is trained is what is served: the runtime Manager's candidates, schema and one operation per turn."""
+    from edge.backends.base import schema_violation
+    from edge.manager import MemoryManager
+    from edge.prompts import EXTRACTIVE_MAX_OPS
+
+    episodes = synthetic_manager_episodes(generate("dev", 6), HashEmbedder())
+    seen = set()
+    for e in episodes:
+        assert e.candidates == MemoryManager(None, None).candidates(e.turn)
+        reply = json.loads(e.gold_reply())
+        assert schema_violation(reply, e.schema()) is None, (e.turn.text, reply)
+        assert len(e.gold_ops) <= EXTRACTIVE_MAX_OPS
+        for op in reply["ops"]:
+            seen.add(op["op"])
+            if "text" in op:
+                assert op["text"] in e.candidates
+                assert next(g["value"] for g in e.gold_ops).lower() in op["text"].lower()
+        if e.kind in ("chat", "repeat"):
+            assert reply == {"ops": [{"op": "NOOP"}]}
+    assert seen == {"ADD", "UPDATE", "DELETE", "NOOP"}
+
+
+def test_extractive_answer_episodes_reply_with_the_best_span():
+    episodes = synthetic_answer_episodes(generate("dev", 4), HashEmbedder(), k=10)
+    for e in episodes:
+        spans = e.spans()
+        answer = json.loads(e.gold_reply())["answer"]
+        assert e.schema()["properties"]["answer"]["enum"] == spans and answer in spans
+        assert answer.lower() == e.answer.lower()  # synthetic answers are single values: an exact span
+
+
+def test_locomo_answer_episodes_show_what_the_runtime_answer_agent_shows(conv26, llama_backend):
+    """With the runtime AnswerAgent as reader, an episode's prompt is the one `edge ask` builds on the same log."""
+    from edge.answer import AnswerAgent
+    from edge.bank import MemoryBank
+    from edge.manager import MemoryManager
+    from edge.prompts import Turn
+
+    agent = AnswerAgent(llama_backend, k=20)
+    episodes = locomo_answer_episodes(conv26, HashEmbedder(), reader=agent, questions=[0, 5, 40, 77])
+    assert [e.episode_id for e in episodes] == ["conv-26:qa0", "conv-26:qa5", "conv-26:qa40", "conv-26:qa77"]
+    with MemoryBank.open(":memory:", HashEmbedder()) as bank:
+        manager = MemoryManager(llama_backend, bank)
+        for session, turn in conv26[0].turns():  # the runtime's own log, turn by turn
+            manager.keep(Turn(turn.speaker, turn.full_text, session.date_time, turn.dia_id))
+        for e in episodes:
+            _, messages, _, _ = agent._fit(e.question, agent.retrieve(bank, e.question), "")
+            assert e.messages() == [{"role": m.role, "content": m.content} for m in messages]
+
+
+def test_locomo_dev_questions_are_never_trained_on(conv26):
+    from edge.train.config import load_config
+    from edge.train.recipe import build_data, dev_question
+
+    config = load_config("smollm2-135m-answer", **{"data.source": "locomo", "data.locomo_path": str(CONV_26),
+                                                   "data.embedder": "hash"})
+    data = build_data(config, HashEmbedder())
+    train_ids = {int(e.episode_id.rsplit("qa", 1)[1]) for e in data.train}
+    dev_ids = {int(e.episode_id.rsplit("qa", 1)[1]) for e in data.dev}
+    assert len(train_ids) + len(dev_ids) == 152 and not train_ids & dev_ids
+    assert all(dev_question(i) for i in dev_ids) and not any(dev_question(i) for i in train_ids)
+    manager = build_data(load_config("smollm2-135m-manager", **{"data.source": "locomo", "data.locomo_path": str(CONV_26),
+                                                               "data.embedder": "hash", "data.balance_ops": False,
+                                                               "reward.reader": "agent", "reward.op_match_weight": 0}),
+                         HashEmbedder())
+    assert not any(dev_question(q["index"]) for e in manager.train for q in e.questions)
+
+
+def test_the_operation_report_shows_a_collapse_onto_one_operation():
+    """Per-operation accuracy and the confusion matrix make an all-ADD policy visible."""
+    from edge.train.episodes import gold_operation
+    from edge.train.evaluate import operation_report
+
+    episodes = synthetic_manager_episodes(generate("dev", 6), HashEmbedder())
+    all_add = [json.dumps({"ops": [{"op": "ADD", "text": e.candidates[0]}]}) if e.candidates else '{"ops": [{"op": "NOOP"}]}'
+               for e in episodes]
+    report = operation_report(episodes, all_add)
+    assert report["per_op_accuracy"]["UPDATE"] == 0.0 and report["per_op_accuracy"]["DELETE"] == 0.0
+    assert set(report["confusion"]["UPDATE"]) <= {"ADD", "NOOP"}
+    gold = operation_report(episodes, [e.gold_reply() for e in episodes])
+    assert all(v == 1.0 for v in gold["per_op_accuracy"].values())
+    assert gold["clause_precision"] == 1.0
+    assert all(set(row) == {op} for op, row in gold["confusion"].items())
+    assert sum(sum(row.values()) for row in gold["confusion"].values()) == len(episodes)
+    assert {gold_operation(e) for e in episodes} == set(gold["confusion"])

@@ -18,6 +18,9 @@ from edge.train import load_config, read_adapter_meta, train  # noqa: E402
 
 TINY = {
     "steps": 2,
+    "sft_steps": 0,
+    "data.source": "synthetic",
+    "data.embedder": "hash",
     "threads": 1,
     "prompts_per_step": 1,
     "num_generations": 4,
@@ -111,3 +114,22 @@ def test_two_steps_of_the_manager_from_the_command_line(tmp_path: Path) -> None:
     assert any(r["reward_std"] > 0 for r in train_rows), "no reward spread: nothing to learn from"
     dev = [r for r in _rows(out) if r["kind"] == "dev"]
     assert {"op_accuracy", "answer", "format"} <= set(dev[-1])
+
+
+def test_a_warm_start_then_grpo_continues_on_the_warm_started_adapter(tmp_path: Path) -> None:
+    """`sft_steps` fits the LoRA to gold replies first; GRPO then trains that adapter, not a fresh one."""
+    from safetensors.torch import load_file
+
+    config = tmp_path / "tiny-manager.toml"
+    config.write_text(TINY_MANAGER_TOML.replace("steps = 5  # --steps 2 overrides it",
+                                                "steps = 1\nsft_steps = 2\nsft_batch_size = 2"))
+    run = tmp_path / "manager"
+    result = train(load_config(config), out=run, show_progress=False)
+    rows = _rows(run)
+    assert [r["kind"] for r in rows if r["kind"] in ("sft", "dev")] == ["dev", "sft", "dev"]
+    warm = load_file(str(run / "sft-adapter" / "adapter_model.safetensors"))
+    final = load_file(str(result.adapter / "adapter_model.safetensors"))
+    b_keys = [k for k in warm if "lora_B" in k]
+    assert b_keys and all(float(warm[k].abs().sum()) > 0 for k in b_keys)  # B starts at zero: SFT moved it
+    for key in b_keys:  # one GRPO step moves the warm-started weights a little; a fresh LoRA would be ~zero
+        assert float((final[key] - warm[key]).norm()) < 0.5 * float(warm[key].norm())

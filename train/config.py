@@ -61,7 +61,8 @@ class LoraSettings:
 
 @dataclass
 class DataSettings:
-    source: str = _help("Where episodes come from: 'synthetic' (seeded generator) or 'locomo'.", "synthetic")
+    source: str = _help("Where episodes come from: 'synthetic' (seeded generator), 'locomo', or 'both' (the "
+                        "synthetic episodes and LoCoMo's training questions).", "synthetic")
     locomo_path: str | None = _help("LoCoMo JSON file (locomo10.json layout) when source = 'locomo'.", None)
     dev_locomo_path: str | None = _help("LoCoMo file for dev evaluation (default: the last 20% of the episodes of "
                                         "locomo_path, by turn order).", None)
@@ -73,17 +74,27 @@ class DataSettings:
     answer_k: int = _help("Memories the Answer Agent is shown per question (Memory-R1: 60).", 60)
     window: int = _help("LoCoMo Manager episodes: how many previous turns the bank holds.", 50)
     max_dev_episodes: int = _help("Cap on dev episodes evaluated (0: all).", 0)
+    text_mode: str = _help(
+        "The action space: 'extractive' (memory texts are clauses of the turn, answers spans of what is shown; "
+        "the default bundle's) or 'free' (written by the model).", "extractive")
+    dev_questions: str = _help(
+        "LoCoMo Answer episodes: 'every-fifth' keeps questions whose index is a multiple of 5 for dev and never "
+        "trains on them; 'none' trains on all.", "every-fifth")
     balance_ops: bool = _help(
         "Synthetic Manager episodes: repeat the turns whose gold operation is rarer (UPDATE, DELETE) until each "
         "operation is right as often as the commonest, served in rounds of one turn per operation (set "
         "prompts_per_step = 4 for one round per step). Dev and test keep their natural mix.", False)
 
     def __post_init__(self) -> None:
-        if self.source not in ("synthetic", "locomo"):
-            raise ConfigError(f"[data] source must be 'synthetic' or 'locomo', not {self.source!r}.")
-        if self.source == "locomo" and not self.locomo_path:
+        if self.source not in ("synthetic", "locomo", "both"):
+            raise ConfigError(f"[data] source must be 'synthetic', 'locomo' or 'both', not {self.source!r}.")
+        if self.source == "locomo" and not self.locomo_path:  # "both" is checked when its episodes are built
             raise ConfigError("[data] source = 'locomo' needs locomo_path.",
                               hint="set locomo_path to a locomo10.json-style file, e.g. conv-26.json")
+        if self.text_mode not in ("extractive", "free"):
+            raise ConfigError(f"[data] text_mode must be 'extractive' or 'free', not {self.text_mode!r}.")
+        if self.dev_questions not in ("every-fifth", "none"):
+            raise ConfigError(f"[data] dev_questions must be 'every-fifth' or 'none', not {self.dev_questions!r}.")
         if self.embedder not in ("minilm", "hash"):
             raise ConfigError(f"[data] embedder must be 'minilm' or 'hash', not {self.embedder!r}.")
 
@@ -124,7 +135,11 @@ class TrainConfig:
     device: str = _help("'cpu', 'cuda' or 'auto'.", "auto")
     threads: int = _help("CPU threads for torch (0: torch's default). On a busy machine 1 is often fastest.", 0)
     seed: int = _help("Random seed (sampling, LoRA init, data order).", 0)
-    steps: int = _help("Optimiser steps.", 200)
+    steps: int = _help("GRPO optimiser steps (0: the supervised warm start only).", 200)
+    sft_steps: int = _help(
+        "Supervised warm-start steps on the episodes' gold replies before GRPO (TRL SFTTrainer; 0: none).", 0)
+    sft_learning_rate: float = _help("Learning rate of the warm start (LoRA weights).", 2e-4)
+    sft_batch_size: int = _help("Episodes per warm-start step.", 8)
     learning_rate: float = _help("AdamW learning rate (LoRA weights).", 1e-5)
     lr_scheduler: str = _help("transformers scheduler name ('linear', 'constant', 'cosine', ...).", "linear")
     warmup_steps: int = _help("Linear warm-up steps.", 0)
@@ -184,8 +199,9 @@ class TrainConfig:
         if self.reward.reader == "candidates" and self.data.source != "synthetic":
             raise ConfigError("[reward] reader = 'candidates' only works on synthetic data (its questions list "
                               "their possible answers).", hint="set reader = \"agent\" for LoCoMo")
-        if self.steps < 1 or self.prompts_per_step < 1:
-            raise ConfigError("steps and prompts_per_step must be at least 1.")
+        if self.steps < 0 or self.sft_steps < 0 or self.steps + self.sft_steps < 1 or self.prompts_per_step < 1:
+            raise ConfigError("steps (GRPO) and sft_steps (warm start) must be >= 0, one of them >= 1, and "
+                              "prompts_per_step >= 1.")
 
     def resolved_device(self) -> str:
         if self.device != "auto":
@@ -238,8 +254,14 @@ def load_config(name: str | Path, **overrides: Any) -> TrainConfig:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-    config = config_from_dict(data, where=str(path))
-    return with_overrides(config, **overrides)
+    # Overrides go into the table before it is checked: a setting may need another that only an override
+    # gives (source = "both" in the file, locomo_path from --locomo).
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        section, _, name = key.rpartition(".")
+        (data.setdefault(section, {}) if section else data)[name] = value
+    return config_from_dict(data, where=str(path))
 
 
 def with_overrides(config: TrainConfig, **overrides: Any) -> TrainConfig:

@@ -23,14 +23,27 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from edge.bank import Memory, MemoryBank
 from edge.embedder import Embedder
+from edge.evaluation.scoring import f1_score
 from edge.manager import RELATED_K, MemoryManager, shown_memories
-from edge.prompts import ANSWER_TOP_K, Turn, answer_messages, answer_schema, manager_messages, manager_schema
+from edge.prompts import (
+    ANSWER_TOP_K,
+    EXTRACTIVE_MAX_OPS,
+    UNKNOWN,
+    ShownMemory,
+    Turn,
+    answer_messages,
+    answer_schema,
+    answer_spans,
+    manager_messages,
+    manager_schema,
+)
 
 from edge.train.synthetic import SynthConversation
 
@@ -54,23 +67,54 @@ class ManagerEpisode:
     shown: list[str]  # keys of the memories shown, in order: local id i = shown[i]
     bank: list[StoredMemory]  # every live memory before the turn
     questions: list[dict[str, Any]]  # {"question", "answer", ["candidates"]}
-    gold_ops: list[dict[str, Any]] | None = None  # {"op", ["id"], ["value"]}, ids local
+    gold_ops: list[dict[str, Any]] | None = None  # {"op", ["id"], ["value"], ["text"]}, ids local
     kind: str | None = None
+    # Extractive memory (what the default bundle serves): the texts a fact may have, the runtime Manager's
+    # own `candidates(turn)`; None: free text.
+    candidates: list[str] | None = None
+    evidence_clause: str | None = None  # LoCoMo: the clause that answers the turn's questions best
 
     @property
     def shown_ids(self) -> list[str]:
         return [str(i) for i in range(len(self.shown))]
 
-    def messages(self) -> list[dict[str, str]]:
-        from edge.prompts import ShownMemory
+    @property
+    def text_mode(self) -> str:
+        return "free" if self.candidates is None else "extractive"
 
+    def messages(self) -> list[dict[str, str]]:
         by_key = {m.key: m for m in self.bank}
         shown = [ShownMemory(str(i), by_key[k].tier, by_key[k].text, by_key[k].event_time)
                  for i, k in enumerate(self.shown)]
-        return manager_messages(self.turn, shown)
+        return manager_messages(self.turn, shown, text_mode=self.text_mode)
 
     def schema(self) -> dict[str, Any]:
-        return manager_schema(self.shown_ids)
+        return manager_schema(self.shown_ids, candidates=self.candidates)
+
+    def gold_reply(self) -> str | None:
+        """The reply that does the gold operations, as `json.dumps` writes it (None: no gold, LoCoMo's Manager).
+
+        Extractive texts are the gold clauses (`gold_ops[i]["text"]`); an
+        operation whose value no clause holds cannot be written and is left
+        out, as are those past the schema's `maxItems`.
+        """
+        if self.gold_ops is None:
+            if self.evidence_clause is None:
+                return None
+            return json.dumps({"ops": [{"op": "ADD", "text": self.evidence_clause}]}, ensure_ascii=False)
+        ops: list[dict[str, Any]] = []
+        for op in self.gold_ops:
+            if op["op"] == "DELETE":
+                ops.append({"op": "DELETE", "id": op["id"]})
+                continue
+            text = op.get("text")
+            if text is None:
+                continue
+            head = {"op": "ADD"} if op["op"] == "ADD" else {"op": "UPDATE", "id": op["id"]}
+            ops.append({**head, "text": text} if self.candidates is not None else {**head, "tier": "semantic",
+                                                                                  "text": text})
+        limit = EXTRACTIVE_MAX_OPS if self.candidates is not None else len(ops)
+        return json.dumps({"ops": ops[:limit] or [{"op": "NOOP"}]}, ensure_ascii=False)
 
     def row(self) -> dict[str, Any]:
         return {
@@ -84,6 +128,7 @@ class ManagerEpisode:
             "questions": json.dumps(self.questions),
             "gold_ops": json.dumps(self.gold_ops),
             "kind": self.kind or "",
+            "gold_reply": self.gold_reply() or "",
         }
 
 
@@ -95,19 +140,41 @@ class AnswerEpisode:
     memories: list[StoredMemory]  # shown in this order: local id i = memories[i]
     relevant: list[str] = field(default_factory=list)  # local ids of memories that hold the answer
     category: int | None = None
+    text_mode: str = "extractive"
+    # The memories as the runtime shows them (`edge.manager.shown_memory`: speaker and resolved dates of a
+    # logged turn); None: built from `memories`.
+    shown_memories: list[ShownMemory] | None = None
 
     @property
     def shown_ids(self) -> list[str]:
         return [str(i) for i in range(len(self.memories))]
 
-    def messages(self) -> list[dict[str, str]]:
-        from edge.prompts import ShownMemory
+    def shown(self) -> list[ShownMemory]:
+        if self.shown_memories is not None:
+            return self.shown_memories
+        return [ShownMemory(str(i), m.tier, m.text, m.event_time) for i, m in enumerate(self.memories)]
 
-        shown = [ShownMemory(str(i), m.tier, m.text, m.event_time) for i, m in enumerate(self.memories)]
-        return answer_messages(self.question, shown)
+    def spans(self) -> list[str] | None:
+        """What an extractive answer may be (`edge.prompts.answer_spans`); None for free text."""
+        return answer_spans(self.shown(), self.question) if self.text_mode == "extractive" else None
+
+    def messages(self) -> list[dict[str, str]]:
+        return answer_messages(self.question, self.shown(), text_mode=self.text_mode)
 
     def schema(self) -> dict[str, Any]:
-        return answer_schema(self.shown_ids)
+        return answer_schema(self.shown_ids, spans=self.spans())
+
+    def gold_reply(self) -> str:
+        """The best reply there is, as `json.dumps` writes it.
+
+        Extractive: the span with the highest token F1 against the gold
+        answer (the shortest of equals; "unknown" when none shares a word).
+        Free text: the relevant ids, then the gold answer.
+        """
+        spans = self.spans()
+        if spans is None:
+            return json.dumps({"relevant": self.relevant, "answer": self.answer}, ensure_ascii=False)
+        return json.dumps({"answer": best_span(spans, self.answer)}, ensure_ascii=False)
 
     def row(self) -> dict[str, Any]:
         return {
@@ -118,7 +185,36 @@ class AnswerEpisode:
             "answer": self.answer,
             "relevant": json.dumps(self.relevant),
             "category": -1 if self.category is None else self.category,
+            "gold_reply": self.gold_reply(),
         }
+
+
+def best_span(spans: Sequence[str], answer: str) -> str:
+    """The span closest to `answer` by token F1, the shortest of equals; "unknown" when none overlaps."""
+    if answer.strip().lower() == UNKNOWN:
+        return UNKNOWN
+    scored = [(f1_score(span, answer), -len(span), span) for span in spans if span != UNKNOWN]
+    best = max(scored, default=(0.0, 0, UNKNOWN))
+    return best[2] if best[0] > 0 else UNKNOWN
+
+
+def evidence_clause(candidates: Sequence[str], questions: Sequence[dict[str, Any]]) -> str | None:
+    """The clause with the highest token F1 against any of the questions' answers (None: none shares a word)."""
+    scored = [(max(f1_score(c, str(q["answer"])) for q in questions), -len(c), c) for c in candidates] if questions else []
+    best = max(scored, default=(0.0, 0, None))
+    return best[2] if best[0] > 0 else None
+
+
+def gold_clause(candidates: Sequence[str], value: str) -> str | None:
+    """The shortest clause of a turn that holds `value` (a gold fact's value), or None."""
+    pattern = re.compile(rf"(?<!\w){re.escape(value)}(?!\w)", re.IGNORECASE)
+    holding = [c for c in candidates if pattern.search(c)]
+    return min(holding, key=len) if holding else None
+
+
+def turn_candidates(turn: Turn) -> list[str]:
+    """The runtime Manager's extractive candidates for `turn` (no model needed)."""
+    return MemoryManager(None, None, text_mode="extractive").candidates(turn) or []  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- banks
@@ -141,26 +237,43 @@ def related_memories(bank: MemoryBank, turn: Turn, k: int) -> list[Memory]:
 # --------------------------------------------------------------------------- synthetic
 
 
+def _gold_text(op: Any, candidates: Sequence[str] | None) -> str | None:
+    """What a gold ADD/UPDATE stores: its clause of the turn (extractive), else the canonical memory text."""
+    if candidates is None:
+        return op.text
+    return gold_clause(candidates, op.value) if op.value else None
+
+
 def synthetic_manager_episodes(conversations: Iterable[SynthConversation], embedder: Embedder, *,
-                               related_k: int = RELATED_K) -> list[ManagerEpisode]:
-    """One Manager episode per turn, the bank holding the gold memories of the turns before it."""
+                               related_k: int = RELATED_K, text_mode: str = "extractive") -> list[ManagerEpisode]:
+    """One Manager episode per turn, the bank holding the gold memories of the turns before it.
+
+    Extractive (the default bundle's mode): each episode offers the turn's
+    clauses as the runtime Manager does, the gold texts are the clauses that
+    hold the gold values, and the gold bank stores those clauses, as a
+    served Manager that chose right would have.
+    """
     episodes: list[ManagerEpisode] = []
     for conv in conversations:
         with scratch_bank(embedder) as bank:
             slot_ids: dict[str, str] = {}
             for synth in conv.turns:
                 turn = Turn(synth.speaker, synth.text, synth.time, synth.turn_id)
+                candidates = turn_candidates(turn) if text_mode == "extractive" else None
                 related = related_memories(bank, turn, related_k) if bank.count() else []
                 id_map, _ = shown_memories(related)
                 gold: list[dict[str, Any]] = []
                 for op in synth.ops:
                     target = id_map.to_local.get(slot_ids.get(op.slot or "", ""))
+                    text = _gold_text(op, candidates)
                     if op.op == "ADD" or (op.op == "UPDATE" and target is None):
-                        gold.append({"op": "ADD", "value": op.value})
+                        gold.append({"op": "ADD", "value": op.value, "text": text})
                     elif op.op == "UPDATE":
-                        gold.append({"op": "UPDATE", "id": target, "value": op.value})
+                        gold.append({"op": "UPDATE", "id": target, "value": op.value, "text": text})
                     elif op.op == "DELETE" and target is not None:
                         gold.append({"op": "DELETE", "id": target})
+                if candidates is not None:  # one operation per turn (the rest of it stays in the log)
+                    gold = gold[:EXTRACTIVE_MAX_OPS]
                 episodes.append(ManagerEpisode(
                     episode_id=synth.turn_id,
                     turn=turn,
@@ -170,15 +283,22 @@ def synthetic_manager_episodes(conversations: Iterable[SynthConversation], embed
                                for q in synth.questions],
                     gold_ops=gold,
                     kind=synth.kind,
+                    candidates=candidates,
                 ))
-                for op in synth.ops:  # the gold bank moves on
-                    if op.op == "ADD":
-                        slot_ids[op.slot] = bank.add(op.text, turn=synth.turn_id).id  # type: ignore[index]
-                    elif op.op == "UPDATE":
-                        bank.update(slot_ids[op.slot], op.text)  # type: ignore[index,arg-type]
-                    elif op.op == "DELETE":
-                        bank.delete(slot_ids.pop(op.slot))  # type: ignore[arg-type]
+                _apply_gold(bank, slot_ids, synth, candidates)
     return episodes
+
+
+def _apply_gold(bank: MemoryBank, slot_ids: dict[str, str], synth: Any, candidates: Sequence[str] | None) -> None:
+    """The gold bank moves on by the turn's gold operations."""
+    for op in synth.ops:
+        text = _gold_text(op, candidates) or op.text
+        if op.op == "ADD":
+            slot_ids[op.slot] = bank.add(text, turn=synth.turn_id).id
+        elif op.op == "UPDATE":
+            bank.update(slot_ids[op.slot], text)
+        elif op.op == "DELETE":
+            bank.delete(slot_ids.pop(op.slot))
 
 
 def gold_operation(episode: ManagerEpisode) -> str:
@@ -220,26 +340,22 @@ def balance_ops(episodes: Sequence[ManagerEpisode], seed: int = 0) -> list[Manag
 
 
 def synthetic_answer_episodes(conversations: Iterable[SynthConversation], embedder: Embedder, *,
-                              k: int = ANSWER_TOP_K) -> list[AnswerEpisode]:
+                              k: int = ANSWER_TOP_K, text_mode: str = "extractive") -> list[AnswerEpisode]:
     """One Answer episode per final question, over the conversation's final gold bank."""
     episodes: list[AnswerEpisode] = []
     for conv in conversations:
         with scratch_bank(embedder) as bank:
             slot_ids: dict[str, str] = {}
             for synth in conv.turns:
-                for op in synth.ops:
-                    if op.op == "ADD":
-                        slot_ids[op.slot] = bank.add(op.text).id  # type: ignore[index]
-                    elif op.op == "UPDATE":
-                        bank.update(slot_ids[op.slot], op.text)  # type: ignore[index,arg-type]
-                    elif op.op == "DELETE":
-                        bank.delete(slot_ids.pop(op.slot))  # type: ignore[arg-type]
+                turn = Turn(synth.speaker, synth.text, synth.time, synth.turn_id)
+                _apply_gold(bank, slot_ids, synth, turn_candidates(turn) if text_mode == "extractive" else None)
             for i, q in enumerate(conv.final_questions):
                 hits = bank.search(q.question, k=k) if bank.count() else []
                 memories = [_stored(h.memory) for h in hits]
                 holder = slot_ids.get(q.slot)
                 relevant = [str(j) for j, m in enumerate(memories) if m.key == holder]
-                episodes.append(AnswerEpisode(f"{conv.sample_id}:q{i}", q.question, q.answer, memories, relevant))
+                episodes.append(AnswerEpisode(f"{conv.sample_id}:q{i}", q.question, q.answer, memories, relevant,
+                                              text_mode=text_mode))
     return episodes
 
 
@@ -251,15 +367,21 @@ def _turn_memory(speaker: str, text: str, when: str, dia_id: str) -> tuple[str, 
 
 
 def locomo_manager_episodes(conversations: Sequence[Any], embedder: Embedder, *, related_k: int = RELATED_K,
-                            window: int = DEFAULT_WINDOW, only_with_questions: bool = True) -> list[ManagerEpisode]:
-    """One Manager episode per LoCoMo turn (`edge.locomo.Conversation`s), over the previous `window` turns."""
+                            window: int = DEFAULT_WINDOW, only_with_questions: bool = True,
+                            text_mode: str = "extractive") -> list[ManagerEpisode]:
+    """One Manager episode per LoCoMo turn (`edge.locomo.Conversation`s), over the previous `window` turns.
+
+    LoCoMo has no gold operations; extractive episodes of a turn that is a
+    question's evidence name its gold clause (`evidence_clause`), the one
+    to keep.
+    """
     episodes: list[ManagerEpisode] = []
     for conv in conversations:
         by_evidence: dict[str, list[dict[str, Any]]] = {}
         for qa in conv.questions():
             for dia_id in qa.evidence:
                 by_evidence.setdefault(dia_id, []).append({"question": qa.question, "answer": qa.answer,
-                                                           "category": qa.category})
+                                                           "category": qa.category, "index": qa.index})
         with scratch_bank(embedder) as bank:
             live: list[str] = []  # memory ids, oldest first
             for session, loco in conv.turns():
@@ -267,12 +389,15 @@ def locomo_manager_episodes(conversations: Sequence[Any], embedder: Embedder, *,
                 questions = by_evidence.get(loco.dia_id, [])
                 if questions or not only_with_questions:
                     related = related_memories(bank, turn, related_k) if live else []
+                    candidates = turn_candidates(turn) if text_mode == "extractive" else None
                     episodes.append(ManagerEpisode(
                         episode_id=f"{conv.sample_id}:{loco.dia_id}",
                         turn=turn,
                         shown=[m.id for m in related],
                         bank=[_stored(m) for m in bank.list()],
                         questions=questions,
+                        candidates=candidates,
+                        evidence_clause=evidence_clause(candidates, questions) if candidates else None,
                     ))
                 # The previous turns stand in for the facts a Manager would have kept from them: the Manager
                 # is shown facts only (the episodic log is edge's own and never offered to it).
@@ -285,26 +410,41 @@ def locomo_manager_episodes(conversations: Sequence[Any], embedder: Embedder, *,
 
 
 def locomo_answer_episodes(conversations: Sequence[Any], embedder: Embedder, *, k: int = ANSWER_TOP_K,
-                           include_adversarial: bool = False) -> list[AnswerEpisode]:
-    """One Answer episode per LoCoMo question, over a bank of every turn of its conversation."""
+                           include_adversarial: bool = False, text_mode: str = "extractive",
+                           reader: Any = None, questions: Sequence[int] | None = None) -> list[AnswerEpisode]:
+    """One Answer episode per LoCoMo question, over a bank whose episodic log holds every turn of its conversation.
+
+    The log is written as the runtime writes it (`edge.manager.log_entry`:
+    speaker, time, resolved dates). With `reader` (an `edge.answer.AnswerAgent`
+    whose backend counts tokens) each episode shows exactly what that agent
+    would: its retrieval, focused lines and token budget; without, the top-k
+    turns. `questions`: LoCoMo question indexes to keep (None: all).
+    """
+    from edge.manager import log_entry, resolved_dates, turn_time
+
     episodes: list[AnswerEpisode] = []
     for conv in conversations:
         with scratch_bank(embedder) as bank:
-            texts, times, sources = [], [], []
+            entries = []
             for session, loco in conv.turns():
-                texts.append(f"{loco.speaker}: {loco.full_text}")
-                times.append(session.date_time)
-                sources.append(loco.dia_id)
-            from edge.operations import AddOp
-
-            bank.apply([AddOp(t, "episodic", w, (s,)) for t, w, s in zip(texts, times, sources)])
+                turn = Turn(loco.speaker, loco.full_text, session.date_time, loco.dia_id)
+                at = turn_time(turn)
+                entries.append(log_entry(turn, at, resolved_dates(turn.text, at)))
+            bank.apply(entries)
             for qa in conv.questions(include_adversarial=include_adversarial):
-                hits = bank.search(qa.question, k=k)
-                memories = [_stored(h.memory) for h in hits]
+                if questions is not None and qa.index not in questions:
+                    continue
+                if reader is not None:
+                    found = reader.retrieve(bank, qa.question)
+                    kept, _, _, shown = reader._fit(qa.question, found, "")
+                else:
+                    kept = [h.memory for h in bank.search(qa.question, k=k, scope="episodic")]
+                    shown = shown_memories(kept)[1]
                 evidence = set(qa.evidence)
-                relevant = [str(j) for j, h in enumerate(hits) if evidence & set(h.memory.source_turns)]
-                episodes.append(AnswerEpisode(f"{conv.sample_id}:qa{qa.index}", qa.question, qa.answer, memories,
-                                              relevant, qa.category))
+                relevant = [str(j) for j, m in enumerate(kept) if evidence & set(m.source_turns)]
+                episodes.append(AnswerEpisode(f"{conv.sample_id}:qa{qa.index}", qa.question, qa.answer,
+                                              [_stored(m) for m in kept], relevant, qa.category,
+                                              text_mode=text_mode, shown_memories=list(shown)))
     return episodes
 
 

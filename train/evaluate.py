@@ -60,7 +60,8 @@ def score_manager_replies(episodes: Sequence[ManagerEpisode], replies: Sequence[
             score, _ = score_reply(reply, episode.row(), reader, cached, metric)
             groups["all"]["answer"].append(score)  # type: ignore[arg-type]
             groups[episode.kind or "turn"]["answer"].append(score)  # type: ignore[arg-type]
-    result: dict[str, Any] = {"n": len(episodes), "ops_used": dict(ops_used)}
+    result: dict[str, Any] = {"n": len(episodes), "ops_used": dict(ops_used),
+                              **operation_report(episodes, replies)}
     for key, g in groups.items():
         target = result if key == "all" else result.setdefault("by_kind", {}).setdefault(key, {})
         for name, values in g.items():
@@ -68,6 +69,53 @@ def score_manager_replies(episodes: Sequence[ManagerEpisode], replies: Sequence[
         if key != "all":
             target["n"] = len(g["format"])
     return result
+
+
+OPERATIONS = ("ADD", "UPDATE", "DELETE", "NOOP")
+
+
+def operation_report(episodes: Sequence[ManagerEpisode], replies: Sequence[str]) -> dict[str, Any]:
+    """Per-operation accuracy, the confusion matrix and clause selection of Manager replies.
+
+    - `per_op_accuracy[op]`: share of the episodes whose gold operation is
+      `op` whose reply does the gold operations (`ops_match`);
+    - `confusion[gold][predicted]`: counts, by the first operation of each
+      (NOOP for none; "INVALID" for a reply that does not parse), so a
+      collapse onto one operation shows as one full column;
+    - `clause_precision` / `clause_recall` (extractive episodes): of the
+      texts the replies add or update, the share that are a gold clause; of
+      the gold clauses, the share a reply wrote. LoCoMo's gold clause is the
+      one closest to its questions' answers (`evidence_clause`).
+    """
+    from edge.train.episodes import gold_operation
+
+    confusion: dict[str, dict[str, int]] = {}
+    right: dict[str, list[float]] = defaultdict(list)
+    chosen = hits = gold_total = found = 0
+    for episode, reply in zip(episodes, replies):
+        parse = parse_manager_output(reply, episode.shown_ids)
+        predicted = "INVALID" if not parse.ok else (parse.ops[0].op if parse.ops else "NOOP")
+        if episode.gold_ops is not None:
+            gold = gold_operation(episode)
+            row = confusion.setdefault(gold, {})
+            row[predicted] = row.get(predicted, 0) + 1
+            right[gold].append(float(ops_match(parse, episode.gold_ops)))
+        if episode.candidates is None:
+            continue
+        gold_texts = {op["text"] for op in episode.gold_ops or [] if op.get("text")}
+        if episode.evidence_clause:
+            gold_texts.add(episode.evidence_clause)
+        written = {op.text for op in parse.ops if op.op in ("ADD", "UPDATE") and op.text}
+        chosen += len(written)
+        hits += len(written & gold_texts)
+        gold_total += len(gold_texts)
+        found += len(written & gold_texts)
+    return {
+        "per_op_accuracy": {op: _mean(right[op]) for op in OPERATIONS if right.get(op)},
+        "confusion": confusion,
+        "clause_precision": hits / chosen if chosen else None,
+        "clause_recall": found / gold_total if gold_total else None,
+    }
 
 
 def evaluate_manager(model, tokenizer, constraint: SchemaConstraint, episodes: Sequence[ManagerEpisode],

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from edge.embedder import Embedder, HashEmbedder
+from edge.locomo import dev_question
 from edge.evaluation.scoring import exact_match, f1_score
+from edge.generation import GenerationConfig
 
 from edge.train import episodes as ep
 from edge.train import rewards
@@ -33,34 +35,88 @@ def load_embedder(name: str) -> Embedder:
     return build_default_minilm()
 
 
-def build_data(config: TrainConfig, embedder: Embedder) -> Data:
+class TokenCounter:
+    """What `edge.answer.AnswerAgent` needs of a backend to choose a prompt's memories: token counts and a window.
+
+    The training tokenizer is the served model's (the GGUF's vocabulary), so
+    an episode shows the memories, focused lines and budget the runtime shows.
+    """
+
+    def __init__(self, tokenizer, n_ctx: int = 8192) -> None:
+        self.tokenizer = tokenizer
+        self.n_ctx = n_ctx
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def answer_context_agent(tokenizer, config: TrainConfig):
+    """The Answer Agent whose retrieval and token budget LoCoMo Answer episodes reproduce (no model loaded)."""
+    from edge.answer import AnswerAgent
+
+    return AnswerAgent(TokenCounter(tokenizer), k=config.data.answer_k, text_mode=config.data.text_mode)  # type: ignore[arg-type]
+
+
+def build_data(config: TrainConfig, embedder: Embedder, *, reader: Any = None) -> Data:
+    """Train and dev episodes of `config`'s agent, on its action space (`data.text_mode`).
+
+    `reader`: for LoCoMo Answer episodes, the `edge.answer.AnswerAgent` whose
+    retrieval and token budget the episodes reproduce (None: top-k turns).
+    """
     d = config.data
+    mode = d.text_mode
+    if d.source == "both":  # the synthetic episodes, then LoCoMo's; dev from both
+        from dataclasses import replace
+
+        if not d.locomo_path:
+            from edge.train.config import ConfigError
+
+            raise ConfigError("[data] source = 'both' needs locomo_path: the LoCoMo file to train on.",
+                              hint="pass --locomo conv-26.json (or set locomo_path in the config)")
+
+        synthetic = build_data(replace(config, data=replace(d, source="synthetic", max_dev_episodes=0)), embedder)
+        locomo = build_data(replace(config, data=replace(d, source="locomo", max_dev_episodes=0)), embedder,
+                            reader=reader)
+        train = synthetic.train + locomo.train
+        random.Random(config.seed).shuffle(train)
+        dev = synthetic.dev + locomo.dev
+        if d.max_dev_episodes and len(dev) > d.max_dev_episodes:
+            dev = random.Random(config.seed).sample(dev, d.max_dev_episodes)
+        return Data(train=train, dev=dev, dev_conversations=synthetic.dev_conversations)
     if d.source == "synthetic":
         train_convs = generate("train", d.train_conversations)
         dev_convs = generate("dev", d.dev_conversations)
         if config.agent == "manager":
-            train = ep.synthetic_manager_episodes(train_convs, embedder, related_k=d.related_k)
+            train = ep.synthetic_manager_episodes(train_convs, embedder, related_k=d.related_k, text_mode=mode)
             if d.balance_ops:
                 train = ep.balance_ops(train, config.seed)
-            dev = ep.synthetic_manager_episodes(dev_convs, embedder, related_k=d.related_k)
+            dev = ep.synthetic_manager_episodes(dev_convs, embedder, related_k=d.related_k, text_mode=mode)
         else:
-            train = ep.synthetic_answer_episodes(train_convs, embedder, k=d.answer_k)
-            dev = ep.synthetic_answer_episodes(dev_convs, embedder, k=d.answer_k)
+            train = ep.synthetic_answer_episodes(train_convs, embedder, k=d.answer_k, text_mode=mode)
+            dev = ep.synthetic_answer_episodes(dev_convs, embedder, k=d.answer_k, text_mode=mode)
     else:
         convs = ep.load_locomo_file(d.locomo_path)  # type: ignore[arg-type]
         dev_convs = ep.load_locomo_file(d.dev_locomo_path) if d.dev_locomo_path else []
 
         def episodes_of(conversations):
             if config.agent == "manager":
-                return ep.locomo_manager_episodes(conversations, embedder, related_k=d.related_k, window=d.window)
-            return ep.locomo_answer_episodes(conversations, embedder, k=d.answer_k)
+                return ep.locomo_manager_episodes(conversations, embedder, related_k=d.related_k, window=d.window,
+                                                  text_mode=mode)
+            return ep.locomo_answer_episodes(conversations, embedder, k=d.answer_k, text_mode=mode, reader=reader)
 
-        train = episodes_of(convs)
+        every = episodes_of(convs)
         if dev_convs:
-            dev = episodes_of(dev_convs)
+            train, dev = every, episodes_of(dev_convs)
+        elif d.dev_questions == "every-fifth":
+            if config.agent == "answer":
+                held = [dev_question(int(e.episode_id.rsplit("qa", 1)[1])) for e in every]
+            else:  # a turn that is evidence for a dev question is never trained on
+                held = [any(dev_question(q["index"]) for q in e.questions) for e in every]
+            train = [e for e, h in zip(every, held) if not h]
+            dev = [e for e, h in zip(every, held) if h]
         else:  # hold out the last fifth, in conversation order
-            cut = max(1, len(train) * 4 // 5)
-            train, dev = train[:cut], train[cut:]
+            cut = max(1, len(every) * 4 // 5)
+            train, dev = every[:cut], every[cut:]
         dev_convs = []
     if d.max_dev_episodes and len(dev) > d.max_dev_episodes:
         dev = random.Random(config.seed).sample(dev, d.max_dev_episodes)
@@ -71,23 +127,44 @@ def answer_metric(config: TrainConfig) -> Callable[[object, object], float]:
     return exact_match if config.reward.metric == "em" else f1_score
 
 
-def build_reader(config: TrainConfig) -> rewards.Reader:
-    """The frozen reader of the Manager's reward."""
+def build_reader(config: TrainConfig, generation: GenerationConfig | None = None) -> rewards.Reader:
+    """The frozen reader of the Manager's reward, decoding as the served Answer Agent decodes.
+
+    `generation` is the decoding settings of the bundle the trained Manager
+    will be served in (`Bundle.generation`): the reader's backend gets its
+    repeat penalty and context window, its Answer Agent its k, token budgets
+    and text mode. Without one, the default bundle's settings
+    (`edge.bundle.default_generation`), sized by the config's `reader_k` and
+    `reader_n_ctx`. An answer adapter (`reader_adapter`) serves the reader
+    when given, else the base model. Raises `ConfigError` when the reader
+    cannot decode with those settings (the transformers reader applies the
+    runtime's default penalty only), `BackendError` for a `reader_adapter`
+    its backend cannot serve (a server, the transformers reader).
+    """
     r = config.reward
     if r.reader == "candidates":
         return rewards.CandidateReader(k=r.reader_k)
     from edge.answer import AnswerAgent
     from edge.backends import load_backend
+    from edge.bundle import default_generation
 
+    if generation is None:
+        generation = default_generation().override(answer_k=r.reader_k, n_ctx=r.reader_n_ctx)
     if r.reader_url:
-        backend = load_backend("http", base_url=r.reader_url, model=r.reader_model)
+        backend = load_backend("http", base_url=r.reader_url, model=r.reader_model, n_ctx=generation.n_ctx)
     elif r.reader_model == "base":
+        from edge.prompts import REPEAT_PENALTY
         from edge.train.base_model import load_base
+        from edge.train.config import ConfigError
         from edge.train.hf_backend import TransformersBackend
 
+        if generation.repeat_penalty != REPEAT_PENALTY:
+            raise ConfigError(
+                f"The 'base' reader decodes with repeat penalty {REPEAT_PENALTY}, not the bundle's "
+                f"{generation.repeat_penalty}.", hint="set reader_model = \"bundled\" or a GGUF path")
         model, tokenizer, base = load_base(config.base, dtype=config.dtype)
         model.to(config.resolved_device()).eval().requires_grad_(False)
-        backend = TransformersBackend(model, tokenizer, name=f"frozen {base.name}", n_ctx=r.reader_n_ctx)
+        backend = TransformersBackend(model, tokenizer, name=f"frozen {base.name}", n_ctx=generation.n_ctx)
     else:
         from pathlib import Path
 
@@ -95,8 +172,11 @@ def build_reader(config: TrainConfig) -> rewards.Reader:
 
         path = bundled_gguf_path() if r.reader_model == "bundled" else Path(r.reader_model)
         adapters = {"answer": Path(r.reader_adapter)} if r.reader_adapter else None
-        backend = load_backend("llama.cpp", model_path=path, n_ctx=r.reader_n_ctx, adapters=adapters)
-    return rewards.AgentReader(AnswerAgent(backend, k=r.reader_k, adapter="answer"))
+        backend = load_backend("llama.cpp", model_path=path, n_ctx=generation.n_ctx, adapters=adapters,
+                               repeat_penalty=generation.repeat_penalty)
+    # A reader_adapter the backend could not load (a server, the transformers reader) raises BackendError here.
+    adapter = "answer" if r.reader_adapter else None
+    return rewards.AgentReader(AnswerAgent(backend, generation=generation, adapter=adapter))
 
 
 def build_rewards(config: TrainConfig, embedder: Embedder, reader: rewards.Reader | None

@@ -98,8 +98,7 @@ def _constrained_trainer_class():
                 "attention_mask": pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left"),
             }
             inputs = {k: v.to(device) for k, v in inputs.items()}
-            processor = self.constraint.processor(schemas, self.max_completion_length,
-                                                  choice_temperature=self.choice_temperature)
+            processor = self.constraint.processor(schemas, choice_temperature=self.choice_temperature)
             with (
                 unwrap_model_for_generation(
                     self.model_wrapped, self.accelerator,
@@ -281,7 +280,14 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
     from edge.train import evaluate as ev
     from edge.train.base_model import load_base
     from edge.train.constrained import SchemaConstraint
-    from edge.train.recipe import answer_metric, build_data, build_reader, build_rewards, load_embedder
+    from edge.train.recipe import (
+        answer_context_agent,
+        answer_metric,
+        build_data,
+        build_reader,
+        build_rewards,
+        load_embedder,
+    )
 
     started = time.perf_counter()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -297,7 +303,8 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
     model.to(device)
     constraint = SchemaConstraint.for_tokenizer(tokenizer, [tokenizer.eos_token_id])
     embedder = load_embedder(config.data.embedder)
-    data = build_data(config, embedder)
+    context = answer_context_agent(tokenizer, config) if config.agent == "answer" else None
+    data = build_data(config, embedder, reader=context)
     reader = build_reader(config) if config.agent == "manager" else None
     reward_funcs, weights = build_rewards(config, embedder, reader)
     log.info("%d training episodes, %d dev episodes", len(data.train), len(data.dev))
@@ -306,7 +313,7 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
     records = RunRecords(out)
     metric = answer_metric(config)
 
-    def evaluate(current_model, step: int) -> dict[str, Any]:
+    def evaluate(current_model, step: int, kind: str = "dev") -> dict[str, Any]:
         was_training = current_model.training
         current_model.eval()
         try:
@@ -321,7 +328,7 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
         finally:
             if was_training:
                 current_model.train()
-        row = {"kind": "dev", "step": step, "time": round(time.time(), 1), **scores}
+        row = {"kind": kind, "step": step, "time": round(time.time(), 1), **scores}
         records.add(row)
         records.plot(f"{config.agent}: {base.name}")
         value = scores.get(best_metric)
@@ -385,6 +392,23 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
         target_modules=list(config.lora.target_modules), task_type="CAUSAL_LM",
         layers_to_transform=list(range(n_layers - top, n_layers)) if top and top < n_layers else None,
     )
+    sft_losses: list[float] = []
+    if config.sft_steps:
+        model, sft_losses = _warm_started(model, tokenizer, data.train, lora, config, out, device)
+        if last is None:
+            sft_scores = evaluate(model, 0, kind="sft")
+            if (sft_scores.get(best_metric) or float("-inf")) > best["value"]:  # the warm start beat the base
+                best.update(value=sft_scores[best_metric], step=0, scores=sft_scores)
+                model.save_pretrained(str(out / "best-adapter"))
+                write_meta(out / "best-adapter", 0, sft_scores)
+        if not config.steps:
+            adapter = out / "adapter"
+            model.save_pretrained(str(adapter))
+            write_meta(adapter, 0, sft_scores if last is None else {})
+            records.plot(f"{config.agent}: {base.name}")
+            return TrainResult(out=out, adapter=adapter, steps=0, dev_before=dev_before,
+                               dev_after=sft_scores if last is None else {}, seconds=time.perf_counter() - started,
+                               best_adapter=None, best_step=None, dev_best={})
     args = GRPOConfig(
         output_dir=str(checkpoints),
         max_steps=total,
@@ -425,7 +449,7 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=lora,
+        peft_config=None if config.sft_steps else lora,  # after the warm start GRPO trains its adapter on
         callbacks=_callbacks(records, evaluate, config, total, show_progress),
         constraint=constraint,
         choice_temperature=config.choice_temperature,
@@ -449,6 +473,21 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
     return TrainResult(out=out, adapter=adapter, steps=total, dev_before=dev_before, dev_after=dev_after,
                        seconds=time.perf_counter() - started, best_adapter=out / "best-adapter" if has_best else None,
                        best_step=best["step"], dev_best=best["scores"])
+
+
+def _warm_started(model, tokenizer, episodes, lora, config: TrainConfig, out: Path, device: str):
+    """The base model with the supervised warm start's adapter: trained now, or read back when a run resumes."""
+    from edge.train.sft import warm_start
+
+    saved = out / "sft-adapter"
+    if (saved / "adapter_model.safetensors").is_file():
+        from peft import PeftModel
+
+        log.info("warm start: reusing %s", saved)
+        return PeftModel.from_pretrained(model, str(saved), is_trainable=True), []
+    return warm_start(model, tokenizer, episodes, lora, steps=config.sft_steps,
+                      learning_rate=config.sft_learning_rate, batch_size=config.sft_batch_size, seed=config.seed,
+                      out=out, use_cpu=device == "cpu", bf16=config.dtype == "bfloat16")
 
 
 def read_adapter_meta(adapter: Path | str) -> dict[str, Any]:

@@ -92,6 +92,7 @@ def render_report(results: dict[str, Any]) -> str:
             label = f"**{_category_label(results, key)}**" if key == "overall" else _category_label(results, key)
             cells = [name, label, str(scores.get("n", MISSING))] + [_pct(scores.get(m)) for m in metrics]
             lines.append("| " + " | ".join(cells) + " |")
+    lines += _split_section(results, metrics)
     lines += _facts_section(results)
     lines += [
         "",
@@ -117,6 +118,22 @@ def render_report(results: dict[str, Any]) -> str:
     lines += ["", "Systems:", ""]
     lines += [f"- `{name}`: {s['summary']}" for name, s in results["systems"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _split_section(results: dict[str, Any], metrics: list[str]) -> list[str]:
+    """Scores on the questions `edge train` holds out (dev: every fifth) beside those it may train on."""
+    if not any(s.get("split") for s in results["systems"].values()):
+        return []  # results written before the split was recorded
+    lines = ["", "## Dev and trained questions", "",
+             "`edge train` never trains on the dev questions (every fifth, `edge.locomo.dev_question`); a model "
+             "tuned to this conversation does better on the others than on them.", ""]
+    header = ["system", "questions", "n"] + [METRIC_LABELS[m] for m in metrics]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, system in results["systems"].items():
+        for key, scores in (system.get("split") or {}).items():
+            cells = [name, key, str(scores.get("n", MISSING))] + [_pct(scores.get(m)) for m in metrics]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _facts_row(name: str, facts: dict[str, Any] | None) -> str:

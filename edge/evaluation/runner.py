@@ -44,7 +44,8 @@ from typing import Any, Callable, Sequence
 from edge.errors import EdgeError
 from edge.evaluation.scoring import LLMJudge, lexical_scores, locomo_f1
 from edge.evaluation.systems import BANK_USER, SYSTEMS, EvalContext, System, make_system
-from edge.locomo import CATEGORY_NAMES, QA, Conversation, LocoTurn, Session, load_locomo
+from edge.generation import GenerationConfig
+from edge.locomo import CATEGORY_NAMES, QA, Conversation, LocoTurn, Session, dev_question, load_locomo
 
 DEFAULT_SYSTEMS = ("full-context", "rag-turns", "manager-prompted", "bundle")
 METRICS = ("f1", "locomo_f1", "bleu1", "em", "judge", "evidence_recall", "evidence_recall_episodic",
@@ -359,9 +360,22 @@ class LocomoRun:
 
     # ------------------------------------------------------------------ settings file
 
+    @property
+    def generation(self) -> GenerationConfig:
+        """The decoding settings this evaluation runs with: the bundle's, with the context's own window and k.
+
+        `EvalContext` loads the answer model with the bundle's settings and
+        an `n_ctx` / `answer_k` of the evaluation's choosing; this is that
+        one object, recorded whole in the run's fingerprint.
+        """
+        ctx = self.context
+        return ctx.bundle.generation.override(n_ctx=ctx.n_ctx, answer_k=ctx.answer_k, answer_tokens=ctx.answer_tokens,
+                                              text_mode=ctx.text_mode)
+
     def fingerprint(self) -> dict[str, Any]:
-        """What must not change between a run and its resumption."""
+        """What must not change between a run and its resumption (the decoding settings among it)."""
         bundle = self.context.bundle
+        generation = self.generation
         model, _ = bundle.role("answer")
         model_key = model.relative_to(bundle.root).as_posix() if model.is_relative_to(bundle.root) else str(model)
         return {
@@ -371,10 +385,11 @@ class LocomoRun:
             "model_sha256": bundle.manifest.get("files", {}).get(model_key, {}).get("sha256"),
             "adapters": sorted(bundle.adapter_paths()),
             "prompt_version": bundle.prompt_version,
-            "repeat_penalty": bundle.repeat_penalty,
-            "n_ctx": self.context.n_ctx,
-            "answer_k": self.context.answer_k,
-            "answer_tokens": self.context.answer_tokens,
+            "repeat_penalty": generation.repeat_penalty,
+            "n_ctx": generation.n_ctx,
+            "answer_k": generation.answer_k,
+            "answer_tokens": generation.answer_tokens,
+            "generation": generation.to_manifest(),
             "sessions": self.settings.sessions,
         }
 
@@ -594,6 +609,10 @@ def summarise_system(name: str, rows: list[dict[str, Any]], ingest: list[dict[st
     for category in sorted({r["category"] for r in rows}):
         by_category[str(category)] = _scores([r for r in rows if r["category"] == category], kinds)
     by_category["overall"] = _scores(rows, kinds)
+    # Questions `edge train` holds out (every fifth) apart from those it may train on, so a model tuned to
+    # this conversation shows its gap.
+    split = {"dev": _scores([r for r in rows if dev_question(r["qa_index"])], kinds),
+             "trained": _scores([r for r in rows if not dev_question(r["qa_index"])], kinds)}
     turn_seconds = [r["seconds"] for r in ingest]
     answer_seconds = [r["seconds"] for r in rows]
     prompt_tokens = [r["prompt_tokens"] for r in rows]
@@ -601,6 +620,7 @@ def summarise_system(name: str, rows: list[dict[str, Any]], ingest: list[dict[st
     return {
         "summary": cls.summary,
         "categories": by_category,
+        "split": split,
         "turns": len(ingest),
         "questions": len(rows),
         "answer_errors": sum(1 for r in rows if r.get("error")),

@@ -1,0 +1,181 @@
+"""Learned vs untrained agents, measured on the path a user runs: llama.cpp with the GGUF LoRA adapter.
+
+For each training seed: the recipe of `train/configs/<config>.toml` (the
+supervised warm start, then GRPO when the config asks for steps), its
+adapter converted to a GGUF LoRA (`edge.export.gguf.lora_to_gguf`), then the
+base model and each adapter answer the held-out synthetic **test** split
+(test seed range: never trained on, never tuned on) on llama.cpp, greedy,
+under the runtime's JSON schema, as `edge chat` would:
+
+- Manager: operation accuracy (kinds and target ids), accuracy per gold
+  operation, the confusion matrix, clause-selection precision and recall,
+  and downstream answer EM (the reply applied to the bank before the turn,
+  the frozen candidate reader answers the turn's questions);
+- Answer Agent: EM and F1 on the test questions over the gold banks.
+
+Seeds give mean and spread (max - min); the gain is compared with the
+spread.
+
+    python bench/bench_learned.py --agent manager --seeds 0 1 2
+    python bench/bench_learned.py --agent answer --seeds 0 1 2
+    python bench/bench_learned.py --agent manager --seeds 0 --sft-steps 2 --test-conversations 1   # smoke
+
+Writes bench/results/learned_<agent>.json; the runs (adapters, curves) stay in runs/learned/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def served_replies(backend, episodes, *, adapter: str | None, max_tokens: int) -> list[str]:
+    """Each episode's reply on llama.cpp: its runtime messages and schema, greedy, with `adapter` (None: base)."""
+    from edge.backends.base import Message
+
+    replies = []
+    for i, episode in enumerate(episodes, start=1):
+        messages = [Message(m["role"], m["content"]) for m in episode.messages()]
+        replies.append(backend.complete(messages, schema=episode.schema(), max_tokens=max_tokens, temperature=0.0,
+                                        adapter=adapter).text)
+        print(f"\r  {adapter or 'base'} {i}/{len(episodes)}", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    return replies
+
+
+def score(agent: str, episodes, replies, embedder) -> dict:
+    if agent == "manager":
+        from edge.train.evaluate import score_manager_replies
+        from edge.train.rewards import CandidateReader
+
+        return score_manager_replies(episodes, replies, CandidateReader(k=60), embedder)
+    from edge.evaluation.scoring import exact_match, f1_score
+    from edge.prompts import parse_answer_output
+
+    answers = [parse_answer_output(r, e.shown_ids).answer for e, r in zip(episodes, replies)]
+    return {"n": len(episodes),
+            "em": statistics.fmean(exact_match(a, e.answer) for a, e in zip(answers, episodes)),
+            "f1": statistics.fmean(f1_score(a, e.answer) for a, e in zip(answers, episodes))}
+
+
+def finished_run(out: Path) -> dict:
+    """What a finished run recorded: dev scores before training and at its end, steps, and the time between."""
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [r for r in rows if r["kind"] in ("dev", "sft")]
+    best = out / "best-adapter" / "edge-adapter.json"
+    return {"seconds": round(evaluated[-1]["time"] - evaluated[0]["time"], 1),  # training and the last dev check
+            "steps": json.loads((out / "adapter" / "edge-adapter.json").read_text()).get("steps"),
+            "dev_before": evaluated[0], "dev_after": evaluated[-1],
+            "best_step": json.loads(best.read_text()).get("steps") if best.is_file() else None}
+
+
+def spread(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values),
+            "spread": max(values) - min(values), "values": values}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agent", choices=("manager", "answer"), default="manager")
+    parser.add_argument("--config", default=None, help="training config (default: smollm2-135m-<agent>)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--sft-steps", type=int, default=None, help="warm-start steps (default: the config's)")
+    parser.add_argument("--steps", type=int, default=None, help="GRPO steps (default: the config's)")
+    parser.add_argument("--test-conversations", type=int, default=12)
+    parser.add_argument("--locomo", default=str(ROOT.parent / "shared" / "data" / "locomo" / "conv-26.json"),
+                        help="LoCoMo file for configs that train on it")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "learned")
+    parser.add_argument("--retrain", action="store_true", help="train again even where a run has finished")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from edge.bundle import Bundle
+    from edge.export.gguf import lora_to_gguf
+    from edge.train.config import load_config
+    from edge.train.episodes import synthetic_answer_episodes, synthetic_manager_episodes
+    from edge.train.recipe import load_embedder
+    from edge.train.synthetic import generate
+    from edge.train.trainer import train
+
+    config_name = args.config or f"smollm2-135m-{args.agent}"
+    overrides = {k: v for k, v in (("sft_steps", args.sft_steps), ("steps", args.steps)) if v is not None}
+    overrides["data.locomo_path"] = args.locomo
+    base_config = load_config(config_name, **overrides)
+    embedder = load_embedder(base_config.data.embedder)
+    test_convs = generate("test", args.test_conversations)
+    d = base_config.data
+    if args.agent == "manager":
+        episodes = synthetic_manager_episodes(test_convs, embedder, related_k=d.related_k, text_mode=d.text_mode)
+    else:
+        episodes = synthetic_answer_episodes(test_convs, embedder, k=d.answer_k, text_mode=d.text_mode)
+    print(f"{len(episodes)} test episodes from {len(test_convs)} held-out conversations", file=sys.stderr)
+
+    started = time.perf_counter()
+    adapters: dict[int, Path] = {}
+    training: dict[int, dict] = {}
+    for seed in args.seeds:
+        config = load_config(config_name, seed=seed, **overrides)
+        out = args.runs / f"{args.agent}-seed{seed}"
+        t0 = time.perf_counter()
+        if (out / "adapter" / "edge-adapter.json").is_file() and not args.retrain:
+            training[seed] = finished_run(out)  # trained earlier (e.g. seeds run in parallel): measured as it is
+        else:
+            result = train(config, out=out, resume=True, show_progress=False)
+            training[seed] = {"seconds": round(time.perf_counter() - t0, 1), "best_step": result.best_step,
+                              "dev_before": result.dev_before, "dev_after": result.dev_after}
+        chosen = out / "best-adapter" if (out / "best-adapter").is_dir() else out / "adapter"
+        gguf = out / f"{args.agent}.gguf"
+        if not gguf.is_file() or args.retrain:
+            base_dir = Path(json.loads((chosen / "adapter_config.json").read_text())["base_model_name_or_path"])
+            lora_to_gguf(chosen, base_dir, gguf)
+        adapters[seed] = gguf
+        training[seed]["adapter"] = str(chosen)
+        print(f"seed {seed}: trained ({training[seed].get('seconds')} s)", file=sys.stderr)
+
+    bundle = Bundle.resolve(None)
+    model, _ = bundle.role(args.agent)
+    backend_adapters = {f"seed{s}": path for s, path in adapters.items()}
+    from edge.backends.llama_cpp import LlamaCppBackend
+
+    max_tokens = 224 if args.agent == "manager" else 96
+    with LlamaCppBackend(model, n_ctx=bundle.n_ctx, adapters=backend_adapters,
+                         repeat_penalty=bundle.repeat_penalty) as backend:
+        before = score(args.agent, episodes, served_replies(backend, episodes, adapter=None, max_tokens=max_tokens),
+                       embedder)
+        after = {s: score(args.agent, episodes, served_replies(backend, episodes, adapter=f"seed{s}",
+                                                               max_tokens=max_tokens), embedder)
+                 for s in args.seeds}
+    keys = ("op_accuracy", "answer", "clause_precision", "clause_recall") if args.agent == "manager" else ("em", "f1")
+    results = {
+        "bench": f"learned_{args.agent}",
+        "what": f"{args.agent}: untrained SmolLM2-135M-Instruct vs its LoRA adapters (one per training seed), "
+                "served on llama.cpp with the default bundle's model, held-out synthetic test split",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "config": config_name, "overrides": overrides,
+        "test": {"conversations": args.test_conversations, "episodes": len(episodes)},
+        "before": before,
+        "after": {str(s): v for s, v in after.items()},
+        "summary": {k: {"before": before.get(k), "after": spread([after[s][k] for s in args.seeds])}
+                    for k in keys if before.get(k) is not None},
+        "training": {str(s): v for s, v in training.items()},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    out_path = args.out or RESULTS / f"learned_{args.agent}.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results["summary"], indent=2))
+    print(f"wrote {out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
