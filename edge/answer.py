@@ -20,7 +20,7 @@ from typing import Any
 from edge.backends.base import Backend
 from edge.bank import Memory, MemoryBank
 from edge.errors import ModelOutputError
-from edge.generation import GenerationConfig
+from edge.generation import GenerationConfig, Setting
 from edge.manager import adapter_for, shown_memories, to_messages
 from edge.prompts import (
     CORE_MEMORY_CHARS,
@@ -111,41 +111,14 @@ class AnswerAgent:
             answer_k=k, answer_tokens=memory_tokens, answer_max_tokens=max_tokens, text_mode=text_mode)
         self.context_tokens = context_tokens or backend.n_ctx
 
-    @property
-    def k(self) -> int:
-        """Memories retrieved per question (`generation.answer_k`)."""
-        return self.generation.answer_k
+    k = Setting("answer_k", "Memories retrieved per question (`generation.answer_k`).")
+    memory_tokens = Setting("answer_tokens", "The most tokens the memory lines may take (`generation.answer_tokens`).")
+    max_tokens = Setting("answer_max_tokens", "The reply budget, in tokens (`generation.answer_max_tokens`).")
+    text_mode = Setting("text_mode", '"extractive" or "free" (`generation.text_mode`).')
 
-    @k.setter
-    def k(self, value: int) -> None:
-        self.generation = self.generation.override(answer_k=value)
 
-    @property
-    def memory_tokens(self) -> int:
-        """The most tokens the memory lines may take (`generation.answer_tokens`)."""
-        return self.generation.answer_tokens
 
-    @memory_tokens.setter
-    def memory_tokens(self, value: int) -> None:
-        self.generation = self.generation.override(answer_tokens=value)
 
-    @property
-    def max_tokens(self) -> int:
-        """The reply budget, in tokens (`generation.answer_max_tokens`)."""
-        return self.generation.answer_max_tokens
-
-    @max_tokens.setter
-    def max_tokens(self, value: int) -> None:
-        self.generation = self.generation.override(answer_max_tokens=value)
-
-    @property
-    def text_mode(self) -> str:
-        """"extractive" or "free" (`generation.text_mode`)."""
-        return self.generation.text_mode
-
-    @text_mode.setter
-    def text_mode(self, value: str) -> None:
-        self.generation = self.generation.override(text_mode=value)
 
     def answer(self, bank: MemoryBank, question: str, *, user: str | None = None, k: int | None = None) -> AnswerResult:
         """Retrieve memories (hybrid search) and answer from them: `retrieve`, then `answer_from`."""

@@ -144,3 +144,22 @@ def _coerce(name: str, value: Any) -> Any:
     if name in _FLOATS and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
+
+
+class Setting:
+    """An attribute of an agent that reads, and overrides, one field of the agent's `generation`.
+
+    `MemoryManager.max_tokens`, `AnswerAgent.k` and the like: assigning one
+    replaces the agent's `generation` with a copy (`override`), so the
+    object the agent decodes with stays the one place its settings live.
+    """
+
+    def __init__(self, field: str, doc: str = "") -> None:
+        self.field = field
+        self.__doc__ = doc or f"`generation.{field}`"
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        return self if obj is None else getattr(obj.generation, self.field)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.generation = obj.generation.override(**{self.field: value})

@@ -33,7 +33,7 @@ from typing import Any
 from edge.backends.base import Backend, Message
 from edge.bank import Memory, MemoryBank
 from edge.errors import BackendError, EdgeError, ModelOutputError
-from edge.generation import GenerationConfig
+from edge.generation import GenerationConfig, Setting
 from edge.operations import AddOp, AppliedOp, Op, SupersedeOp
 from edge.prompts import (
     DEFAULT_DELETE_CAP,
@@ -231,23 +231,10 @@ class MemoryManager:
         self.generation = (generation or GenerationConfig()).override(manager_max_tokens=max_tokens,
                                                                        text_mode=text_mode)
 
-    @property
-    def max_tokens(self) -> int:
-        """The reply budget, in tokens (`generation.manager_max_tokens`)."""
-        return self.generation.manager_max_tokens
+    max_tokens = Setting("manager_max_tokens", "The reply budget, in tokens (`generation.manager_max_tokens`).")
+    text_mode = Setting("text_mode", '"extractive" or "free" (`generation.text_mode`).')
 
-    @max_tokens.setter
-    def max_tokens(self, value: int) -> None:
-        self.generation = self.generation.override(manager_max_tokens=value)
 
-    @property
-    def text_mode(self) -> str:
-        """"extractive" or "free" (`generation.text_mode`)."""
-        return self.generation.text_mode
-
-    @text_mode.setter
-    def text_mode(self, value: str) -> None:
-        self.generation = self.generation.override(text_mode=value)
 
     def related(self, turn: Turn, user: str | None = None) -> list[Memory]:
         """Current facts the model should see for this turn: the closest ones, core facts first."""

@@ -152,9 +152,9 @@ def test_summary_statistics_without_a_model() -> None:
     assert _recall([], ["D1:1"]) is None
     assert _recall(["D1:1", "D2:2"], ["D2:2", "D3:3"]) == 0.5
     rows = [
-        {"category": 4, "f1": 1.0, "bleu1": 1.0, "em": 1.0, "evidence_recall": 1.0, "seconds": 1.0,
+        {"qa_index": 10, "category": 4, "f1": 1.0, "bleu1": 1.0, "em": 1.0, "evidence_recall": 1.0, "seconds": 1.0,
          "prompt_tokens": 100, "shown": 5},
-        {"category": 1, "f1": 0.0, "bleu1": 0.0, "em": 0.0, "evidence_recall": None, "seconds": 3.0,
+        {"qa_index": 11, "category": 1, "f1": 0.0, "bleu1": 0.0, "em": 0.0, "evidence_recall": None, "seconds": 3.0,
          "prompt_tokens": 300, "shown": 5, "error": "unparsable"},
     ]
     summary = summarise_system("rag-turns", rows, [{"turn": "D1:1", "seconds": 0.5}],
@@ -164,6 +164,7 @@ def test_summary_statistics_without_a_model() -> None:
     assert overall["judge"] is None
     assert summary["categories"]["1"]["f1"] == 0.0 and summary["answer_errors"] == 1
     assert summary["answer_s"]["p50"] == 2.0 and summary["prompt_tokens"]["mean"] == 200
+    assert summary["split"]["dev"]["f1"] == 1.0 and summary["split"]["trained"]["f1"] == 0.0  # question 10 is dev
 
 
 def test_the_eval_command_runs_a_system_and_rewrites_its_report(tmp_path: Path, default_bundle) -> None:

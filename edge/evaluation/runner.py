@@ -611,8 +611,9 @@ def summarise_system(name: str, rows: list[dict[str, Any]], ingest: list[dict[st
     by_category["overall"] = _scores(rows, kinds)
     # Questions `edge train` holds out (every fifth) apart from those it may train on, so a model tuned to
     # this conversation shows its gap.
-    split = {"dev": _scores([r for r in rows if dev_question(r["qa_index"])], kinds),
-             "trained": _scores([r for r in rows if not dev_question(r["qa_index"])], kinds)}
+    indexed = [r for r in rows if isinstance(r.get("qa_index"), int)]
+    split = {"dev": _scores([r for r in indexed if dev_question(r["qa_index"])], kinds),
+             "trained": _scores([r for r in indexed if not dev_question(r["qa_index"])], kinds)}
     turn_seconds = [r["seconds"] for r in ingest]
     answer_seconds = [r["seconds"] for r in rows]
     prompt_tokens = [r["prompt_tokens"] for r in rows]
