@@ -22,11 +22,15 @@ def _require_training_extra() -> None:
 
 @click.group()
 def train() -> None:
-    """Fine-tune the Memory Manager or the Answer Agent with GRPO + LoRA.
+    """Fine-tune the Memory Manager or the Answer Agent: LoRA, a warm start, then GRPO.
 
-    Rollouts are decoded under the same JSON schemas the runtime uses, and
-    the prompts are the runtime's own (edge.prompts), so a trained adapter
-    is served with what it was trained on. A run writes checkpoints (it
+    A config's `sft_steps` first fit the adapter to the episodes' gold
+    replies (TRL's SFT trainer); `steps` of GRPO then train it on its
+    reward. Episodes use the runtime's prompts (edge.prompts), action space
+    (clauses of the turn, spans of what is shown) and grammar (the GBNF
+    llama.cpp serves with, run by llguidance), so a trained adapter is
+    served with what it was trained on. Every fifth LoCoMo question is held
+    out for dev. A run writes checkpoints (it
     resumes when started again with the same --out), metrics.jsonl/csv, a
     curve.png, and OUT/adapter/ with edge-adapter.json (prompt version and
     base model).
@@ -40,7 +44,9 @@ def train() -> None:
 
 def _options(fn):
     fn = click.option("--config", "config_name", required=True, help=CONFIG_HELP)(fn)
-    fn = click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps [default: the config's].")(fn)
+    fn = click.option("--steps", type=click.IntRange(min=1), default=None, help="GRPO steps [default: the config's].")(fn)
+    fn = click.option("--sft-steps", type=click.IntRange(min=0), default=None,
+                      help="Warm-start steps before GRPO [default: the config's].")(fn)
     fn = click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
                       help="Run folder [default: runs/<agent>]. An unfinished run in it is resumed.")(fn)
     fn = click.option("--base", default=None, help="Base model: 'bundled', a .gguf, a folder or a hub id.")(fn)
@@ -52,13 +58,13 @@ def _options(fn):
     return fn
 
 
-def _run(agent: str, config_name: str, steps: int | None, out: Path | None, base: str | None,
-         locomo_path: str | None, seed: int | None, fresh: bool, quiet: bool) -> None:
+def _run(agent: str, config_name: str, steps: int | None, sft_steps: int | None, out: Path | None,
+         base: str | None, locomo_path: str | None, seed: int | None, fresh: bool, quiet: bool) -> None:
     _require_training_extra()
     from edge.train import load_config
     from edge.train import train as run_training
 
-    config = load_config(config_name, base=base, seed=seed, **{"data.locomo_path": locomo_path})
+    config = load_config(config_name, base=base, seed=seed, sft_steps=sft_steps, **{"data.locomo_path": locomo_path})
     if config.agent != agent:
         raise click.UsageError(f"The config {config_name!r} trains the {config.agent}; use `edge train {config.agent}`.")
     out = out or Path("runs") / agent
