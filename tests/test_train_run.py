@@ -121,8 +121,10 @@ def test_a_warm_start_then_grpo_continues_on_the_warm_started_adapter(tmp_path: 
     from safetensors.torch import load_file
 
     config = tmp_path / "tiny-manager.toml"
+    # GRPO at learning rate 0: its adapter must come out as the warm start left it (a fresh LoRA has B = 0).
     config.write_text(TINY_MANAGER_TOML.replace("steps = 5  # --steps 2 overrides it",
-                                                "steps = 1\nsft_steps = 2\nsft_batch_size = 2"))
+                                                "steps = 1\nsft_steps = 2\nsft_batch_size = 2")
+                      .replace("learning_rate = 4e-4", "learning_rate = 0.0"))
     run = tmp_path / "manager"
     result = train(load_config(config), out=run, show_progress=False)
     rows = _rows(run)
@@ -131,5 +133,5 @@ def test_a_warm_start_then_grpo_continues_on_the_warm_started_adapter(tmp_path: 
     final = load_file(str(result.adapter / "adapter_model.safetensors"))
     b_keys = [k for k in warm if "lora_B" in k]
     assert b_keys and all(float(warm[k].abs().sum()) > 0 for k in b_keys)  # B starts at zero: SFT moved it
-    for key in b_keys:  # one GRPO step moves the warm-started weights a little; a fresh LoRA would be ~zero
-        assert float((final[key] - warm[key]).norm()) < 0.5 * float(warm[key].norm())
+    assert set(final) == set(warm)
+    assert all(bool((final[key] == warm[key]).all()) for key in warm)
