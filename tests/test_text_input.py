@@ -133,3 +133,16 @@ def test_keyword_search_finds_a_word_inside_devanagari_and_cjk_text(bank: Memory
     chinese = bank.add(SCRIPTS["chinese"]).id
     assert hindi in [h.memory.id for h in bank.search("माया", mode="keyword")]
     assert chinese in [h.memory.id for h in bank.search("里斯本", mode="keyword")]
+
+
+def test_json_output_stays_utf8_when_an_argument_holds_bytes_that_are_not(tmp_path: Path, default_bundle) -> None:
+    """`remember --json` refuses a turn of undecodable bytes and says so in JSON that `json.loads` reads."""
+    junk = b"junk \x97\xff\xfe bytes"
+    done = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "remember", junk, "--json", "--db", str(tmp_path / "bank.db"),
+         "--bundle", str(default_bundle.root)],
+        capture_output=True, timeout=300, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    text = done.stdout.decode("utf-8")  # raises on invalid UTF-8
+    document = json.loads(text)
+    assert done.returncode == 1 and "not text" in json.dumps(document)
+    assert "\\udc97" in text  # the undecodable byte, escaped

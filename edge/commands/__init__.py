@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -103,3 +105,19 @@ def model_options(*, generation: bool = True, answer_k: bool = True):
         return wrapper
 
     return decorate
+
+
+def json_text(document: Any) -> str:
+    """`document` as the JSON a `--json` command prints: UTF-8 text kept as written.
+
+    A character no UTF-8 can encode (an undecodable byte of a command-line
+    argument, which Python keeps as a lone surrogate) is written as a
+    `\\uXXXX` escape instead, so the output is always valid UTF-8 and valid
+    JSON for `jq` or `json.loads`.
+    """
+    text = json.dumps(document, indent=2, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(document, indent=2)
+    return text

@@ -1,13 +1,12 @@
 """`edge remember`, `edge ask`, `edge run`: the agents without the chat app."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from edge.bundle import DEFAULT_GENERATION
-from edge.commands import db_option, json_option, model_options, user_option
+from edge.commands import db_option, json_option, json_text, model_options, user_option
 from edge.errors import EdgeError
 
 
@@ -56,7 +55,7 @@ def remember(texts, speaker, when, source, db, user, as_json) -> None:
     with open_agent(source, db, user) as agent:
         outcomes = list(play(agent, lines, speaker=speaker or user))
     if as_json:
-        click.echo(json.dumps([remembered_json(o) for o in outcomes], indent=2, ensure_ascii=False))
+        click.echo(json_text([remembered_json(o) for o in outcomes]))
     else:
         for outcome in outcomes:
             click.echo("\n".join(describe_line(outcome, "turn")))
@@ -88,7 +87,7 @@ def ask(question, k, show_memories, source, db, user, as_json) -> None:
     with open_agent(source, db, user) as agent:
         result = agent.ask(question, k=k)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        click.echo(json_text(result.to_dict()))
         return
     click.echo(result.answer)
     if show_memories:
@@ -164,13 +163,13 @@ def run_script(script, source, db, user, as_json) -> None:
             raise
         document = {"script": str(script), "lines": [line_json(o) for o in outcomes],
                     "summary": summary_json(outcomes), "error": {"message": exc.message, "hint": exc.hint}}
-        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+        click.echo(json_text(document))
         raise click.exceptions.Exit(1) from exc
     summary = summary_json(outcomes)
     if as_json:
         document = {"script": str(script), "lines": [line_json(o) for o in outcomes], "summary": summary,
                     "error": None}
-        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+        click.echo(json_text(document))
     else:
         click.echo(f"{len(outcomes)} lines: " + ", ".join(f"{n} {status}" for status, n in summary.items()))
     if summary["refused"] or summary["failed"]:

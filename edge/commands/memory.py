@@ -1,14 +1,13 @@
 """`edge memory ...`: read and change the memory bank by hand."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from edge import paths
 from edge.bank import MIN_SIMILARITY, SCOPES, HistoryEntry, Memory, MemoryBank, SearchHit
-from edge.commands import db_option, json_option, user_option
+from edge.commands import db_option, json_option, json_text, user_option
 from edge.operations import TIERS
 
 
@@ -28,7 +27,7 @@ def open_bank(db: Path | None, user: str, *, create: bool = True) -> MemoryBank:
 
 def _emit(data, as_json: bool, human) -> None:
     if as_json:
-        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        click.echo(json_text(data))
     else:
         human()
 
