@@ -246,6 +246,9 @@ _REPLACEMENTS = {"am": "{} is", "have": "{} has", "was": "{} was", "will": "{} w
                  "i": "{}", "me": "{}", "my": "{}'s"}  # fmt: skip
 
 
+_SELF_NAMES = frozenset({"me", "i", "myself"})
+
+
 def first_person_to_name(text: str, speaker: str) -> str:
     """`text` with the speaker's first person replaced by their name, all else verbatim.
 
@@ -254,9 +257,12 @@ def first_person_to_name(text: str, speaker: str) -> str:
     I'd -> Speaker would. Case-insensitive, whole words only ("i.e." and
     "Oh my" are left alone); "we"/"our" stay, since they name no one person.
     An empty speaker is written "User". Verb agreement is not repaired
-    ("Tomas now work").
+    ("Tomas now work"). A speaker called "me" or "I" (edge's default user,
+    who has given no name) keeps the first person: "me's sister" names no one.
     """
     name = speaker.strip() or "User"
+    if name.lower() in _SELF_NAMES:
+        return text
 
     def replace(match: re.Match[str]) -> str:
         return _REPLACEMENTS[match.lastgroup or "i"].format(name)

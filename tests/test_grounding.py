@@ -100,6 +100,13 @@ def test_a_user_speaker_is_named_too() -> None:
     assert first_person_to_name("I'm Tomas.", "") == "User is Tomas."
 
 
+def test_the_default_user_keeps_the_first_person() -> None:
+    """edge's default user is called "me": "me's sister" and "me now work" would name no one."""
+    assert first_person_to_name("My sister Ines is visiting; I now work at the library.", "me") == (
+        "My sister Ines is visiting; I now work at the library.")
+    assert "My sister Ines is visiting in May" in clauses("My sister Ines is visiting in May; she is vegetarian.", "me")
+
+
 # --------------------------------------------------------------------------- clauses
 
 
