@@ -39,12 +39,11 @@ RESULTS = ROOT / "bench" / "results"
 
 def served_replies(backend, episodes, *, adapter: str | None, max_tokens: int) -> list[str]:
     """Each episode's reply on llama.cpp: its runtime messages and schema, greedy, with `adapter` (None: base)."""
-    from edge.backends.base import Message
+    from edge.manager import to_messages
 
     replies = []
     for i, episode in enumerate(episodes, start=1):
-        messages = [Message(m["role"], m["content"]) for m in episode.messages()]
-        replies.append(backend.complete(messages, schema=episode.schema(), max_tokens=max_tokens, temperature=0.0,
+        replies.append(backend.complete(to_messages(episode.messages()), schema=episode.schema(), max_tokens=max_tokens, temperature=0.0,
                                         adapter=adapter).text)
         print(f"\r  {adapter or 'base'} {i}/{len(episodes)}", end="", file=sys.stderr)
     print(file=sys.stderr)
@@ -146,9 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     backend_adapters = {f"seed{s}": path for s, path in adapters.items()}
     from edge.backends.llama_cpp import LlamaCppBackend
 
-    max_tokens = 224 if args.agent == "manager" else 96
-    with LlamaCppBackend(model, n_ctx=bundle.n_ctx, adapters=backend_adapters,
-                         repeat_penalty=bundle.repeat_penalty) as backend:
+    generation = bundle.generation  # decoded as the bundle serves its roles
+    max_tokens = generation.manager_max_tokens if args.agent == "manager" else generation.answer_max_tokens
+    with LlamaCppBackend(model, n_ctx=generation.n_ctx, adapters=backend_adapters,
+                         repeat_penalty=generation.repeat_penalty) as backend:
         before = score(args.agent, episodes, served_replies(backend, episodes, adapter=None, max_tokens=max_tokens),
                        embedder)
         after = {s: score(args.agent, episodes, served_replies(backend, episodes, adapter=f"seed{s}",
@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         "before": before,
         "after": {str(s): v for s, v in after.items()},
         "summary": {k: {"before": before.get(k), "after": spread([after[s][k] for s in args.seeds])}
-                    for k in keys if before.get(k) is not None},
+                    for k in keys  # a metric with nothing to measure (no clause written) is None: left out
+                    if before.get(k) is not None and all(after[s].get(k) is not None for s in args.seeds)},
         "training": {str(s): v for s, v in training.items()},
         "seconds": round(time.perf_counter() - started, 1),
     }

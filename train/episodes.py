@@ -189,20 +189,23 @@ class AnswerEpisode:
         }
 
 
+def closest_by_f1(texts: Sequence[str], answers: Sequence[str]) -> str | None:
+    """The text with the highest token F1 against any of `answers`, the shortest of equals (None: none overlaps)."""
+    scored = [(max(f1_score(t, a) for a in answers), -len(t), t) for t in texts] if answers else []
+    best = max(scored, default=(0.0, 0, None))
+    return best[2] if best[0] > 0 else None
+
+
 def best_span(spans: Sequence[str], answer: str) -> str:
     """The span closest to `answer` by token F1, the shortest of equals; "unknown" when none overlaps."""
     if answer.strip().lower() == UNKNOWN:
         return UNKNOWN
-    scored = [(f1_score(span, answer), -len(span), span) for span in spans if span != UNKNOWN]
-    best = max(scored, default=(0.0, 0, UNKNOWN))
-    return best[2] if best[0] > 0 else UNKNOWN
+    return closest_by_f1([s for s in spans if s != UNKNOWN], [answer]) or UNKNOWN
 
 
 def evidence_clause(candidates: Sequence[str], questions: Sequence[dict[str, Any]]) -> str | None:
     """The clause with the highest token F1 against any of the questions' answers (None: none shares a word)."""
-    scored = [(max(f1_score(c, str(q["answer"])) for q in questions), -len(c), c) for c in candidates] if questions else []
-    best = max(scored, default=(0.0, 0, None))
-    return best[2] if best[0] > 0 else None
+    return closest_by_f1(candidates, [str(q["answer"]) for q in questions])
 
 
 def gold_clause(candidates: Sequence[str], value: str) -> str | None:
@@ -360,10 +363,6 @@ def synthetic_answer_episodes(conversations: Iterable[SynthConversation], embedd
 
 
 # --------------------------------------------------------------------------- LoCoMo
-
-
-def _turn_memory(speaker: str, text: str, when: str, dia_id: str) -> tuple[str, str, str]:
-    return (dia_id, f"{speaker}: {text}", when)
 
 
 def locomo_manager_episodes(conversations: Sequence[Any], embedder: Embedder, *, related_k: int = RELATED_K,

@@ -91,7 +91,7 @@ def operation_report(episodes: Sequence[ManagerEpisode], replies: Sequence[str])
 
     confusion: dict[str, dict[str, int]] = {}
     right: dict[str, list[float]] = defaultdict(list)
-    chosen = hits = gold_total = found = 0
+    chosen = hits = gold_total = 0
     for episode, reply in zip(episodes, replies):
         parse = parse_manager_output(reply, episode.shown_ids)
         predicted = "INVALID" if not parse.ok else (parse.ops[0].op if parse.ops else "NOOP")
@@ -109,12 +109,11 @@ def operation_report(episodes: Sequence[ManagerEpisode], replies: Sequence[str])
         chosen += len(written)
         hits += len(written & gold_texts)
         gold_total += len(gold_texts)
-        found += len(written & gold_texts)
     return {
         "per_op_accuracy": {op: _mean(right[op]) for op in OPERATIONS if right.get(op)},
         "confusion": confusion,
         "clause_precision": hits / chosen if chosen else None,
-        "clause_recall": found / gold_total if gold_total else None,
+        "clause_recall": hits / gold_total if gold_total else None,
     }
 
 

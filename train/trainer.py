@@ -392,9 +392,8 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
         target_modules=list(config.lora.target_modules), task_type="CAUSAL_LM",
         layers_to_transform=list(range(n_layers - top, n_layers)) if top and top < n_layers else None,
     )
-    sft_losses: list[float] = []
     if config.sft_steps:
-        model, sft_losses = _warm_started(model, tokenizer, data.train, lora, config, out, device)
+        model, _ = _warm_started(model, tokenizer, data.train, lora, config, out, device)
         if last is None:
             sft_scores = evaluate(model, 0, kind="sft")
             if (sft_scores.get(best_metric) or float("-inf")) > best["value"]:  # the warm start beat the base
@@ -408,7 +407,8 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
             records.plot(f"{config.agent}: {base.name}")
             return TrainResult(out=out, adapter=adapter, steps=0, dev_before=dev_before,
                                dev_after=sft_scores if last is None else {}, seconds=time.perf_counter() - started,
-                               best_adapter=None, best_step=None, dev_best={})
+                               best_adapter=out / "best-adapter" if best["step"] is not None else None,
+                               best_step=best["step"], dev_best=best["scores"])
     args = GRPOConfig(
         output_dir=str(checkpoints),
         max_steps=total,

@@ -375,7 +375,8 @@ class LlamaCppBackend(Backend):
             vocab = llm._model.vocab
             n_out, finish = 0, "length"
             self.last_prompt_eval_tokens = None
-            choice = self._choice(schema) if grammar is not None and temperature == 0.0 and self.fast_grammar else None
+            greedy_grammar = grammar is not None and temperature == 0.0 and self.fast_grammar
+            choice = self._choice(schema) if greedy_grammar else None
             head, settled = (choice[0].prefix, choice[0].settled(choice[0].prefix)) if choice else ("", None)
             if settled is not None:  # one option only: nothing to decode
                 self.last_prompt_eval_tokens = 0
@@ -386,7 +387,7 @@ class LlamaCppBackend(Backend):
                 forced = choice[1]
                 max_tokens = max(0, min(max_tokens, self.n_ctx - len(tokens) - len(forced)))
                 generator = self._greedy_under_grammar(tokens + forced, grammar, forced=len(forced))
-            elif grammar is not None and temperature == 0.0 and self.fast_grammar:
+            elif greedy_grammar:
                 generator = self._greedy_under_grammar(tokens, grammar)
             else:
                 generator = llm.generate(
