@@ -21,6 +21,10 @@ spread.
     python bench/bench_learned.py --agent manager --seeds 0 --sft-steps 2 --test-conversations 1   # smoke
 
 Writes bench/results/learned_<agent>.json; the runs (adapters, curves) stay in runs/learned/.
+With `--ship`, the seed with the best dev score (dev, never test: the test
+split only measures) becomes the adapter edge ships for the default bundle:
+`edge/adapters/<agent>.gguf`, its record `edge/adapters/<agent>.json`, and
+its metrics and curve under bench/results/learned_<agent>_run/.
 """
 from __future__ import annotations
 
@@ -76,6 +80,53 @@ def finished_run(out: Path) -> dict:
             "best_step": json.loads(best.read_text()).get("steps") if best.is_file() else None}
 
 
+def dev_score(agent: str, run: dict) -> float:
+    """The dev score a seed is chosen by: the trained adapter's, as the run chose its best checkpoint."""
+    dev = run["dev_after"]
+    return dev["op_accuracy"] if agent == "manager" else dev.get("em", 0.0)
+
+
+def ship(agent: str, results: dict, runs: Path, command: str) -> Path:
+    """Copy the dev-best seed's GGUF adapter into the package (`edge/adapters/`), with its record and curve."""
+    import shutil
+    from datetime import datetime, timezone
+
+    from edge import __version__
+    from edge.bundle import SHIPPED_ADAPTERS
+    from edge.files import sha256_file
+    from edge.prompts import PROMPT_VERSION
+
+    seed = max(results["training"], key=lambda s: dev_score(agent, results["training"][s]))
+    run = runs / f"{agent}-seed{seed}"
+    gguf = run / f"{agent}.gguf"
+    SHIPPED_ADAPTERS.mkdir(exist_ok=True)
+    target = SHIPPED_ADAPTERS / f"{agent}.gguf"
+    shutil.copyfile(gguf, target)
+    meta = json.loads((Path(results["training"][seed]["adapter"]) / "edge-adapter.json").read_text())
+    record = {
+        "agent": agent,
+        "command": command,
+        "seed": int(seed),
+        "chosen_by": "dev score of the trained adapter (manager: operation accuracy; answer: EM), best of the seeds",
+        "gguf_sha256": sha256_file(target),
+        "base": meta["base"], "base_sha256": meta["base_sha256"],
+        "prompt_version": PROMPT_VERSION, "edge_version": __version__,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": meta["config"],
+        "dev_before": meta["dev_before"], "dev": meta["dev"],
+        "test_before": results["before"], "test": results["after"][str(seed)],
+        "training_seconds": results["training"][seed].get("seconds"),
+    }
+    target.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    curve = RESULTS / f"learned_{agent}_run"
+    curve.mkdir(parents=True, exist_ok=True)
+    for name in ("metrics.jsonl", "metrics.csv", "curve.png", "config.json"):
+        if (run / name).is_file():
+            shutil.copyfile(run / name, curve / name)
+    print(f"shipped seed {seed}: {target} ({target.stat().st_size // 1024} KiB)")
+    return target
+
+
 def spread(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "min": min(values), "max": max(values),
             "spread": max(values) - min(values), "values": values}
@@ -94,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "learned")
     parser.add_argument("--retrain", action="store_true", help="train again even where a run has finished")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--ship", action="store_true",
+                        help="make the dev-best seed's adapter the one edge ships (edge/adapters/<agent>.gguf)")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -167,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         "summary": {k: {"before": before.get(k), "after": spread([after[s][k] for s in args.seeds])}
                     for k in keys  # a metric with nothing to measure (no clause written) is None: left out
                     if before.get(k) is not None and all(after[s].get(k) is not None for s in args.seeds)},
+        "per_op_accuracy": {op: {"before": before["per_op_accuracy"].get(op),
+                                 "after": spread([after[s]["per_op_accuracy"][op] for s in args.seeds])}
+                            for op in before.get("per_op_accuracy", {})
+                            if all(after[s]["per_op_accuracy"].get(op) is not None for s in args.seeds)},
         "training": {str(s): v for s, v in training.items()},
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -175,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     out_path.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results["summary"], indent=2))
     print(f"wrote {out_path}")
+    if args.ship:
+        ship(args.agent, results, args.runs, "python bench/bench_learned.py " + " ".join(argv or sys.argv[1:]))
     return 0
 
 

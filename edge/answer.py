@@ -50,7 +50,9 @@ class AnswerResult:
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     raw: str = ""
-    supported: bool = True  # the answer is "unknown" or a span of a memory (or date) it was shown
+    # The answer is "unknown" or a span of a memory (or date) it was shown: it is grounded in the bank, which is
+    # not the same as right (a span of the wrong memory is supported too).
+    supported: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (what `edge ask --json` prints)."""

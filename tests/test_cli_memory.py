@@ -64,3 +64,29 @@ def test_errors_are_one_clear_line_not_a_traceback(tmp_path: Path) -> None:
     assert missing.returncode == 1 and "No memory bank" in missing.stderr
     empty = edge("memory", "add", "   ", "--db", str(tmp_path / "x.db"))
     assert empty.returncode == 1 and "empty" in empty.stderr
+
+
+def test_with_json_an_error_is_a_json_object_on_stdout(tmp_path: Path) -> None:
+    db = str(tmp_path / "x.db")
+    empty = edge("memory", "add", "   ", "--db", db, "--json")
+    assert empty.returncode == 1 and "empty" in json.loads(empty.stdout)["error"]
+    assert "empty" in empty.stderr  # and still the line a person reads
+    negative = edge("memory", "list", "--limit", "-1", "--db", db, "--json")
+    assert negative.returncode == 2 and "--limit" in json.loads(negative.stdout)["error"]
+    assert edge("memory", "history", "--limit", "0", "--db", db).returncode == 2
+
+
+def test_a_db_path_with_no_bank_yet_is_announced(tmp_path: Path) -> None:
+    db = tmp_path / "new" / "bank.db"
+    first = edge("memory", "add", "I grow tomatoes", "--db", str(db))
+    assert first.returncode == 0 and "new memory bank" in first.stderr and str(db) in first.stderr
+    second = edge("memory", "add", "I grow peppers", "--db", str(db))
+    assert second.returncode == 0 and "new memory bank" not in second.stderr
+
+
+def test_history_names_the_turn_a_change_came_from_in_words() -> None:
+    from edge.commands.memory import _turn_label
+
+    reference = json.dumps({"id": "t3", "speaker": "Maya", "time": "3 May 2023", "text": "I moved to Oslo."})
+    assert _turn_label(reference) == "turn t3, Maya, 3 May 2023"
+    assert _turn_label("cli") == "turn cli"

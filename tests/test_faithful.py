@@ -249,3 +249,17 @@ def test_the_pieces_of_a_long_turn_never_store_one_fact_twice(bank: MemoryBank) 
     result = manager(bank, *[reply({"op": "ADD", "text": fact})] * pieces).process(turn)
     assert [m.text for m in facts(bank)] == [fact]
     assert [reason for _, reason in result.rejected] == ["the same text is written twice in one turn"] * (pieces - 1)
+
+
+def test_the_same_words_about_another_day_are_a_new_fact(bank: MemoryBank) -> None:
+    said = "I went to the dentist yesterday."
+    first = manager(bank, reply({"op": "ADD", "text": said}), text_mode="free", check_schema=False).process(
+        Turn("Tomas", said, "2025-03-02 10:00"))
+    assert len(first.applied) == 1  # the fact, dated 1 March (the log entry is kept apart)
+    again = manager(bank, reply({"op": "ADD", "text": said}), text_mode="free", check_schema=False).process(
+        Turn("Tomas", said, "2025-03-02 18:00"))
+    assert any("already stored" in reason for _, reason in again.rejected)  # the same day: the same visit
+    later = manager(bank, reply({"op": "ADD", "text": said}), text_mode="free", check_schema=False).process(
+        Turn("Tomas", said, "2025-03-09 10:00"))
+    assert later.rejected == [] and len(later.applied) == 1
+    assert sorted(m.event_time[:10] for m in facts(bank)) == ["2025-03-01", "2025-03-08"]

@@ -123,7 +123,8 @@ def test_a_warm_start_then_grpo_continues_on_the_warm_started_adapter(tmp_path: 
     config = tmp_path / "tiny-manager.toml"
     # GRPO at learning rate 0: its adapter must come out as the warm start left it (a fresh LoRA has B = 0).
     config.write_text(TINY_MANAGER_TOML.replace("steps = 5  # --steps 2 overrides it",
-                                                "steps = 1\nsft_steps = 2\nsft_batch_size = 2")
+                                                "steps = 1\nsft_steps = 2\nsft_batch_size = 2\n"
+                                                "sft_loss_tokens = \"choices\"")
                       .replace("learning_rate = 4e-4", "learning_rate = 0.0"))
     run = tmp_path / "manager"
     result = train(load_config(config), out=run, show_progress=False)

@@ -140,6 +140,12 @@ class TrainConfig:
         "Supervised warm-start steps on the episodes' gold replies before GRPO (TRL SFTTrainer; 0: none).", 0)
     sft_learning_rate: float = _help("Learning rate of the warm start (LoRA weights).", 2e-4)
     sft_batch_size: int = _help("Episodes per warm-start step.", 8)
+    sft_loss_tokens: str = _help(
+        "Gold reply tokens the warm start learns: 'all' (TRL's completion-only loss) or 'choices', only those at "
+        "the schema's branch points (which operation, id, clause), the tokens served decoding decides; the rest "
+        "the grammar forces. With 'all' the clause's copied tokens outweigh the operation ~20 to 1 and the "
+        "135M Manager learned the operations' marginal, not which turn calls for which "
+        "(bench/results/learned_manager_sft.json).", "all")
     learning_rate: float = _help("AdamW learning rate (LoRA weights).", 1e-5)
     lr_scheduler: str = _help("transformers scheduler name ('linear', 'constant', 'cosine', ...).", "linear")
     warmup_steps: int = _help("Linear warm-up steps.", 0)
@@ -179,8 +185,9 @@ class TrainConfig:
         if self.temperature <= 0:
             raise ConfigError("temperature must be > 0 for rollouts (greedy rollouts are all the same).",
                               hint="Memory-R1 samples rollouts at 1.0")
-        if self.loss_tokens not in ("all", "choices"):
-            raise ConfigError(f"loss_tokens must be 'all' or 'choices', not {self.loss_tokens!r}.")
+        for name in ("loss_tokens", "sft_loss_tokens"):
+            if getattr(self, name) not in ("all", "choices"):
+                raise ConfigError(f"{name} must be 'all' or 'choices', not {getattr(self, name)!r}.")
         if self.choice_temperature < 1.0:
             raise ConfigError("choice_temperature must be >= 1.0 (1.0 leaves rollouts as sampled).")
         if self.dtype not in ("float32", "bfloat16", "float16"):

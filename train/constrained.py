@@ -199,6 +199,24 @@ class SchemaConstraint:
         return matcher.validate_tokens(list(token_ids)) == len(token_ids) and matcher.consume_tokens(
             list(token_ids)) and matcher.is_accepting()
 
+    def choice_flags(self, schema: dict[str, Any], token_ids: Sequence[int]) -> list[bool]:
+        """For each of a reply's tokens, whether it is taken at a branch point (`branch`) of `schema`'s grammar.
+
+        These are the tokens served decoding decides (which operation, id,
+        clause); every other one the grammar forces. Raises `ValueError`
+        when the grammar refuses a token (the reply is not one the runtime
+        could produce).
+        """
+        matcher = self.matcher(schema)
+        flags = []
+        for position, token in enumerate(token_ids):
+            if matcher.is_stopped():
+                raise ValueError(f"the reply goes on after the grammar ended it (token {position})")
+            flags.append(self.branch(self.masks([matcher])[0])[0])
+            if not matcher.consume_token(token):
+                raise ValueError(f"the grammar refuses token {position} ({token}) of the reply")
+        return flags
+
     def masks(self, matchers: Sequence[Any]) -> np.ndarray:
         """The tokens each matcher allows next, as a (rows, vocab) boolean array."""
         import llguidance

@@ -9,12 +9,19 @@ its steps finding the format and collapsed onto one operation
 policy that already picks each operation (DeepSeek-R1 and Memory-R1's
 successors warm-start the same way).
 
-Rows are TRL's conversational prompt-completion format: the prompt is the
-episode's runtime messages (`edge.prompts`), the completion the gold reply
-as `json.dumps` writes it (`ManagerEpisode.gold_reply`,
-`AnswerEpisode.gold_reply`), so the loss is on the reply tokens only
-(`completion_only_loss`). The chat template is the tokenizer's own, the one
-llama.cpp reads from the GGUF at run time.
+Rows are the episode's runtime messages (`edge.prompts`) as the prompt and
+the gold reply as `json.dumps` writes it (`ManagerEpisode.gold_reply`,
+`AnswerEpisode.gold_reply`) as the completion. With `loss_tokens="all"`
+they are TRL's conversational prompt-completion rows and the loss is on
+every reply token (`completion_only_loss`). With `"choices"` (the shipped
+configs) they are tokenized here and labelled only at the grammar's branch
+points (`SchemaConstraint.choice_flags`): the operation, the id, the
+clause's distinguishing tokens. Served decoding is constrained to the same
+grammar, so those are the only tokens the model decides; a loss on the
+others (mostly a clause copied from the turn, ~20 tokens to the
+operation's 1) taught the 135M Manager the operations' marginal and not
+which turn calls for which. The chat template is the tokenizer's own, the
+one llama.cpp reads from the GGUF at run time.
 """
 from __future__ import annotations
 
@@ -36,18 +43,48 @@ def sft_rows(episodes: Sequence[Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def decision_rows(episodes: Sequence[Any], tokenizer, constraint) -> list[dict[str, list[int]]]:
+    """Tokenized rows, `input_ids` and `labels`, labelled (not -100) only at the reply's branch-point tokens.
+
+    `constraint`: an `edge.train.constrained.SchemaConstraint` for
+    `tokenizer`. The prompt is the chat template's text tokenized as the
+    rollouts tokenize it; the reply ends with the end-of-turn token.
+    Raises `ValueError` when a gold reply is not in its schema's grammar.
+    """
+    from edge.train.base_model import render_chat
+
+    rows = []
+    for episode in episodes:
+        reply = episode.gold_reply()
+        if not reply:
+            continue
+        prompt = tokenizer(render_chat(tokenizer, episode.messages()), add_special_tokens=False)["input_ids"]
+        completion = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        flags = constraint.choice_flags(episode.schema(), completion)
+        rows.append({"input_ids": prompt + completion,
+                     "labels": [-100] * len(prompt) + [t if f else -100 for t, f in zip(completion, flags)]})
+    return rows
+
+
 def warm_start(model, tokenizer, episodes: Sequence[Any], lora, *, steps: int, learning_rate: float,
-               batch_size: int, seed: int, out: Path, use_cpu: bool, bf16: bool = False):
+               batch_size: int, seed: int, out: Path, use_cpu: bool, bf16: bool = False,
+               loss_tokens: str = "all", constraint: Any = None):
     """`model` with a LoRA adapter (`lora`, a peft `LoraConfig`) fitted to the episodes' gold replies.
 
-    Returns the peft model (adapter trainable, for GRPO to continue).
-    Raises `ValueError` when no episode has a gold reply. `steps` optimiser
+    Returns (the peft model, adapter trainable for GRPO to continue; the
+    per-step losses). Raises `ValueError` when no episode has a gold reply,
+    or with `loss_tokens="choices"` and no `constraint`. `steps` optimiser
     steps of `batch_size` rows; the adapter is saved to `out`.
     """
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    rows = sft_rows(episodes)
+    if loss_tokens == "choices":
+        if constraint is None:
+            raise ValueError("loss_tokens='choices' needs the schema constraint that finds the branch points")
+        rows = decision_rows(episodes, tokenizer, constraint)
+    else:
+        rows = sft_rows(episodes)
     if not rows:
         raise ValueError("no episode has a gold reply to learn from")
     args = SFTConfig(
@@ -57,7 +94,7 @@ def warm_start(model, tokenizer, episodes: Sequence[Any], lora, *, steps: int, l
         lr_scheduler_type="constant",
         per_device_train_batch_size=batch_size,
         completion_only_loss=True,
-        max_length=2048,
+        max_length=None if loss_tokens == "choices" else 2048,  # a cut row could lose its labelled tokens
         packing=False,
         logging_steps=1,
         save_strategy="no",
@@ -73,6 +110,7 @@ def warm_start(model, tokenizer, episodes: Sequence[Any], lora, *, steps: int, l
                          peft_config=lora)
     trainer.train()
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-    log.info("SFT: %d rows, %d steps, loss %.3f -> %.3f", len(rows), steps, losses[0], losses[-1])
-    trainer.model.save_pretrained(str(out / "sft-adapter"))
+    log.info("SFT (%s tokens): %d rows, %d steps, loss %.3f -> %.3f", loss_tokens, len(rows), steps, losses[0],
+             losses[-1])
+    trainer.save_model(str(out / "sft-adapter"))  # rank 0 only under `accelerate launch`
     return trainer.model, losses

@@ -51,6 +51,13 @@ class TrainResult:
     dev_best: dict[str, Any] = field(default_factory=dict)
 
 
+def is_main_process() -> bool:
+    """True in a plain run and on rank 0 under `accelerate launch`: only it evaluates and writes the run's files."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
 # --------------------------------------------------------------------------- TRL with constrained rollouts
 
 
@@ -138,6 +145,7 @@ class RunRecords:
     def __init__(self, out: Path) -> None:
         self.out = out
         self.jsonl = out / "metrics.jsonl"
+        self.writes = is_main_process()  # the other ranks of a multi-GPU run keep no records
         self.rows: list[dict[str, Any]] = []
         if self.jsonl.is_file():
             self.rows = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
@@ -145,6 +153,8 @@ class RunRecords:
     def add(self, row: dict[str, Any]) -> None:
         """Append a row; a dev row replaces an earlier one of the same step (a run resumed at its last
         step evaluates that step again)."""
+        if not self.writes:
+            return
         if row.get("kind") == "dev":
             self._keep([r for r in self.rows if not (r.get("kind") == "dev" and r.get("step") == row.get("step"))])
         self.rows.append(row)
@@ -153,11 +163,16 @@ class RunRecords:
         self._write_csv()
 
     def truncate_after(self, step: int) -> None:
-        """Forget rows past `step` (a resumed run redoes them)."""
-        self._keep([r for r in self.rows if r.get("step", 0) <= step])
+        """Forget GRPO's rows past `step` (a resumed run redoes them); step -1 forgets every row.
+
+        The warm start's rows ("sft_train", "sft") count their own steps and
+        stay while the run resumes from its saved warm-start adapter.
+        """
+        self._keep([r for r in self.rows
+                    if r.get("step", 0) <= step or (step >= 0 and r.get("kind") in ("sft_train", "sft"))])
 
     def _keep(self, kept: list[dict[str, Any]]) -> None:
-        if len(kept) != len(self.rows):
+        if self.writes and len(kept) != len(self.rows):
             self.rows = kept
             self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in kept))
             self._write_csv()
@@ -177,11 +192,16 @@ class RunRecords:
             writer.writerows(self.rows)
 
     def plot(self, title: str) -> Path | None:
-        return plot_curve(self.rows, self.out / "curve.png", title)
+        return plot_curve(self.rows, self.out / "curve.png", title) if self.writes else None
 
 
 def plot_curve(rows: list[dict[str, Any]], path: Path, title: str) -> Path | None:
-    """Training reward per step (and its moving average) above dev scores per step."""
+    """Training signal per optimiser step above dev scores, the warm start's steps first, then GRPO's.
+
+    Top: the warm start's loss (rows of kind "sft_train") and GRPO's
+    reward with its moving mean; bottom: the dev scores before training,
+    after the warm start and at GRPO's evaluations.
+    """
     try:
         import matplotlib
 
@@ -189,28 +209,38 @@ def plot_curve(rows: list[dict[str, Any]], path: Path, title: str) -> Path | Non
         import matplotlib.pyplot as plt
     except ImportError:
         return None
+    warm = [r for r in rows if r.get("kind") == "sft_train" and r.get("loss") is not None]
+    offset = max((r["step"] for r in warm), default=0)  # GRPO's step 1 comes after the warm start's last
     train = [r for r in rows if r.get("kind") == "train" and r.get("reward") is not None]
-    dev = [r for r in rows if r.get("kind") == "dev"]
+    dev = [r for r in rows if r.get("kind") in ("dev", "sft")]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    if warm:
+        top.plot([r["step"] for r in warm], [r["loss"] for r in warm], "-", color="tab:gray",
+                 label="warm-start loss (decision tokens)")
     if train:
-        steps = [r["step"] for r in train]
+        steps = [offset + r["step"] for r in train]
         values = [r["reward"] for r in train]
-        top.plot(steps, values, ".", alpha=0.35, label="reward (per step)")
+        top.plot(steps, values, ".", alpha=0.35, label="GRPO reward (per step)")
         window = max(1, len(values) // 10)
         smooth = [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1])
                   for i in range(len(values))]
         top.plot(steps, smooth, "-", label=f"moving mean ({window})")
         if any("reward_std" in r for r in train):
             top.plot(steps, [r.get("reward_std", math.nan) for r in train], ":", label="reward std (in groups)")
-    top.set_ylabel("training reward")
-    top.legend(loc="best", fontsize=8)
+    top.set_ylabel("training loss / reward")
+    if warm or train:
+        top.legend(loc="best", fontsize=8)
     top.set_title(title)
+
+    def x(row: dict[str, Any]) -> int:
+        return offset if row["kind"] == "sft" else (row["step"] + offset if row["step"] else 0)
+
     for key, label in (("op_accuracy", "operation accuracy"), ("answer", "answer score (reader)"),
                        ("em", "answer EM"), ("f1", "answer F1"), ("format", "format score")):
-        points = [(r["step"], r[key]) for r in dev if r.get(key) is not None]
+        points = sorted((x(r), r[key]) for r in dev if r.get(key) is not None)
         if points:
             bottom.plot(*zip(*points), "o-", label=label)
-    bottom.set_xlabel("step")
+    bottom.set_xlabel("optimiser step (warm start, then GRPO)")
     bottom.set_ylabel("dev (greedy)")
     bottom.set_ylim(-0.02, 1.02)
     bottom.legend(loc="best", fontsize=8)
@@ -313,7 +343,11 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
     records = RunRecords(out)
     metric = answer_metric(config)
 
+    main = is_main_process()
+
     def evaluate(current_model, step: int, kind: str = "dev") -> dict[str, Any]:
+        if not main:  # rank 0 evaluates; the others wait for it at the next step's gradient exchange
+            return {}
         was_training = current_model.training
         current_model.eval()
         try:
@@ -339,6 +373,8 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
         return scores
 
     def write_meta(folder: Path, step: int, scores: dict[str, Any]) -> None:
+        if not main:
+            return
         meta = {
             "agent": config.agent,
             "prompt_version": PROMPT_VERSION,
@@ -393,7 +429,9 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
         layers_to_transform=list(range(n_layers - top, n_layers)) if top and top < n_layers else None,
     )
     if config.sft_steps:
-        model, _ = _warm_started(model, tokenizer, data.train, lora, config, out, device)
+        model, losses = _warm_started(model, tokenizer, data.train, lora, config, out, device, constraint)
+        for step, loss in enumerate(losses, start=1):
+            records.add({"kind": "sft_train", "step": step, "loss": loss})
         if last is None:
             sft_scores = evaluate(model, 0, kind="sft")
             if (sft_scores.get(best_metric) or float("-inf")) > best["value"]:  # the warm start beat the base
@@ -402,7 +440,8 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
                 write_meta(out / "best-adapter", 0, sft_scores)
         if not config.steps:
             adapter = out / "adapter"
-            model.save_pretrained(str(adapter))
+            if main:
+                model.save_pretrained(str(adapter))
             write_meta(adapter, 0, sft_scores if last is None else {})
             records.plot(f"{config.agent}: {base.name}")
             return TrainResult(out=out, adapter=adapter, steps=0, dev_before=dev_before,
@@ -466,7 +505,8 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
 
     dev_after = evaluate(trainer.model, total)
     adapter = out / "adapter"
-    trainer.model.save_pretrained(str(adapter))
+    if main:
+        trainer.model.save_pretrained(str(adapter))
     write_meta(adapter, total, dev_after)
     records.plot(f"{config.agent}: {base.name}")
     has_best = best["step"] is not None and (out / "best-adapter").is_dir()
@@ -475,7 +515,7 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
                        best_step=best["step"], dev_best=best["scores"])
 
 
-def _warm_started(model, tokenizer, episodes, lora, config: TrainConfig, out: Path, device: str):
+def _warm_started(model, tokenizer, episodes, lora, config: TrainConfig, out: Path, device: str, constraint):
     """The base model with the supervised warm start's adapter: trained now, or read back when a run resumes."""
     from edge.train.sft import warm_start
 
@@ -487,7 +527,9 @@ def _warm_started(model, tokenizer, episodes, lora, config: TrainConfig, out: Pa
         return PeftModel.from_pretrained(model, str(saved), is_trainable=True), []
     return warm_start(model, tokenizer, episodes, lora, steps=config.sft_steps,
                       learning_rate=config.sft_learning_rate, batch_size=config.sft_batch_size, seed=config.seed,
-                      out=out, use_cpu=device == "cpu", bf16=config.dtype == "bfloat16")
+                      out=out, use_cpu=device == "cpu", bf16=config.dtype == "bfloat16",
+                      loss_tokens=config.sft_loss_tokens,
+                      constraint=constraint)
 
 
 def read_adapter_meta(adapter: Path | str) -> dict[str, Any]:

@@ -41,6 +41,12 @@ def db_option(fn):
     )(fn)
 
 
+def note_new_bank(db: Path | None) -> None:
+    """Say on stderr that `--db` names no bank yet, so a mistyped path is noticed the first time it is used."""
+    if db is not None and not db.exists():
+        click.secho(f"new memory bank: {db.resolve()} (no file was there)", fg="yellow", err=True)
+
+
 def user_option(fn):
     return click.option("--user", "-u", default=paths.DEFAULT_USER, show_default=True, help="Whose memories.")(fn)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from edge.bundle import DEFAULT_GENERATION
-from edge.commands import db_option, json_option, json_text, model_options, user_option
+from edge.commands import db_option, json_option, json_text, model_options, note_new_bank, user_option
 from edge.errors import EdgeError
 
 
@@ -17,7 +17,17 @@ def open_agent(bundle, db: Path | None, user: str):
 
     if isinstance(bundle, ModelChoice):
         bundle = bundle.open()
+    note_new_bank(db)
     return Agent(bundle=bundle, db=db, user=user)
+
+
+def describe_op(raw) -> str:
+    """A Manager operation as a person reads it: `UPDATE m12 "text"` (not the parsed JSON object)."""
+    if not isinstance(raw, dict):
+        return str(raw)
+    head = " ".join(str(raw[key]) for key in ("op", "id") if raw.get(key))
+    text = raw.get("text")
+    return f'{head} "{text}"' if text else head or str(raw)
 
 
 def describe_turn(result) -> list[str]:
@@ -27,7 +37,7 @@ def describe_turn(result) -> list[str]:
         text = (op.after or {}).get("text") or (op.before or {}).get("text", "")
         lines.append(f"  {op.action:<7} {op.memory_id}  {text}")
     for raw, reason in result.rejected:
-        lines.append(click.style(f"  rejected {raw}: {reason}", fg="yellow"))
+        lines.append(click.style(f"  rejected {describe_op(raw)}: {reason}", fg="yellow"))
     if result.error:
         lines.append(click.style(f"  NOOP ({result.error})", fg="yellow"))
     if not lines:

@@ -1,13 +1,14 @@
 """`edge memory ...`: read and change the memory bank by hand."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
 from edge import paths
 from edge.bank import MIN_SIMILARITY, SCOPES, HistoryEntry, Memory, MemoryBank, SearchHit
-from edge.commands import db_option, json_option, json_text, user_option
+from edge.commands import db_option, json_option, json_text, note_new_bank, user_option
 from edge.operations import TIERS
 
 
@@ -20,6 +21,8 @@ def open_bank(db: Path | None, user: str, *, create: bool = True) -> MemoryBank:
     from edge.onnx_embedder import build_default_minilm, default_minilm_built
 
     path = db or paths.default_db()
+    if create:
+        note_new_bank(db)
     if (create or path.exists()) and not default_minilm_built():
         build_default_minilm()
     return MemoryBank.open(path, user=user, create=create)
@@ -42,10 +45,22 @@ def _line(memory: Memory) -> str:
     return f"{click.style(memory.id, fg='cyan')}  {memory.tier:<9}{when}{who} {memory.text}{gone}"
 
 
+def _turn_label(reference: str) -> str:
+    """The turn a change came from, as a person reads it: `turn t3, Maya, 3 May 2023` (`--json` keeps it whole)."""
+    try:
+        turn = json.loads(reference)
+    except ValueError:
+        return f"turn {reference}"
+    if not isinstance(turn, dict):
+        return f"turn {reference}"
+    parts = [f"turn {turn['id']}" if turn.get("id") else "turn", turn.get("speaker"), turn.get("time")]
+    return ", ".join(str(p) for p in parts if p)
+
+
 def _history_line(entry: HistoryEntry) -> str:
     undone = click.style(f"  (undone by #{entry.undone_by})", fg="yellow") if entry.undone_by else ""
     text = (entry.after or entry.before or {}).get("text", "")
-    turn = f" turn={entry.turn}" if entry.turn else ""
+    turn = f" ({_turn_label(entry.turn)})" if entry.turn else ""
     return f"#{entry.seq:<5} {entry.at[:19]}  {entry.action:<7} {entry.memory_id}  by {entry.actor}{turn}: {text}{undone}"
 
 
@@ -139,7 +154,7 @@ def search(query: str, k: int, mode: str, scope: str, superseded: bool, min_simi
               help="Only this tier: core, semantic (facts), or episodic (every turn, verbatim).")
 @click.option("--deleted", is_flag=True, help="Include deleted memories.")
 @click.option("--superseded", is_flag=True, help="Include facts a later turn superseded.")
-@click.option("--limit", type=int, default=None, help="At most this many.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many.")
 @db_option
 @user_option
 @json_option
@@ -177,7 +192,7 @@ def show(memory_id: str, db: Path | None, user: str, as_json: bool) -> None:
 
 @memory.command()
 @click.argument("memory_id", required=False)
-@click.option("--limit", type=int, default=50, show_default=True, help="Newest rows when no id is given.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Newest rows when no id is given.")
 @db_option
 @user_option
 @json_option

@@ -1,0 +1,77 @@
+"""The default bundle serves the LoRA adapters edge ships, and banks made without them keep working."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from edge.bundle import ADAPTER_ROLES, Bundle, _default_is_current, shipped_adapters, write_manifest
+from edge.manager import MemoryManager, to_messages
+from edge.prompts import ShownMemory, Turn, manager_messages, manager_schema
+
+CHANGE = Turn("Maya", "I don't live in Lisbon anymore, I moved to Oslo.", "10:00 am on 3 May, 2023", "t2")
+SHOWN = [ShownMemory("0", "semantic", "Maya lives in Lisbon.")]
+
+
+def test_edge_ships_an_adapter_for_the_manager_and_the_answer_agent() -> None:
+    shipped = shipped_adapters()
+    assert set(shipped) == set(ADAPTER_ROLES)
+    for path in shipped.values():
+        assert path.read_bytes()[:4] == b"GGUF"
+        record = json.loads(path.with_suffix(".json").read_text())  # how it was trained, and its figures
+        assert record["agent"] == path.stem and record["command"].startswith("python bench/bench_learned.py")
+
+
+def test_the_default_bundle_serves_each_shipped_adapter_on_its_role(default_bundle) -> None:
+    for role, path in shipped_adapters().items():
+        assert default_bundle.role_adapter(role) == role
+        assert default_bundle.role(role)[1].read_bytes() == path.read_bytes()
+        assert default_bundle.role(role)[1].stat().st_nlink == 1  # a copy: nothing writes through to the package
+    assert default_bundle.role_adapter("chat") is None
+    assert _default_is_current(default_bundle)
+
+
+def test_a_default_bundle_with_other_adapters_is_out_of_date(default_bundle, tmp_path: Path) -> None:
+    stale = tmp_path / "stale"
+    shutil.copytree(default_bundle.root, stale)
+    manifest = json.loads((stale / "bundle.json").read_text())
+    manifest["files"]["adapters/manager.gguf"]["sha256"] = "0" * 64
+    (stale / "bundle.json").write_text(json.dumps(manifest))
+    assert not _default_is_current(Bundle.load(stale))
+
+
+def test_the_trained_manager_supersedes_a_changed_fact_where_the_base_model_adds(default_bundle) -> None:
+    """On a turn that changes a fact, the shipped Manager adapter and the base model reply differently."""
+    candidates = MemoryManager(None, None).candidates(CHANGE)  # type: ignore[arg-type]
+    messages = to_messages(manager_messages(CHANGE, SHOWN))
+    schema = manager_schema(["0"], candidates=candidates)
+    with default_bundle.load_backend("manager") as backend:
+        assert set(ADAPTER_ROLES) <= set(backend.adapters)
+        base = backend.complete(messages, schema=schema, max_tokens=96, adapter=None).text
+        trained = backend.complete(messages, schema=schema, max_tokens=96, adapter="manager").text
+    assert json.loads(base)["ops"][0]["op"] == "ADD"
+    assert json.loads(trained)["ops"][0] == {"op": "UPDATE", "id": "0", "text": json.loads(trained)["ops"][0]["text"]}
+    assert json.loads(trained)["ops"][0]["text"] in candidates
+
+
+def test_a_bank_built_with_the_untrained_bundle_keeps_working_with_the_trained_one(default_bundle,
+                                                                                  tmp_path: Path) -> None:
+    from edge.agent import Agent
+
+    untrained = tmp_path / "untrained"
+    shutil.copytree(default_bundle.root, untrained, ignore=shutil.ignore_patterns("adapters", "bundle.json"))
+    manifest = {k: v for k, v in default_bundle.manifest.items() if k not in ("files", "created_at")}
+    manifest["adapters"] = {}
+    manifest["roles"] = {role: {**spec, "adapter": None} for role, spec in manifest["roles"].items()}
+    write_manifest(untrained, manifest)
+    db = tmp_path / "bank.db"
+    with Agent(Bundle.load(untrained), db=db, user="maya") as agent:
+        agent.remember(["I just moved to Oslo for a job at the city library."])
+        facts_before = [m.text for m in agent.bank.list()]
+    with Agent(default_bundle, db=db, user="maya") as agent:
+        assert [m.text for m in agent.bank.list()] == facts_before  # opened as it was: nothing migrated or lost
+        assert any("Oslo" in m.text for m in agent.bank.list(tier="episodic"))
+        result = agent.ask("Where did Maya move?")
+        assert result.error is None
+        agent.remember(["My sister Ines is visiting in May."])
+        assert len(agent.bank.list(tier="episodic")) == 2
