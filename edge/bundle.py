@@ -84,7 +84,7 @@ class Bundle:
     @classmethod
     def load(cls, path: Path | str) -> "Bundle":
         """Read and sanity-check a bundle (structure, files present, sizes); fast, no checksums."""
-        root = Path(path).expanduser()
+        root = Path(path).expanduser().absolute()  # errors name the folder wherever the command ran
         manifest_path = root / MANIFEST
         if not root.is_dir():
             raise BundleError(f"No bundle folder at {root}.", hint="Build one with `edge bundle build-default` or `edge export`.")
@@ -374,7 +374,7 @@ def shipped_adapters() -> dict[str, Path]:
             if (SHIPPED_ADAPTERS / f"{role}.gguf").is_file()}
 
 
-def _default_is_current(existing: "Bundle") -> bool:
+def default_is_current(existing: "Bundle") -> bool:
     """Whether a built default bundle has this edge's prompts, settings, quantisation and shipped adapters."""
 
     quant = existing.manifest.get("models", {}).get("base", {}).get("quantization")
@@ -412,7 +412,7 @@ def build_default(target: Path | None = None, *, force: bool = False, log: Calla
     target = Path(target) if target else paths.default_bundle_dir()
     if target.exists() and not force:
         existing = Bundle.load(target)
-        if _default_is_current(existing):
+        if default_is_current(existing):
             return existing
         log("The default bundle was built by another edge version; rebuilding it with this one's models. "
             "Memory banks are kept as they are.")

@@ -5,7 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
-from edge.bundle import ADAPTER_ROLES, Bundle, _default_is_current, shipped_adapters, write_manifest
+from edge.bundle import ADAPTER_ROLES, Bundle, default_is_current, shipped_adapters, write_manifest
 from edge.manager import MemoryManager, to_messages
 from edge.prompts import ShownMemory, Turn, manager_messages, manager_schema
 
@@ -28,7 +28,7 @@ def test_the_default_bundle_serves_each_shipped_adapter_on_its_role(default_bund
         assert default_bundle.role(role)[1].read_bytes() == path.read_bytes()
         assert default_bundle.role(role)[1].stat().st_nlink == 1  # a copy: nothing writes through to the package
     assert default_bundle.role_adapter("chat") is None
-    assert _default_is_current(default_bundle)
+    assert default_is_current(default_bundle)
 
 
 def test_a_default_bundle_with_other_adapters_is_out_of_date(default_bundle, tmp_path: Path) -> None:
@@ -37,7 +37,7 @@ def test_a_default_bundle_with_other_adapters_is_out_of_date(default_bundle, tmp
     manifest = json.loads((stale / "bundle.json").read_text())
     manifest["files"]["adapters/manager.gguf"]["sha256"] = "0" * 64
     (stale / "bundle.json").write_text(json.dumps(manifest))
-    assert not _default_is_current(Bundle.load(stale))
+    assert not default_is_current(Bundle.load(stale))
 
 
 def test_the_trained_manager_supersedes_a_changed_fact_where_the_base_model_adds(default_bundle) -> None:
@@ -75,3 +75,16 @@ def test_a_bank_built_with_the_untrained_bundle_keeps_working_with_the_trained_o
         assert result.error is None
         agent.remember(["My sister Ines is visiting in May."])
         assert len(agent.bank.list(tier="episodic")) == 2
+
+
+def test_bundle_show_lists_the_adapter_of_each_role(default_bundle) -> None:
+    import os
+    import subprocess
+    import sys
+
+    shown = subprocess.run([sys.executable, "-m", "edge.cli", "bundle", "show", str(default_bundle.root)],
+                           capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    assert shown.returncode == 0, shown.stderr
+    lines = {line.split()[0]: line for line in shown.stdout.splitlines()[1:] if line.startswith("  ")}
+    assert "LoRA adapters/manager.gguf" in lines["manager"] and "LoRA adapters/answer.gguf" in lines["answer"]
+    assert "no adapter" in lines["chat"]

@@ -253,7 +253,7 @@ class LlamaCppBackend(Backend):
         handle = self._lib.llama_adapter_lora_init(self._llm.model, str(path).encode("utf-8"))
         if not handle:
             raise BackendError(
-                f"llama.cpp could not load the LoRA adapter {path.name}",
+                f"llama.cpp could not load the LoRA adapter {path.absolute()}",
                 hint="an adapter must be a GGUF LoRA made for this base model (convert_lora_to_gguf.py)",
             )
         if name in self._adapters:

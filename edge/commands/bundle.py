@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from edge.commands import json_text
 from edge.errors import BundleError
 
 
@@ -151,14 +152,42 @@ def _server_problems(loaded) -> list[str]:
 
 @bundle.command()
 @click.argument("path", type=click.Path(path_type=Path), required=False)
-def show(path: Path | None) -> None:
-    """Print a bundle's manifest (default: the default bundle)."""
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+def show(path: Path | None, as_json: bool) -> None:
+    """What a bundle serves (default: the default bundle): each role's model and LoRA adapter, the embedder and
+    the decoding settings; --json prints the manifest."""
     from edge import paths
     from edge.bundle import Bundle
 
     target = path or paths.default_bundle_dir()
     if not (target / "bundle.json").exists():
         raise BundleError(f"No bundle at {target}.", hint="Run `edge bundle build-default`.")
-    manifest = dict(Bundle.load(target).manifest)
-    manifest["files"] = f"{len(manifest['files'])} files"
-    click.echo(json.dumps(manifest, indent=2))
+    loaded = Bundle.load(target)
+    manifest = dict(loaded.manifest)
+    if as_json:
+        manifest["files"] = f"{len(manifest['files'])} files"
+        click.echo(json_text(manifest))
+        return
+    click.echo(f"{loaded.name}  ({loaded.root})")
+    if path is None:
+        from edge.bundle import default_is_current
+
+        if not default_is_current(loaded):
+            click.secho("  built by another edge version: the next `edge chat` (or `edge bundle build-default`) "
+                        "rebuilds it with this one's models", fg="yellow")
+    click.echo(f"  backend: {manifest.get('backend')}   prompts: {loaded.prompt_version}")
+    files = manifest.get("files", {})
+    for role, spec in manifest.get("roles", {}).items():
+        model = manifest.get("models", {}).get(spec.get("model"), {})
+        line = f"  {role:<8} {model.get('path', spec.get('model'))}"
+        key = spec.get("adapter")
+        if key:
+            adapter = manifest["adapters"][key]["path"]
+            size = (files.get(adapter) or {}).get("bytes")
+            line += f" + LoRA {adapter}" + (f" ({size / 1024:.0f} KiB)" if size else "")
+        else:
+            line += " (base model, no adapter)"
+        click.echo(line)
+    embedder = manifest.get("embedder") or {}
+    click.echo(f"  embedder: {embedder.get('name')} ({embedder.get('dim')} dims)")
+    click.echo("  generation: " + ", ".join(f"{k}={v}" for k, v in loaded.generation.to_manifest().items()))
