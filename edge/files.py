@@ -38,8 +38,16 @@ def staged_dir(target: Path) -> Iterator[Path]:
 
 
 def link_or_copy(src: str | Path, dst: str | Path) -> None:
-    """Hard-link when the filesystem allows it (big weights cost no space), else copy."""
-    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    """Hard-link when the filesystem allows it (big weights cost no space), else copy; `dst` is replaced.
+
+    An existing `dst` is unlinked first, never written into: it may itself
+    be a hard link, and copying over it would change the file it shares
+    (another bundle's model, or the package's own weights).
+    """
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() or dst.is_symlink():
+        dst.unlink()
     try:
         os.link(src, dst)
     except OSError:

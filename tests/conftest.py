@@ -59,12 +59,14 @@ def default_bundle(minilm):
 
 @pytest.fixture(scope="session")
 def llama_backend(default_bundle):
-    """One llama.cpp backend on the bundled model, shared by the tests that only read from it."""
+    """One llama.cpp backend on the bundled model with the default bundle's adapters, shared by the tests that
+    only read from it (adapter=None asks the base model)."""
     from edge.backends.llama_cpp import LlamaCppBackend
     from edge.prompts import REPEAT_PENALTY
 
     model, _ = default_bundle.role("answer")
-    backend = LlamaCppBackend(model, n_ctx=4096, repeat_penalty=REPEAT_PENALTY)
+    backend = LlamaCppBackend(model, n_ctx=4096, repeat_penalty=REPEAT_PENALTY,
+                              adapters=default_bundle.adapter_paths() or None)
     yield backend
     backend.close()
 

@@ -10,6 +10,7 @@ from bank_file import sql
 
 from edge.agent import Agent
 from edge.backends.scripted import ScriptedBackend
+from edge.bundle import ADAPTER_ROLES
 from edge.bank import MemoryBank
 from edge.bundle import Bundle
 from edge.embedder import HashEmbedder
@@ -93,7 +94,7 @@ def test_delete_cap_holds_when_asked_to_forget_everything(agent: Agent) -> None:
 def test_delete_cap_holds_when_the_manager_tries_to_delete_everything(tmp_path: Path, default_bundle) -> None:
     """Scripted Manager replies that delete every fact shown: at most the cap goes, the rest is refused."""
     tries = json.dumps({"ops": [{"op": "DELETE", "id": str(i)} for i in range(len(FACTS))]})
-    backend = ScriptedBackend([tries, tries, tries], check_schema=False)
+    backend = ScriptedBackend([tries, tries, tries], check_schema=False, adapters=ADAPTER_ROLES)
     with Agent(bundle=default_bundle, db=tmp_path / "bank.db", user="alice", backend=backend) as agent:
         for text in FACTS:
             agent.bank.add(text)

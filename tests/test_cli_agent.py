@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from edge.agent import Agent
 from edge.backends.scripted import ScriptedBackend
+from edge.bundle import ADAPTER_ROLES
 from edge.cli import cli
 
 
@@ -19,7 +20,7 @@ def scripted_answers(monkeypatch: pytest.MonkeyPatch, default_bundle, tmp_path: 
     """`edge ask` on the default bundle's embedder and a real bank, with the Answer Agent's replies queued here."""
     import edge.commands.agent as commands
 
-    backend = ScriptedBackend()
+    backend = ScriptedBackend(adapters=ADAPTER_ROLES)
     monkeypatch.setattr(commands, "open_agent", lambda bundle, db, user: Agent(
         bundle=default_bundle, db=db or tmp_path / "bank.db", user=user, backend=backend))
     return backend

@@ -156,9 +156,9 @@ def test_the_default_reward_reader_decodes_as_the_default_bundle(default_bundle)
 # ---------------------------------------------------------------------- adapters named by the roles
 
 
-def _with_manager_adapter(bundle: Bundle) -> dict:
+def _with_manager_adapter(bundle: Bundle, path: str = "adapters/absent.gguf") -> dict:
     manifest = json.loads(json.dumps(bundle.manifest))
-    manifest["adapters"] = {"manager": {"path": "adapters/manager.gguf", "base_model": "base"}}
+    manifest["adapters"] = {**manifest.get("adapters", {}), "manager": {"path": path, "base_model": "base"}}
     manifest["roles"]["manager"] = {"model": "base", "adapter": "manager"}
     return manifest
 
@@ -176,12 +176,12 @@ def test_a_bundle_naming_a_missing_adapter_file_fails_at_load(default_bundle, tm
 
 def test_an_adapter_that_does_not_load_fails_the_agent(default_bundle, tmp_path):
     folder = tmp_path / "copy"
-    bad = folder / "adapters" / "manager.gguf"
-    bad.parent.mkdir(parents=True)
-    bad.write_bytes(b"GGUF" + os.urandom(512))
     for rel in default_bundle.manifest["files"]:
         link_or_copy(default_bundle.root / rel, folder / rel)
-    manifest = {k: v for k, v in _with_manager_adapter(default_bundle).items() if k != "files"}
+    bad = folder / "adapters" / "bad.gguf"
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_bytes(b"GGUF" + os.urandom(512))
+    manifest = {k: v for k, v in _with_manager_adapter(default_bundle, "adapters/bad.gguf").items() if k != "files"}
     write_manifest(folder, manifest)
     with pytest.raises(BackendError, match="could not load the LoRA adapter"):
         Agent(bundle=Bundle.load(folder), db=tmp_path / "bank.db")
@@ -201,8 +201,10 @@ def test_a_backend_without_the_named_adapter_is_an_error_not_the_base_model(defa
 
 
 def test_roles_without_adapters_are_served_by_the_base_model(default_bundle, tmp_path):
+    manifest = json.loads(json.dumps(default_bundle.manifest))
+    manifest["roles"] = {role: {**spec, "adapter": None} for role, spec in manifest["roles"].items()}
     backend = ScriptedBackend(['{"ops": [{"op": "NOOP"}]}'], check_schema=False)
-    with Agent(bundle=default_bundle, db=tmp_path / "bank.db", backend=backend) as agent:
+    with Agent(bundle=Bundle(default_bundle.root, manifest), db=tmp_path / "bank.db", backend=backend) as agent:
         assert agent.manager.adapter is None and agent.answerer.adapter is None
         agent.remember(["I like tea."])
     assert backend.calls[0]["adapter"] is None

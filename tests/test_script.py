@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from edge.agent import Agent
 from edge.backends.scripted import ScriptedBackend
+from edge.bundle import ADAPTER_ROLES
 from edge.bank import MemoryBank
 from edge.cli import cli
 from edge.errors import BackendError
@@ -34,7 +35,7 @@ def scripted_agent(monkeypatch: pytest.MonkeyPatch, default_bundle, tmp_path: Pa
 
     def open_agent(bundle, db, user):
         return Agent(bundle=default_bundle, db=db or tmp_path / "bank.db", user=user,
-                     backend=RoleBackend(check_schema=False))
+                     backend=RoleBackend(check_schema=False, adapters=ADAPTER_ROLES))
 
     monkeypatch.setattr(commands, "open_agent", open_agent)
 
@@ -150,7 +151,7 @@ def test_a_failing_model_fails_its_line_and_the_next_lines_still_run(tmp_path: P
             return super().complete(messages, schema=schema, **kwargs)
 
     monkeypatch.setattr(commands, "open_agent", lambda bundle, db, user: Agent(
-        bundle=default_bundle, db=tmp_path / "bank.db", user=user, backend=FailsOnce(check_schema=False)))
+        bundle=default_bundle, db=tmp_path / "bank.db", user=user, backend=FailsOnce(check_schema=False, adapters=ADAPTER_ROLES)))
     script = write(tmp_path / "s.txt", "Ana: I play the cello.", "Ana: I also sing.", "? What does Ana play?")
     out = CliRunner().invoke(cli, ["run", str(script), "--json"])
     document = json.loads(out.stdout)

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from textual.pilot import Pilot
 
 from edge.backends.scripted import ScriptedBackend
+from edge.bundle import ADAPTER_ROLES
 from edge.bank import MemoryBank
 from edge.tui.app import EdgeChatApp
 from edge.tui.chat_screen import ChatScreen
@@ -78,7 +79,7 @@ def change_lines(app: EdgeChatApp) -> list[str]:
 
 
 def scripted(default_bundle, tmp_path: Path, replies: list[str], backend: ScriptedBackend | None = None) -> EdgeChatApp:
-    backend = backend or ScriptedBackend(replies)
+    backend = backend or ScriptedBackend(replies, adapters=ADAPTER_ROLES)
     return EdgeChatApp(ChatConfig(bundle=default_bundle, db=tmp_path / "bank.db", user="alice", backend=backend,
                                    text_mode="free"))
 
@@ -252,7 +253,7 @@ def test_search_box_filters_by_meaning_and_keywords(default_bundle, tmp_path):
 
 def test_escape_cancels_the_reply_being_generated(default_bundle, tmp_path):
     long_reply = " ".join(f"word{i}" for i in range(200))
-    backend = SlowBackend([long_reply, NOOP])
+    backend = SlowBackend([long_reply, NOOP], adapters=ADAPTER_ROLES)
     app = scripted(default_bundle, tmp_path, [], backend)
 
     async def scenario(pilot: Pilot) -> None:
@@ -273,7 +274,7 @@ def test_escape_cancels_the_reply_being_generated(default_bundle, tmp_path):
 
 
 def test_quitting_during_a_reply_stops_it_and_keeps_the_memory_update(default_bundle, tmp_path):
-    backend = SlowBackend([" ".join(["word"] * 200), ADD_LUNA])
+    backend = SlowBackend([" ".join(["word"] * 200), ADD_LUNA], adapters=ADAPTER_ROLES)
     app = scripted(default_bundle, tmp_path, [], backend)
 
     async def scenario(pilot: Pilot) -> None:
@@ -294,7 +295,7 @@ def test_quitting_during_a_reply_stops_it_and_keeps_the_memory_update(default_bu
 
 
 def test_a_model_failure_is_a_message_and_the_chat_goes_on(default_bundle, tmp_path):
-    backend = ScriptedBackend([])  # no replies queued: the backend raises BackendError
+    backend = ScriptedBackend([], adapters=ADAPTER_ROLES)  # no replies queued: the backend raises BackendError
     app = scripted(default_bundle, tmp_path, [], backend)
 
     async def scenario(pilot: Pilot) -> None:
@@ -317,7 +318,7 @@ def test_a_model_failure_is_a_message_and_the_chat_goes_on(default_bundle, tmp_p
 
 
 def test_the_bank_cannot_be_changed_while_a_reply_is_generated(default_bundle, tmp_path):
-    backend = SlowBackend([" ".join(["word"] * 60), NOOP, "state"])
+    backend = SlowBackend([" ".join(["word"] * 60), NOOP, "state"], adapters=ADAPTER_ROLES)
     app = scripted(default_bundle, tmp_path, [], backend)
 
     async def scenario(pilot: Pilot) -> None:
@@ -336,7 +337,7 @@ def test_the_bank_cannot_be_changed_while_a_reply_is_generated(default_bundle, t
 
 
 def test_first_run_builds_the_default_bundle_with_progress(edge_home, default_bundle, tmp_path):
-    app = EdgeChatApp(ChatConfig(db=tmp_path / "bank.db", backend=ScriptedBackend([])))
+    app = EdgeChatApp(ChatConfig(db=tmp_path / "bank.db", backend=ScriptedBackend([], adapters=ADAPTER_ROLES)))
 
     async def scenario(pilot: Pilot) -> None:
         loading = app.screen
@@ -368,6 +369,8 @@ def test_a_model_that_fails_to_load_is_explained(default_bundle, tmp_path):
     broken.mkdir()
     shutil.copy(default_bundle.root / "bundle.json", broken / "bundle.json")
     shutil.copytree(default_bundle.root / "embedder", broken / "embedder")
+    if (default_bundle.root / "adapters").is_dir():
+        shutil.copytree(default_bundle.root / "adapters", broken / "adapters")
     size = (default_bundle.root / "model.gguf").stat().st_size
     with open(broken / "model.gguf", "wb") as handle:  # right size, not a GGUF
         handle.write(b"NOPE")
@@ -392,7 +395,7 @@ def test_a_bank_locked_by_another_process_is_explained(default_bundle, tmp_path,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        app = EdgeChatApp(ChatConfig(bundle=default_bundle, db=db, backend=ScriptedBackend([])))
+        app = EdgeChatApp(ChatConfig(bundle=default_bundle, db=db, backend=ScriptedBackend([], adapters=ADAPTER_ROLES)))
 
         async def scenario(pilot: Pilot) -> None:
             await settle(pilot)
@@ -450,7 +453,7 @@ def test_f2_switches_between_dark_and_light(default_bundle, tmp_path):
 
 
 def test_service_describes_undo_of_each_kind_of_change(default_bundle, tmp_path):
-    service = ChatService(ChatConfig(bundle=default_bundle, db=tmp_path / "bank.db", backend=ScriptedBackend([])))
+    service = ChatService(ChatConfig(bundle=default_bundle, db=tmp_path / "bank.db", backend=ScriptedBackend([], adapters=ADAPTER_ROLES)))
     service.open()
     try:
         [added] = service.add("Alice likes tea")

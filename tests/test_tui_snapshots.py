@@ -14,6 +14,7 @@ from textual.pilot import Pilot
 from textual.widgets import Input
 
 from edge.backends.scripted import ScriptedBackend
+from edge.bundle import ADAPTER_ROLES
 from edge.tui.app import DARK, LIGHT, EdgeChatApp
 from edge.tui.chat_screen import ChatScreen
 from edge.tui.service import ChatConfig
@@ -48,7 +49,7 @@ def chat_app(default_bundle, tmp_path: Path) -> EdgeChatApp:
     backend = ScriptedBackend([
         "Congratulations! Luna is a lovely name. I will remember that, and your peanut allergy.",
         ADD, "Alice adopted Luna; allergic to peanuts.",
-    ])
+    ], adapters=ADAPTER_ROLES)
     return EdgeChatApp(ChatConfig(bundle=default_bundle, db=tmp_path / "bank.db", user="alice", backend=backend,
                                    text_mode="free"))
 

@@ -21,13 +21,24 @@ _WORDS = re.compile(r"\S+\s*|\s+")
 
 
 class ScriptedBackend(Backend):
-    def __init__(self, replies: list[str] | None = None, *, check_schema: bool = True) -> None:
-        """`check_schema=False` plays a server that ignores JSON schemas (output passes unchecked)."""
+    def __init__(self, replies: list[str] | None = None, *, check_schema: bool = True,
+                 adapters: tuple[str, ...] | list[str] = ()) -> None:
+        """`check_schema=False` plays a server that ignores JSON schemas (output passes unchecked).
+
+        `adapters`: the LoRA adapter names it plays as loaded (its replies
+        stand for the adapted model's), e.g. the default bundle's
+        ("manager", "answer"); requests record which one was asked for.
+        """
         self.name = "scripted"
         self.check_schema = check_schema
+        self._adapters = list(adapters)
         self.replies: deque[str] = deque(replies or [])
         self.calls: list[dict] = []  # every request, for assertions in tests
         self.last_completion: Completion | None = None
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(self._adapters)
 
     def add(self, *replies: str) -> None:
         self.replies.extend(replies)
