@@ -15,8 +15,9 @@ def test_shipped_configs_load(name):
     assert (CONFIG_DIR / f"{name}.toml").is_file()
     if name.startswith("qwen"):
         assert (config.dtype, config.device, config.temperature) == ("bfloat16", "cuda", 1.0)
-        assert config.data.source == "locomo" and config.reward.metric == "em"
-    else:
+        assert config.data.source == "both" and config.reward.metric == "em"  # synthetic gold + LoCoMo
+    assert config.sft_steps > 0 and config.sft_loss_tokens == "choices"
+    if not name.startswith("qwen"):
         assert (config.base, config.dtype, config.device) == ("bundled", "float32", "cpu")
 
 
