@@ -47,8 +47,8 @@ def served_replies(backend, episodes, *, adapter: str | None, max_tokens: int) -
 
     replies = []
     for i, episode in enumerate(episodes, start=1):
-        replies.append(backend.complete(to_messages(episode.messages()), schema=episode.schema(), max_tokens=max_tokens, temperature=0.0,
-                                        adapter=adapter).text)
+        replies.append(backend.complete(to_messages(episode.messages()), schema=episode.schema(),
+                                        max_tokens=max_tokens, temperature=0.0, adapter=adapter).text)
         print(f"\r  {adapter or 'base'} {i}/{len(episodes)}", end="", file=sys.stderr)
     print(file=sys.stderr)
     return replies

@@ -376,7 +376,6 @@ def shipped_adapters() -> dict[str, Path]:
 
 def default_is_current(existing: "Bundle") -> bool:
     """Whether a built default bundle has this edge's prompts, settings, quantisation and shipped adapters."""
-
     quant = existing.manifest.get("models", {}).get("base", {}).get("quantization")
     if (existing.prompt_version != PROMPT_VERSION or existing.manifest.get("generation") != DEFAULT_GENERATION
             or quant != DEFAULT_QUANT.upper()):

@@ -343,7 +343,7 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
     records = RunRecords(out)
     metric = answer_metric(config)
 
-    main = is_main_process()
+    main = records.writes  # rank 0 (or the only process)
 
     def evaluate(current_model, step: int, kind: str = "dev") -> dict[str, Any]:
         if not main:  # rank 0 evaluates; the others wait for it at the next step's gradient exchange
