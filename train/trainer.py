@@ -304,8 +304,6 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
     """Train `config.agent` with GRPO + LoRA; everything lands in `out`."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
-    from trl import GRPOConfig
 
     from edge.train import evaluate as ev
     from edge.train.base_model import load_base
@@ -421,13 +419,7 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
         log.info("resuming from %s", last)
     best["value"] = max(best["value"], dev_before.get(best_metric) or float("-inf"))  # must beat the base
 
-    n_layers = model.config.num_hidden_layers
-    top = config.lora.top_layers
-    lora = LoraConfig(
-        r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
-        target_modules=list(config.lora.target_modules), task_type="CAUSAL_LM",
-        layers_to_transform=list(range(n_layers - top, n_layers)) if top and top < n_layers else None,
-    )
+    lora = lora_config(config, model.config.num_hidden_layers)
     if config.sft_steps:
         model, losses = _warm_started(model, tokenizer, data.train, lora, config, out, device, constraint)
         for step, loss in enumerate(losses, start=1):
@@ -448,9 +440,58 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
                                dev_after=sft_scores if last is None else {}, seconds=time.perf_counter() - started,
                                best_adapter=out / "best-adapter" if best["step"] is not None else None,
                                best_step=best["step"], dev_best=best["scores"])
+    dataset = Dataset.from_list([e.row() for e in data.train])
+    trainer = grpo_trainer(
+        config, model, tokenizer, dataset, reward_funcs, weights, constraint, checkpoints=checkpoints, steps=total,
+        device=device, peft_config=None if config.sft_steps else lora,  # after the warm start GRPO trains it on
+        callbacks=_callbacks(records, evaluate, config, total, show_progress))
+    if last is not None and done == total:
+        # Nothing left to train (Trainer would take one more step): evaluate and save the checkpoint's adapter.
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(trainer.model, load_file(str(Path(last) / "adapter_model.safetensors")))
+    else:
+        trainer.train(resume_from_checkpoint=last)
+
+    dev_after = evaluate(trainer.model, total)
+    adapter = out / "adapter"
+    if main:
+        trainer.model.save_pretrained(str(adapter))
+    write_meta(adapter, total, dev_after)
+    records.plot(f"{config.agent}: {base.name}")
+    has_best = best["step"] is not None and (out / "best-adapter").is_dir()
+    return TrainResult(out=out, adapter=adapter, steps=total, dev_before=dev_before, dev_after=dev_after,
+                       seconds=time.perf_counter() - started, best_adapter=out / "best-adapter" if has_best else None,
+                       best_step=best["step"], dev_best=best["scores"])
+
+
+def lora_config(config: TrainConfig, n_layers: int):
+    """The PEFT `LoraConfig` of `config.lora` for a model of `n_layers` layers (`top_layers`: only the last ones)."""
+    from peft import LoraConfig
+
+    top = config.lora.top_layers
+    return LoraConfig(
+        r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+        target_modules=list(config.lora.target_modules), task_type="CAUSAL_LM",
+        layers_to_transform=list(range(n_layers - top, n_layers)) if top and top < n_layers else None,
+    )
+
+
+def grpo_trainer(config: TrainConfig, model, tokenizer, dataset, reward_funcs, weights: list[float], constraint, *,
+                 checkpoints: Path, steps: int, device: str, peft_config=None, callbacks=None):
+    """The TRL `GRPOTrainer` (with constrained rollouts) that `train` runs: `config`'s GRPO settings, one place.
+
+    `dataset`: rows of `Episode.row()` (prompt, schema and the reward's
+    columns); `model` is a PEFT model already (after a warm start) or gets
+    `peft_config`'s LoRA. Also what `bench/bench_train_gpu.py` times, so the
+    step measured is the step trained.
+    """
+    from trl import GRPOConfig
+
     args = GRPOConfig(
         output_dir=str(checkpoints),
-        max_steps=total,
+        max_steps=steps,
         learning_rate=config.learning_rate,
         lr_scheduler_type=config.lr_scheduler,
         warmup_steps=config.warmup_steps,
@@ -481,38 +522,18 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
         dataloader_num_workers=0,
         shuffle_dataset=not config.data.balance_ops,  # balanced episodes come in rounds, already shuffled
     )
-    dataset = Dataset.from_list([e.row() for e in data.train])
-    trainer = _constrained_trainer_class()(
+    return _constrained_trainer_class()(
         model=model,
         reward_funcs=reward_funcs,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=None if config.sft_steps else lora,  # after the warm start GRPO trains its adapter on
-        callbacks=_callbacks(records, evaluate, config, total, show_progress),
+        peft_config=peft_config,
+        callbacks=callbacks,
         constraint=constraint,
         choice_temperature=config.choice_temperature,
         loss_tokens=config.loss_tokens,
     )
-    if last is not None and done == total:
-        # Nothing left to train (Trainer would take one more step): evaluate and save the checkpoint's adapter.
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        set_peft_model_state_dict(trainer.model, load_file(str(Path(last) / "adapter_model.safetensors")))
-    else:
-        trainer.train(resume_from_checkpoint=last)
-
-    dev_after = evaluate(trainer.model, total)
-    adapter = out / "adapter"
-    if main:
-        trainer.model.save_pretrained(str(adapter))
-    write_meta(adapter, total, dev_after)
-    records.plot(f"{config.agent}: {base.name}")
-    has_best = best["step"] is not None and (out / "best-adapter").is_dir()
-    return TrainResult(out=out, adapter=adapter, steps=total, dev_before=dev_before, dev_after=dev_after,
-                       seconds=time.perf_counter() - started, best_adapter=out / "best-adapter" if has_best else None,
-                       best_step=best["step"], dev_best=best["scores"])
 
 
 def _warm_started(model, tokenizer, episodes, lora, config: TrainConfig, out: Path, device: str, constraint):
