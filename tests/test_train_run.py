@@ -136,3 +136,26 @@ def test_a_warm_start_then_grpo_continues_on_the_warm_started_adapter(tmp_path: 
     assert b_keys and all(float(warm[k].abs().sum()) > 0 for k in b_keys)  # B starts at zero: SFT moved it
     assert set(final) == set(warm)
     assert all(bool((final[key] == warm[key]).all()) for key in warm)
+
+
+def test_grpo_after_a_warm_start_only_run_keeps_the_warm_starts_rows(tmp_path: Path) -> None:
+    """A run that stopped after its warm start (steps = 0), continued with GRPO in the same folder, reuses
+    the saved warm start and keeps its loss rows; its evaluations are redone, not doubled."""
+    warm_only = TINY_MANAGER_TOML.replace("steps = 5  # --steps 2 overrides it",
+                                          "steps = 0\nsft_steps = 2\nsft_batch_size = 2\nsft_loss_tokens = \"choices\"")
+    config = tmp_path / "warm.toml"
+    config.write_text(warm_only)
+    run = tmp_path / "manager"
+    train(load_config(config), out=run, show_progress=False)
+    losses = [r for r in _rows(run) if r["kind"] == "sft_train"]
+    assert [r["step"] for r in losses] == [1, 2]
+    warm = (run / "sft-adapter" / "adapter_model.safetensors").read_bytes()
+
+    result = train(load_config(config, steps=1), out=run, show_progress=False)
+    rows = _rows(run)
+    assert [r for r in rows if r["kind"] == "sft_train"] == losses, "the warm start's losses are kept as they were"
+    assert (run / "sft-adapter" / "adapter_model.safetensors").read_bytes() == warm, "the warm start is reused"
+    assert [(r["kind"], r["step"]) for r in rows if r["kind"] in ("sft", "dev")] == [("dev", 0), ("sft", 0),
+                                                                                       ("dev", 1)]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1]
+    assert result.steps == 1

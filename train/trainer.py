@@ -151,12 +151,13 @@ class RunRecords:
             self.rows = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
 
     def add(self, row: dict[str, Any]) -> None:
-        """Append a row; a dev row replaces an earlier one of the same step (a run resumed at its last
-        step evaluates that step again)."""
+        """Append a row; a dev or warm-start evaluation replaces an earlier one of the same kind and step
+        (a run resumed at its last step evaluates that step again)."""
         if not self.writes:
             return
-        if row.get("kind") == "dev":
-            self._keep([r for r in self.rows if not (r.get("kind") == "dev" and r.get("step") == row.get("step"))])
+        if row.get("kind") in ("dev", "sft"):
+            self._keep([r for r in self.rows
+                        if not (r.get("kind") == row["kind"] and r.get("step") == row.get("step"))])
         self.rows.append(row)
         with self.jsonl.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
@@ -400,7 +401,9 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
     last = _latest_checkpoint(checkpoints) if resume else None
     done = 0
     if last is None:
-        records.truncate_after(-1)
+        # A saved warm start is reused (`_warm_started`): its loss rows stay, GRPO's go.
+        warm_saved = bool(config.sft_steps) and (out / "sft-adapter" / "adapter_model.safetensors").is_file()
+        records.truncate_after(0 if warm_saved else -1)
         if (out / "best-adapter").exists():
             import shutil
 
