@@ -143,6 +143,23 @@ def test_a_changed_setting_refuses_to_resume(tmp_path: Path, context) -> None:
         LocomoRun(settings, context=context, log=lambda _: None).run()
 
 
+def test_answers_given_with_another_adapter_of_the_same_name_are_not_resumed(tmp_path: Path, context) -> None:
+    """The fingerprint holds each adapter's checksum: a retrained answer.gguf is another run, not a resumption."""
+    from edge.errors import EdgeError
+
+    settings = EvalSettings(data=_data(tmp_path), out=tmp_path / "out", systems=["rag-turns"], limit=1, n_ctx=4096,
+                            answer_k=20, progress=False)
+    run = LocomoRun(settings, context=context, log=lambda _: None)
+    recorded = run.fingerprint()
+    assert set(recorded["adapters"]) == {"manager", "answer"}
+    assert all(len(digest) == 64 for digest in recorded["adapters"].values())
+    settings.out.mkdir()
+    (settings.out / "run.json").write_text(json.dumps({"fingerprint": {**recorded, "adapters": {
+        **recorded["adapters"], "answer": "0" * 64}}}))
+    with pytest.raises(EdgeError, match="adapters differ"):
+        run.run()
+
+
 def test_summary_statistics_without_a_model() -> None:
     from edge.evaluation.runner import _recall, percentile, summarise_system
 

@@ -383,7 +383,8 @@ class LocomoRun:
             "bundle": bundle.name,
             "model": model.name,
             "model_sha256": bundle.manifest.get("files", {}).get(model_key, {}).get("sha256"),
-            "adapters": sorted(bundle.adapter_paths()),
+            # By content: answers given with one adapter must not be resumed with another of the same name.
+            "adapters": {role: _sha256(path) for role, path in sorted(bundle.adapter_paths().items())},
             "prompt_version": bundle.prompt_version,
             "repeat_penalty": generation.repeat_penalty,
             "n_ctx": generation.n_ctx,
