@@ -30,7 +30,14 @@ the median of the others. Checks on the edge run: every rollout parsed
 (format reward 1.0), loss finite, LoRA weights moved.
 
     python bench/bench_train_gpu.py                          # on one CUDA GPU
+    python bench/bench_train_gpu.py --agent manager          # the Manager's step (train_gpu_manager.json)
     python bench/bench_train_gpu.py --tiny --device cpu      # the same code on a tiny model (smoke run)
+
+With `--agent manager` the prompts are the Manager's episodes
+(`qwen2.5-3b-manager`) and its reward is Memory-R1's: after each rollout's
+operations a frozen copy of the model (saved and loaded back as the config's
+`base`, `reader_model = "base"`) answers the episode's questions, which
+the step's time includes.
 
 Writes bench/results/train_gpu.json (`--out` to change).
 """
@@ -175,16 +182,16 @@ def lora_snapshot(model) -> dict:
     return {n: p.detach().float().clone().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def edge_step(config, model, tokenizer, data, steps: int, device: str, workdir: Path) -> tuple[dict, list[dict], dict]:
-    """`steps` GRPO steps of edge's trainer; (summary, per-step rows, checks)."""
+def edge_step(config, model, tokenizer, data, steps: int, device: str, workdir: Path, rewards: tuple
+              ) -> tuple[dict, list[dict], dict]:
+    """`steps` GRPO steps of edge's trainer with `rewards` (`build_rewards`); (summary, per-step rows, checks)."""
     from datasets import Dataset
 
     from edge.train.constrained import SchemaConstraint
-    from edge.train.recipe import build_rewards
     from edge.train.trainer import grpo_trainer, lora_config
 
     constraint = SchemaConstraint.for_tokenizer(tokenizer, [tokenizer.eos_token_id])
-    reward_funcs, weights = build_rewards(config, None, None)  # the Answer Agent's rewards need no reader
+    reward_funcs, weights = rewards
     timer = StepTimer(device)
     trainer = grpo_trainer(
         config, model, tokenizer, Dataset.from_list([e.row() for e in data.train]), reward_funcs, weights,
@@ -195,7 +202,7 @@ def edge_step(config, model, tokenizer, data, steps: int, device: str, workdir: 
     after = lora_snapshot(trainer.model)
     moved = sum(1 for n in before if not bool((before[n] == after[n]).all()))
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    formats = [r["rewards"].get("rewards/answer_format_reward/mean") for r in timer.steps if r.get("rewards")]
+    formats = [r["rewards"].get(f"rewards/{config.agent}_format_reward/mean") for r in timer.steps if r.get("rewards")]
     checks = {
         "format_reward_per_step": formats,
         "every_rollout_parsed": bool(formats) and all(f == 1.0 for f in formats if f is not None),
@@ -251,6 +258,8 @@ def free(device: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agent", choices=["answer", "manager"], default="answer",
+                        help="whose step: the Manager's reward runs a frozen copy of the model as reader")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="a 2-layer, 128-wide model (a smoke run of this script)")
     parser.add_argument("--steps", type=int, default=3, help="GRPO steps per trainer; the first is warm-up")
@@ -265,11 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     import trl
 
     from edge.train.config import load_config, with_overrides
-    from edge.train.recipe import answer_context_agent, build_data, load_embedder
+    from edge.train.recipe import answer_context_agent, build_data, build_rewards, load_embedder
 
     started = time.perf_counter()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    config = load_config("qwen2.5-3b-answer", steps=args.steps, device=args.device,
+    config = load_config(f"qwen2.5-3b-{args.agent}", steps=args.steps, device=args.device,
                          **({"dtype": "float32"} if args.device == "cpu" else {}))
     source = "both" if args.locomo else "synthetic"
     # The hash embedder: retrieval quality does not change the step's shape, and it needs no model download.
@@ -277,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                                        "data.train_conversations": args.synthetic_conversations,
                                        "data.dev_conversations": 1})
     tokenizer = load_tokenizer(args.tokenizer)
-    data = build_data(config, load_embedder("hash"), reader=answer_context_agent(tokenizer, config))
+    embedder = load_embedder("hash")
+    data = build_data(config, embedder, reader=answer_context_agent(tokenizer, config))
     prompt_tokens = [len(tokenizer.apply_chat_template(e.row()["prompt"], add_generation_prompt=True))
                      for e in data.train]
     print(f"{len(data.train)} training episodes, prompt tokens median {statistics.median(prompt_tokens):.0f}, "
@@ -285,8 +295,9 @@ def main(argv: list[str] | None = None) -> int:
 
     result: dict = {
         "bench": "train_gpu",
-        "what": "one GRPO step (4 prompts x 8 rollouts) on a Qwen2.5-3B-shaped model (random weights) with LoRA "
-                "r=32, bf16, gradient checkpointing: edge's trainer vs plain TRL",
+        "what": f"one GRPO step of the {args.agent} (4 prompts x 8 rollouts) on a Qwen2.5-3B-shaped model (random "
+                "weights) with LoRA r=32, bf16, gradient checkpointing: edge's trainer vs plain TRL",
+        "agent": args.agent,
         "model": {"architecture": "Qwen2.5-3B-Instruct" + (" (--tiny)" if args.tiny else ""),
                   "config": dict(QWEN25_3B, **TINY) if args.tiny else QWEN25_3B,
                   "tokenizer": "SmolLM2-135M-Instruct (bundled)"},
@@ -304,13 +315,23 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         model = random_model(tokenizer, tiny=args.tiny, device=args.device, seed=0)
         result["model"]["parameters"] = sum(p.numel() for p in model.parameters())
+        reader = None
+        if args.agent == "manager":  # Memory-R1's reward: a frozen copy of the base model answers after the ops
+            from edge.train.recipe import build_reader
+
+            base = work / "base"
+            model.save_pretrained(base)
+            tokenizer.save_pretrained(base)
+            config = with_overrides(config, base=str(base), **{"reward.reader": "agent", "reward.reader_model": "base"})
+            reader = build_reader(config)
+        rewards = build_rewards(config, embedder, reader)
         t0 = time.perf_counter()
-        summary, steps, checks = edge_step(config, model, tokenizer, data, args.steps, args.device, work)
+        summary, steps, checks = edge_step(config, model, tokenizer, data, args.steps, args.device, work, rewards)
         print(f"edge: {json.dumps(summary)} ({time.perf_counter() - t0:.0f} s)", flush=True)
         result["edge"] = {"summary": summary, "steps": steps}
         result["checks"] = checks
         print(f"checks: {json.dumps(checks)}", flush=True)
-        del model
+        del model, reader, rewards
         free(args.device)
 
         longest = max(int(r.get("completion_tokens_max") or 1) for r in steps)
