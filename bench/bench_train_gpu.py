@@ -39,7 +39,7 @@ operations a frozen copy of the model (saved and loaded back as the config's
 `base`, `reader_model = "base"`) answers the episode's questions, which
 the step's time includes.
 
-Writes bench/results/train_gpu.json (`--out` to change).
+Writes bench/results/train_gpu.json or train_gpu_manager.json (`--out` to change).
 """
 from __future__ import annotations
 
@@ -266,8 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder [default: the bundled SmolLM2's]")
     parser.add_argument("--locomo", default=None, help="LoCoMo file for the config's LoCoMo episodes")
     parser.add_argument("--synthetic-conversations", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=RESULTS / "train_gpu.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="[default: bench/results/train_gpu.json, train_gpu_manager.json with --agent manager]")
     args = parser.parse_args(argv)
+    args.out = args.out or RESULTS / ("train_gpu.json" if args.agent == "answer" else f"train_gpu_{args.agent}.json")
 
     import torch
     import transformers
