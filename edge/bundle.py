@@ -374,18 +374,29 @@ def shipped_adapters() -> dict[str, Path]:
             if (SHIPPED_ADAPTERS / f"{role}.gguf").is_file()}
 
 
-def default_is_current(existing: "Bundle") -> bool:
-    """Whether a built default bundle has this edge's prompts, settings, quantisation and shipped adapters."""
+def default_differences(existing: "Bundle") -> list[str]:
+    """What a built default bundle has that this edge's does not: some of "prompts", "decoding settings",
+    "quantisation", "adapters" (empty: it is current)."""
     quant = existing.manifest.get("models", {}).get("base", {}).get("quantization")
-    if (existing.prompt_version != PROMPT_VERSION or existing.manifest.get("generation") != DEFAULT_GENERATION
-            or quant != DEFAULT_QUANT.upper()):
-        return False
+    differs = []
+    if existing.prompt_version != PROMPT_VERSION:
+        differs.append("prompts")
+    if existing.manifest.get("generation") != DEFAULT_GENERATION:
+        differs.append("decoding settings")
+    if quant != DEFAULT_QUANT.upper():
+        differs.append("quantisation")
     files = existing.manifest.get("files", {})
     have = {role: spec["path"] for role, spec in existing.manifest.get("adapters", {}).items()}
     shipped = shipped_adapters()
-    if set(have) != set(shipped):
-        return False
-    return all((files.get(have[role]) or {}).get("sha256") == sha256_file(path) for role, path in shipped.items())
+    if set(have) != set(shipped) or any((files.get(have[role]) or {}).get("sha256") != sha256_file(path)
+                                        for role, path in shipped.items()):
+        differs.append("adapters")
+    return differs
+
+
+def default_is_current(existing: "Bundle") -> bool:
+    """Whether a built default bundle has this edge's prompts, settings, quantisation and shipped adapters."""
+    return not default_differences(existing)
 
 
 def build_default(target: Path | None = None, *, force: bool = False, log: Callable[[str], None] = print) -> Bundle:
@@ -411,9 +422,10 @@ def build_default(target: Path | None = None, *, force: bool = False, log: Calla
     target = Path(target) if target else paths.default_bundle_dir()
     if target.exists() and not force:
         existing = Bundle.load(target)
-        if default_is_current(existing):
+        differs = default_differences(existing)
+        if not differs:
             return existing
-        log("The default bundle was built by another edge version; rebuilding it with this one's models. "
+        log(f"The default bundle's {', '.join(differs)} differ from this edge's; rebuilding it. "
             "Memory banks are kept as they are.")
     gguf = bundled_gguf_path()
     adapters = shipped_adapters()

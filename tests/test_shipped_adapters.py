@@ -5,7 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
-from edge.bundle import ADAPTER_ROLES, Bundle, default_is_current, shipped_adapters, write_manifest
+from edge.bundle import ADAPTER_ROLES, Bundle, default_differences, default_is_current, shipped_adapters, write_manifest
 from edge.manager import MemoryManager, to_messages
 from edge.prompts import ShownMemory, Turn, manager_messages, manager_schema
 
@@ -38,6 +38,7 @@ def test_a_default_bundle_with_other_adapters_is_out_of_date(default_bundle, tmp
     manifest["files"]["adapters/manager.gguf"]["sha256"] = "0" * 64
     (stale / "bundle.json").write_text(json.dumps(manifest))
     assert not default_is_current(Bundle.load(stale))
+    assert default_differences(Bundle.load(stale)) == ["adapters"], "the rebuild message names what changed"
 
 
 def test_the_trained_manager_supersedes_a_changed_fact_where_the_base_model_adds(default_bundle) -> None:

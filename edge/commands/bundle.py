@@ -170,11 +170,12 @@ def show(path: Path | None, as_json: bool) -> None:
         return
     click.echo(f"{loaded.name}  ({loaded.root})")
     if path is None:
-        from edge.bundle import default_is_current
+        from edge.bundle import default_differences
 
-        if not default_is_current(loaded):
-            click.secho("  built by another edge version: the next `edge chat` (or `edge bundle build-default`) "
-                        "rebuilds it with this one's models", fg="yellow")
+        differs = default_differences(loaded)
+        if differs:
+            click.secho(f"  out of date ({', '.join(differs)} differ from this edge's): the next `edge chat` "
+                        "(or `edge bundle build-default`) rebuilds it", fg="yellow")
     click.echo(f"  backend: {manifest.get('backend')}   prompts: {loaded.prompt_version}")
     files = manifest.get("files", {})
     for role, spec in manifest.get("roles", {}).items():
