@@ -260,15 +260,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agent", choices=["answer", "manager"], default="answer",
                         help="whose step: the Manager's reward runs a frozen copy of the model as reader")
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                        help="cuda: bf16, as the GPU configs train; cpu: float32 (a smoke run, with --tiny)")
     parser.add_argument("--tiny", action="store_true", help="a 2-layer, 128-wide model (a smoke run of this script)")
-    parser.add_argument("--steps", type=int, default=3, help="GRPO steps per trainer; the first is warm-up")
+    parser.add_argument("--steps", type=int, default=3, help="GRPO steps per trainer (at least 2); the first is "
+                        "warm-up, reported apart")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder [default: the bundled SmolLM2's]")
     parser.add_argument("--locomo", default=None, help="LoCoMo file for the config's LoCoMo episodes")
     parser.add_argument("--synthetic-conversations", type=int, default=20)
     parser.add_argument("--out", type=Path, default=None,
                         help="[default: bench/results/train_gpu.json, train_gpu_manager.json with --agent manager]")
     args = parser.parse_args(argv)
+    if args.steps < 2:
+        parser.error("--steps must be at least 2: the first step warms up and is not among the figures")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("no CUDA device here; `--tiny --device cpu` runs the same code on a tiny model")
     args.out = args.out or RESULTS / ("train_gpu.json" if args.agent == "answer" else f"train_gpu_{args.agent}.json")
 
     import torch
@@ -298,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {
         "bench": "train_gpu",
         "what": f"one GRPO step of the {args.agent} (4 prompts x 8 rollouts) on a Qwen2.5-3B-shaped model (random "
-                "weights) with LoRA r=32, bf16, gradient checkpointing: edge's trainer vs plain TRL",
+                f"weights{', --tiny' if args.tiny else ''}) with LoRA r=32, {config.dtype}, gradient checkpointing: "
+                "edge's trainer vs plain TRL",
         "agent": args.agent,
         "model": {"architecture": "Qwen2.5-3B-Instruct" + (" (--tiny)" if args.tiny else ""),
                   "config": dict(QWEN25_3B, **TINY) if args.tiny else QWEN25_3B,

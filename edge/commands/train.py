@@ -51,7 +51,7 @@ def _options(fn):
                       help="Run folder [default: runs/<agent>]. An unfinished run in it is resumed.")(fn)
     fn = click.option("--base", default=None, help="Base model: 'bundled', a .gguf, a folder or a hub id.")(fn)
     fn = click.option("--locomo", "locomo_path", type=click.Path(exists=True, dir_okay=False), default=None,
-                      help="LoCoMo file for configs whose data source is 'locomo'.")(fn)
+                      help="LoCoMo file for configs whose data source is 'locomo' or 'both'.")(fn)
     fn = click.option("--seed", type=int, default=None, help="Random seed [default: the config's].")(fn)
     fn = click.option("--fresh", is_flag=True, help="Start over instead of resuming a run in --out.")(fn)
     fn = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")(fn)
