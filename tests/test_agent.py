@@ -10,9 +10,8 @@ from bank_file import sql
 
 from edge.agent import Agent
 from edge.backends.scripted import ScriptedBackend
-from edge.bundle import ADAPTER_ROLES
 from edge.bank import MemoryBank
-from edge.bundle import Bundle
+from edge.bundle import ADAPTER_ROLES, Bundle
 from edge.embedder import HashEmbedder
 from edge.errors import BundleError, EmbedderMismatchError
 from edge.manager import MemoryManager

@@ -402,8 +402,7 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
     done = 0
     if last is None:
         # A saved warm start is reused (`_warm_started`): its loss rows stay, GRPO's go.
-        warm_saved = bool(config.sft_steps) and (out / "sft-adapter" / "adapter_model.safetensors").is_file()
-        records.truncate_after(0 if warm_saved else -1)
+        records.truncate_after(0 if config.sft_steps and _saved_warm_start(out) else -1)
         if (out / "best-adapter").exists():
             import shutil
 
@@ -539,12 +538,18 @@ def grpo_trainer(config: TrainConfig, model, tokenizer, dataset, reward_funcs, w
     )
 
 
+def _saved_warm_start(out: Path) -> Path | None:
+    """The warm start's adapter a run in `out` saved earlier (reused when it resumes), if any."""
+    saved = out / "sft-adapter"
+    return saved if (saved / "adapter_model.safetensors").is_file() else None
+
+
 def _warm_started(model, tokenizer, episodes, lora, config: TrainConfig, out: Path, device: str, constraint):
     """The base model with the supervised warm start's adapter: trained now, or read back when a run resumes."""
     from edge.train.sft import warm_start
 
-    saved = out / "sft-adapter"
-    if (saved / "adapter_model.safetensors").is_file():
+    saved = _saved_warm_start(out)
+    if saved:
         from peft import PeftModel
 
         log.info("warm start: reusing %s", saved)

@@ -377,14 +377,18 @@ class LocomoRun:
         bundle = self.context.bundle
         generation = self.generation
         model, _ = bundle.role("answer")
-        model_key = model.relative_to(bundle.root).as_posix() if model.is_relative_to(bundle.root) else str(model)
+
+        def recorded_sha256(path: Path) -> str | None:  # the checksum the bundle's manifest holds for a file
+            key = path.relative_to(bundle.root).as_posix() if path.is_relative_to(bundle.root) else str(path)
+            return bundle.manifest.get("files", {}).get(key, {}).get("sha256")
+
         return {
             "data_sha256": _sha256(self.settings.data),
             "bundle": bundle.name,
             "model": model.name,
-            "model_sha256": bundle.manifest.get("files", {}).get(model_key, {}).get("sha256"),
+            "model_sha256": recorded_sha256(model),
             # By content: answers given with one adapter must not be resumed with another of the same name.
-            "adapters": {role: _sha256(path) for role, path in sorted(bundle.adapter_paths().items())},
+            "adapters": {role: recorded_sha256(path) for role, path in sorted(bundle.adapter_paths().items())},
             "prompt_version": bundle.prompt_version,
             "repeat_penalty": generation.repeat_penalty,
             "n_ctx": generation.n_ctx,
