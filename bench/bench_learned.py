@@ -11,7 +11,9 @@ under the runtime's JSON schema, as `edge chat` would:
   operation, the confusion matrix, clause-selection precision and recall,
   and downstream answer EM (the reply applied to the bank before the turn,
   the frozen candidate reader answers the turn's questions);
-- Answer Agent: EM and F1 on the test questions over the gold banks.
+- Answer Agent: EM and F1 on the test questions over the gold banks, and,
+  when the config asks for time questions, EM apart on the facts and on
+  "When did ...?" over the episodic log (`em_facts`, `em_time`).
 
 Seeds give mean and spread (max - min); the gain is compared with the
 spread.
@@ -64,9 +66,22 @@ def score(agent: str, episodes, replies, embedder) -> dict:
     from edge.prompts import parse_answer_output
 
     answers = [parse_answer_output(r, e.shown_ids).answer for e, r in zip(episodes, replies)]
-    return {"n": len(episodes),
-            "em": statistics.fmean(exact_match(a, e.answer) for a, e in zip(answers, episodes)),
-            "f1": statistics.fmean(f1_score(a, e.answer) for a, e in zip(answers, episodes))}
+    scores = {"n": len(episodes),
+              "em": statistics.fmean(exact_match(a, e.answer) for a, e in zip(answers, episodes)),
+              "f1": statistics.fmean(f1_score(a, e.answer) for a, e in zip(answers, episodes))}
+    for family, pairs in families(answers, episodes).items():  # fact questions and "When did ...?" apart
+        scores[f"em_{family}"] = statistics.fmean(exact_match(a, e.answer) for a, e in pairs)
+        scores[f"n_{family}"] = len(pairs)
+    return scores
+
+
+def families(answers, episodes) -> dict:
+    """(answer, episode) pairs by question family: "facts" (latest state of a fact), "time" (a dated event)."""
+    out: dict = {}
+    for answer, episode in zip(answers, episodes):
+        family = "time" if episode.episode_id.rsplit(":", 1)[1].startswith("e") else "facts"
+        out.setdefault(family, []).append((answer, episode))
+    return out
 
 
 def finished_run(out: Path) -> dict:
@@ -169,6 +184,14 @@ def main(argv: list[str] | None = None) -> int:
         episodes = synthetic_manager_episodes(test_convs, embedder, related_k=d.related_k, text_mode=d.text_mode)
     else:
         episodes = synthetic_answer_episodes(test_convs, embedder, k=d.answer_k, text_mode=d.text_mode)
+        if d.time_questions:  # shown as the runtime Answer Agent shows them, sized by the served tokenizer
+            from edge.train.base_model import load_base
+            from edge.train.episodes import synthetic_time_episodes
+            from edge.train.recipe import answer_context_agent
+
+            reader = answer_context_agent(load_base(base_config.base)[1], base_config)
+            episodes += synthetic_time_episodes(test_convs, embedder, per_conversation=d.time_questions,
+                                                k=d.answer_k, text_mode=d.text_mode, reader=reader)
     print(f"{len(episodes)} test episodes from {len(test_convs)} held-out conversations", file=sys.stderr)
 
     started = time.perf_counter()
@@ -207,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         after = {s: score(args.agent, episodes, served_replies(backend, episodes, adapter=f"seed{s}",
                                                                max_tokens=max_tokens), embedder)
                  for s in args.seeds}
-    keys = ("op_accuracy", "answer", "clause_precision", "clause_recall") if args.agent == "manager" else ("em", "f1")
+    keys = ("op_accuracy", "answer", "clause_precision", "clause_recall") if args.agent == "manager" else \
+        ("em", "f1", "em_facts", "em_time")
     results = {
         "bench": f"learned_{args.agent}",
         "what": f"{args.agent}: untrained SmolLM2-135M-Instruct vs its LoRA adapters (one per training seed), "

@@ -72,3 +72,7 @@ def test_the_manager_reward_terms_follow_the_config():
         config_from_dict({"data": {"source": "locomo", "locomo_path": "x"}, "reward": {"op_match_weight": 1.0}})
     with pytest.raises(ConfigError, match="balance_ops"):
         config_from_dict({"agent": "answer", "data": {"balance_ops": True}})
+    with pytest.raises(ConfigError, match="time_questions"):
+        config_from_dict({"agent": "manager", "data": {"time_questions": 2}})
+    with pytest.raises(ConfigError, match="time_questions"):
+        config_from_dict({"agent": "answer", "data": {"time_questions": -1}})

@@ -217,3 +217,46 @@ def test_the_operation_report_shows_a_collapse_onto_one_operation():
     assert all(set(row) == {op} for op, row in gold["confusion"].items())
     assert sum(sum(row.values()) for row in gold["confusion"].values()) == len(episodes)
     assert {gold_operation(e) for e in episodes} == set(gold["confusion"])
+
+
+def test_time_questions_ask_for_the_date_the_runtime_resolved_on_the_line_that_tells_the_event():
+    """The generator's calendar arithmetic and the runtime's date resolution agree, and the gold is a span offered."""
+    from edge.train.episodes import synthetic_time_episodes
+    from edge.train.synthetic import dated_events
+
+    conversations = generate("dev", 6)
+    episodes = synthetic_time_episodes(conversations, HashEmbedder(), per_conversation=3, k=20)
+    assert len(episodes) == 18 and all(e.episode_id.split(":")[-1].startswith("e") for e in episodes)
+    relative = 0
+    for e in episodes:
+        assert e.question.startswith("When did ") and e.relevant  # the turn that tells the event is shown
+        teller = e.shown()[int(e.relevant[0])]
+        assert json.loads(e.gold_reply())["answer"] == e.answer  # an exact span: the gold is one of the choices
+        shown_dates = dict(teller.dates)
+        if shown_dates:  # "(yesterday = 7 May 2023)": the gold is the resolved date, not the line's own
+            relative += 1
+            assert e.answer in {show for show in map(_shown, shown_dates.values())}
+        else:  # "I just went ..." / "today": the line's own date
+            assert e.answer == _shown(teller.event_time)
+    assert relative >= 9
+    assert [t.text for t in generate("dev", 6)[0].turns] == [t.text for t in conversations[0].turns]
+    assert dated_events(conversations[0], 3) == dated_events(generate("dev", 1)[0], 3)  # a pure function of the seed
+
+
+def _shown(value):
+    from edge.prompts import show_date
+
+    return show_date(value)
+
+
+def test_time_questions_join_the_answer_agents_synthetic_data_when_the_config_asks():
+    from edge.train.config import load_config
+    from edge.train.recipe import build_data
+
+    overrides = {"data.source": "synthetic", "data.embedder": "hash", "data.train_conversations": 3,
+                 "data.dev_conversations": 2}
+    without = build_data(load_config("smollm2-135m-answer", **overrides, **{"data.time_questions": 0}), HashEmbedder())
+    with_ = build_data(load_config("smollm2-135m-answer", **overrides, **{"data.time_questions": 2}), HashEmbedder())
+    timed = [e for e in with_.train if e.question.startswith("When did ")]
+    assert len(timed) == 6 and len([e for e in with_.dev if e.question.startswith("When did ")]) == 4
+    assert {e.episode_id for e in with_.train} - {e.episode_id for e in timed} == {e.episode_id for e in without.train}

@@ -80,6 +80,9 @@ class DataSettings:
     dev_questions: str = _help(
         "LoCoMo Answer episodes: 'every-fifth' keeps questions whose index is a multiple of 5 for dev and never "
         "trains on them; 'none' trains on all.", "every-fifth")
+    time_questions: int = _help(
+        "Synthetic Answer episodes: dated events told per conversation (\"I went to a pottery class yesterday.\"), "
+        "each asked \"When did ...?\" with its resolved date as gold; 0: none.", 0)
     balance_ops: bool = _help(
         "Synthetic Manager episodes: repeat the turns whose gold operation is rarer (UPDATE, DELETE) until each "
         "operation is right as often as the commonest, served in rounds of one turn per operation (set "
@@ -95,6 +98,8 @@ class DataSettings:
             raise ConfigError(f"[data] text_mode must be 'extractive' or 'free', not {self.text_mode!r}.")
         if self.dev_questions not in ("every-fifth", "none"):
             raise ConfigError(f"[data] dev_questions must be 'every-fifth' or 'none', not {self.dev_questions!r}.")
+        if self.time_questions < 0:
+            raise ConfigError(f"[data] time_questions must be 0 or more, not {self.time_questions}.")
         if self.embedder not in ("minilm", "hash"):
             raise ConfigError(f"[data] embedder must be 'minilm' or 'hash', not {self.embedder!r}.")
 
@@ -203,6 +208,9 @@ class TrainConfig:
         if self.data.balance_ops and (self.data.source != "synthetic" or self.agent != "manager"):
             raise ConfigError("[data] balance_ops applies to synthetic Manager episodes only (they know each turn's "
                               "gold operation).", hint="remove balance_ops from this config")
+        if self.data.time_questions and self.agent != "answer":  # with source = 'locomo' it has nothing to add to
+            raise ConfigError("[data] time_questions adds synthetic Answer episodes; this config trains the "
+                              f"{self.agent}.", hint="remove time_questions from this config")
         if self.reward.reader == "candidates" and self.data.source != "synthetic":
             raise ConfigError("[reward] reader = 'candidates' only works on synthetic data (its questions list "
                               "their possible answers).", hint="set reader = \"agent\" for LoCoMo")

@@ -362,6 +362,65 @@ def synthetic_answer_episodes(conversations: Iterable[SynthConversation], embedd
     return episodes
 
 
+def synthetic_time_episodes(conversations: Iterable[SynthConversation], embedder: Embedder, *, per_conversation: int,
+                            k: int = ANSWER_TOP_K, text_mode: str = "extractive", reader: Any = None
+                            ) -> list[AnswerEpisode]:
+    """"When did Maya go to a pottery class?": one Answer episode per dated event (`synthetic.dated_events`).
+
+    The bank's episodic log holds every turn of the conversation and its
+    events, written as the runtime writes them (speaker, time, relative
+    dates resolved), and the question is answered from what the runtime
+    Answer Agent would show (`reader`, as for LoCoMo; None: the top-k
+    turns). The gold answer is the event's date, which the reader sees only
+    as "(yesterday = 7 May 2023)" beside the turn: the skill is copying the
+    resolved date of the line that tells the event, not the date at the
+    head of a line.
+    """
+    from edge.train.synthetic import dated_events
+
+    episodes: list[AnswerEpisode] = []
+    for conv in conversations:
+        events = dated_events(conv, per_conversation)
+        turns = sorted([*conv.turns, *(e.turn for e in events)], key=lambda t: _order(t.time))
+        with scratch_bank(embedder) as bank:
+            _log(bank, [Turn(t.speaker, t.text, t.time, t.turn_id) for t in turns])
+            for event in events:
+                q = event.question
+                kept, shown = _answer_context(bank, q.question, k, reader)
+                relevant = [str(j) for j, m in enumerate(kept) if event.turn.turn_id in m.source_turns]
+                episodes.append(AnswerEpisode(f"{conv.sample_id}:{event.turn.turn_id.rsplit(':', 1)[1]}", q.question,
+                                              q.answer, [_stored(m) for m in kept], relevant, text_mode=text_mode,
+                                              shown_memories=list(shown)))
+    return episodes
+
+
+def _order(when: str) -> Any:
+    from edge.dates import parse_time
+
+    return parse_time(when)
+
+
+def _log(bank: MemoryBank, turns: Sequence[Turn]) -> None:
+    """Write `turns` to the bank's episodic log as the runtime does (`edge.manager.log_entry`), in one transaction."""
+    from edge.manager import log_entry, resolved_dates, turn_time
+
+    entries = []
+    for turn in turns:
+        at = turn_time(turn)
+        entries.append(log_entry(turn, at, resolved_dates(turn.text, at)))
+    bank.apply(entries)
+
+
+def _answer_context(bank: MemoryBank, question: str, k: int, reader: Any) -> tuple[list[Memory], list[ShownMemory]]:
+    """The memories the runtime Answer Agent shows for `question` and how (`reader`; None: the top-k turns)."""
+    if reader is not None:
+        found = reader.retrieve(bank, question)
+        kept, _, _, shown = reader._fit(question, found, "")
+        return kept, shown
+    kept = [h.memory for h in bank.search(question, k=k, scope="episodic")]
+    return kept, shown_memories(kept)[1]
+
+
 # --------------------------------------------------------------------------- LoCoMo
 
 
@@ -419,26 +478,15 @@ def locomo_answer_episodes(conversations: Sequence[Any], embedder: Embedder, *, 
     would: its retrieval, focused lines and token budget; without, the top-k
     turns. `questions`: LoCoMo question indexes to keep (None: all).
     """
-    from edge.manager import log_entry, resolved_dates, turn_time
-
     episodes: list[AnswerEpisode] = []
     for conv in conversations:
         with scratch_bank(embedder) as bank:
-            entries = []
-            for session, loco in conv.turns():
-                turn = Turn(loco.speaker, loco.full_text, session.date_time, loco.dia_id)
-                at = turn_time(turn)
-                entries.append(log_entry(turn, at, resolved_dates(turn.text, at)))
-            bank.apply(entries)
+            _log(bank, [Turn(loco.speaker, loco.full_text, session.date_time, loco.dia_id)
+                        for session, loco in conv.turns()])
             for qa in conv.questions(include_adversarial=include_adversarial):
                 if questions is not None and qa.index not in questions:
                     continue
-                if reader is not None:
-                    found = reader.retrieve(bank, qa.question)
-                    kept, _, _, shown = reader._fit(qa.question, found, "")
-                else:
-                    kept = [h.memory for h in bank.search(qa.question, k=k, scope="episodic")]
-                    shown = shown_memories(kept)[1]
+                kept, shown = _answer_context(bank, qa.question, k, reader)
                 evidence = set(qa.evidence)
                 relevant = [str(j) for j, m in enumerate(kept) if evidence & set(m.source_turns)]
                 episodes.append(AnswerEpisode(f"{conv.sample_id}:qa{qa.index}", qa.question, qa.answer,

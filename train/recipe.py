@@ -60,7 +60,8 @@ def answer_context_agent(tokenizer, config: TrainConfig):
 def build_data(config: TrainConfig, embedder: Embedder, *, reader: Any = None) -> Data:
     """Train and dev episodes of `config`'s agent, on its action space (`data.text_mode`).
 
-    `reader`: for LoCoMo Answer episodes, the `edge.answer.AnswerAgent` whose
+    `reader`: for Answer episodes over the episodic log (LoCoMo's, the
+    synthetic time questions), the `edge.answer.AnswerAgent` whose
     retrieval and token budget the episodes reproduce (None: top-k turns).
     """
     d = config.data
@@ -74,7 +75,8 @@ def build_data(config: TrainConfig, embedder: Embedder, *, reader: Any = None) -
             raise ConfigError("[data] source = 'both' needs locomo_path: the LoCoMo file to train on.",
                               hint="pass --locomo conv-26.json (or set locomo_path in the config)")
 
-        synthetic = build_data(replace(config, data=replace(d, source="synthetic", max_dev_episodes=0)), embedder)
+        synthetic = build_data(replace(config, data=replace(d, source="synthetic", max_dev_episodes=0)), embedder,
+                               reader=reader)
         locomo = build_data(replace(config, data=replace(d, source="locomo", max_dev_episodes=0)), embedder,
                             reader=reader)
         train = synthetic.train + locomo.train
@@ -94,6 +96,11 @@ def build_data(config: TrainConfig, embedder: Embedder, *, reader: Any = None) -
         else:
             train = ep.synthetic_answer_episodes(train_convs, embedder, k=d.answer_k, text_mode=mode)
             dev = ep.synthetic_answer_episodes(dev_convs, embedder, k=d.answer_k, text_mode=mode)
+            if d.time_questions:  # "When did ...?" over the episodic log, shown as the runtime shows it
+                timed = dict(per_conversation=d.time_questions, k=d.answer_k, text_mode=mode, reader=reader)
+                train += ep.synthetic_time_episodes(train_convs, embedder, **timed)
+                dev += ep.synthetic_time_episodes(dev_convs, embedder, **timed)
+                random.Random(config.seed).shuffle(train)
     else:
         convs = ep.load_locomo_file(d.locomo_path)  # type: ignore[arg-type]
         dev_convs = ep.load_locomo_file(d.dev_locomo_path) if d.dev_locomo_path else []

@@ -319,3 +319,104 @@ def split_seeds(split: str, n: int, *, offset: int = 0) -> list[int]:
 def generate(split: str, n: int, *, offset: int = 0, **kwargs) -> list[SynthConversation]:
     """`n` conversations of a split (train / dev / test)."""
     return [generate_conversation(seed, **kwargs) for seed in split_seeds(split, n, offset=offset)]
+
+
+# --------------------------------------------------------------------------- dated events ("When did ...?")
+
+# (said, asked): "I went to a pottery class yesterday." / "When did Maya go to a pottery class?"
+EVENTS: tuple[tuple[str, str], ...] = (
+    ("went to a pottery class", "go to a pottery class"),
+    ("ran a charity 5k", "run a charity 5k"),
+    ("went to a jazz concert", "go to a jazz concert"),
+    ("painted a sunrise over the lake", "paint a sunrise over the lake"),
+    ("gave a talk at a local school", "give a talk at a local school"),
+    ("went camping in the mountains", "go camping in the mountains"),
+    ("signed up for a cooking course", "sign up for a cooking course"),
+    ("joined a book club", "join a book club"),
+    ("went to a support group meeting", "go to a support group meeting"),
+    ("had a picnic at the beach", "have a picnic at the beach"),
+    ("took a train trip to the coast", "take a train trip to the coast"),
+    ("volunteered at an animal shelter", "volunteer at an animal shelter"),
+    ("visited the science museum", "visit the science museum"),
+    ("bought a new bike", "buy a new bike"),
+    ("started a vegetable garden", "start a vegetable garden"),
+    ("went to a friend's wedding", "go to a friend's wedding"),
+    ("finished a half marathon", "finish a half marathon"),
+    ("saw a play at the theatre", "see a play at the theatre"),
+    ("baked bread for the neighbours", "bake bread for the neighbours"),
+    ("went hiking with coworkers", "go hiking with coworkers"),
+    ("played in a chess tournament", "play in a chess tournament"),
+    ("passed the driving test", "pass the driving test"),
+    ("had a job interview", "have a job interview"),
+    ("watched a meteor shower", "watch a meteor shower"),
+    ("went to a pride parade", "go to a pride parade"),
+    ("adopted a kitten from the shelter", "adopt a kitten from the shelter"),
+    ("moved into a new apartment", "move into a new apartment"),
+    ("took a salsa lesson", "take a salsa lesson"),
+)
+# How a turn dates its event, relative to the turn's own day: (phrase, days back; None: a month back).
+WHEN: tuple[tuple[str, int | None], ...] = (
+    ("yesterday", 1), ("yesterday", 1), ("last night", 1), ("today", 0), ("this morning", 0),
+    ("two days ago", 2), ("three days ago", 3), ("the day before yesterday", 2), ("", 0), ("last month", None),
+)
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+REMARKS = ("", "It was so much fun!", "I'm still thinking about it.", "What a day.", "I loved every minute.",
+           "Honestly, it was exhausting.")
+
+
+@dataclass(frozen=True)
+class DatedEvent:
+    """A turn that tells of an event, dated relative to the turn, and the question asking when it was."""
+
+    turn: SynthTurn
+    question: Question  # answer: the event's date as the models are shown it ("7 May 2023", "April 2023")
+
+
+def _turn_day(when: str):
+    """The calendar day of a synthetic turn time ("3:15 pm on 5 March, 2023")."""
+    from datetime import date
+
+    day, month, year = when.split(" on ", 1)[1].replace(",", "").split()
+    return date(int(year), MONTHS.index(month) + 1, int(day))
+
+
+def _shown_day(day) -> str:
+    return f"{day.day} {MONTHS[day.month - 1]} {day.year}"
+
+
+def dated_events(conv: SynthConversation, n: int) -> list[DatedEvent]:
+    """`n` events told in `conv`'s sessions, by its person or a friend, and "When did X ...?" for each.
+
+    The gold date is computed here, by calendar arithmetic on the turn's
+    day, not by `edge.dates`: the runtime's resolution of "yesterday" and
+    the rest is what these questions check (a test holds the two together).
+    Drawn from their own random stream, so `conv` itself is unchanged and
+    the Manager's episodes stay as they were.
+    """
+    from datetime import timedelta
+
+    rng = random.Random(f"events:{conv.seed}")
+    times = list(dict.fromkeys(t.time for t in conv.turns))
+    friend = rng.choice([name for name in NAMES if name != conv.person])
+    out: list[DatedEvent] = []
+    for i, (said, asked) in enumerate(rng.sample(EVENTS, min(n, len(EVENTS)))):
+        when = rng.choice(times)
+        today = _turn_day(when)
+        if rng.random() < 0.15:  # "last Friday": the latest Friday before the turn's day
+            weekday = rng.randrange(7)
+            back = (today.weekday() - weekday - 1) % 7 + 1
+            phrase, answer = f"last {WEEKDAYS[weekday]}", _shown_day(today - timedelta(days=back))
+        else:
+            phrase, back = rng.choice(WHEN)
+            if back is None:
+                previous = today.replace(day=1) - timedelta(days=1)
+                answer = f"{MONTHS[previous.month - 1]} {previous.year}"
+            else:
+                answer = _shown_day(today - timedelta(days=back))
+        sentence = f"I {said} {phrase}." if phrase and rng.random() < 0.6 else \
+            f"{phrase[0].upper() + phrase[1:]} I {said}." if phrase else f"I just {said}!"
+        text = " ".join(part for part in (sentence, rng.choice(REMARKS)) if part)
+        speaker = conv.person if rng.random() < 0.7 else friend
+        turn = SynthTurn(f"S{conv.seed}:e{i}", speaker, text, when, "event", (), ())
+        out.append(DatedEvent(turn, Question(f"When did {speaker} {asked}?", answer, "event", ())))
+    return out
