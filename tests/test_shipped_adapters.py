@@ -89,3 +89,29 @@ def test_bundle_show_lists_the_adapter_of_each_role(default_bundle) -> None:
     lines = {line.split()[0]: line for line in shown.stdout.splitlines()[1:] if line.startswith("  ")}
     assert "LoRA adapters/manager.gguf" in lines["manager"] and "LoRA adapters/answer.gguf" in lines["answer"]
     assert "no adapter" in lines["chat"]
+
+
+LOG = [  # (time, speaker, text): relative dates the runtime resolves against each turn's own time
+    ("4:00 pm on 8 May, 2023", "Maya", "I went to a pottery class yesterday. It was so relaxing."),
+    ("11:00 am on 20 July, 2023", "Maya", "We had a picnic at the beach today, the kids loved it."),
+    ("9:00 am on 25 August, 2023", "Omar", "Last Friday I ran a charity 5k with my coworkers."),
+    ("6:00 pm on 3 October, 2023", "Maya", "I bought two little figurines at the market two days ago."),
+]
+
+
+def test_the_trained_answer_agent_answers_when_with_the_date_resolved_beside_the_turn(default_bundle, tmp_path) -> None:
+    """"When did ...?" is answered with the resolved "yesterday" of the turn that told it, not a line's own date."""
+    from edge.answer import AnswerAgent
+    from edge.bank import MemoryBank
+    from edge.embedder import HashEmbedder
+    from edge.manager import log_entry, resolved_dates, turn_time
+
+    with MemoryBank.open(tmp_path / "bank.db", HashEmbedder()) as bank:
+        turns = [Turn(speaker, text, when, f"t{i}") for i, (when, speaker, text) in enumerate(LOG)]
+        bank.apply([log_entry(t, turn_time(t), resolved_dates(t.text, turn_time(t))) for t in turns])
+        with default_bundle.load_backend("answer") as backend:
+            agent = AnswerAgent(backend, generation=default_bundle.generation, adapter="answer")
+            pottery = agent.answer(bank, "When did Maya go to a pottery class?")
+            figurines = agent.answer(bank, "When did Maya buy the figurines?")
+    assert (pottery.answer, figurines.answer) == ("7 May 2023", "1 October 2023")
+    assert [m.id for m in pottery.memories] and all("pottery" in m.text for m in pottery.memories)
