@@ -69,19 +69,12 @@ def score(agent: str, episodes, replies, embedder) -> dict:
     scores = {"n": len(episodes),
               "em": statistics.fmean(exact_match(a, e.answer) for a, e in zip(answers, episodes)),
               "f1": statistics.fmean(f1_score(a, e.answer) for a, e in zip(answers, episodes))}
-    for family, pairs in families(answers, episodes).items():  # fact questions and "When did ...?" apart
-        scores[f"em_{family}"] = statistics.fmean(exact_match(a, e.answer) for a, e in pairs)
-        scores[f"n_{family}"] = len(pairs)
+    for kind, name in (("fact", "facts"), ("time", "time")):  # fact questions and "When did ...?" apart
+        pairs = [(a, e) for a, e in zip(answers, episodes) if e.kind == kind]
+        if pairs:
+            scores[f"em_{name}"] = statistics.fmean(exact_match(a, e.answer) for a, e in pairs)
+            scores[f"n_{name}"] = len(pairs)
     return scores
-
-
-def families(answers, episodes) -> dict:
-    """(answer, episode) pairs by question family: "facts" (latest state of a fact), "time" (a dated event)."""
-    out: dict = {}
-    for answer, episode in zip(answers, episodes):
-        family = "time" if episode.episode_id.rsplit(":", 1)[1].startswith("e") else "facts"
-        out.setdefault(family, []).append((answer, episode))
-    return out
 
 
 def finished_run(out: Path) -> dict:

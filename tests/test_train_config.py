@@ -76,3 +76,7 @@ def test_the_manager_reward_terms_follow_the_config():
         config_from_dict({"agent": "manager", "data": {"time_questions": 2}})
     with pytest.raises(ConfigError, match="time_questions"):
         config_from_dict({"agent": "answer", "data": {"time_questions": -1}})
+    with pytest.raises(ConfigError, match="at most"):
+        config_from_dict({"agent": "answer", "data": {"time_questions": 1000}})
+    with pytest.raises(ConfigError, match="time_questions"):
+        config_from_dict({"agent": "answer", "data": {"source": "locomo", "locomo_path": "x", "time_questions": 2}})

@@ -187,6 +187,7 @@ def test_locomo_dev_questions_are_never_trained_on(conv26):
     from edge.train.recipe import build_data, dev_question
 
     config = load_config("smollm2-135m-answer", **{"data.source": "locomo", "data.locomo_path": str(CONV_26),
+                                                   "data.time_questions": 0,
                                                    "data.embedder": "hash"})
     data = build_data(config, HashEmbedder())
     train_ids = {int(e.episode_id.rsplit("qa", 1)[1]) for e in data.train}
@@ -227,6 +228,7 @@ def test_time_questions_ask_for_the_date_the_runtime_resolved_on_the_line_that_t
     conversations = generate("dev", 6)
     episodes = synthetic_time_episodes(conversations, HashEmbedder(), per_conversation=3, k=20)
     assert len(episodes) == 18 and all(e.episode_id.split(":")[-1].startswith("e") for e in episodes)
+    assert {e.kind for e in episodes} == {"time"}
     relative = 0
     for e in episodes:
         assert e.question.startswith("When did ") and e.relevant  # the turn that tells the event is shown

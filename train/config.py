@@ -208,9 +208,15 @@ class TrainConfig:
         if self.data.balance_ops and (self.data.source != "synthetic" or self.agent != "manager"):
             raise ConfigError("[data] balance_ops applies to synthetic Manager episodes only (they know each turn's "
                               "gold operation).", hint="remove balance_ops from this config")
-        if self.data.time_questions and self.agent != "answer":  # with source = 'locomo' it has nothing to add to
+        if self.data.time_questions and (self.agent != "answer" or self.data.source == "locomo"):
             raise ConfigError("[data] time_questions adds synthetic Answer episodes; this config trains the "
-                              f"{self.agent}.", hint="remove time_questions from this config")
+                              f"{self.agent} on source = {self.data.source!r}.",
+                              hint="remove time_questions, or train the answer agent on source 'synthetic' or 'both'")
+        from edge.train.synthetic import EVENTS
+
+        if self.data.time_questions > len(EVENTS):
+            raise ConfigError(f"[data] time_questions is at most {len(EVENTS)} (the distinct events the generator "
+                              f"knows), not {self.data.time_questions}.")
         if self.reward.reader == "candidates" and self.data.source != "synthetic":
             raise ConfigError("[reward] reader = 'candidates' only works on synthetic data (its questions list "
                               "their possible answers).", hint="set reader = \"agent\" for LoCoMo")

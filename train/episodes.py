@@ -144,6 +144,9 @@ class AnswerEpisode:
     # The memories as the runtime shows them (`edge.manager.shown_memory`: speaker and resolved dates of a
     # logged turn); None: built from `memories`.
     shown_memories: list[ShownMemory] | None = None
+    # What the question asks for: "fact" (synthetic: a fact's latest state), "time" (synthetic: when an event
+    # was), "locomo" (a LoCoMo question; `category` says which kind).
+    kind: str = "fact"
 
     @property
     def shown_ids(self) -> list[str]:
@@ -371,10 +374,10 @@ def synthetic_time_episodes(conversations: Iterable[SynthConversation], embedder
     events, written as the runtime writes them (speaker, time, relative
     dates resolved), and the question is answered from what the runtime
     Answer Agent would show (`reader`, as for LoCoMo; None: the top-k
-    turns). The gold answer is the event's date, which the reader sees only
-    as "(yesterday = 7 May 2023)" beside the turn: the skill is copying the
-    resolved date of the line that tells the event, not the date at the
-    head of a line.
+    turns). The gold answer is the event's date: for most events the one
+    shown as "(yesterday = 7 May 2023)" beside the turn, for "today" and "I
+    just ..." the turn's own date at the head of its line; the skill is
+    taking the date of the line that tells the event.
     """
     from edge.train.synthetic import dated_events
 
@@ -390,7 +393,7 @@ def synthetic_time_episodes(conversations: Iterable[SynthConversation], embedder
                 relevant = [str(j) for j, m in enumerate(kept) if event.turn.turn_id in m.source_turns]
                 episodes.append(AnswerEpisode(f"{conv.sample_id}:{event.turn.turn_id.rsplit(':', 1)[1]}", q.question,
                                               q.answer, [_stored(m) for m in kept], relevant, text_mode=text_mode,
-                                              shown_memories=list(shown)))
+                                              shown_memories=list(shown), kind="time"))
     return episodes
 
 
@@ -491,7 +494,7 @@ def locomo_answer_episodes(conversations: Sequence[Any], embedder: Embedder, *, 
                 relevant = [str(j) for j, m in enumerate(kept) if evidence & set(m.source_turns)]
                 episodes.append(AnswerEpisode(f"{conv.sample_id}:qa{qa.index}", qa.question, qa.answer,
                                               [_stored(m) for m in kept], relevant, qa.category,
-                                              text_mode=text_mode, shown_memories=list(shown)))
+                                              text_mode=text_mode, shown_memories=list(shown), kind="locomo"))
     return episodes
 
 

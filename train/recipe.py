@@ -77,7 +77,7 @@ def build_data(config: TrainConfig, embedder: Embedder, *, reader: Any = None) -
 
         synthetic = build_data(replace(config, data=replace(d, source="synthetic", max_dev_episodes=0)), embedder,
                                reader=reader)
-        locomo = build_data(replace(config, data=replace(d, source="locomo", max_dev_episodes=0)), embedder,
+        locomo = build_data(replace(config, data=replace(d, source="locomo", max_dev_episodes=0, time_questions=0)), embedder,
                             reader=reader)
         train = synthetic.train + locomo.train
         random.Random(config.seed).shuffle(train)
