@@ -413,7 +413,9 @@ def to_bank_ops(
         elif proposed.op == "DELETE" and target is not None and restates(target.text, turn.text, speaker=turn.speaker):
             reason = "the turn repeats this fact; repeating a fact never retires it"
         if reason:
-            rejected.append(({"op": proposed.op, "id": proposed.id, "text": text}, reason))
+            # The id as the user knows it (the memory's), not the prompt's local "0"; an id never shown stays as said.
+            said_id = id_map.real(proposed.id) or proposed.id if proposed.id is not None else None
+            rejected.append(({"op": proposed.op, "id": said_id, "text": text}, reason))
             log.info("manager op refused: %s", reason)
             continue
         kept.append(_bank_op(proposed.op, text, target, turn, at, said_at, tier=proposed.tier or "semantic"))

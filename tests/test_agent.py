@@ -274,3 +274,14 @@ def test_a_bundle_is_resolved_from_itself_a_folder_or_the_default_built_on_first
     from edge.bundle import DEFAULT_QUANT
 
     assert built.model_label("chat") == built.model_label("manager") == f"SmolLM2-135M-Instruct {DEFAULT_QUANT.upper()}"
+
+
+def test_a_refused_update_names_the_memory_not_the_prompts_local_id(bank: MemoryBank) -> None:
+    """`edge remember` prints refusals: "UPDATE 0" told the user nothing; the memory's own id does."""
+    tea = bank.add("Alice likes tea")
+    reply = json.dumps({"ops": [{"op": "UPDATE", "id": "0", "text": "Alice went to the dentist"}]})
+    result = MemoryManager(ScriptedBackend([reply], check_schema=False), bank, text_mode="free").process(
+        Turn("alice", "I went to the dentist yesterday"))
+    assert result.applied == [] and bank.get(tea.id).text == "Alice likes tea"
+    [(raw, reason)] = result.rejected
+    assert raw["id"] == tea.id and "says nothing about this fact" in reason
