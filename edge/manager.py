@@ -179,6 +179,12 @@ def log_entry(turn: Turn, at: datetime | None, dates: dict[str, str]) -> AddOp:
     return AddOp(turn.text, "episodic", stamp(at) or turn.time, (turn.turn_id,) if turn.turn_id else (), metadata)
 
 
+def log_entry_for(turn: Turn) -> AddOp:
+    """`log_entry` of `turn` at its own time, its relative dates resolved against that time (what `keep` writes)."""
+    at = turn_time(turn)
+    return log_entry(turn, at, resolved_dates(turn.text, at))
+
+
 def manager_pieces(text: str, limit: int = MANAGER_TURN_CHARS) -> list[str]:
     """A long turn cut at sentence ends into pieces of at most about `limit` characters, for the Manager."""
     if len(text) <= limit:
@@ -298,9 +304,8 @@ class MemoryManager:
 
         The Manager goes over it later with `process(turn, already_logged=True)`.
         """
-        at = turn_time(turn)
-        entry = log_entry(turn, at, resolved_dates(turn.text, at))
-        return self.bank.apply([entry], user=user or self.bank.user, actor="manager", turn=turn_reference(turn))[0]
+        return self.bank.apply([log_entry_for(turn)], user=user or self.bank.user, actor="manager",
+                               turn=turn_reference(turn))[0]
 
     def process(self, turn: Turn, *, user: str | None = None, already_logged: bool = False) -> TurnResult:
         """Keep the turn in the episodic log and apply the facts the model took from it, in one transaction.
@@ -388,7 +393,8 @@ def to_bank_ops(
     kept: list[Op] = []
     added = written if written is not None else set()
     for proposed in parse.ops:
-        target = by_id.get(id_map.real(proposed.id or "") or "") if proposed.op != "ADD" else None
+        real_id = id_map.real(proposed.id or "")
+        target = by_id.get(real_id or "") if proposed.op != "ADD" else None
         text = proposed.text
         sources = [turn.text] + ([target.text] if target else [])
         reason = None
@@ -414,8 +420,7 @@ def to_bank_ops(
             reason = "the turn repeats this fact; repeating a fact never retires it"
         if reason:
             # The id as the user knows it (the memory's), not the prompt's local "0"; an id never shown stays as said.
-            said_id = id_map.real(proposed.id) or proposed.id if proposed.id is not None else None
-            rejected.append(({"op": proposed.op, "id": said_id, "text": text}, reason))
+            rejected.append(({"op": proposed.op, "id": real_id or proposed.id, "text": text}, reason))
             log.info("manager op refused: %s", reason)
             continue
         kept.append(_bank_op(proposed.op, text, target, turn, at, said_at, tier=proposed.tier or "semantic"))

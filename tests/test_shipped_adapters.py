@@ -104,11 +104,10 @@ def test_the_trained_answer_agent_answers_when_with_the_date_resolved_beside_the
     from edge.answer import AnswerAgent
     from edge.bank import MemoryBank
     from edge.embedder import HashEmbedder
-    from edge.manager import log_entry, resolved_dates, turn_time
+    from edge.manager import log_entry_for
 
     with MemoryBank.open(tmp_path / "bank.db", HashEmbedder()) as bank:
-        turns = [Turn(speaker, text, when, f"t{i}") for i, (when, speaker, text) in enumerate(LOG)]
-        bank.apply([log_entry(t, turn_time(t), resolved_dates(t.text, turn_time(t))) for t in turns])
+        bank.apply([log_entry_for(Turn(speaker, text, when, f"t{i}")) for i, (when, speaker, text) in enumerate(LOG)])
         with default_bundle.load_backend("answer") as backend:
             agent = AnswerAgent(backend, generation=default_bundle.generation, adapter="answer")
             pottery = agent.answer(bank, "When did Maya go to a pottery class?")

@@ -222,6 +222,7 @@ def test_the_operation_report_shows_a_collapse_onto_one_operation():
 
 def test_time_questions_ask_for_the_date_the_runtime_resolved_on_the_line_that_tells_the_event():
     """The generator's calendar arithmetic and the runtime's date resolution agree, and the gold is a span offered."""
+    from edge.prompts import show_date
     from edge.train.episodes import synthetic_time_episodes
     from edge.train.synthetic import dated_events
 
@@ -237,18 +238,12 @@ def test_time_questions_ask_for_the_date_the_runtime_resolved_on_the_line_that_t
         shown_dates = dict(teller.dates)
         if shown_dates:  # "(yesterday = 7 May 2023)": the gold is the resolved date, not the line's own
             relative += 1
-            assert e.answer in {show for show in map(_shown, shown_dates.values())}
+            assert e.answer in {show_date(value) for value in shown_dates.values()}
         else:  # "I just went ..." / "today": the line's own date
-            assert e.answer == _shown(teller.event_time)
+            assert e.answer == show_date(teller.event_time)
     assert relative >= 9
     assert [t.text for t in generate("dev", 6)[0].turns] == [t.text for t in conversations[0].turns]
     assert dated_events(conversations[0], 3) == dated_events(generate("dev", 1)[0], 3)  # a pure function of the seed
-
-
-def _shown(value):
-    from edge.prompts import show_date
-
-    return show_date(value)
 
 
 def test_time_questions_join_the_answer_agents_synthetic_data_when_the_config_asks():

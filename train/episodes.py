@@ -379,12 +379,13 @@ def synthetic_time_episodes(conversations: Iterable[SynthConversation], embedder
     just ..." the turn's own date at the head of its line; the skill is
     taking the date of the line that tells the event.
     """
+    from edge.dates import parse_time
     from edge.train.synthetic import dated_events
 
     episodes: list[AnswerEpisode] = []
     for conv in conversations:
         events = dated_events(conv, per_conversation)
-        turns = sorted([*conv.turns, *(e.turn for e in events)], key=lambda t: _order(t.time))
+        turns = sorted([*conv.turns, *(e.turn for e in events)], key=lambda t: parse_time(t.time))
         with scratch_bank(embedder) as bank:
             _log(bank, [Turn(t.speaker, t.text, t.time, t.turn_id) for t in turns])
             for event in events:
@@ -397,21 +398,11 @@ def synthetic_time_episodes(conversations: Iterable[SynthConversation], embedder
     return episodes
 
 
-def _order(when: str) -> Any:
-    from edge.dates import parse_time
-
-    return parse_time(when)
-
-
 def _log(bank: MemoryBank, turns: Sequence[Turn]) -> None:
-    """Write `turns` to the bank's episodic log as the runtime does (`edge.manager.log_entry`), in one transaction."""
-    from edge.manager import log_entry, resolved_dates, turn_time
+    """Write `turns` to the bank's episodic log as the runtime does (`edge.manager.log_entry_for`), in one transaction."""
+    from edge.manager import log_entry_for
 
-    entries = []
-    for turn in turns:
-        at = turn_time(turn)
-        entries.append(log_entry(turn, at, resolved_dates(turn.text, at)))
-    bank.apply(entries)
+    bank.apply([log_entry_for(turn) for turn in turns])
 
 
 def _answer_context(bank: MemoryBank, question: str, k: int, reader: Any) -> tuple[list[Memory], list[ShownMemory]]:

@@ -77,8 +77,8 @@ def build_data(config: TrainConfig, embedder: Embedder, *, reader: Any = None) -
 
         synthetic = build_data(replace(config, data=replace(d, source="synthetic", max_dev_episodes=0)), embedder,
                                reader=reader)
-        locomo = build_data(replace(config, data=replace(d, source="locomo", max_dev_episodes=0, time_questions=0)), embedder,
-                            reader=reader)
+        locomo_data = replace(d, source="locomo", max_dev_episodes=0, time_questions=0)
+        locomo = build_data(replace(config, data=locomo_data), embedder, reader=reader)
         train = synthetic.train + locomo.train
         random.Random(config.seed).shuffle(train)
         dev = synthetic.dev + locomo.dev

@@ -413,8 +413,12 @@ def dated_events(conv: SynthConversation, n: int) -> list[DatedEvent]:
                 answer = f"{MONTHS[previous.month - 1]} {previous.year}"
             else:
                 answer = _shown_day(today - timedelta(days=back))
-        sentence = f"I {said} {phrase}." if phrase and rng.random() < 0.6 else \
-            f"{phrase[0].upper() + phrase[1:]} I {said}." if phrase else f"I just {said}!"
+        if not phrase:
+            sentence = f"I just {said}!"
+        elif rng.random() < 0.6:
+            sentence = f"I {said} {phrase}."
+        else:
+            sentence = f"{phrase[0].upper() + phrase[1:]} I {said}."
         text = " ".join(part for part in (sentence, rng.choice(REMARKS)) if part)
         speaker = conv.person if rng.random() < 0.7 else friend
         turn = SynthTurn(f"S{conv.seed}:e{i}", speaker, text, when, "event", (), ())
