@@ -53,6 +53,10 @@ class AnswerResult:
     # The answer is "unknown" or a span of a memory (or date) it was shown: it is grounded in the bank, which is
     # not the same as right (a span of the wrong memory is supported too).
     supported: bool = True
+    # With extractive answers, every reply the schema allowed (`edge.prompts.answer_spans` of what was shown, "unknown"
+    # among them): the answer is one of them, and the best of them is what a perfect chooser would have scored
+    # (`edge.evaluation.scoring.best_offered`). [] when nothing was retrieved (no model call); None for free text.
+    offered: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (what `edge ask --json` prints)."""
@@ -63,6 +67,8 @@ class AnswerResult:
             "retrieved": [m.id for m in self.retrieved],
             "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
             "timings": {k: round(v, 4) for k, v in self.timings.items()}, "error": self.error,
+            # Only how many: the spans of a long context run to hundreds of strings.
+            "offered": None if self.offered is None else len(self.offered),
         }
 
 
@@ -164,7 +170,8 @@ class AnswerAgent:
         start = time.perf_counter()
         if not memories and not core:
             return AnswerResult(question=question, answer=UNKNOWN, memory_ids=[], memories=[], retrieved=[],
-                                timings={"fit_s": 0.0, "generate_s": 0.0, "total_s": time.perf_counter() - start})
+                                timings={"fit_s": 0.0, "generate_s": 0.0, "total_s": time.perf_counter() - start},
+                                offered=[] if self.text_mode == "extractive" else None)
         memories, messages, id_map, shown = self._fit(question, memories, core)
         spans = answer_spans(shown, question) if self.text_mode == "extractive" else None
         generate_start = time.perf_counter()
@@ -175,7 +182,7 @@ class AnswerAgent:
             )
         except ModelOutputError as exc:  # a backend that checks the schema itself refused the reply
             return AnswerResult(question=question, answer=UNKNOWN, memory_ids=[], memories=[], retrieved=memories,
-                                timings={"total_s": time.perf_counter() - start}, error=exc.message)
+                                timings={"total_s": time.perf_counter() - start}, error=exc.message, offered=spans)
         parsed = parse_answer_output(completion.text, id_map.local_ids)
         # An extractive answer names no ids: the memories it used are those that hold it.
         used = parsed.relevant if spans is None else supporting(parsed.answer, shown)
@@ -194,6 +201,7 @@ class AnswerAgent:
             error=parsed.error,
             raw=completion.text,
             supported=answer_supported(parsed.answer, shown),
+            offered=spans,
         )
 
     def _fit(self, question: str, memories: list[Memory], core: str):

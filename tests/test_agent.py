@@ -62,6 +62,15 @@ def test_ask_answers_with_the_ids_it_used_and_timings(agent: Agent) -> None:
     assert cat.id in [m.id for m in result.retrieved]
     assert set(result.timings) == {"retrieve_s", "fit_s", "generate_s", "total_s"}
     assert result.prompt_tokens > 0
+    # Extractive: the answer is one of the replies the schema offered, and "unknown" is always among them.
+    assert result.answer in result.offered and "unknown" in result.offered
+    assert result.to_dict()["offered"] == len(result.offered)
+
+
+def test_nothing_retrieved_offers_nothing_and_asks_no_model(agent: Agent) -> None:
+    result = agent.ask("What is the name of Alice's cat?")
+    assert result.answer == "unknown" and result.offered == [] and result.prompt_tokens == 0
+    assert result.to_dict()["offered"] == 0
 
 
 def test_malformed_model_output_leaves_the_bank_untouched(agent: Agent, llama_backend) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from edge.bundle import build_default
 from edge.evaluation.runner import EvalSettings, LocomoRun
+from edge.evaluation.scoring import is_unknown
 from edge.evaluation.systems import EvalContext
 
 TINY = [{
@@ -203,3 +204,125 @@ def test_the_eval_command_runs_a_system_and_rewrites_its_report(tmp_path: Path, 
     rewritten = CliRunner().invoke(cli, ["eval", "report", str(out)])
     assert rewritten.exit_code == 0, rewritten.output
     assert "| rag-turns | **overall** | 1 |" in (out / "report.md").read_text()
+
+
+# --------------------------------------------------------------------------- the ceiling, the Manager, abstention
+
+CONV_26 = Path("/work/shared/data/locomo/conv-26.json")
+OFFERED_FIELDS = ("offered", "best_offered", "best_offered_f1", "best_offered_locomo_f1", "gold_offered")
+
+
+def _answers(out: Path, system: str, sample: str = "tiny-1") -> list[dict]:
+    return [json.loads(line) for line in (out / system / sample / "answers.jsonl").read_text().splitlines()]
+
+
+def _check_ceiling(row: dict) -> None:
+    """An extractive answer is one of the spans it was offered, so it never scores above the best of them."""
+    assert row["offered"] >= 1 and row["gold_offered"] in (0.0, 1.0) and row["unknown"] in (0.0, 1.0)
+    assert 0.0 <= row["best_offered_locomo_f1"] <= 1.0
+    if row["error"] is None:  # an unparsable reply keeps its raw text, which no span need match
+        assert row["f1"] <= row["best_offered_f1"] <= 1.0
+    assert (row["best_offered"] is None) == (row["best_offered_f1"] == 0.0)
+    if row["gold_offered"]:
+        assert row["best_offered_f1"] == 1.0
+    assert row["unknown"] == float(is_unknown(row["prediction"]))
+
+
+def _episodic_log(path: Path, embedder) -> list[tuple]:
+    from edge.bank import MemoryBank
+    from edge.evaluation.systems import BANK_USER
+
+    with MemoryBank.open(path, embedder, user=BANK_USER) as bank:
+        memories = bank.list(user=BANK_USER, include_deleted=True, include_superseded=True)
+    return [(m.tier, m.text, m.event_time, m.source_turns, m.metadata) for m in memories]
+
+
+def test_the_bundle_with_and_without_its_manager_and_the_share_of_its_ceiling(tmp_path: Path, context) -> None:
+    out = tmp_path / "out"
+    settings = EvalSettings(data=_data(tmp_path), out=out, systems=["bundle", "bundle-log-only"],
+                            include_adversarial=True, n_ctx=4096, answer_k=20, progress=False)
+    results = LocomoRun(settings, context=context, log=lambda _: None).run()
+
+    for name in ("bundle", "bundle-log-only"):
+        rows = _answers(out, name)
+        assert [r["category"] for r in rows] == [4, 4, 1, 5]
+        for row in rows:
+            _check_ceiling(row)
+        system = results["systems"][name]
+        for scores in [*system["categories"].values(), *system["split"].values()]:
+            assert scores["best_offered_f1"] >= scores["f1"] - 1e-9 or any(r["error"] for r in rows)
+            assert scores["taken"] is None or 0.0 <= scores["taken"] <= 1.0
+        abstention = system["abstention"]
+        assert abstention["unanswerable"] == 1 and abstention["answerable"] == 3
+        assert abstention["abstained_unanswerable"] == rows[3]["unknown"]
+        assert abstention["false_unknown"] == pytest.approx(sum(r["unknown"] for r in rows[:3]) / 3)
+
+    # No Manager: the bank is the episodic log alone, written entry for entry as the runtime writes it.
+    alone = results["systems"]["bundle-log-only"]
+    assert alone["bank"]["memories"] == 8 and alone["facts"]["stored"] == 0
+    log = _episodic_log(out / "bundle-log-only" / "tiny-1" / "bank.db", context.embedder)
+    assert {entry[0] for entry in log} == {"episodic"}
+    full = [entry for entry in _episodic_log(out / "bundle" / "tiny-1" / "bank.db", context.embedder)
+            if entry[0] == "episodic"]
+    assert log == full
+    assert ("D1:1",) in [entry[3] for entry in log] and all(entry[4]["speaker"] in ("Ana", "Ben") for entry in log)
+
+    report = (out / "report.md").read_text()
+    assert "## What the Answer Agent takes of what it is offered" in report
+    assert "| bundle-log-only | **overall** | 4 |" in report
+    assert "## The Manager's contribution" in report and "| **overall** | 4/4 |" in report
+    assert "## Abstention" in report
+    assert "offered.png" in results["charts"] and (out / "offered.png").stat().st_size > 0
+
+    # The results.json of an older run (no ceiling, no abstention) still renders, with those sections left out.
+    from edge.evaluation.report import regenerate
+
+    saved = json.loads((out / "results.json").read_text())
+    for system in saved["systems"].values():
+        del system["abstention"]
+        for scores in [*system["categories"].values(), *system["split"].values()]:
+            for metric in ("best_offered_f1", "best_offered_locomo_f1", "gold_offered", "taken"):
+                del scores[metric]
+    (out / "results.json").write_text(json.dumps(saved))
+    path, charts = regenerate(out)
+    old = path.read_text()
+    assert "| bundle | **overall** | 4 |" in old and "## The Manager's contribution" in old
+    assert "What the Answer Agent takes" not in old and "## Abstention" not in old and "offered.png" not in charts
+
+
+def test_free_text_answers_have_no_ceiling_and_old_answers_are_not_given_one(tmp_path: Path, context) -> None:
+    from edge.evaluation.runner import _backfill
+
+    out = tmp_path / "out"
+    settings = EvalSettings(data=_data(tmp_path), out=out, systems=["rag-turns"], limit=1, n_ctx=4096, answer_k=20,
+                            progress=False)
+    context.text_mode, mode = "free", context.text_mode
+    try:
+        results = LocomoRun(settings, context=context, log=lambda _: None).run()
+    finally:
+        context.text_mode = mode
+    row = _answers(out, "rag-turns")[0]
+    assert all(row[field] is None for field in OFFERED_FIELDS) and row["unknown"] in (0.0, 1.0)
+    overall = results["systems"]["rag-turns"]["categories"]["overall"]
+    assert overall["best_offered_f1"] is None and overall["taken"] is None and overall["f1"] is not None
+    assert "What the Answer Agent takes" not in (out / "report.md").read_text()
+    assert results["systems"]["rag-turns"]["abstention"]["answerable"] == 1
+    # An answer written before the ceiling was recorded stays without one: what was offered is not known.
+    old = [{k: v for k, v in row.items() if k not in (*OFFERED_FIELDS, "unknown")}]
+    assert not _backfill(old, None) and not any(field in old[0] for field in OFFERED_FIELDS)
+
+
+@pytest.mark.skipif(not CONV_26.is_file(), reason="conv-26.json is not on this machine")
+def test_the_ceiling_on_a_few_locomo_questions(tmp_path: Path, context) -> None:
+    """conv-26's first session and a few of its questions: real turns offer many spans, the answer is one."""
+    out = tmp_path / "out"
+    settings = EvalSettings(data=CONV_26, out=out, systems=["rag-turns", "bundle-log-only"], sessions=1, limit=3,
+                            n_ctx=4096, answer_k=20, progress=False)
+    results = LocomoRun(settings, context=context, log=lambda _: None).run()
+    for name in ("rag-turns", "bundle-log-only"):
+        rows = _answers(out, name, "conv-26")
+        assert len(rows) == 3
+        for row in rows:
+            _check_ceiling(row)
+            assert row["offered"] > 10  # the spans of up to 20 real turns
+        assert results["systems"][name]["facts"]["stored"] == 0

@@ -418,3 +418,131 @@ def test_resumed_answers_get_the_official_f1() -> None:
     assert _backfill(rows, None)
     assert rows[0]["locomo_f1"] == 0.5 and "judge" not in rows[0]
     assert not _backfill(rows, None)
+
+
+# --------------------------------------------------------------------------- the ceiling: the best offered span
+
+
+def test_best_offered_is_the_closest_span_and_unknown_abstains() -> None:
+    from edge.evaluation.scoring import best_offered, is_unknown
+
+    assert best_offered(["unknown", "a cat named Luna", "Luna"], "Luna") == ("Luna", 1.0)
+    assert best_offered(["unknown", "hiking"], "Lisbon") == (None, 0.0)
+    assert best_offered([], "Lisbon") == (None, 0.0)
+    span, f1 = best_offered(["the Lisbon marathon in May", "Lisbon marathon"], "Lisbon marathon")
+    assert (span, f1) == ("Lisbon marathon", 1.0)
+    assert is_unknown("Unknown.") and is_unknown(" the unknown ") and not is_unknown("unknown cat")
+
+
+def test_offered_scores_of_one_answer() -> None:
+    from edge.evaluation.runner import offered_scores
+
+    scores = offered_scores(["unknown", "hiking and painting", "painting"], "hiking, painting", 1)
+    assert scores["offered"] == 3 and scores["best_offered"] == "hiking and painting"
+    assert scores["best_offered_f1"] == pytest.approx(f1_score("hiking and painting", "hiking, painting"))
+    assert scores["best_offered_locomo_f1"] == locomo_f1("hiking and painting", "hiking, painting", 1)
+    assert scores["gold_offered"] == 0.0  # "hiking and painting" is not "hiking painting"
+    assert offered_scores(["unknown", "Luna!"], "luna", 4)["gold_offered"] == 1.0
+    # Nothing retrieved: nothing offered, a ceiling of 0. Free text: no ceiling at all.
+    assert offered_scores([], "Luna", 4) == {"offered": 0, "best_offered": None, "best_offered_f1": 0.0,
+                                             "best_offered_locomo_f1": 0.0, "gold_offered": 0.0}
+    assert set(offered_scores(None, "Luna", 4).values()) == {None}
+
+
+def _offered_row(qa_index: int, category: int, f1: float, best: float | None, *, gold_offered: float | None = None,
+                 prediction: str = "x") -> dict:
+    row = {"qa_index": qa_index, "category": category, "prediction": prediction, "f1": f1, "em": float(f1 == 1.0),
+           "seconds": 1.0, "prompt_tokens": 10, "shown": 2, "unknown": float(prediction == "unknown")}
+    if best is not None:
+        row.update(best_offered_f1=best, best_offered_locomo_f1=best,
+                   gold_offered=float(best == 1.0) if gold_offered is None else gold_offered)
+    return row
+
+
+def test_taken_is_the_ratio_of_the_means_over_rows_with_a_ceiling() -> None:
+    from edge.evaluation.runner import taken
+
+    assert taken([_offered_row(0, 4, 0.5, 1.0), _offered_row(1, 4, 0.0, 0.5)]) == pytest.approx(0.25 / 0.75)
+    assert taken([_offered_row(0, 4, 1.0, 1.0), _offered_row(1, 4, 0.0, 0.0)]) == 1.0  # a 0 ceiling weighs nothing
+    assert taken([_offered_row(0, 4, 0.0, 0.0)]) is None  # nothing was reachable
+    assert taken([_offered_row(0, 4, 1.0, None)]) is None  # free text or an older run: no ceiling
+    assert taken([]) is None
+    # A row without a ceiling neither counts in the F1 nor in the ceiling.
+    assert taken([_offered_row(0, 4, 1.0, None), _offered_row(1, 4, 0.25, 0.5)]) == 0.5
+
+
+def test_summary_of_the_ceiling_and_of_abstention() -> None:
+    from edge.evaluation.runner import summarise_system
+
+    rows = [_offered_row(0, 4, 0.5, 1.0), _offered_row(1, 4, 1.0, 1.0), _offered_row(2, 1, 0.0, 0.5),
+            _offered_row(3, 2, 0.0, 0.0, prediction="unknown"), _offered_row(5, 5, 0.0, 0.0, prediction="unknown"),
+            _offered_row(6, 5, 0.0, 0.0, prediction="Luna")]
+    summary = summarise_system("bundle", rows, [], [])
+    cats = summary["categories"]
+    assert cats["4"]["best_offered_f1"] == 1.0 and cats["4"]["taken"] == 0.75 and cats["4"]["gold_offered"] == 1.0
+    assert cats["1"]["taken"] == 0.0 and cats["2"]["taken"] is None and cats["2"]["best_offered_locomo_f1"] == 0.0
+    overall = cats["overall"]
+    assert overall["best_offered_f1"] == pytest.approx(2.5 / 6) and overall["f1"] == pytest.approx(1.5 / 6)
+    assert overall["taken"] == pytest.approx(0.6) and overall["gold_offered"] == pytest.approx(2 / 6)
+    # Questions 0 and 5 are dev (every fifth), the others may be trained on.
+    assert summary["split"]["dev"]["taken"] == 0.5 and summary["split"]["trained"]["taken"] == pytest.approx(1 / 1.5)
+    assert summary["abstention"] == {"unanswerable": 2, "abstained_unanswerable": 0.5, "answerable": 4,
+                                     "false_unknown": 0.25}
+    # Without adversarial questions the false unknowns are still measured; rows of an older run have no
+    # "unknown" field, and their prediction says it.
+    old = [{k: v for k, v in r.items() if k != "unknown"} for r in rows if r["category"] != 5]
+    assert summarise_system("bundle", old, [], [])["abstention"] == {
+        "unanswerable": 0, "abstained_unanswerable": None, "answerable": 4, "false_unknown": 0.25}
+
+
+def _bundle_results() -> dict:
+    """`_results()` with `bundle` and `bundle-log-only` on hand-made rows that record what was offered."""
+    from edge.evaluation.runner import summarise_system
+
+    results = _results()
+    rows = [_offered_row(0, 4, 0.5, 1.0), _offered_row(1, 1, 0.0, 0.5),
+            _offered_row(2, 5, 0.0, 0.0, prediction="unknown")]
+    log_rows = [{**r, "f1": r["f1"] / 2, "em": 0.0} for r in rows]
+    results["systems"] = {"bundle": summarise_system("bundle", rows, [], []),
+                          "bundle-log-only": summarise_system("bundle-log-only", log_rows, [], [])}
+    results["categories"] = ["1", "4", "5"]
+    return results
+
+
+def test_report_shows_what_is_taken_of_what_is_offered_the_manager_and_abstention() -> None:
+    from edge.evaluation.report import render_report
+
+    results = _bundle_results()
+    report = render_report(results)
+    assert "## What the Answer Agent takes of what it is offered" in report
+    # n, F1, best offered F1, taken, LoCoMo F1, best offered LoCoMo F1, gold offered
+    assert "| bundle | 4 single-hop (Mem0: open-domain) | 1 | 50.0 | 100.0 | 50.0 | — | 100.0 | 100.0 |" in report
+    assert "| bundle-log-only | dev | 1 | 25.0 | 100.0 | 25.0 | — | 100.0 | 100.0 |" in report
+    assert "## The Manager's contribution" in report
+    # bundle minus bundle-log-only: F1, LoCoMo F1 (not recorded), EM, evidence recall (not recorded)
+    assert "| 4 single-hop (Mem0: open-domain) | 1/1 | +25.0 | — | +0.0 | — |" in report
+    assert "| dev | 1/1 | +25.0 | — | +0.0 | — |" in report
+    assert "## Abstention" in report and "| bundle | 1 | 100.0 | 2 | 0.0 |" in report
+    assert "`bundle-log-only`: the bundle's Answer Agent (with its adapter) over the episodic log alone, no Manager" \
+        in report
+    # One of the two missing: no contribution to show.
+    del results["systems"]["bundle"]
+    assert "## The Manager's contribution" not in render_report(results)
+
+
+def test_report_of_a_run_before_the_ceiling_leaves_its_sections_out(tmp_path: Path) -> None:
+    from edge.evaluation.report import render_report, write_charts
+
+    old = copy.deepcopy(_results())
+    for system in old["systems"].values():
+        del system["abstention"]
+        for scores in [*system["categories"].values(), *system["split"].values()]:
+            for metric in ("best_offered_f1", "best_offered_locomo_f1", "gold_offered", "taken"):
+                del scores[metric]
+    report = render_report(old)
+    assert "| rag-turns | **overall** | 2 |" in report
+    for section in ("What the Answer Agent takes", "The Manager's contribution", "## Abstention"):
+        assert section not in report
+    pytest.importorskip("matplotlib")
+    assert "offered.png" not in write_charts(old, tmp_path)
+    assert "offered.png" in write_charts(_bundle_results(), tmp_path) and (tmp_path / "offered.png").stat().st_size > 0

@@ -29,7 +29,8 @@ def _system_help() -> str:
               help="LoCoMo file in the locomo10.json layout (e.g. locomo10.json, or one conversation of it).")
 @model_options(generation=False)
 @click.option("--system", "systems", multiple=True, type=click.Choice(list(SYSTEMS)),
-              help=f"System to run; repeat for several. [default: all] ({_system_help()})")
+              help=f"System to run; repeat for several. [default: {', '.join(DEFAULT_SYSTEMS)}] "
+              f"({_system_help()})")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Ask only the first N questions of each conversation (every turn is still ingested).")
 @click.option("--sessions", type=click.IntRange(min=1), default=None,
@@ -69,9 +70,16 @@ def locomo(data: Path | None, source, systems: tuple[str, ...], limit: int | Non
     are checked against the turns they cite: the report gives the share
     that is not grounded (hallucination rate) and a few examples.
 
+    With extractive answers each answer is also scored against the best
+    span it was offered (its ceiling): the report gives the share of that
+    F1 the Answer Agent took, per category, and how often it answered
+    "unknown" (rightly on adversarial questions, wrongly on the others).
+    Run bundle and bundle-log-only together for the Manager's contribution:
+    the same Answer Agent with and without the facts it wrote.
+
     Writes OUT/results.json, OUT/report.md (tables per system and category)
-    and a PNG chart per metric. Progress is saved as it goes: run the same
-    command again to resume.
+    and a PNG chart per metric (offered.png: F1 against its ceiling).
+    Progress is saved as it goes: run the same command again to resume.
 
     \b
     Example:

@@ -2,7 +2,8 @@
 
 `render_report` also reads the results.json of older runs: a figure they
 did not record (LoCoMo's F1, evidence recall by memory kind, the stored-fact
-audit) is shown as "—".
+audit) is shown as "—", and a section they hold nothing for (best offered
+span, abstention) is left out.
 """
 from __future__ import annotations
 
@@ -10,10 +11,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edge.evaluation.runner import MEM0_CATEGORY_NAMES, METRIC_LABELS, METRICS
+from edge.evaluation.runner import ANSWER_METRICS, MEM0_CATEGORY_NAMES, METRIC_LABELS
 
 MISSING = "—"
 OPTIONAL_METRICS = ("judge",)  # columns shown only when some system has a value
+# Columns of "What the Answer Agent takes of what it is offered".
+OFFERED_COLUMNS = ("f1", "best_offered_f1", "taken", "locomo_f1", "best_offered_locomo_f1", "gold_offered")
+# Columns of "The Manager's contribution": `bundle` minus `bundle-log-only`.
+MANAGER_COLUMNS = ("f1", "locomo_f1", "em", "evidence_recall")
+WITH_MANAGER, WITHOUT_MANAGER = "bundle", "bundle-log-only"
 
 
 def _pct(value: float | None) -> str:
@@ -43,13 +49,22 @@ def _has_values(results: dict[str, Any], metric: str) -> bool:
 
 
 def _metrics_shown(results: dict[str, Any]) -> list[str]:
-    """Table columns: every metric, but the judge only when one was configured."""
-    return [m for m in METRICS if m not in OPTIONAL_METRICS or _has_values(results, m)]
+    """The "Scores" columns: every answer metric, but the judge only when one was configured."""
+    return [m for m in ANSWER_METRICS if m not in OPTIONAL_METRICS or _has_values(results, m)]
 
 
 def _metrics_charted(results: dict[str, Any]) -> list[str]:
-    """Metrics with at least one value: one chart each."""
-    return [m for m in METRICS if _has_values(results, m)]
+    """Answer metrics with at least one value: one chart each (the ceiling has its own, `offered.png`)."""
+    return [m for m in ANSWER_METRICS if _has_values(results, m)]
+
+
+def _signed(value: float | None) -> str:
+    """A difference of two shares in percentage points, signed ("+3.2", "-0.5")."""
+    return MISSING if value is None else f"{100 * value:+.1f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def render_report(results: dict[str, Any]) -> str:
@@ -93,6 +108,9 @@ def render_report(results: dict[str, Any]) -> str:
             cells = [name, label, str(scores.get("n", MISSING))] + [_pct(scores.get(m)) for m in metrics]
             lines.append("| " + " | ".join(cells) + " |")
     lines += _split_section(results, metrics)
+    lines += _offered_section(results)
+    lines += _manager_section(results)
+    lines += _abstention_section(results)
     lines += _facts_section(results)
     lines += [
         "",
@@ -134,6 +152,92 @@ def _split_section(results: dict[str, Any], metrics: list[str]) -> list[str]:
             cells = [name, key, str(scores.get("n", MISSING))] + [_pct(scores.get(m)) for m in metrics]
             lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _offered_cells(scores: dict[str, Any]) -> list[str]:
+    return [str(scores.get("n", MISSING))] + [_pct(scores.get(m)) for m in OFFERED_COLUMNS]
+
+
+def _offered_section(results: dict[str, Any]) -> list[str]:
+    """Per system and category: F1 beside the F1 of the best span offered, and the share of it taken.
+
+    Left out when no system recorded what it was offered (free-text answers, or a run before this table).
+    """
+    if not _has_values(results, "best_offered_f1"):
+        return []
+    lines = ["", "## What the Answer Agent takes of what it is offered", "",
+             "With extractive answers the reply can only be one of the spans it was offered (`edge.prompts."
+             "answer_spans` of what it was shown, and \"unknown\"). Best offered F1 is what it would have scored "
+             "had it always chosen the offered span closest to the gold answer (SQuAD-style F1; LoCoMo's F1 of that "
+             "same span beside it); taken is F1 / best offered F1, the share of that ceiling it reached; gold offered "
+             "is the share of questions where the gold answer itself was among the spans (exact match reachable). "
+             "A low ceiling is what it was shown (retrieval, the token budget, or a gold answer no span words), a "
+             "low share taken is the model's choice. Adversarial questions (5) have no span to find: see Abstention. "
+             f"{MISSING}: free-text answers, or a run that did not record what was offered.", ""]
+    header = ["system", "category", "n"] + [METRIC_LABELS[m] for m in OFFERED_COLUMNS]
+    rows = []
+    for name, system in results["systems"].items():
+        for key, scores in system["categories"].items():
+            label = f"**{_category_label(results, key)}**" if key == "overall" else _category_label(results, key)
+            rows.append([name, label] + _offered_cells(scores))
+    lines += _table(header, rows)
+    split = [[name, key] + _offered_cells(scores) for name, system in results["systems"].items()
+             for key, scores in (system.get("split") or {}).items()]
+    if split:
+        lines += ["", "On the dev questions (never trained on) and the others:", ""]
+        lines += _table(["system", "questions", "n"] + [METRIC_LABELS[m] for m in OFFERED_COLUMNS], split)
+    return lines
+
+
+def _difference(with_manager: dict[str, Any], without: dict[str, Any], metric: str) -> float | None:
+    a, b = with_manager.get(metric), without.get(metric)
+    return None if a is None or b is None else a - b
+
+
+def _manager_row(label: str, with_manager: dict[str, Any] | None, without: dict[str, Any] | None) -> list[str]:
+    with_manager, without = with_manager or {}, without or {}
+    n = f"{with_manager.get('n', MISSING)}/{without.get('n', MISSING)}"
+    return [label, n] + [_signed(_difference(with_manager, without, m)) for m in MANAGER_COLUMNS]
+
+
+def _manager_section(results: dict[str, Any]) -> list[str]:
+    """`bundle` minus `bundle-log-only` per category and dev/trained: what the Manager's facts add to the answers.
+
+    Both run the bundle's Answer Agent with its adapter; only `bundle` has a Manager writing facts beside the
+    episodic log. Left out unless both systems ran.
+    """
+    systems = results["systems"]
+    if WITH_MANAGER not in systems or WITHOUT_MANAGER not in systems:
+        return []
+    full, alone = systems[WITH_MANAGER], systems[WITHOUT_MANAGER]
+    lines = ["", "## The Manager's contribution", "",
+             f"`{WITH_MANAGER}` minus `{WITHOUT_MANAGER}`, in percentage points: the same Answer Agent with the same "
+             "adapter, with and without the facts the Memory Manager wrote beside the episodic log. n is the "
+             f"questions each answered ({WITH_MANAGER}/{WITHOUT_MANAGER}); positive: the Manager helped.", ""]
+    keys = list(dict.fromkeys([*full["categories"], *alone["categories"]]))
+    keys = [k for k in keys if k != "overall"] + ["overall"]
+    rows = [_manager_row(f"**{_category_label(results, k)}**" if k == "overall" else _category_label(results, k),
+                         full["categories"].get(k), alone["categories"].get(k)) for k in keys]
+    for key in ("dev", "trained"):
+        if (full.get("split") or {}).get(key) is not None or (alone.get("split") or {}).get(key) is not None:
+            rows.append(_manager_row(key, (full.get("split") or {}).get(key), (alone.get("split") or {}).get(key)))
+    header = ["questions", "n"] + [f"{METRIC_LABELS[m]} Δ" for m in MANAGER_COLUMNS]
+    return lines + _table(header, rows)
+
+
+def _abstention_section(results: dict[str, Any]) -> list[str]:
+    """Per system: the share of unanswerable (5) questions answered "unknown", and of answerable (1-4) ones."""
+    measured = {name: s["abstention"] for name, s in results["systems"].items() if s.get("abstention")}
+    if not measured:
+        return []  # a run before abstention was recorded
+    lines = ["", "## Abstention", "",
+             "How often each system answered \"unknown\": on adversarial questions (5, gold \"Not mentioned in the "
+             "conversation\"; asked only with --include-adversarial) that is right, on answerable ones (1-4) it is a "
+             f"false unknown. {MISSING}: no question of that kind asked.", ""]
+    header = ["system", "unanswerable (5)", "answered unknown", "answerable (1-4)", "false unknown"]
+    rows = [[name, str(a.get("unanswerable", MISSING)), _pct(a.get("abstained_unanswerable")),
+             str(a.get("answerable", MISSING)), _pct(a.get("false_unknown"))] for name, a in measured.items()]
+    return lines + _table(header, rows)
 
 
 def _facts_row(name: str, facts: dict[str, Any] | None) -> str:
@@ -199,8 +303,34 @@ def regenerate(out: Path) -> tuple[Path, list[str]]:
     return write_report(results, out / "report.md"), write_charts(results, out)
 
 
+def _offered_chart(results: dict[str, Any], out: Path, plt: Any) -> str:
+    """offered.png: per category and system, F1 (solid) inside the best offered F1 (pale, the ceiling)."""
+    names = list(results["systems"])
+    keys = list(results["categories"]) + ["overall"]
+    width = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(keys)) + 2.5, 4))
+    for i, name in enumerate(names):
+        cats = results["systems"][name]["categories"]
+        xs = [x + i * width for x in range(len(keys))]
+        color = f"C{i}"
+        ceiling = [100 * (cats.get(k, {}).get("best_offered_f1") or 0.0) for k in keys]
+        ax.bar(xs, ceiling, width, color=color, alpha=0.3, label=f"{name} best offered")
+        ax.bar(xs, [100 * (cats.get(k, {}).get("f1") or 0.0) for k in keys], width * 0.6, color=color,
+               label=f"{name} F1")
+    ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(keys))],
+                  [_category_label(results, k, sep="\n") for k in keys])
+    ax.set_ylabel("F1 (%)")
+    ax.set_title("LoCoMo F1 and the best offered span's F1 by category")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # two entries a system: beside the bars
+    fig.tight_layout()
+    fig.savefig(out / "offered.png", dpi=110)
+    plt.close(fig)
+    return "offered.png"
+
+
 def write_charts(results: dict[str, Any], out: Path) -> list[str]:
-    """One grouped bar chart per metric (categories × systems); returns the files written."""
+    """One grouped bar chart per answer metric (categories × systems), F1 against its ceiling (offered.png) when
+    recorded, and latency; returns the files written."""
     try:
         import matplotlib
     except ImportError:
@@ -228,6 +358,8 @@ def write_charts(results: dict[str, Any], out: Path) -> list[str]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path.name)
+    if _has_values(results, "best_offered_f1"):
+        written.append(_offered_chart(results, out, plt))
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, (what, label) in enumerate((("ingest_s", "ingest per turn"), ("answer_s", "answer per question"))):
         for j, pct in enumerate(("p50", "p95")):

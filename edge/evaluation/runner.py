@@ -27,6 +27,14 @@ bank size; peak resident memory of the process; and the hallucination rate
 of stored facts: the share of a bank's fact memories (deleted and
 superseded versions too) whose text `edge.grounding.grounding` does not
 find in the turns they name as their source.
+
+With extractive answers the reply can only be one of the spans the answer
+model was offered (`edge.prompts.answer_spans`), so each answer is also
+scored against its ceiling: the best offered span's F1 and LoCoMo F1,
+whether the gold answer itself was offered (exact match reachable), and
+"taken", mean F1 over mean best-offered F1: the share of what it could have
+scored that it did. Abstention: the share of adversarial questions (5)
+answered "unknown" and of answerable ones (1-4) answered "unknown".
 """
 from __future__ import annotations
 
@@ -42,14 +50,21 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from edge.errors import EdgeError
-from edge.evaluation.scoring import LLMJudge, lexical_scores, locomo_f1
+from edge.evaluation.scoring import LLMJudge, best_offered, exact_match, is_unknown, lexical_scores, locomo_f1
 from edge.evaluation.systems import BANK_USER, SYSTEMS, EvalContext, System, make_system
 from edge.generation import GenerationConfig
 from edge.locomo import CATEGORY_NAMES, QA, Conversation, LocoTurn, Session, dev_question, load_locomo
 
 DEFAULT_SYSTEMS = ("full-context", "rag-turns", "manager-prompted", "bundle")
-METRICS = ("f1", "locomo_f1", "bleu1", "em", "judge", "evidence_recall", "evidence_recall_episodic",
-           "evidence_recall_fact")
+# What an answer scored (the "Scores" table, one chart each).
+ANSWER_METRICS = ("f1", "locomo_f1", "bleu1", "em", "judge", "evidence_recall", "evidence_recall_episodic",
+                  "evidence_recall_fact")
+# What it could have scored: the best of the extractive answers it was offered (`scoring.best_offered`), and the share
+# of that F1 it took ("taken", a ratio of means, not a mean). None for free-text systems and rows of older runs.
+OFFERED_METRICS = ("best_offered_f1", "best_offered_locomo_f1", "gold_offered", "taken")
+METRICS = ANSWER_METRICS + OFFERED_METRICS
+ANSWERABLE = (1, 2, 3, 4)  # LoCoMo categories with an answer in the conversation; 5 (adversarial) has none
+UNANSWERABLE = 5
 METRIC_LABELS = {
     "f1": "F1",
     "locomo_f1": "LoCoMo F1",
@@ -59,6 +74,10 @@ METRIC_LABELS = {
     "evidence_recall": "evidence recall",
     "evidence_recall_episodic": "evidence recall (episodic)",
     "evidence_recall_fact": "evidence recall (facts)",
+    "best_offered_f1": "best offered F1",
+    "best_offered_locomo_f1": "best offered LoCoMo F1",
+    "gold_offered": "gold offered",
+    "taken": "taken",
 }
 # The same five categories as Mem0's paper names them ("Mem0: Building Production-Ready AI Agents with
 # Scalable Long-Term Memory", Chhikara et al., 2025, arXiv:2504.19413), and Memory-R1 and MemLoRA after it.
@@ -512,6 +531,8 @@ class LocomoRun:
                     "qa_index": qa.index, "category": qa.category, "question": qa.question, "gold": qa.answer,
                     "prediction": reply.answer, **lexical_scores(reply.answer, qa.answer),
                     "locomo_f1": locomo_f1(reply.answer, qa.answer, qa.category),
+                    **offered_scores(reply.offered, qa.answer, qa.category),
+                    "unknown": float(is_unknown(reply.answer)),
                     "evidence": qa.evidence, "evidence_recall": _recall(qa.evidence, reply.context_turns),
                     **{f"evidence_recall_{kind}": _recall(qa.evidence, by_tier.get(kind, []))
                        for kind in MEMORY_KINDS},
@@ -566,6 +587,28 @@ class LocomoRun:
             self._context = None
 
 
+def offered_scores(offered: list[str] | None, gold: str, category: int) -> dict[str, Any]:
+    """How well the answer model could have done by choosing the best of what it was offered (answers.jsonl).
+
+    `offered`: the extractive answers its schema allowed (`SystemAnswer.offered`); None for free text, whose
+    figures are then None. `best_offered` is the offered span with the highest SQuAD-style F1 (`scoring.best_offered`,
+    None when no span shares a token with the gold), `best_offered_f1` that F1, `best_offered_locomo_f1` LoCoMo's F1
+    of that same span for the question's category (0.0 without one), and `gold_offered` 1.0 when some offered span
+    normalises equal to the gold answer (exact match was reachable), else 0.0. `offered` in the row is their count.
+    """
+    if offered is None:
+        return {"offered": None, "best_offered": None, "best_offered_f1": None, "best_offered_locomo_f1": None,
+                "gold_offered": None}
+    span, f1 = best_offered(offered, gold)
+    return {
+        "offered": len(offered),
+        "best_offered": span,
+        "best_offered_f1": f1,
+        "best_offered_locomo_f1": 0.0 if span is None else locomo_f1(span, gold, category),
+        "gold_offered": float(any(exact_match(text, gold) for text in offered)),
+    }
+
+
 def _recall(evidence: list[str], turns: list[str]) -> float | None:
     if not evidence:
         return None
@@ -600,10 +643,48 @@ def _scores(rows: list[dict[str, Any]], kinds: set[str]) -> dict[str, Any]:
     """
     out: dict[str, Any] = {"n": len(rows)}
     for metric in METRICS:
+        if metric == "taken":
+            continue
         kind = metric.removeprefix("evidence_recall_") if metric.startswith("evidence_recall_") else None
         values = [r[metric] for r in rows if r.get(metric) is not None]
         out[metric] = None if kind is not None and kind not in kinds else _mean(values)
+    out["taken"] = taken(rows)
     return out
+
+
+def taken(rows: list[dict[str, Any]]) -> float | None:
+    """The share of its reachable F1 the answer model took: mean F1 / mean best-offered F1.
+
+    A ratio from 0 to 1 while every answer is an offered span (an unparsable reply kept as raw text could score
+    above the ceiling).
+
+    Over the rows that record a ceiling (`best_offered_f1`: extractive answers of this version of `edge eval`),
+    so old rows and free-text answers neither raise nor dilute it. A ratio of means, not a mean of ratios: a
+    question with nothing worth choosing (ceiling 0) weighs nothing instead of being undefined. None when no row
+    records a ceiling or the ceiling is 0 (nothing could be scored).
+    """
+    measured = [r for r in rows if r.get("best_offered_f1") is not None and r.get("f1") is not None]
+    ceiling = _mean([r["best_offered_f1"] for r in measured])
+    if not ceiling:
+        return None
+    return _mean([r["f1"] for r in measured]) / ceiling
+
+
+def abstention(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """How often a system answered "unknown" (`scoring.is_unknown`), where it should and where it should not.
+
+    `abstained_unanswerable`: the share of adversarial questions (category 5, gold "Not mentioned in the
+    conversation") answered "unknown", None when none was asked (no --include-adversarial). `false_unknown`: the
+    share of answerable questions (categories 1-4) answered "unknown", None when none was asked. Rows from older
+    runs have no "unknown" field; their prediction says it.
+    """
+    def said_unknown(row: dict[str, Any]) -> float:
+        return float(row["unknown"]) if row.get("unknown") is not None else float(is_unknown(row.get("prediction", "")))
+
+    unanswerable = [said_unknown(r) for r in rows if r["category"] == UNANSWERABLE]
+    answerable = [said_unknown(r) for r in rows if r["category"] in ANSWERABLE]
+    return {"unanswerable": len(unanswerable), "abstained_unanswerable": _mean(unanswerable),
+            "answerable": len(answerable), "false_unknown": _mean(answerable)}
 
 
 def summarise_system(name: str, rows: list[dict[str, Any]], ingest: list[dict[str, Any]],
@@ -638,6 +719,7 @@ def summarise_system(name: str, rows: list[dict[str, Any]], ingest: list[dict[st
         "prompt_tokens": {"mean": _mean(prompt_tokens), "p95": percentile(prompt_tokens, 95),
                           "max": max(prompt_tokens, default=None)},
         "shown_mean": _mean([r["shown"] for r in rows]),
+        "abstention": abstention(rows),
         "bank": {"memories": sum(s["bank"]["memories"] for s in stats), "bytes": sum(s["bank"]["bytes"] for s in stats)},
         "peak_rss_mb": max((s["peak_rss_mb"] for s in stats), default=None),
         "facts": summarise_facts(facts or []),

@@ -39,6 +39,7 @@ import string
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Sequence
 
 from edge.backends.base import Backend, Message
 from edge.errors import EdgeError, ModelOutputError
@@ -97,6 +98,27 @@ def lexical_scores(prediction: object, gold: object) -> dict[str, float]:
         "bleu1": bleu1_score(prediction, gold),
         "em": exact_match(prediction, gold),
     }
+
+
+def best_offered(offered: Sequence[str], gold: object) -> tuple[str | None, float]:
+    """The offered answer closest to `gold` by token F1 (`f1_score`), the shortest of equals, and its F1.
+
+    The ceiling of an extractive answerer: what it would score had it
+    picked the best of the answers it was offered (the spans of
+    `edge.prompts.answer_spans`). (None, 0.0) when nothing was offered or
+    nothing shares a token with the gold answer.
+    """
+    best: tuple[float, int, str | None] = (0.0, 0, None)
+    for text in offered:
+        score = (f1_score(text, gold), -len(text), text)
+        if score > best:
+            best = score
+    return (best[2], best[0]) if best[0] > 0 else (None, 0.0)
+
+
+def is_unknown(answer: object) -> bool:
+    """Whether an answer abstains: it normalises to "unknown" (`edge.prompts.UNKNOWN`, the Answer Agent's abstention)."""
+    return normalize_answer(answer) == "unknown"
 
 
 # --------------------------------------------------------------------------- LoCoMo's own F1

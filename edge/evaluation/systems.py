@@ -8,6 +8,10 @@
                       model, no adapters)
     bundle            `edge.Agent` on the bundle as shipped (its trained
                       adapters when it has them)
+    bundle-log-only   the same `edge.Agent`, its Answer Agent with its
+                      adapter, over the episodic log alone: every turn is
+                      logged as the runtime logs it and no Manager runs, so
+                      `bundle` minus this is what the Manager's facts add
 
 Every system answers with the prompt and schema of `edge.prompts` and
 greedy decoding, so what differs is only what reaches the context. Each
@@ -29,7 +33,7 @@ from edge.bundle import Bundle
 from edge.embedder import Embedder
 from edge.errors import EdgeError
 from edge.locomo import Conversation, LocoTurn, Session
-from edge.manager import MemoryManager, shown_memories, to_messages
+from edge.manager import MemoryManager, log_entry_for, shown_memories, to_messages, turn_reference
 from edge.operations import AddOp
 from edge.prompts import ANSWER_CONTEXT_TOKENS, ANSWER_TOP_K, Turn, answer_messages, memory_line
 
@@ -80,6 +84,9 @@ class SystemAnswer:
     # `context_turns` split by memory kind: "episodic" (the verbatim turn log) and "fact" (semantic and core
     # memories the Manager wrote), each the source turns of the memories of that kind shown.
     context_turns_by_tier: dict[str, list[str]] = field(default_factory=dict)
+    # The answers the model could have given (`AnswerResult.offered`): extractive spans of what it was shown, [] when
+    # nothing was, None for free text (any answer was possible: no ceiling to measure).
+    offered: list[str] | None = None
 
 
 def as_turn(session: Session, turn: LocoTurn) -> Turn:
@@ -160,6 +167,7 @@ class System:
                 "episodic": source_turns([m for m in result.retrieved if m.tier == "episodic"]),
                 "fact": source_turns([m for m in result.retrieved if m.tier != "episodic"]),
             },
+            offered=getattr(result, "offered", None),
         )
 
 
@@ -293,6 +301,27 @@ class BundleAgent(System):
         self.bank = None
 
 
+class BundleLogOnly(BundleAgent):
+    """`bundle` without its Manager: what the bundle's Answer Agent makes of the verbatim turn log alone.
+
+    The same `edge.Agent` as `bundle` (so the same generation settings,
+    answer adapter, k and token budget, and the same shared backend), but
+    each turn only enters the episodic log, written as the runtime writes it
+    (`edge.manager.log_entry_for`: verbatim, with speaker, time, turn id and
+    resolved dates). No fact is ever written, so `bundle` minus this system
+    is the Manager's contribution to the answers.
+    """
+
+    name = "bundle-log-only"
+    summary = "the bundle's Answer Agent (with its adapter) over the episodic log alone, no Manager"
+
+    def ingest_turn(self, session: Session, turn: LocoTurn) -> dict[str, Any]:
+        assert self.bank is not None
+        said = as_turn(session, turn)
+        self.bank.apply([log_entry_for(said)], user=BANK_USER, actor="import", turn=turn_reference(said))
+        return {"logged": 1}
+
+
 def _turn_log(result: Any) -> dict[str, Any]:
     return {
         "applied": [a.action for a in result.applied],
@@ -302,7 +331,9 @@ def _turn_log(result: Any) -> dict[str, Any]:
     }
 
 
-SYSTEMS: dict[str, type[System]] = {cls.name: cls for cls in (FullContext, RagTurns, ManagerPrompted, BundleAgent)}
+SYSTEMS: dict[str, type[System]] = {
+    cls.name: cls for cls in (FullContext, RagTurns, ManagerPrompted, BundleAgent, BundleLogOnly)
+}
 
 
 def make_system(name: str, ctx: EvalContext) -> System:
