@@ -11,15 +11,27 @@ under the runtime's JSON schema, as `edge chat` would:
   operation, the confusion matrix, clause-selection precision and recall,
   and downstream answer EM (the reply applied to the bank before the turn,
   the frozen candidate reader answers the turn's questions);
-- Answer Agent: EM and F1 on the test questions over the gold banks, and,
-  when the config asks for time questions, EM apart on the facts and on
-  "When did ...?" over the episodic log (`em_facts`, `em_time`).
+- Answer Agent: EM and F1 on the test questions: synthetic facts over the
+  gold banks, "When did ...?" over the episodic log, and FriendsQA's test
+  file (`--friendsqa-scenes` of its scenes, every question, shown as the
+  runtime shows them), each source apart (`em_facts`, `em_time`,
+  `em_friendsqa`, `by_kind`); the best offered span's F1 (the ceiling of an
+  extractive answer) and the share of it taken; and abstention: of the
+  unanswerable questions (`--test-unanswerable` per answerable one, gold
+  "unknown") the share answered "unknown", of the answerable ones the share
+  wrongly answered "unknown".
+
+`--compare-shipped` measures the adapter edge ships now beside the new ones,
+and `--dev` serves the config's dev split too (the one checkpoints and
+seeds are chosen on), in the same run. `--set reward.metric=f1` (any
+setting) trains a variant of the config.
 
 Seeds give mean and spread (max - min); the gain is compared with the
 spread.
 
     python bench/bench_learned.py --agent manager --seeds 0 1 2
     python bench/bench_learned.py --agent answer --seeds 0 1 2
+    python bench/bench_learned.py --agent answer --seeds 0 --compare-shipped --dev --runs runs/learned-f1 --set reward.metric=f1
     python bench/bench_learned.py --agent manager --seeds 0 --sft-steps 2 --test-conversations 1   # smoke
 
 Writes bench/results/learned_<agent>.json; the runs (adapters, curves) stay in runs/learned/.
@@ -62,19 +74,41 @@ def score(agent: str, episodes, replies, embedder) -> dict:
         from edge.train.rewards import CandidateReader
 
         return score_manager_replies(episodes, replies, CandidateReader(k=60), embedder)
-    from edge.evaluation.scoring import exact_match, f1_score
-    from edge.prompts import parse_answer_output
+    from edge.train.evaluate import score_answer_replies
 
-    answers = [parse_answer_output(r, e.shown_ids).answer for e, r in zip(episodes, replies)]
-    scores = {"n": len(episodes),
-              "em": statistics.fmean(exact_match(a, e.answer) for a, e in zip(answers, episodes)),
-              "f1": statistics.fmean(f1_score(a, e.answer) for a, e in zip(answers, episodes))}
-    for kind, name in (("fact", "facts"), ("time", "time")):  # fact questions and "When did ...?" apart
-        pairs = [(a, e) for a, e in zip(answers, episodes) if e.kind == kind]
-        if pairs:
-            scores[f"em_{name}"] = statistics.fmean(exact_match(a, e.answer) for a, e in pairs)
-            scores[f"n_{name}"] = len(pairs)
+    scores = score_answer_replies(episodes, replies)
+    for kind, name in (("fact", "facts"), ("time", "time"), ("friendsqa", "friendsqa")):  # each source apart
+        if kind in scores.get("by_kind", {}):
+            scores[f"em_{name}"] = scores["by_kind"][kind]["em"]
+            scores[f"n_{name}"] = scores["by_kind"][kind]["n"]
     return scores
+
+
+def answer_test_episodes(config, embedder, test_convs, args) -> list:
+    """The Answer Agent's held-out test split: synthetic questions (facts, "When did ...?") and FriendsQA's test file.
+
+    Every FriendsQA test question is kept, offered or not, so the best
+    offered span's F1 is the ceiling of the whole split; `--test-unanswerable`
+    adds questions whose gold is "unknown" to both (the same for every
+    config, so runs compare).
+    """
+    from edge.train.base_model import load_base
+    from edge.train.episodes import friendsqa_answer_episodes, synthetic_answer_episodes, synthetic_time_episodes
+    from edge.train.recipe import answer_context_agent
+
+    d = config.data
+    # Shown as the runtime Answer Agent shows them, sized by the served tokenizer.
+    reader = answer_context_agent(load_base(config.base)[1], config)
+    episodes = synthetic_answer_episodes(test_convs, embedder, k=d.answer_k, text_mode=d.text_mode)
+    episodes += synthetic_time_episodes(test_convs, embedder, per_conversation=max(d.time_questions, 3), k=d.answer_k,
+                                        text_mode=d.text_mode, reader=reader, unanswerable=args.test_unanswerable)
+    if args.friendsqa_scenes and args.friendsqa and Path(args.friendsqa).is_dir():
+        from edge.train.friendsqa import load_split
+
+        scenes = load_split(args.friendsqa, "test")[: args.friendsqa_scenes]
+        episodes += friendsqa_answer_episodes(scenes, embedder, k=d.answer_k, text_mode=d.text_mode, reader=reader,
+                                              only_offered=False, unanswerable=args.test_unanswerable, seed=0)
+    return episodes
 
 
 def finished_run(out: Path) -> dict:
@@ -135,6 +169,22 @@ def ship(agent: str, results: dict, runs: Path, command: str) -> Path:
     return target
 
 
+def parse_settings(items: list[str]) -> dict:
+    """`--set` items ("reward.metric=f1", "lora.r=32") as config overrides, values read as TOML (else strings)."""
+    import tomllib
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--set takes KEY=VALUE, not {item!r}")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value
+    return out
+
+
 def spread(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "min": min(values), "max": max(values),
             "spread": max(values) - min(values), "values": values}
@@ -147,9 +197,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sft-steps", type=int, default=None, help="warm-start steps (default: the config's)")
     parser.add_argument("--steps", type=int, default=None, help="GRPO steps (default: the config's)")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config setting, e.g. --set reward.metric=f1 --set lora.r=32 (TOML values)")
     parser.add_argument("--test-conversations", type=int, default=12)
     parser.add_argument("--locomo", default=str(ROOT.parent / "shared" / "data" / "locomo" / "conv-26.json"),
                         help="LoCoMo file for configs that train on it")
+    parser.add_argument("--friendsqa", default=str(ROOT.parent / "shared" / "data" / "friendsqa"),
+                        help="FriendsQA folder: training data for configs that mix it in, and the Answer Agent's "
+                             "test scenes (friendsqa_tst.json, never trained on)")
+    parser.add_argument("--friendsqa-scenes", type=int, default=40,
+                        help="Answer Agent: FriendsQA test scenes measured (0: none)")
+    parser.add_argument("--test-unanswerable", type=float, default=0.2,
+                        help="Answer Agent: unanswerable test questions (gold \"unknown\") per answerable one")
+    parser.add_argument("--dev", action="store_true",
+                        help="also serve the config's dev episodes on llama.cpp (the split checkpoints are chosen on)")
+    parser.add_argument("--compare-shipped", action="store_true",
+                        help="also measure the adapter edge ships now (edge/adapters/<agent>.gguf), in the same run")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "learned")
     parser.add_argument("--retrain", action="store_true", help="train again even where a run has finished")
     parser.add_argument("--out", type=Path, default=None)
@@ -161,14 +224,17 @@ def main(argv: list[str] | None = None) -> int:
     from edge.bundle import Bundle
     from edge.export.gguf import lora_to_gguf
     from edge.train.config import load_config
-    from edge.train.episodes import synthetic_answer_episodes, synthetic_manager_episodes
+    from edge.train.episodes import synthetic_manager_episodes
     from edge.train.recipe import load_embedder
     from edge.train.synthetic import generate
     from edge.train.trainer import train
 
     config_name = args.config or f"smollm2-135m-{args.agent}"
     overrides = {k: v for k, v in (("sft_steps", args.sft_steps), ("steps", args.steps)) if v is not None}
+    overrides.update(parse_settings(args.settings))
     overrides["data.locomo_path"] = args.locomo
+    if args.agent == "answer" and Path(args.friendsqa).is_dir():
+        overrides["data.friendsqa_path"] = args.friendsqa
     base_config = load_config(config_name, **overrides)
     embedder = load_embedder(base_config.data.embedder)
     test_convs = generate("test", args.test_conversations)
@@ -176,16 +242,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.agent == "manager":
         episodes = synthetic_manager_episodes(test_convs, embedder, related_k=d.related_k, text_mode=d.text_mode)
     else:
-        episodes = synthetic_answer_episodes(test_convs, embedder, k=d.answer_k, text_mode=d.text_mode)
-        if d.time_questions:  # shown as the runtime Answer Agent shows them, sized by the served tokenizer
+        episodes = answer_test_episodes(base_config, embedder, test_convs, args)
+    print(f"{len(episodes)} test episodes from {len(test_convs)} held-out conversations"
+          + (f" and {args.friendsqa_scenes} FriendsQA test scenes" if args.agent == "answer" else ""), file=sys.stderr)
+    dev_episodes = []
+    if args.dev:
+        from edge.train.recipe import build_data
+
+        reader = None
+        if args.agent == "answer":
             from edge.train.base_model import load_base
-            from edge.train.episodes import synthetic_time_episodes
             from edge.train.recipe import answer_context_agent
 
             reader = answer_context_agent(load_base(base_config.base)[1], base_config)
-            episodes += synthetic_time_episodes(test_convs, embedder, per_conversation=d.time_questions,
-                                                k=d.answer_k, text_mode=d.text_mode, reader=reader)
-    print(f"{len(episodes)} test episodes from {len(test_convs)} held-out conversations", file=sys.stderr)
+        dev_episodes = build_data(base_config, embedder, reader=reader).dev
+        print(f"{len(dev_episodes)} dev episodes", file=sys.stderr)
 
     started = time.perf_counter()
     adapters: dict[int, Path] = {}
@@ -212,19 +283,34 @@ def main(argv: list[str] | None = None) -> int:
     bundle = Bundle.resolve(None)
     model, _ = bundle.role(args.agent)
     backend_adapters = {f"seed{s}": path for s, path in adapters.items()}
+    if args.compare_shipped:  # a copy: --ship may replace the packaged file below
+        import shutil
+
+        from edge.bundle import SHIPPED_ADAPTERS
+
+        args.runs.mkdir(parents=True, exist_ok=True)
+        backend_adapters["shipped"] = Path(shutil.copyfile(SHIPPED_ADAPTERS / f"{args.agent}.gguf",
+                                                           args.runs / f"shipped-{args.agent}.gguf"))
     from edge.backends.llama_cpp import LlamaCppBackend
 
     generation = bundle.generation  # decoded as the bundle serves its roles
     max_tokens = generation.manager_max_tokens if args.agent == "manager" else generation.answer_max_tokens
+    arms = [None, *(["shipped"] if args.compare_shipped else []), *(f"seed{s}" for s in args.seeds)]
+    measured: dict[str, dict] = {}
+    dev_measured: dict[str, dict] = {}
     with LlamaCppBackend(model, n_ctx=generation.n_ctx, adapters=backend_adapters,
                          repeat_penalty=generation.repeat_penalty) as backend:
-        before = score(args.agent, episodes, served_replies(backend, episodes, adapter=None, max_tokens=max_tokens),
-                       embedder)
-        after = {s: score(args.agent, episodes, served_replies(backend, episodes, adapter=f"seed{s}",
-                                                               max_tokens=max_tokens), embedder)
-                 for s in args.seeds}
+        for arm in arms:
+            measured[arm or "base"] = score(args.agent, episodes, served_replies(
+                backend, episodes, adapter=arm, max_tokens=max_tokens), embedder)
+            if dev_episodes:
+                dev_measured[arm or "base"] = score(args.agent, dev_episodes, served_replies(
+                    backend, dev_episodes, adapter=arm, max_tokens=max_tokens), embedder)
+    before = measured["base"]
+    after = {s: measured[f"seed{s}"] for s in args.seeds}
     keys = ("op_accuracy", "answer", "clause_precision", "clause_recall") if args.agent == "manager" else \
-        ("em", "f1", "em_facts", "em_time")
+        ("em", "f1", "best_offered_f1", "taken", "gold_offered", "abstained", "false_unknown", "em_facts", "em_time",
+         "em_friendsqa")
     results = {
         "bench": f"learned_{args.agent}",
         "what": f"{args.agent}: untrained SmolLM2-135M-Instruct vs its LoRA adapters (one per training seed), "
@@ -234,7 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         "test": {"conversations": args.test_conversations, "episodes": len(episodes)},
         "before": before,
         "after": {str(s): v for s, v in after.items()},
-        "summary": {k: {"before": before.get(k), "after": spread([after[s][k] for s in args.seeds])}
+        "shipped": measured.get("shipped"),
+        "dev": dev_measured or None,
+        "summary": {k: {"before": before.get(k), "shipped": (measured.get("shipped") or {}).get(k),
+                        "after": spread([after[s][k] for s in args.seeds])}
                     for k in keys  # a metric with nothing to measure (no clause written) is None: left out
                     if before.get(k) is not None and all(after[s].get(k) is not None for s in args.seeds)},
         "per_op_accuracy": {op: {"before": before["per_op_accuracy"].get(op),

@@ -481,10 +481,13 @@ def test_summary_of_the_ceiling_and_of_abstention() -> None:
     cats = summary["categories"]
     assert cats["4"]["best_offered_f1"] == 1.0 and cats["4"]["taken"] == 0.75 and cats["4"]["gold_offered"] == 1.0
     assert cats["1"]["taken"] == 0.0 and cats["2"]["taken"] is None and cats["2"]["best_offered_locomo_f1"] == 0.0
+    # Overall and the dev/trained split are over the answerable questions (1-4); 5 is scored by abstention.
     overall = cats["overall"]
-    assert overall["best_offered_f1"] == pytest.approx(2.5 / 6) and overall["f1"] == pytest.approx(1.5 / 6)
-    assert overall["taken"] == pytest.approx(0.6) and overall["gold_offered"] == pytest.approx(2 / 6)
-    # Questions 0 and 5 are dev (every fifth), the others may be trained on.
+    assert overall["n"] == 4 and cats["5"]["n"] == 2
+    assert overall["best_offered_f1"] == pytest.approx(2.5 / 4) and overall["f1"] == pytest.approx(1.5 / 4)
+    assert overall["taken"] == pytest.approx(0.6) and overall["gold_offered"] == pytest.approx(2 / 4)
+    # Question 0 is dev (every fifth), the others may be trained on; 5 is adversarial and in neither.
+    assert summary["split"]["dev"]["n"] == 1 and summary["split"]["trained"]["n"] == 3
     assert summary["split"]["dev"]["taken"] == 0.5 and summary["split"]["trained"]["taken"] == pytest.approx(1 / 1.5)
     assert summary["abstention"] == {"unanswerable": 2, "abstained_unanswerable": 0.5, "answerable": 4,
                                      "false_unknown": 0.25}

@@ -192,7 +192,10 @@ def test_locomo_dev_questions_are_never_trained_on(conv26):
     data = build_data(config, HashEmbedder())
     train_ids = {int(e.episode_id.rsplit("qa", 1)[1]) for e in data.train}
     dev_ids = {int(e.episode_id.rsplit("qa", 1)[1]) for e in data.dev}
-    assert len(train_ids) + len(dev_ids) == 152 and not train_ids & dev_ids
+    # The shipped config asks for unanswerable questions: LoCoMo's 47 adversarial ones join its 152, split alike.
+    assert config.data.unanswerable > 0
+    assert len(train_ids) + len(dev_ids) == 199 and not train_ids & dev_ids
+    assert {e.category for e in data.dev if not e.answerable} == {5} and any(not e.answerable for e in data.train)
     assert all(dev_question(i) for i in dev_ids) and not any(dev_question(i) for i in train_ids)
     manager = build_data(load_config("smollm2-135m-manager", **{"data.source": "locomo", "data.locomo_path": str(CONV_26),
                                                                "data.embedder": "hash", "data.balance_ops": False,
@@ -251,7 +254,7 @@ def test_time_questions_join_the_answer_agents_synthetic_data_when_the_config_as
     from edge.train.recipe import build_data
 
     overrides = {"data.source": "synthetic", "data.embedder": "hash", "data.train_conversations": 3,
-                 "data.dev_conversations": 2}
+                 "data.dev_conversations": 2, "data.unanswerable": 0}
     without = build_data(load_config("smollm2-135m-answer", **overrides, **{"data.time_questions": 0}), HashEmbedder())
     with_ = build_data(load_config("smollm2-135m-answer", **overrides, **{"data.time_questions": 2}), HashEmbedder())
     timed = [e for e in with_.train if e.question.startswith("When did ")]

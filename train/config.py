@@ -26,6 +26,8 @@ from typing import Any
 from edge.errors import EdgeError
 
 AGENTS = ("manager", "answer")
+SOURCES = ("synthetic", "locomo", "both", "mix")
+MIX_SOURCES = ("synthetic", "locomo", "friendsqa")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -61,8 +63,20 @@ class LoraSettings:
 
 @dataclass
 class DataSettings:
-    source: str = _help("Where episodes come from: 'synthetic' (seeded generator), 'locomo', or 'both' (the "
-                        "synthetic episodes and LoCoMo's training questions).", "synthetic")
+    source: str = _help("Where episodes come from: 'synthetic' (seeded generator), 'locomo', 'both' (the "
+                        "synthetic episodes and LoCoMo's training questions), or 'mix' (Answer Agent: synthetic, "
+                        "LoCoMo and FriendsQA episodes in the shares of `weights`).", "synthetic")
+    friendsqa_path: str | None = _help(
+        "FriendsQA folder (friendsqa_dev.json and friendsqa_tst.json) for source = 'mix': scenes of the dev file, "
+        "four of every five trained on, every fifth dev; the test file is never trained on.", None)
+    weights: dict[str, float] = _help(
+        "source = 'mix': each source's share of the training rows, e.g. {synthetic = 1, locomo = 1, friendsqa = 2} "
+        "(a source left out or 0 is not used; a small source is repeated to reach its share). Empty: every "
+        "source at its natural size. Other sources ignore it.", default_factory=dict)
+    unanswerable: float = _help(
+        "Answer episodes whose gold is \"unknown\", per answerable one (0.2: one for every five): FriendsQA "
+        "questions of another scene over this one's log, \"When did ...?\" about events never told; any value "
+        "above 0 also adds LoCoMo's adversarial (category 5) questions.", 0.0)
     locomo_path: str | None = _help("LoCoMo JSON file (locomo10.json layout) when source = 'locomo'.", None)
     dev_locomo_path: str | None = _help("LoCoMo file for dev evaluation (default: the last 20% of the episodes of "
                                         "locomo_path, by turn order).", None)
@@ -89,8 +103,16 @@ class DataSettings:
         "prompts_per_step = 4 for one round per step). Dev and test keep their natural mix.", False)
 
     def __post_init__(self) -> None:
-        if self.source not in ("synthetic", "locomo", "both"):
-            raise ConfigError(f"[data] source must be 'synthetic', 'locomo' or 'both', not {self.source!r}.")
+        if self.source not in SOURCES:
+            raise ConfigError(f"[data] source must be one of {', '.join(SOURCES)}, not {self.source!r}.")
+        unknown = sorted(set(self.weights) - set(MIX_SOURCES))
+        if unknown or any(not isinstance(v, (int, float)) or v < 0 for v in self.weights.values()):
+            raise ConfigError(f"[data] weights are shares >= 0 of {', '.join(MIX_SOURCES)}"
+                              + (f"; unknown: {', '.join(unknown)}." if unknown else "."))
+        if self.source == "mix" and self.weights and not any(self.weights.values()):
+            raise ConfigError("[data] weights leave no source to train on.", hint="give one source a weight > 0")
+        if self.unanswerable < 0:
+            raise ConfigError(f"[data] unanswerable must be 0 or more, not {self.unanswerable}.")
         if self.source == "locomo" and not self.locomo_path:  # "both" is checked when its episodes are built
             raise ConfigError("[data] source = 'locomo' needs locomo_path.",
                               hint="set locomo_path to a locomo10.json-style file, e.g. conv-26.json")
@@ -208,6 +230,9 @@ class TrainConfig:
         if self.data.balance_ops and (self.data.source != "synthetic" or self.agent != "manager"):
             raise ConfigError("[data] balance_ops applies to synthetic Manager episodes only (they know each turn's "
                               "gold operation).", hint="remove balance_ops from this config")
+        if (self.data.source == "mix" or self.data.unanswerable) and self.agent != "answer":
+            raise ConfigError("[data] source = 'mix' and unanswerable are for the Answer Agent's episodes.",
+                              hint="remove them from this manager config")
         if self.data.time_questions and (self.agent != "answer" or self.data.source == "locomo"):
             raise ConfigError("[data] time_questions adds synthetic Answer episodes; this config trains the "
                               f"{self.agent} on source = {self.data.source!r}.",

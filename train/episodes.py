@@ -30,7 +30,7 @@ from typing import Any, Iterable, Sequence
 
 from edge.bank import Memory, MemoryBank
 from edge.embedder import Embedder
-from edge.evaluation.scoring import f1_score
+from edge.evaluation.scoring import best_offered, exact_match, f1_score, is_unknown, normalize_answer
 from edge.manager import RELATED_K, MemoryManager, shown_memories
 from edge.prompts import (
     ANSWER_TOP_K,
@@ -144,8 +144,9 @@ class AnswerEpisode:
     # The memories as the runtime shows them (`edge.manager.shown_memory`: speaker and resolved dates of a
     # logged turn); None: built from `memories`.
     shown_memories: list[ShownMemory] | None = None
-    # What the question asks for: "fact" (synthetic: a fact's latest state), "time" (synthetic: when an event
-    # was), "locomo" (a LoCoMo question; `category` says which kind).
+    # Where the question comes from and what it asks for: "fact" (synthetic: a fact's latest state), "time"
+    # (synthetic: when an event was), "locomo" (a LoCoMo question; `category` says which kind), "friendsqa" (a
+    # FriendsQA question over its scene). Any of them may be unanswerable (gold "unknown": `answerable`).
     kind: str = "fact"
 
     @property
@@ -166,6 +167,24 @@ class AnswerEpisode:
 
     def schema(self) -> dict[str, Any]:
         return answer_schema(self.shown_ids, spans=self.spans())
+
+    @property
+    def answerable(self) -> bool:
+        """False for a question whose gold answer is "unknown" (nothing shown answers it)."""
+        return not is_unknown(self.answer)
+
+    def best_offered(self) -> tuple[str | None, float]:
+        """The offered span closest to the gold answer and its token F1: the ceiling of an extractive answer.
+
+        (None, 0.0) for free text and when no span shares a word with the gold (`scoring.best_offered`).
+        """
+        spans = self.spans()
+        return best_offered(spans, self.answer) if spans is not None else (None, 0.0)
+
+    def gold_offered(self) -> bool:
+        """Whether the gold answer itself is among the offered spans (exact match is reachable)."""
+        spans = self.spans()
+        return spans is not None and any(exact_match(span, self.answer) for span in spans)
 
     def gold_reply(self) -> str:
         """The best reply there is, as `json.dumps` writes it.
@@ -366,8 +385,8 @@ def synthetic_answer_episodes(conversations: Iterable[SynthConversation], embedd
 
 
 def synthetic_time_episodes(conversations: Iterable[SynthConversation], embedder: Embedder, *, per_conversation: int,
-                            k: int = ANSWER_TOP_K, text_mode: str = "extractive", reader: Any = None
-                            ) -> list[AnswerEpisode]:
+                            k: int = ANSWER_TOP_K, text_mode: str = "extractive", reader: Any = None,
+                            unanswerable: float = 0.0) -> list[AnswerEpisode]:
     """"When did Maya go to a pottery class?": one Answer episode per dated event (`synthetic.dated_events`).
 
     The bank's episodic log holds every turn of the conversation and its
@@ -378,9 +397,13 @@ def synthetic_time_episodes(conversations: Iterable[SynthConversation], embedder
     shown as "(yesterday = 7 May 2023)" beside the turn, for "today" and "I
     just ..." the turn's own date at the head of its line; the skill is
     taking the date of the line that tells the event.
+
+    `unanswerable`: questions about events the conversation never tells
+    (`synthetic.untold_events`, gold "unknown"), per told one; 0.2 asks
+    one for every five told, on average.
     """
     from edge.dates import parse_time
-    from edge.train.synthetic import dated_events
+    from edge.train.synthetic import dated_events, untold_events
 
     episodes: list[AnswerEpisode] = []
     for conv in conversations:
@@ -395,7 +418,19 @@ def synthetic_time_episodes(conversations: Iterable[SynthConversation], embedder
                 episodes.append(AnswerEpisode(f"{conv.sample_id}:{event.turn.turn_id.rsplit(':', 1)[1]}", q.question,
                                               q.answer, [_stored(m) for m in kept], relevant, text_mode=text_mode,
                                               shown_memories=list(shown), kind="time"))
+            rng = random.Random(f"unanswerable:{conv.seed}")
+            for j, q in enumerate(untold_events(conv, events, _draw_count(rng, unanswerable * len(events)))):
+                kept, shown = _answer_context(bank, q.question, k, reader)
+                episodes.append(AnswerEpisode(f"{conv.sample_id}:untold{j}", q.question, q.answer,
+                                              [_stored(m) for m in kept], [], text_mode=text_mode,
+                                              shown_memories=list(shown), kind="time"))
     return episodes
+
+
+def _draw_count(rng: random.Random, expected: float) -> int:
+    """A whole number whose mean is `expected`: its integer part, plus one with the fraction's probability."""
+    whole = int(expected)
+    return whole + (rng.random() < expected - whole)
 
 
 def _log(bank: MemoryBank, turns: Sequence[Turn]) -> None:
@@ -471,6 +506,8 @@ def locomo_answer_episodes(conversations: Sequence[Any], embedder: Embedder, *, 
     whose backend counts tokens) each episode shows exactly what that agent
     would: its retrieval, focused lines and token budget; without, the top-k
     turns. `questions`: LoCoMo question indexes to keep (None: all).
+    `include_adversarial` adds category 5, whose questions ask about what
+    the conversation never says, with the gold answer "unknown".
     """
     episodes: list[AnswerEpisode] = []
     for conv in conversations:
@@ -483,9 +520,64 @@ def locomo_answer_episodes(conversations: Sequence[Any], embedder: Embedder, *, 
                 kept, shown = _answer_context(bank, qa.question, k, reader)
                 evidence = set(qa.evidence)
                 relevant = [str(j) for j, m in enumerate(kept) if evidence & set(m.source_turns)]
-                episodes.append(AnswerEpisode(f"{conv.sample_id}:qa{qa.index}", qa.question, qa.answer,
+                # An adversarial question asks about what was never said: the Answer Agent's answer is "unknown".
+                gold = UNKNOWN if qa.is_adversarial else qa.answer
+                episodes.append(AnswerEpisode(f"{conv.sample_id}:qa{qa.index}", qa.question, gold,
                                               [_stored(m) for m in kept], relevant, qa.category,
                                               text_mode=text_mode, shown_memories=list(shown), kind="locomo"))
+    return episodes
+
+
+# --------------------------------------------------------------------------- FriendsQA
+
+
+def friendsqa_answer_episodes(scenes: Sequence[Any], embedder: Embedder, *, k: int = ANSWER_TOP_K,
+                              text_mode: str = "extractive", reader: Any = None, only_offered: bool = True,
+                              unanswerable: float = 0.0, seed: int = 0) -> list[AnswerEpisode]:
+    """One Answer episode per FriendsQA question (`edge.train.friendsqa.Scene`s), over its scene's episodic log.
+
+    The scene's utterances are written into the log as the runtime writes
+    turns (speaker, time: `edge.manager.log_entry_for`), and each question
+    is answered from what the runtime Answer Agent shows (`reader`: its
+    hybrid retrieval, focus windows and token budget; None: the top-k
+    turns). Of a question's annotated answers the gold is the one the
+    offered spans come closest to. `only_offered` keeps the episodes whose
+    gold is itself an offered span (what training learns from: the best
+    span is then the answer, not a part of it); without, every question.
+
+    `unanswerable`: questions of other scenes asked over this one's log, per
+    kept question (0.2: one for every five), gold "unknown"; one whose
+    answers occur in this scene's text is never chosen. Seeded by `seed`
+    and the scene.
+    """
+    episodes: list[AnswerEpisode] = []
+    pool = [(scene.scene_id, q) for scene in scenes for q in scene.questions]
+    for scene in scenes:
+        with scratch_bank(embedder) as bank:
+            _log(bank, [Turn(u.speaker, u.text, u.time, u.turn_id) for u in scene.utterances])
+            kept_here = 0
+            for q in scene.questions:
+                kept, shown = _answer_context(bank, q.question, k, reader)
+                episode = AnswerEpisode(f"friendsqa:{q.qid}", q.question, q.answers[0], [_stored(m) for m in kept],
+                                        text_mode=text_mode, shown_memories=list(shown), kind="friendsqa")
+                spans = episode.spans()
+                if spans is not None and len(q.answers) > 1:  # the annotators' answer the offered spans come closest to
+                    episode.answer = max(q.answers, key=lambda a: (best_offered(spans, a)[1], -q.answers.index(a)))
+                holders = {f"{scene.scene_id}:u{uid}" for uid in q.utterance_ids}
+                episode.relevant = [str(j) for j, m in enumerate(kept) if holders & set(m.source_turns)]
+                if only_offered and not episode.gold_offered():
+                    continue
+                episodes.append(episode)
+                kept_here += 1
+            rng = random.Random(f"friendsqa:{seed}:{scene.scene_id}")
+            heard = normalize_answer(scene.text())
+            others = [(sid, q) for sid, q in pool if sid != scene.scene_id
+                      and not any(normalize_answer(a) and f" {normalize_answer(a)} " in f" {heard} " for a in q.answers)]
+            for sid, q in rng.sample(others, min(len(others), _draw_count(rng, unanswerable * kept_here))):
+                kept, shown = _answer_context(bank, q.question, k, reader)
+                episodes.append(AnswerEpisode(f"friendsqa:{scene.scene_id}:asks:{q.qid}", q.question, UNKNOWN,
+                                              [_stored(m) for m in kept], text_mode=text_mode,
+                                              shown_memories=list(shown), kind="friendsqa"))
     return episodes
 
 

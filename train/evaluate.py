@@ -6,7 +6,8 @@
   appear in what it adds or updates), format score, and the frozen
   reader's answer score on the episode's questions after the reply is
   applied to a copy of the bank; each also per turn kind.
-- `evaluate_answer`: EM and F1 of the Answer Agent's answers.
+- `evaluate_answer`: EM and F1 of the Answer Agent's answers, the best offered span's F1 (the
+  ceiling) and the share of it taken, and abstention (`score_answer_replies`).
 
 Greedy decoding, as at run time; transformers here, where the runtime uses
 llama.cpp on the exported GGUF.
@@ -17,7 +18,7 @@ from collections import defaultdict
 from typing import Any, Callable, Sequence
 
 from edge.embedder import Embedder
-from edge.evaluation.scoring import exact_match, f1_score
+from edge.evaluation.scoring import exact_match, f1_score, is_unknown
 from edge.prompts import parse_answer_output, parse_manager_output
 
 from edge.train.base_model import render_chat
@@ -130,14 +131,46 @@ def evaluate_answer(model, tokenizer, constraint: SchemaConstraint, episodes: Se
     prompts = [render_chat(tokenizer, e.messages()) for e in episodes]
     replies = constrained_generate(model, tokenizer, constraint, prompts, [e.schema() for e in episodes],
                                    max_new_tokens=max_new_tokens, batch_size=batch_size)
-    em, f1, fmt, recall = [], [], [], []
+    return score_answer_replies(episodes, replies), replies
+
+
+def score_answer_replies(episodes: Sequence[AnswerEpisode], replies: Sequence[str]) -> dict[str, Any]:
+    """Metrics of given Answer Agent replies (pure: no model), overall and per episode kind (`by_kind`).
+
+    - `em`, `f1`: of the parsed answer against the gold (SQuAD-style, `edge.evaluation.scoring`);
+    - `best_offered_f1`: the mean F1 of the best offered span (`AnswerEpisode.best_offered`), the ceiling of
+      an extractive answer; `taken`: `f1` / `best_offered_f1`, the share of that ceiling the answers reach;
+      `gold_offered`: the share of questions whose gold is itself an offered span;
+    - `abstained`: of the unanswerable questions (gold "unknown"), the share answered "unknown";
+      `false_unknown`: of the answerable ones, the share answered "unknown" (None where there are none);
+    - `format`: the share of replies that parse; `relevant_recall`: free text, a listed id holds the answer.
+    """
+    groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for episode, reply in zip(episodes, replies):
         parsed = parse_answer_output(reply, episode.shown_ids)
-        em.append(exact_match(parsed.answer, episode.answer))
-        f1.append(f1_score(parsed.answer, episode.answer))
-        fmt.append(float(parsed.error is None))
-        if episode.relevant:
-            recall.append(float(bool(set(parsed.relevant) & set(episode.relevant))))
-    return {"n": len(episodes), "em": _mean(em), "f1": _mean(f1), "format": _mean(fmt),
-            "relevant_recall": _mean(recall)}, replies
-
+        said_unknown = float(is_unknown(parsed.answer))
+        for key in ("all", episode.kind):
+            g = groups[key]
+            g["em"].append(exact_match(parsed.answer, episode.answer))
+            g["f1"].append(f1_score(parsed.answer, episode.answer))
+            g["format"].append(float(parsed.error is None))
+            if episode.answerable:
+                g["best_offered_f1"].append(episode.best_offered()[1])
+                g["gold_offered"].append(float(episode.gold_offered()))
+                g["false_unknown"].append(said_unknown)
+                g["f1_answerable"].append(f1_score(parsed.answer, episode.answer))
+            else:
+                g["abstained"].append(said_unknown)
+            if episode.relevant:
+                g["relevant_recall"].append(float(bool(set(parsed.relevant) & set(episode.relevant))))
+    result: dict[str, Any] = {}
+    for key, g in groups.items():
+        target = result if key == "all" else result.setdefault("by_kind", {}).setdefault(key, {})
+        target["n"] = len(g["em"])
+        target["n_unanswerable"] = len(g["abstained"])
+        for name in ("em", "f1", "format", "relevant_recall", "best_offered_f1", "gold_offered", "abstained",
+                     "false_unknown"):
+            target[name] = _mean(g[name])
+        answerable_f1, ceiling = _mean(g["f1_answerable"]), target["best_offered_f1"]
+        target["taken"] = answerable_f1 / ceiling if answerable_f1 is not None and ceiling else None
+    return result

@@ -66,6 +66,8 @@ def build_data(config: TrainConfig, embedder: Embedder, *, reader: Any = None) -
     """
     d = config.data
     mode = d.text_mode
+    if d.source == "mix":
+        return _mixed_data(config, embedder, reader)
     if d.source == "both":  # the synthetic episodes, then LoCoMo's; dev from both
         from dataclasses import replace
 
@@ -97,7 +99,8 @@ def build_data(config: TrainConfig, embedder: Embedder, *, reader: Any = None) -
             train = ep.synthetic_answer_episodes(train_convs, embedder, k=d.answer_k, text_mode=mode)
             dev = ep.synthetic_answer_episodes(dev_convs, embedder, k=d.answer_k, text_mode=mode)
             if d.time_questions:  # "When did ...?" over the episodic log, shown as the runtime shows it
-                timed = dict(per_conversation=d.time_questions, k=d.answer_k, text_mode=mode, reader=reader)
+                timed = dict(per_conversation=d.time_questions, k=d.answer_k, text_mode=mode, reader=reader,
+                             unanswerable=d.unanswerable)
                 train += ep.synthetic_time_episodes(train_convs, embedder, **timed)
                 dev += ep.synthetic_time_episodes(dev_convs, embedder, **timed)
                 random.Random(config.seed).shuffle(train)
@@ -109,7 +112,8 @@ def build_data(config: TrainConfig, embedder: Embedder, *, reader: Any = None) -
             if config.agent == "manager":
                 return ep.locomo_manager_episodes(conversations, embedder, related_k=d.related_k, window=d.window,
                                                   text_mode=mode)
-            return ep.locomo_answer_episodes(conversations, embedder, k=d.answer_k, text_mode=mode, reader=reader)
+            return ep.locomo_answer_episodes(conversations, embedder, k=d.answer_k, text_mode=mode, reader=reader,
+                                             include_adversarial=d.unanswerable > 0)
 
         every = episodes_of(convs)
         if dev_convs:
@@ -128,6 +132,89 @@ def build_data(config: TrainConfig, embedder: Embedder, *, reader: Any = None) -
     if d.max_dev_episodes and len(dev) > d.max_dev_episodes:
         dev = random.Random(config.seed).sample(dev, d.max_dev_episodes)
     return Data(train=train, dev=dev, dev_conversations=dev_convs if d.source == "synthetic" else [])
+
+
+def _mixed_data(config: TrainConfig, embedder: Embedder, reader: Any) -> Data:
+    """source = 'mix': each source's episodes built as on its own, training rows in the shares of `weights`.
+
+    Dev is every source's dev episodes at their natural sizes (capped by
+    `max_dev_episodes`), so a checkpoint is chosen on all of them.
+    """
+    from dataclasses import replace
+
+    from edge.train.config import MIX_SOURCES, ConfigError
+
+    d = config.data
+    weights = {name: float(w) for name, w in (d.weights or dict.fromkeys(MIX_SOURCES, 0.0)).items()}
+    wanted = [name for name in MIX_SOURCES if weights.get(name) or not d.weights]
+    parts: dict[str, Data] = {}
+    for name in wanted:
+        if name == "friendsqa":
+            if not d.friendsqa_path:
+                if d.weights:
+                    raise ConfigError("[data] weights name friendsqa, which needs friendsqa_path.",
+                                      hint="pass --friendsqa DIR (the folder with friendsqa_dev.json)")
+                continue
+            parts[name] = friendsqa_data(config, embedder, reader)
+            continue
+        if name == "locomo" and not d.locomo_path:
+            if d.weights:
+                raise ConfigError("[data] weights name locomo, which needs locomo_path.",
+                                  hint="pass --locomo conv-26.json (or set locomo_path in the config)")
+            continue
+        single = replace(d, source=name, max_dev_episodes=0, weights={},
+                         time_questions=d.time_questions if name == "synthetic" else 0)
+        parts[name] = build_data(replace(config, data=single), embedder, reader=reader)
+    if not parts:
+        raise ConfigError("[data] source = 'mix' found no source to train on.",
+                          hint="set locomo_path and/or friendsqa_path, or give synthetic a weight")
+    shares = {name: weights.get(name, 0.0) if d.weights else float(len(part.train)) for name, part in parts.items()}
+    train = mix({name: part.train for name, part in parts.items()}, shares, config.seed)
+    dev = [e for part in parts.values() for e in part.dev]
+    if d.max_dev_episodes and len(dev) > d.max_dev_episodes:
+        dev = random.Random(config.seed).sample(dev, d.max_dev_episodes)
+    synthetic = parts.get("synthetic")
+    return Data(train=train, dev=dev, dev_conversations=synthetic.dev_conversations if synthetic else [])
+
+
+def friendsqa_data(config: TrainConfig, embedder: Embedder, reader: Any) -> Data:
+    """FriendsQA Answer episodes: train and dev scenes of the dev file (`edge.train.friendsqa.split_scenes`).
+
+    Only the questions whose gold answer is an offered span
+    (`AnswerEpisode.gold_offered`), and `data.unanswerable` questions of
+    other scenes per kept one.
+    """
+    from edge.train.friendsqa import load_split
+
+    d = config.data
+
+    def episodes(split: str) -> list[Any]:
+        return ep.friendsqa_answer_episodes(load_split(d.friendsqa_path, split), embedder, k=d.answer_k,  # type: ignore[arg-type]
+                                            text_mode=d.text_mode, reader=reader, only_offered=True,
+                                            unanswerable=d.unanswerable, seed=config.seed)
+
+    return Data(train=episodes("train"), dev=episodes("dev"), dev_conversations=[])
+
+
+def mix(groups: dict[str, list[Any]], shares: dict[str, float], seed: int) -> list[Any]:
+    """The groups' items in the proportions of `shares`, as many as they hold together, in a seeded order.
+
+    A group whose share asks for more items than it holds is repeated (each
+    of its items once before any twice); one that asks for fewer gives a
+    seeded sample.
+    """
+    groups = {name: items for name, items in groups.items() if items and shares.get(name, 0) > 0}
+    total = sum(len(items) for items in groups.values())
+    weight = sum(shares[name] for name in groups)
+    rng = random.Random(seed)
+    out: list[Any] = []
+    for name, items in groups.items():
+        count = round(total * shares[name] / weight)
+        order = list(items)
+        rng.shuffle(order)
+        out += (order * (count // len(order) + 1))[:count]
+    rng.shuffle(out)
+    return out
 
 
 def answer_metric(config: TrainConfig) -> Callable[[object, object], float]:

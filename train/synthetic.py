@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
+from typing import Sequence
 
 UNKNOWN = "unknown"
 
@@ -423,4 +424,25 @@ def dated_events(conv: SynthConversation, n: int) -> list[DatedEvent]:
         speaker = conv.person if rng.random() < 0.7 else friend
         turn = SynthTurn(f"S{conv.seed}:e{i}", speaker, text, when, "event", (), ())
         out.append(DatedEvent(turn, Question(f"When did {speaker} {asked}?", answer, "event", ())))
+    return out
+
+
+def untold_events(conv: SynthConversation, told: Sequence[DatedEvent], n: int) -> list[Question]:
+    """`n` questions "When did Maya go skydiving?" about events `conv` never tells: their gold answer is "unknown".
+
+    Asked of the conversation's person (or, as told events are, 30 % of the
+    time of a friend) about events of `EVENTS` that none of `told` is; the
+    Answer Agent must abstain instead of copying a date of another line.
+    Drawn from their own random stream.
+    """
+    from edge.prompts import UNKNOWN
+
+    rng = random.Random(f"untold:{conv.seed}")
+    asked = [e.question.question for e in told]
+    friend = rng.choice([name for name in NAMES if name != conv.person])
+    untold = [a for _, a in EVENTS if not any(q.endswith(f" {a}?") for q in asked)]
+    out = []
+    for event in rng.sample(untold, min(n, len(untold))):
+        who = conv.person if rng.random() < 0.7 else friend
+        out.append(Question(f"When did {who} {event}?", UNKNOWN, "event", ()))
     return out

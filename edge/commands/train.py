@@ -29,8 +29,8 @@ def train() -> None:
     reward. Episodes use the runtime's prompts (edge.prompts), action space
     (clauses of the turn, spans of what is shown) and grammar (the GBNF
     llama.cpp serves with, run by llguidance), so a trained adapter is
-    served with what it was trained on. Every fifth LoCoMo question is held
-    out for dev. A run writes checkpoints (it
+    served with what it was trained on. Every fifth LoCoMo question, and
+    every fifth FriendsQA scene, is held out for dev. A run writes checkpoints (it
     resumes when started again with the same --out), metrics.jsonl/csv, a
     curve.png, and OUT/adapter/ with edge-adapter.json (prompt version and
     base model).
@@ -38,6 +38,7 @@ def train() -> None:
     \b
     Examples:
       edge train manager --config smollm2-135m-manager --steps 40 --out runs/manager
+      edge train answer --config smollm2-135m-answer --locomo conv-26.json --friendsqa data/friendsqa
       edge train answer --config qwen2.5-3b-answer --locomo locomo10.json --out runs/answer
     """
 
@@ -51,7 +52,9 @@ def _options(fn):
                       help="Run folder [default: runs/<agent>]. An unfinished run in it is resumed.")(fn)
     fn = click.option("--base", default=None, help="Base model: 'bundled', a .gguf, a folder or a hub id.")(fn)
     fn = click.option("--locomo", "locomo_path", type=click.Path(exists=True, dir_okay=False), default=None,
-                      help="LoCoMo file for configs whose data source is 'locomo' or 'both'.")(fn)
+                      help="LoCoMo file for configs whose data source is 'locomo', 'both' or 'mix'.")(fn)
+    fn = click.option("--friendsqa", "friendsqa_path", type=click.Path(exists=True, file_okay=False), default=None,
+                      help="FriendsQA folder (friendsqa_dev.json, friendsqa_tst.json) for configs that mix it in.")(fn)
     fn = click.option("--seed", type=int, default=None, help="Random seed [default: the config's].")(fn)
     fn = click.option("--fresh", is_flag=True, help="Start over instead of resuming a run in --out.")(fn)
     fn = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")(fn)
@@ -59,12 +62,14 @@ def _options(fn):
 
 
 def _run(agent: str, config_name: str, steps: int | None, sft_steps: int | None, out: Path | None,
-         base: str | None, locomo_path: str | None, seed: int | None, fresh: bool, quiet: bool) -> None:
+         base: str | None, locomo_path: str | None, friendsqa_path: str | None, seed: int | None, fresh: bool,
+         quiet: bool) -> None:
     _require_training_extra()
     from edge.train import load_config
     from edge.train import train as run_training
 
-    config = load_config(config_name, base=base, seed=seed, sft_steps=sft_steps, **{"data.locomo_path": locomo_path})
+    config = load_config(config_name, base=base, seed=seed, sft_steps=sft_steps,
+                         **{"data.locomo_path": locomo_path, "data.friendsqa_path": friendsqa_path})
     if config.agent != agent:
         raise click.UsageError(f"The config {config_name!r} trains the {config.agent}; use `edge train {config.agent}`.")
     out = out or Path("runs") / agent

@@ -81,7 +81,7 @@ def render_report(results: dict[str, Any]) -> str:
         f"answer top-k {settings['answer_k']}; greedy decoding, "
         f"repeat penalty {settings.get('repeat_penalty', 1.0)}",
         f"- questions: {'first ' + str(settings['limit']) + ' per conversation' if settings['limit'] else 'all'}, "
-        f"adversarial (5) {'included' if settings['include_adversarial'] else 'excluded'}"
+        f"adversarial (5) {'included (scored by abstention; overall and dev/trained are over 1-4)' if settings['include_adversarial'] else 'excluded'}"
         + (f"; only the first {settings['sessions']} sessions and the questions whose evidence lies in them"
            if settings.get("sessions") else ""),
         f"- judge: {results['judge'] or 'none configured'}",
