@@ -2,6 +2,7 @@
 
     python bench/bench_agent.py                 # remember/ask latency + 200 chat turns
     python bench/bench_agent.py --chat-turns 50 # shorter chat run
+    python bench/bench_agent.py --chat-turns 0 --answer-adapter runs/answer.gguf   # ask: shipped vs candidate
 
 Measures, on this machine:
 - `remember` latency per turn (p50/p95) over LoCoMo turns of conv-26,
@@ -55,6 +56,23 @@ def observation_facts(path: Path) -> list[str]:
             for fact in facts if isinstance(fact, list) and fact and isinstance(fact[0], str)]
 
 
+def candidate_backend(adapter: Path, threads: int | None):
+    """The default bundle's backend with its adapters and `adapter` as "candidate" (what `--answer-adapter` times)."""
+    from edge.backends import load_backend
+    from edge.bundle import Bundle
+
+    bundle = Bundle.resolve(None)
+    model, _ = bundle.role("answer")
+    generation = bundle.generation
+    return load_backend("llama.cpp", model_path=model, n_ctx=generation.n_ctx, n_threads=threads,
+                        adapters={**bundle.adapter_paths(), "candidate": adapter},
+                        repeat_penalty=generation.repeat_penalty)
+
+
+def previous_results(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--turns", type=int, default=40, help="LoCoMo turns fed to remember")
@@ -63,6 +81,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=CONV)
     parser.add_argument("--answer-k", type=int, default=None, help="memories the Answer Agent retrieves (default 60)")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: the backend's choice)")
+    parser.add_argument("--answer-adapter", type=Path, default=None,
+                        help="a GGUF LoRA for the Answer Agent to time beside the bundle's own, question by question "
+                             "on the same bank (reported as ask_candidate)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -79,7 +100,9 @@ def main() -> None:
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
 
     if args.turns or args.questions:
-        with Agent(db=work / "bank.db", user="bench", n_threads=args.threads, answer_k=args.answer_k) as agent:
+        backend = candidate_backend(args.answer_adapter, args.threads) if args.answer_adapter else None
+        with Agent(db=work / "bank.db", user="bench", n_threads=args.threads, answer_k=args.answer_k,
+                   backend=backend) as agent:
             results["llama_threads"] = agent.backend.n_threads
             results["bundle"] = agent.bundle.name
             agent.ask("warm-up question?")
@@ -98,14 +121,30 @@ def main() -> None:
             results["ask_bank"] = {"memories": agent.bank.count(), "source": "conv-26 observations + remembered",
                                    "answer_k": agent.answerer.k}
             ask_s, ask_tokens = [], []
+            candidate_s, candidate_tokens = [], []
+            shipped_adapter = agent.answerer.adapter
             for i, question in enumerate(questions, start=1):
                 answer = agent.ask(question)
                 ask_s.append(answer.timings["total_s"])
                 ask_tokens.append(answer.prompt_tokens)
+                if args.answer_adapter:  # the same question at once with the other adapter: one run, same load
+                    agent.answerer.adapter = "candidate"
+                    try:
+                        other = agent.ask(question)
+                    finally:
+                        agent.answerer.adapter = shipped_adapter
+                    candidate_s.append(other.timings["total_s"])
+                    candidate_tokens.append(other.prompt_tokens)
                 print(f"\rask {i}/{len(questions)} {answer.timings['total_s']:.2f}s", end="", file=sys.stderr)
             print(file=sys.stderr)
             results["remember"] = summary(remember_s)
-            results["ask"] = {**summary(ask_s), "prompt_tokens_mean": statistics.fmean(ask_tokens) if ask_tokens else 0}
+            results["ask"] = {**summary(ask_s), "prompt_tokens_mean": statistics.fmean(ask_tokens) if ask_tokens else 0,
+                              "adapter": shipped_adapter}
+            if args.answer_adapter:
+                results["ask_candidate"] = {**summary(candidate_s), "adapter": str(args.answer_adapter),
+                                            "prompt_tokens_mean": statistics.fmean(candidate_tokens)}
+            elif "ask_candidate" in previous_results(args.out):  # a stale comparison must not be merged in
+                results["ask_candidate"] = None
 
     if args.chat_turns:
         prompt_tokens: dict[int, int] = {}
@@ -142,7 +181,7 @@ def main() -> None:
     results["targets"] = {"ask_p95_s": 1.5, "remember_p95_s": 2.0, "chat_prompt_growth_max": 1.10}
 
     # Sections measured in separate runs (e.g. --chat-turns 0, then --turns 0 --questions 0) are merged.
-    previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    previous = previous_results(args.out)
     results = {**previous, **results, "measured_at": {**previous.get("measured_at", {}), **{
         key: time.strftime("%Y-%m-%d %H:%M:%S") for key in ("remember", "ask", "chat") if key in results}}}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ from edge.manager import adapter_for, shown_memories, to_messages
 from edge.prompts import (
     CORE_MEMORY_CHARS,
     UNKNOWN,
+    ShownMemory,
     answer_line,
     answer_messages,
     answer_schema,
@@ -137,6 +138,18 @@ class AnswerAgent:
         result = self.answer_from(question, retrieved, core=core)
         result.timings.update(retrieve_s=retrieve_s, total_s=time.perf_counter() - start)
         return result
+
+    def context(self, bank: MemoryBank, question: str, *, user: str | None = None
+                ) -> tuple[list[Memory], list[ShownMemory]]:
+        """What `answer` shows the model for `question`: the memories that fit the budget, and their focused lines.
+
+        The same retrieval, core block, token budget and focus windows as
+        `answer`, without asking the model: training episodes and the
+        ceiling of an extractive answer (the spans of these lines,
+        `edge.prompts.answer_spans`) are built from it.
+        """
+        kept, _, _, shown = self._fit(question, self.retrieve(bank, question, user=user), core_block(bank, user))
+        return kept, shown
 
     def retrieve(self, bank: MemoryBank, question: str, *, user: str | None = None, k: int | None = None) -> list[Memory]:
         """What the Answer Agent reads: the top-k turns of the episodic log, then up to k//3 facts.

@@ -209,6 +209,25 @@ def manager_pieces(text: str, limit: int = MANAGER_TURN_CHARS) -> list[str]:
     return [p for p in pieces if p.strip()]
 
 
+def related_facts(bank: MemoryBank, turn: Turn, *, k: int = RELATED_K, user: str | None = None) -> list[Memory]:
+    """The current facts the Manager is shown for `turn`: the `k` closest (hybrid search), core facts first.
+
+    Training builds its Manager episodes with the same search, so a model
+    is trained on the facts it will be shown.
+    """
+    hits = bank.search(f"{turn.speaker}: {turn.text[:MANAGER_TURN_CHARS]}", k=k, user=user, scope="facts")
+    core = [h.memory for h in hits if h.memory.tier == "core"]
+    return core + [h.memory for h in hits if h.memory.tier != "core"]
+
+
+def extractive_candidates(turn: Turn) -> list[str]:
+    """The texts an extractive fact of `turn` may have: its clauses (`edge.grounding.clauses`, "I" made the
+    speaker), each once, as JSON-schema enum values (`enum_safe`), none that reads as an instruction."""
+    from edge.grounding import clauses, looks_like_instruction
+
+    return list(dict.fromkeys(enum_safe(c) for c in clauses(turn.text, turn.speaker) if not looks_like_instruction(c)))
+
+
 class MemoryManager:
     def __init__(
         self,
@@ -243,19 +262,12 @@ class MemoryManager:
 
 
     def related(self, turn: Turn, user: str | None = None) -> list[Memory]:
-        """Current facts the model should see for this turn: the closest ones, core facts first."""
-        hits = self.bank.search(f"{turn.speaker}: {turn.text[:MANAGER_TURN_CHARS]}", k=self.related_k, user=user,
-                                scope="facts")
-        core = [h.memory for h in hits if h.memory.tier == "core"]
-        return core + [h.memory for h in hits if h.memory.tier != "core"]
+        """Current facts the model should see for this turn (`related_facts`)."""
+        return related_facts(self.bank, turn, k=self.related_k, user=user)
 
     def candidates(self, turn: Turn) -> list[str] | None:
-        """The texts a fact may have (extractive memory): the turn's clauses, none that reads as an instruction."""
-        if self.text_mode != "extractive":
-            return None
-        from edge.grounding import clauses, looks_like_instruction
-
-        return list(dict.fromkeys(enum_safe(c) for c in clauses(turn.text, turn.speaker) if not looks_like_instruction(c)))
+        """The texts a fact may have: `extractive_candidates` with extractive memory, None (free text) otherwise."""
+        return extractive_candidates(turn) if self.text_mode == "extractive" else None
 
     def prompt(self, turn: Turn, related: list[Memory]) -> tuple[IdMap, list[Message], list[Memory]]:
         """The Manager's prompt, built to fit the model's context: the lowest-ranked facts go first."""

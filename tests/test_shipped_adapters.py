@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from edge.bundle import ADAPTER_ROLES, Bundle, default_differences, default_is_current, shipped_adapters, write_manifest
-from edge.manager import MemoryManager, to_messages
+from edge.manager import extractive_candidates, to_messages
 from edge.prompts import ShownMemory, Turn, manager_messages, manager_schema
 
 CHANGE = Turn("Maya", "I don't live in Lisbon anymore, I moved to Oslo.", "10:00 am on 3 May, 2023", "t2")
@@ -43,7 +43,7 @@ def test_a_default_bundle_with_other_adapters_is_out_of_date(default_bundle, tmp
 
 def test_the_trained_manager_supersedes_a_changed_fact_where_the_base_model_adds(default_bundle) -> None:
     """On a turn that changes a fact, the shipped Manager adapter and the base model reply differently."""
-    candidates = MemoryManager(None, None).candidates(CHANGE)  # type: ignore[arg-type]
+    candidates = extractive_candidates(CHANGE)
     messages = to_messages(manager_messages(CHANGE, SHOWN))
     schema = manager_schema(["0"], candidates=candidates)
     with default_bundle.load_backend("manager") as backend:
@@ -114,3 +114,41 @@ def test_the_trained_answer_agent_answers_when_with_the_date_resolved_beside_the
             figurines = agent.answer(bank, "When did Maya buy the figurines?")
     assert (pottery.answer, figurines.answer) == ("7 May 2023", "1 October 2023")
     assert [m.id for m in pottery.memories] and all("pottery" in m.text for m in pottery.memories)
+
+
+CHAT = [  # (speaker, text): a small log in words no training template wrote
+    ("Jon", "Long week at the studio, but the dancers finally have the routine down."),
+    ("Gina", "Nice! What are you doing to unwind these days?"),
+    ("Jon", "I'm reading The Lean Startup, it's full of ideas for running my dance studio."),
+    ("Gina", "I opened my online clothing store last month, I'm swamped with orders."),
+    ("Jon", "I also bought a pair of new shoes for practice and some posters for the walls."),
+    ("Gina", "Did you ever find someone to redo the floors?"),
+]
+
+
+def _chat_answers(default_bundle, tmp_path: Path, adapter: str | None, questions: list[str]) -> list[str]:
+    from edge.answer import AnswerAgent
+    from edge.bank import MemoryBank
+    from edge.embedder import HashEmbedder
+    from edge.manager import log_entry_for
+
+    with MemoryBank.open(tmp_path / f"{adapter}.db", HashEmbedder()) as bank:
+        bank.apply([log_entry_for(Turn(speaker, text, "2:00 pm on 4 June, 2023", f"t{i}"))
+                    for i, (speaker, text) in enumerate(CHAT)])
+        with default_bundle.load_backend("answer") as backend:
+            agent = AnswerAgent(backend, generation=default_bundle.generation, adapter=adapter)
+            return [agent.answer(bank, question).answer for question in questions]
+
+
+def test_the_trained_answer_agent_picks_the_span_that_answers_and_abstains_on_what_was_never_said(
+        default_bundle, tmp_path: Path) -> None:
+    """The shipped Answer adapter names the book where the base model picks another span, and says "unknown"
+    about something never said where the base model answers anyway."""
+    from edge.evaluation.scoring import exact_match
+
+    questions = ["What book is Jon reading?", "When did Jon go skydiving?"]
+    base = _chat_answers(default_bundle, tmp_path, None, questions)
+    trained = _chat_answers(default_bundle, tmp_path, "answer", questions)
+    assert exact_match(trained[0], "The Lean Startup"), trained
+    assert not exact_match(base[0], "The Lean Startup"), base
+    assert trained[1] == "unknown" and base[1] != "unknown", (base, trained)

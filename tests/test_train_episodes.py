@@ -134,13 +134,13 @@ def test_balanced_operations_come_in_rounds_and_keep_every_episode():
 def test_extractive_manager_episodes_offer_the_runtime_clauses_and_a_gold_reply_that_fits_them():
     """What is trained is what is served: the runtime Manager's candidates, schema and one operation per turn."""
     from edge.backends.base import schema_violation
-    from edge.manager import MemoryManager
+    from edge.manager import extractive_candidates
     from edge.prompts import EXTRACTIVE_MAX_OPS
 
     episodes = synthetic_manager_episodes(generate("dev", 6), HashEmbedder())
     seen = set()
     for e in episodes:
-        assert e.candidates == MemoryManager(None, None).candidates(e.turn)
+        assert e.candidates == extractive_candidates(e.turn)
         reply = json.loads(e.gold_reply())
         assert schema_violation(reply, e.schema()) is None, (e.turn.text, reply)
         assert len(e.gold_ops) <= EXTRACTIVE_MAX_OPS

@@ -2,7 +2,7 @@
 
 A conversation is replayed in time order into a real memory bank. Before
 each turn, the memories the runtime Manager would be shown (the same
-`MemoryManager.related` search) make a **Manager episode**: the turn, those
+`edge.manager.related_facts` search) make a **Manager episode**: the turn, those
 memories, every live memory of the bank (to rebuild it for the reward), the
 questions the turn bears on, and, for synthetic data, the gold operations
 in the local ids the model sees. A question with the memories the runtime
@@ -31,7 +31,7 @@ from typing import Any, Iterable, Sequence
 from edge.bank import Memory, MemoryBank
 from edge.embedder import Embedder
 from edge.evaluation.scoring import best_offered, exact_match, f1_score, is_unknown, normalize_answer
-from edge.manager import RELATED_K, MemoryManager, shown_memories
+from edge.manager import RELATED_K, extractive_candidates, related_facts, shown_memories
 from edge.prompts import (
     ANSWER_TOP_K,
     EXTRACTIVE_MAX_OPS,
@@ -239,7 +239,7 @@ def gold_clause(candidates: Sequence[str], value: str) -> str | None:
 
 def turn_candidates(turn: Turn) -> list[str]:
     """The runtime Manager's extractive candidates for `turn` (no model needed)."""
-    return MemoryManager(None, None, text_mode="extractive").candidates(turn) or []  # type: ignore[arg-type]
+    return extractive_candidates(turn)
 
 
 # --------------------------------------------------------------------------- banks
@@ -255,8 +255,7 @@ def _stored(memory: Memory) -> StoredMemory:
 
 
 def related_memories(bank: MemoryBank, turn: Turn, k: int) -> list[Memory]:
-    # The runtime Manager's own retrieval; it needs no model for this.
-    return MemoryManager(None, bank, related_k=k).related(turn)  # type: ignore[arg-type]
+    return related_facts(bank, turn, k=k)  # the runtime Manager's own retrieval
 
 
 # --------------------------------------------------------------------------- synthetic
@@ -443,9 +442,7 @@ def _log(bank: MemoryBank, turns: Sequence[Turn]) -> None:
 def _answer_context(bank: MemoryBank, question: str, k: int, reader: Any) -> tuple[list[Memory], list[ShownMemory]]:
     """The memories the runtime Answer Agent shows for `question` and how (`reader`; None: the top-k turns)."""
     if reader is not None:
-        found = reader.retrieve(bank, question)
-        kept, _, _, shown = reader._fit(question, found, "")
-        return kept, shown
+        return reader.context(bank, question)
     kept = [h.memory for h in bank.search(question, k=k, scope="episodic")]
     return kept, shown_memories(kept)[1]
 
