@@ -16,6 +16,7 @@ is kept in the episodic log, recorded as pending in the bank, and the next
 """
 from __future__ import annotations
 
+import copy
 import json
 import secrets
 import threading
@@ -28,7 +29,7 @@ from typing import Any, Iterator, Sequence
 from edge import paths
 from edge.answer import AnswerAgent, AnswerResult, core_block
 from edge.backends.base import Backend
-from edge.bank import Memory, MemoryBank
+from edge.bank import EPISODIC, Memory, MemoryBank, clean_text, text_limit
 from edge.bundle import Bundle
 from edge.errors import BackendError, BundleError, InvalidInputError
 from edge.generation import GenerationConfig
@@ -188,6 +189,27 @@ class Agent:
         self.state = ""
         self._lock = threading.RLock()
 
+    def for_user(self, user: str) -> "Agent":
+        """An agent for `user` on the same bank file and the same loaded models (nothing is loaded again).
+
+        For a process serving several users (`edge mcp --allow-users`): a
+        model takes seconds to load and hundreds of MB to hold, so one copy
+        serves them all. The new agent shares the bundle, the backends, the
+        generation settings, the Answer Agent and this agent's lock (so model
+        calls of the two never overlap); it has its own bank connection, its
+        own Manager over that connection and its own chat state. Closing it
+        closes only its connection; the models belong to this agent. Raises
+        `BankError` when the bank cannot be opened again.
+        """
+        other = copy.copy(self)
+        other.user = user
+        other._owns_backends = False
+        other.bank = MemoryBank.open(self.bank.path, self.bank.embedder, user=user, create=False)
+        other.manager = copy.copy(self.manager)
+        other.manager.bank = other.bank
+        other.state = ""
+        return other
+
     @property
     def chat_max_tokens(self) -> int:
         """The chat reply budget, in tokens (`generation.chat_max_tokens`)."""
@@ -273,7 +295,14 @@ class Agent:
         return done
 
     def _manage(self, turn: Turn) -> TurnResult:
-        """`manager.process`, recording the turn as pending when the model cannot be reached (the log keeps it)."""
+        """`manager.process`, recording the turn as pending when the model cannot be reached (the log keeps it).
+
+        A text the episodic log would refuse (empty, binary, over
+        `text_limit("episodic")` characters) raises `InvalidInputError` here,
+        before the model reads it: the Manager would otherwise spend a model
+        call on each piece of an over-long turn only for the bank to refuse it.
+        """
+        clean_text(turn.text, what="turn", max_chars=text_limit(EPISODIC))
         turn = turn if turn.turn_id else Turn(turn.speaker, turn.text, turn.time, "t" + secrets.token_hex(5))
         try:
             return self.manager.process(turn, user=self.user)

@@ -13,7 +13,7 @@ from edge.backends.scripted import ScriptedBackend
 from edge.bank import MemoryBank
 from edge.bundle import ADAPTER_ROLES, Bundle
 from edge.embedder import HashEmbedder
-from edge.errors import BundleError, EmbedderMismatchError
+from edge.errors import BundleError, EmbedderMismatchError, InvalidInputError
 from edge.manager import MemoryManager
 from edge.prompts import DEFAULT_DELETE_CAP, FACT_TIERS, WORKING_STATE_CHARS, Turn
 
@@ -65,6 +65,27 @@ def test_ask_answers_with_the_ids_it_used_and_timings(agent: Agent) -> None:
     # Extractive: the answer is one of the replies the schema offered, and "unknown" is always among them.
     assert result.answer in result.offered and "unknown" in result.offered
     assert result.to_dict()["offered"] == len(result.offered)
+
+
+def test_an_agent_for_another_user_shares_the_models_and_keeps_to_that_users_memories(agent: Agent) -> None:
+    agent.bank.add("Alice's locker code is 1234")
+    bob = agent.for_user("bob")
+    assert bob.manager_backend is agent.manager_backend and bob._lock is agent._lock
+    turn = bob.remember(["My locker code is 4512."]).turns[0]
+    assert turn.logged is not None and bob.bank.get(turn.logged.memory_id).owner == "bob"
+    assert [m.text for m in agent.bank.list()] == ["Alice's locker code is 1234"]
+    assert {m.owner for m in bob.bank.list()} == {"bob"}
+    answer = bob.ask("What is my locker code?")
+    assert "1234" not in answer.answer and {m.owner for m in answer.retrieved} == {"bob"}
+    bob.close()
+    assert agent.ask("What is Alice's locker code?").retrieved  # the models and alice's bank are still open
+
+
+def test_an_overlong_turn_is_refused_before_the_model_reads_it(agent: Agent) -> None:
+    before, last = snapshot(agent.bank), agent.manager_backend.last_completion
+    with pytest.raises(InvalidInputError, match="at most 100000 are allowed"):
+        agent.remember(["word " * 20001])
+    assert snapshot(agent.bank) == before and agent.manager_backend.last_completion is last
 
 
 def test_nothing_retrieved_offers_nothing_and_asks_no_model(agent: Agent) -> None:
