@@ -24,6 +24,7 @@ COMMANDS = {
     "train": "edge.commands.train:train",
     "export": "edge.commands.export:export",
     "eval": "edge.commands.evaluate:evaluate",
+    "mcp": "edge.commands.mcp:mcp",
 }
 
 
