@@ -31,7 +31,7 @@ from edge.answer import AnswerAgent, AnswerResult, core_block
 from edge.backends.base import Backend
 from edge.bank import EPISODIC, Memory, MemoryBank, clean_text, text_limit
 from edge.bundle import Bundle
-from edge.errors import BackendError, BundleError, InvalidInputError
+from edge.errors import BackendError, BundleError, InvalidInputError, TurnInterruptedError
 from edge.generation import GenerationConfig
 from edge.manager import MemoryManager, TurnResult, adapter_for, shown_memory, to_messages
 from edge.operations import AppliedOp
@@ -116,11 +116,13 @@ def _as_turn(item: Turn | dict | str, default_speaker: str) -> Turn:
     raise InvalidInputError(f"A turn must be a str, a dict with 'text', or an edge.prompts.Turn, not {item!r}.")
 
 
+TURN_KEPT = "Your message is kept in the conversation log; memory is updated from it once the model answers again."
+
+
 def _kept(exc: BackendError) -> BackendError:
     """`exc` saying that the turn was not lost: it is in the log and pending for the Manager."""
     said = f"{exc.hint.rstrip('.')}. " if exc.hint else ""
-    return BackendError(exc.message, hint=f"{said}Your message is kept in the conversation log; memory is "
-                        "updated from it once the model answers again.")
+    return BackendError(exc.message, hint=f"{said}{TURN_KEPT}")
 
 
 class Agent:
@@ -260,15 +262,25 @@ class Agent:
 
     # ------------------------------------------------------------------ the three calls
 
-    def remember(self, turns: Sequence[Turn | dict | str] | str, *, speaker: str | None = None) -> RememberResult:
-        """Feed conversation turns to the Memory Manager, one bank transaction per turn."""
+    def remember(self, turns: Sequence[Turn | dict | str] | str, *, speaker: str | None = None,
+                 cancel: threading.Event | None = None) -> RememberResult:
+        """Feed conversation turns to the Memory Manager, one bank transaction per turn.
+
+        A model that cannot be reached raises `BackendError` (its hint says
+        the turn is kept: in the log, pending for the Manager). `cancel`, once
+        set, stops the Manager between model calls: the turn is kept the same
+        way, none of its facts applied, and `TurnInterruptedError` is raised.
+        """
         if isinstance(turns, (str, Turn, dict)):
             turns = [turns]
         parsed = [_as_turn(t, speaker or self.speaker) for t in turns]
         start = time.perf_counter()
         with self._lock:
-            self.catch_up()
-            results = [self._manage(turn) for turn in parsed]
+            self.catch_up(cancel=cancel)
+            try:
+                results = [self._manage(turn, cancel) for turn in parsed]
+            except BackendError as exc:
+                raise _kept(exc) from exc
         return RememberResult(turns=results, seconds=time.perf_counter() - start)
 
     # ------------------------------------------------------------------ turns the model missed
@@ -278,23 +290,23 @@ class Agent:
         return [Turn(p["speaker"], p["text"], p["time"], p["turn_id"]) for p in self._pending_records()
                 if p.get("user") == self.user]
 
-    def catch_up(self) -> list[TurnResult]:
+    def catch_up(self, *, cancel: threading.Event | None = None) -> list[TurnResult]:
         """Have the Manager go over the pending turns, oldest first; stop at the first the model still fails on.
 
-        Never raises for an unreachable model (the turns stay pending); returns what was done.
+        Never raises for an unreachable model or a set `cancel` (the turns stay pending); returns what was done.
         """
         done = []
         with self._lock:
             for turn in self.pending():
                 try:
-                    done.append(self.manager.process(turn, user=self.user, already_logged=True))
-                except BackendError:
+                    done.append(self.manager.process(turn, user=self.user, already_logged=True, cancel=cancel))
+                except (BackendError, TurnInterruptedError):
                     break
                 self._set_pending([p for p in self._pending_records()
                                    if not (p.get("user") == self.user and p.get("turn_id") == turn.turn_id)])
         return done
 
-    def _manage(self, turn: Turn) -> TurnResult:
+    def _manage(self, turn: Turn, cancel: threading.Event | None = None) -> TurnResult:
         """`manager.process`, recording the turn as pending when the model cannot be reached (the log keeps it).
 
         A text the episodic log would refuse (empty, binary, over
@@ -305,8 +317,8 @@ class Agent:
         clean_text(turn.text, what="turn", max_chars=text_limit(EPISODIC))
         turn = turn if turn.turn_id else Turn(turn.speaker, turn.text, turn.time, "t" + secrets.token_hex(5))
         try:
-            return self.manager.process(turn, user=self.user)
-        except BackendError:
+            return self.manager.process(turn, user=self.user, cancel=cancel)
+        except (BackendError, TurnInterruptedError):
             self._add_pending(turn)
             raise
 

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from dateutil.relativedelta import relativedelta
 
-from edge.errors import InvalidInputError
+from edge.errors import InvalidInputError, shorten
 
 __all__ = ["DateMention", "GRANULARITIES", "human_date", "parse_time", "resolve_dates"]
 
@@ -43,6 +43,11 @@ MONTHS = (
 )  # fmt: skip
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 GRANULARITIES = ("day", "week", "weekend", "month", "year")
+
+# The years a turn's time may fall in. Every date a turn names is resolved against its time, at most 200 years
+# away ("200 years ago"); Python's calendar ends at the years 1 and 9999, so a time near either end would resolve
+# "yesterday" or "next May" to a date that does not exist.
+MIN_YEAR, MAX_YEAR = 1000, 9000
 
 _TIME_FORMATS_HINT = (
     'give an ISO time ("2025-03-02", "2025-03-02 14:05", "2025-03-02T14:05:00+00:00") '
@@ -64,17 +69,26 @@ def parse_time(value: str | datetime | None) -> datetime | None:
     `None` gives `None`.
 
     Raises `InvalidInputError` for anything else, including text that names
-    no year: a turn's time is never completed from the wall clock.
+    no year (a turn's time is never completed from the wall clock) and a
+    time outside the years `MIN_YEAR`..`MAX_YEAR`.
     """
     if value is None:
         return None
     if isinstance(value, datetime):
-        return value.replace(tzinfo=None)
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidInputError(f"Not a turn time: {value!r}.", hint=_TIME_FORMATS_HINT)
-    parsed = _parse_text(value.strip())
-    if parsed is None:
-        raise InvalidInputError(f"Cannot read the turn time {value!r}.", hint=_TIME_FORMATS_HINT)
+        parsed = value.replace(tzinfo=None)
+    elif not isinstance(value, str) or not value.strip():
+        raise InvalidInputError(f"Not a turn time: {shorten(repr(value))}.", hint=_TIME_FORMATS_HINT)
+    else:
+        parsed = _parse_text(value.strip())
+        if parsed is None:
+            raise InvalidInputError(f"Cannot read the turn time {shorten(repr(value))}.", hint=_TIME_FORMATS_HINT)
+    if not MIN_YEAR <= parsed.year <= MAX_YEAR:
+        raise InvalidInputError(
+            f"The turn time {shorten(repr(value if isinstance(value, str) else parsed.isoformat()))} is out of range: "
+            f"the year {parsed.year} is not between {MIN_YEAR} and {MAX_YEAR}.",
+            hint=f"give the time the turn was said, in a year from {MIN_YEAR} to {MAX_YEAR} "
+            '(e.g. "2025-03-02 14:05")',
+        )
     return parsed
 
 
@@ -212,8 +226,9 @@ def resolve_dates(text: str, at: datetime) -> list[DateMention]:
     sentence opening "May 5 of us come?" and a count after a preposition
     ("in 2000 steps" reads as the year 2000).
 
-    Mentions come in text order and never overlap (the longest wins).
-    Raises `InvalidInputError` when `at` is not a datetime.
+    Mentions come in text order and never overlap (the longest wins). An
+    expression that would fall outside the calendar (years 1 to 9999) is not
+    read. Raises `InvalidInputError` when `at` is not a datetime.
     """
     if not isinstance(at, datetime):
         raise InvalidInputError(
@@ -224,7 +239,10 @@ def resolve_dates(text: str, at: datetime) -> list[DateMention]:
     found: list[DateMention] = []
     for pattern, resolver in _PHRASES:
         for match in pattern.finditer(text):
-            resolved = resolver(match, day)
+            try:
+                resolved = resolver(match, day)
+            except (OverflowError, ValueError):  # a date past the calendar's ends (year 1 or 9999): not a date
+                continue
             if resolved is not None:
                 start, end = match.span("date") if "date" in pattern.groupindex else match.span()
                 found.append(DateMention(text[start:end], start, end, *resolved))

@@ -42,6 +42,10 @@ class NothingToUndoError(BankError):
     """The history holds no operation that can be undone."""
 
 
+class TurnInterruptedError(EdgeError):
+    """A turn was interrupted (its call cancelled, its server stopping) before the Manager applied its facts."""
+
+
 class BundleError(EdgeError):
     """A bundle is missing, incomplete, corrupted or does not match the bank."""
 
@@ -62,3 +66,13 @@ class MissingExtraError(EdgeError):
             f"{what} needs the '{extra}' extra, which is not installed.",
             hint=f"pip install 'edge-memory[{extra}]'  (or run `make setup` from a checkout)",
         )
+
+
+def shorten(text: object, limit: int = 80) -> str:
+    """`text` as an error message may quote it: its first `limit` characters, then "…" when there were more.
+
+    A message echoes what it refuses so a user sees what went wrong; a
+    100,000-character turn or id echoed whole would bury the message.
+    """
+    text = text if isinstance(text, str) else repr(text)
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -17,7 +17,10 @@ A reply that cannot be parsed is retried once; after that the turn is a
 NOOP with the reason logged, and the turn is still kept. A model that fails
 outright (a server gone away) leaves the turn kept and the error raised;
 `edge.Agent` then has the Manager go over the turn once the model answers
-again (`process(..., already_logged=True)`).
+again (`process(..., already_logged=True)`). So does a turn interrupted by
+its `cancel` event (a call cancelled, a server stopping): the event is read
+before each piece of the turn goes to the model and before the facts are
+applied, and once it is set no fact of the turn is applied.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import json
 import logging
 import re
 import secrets
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -32,7 +36,7 @@ from typing import Any
 
 from edge.backends.base import Backend, Message
 from edge.bank import Memory, MemoryBank
-from edge.errors import BackendError, EdgeError, ModelOutputError
+from edge.errors import BackendError, EdgeError, ModelOutputError, TurnInterruptedError
 from edge.generation import GenerationConfig, Setting
 from edge.operations import AddOp, AppliedOp, Op, SupersedeOp
 from edge.prompts import (
@@ -319,11 +323,17 @@ class MemoryManager:
         return self.bank.apply([log_entry_for(turn)], user=user or self.bank.user, actor="manager",
                                turn=turn_reference(turn))[0]
 
-    def process(self, turn: Turn, *, user: str | None = None, already_logged: bool = False) -> TurnResult:
+    def process(self, turn: Turn, *, user: str | None = None, already_logged: bool = False,
+                cancel: threading.Event | None = None) -> TurnResult:
         """Keep the turn in the episodic log and apply the facts the model took from it, in one transaction.
 
         `already_logged`: the turn is in the log already (kept by `keep` while
         the model was unreachable); only its facts are applied now.
+        `cancel`: checked before each piece of the turn goes to the model (one
+        model call, two when the reply is retried) and before the facts are
+        applied; once set, the turn is kept in the log (unless it is there
+        already), no fact of it is applied, and `TurnInterruptedError` is
+        raised: a long turn stops within a piece, not after all of them.
         """
         start = time.perf_counter()
         owner = user or self.bank.user
@@ -339,6 +349,7 @@ class MemoryManager:
         written: set[str] = set()  # the pieces are applied together: none may write what an earlier one wrote
         try:
             for piece in pieces:
+                interrupted(cancel)
                 part = Turn(turn.speaker, piece, turn.time, turn.turn_id)
                 related = self.related(part, owner)
                 id_map, parse, piece_result = self.propose(part, related)
@@ -352,6 +363,7 @@ class MemoryManager:
                     log.warning("turn %s is a NOOP: %s", turn.turn_id, result.error)
                     continue
                 ops += to_bank_ops(parse, id_map, part, related, rejected=result.rejected, written=written)
+            interrupted(cancel)
         except EdgeError:
             # The model failed outright (e.g. a server that went away): the turn itself is still kept.
             if logs:
@@ -374,6 +386,15 @@ class MemoryManager:
         result.applied = applied
         result.seconds = time.perf_counter() - start
         return result
+
+def interrupted(cancel: threading.Event | None) -> None:
+    """Raise `TurnInterruptedError` when `cancel` is set (the Manager stops between the pieces of a turn)."""
+    if cancel is not None and cancel.is_set():
+        raise TurnInterruptedError(
+            "The turn was interrupted before the Memory Manager applied its facts.",
+            hint="It is kept in the conversation log; the Manager goes over it with the next turn remembered.",
+        )
+
 
 def to_bank_ops(
     parse: ManagerParse, id_map: IdMap, turn: Turn, related: list[Memory],

@@ -7,40 +7,69 @@ server publishes as each tool's output schema (`edge.mcp_server`).
 - **Users.** The service serves one user (`edge mcp --user`); a call may
   name another only when the server was started with `--allow-users`. Every
   bank call passes its owner, and the bank scopes ids by owner, so another
-  user's id is "not found". Other users' agents share the first agent's
-  models (`Agent.for_user`): nothing is loaded twice.
+  user's id is "not found". Edits, undo and `ask` for another user run on
+  the server's own agent and connection with that owner; only the Memory
+  Manager needs an agent of the user's own (`Agent.for_user`: the same
+  models, a connection of its own), and the service keeps the
+  `MAX_USER_AGENTS` most recently used ones open, closing the oldest.
+  Arguments are checked before any of this: a refused call opens nothing.
 - **Locks.** Calls that change the bank (`add_memory`, `update_memory`,
-  `delete_memory`, `undo`) and `ask` (it runs on the model the Manager
-  uses) run one at a time under one lock. Reads (`search_memories`,
-  `list_memories`, `get_memory`, `history`, the core block) run beside them
-  on a connection of their own: a `MemoryBank` is one SQLite connection, and
-  a read on the writer's connection would see a transaction half done (the
-  bank locks its searches and transactions, not its plain reads); on its own
-  connection (WAL) a read sees the last committed state and never waits for
-  the writer. Reads take turns on that connection, a few milliseconds each.
-  The MCP server runs each call on a worker thread.
+  `delete_memory`, `restore_memory`, `undo`) and `ask` (it runs on the model
+  the Manager uses) run one at a time under one lock. Reads
+  (`search_memories`, `list_memories`, `get_memory`, `history`, the core
+  block) run beside them on a connection of their own: a `MemoryBank` is one
+  SQLite connection, and a read on the writer's connection would see a
+  transaction half done (the bank locks its searches and transactions, not
+  its plain reads); on its own connection (WAL) a read sees the last
+  committed state and never waits for the writer. Reads take turns on that
+  connection, a few milliseconds each. The MCP server runs each call on a
+  worker thread.
+- **Cancelling and stopping.** A change takes a `cancel` event: set while
+  the call waits for the lock, the call gives up having done nothing; set
+  while the Memory Manager works on a turn, the Manager stops before its
+  next model call and applies none of the turn's facts (the turn is kept in
+  the conversation log, pending, as when the model cannot be reached).
+  `stop` sets every running call's event and refuses new calls (a server
+  shutting down).
 - **Errors.** Every method raises `EdgeError` subclasses with a hint, and
-  every change is one bank transaction, so a refused call writes nothing.
+  every change is one bank transaction, so a refused call writes nothing. A
+  SQLite error becomes the bank's own error (`CorruptBankError` for a
+  damaged file, with how to restore it); any other exception is logged with
+  its traceback and raised as `UnexpectedError`, which names it and says
+  whether the bank changed.
 """
 from __future__ import annotations
 
+import json
+import logging
+import re
+import secrets
 import threading
 import time as clock
+from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge.bank import MIN_SIMILARITY, HistoryEntry, Memory, MemoryBank, clean_text
-from edge.errors import InvalidInputError
+from edge import db as sqlite
+from edge.bank import MIN_SIMILARITY, HistoryEntry, Memory, MemoryBank, clean_name, clean_text, text_limit
+from edge.bank.opening import unusable
+from edge.errors import BackendError, EdgeError, InvalidInputError, TurnInterruptedError, shorten
 from edge.operations import AddOp, AppliedOp, Tier
 
 if TYPE_CHECKING:
     from edge.agent import Agent
 
-MAX_NAME_CHARS = 100  # a user or speaker name
 MAX_RESULTS = 200  # the most memories or history rows one call returns
 SEARCH_POOL = 5  # a search restricted to core or semantic facts reads this many times `limit` facts, then filters
+MAX_USER_AGENTS = 8  # other users' Memory Manager agents kept open (a bank connection each), least recently used closed
+LOCK_POLL_S = 0.05  # how often a call waiting for the change lock looks at its cancel event
+CLOSE_WAIT_S = 60.0  # how long closing waits for a running change to finish before leaving the bank to the OS
+
+log = logging.getLogger("edge.mcp")
+T = TypeVar("T")
 
 
 # ----------------------------------------------------------------------------- what the tools return
@@ -111,9 +140,14 @@ class Added(BaseModel):
     inferred: bool = Field(description="true: the Memory Manager chose the operations; false: stored as given")
     turn: TurnRecord | None = None
     logged: str | None = Field(None, description="id of the turn's entry in the episodic log")
+    pending: bool = Field(False, description=(
+        "true: the turn is kept in the episodic log, but the Memory Manager could not go over it yet (the model "
+        "could not be reached, or the call was interrupted); it does so once the model answers again, with a later "
+        "turn. Do not send the turn again."))
     applied: list[Change]
     rejected: list[Refusal] = []
     error: str | None = Field(None, description="why the Manager made no operation, when it failed to")
+    note: str | None = Field(None, description="what became of the turn, when it is pending")
     seconds: float
 
 
@@ -184,15 +218,39 @@ class Undone(BaseModel):
     undone: list[Change] = Field(description="the reverts, newest change first")
 
 
+# ----------------------------------------------------------------------------- errors of the service itself
+
+
+class ServerStoppingError(EdgeError):
+    """The server is shutting down: the call was not run."""
+
+    def __init__(self) -> None:
+        super().__init__("edge mcp is stopping; this call was not run and changed nothing.",
+                         hint="Call it again once the server is running again.")
+
+
+class CallCancelledError(EdgeError):
+    """The call was cancelled while it waited for its turn: it did nothing."""
+
+    def __init__(self) -> None:
+        super().__init__("The call was cancelled before it started; it changed nothing.")
+
+
+class UnexpectedError(EdgeError):
+    """An exception edge does not expect: named, with whether the bank changed (the traceback is in the log)."""
+
+
 # ----------------------------------------------------------------------------- the service behind the tools
 
 
+def is_date(text: str | None) -> bool:
+    """Whether `text` is an ISO date with no time of day ("2025-03-02")."""
+    return text is not None and re.fullmatch(r"\d{4}-\d{2}-\d{2}", text.strip()) is not None
+
+
 def checked_name(value: str, what: str) -> str:
-    """A user or speaker name as given (stripped); `InvalidInputError` for an empty, binary or overlong one."""
-    if isinstance(value, str) and len(value.strip()) > MAX_NAME_CHARS:
-        raise InvalidInputError(f"The {what} is {len(value.strip())} characters; at most {MAX_NAME_CHARS} are allowed.",
-                                hint=f"Give a name as the {what}, not a sentence.")
-    return clean_text(value, what=what, max_chars=MAX_NAME_CHARS)
+    """A user or speaker name as given (stripped); `InvalidInputError` otherwise (`edge.bank.clean_name`)."""
+    return clean_name(value, what=what)
 
 
 class MemoryService:
@@ -202,32 +260,68 @@ class MemoryService:
     models; `allow_users` lets a call name another user of the same bank.
     Every method raises `EdgeError` subclasses with a hint (`InvalidInputError`
     for a bad argument, `MemoryNotFoundError` for an id this user has not,
-    `NothingToUndoError`, `BackendError` when the model fails).
+    `NothingToUndoError`, `BackendError` when the model fails to answer,
+    `CorruptBankError` for a damaged file, `UnexpectedError` for a bug).
     """
 
-    def __init__(self, agent: "Agent", *, allow_users: bool = False) -> None:
+    def __init__(self, agent: "Agent", *, allow_users: bool = False, max_user_agents: int = MAX_USER_AGENTS) -> None:
         self.agent = agent
         self.user = agent.user
         self.allow_users = allow_users
-        self._agents: dict[str, Agent] = {agent.user: agent}
+        self.max_user_agents = max_user_agents
+        self._others: OrderedDict[str, Agent] = OrderedDict()  # other users' agents, least recently used first
         self._changes = threading.Lock()  # changes to the bank and model calls, one at a time
-        self._opening = threading.Lock()  # creating another user's agent
         # One SQLite connection does one thing at a time: reads take turns on it (milliseconds each).
         self._reading = threading.Lock()
+        self._running: set[threading.Event] = set()  # the cancel events of the changes under way
+        self._running_lock = threading.Lock()
+        self._stopping = threading.Event()
         self.reader = MemoryBank.open(agent.bank.path, agent.bank.embedder, user=agent.user, create=False)
 
     @property
     def path(self) -> Path:
         return self.agent.bank.path
 
+    @property
+    def open_user_agents(self) -> int:
+        """How many other users' agents are open (at most `max_user_agents`)."""
+        return len(self._others)
+
+    def stop(self) -> None:
+        """Stop serving: changes under way stop before they apply a turn's facts, and new calls are refused.
+
+        Safe from a signal handler or another thread: it only sets events.
+        """
+        self._stopping.set()
+        with self._running_lock:
+            for event in self._running:
+                event.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
     def close(self) -> None:
-        """Close the read connection and every agent (the models last, with the server's own agent)."""
+        """Close the read connection and every agent (the models last, with the server's own agent).
+
+        Waits up to `CLOSE_WAIT_S` for a change under way (after `stop` it
+        ends within a model call); past that the agents are left open for
+        the process's exit (the bank stays consistent: each change is one
+        transaction).
+        """
+        self.stop()
         with self._reading:
             self.reader.close()
-        for user, agent in list(self._agents.items()):
-            if user != self.user:
-                agent.close()
-        self.agent.close()
+        if not self._changes.acquire(timeout=CLOSE_WAIT_S):
+            log.warning("a change is still running after %.0f s; the bank is left to close with the process",
+                        CLOSE_WAIT_S)
+            return
+        try:
+            while self._others:
+                self._others.popitem(last=False)[1].close()
+            self.agent.close()
+        finally:
+            self._changes.release()
 
     # ------------------------------------------------------------------ users
 
@@ -238,72 +332,220 @@ class MemoryService:
         name = checked_name(user, "user name")
         if name != self.user and not self.allow_users:
             raise InvalidInputError(
-                f"This server serves user {self.user!r} only; a call cannot name user {name!r}.",
+                f"This server serves user {shorten(repr(self.user))} only; a call cannot name user "
+                f"{shorten(repr(name))}.",
                 hint="Leave out `user`, or start the server with `edge mcp --allow-users` to let calls name users.",
             )
         return name
 
-    def agent_for(self, user: str | None) -> "Agent":
-        owner = self.owner(user)
-        with self._opening:
-            if owner not in self._agents:
-                self._agents[owner] = self.agent.for_user(owner)
-            return self._agents[owner]
+    def _agent_for(self, owner: str) -> "Agent":
+        """The agent whose Memory Manager remembers `owner`'s turns; only under the change lock.
+
+        Another user's agent is opened on first use and kept among the
+        `max_user_agents` most recently used; the least recently used one is
+        closed to make room (safe: every use of these agents holds the lock).
+        """
+        if owner == self.user:
+            return self.agent
+        agent = self._others.pop(owner, None)
+        if agent is None:
+            while self._others and len(self._others) >= self.max_user_agents:
+                self._others.popitem(last=False)[1].close()
+            agent = self.agent.for_user(owner)
+        self._others[owner] = agent  # the most recently used, last
+        return agent
+
+    # ------------------------------------------------------------------ calls: cancelling, the lock, errors
+
+    @contextmanager
+    def _change(self, owner: str, cancel: threading.Event | None) -> Iterator[threading.Event]:
+        """Run a change: registered for `stop`, under the change lock (given up when cancelled while waiting),
+        with its errors as `_errors` makes them. Yields the call's cancel event."""
+        cancel = cancel or threading.Event()
+        if self._stopping.is_set():
+            raise ServerStoppingError()
+        with self._running_lock:
+            self._running.add(cancel)
+        try:
+            if self._stopping.is_set():
+                cancel.set()
+            while not self._changes.acquire(timeout=LOCK_POLL_S):
+                if cancel.is_set():
+                    raise ServerStoppingError() if self._stopping.is_set() else CallCancelledError()
+            try:
+                if cancel.is_set():  # while it waited: it has not started, so it does nothing
+                    raise ServerStoppingError() if self._stopping.is_set() else CallCancelledError()
+                with self._errors(owner, change=True):
+                    yield cancel
+            finally:
+                self._changes.release()
+        finally:
+            with self._running_lock:
+                self._running.discard(cancel)
+
+    @contextmanager
+    def _read(self, owner: str) -> Iterator[None]:
+        if self._stopping.is_set():
+            raise ServerStoppingError()
+        with self._reading, self._errors(owner, change=False):
+            yield
+
+    @contextmanager
+    def _errors(self, owner: str, *, change: bool) -> Iterator[None]:
+        """`EdgeError`s as they are; a SQLite error as the bank's own error; anything else `UnexpectedError`."""
+        before, started = None, False
+        try:
+            before = self._latest_change(owner) if change else None
+            started = True
+            yield
+        except EdgeError:
+            raise
+        except sqlite.DatabaseError as exc:
+            raise unusable(self.path, exc, "changing it" if change else "reading it") from exc
+        except Exception as exc:
+            log.exception("unexpected %s in a %s for user %r", type(exc).__name__, "change" if change else "read",
+                          owner)
+            if not change:
+                state = "Nothing was changed (a read)."
+            elif not started:
+                state = "The bank was left unchanged (the call did not start)."
+            else:
+                try:
+                    state = ("The bank was left unchanged." if self._latest_change(owner) == before
+                             else "The bank changed before the error: call history to see what.")
+                except Exception:  # noqa: BLE001 - the bank itself may be what failed
+                    state = "Whether the bank changed is unknown: call history to see."
+            raise UnexpectedError(f"Unexpected {type(exc).__name__}: {shorten(str(exc), 200)}. {state}",
+                                  hint="This is a bug in edge: please report it with the traceback the server "
+                                  "wrote to its log (stderr).") from exc
+
+    def _latest_change(self, owner: str) -> int | None:
+        """The seq of `owner`'s latest history row (None: none yet), read on the read connection."""
+        with self._reading:
+            entries = self.reader.history(user=owner, limit=1)
+        return entries[-1].seq if entries else None
 
     # ------------------------------------------------------------------ changes (one at a time)
 
     def add_memory(self, text: str, *, speaker: str | None = None, time: str | None = None, infer: bool = True,
-                   tier: Tier | None = None, user: str | None = None) -> Added:
+                   tier: Tier | None = None, user: str | None = None, cancel: threading.Event | None = None) -> Added:
         """A turn through the Memory Manager (`Agent.remember`: logged, grounded, one transaction), or with
-        `infer=False` the text stored as given in `tier` (default semantic), as `edge memory add` does."""
-        agent = self.agent_for(user)
+        `infer=False` the text stored as given in `tier` (default semantic), as `edge memory add` does.
+
+        Every argument is checked before the lock is taken or a model is
+        asked. A model that cannot be reached, or a `cancel` set while the
+        Manager works, is not an error: the turn is kept in the log and the
+        result says it is `pending`.
+        """
+        from edge.dates import parse_time
+
+        owner = self.owner(user)
+        at = parse_time(time) if time is not None else None
         if infer:
             if tier is not None:
                 raise InvalidInputError("`tier` is for a memory stored as given (infer=false); the Memory Manager "
                                         "chooses the tier of what it keeps.",
                                         hint="Leave out `tier`, or set infer=false.")
-            turn: dict[str, Any] = {"text": text, "time": time}
-            if speaker is not None:
-                turn["speaker"] = checked_name(speaker, "speaker")
-            with self._changes:
-                result = agent.remember([turn]).turns[0]
-            return Added(
-                user=agent.user, inferred=True, logged=result.logged.memory_id if result.logged else None,
-                turn=TurnRecord(speaker=result.turn.speaker, text=result.turn.text, time=result.turn.time,
-                                turn_id=result.turn.turn_id),
-                applied=[Change.of(op) for op in result.applied],
-                rejected=[Refusal(op=raw, reason=reason) for raw, reason in result.rejected],
-                error=result.error, seconds=round(result.seconds, 4),
-            )
+            said_by = checked_name(speaker, "speaker") if speaker is not None else None
+            clean_text(text, what="turn", max_chars=text_limit("episodic"))
+            return self._remember(owner, text, said_by, time, cancel)
         if speaker is not None:
             raise InvalidInputError("`speaker` is for a conversation turn (infer=true); a memory stored as given "
                                     "has no speaker.", hint="Leave out `speaker`, or set infer=true.")
+        tier = tier or "semantic"
+        text = clean_text(text, max_chars=text_limit(tier))
         start = clock.perf_counter()
-        with self._changes:
-            applied = agent.bank.apply([AddOp(text, tier or "semantic", time)], actor="api")
-        return Added(user=agent.user, inferred=False, applied=[Change.of(op) for op in applied],
+        # As the log writes a turn's time (ISO, to the minute); a date alone stays a date.
+        event_time = None if at is None else (at.date().isoformat() if is_date(time)
+                                              else at.isoformat(timespec="minutes"))
+        with self._change(owner, cancel):
+            applied = self.agent.bank.apply([AddOp(text, tier, event_time)], user=owner, actor="api")
+        return Added(user=owner, inferred=False, applied=[Change.of(op) for op in applied],
                      seconds=round(clock.perf_counter() - start, 4))
 
-    def update_memory(self, memory_id: str, text: str, *, user: str | None = None) -> MemoryRecord:
-        agent = self.agent_for(user)
-        with self._changes:
-            return MemoryRecord.of(agent.bank.update(memory_id, text, actor="api"))
+    def _remember(self, owner: str, text: str, speaker: str | None, time: str | None,
+                  cancel: threading.Event | None) -> Added:
+        from edge.agent import TURN_KEPT, now_stamp
+        from edge.prompts import Turn
 
-    def delete_memory(self, memory_id: str, *, user: str | None = None) -> MemoryRecord:
-        agent = self.agent_for(user)
-        with self._changes:
-            return MemoryRecord.of(agent.bank.delete(memory_id, actor="api"))
+        start = clock.perf_counter()
+        with self._change(owner, cancel) as cancel:
+            agent = self._agent_for(owner)
+            turn = Turn(speaker or agent.speaker, text, time or now_stamp(), "t" + secrets.token_hex(5))
+            record = TurnRecord(speaker=turn.speaker, text=turn.text, time=turn.time, turn_id=turn.turn_id)
+            try:
+                result = agent.remember([turn], cancel=cancel).turns[0]
+            except (BackendError, TurnInterruptedError) as exc:
+                logged = self._logged(agent.bank, owner, turn.turn_id)
+                if logged is None:  # not kept after all: the error is the call's
+                    raise
+                if isinstance(exc, TurnInterruptedError):
+                    why = ("the server is stopping" if self._stopping.is_set()
+                           else "the call was cancelled, or its client went away")
+                    log.warning("add_memory interrupted (%s): turn %s of user %r is kept in the episodic "
+                                "log as %s, pending for the Memory Manager; none of its facts were applied",
+                                why, turn.turn_id, owner, logged)
+                    error = f"Interrupted ({why}) before the Memory Manager applied the turn's facts."
+                else:
+                    error = exc.message
+                return Added(user=owner, inferred=True, turn=record, logged=logged, pending=True, applied=[],
+                             error=error, note=f"{TURN_KEPT} Do not send it again.",
+                             seconds=round(clock.perf_counter() - start, 4))
+        return Added(
+            user=owner, inferred=True, logged=result.logged.memory_id if result.logged else None, turn=record,
+            applied=[Change.of(op) for op in result.applied],
+            rejected=[Refusal(op=raw, reason=reason) for raw, reason in result.rejected],
+            error=result.error, seconds=round(result.seconds, 4),
+        )
 
-    def undo(self, steps: int = 1, *, user: str | None = None) -> Undone:
-        agent = self.agent_for(user)
-        with self._changes:
-            return Undone(user=agent.user, undone=[Change.of(op) for op in agent.bank.undo(steps, actor="api")])
+    @staticmethod
+    def _logged(bank: MemoryBank, owner: str, turn_id: str | None) -> str | None:
+        """The id of the episodic log entry the Manager wrote for `turn_id`, from the latest history rows."""
+        for entry in reversed(bank.history(user=owner, limit=5)):
+            try:
+                said = json.loads(entry.turn or "{}")
+            except ValueError:
+                continue
+            if entry.action == "ADD" and isinstance(said, dict) and said.get("id") == turn_id:
+                return entry.memory_id
+        return None
 
-    def ask(self, question: str, *, user: str | None = None) -> Answer:
-        """The Answer Agent's answer; under the change lock, as it runs on the model the Manager uses."""
-        agent = self.agent_for(user)
-        with self._changes:
-            return Answer.model_validate(agent.ask(question).to_dict())
+    def update_memory(self, memory_id: str, text: str, *, user: str | None = None,
+                      cancel: threading.Event | None = None) -> MemoryRecord:
+        owner = self.owner(user)
+        with self._change(owner, cancel):
+            return MemoryRecord.of(self.agent.bank.update(memory_id, text, user=owner, actor="api"))
+
+    def delete_memory(self, memory_id: str, *, user: str | None = None,
+                      cancel: threading.Event | None = None) -> MemoryRecord:
+        owner = self.owner(user)
+        with self._change(owner, cancel):
+            return MemoryRecord.of(self.agent.bank.delete(memory_id, user=owner, actor="api"))
+
+    def restore_memory(self, memory_id: str, *, user: str | None = None,
+                       cancel: threading.Event | None = None) -> MemoryRecord:
+        """Bring back a deleted (or superseded) memory, as `edge memory restore` does."""
+        owner = self.owner(user)
+        with self._change(owner, cancel):
+            return MemoryRecord.of(self.agent.bank.restore(memory_id, user=owner, actor="api"))
+
+    def undo(self, steps: int = 1, *, user: str | None = None, cancel: threading.Event | None = None) -> Undone:
+        owner = self.owner(user)
+        with self._change(owner, cancel):
+            return Undone(user=owner, undone=[Change.of(op) for op in
+                                              self.agent.bank.undo(steps, user=owner, actor="api")])
+
+    def ask(self, question: str, *, user: str | None = None, cancel: threading.Event | None = None) -> Answer:
+        """The Answer Agent's answer; under the change lock, as it runs on the model the Manager uses.
+
+        Another user's question runs on the server's own Answer Agent and
+        connection with that owner (`Agent.ask` does the same for its user).
+        """
+        owner = self.owner(user)
+        clean_text(question, what="question")
+        with self._change(owner, cancel):
+            result = self.agent.answerer.answer(self.agent.bank, question, user=owner)
+        return Answer.model_validate(result.to_dict())
 
     # ------------------------------------------------------------------ reads (beside the changes)
 
@@ -313,7 +555,7 @@ class MemoryService:
         owner = self.owner(user)
         scope = "all" if tier is None else "episodic" if tier == "episodic" else "facts"
         k = limit if tier in (None, "episodic") else limit * SEARCH_POOL
-        with self._reading:
+        with self._read(owner):
             hits = self.reader.search(query, k=k, user=owner, scope=scope,  # type: ignore[arg-type]
                                       min_similarity=MIN_SIMILARITY)
         kept = [h for h in hits if tier is None or h.memory.tier == tier][:limit]
@@ -323,20 +565,20 @@ class MemoryService:
     def list_memories(self, *, tier: Tier | None = None, limit: int = 50, user: str | None = None) -> MemoryList:
         """The latest `limit` current memories (of one tier or all), oldest first."""
         owner = self.owner(user)
-        with self._reading, self.reader.snapshot():
+        with self._read(owner), self.reader.snapshot():
             total = self.reader.count(user=owner, tier=tier)
             memories = self.reader.list(user=owner, tier=tier, limit=limit, offset=max(0, total - limit))
         return MemoryList(user=owner, total=total, memories=[MemoryRecord.of(m) for m in memories])
 
     def get_memory(self, memory_id: str, *, user: str | None = None) -> MemoryRecord:
         owner = self.owner(user)
-        with self._reading:
+        with self._read(owner):
             return MemoryRecord.of(self.reader.get(memory_id, user=owner))
 
     def history(self, *, limit: int = 20, user: str | None = None) -> History:
         """The latest `limit` changes of the user's memories, oldest first."""
         owner = self.owner(user)
-        with self._reading:
+        with self._read(owner):
             entries = self.reader.history(user=owner, limit=limit)
         return History(user=owner, entries=[HistoryRecord.of(e) for e in entries])
 
@@ -344,5 +586,5 @@ class MemoryService:
         """The server user's core memories, as the agents see them in every prompt."""
         from edge.answer import core_block
 
-        with self._reading:
+        with self._read(self.user):
             return core_block(self.reader, self.user)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from edge.errors import EdgeError, InvalidInputError
+from edge.errors import BackendError, EdgeError, InvalidInputError
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,12 @@ def play_line(agent: Any, line: ScriptLine, *, speaker: str | None = None) -> Li
             result = agent.remember([turn]).turns[0]
     except InvalidInputError as exc:
         return LineOutcome(line, "refused", exc.message)
+    except BackendError as exc:
+        if line.kind == "turn":  # `Agent.remember` kept it: in the conversation log, pending for the Manager
+            from edge.agent import TURN_KEPT
+
+            return LineOutcome(line, "failed", f"{exc.message}. {TURN_KEPT}")
+        return LineOutcome(line, "failed", exc.message)
     except EdgeError as exc:
         return LineOutcome(line, "failed", exc.message)
     except Exception as exc:  # noqa: BLE001 - one line's failure must not cost the rest of the script

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from edge.backends.scripted import ScriptedBackend
 from edge.bank import MemoryBank
 from edge.bundle import ADAPTER_ROLES, Bundle
 from edge.embedder import HashEmbedder
-from edge.errors import BundleError, EmbedderMismatchError, InvalidInputError
+from edge.errors import BundleError, EmbedderMismatchError, InvalidInputError, TurnInterruptedError
 from edge.manager import MemoryManager
 from edge.prompts import DEFAULT_DELETE_CAP, FACT_TIERS, WORKING_STATE_CHARS, Turn
 
@@ -51,6 +52,21 @@ def test_remember_applies_ops_and_logs_them_with_the_turn(agent: Agent) -> None:
     added = [op for op in turn.applied if op.action == "ADD"]
     assert all(agent.bank.get(op.memory_id).source_turns == ("D1:1",) for op in added)
     assert turn.prompt_tokens > 0 and turn.seconds > 0
+
+
+def test_a_cancelled_turn_is_kept_pending_without_its_facts_and_gone_over_later(agent: Agent) -> None:
+    cancel = threading.Event()
+    cancel.set()  # a call cancelled, a server stopping: before the Manager's first model call
+    with pytest.raises(TurnInterruptedError, match="interrupted before the Memory Manager applied its facts"):
+        agent.remember([Turn("alice", "I just adopted a cat named Luna.", "8 May 2023", "D1:1")], cancel=cancel)
+    assert [m.text for m in agent.bank.list(tier="episodic")] == ["I just adopted a cat named Luna."]
+    assert agent.bank.list(tier=FACT_TIERS) == [] and [t.turn_id for t in agent.pending()] == ["D1:1"]
+
+    agent.remember([Turn("alice", "My sister Maya lives in Lisbon.", "8 May 2023", "D1:2")])
+    assert agent.pending() == []  # the Manager went over the kept turn first
+    sources = {turn for m in agent.bank.list(tier=FACT_TIERS) for turn in m.source_turns}
+    assert "D1:1" in sources, sources
+    assert len(agent.bank.list(tier="episodic")) == 2  # each turn logged once
 
 
 def test_ask_answers_with_the_ids_it_used_and_timings(agent: Agent) -> None:

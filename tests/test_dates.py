@@ -82,6 +82,27 @@ def test_parse_time_refuses_text_that_is_not_a_full_date(value: str) -> None:
     assert "1:56 pm on 8 May, 2023" in str(raised.value)  # the hint names the accepted formats
 
 
+@pytest.mark.parametrize("value", ["0001-01-01", "0999-12-31 23:59", "9999-12-31 23:59", "9001-01-01",
+                                   datetime(1, 1, 1)])
+def test_a_turn_time_outside_the_years_1000_to_9000_is_refused(value) -> None:
+    with pytest.raises(InvalidInputError) as raised:
+        parse_time(value)
+    assert "is out of range" in raised.value.message and "1000 to 9000" in raised.value.hint
+    assert parse_time("1000-01-01") == datetime(1000, 1, 1) and parse_time("9000-12-31") == datetime(9000, 12, 31)
+
+
+def test_a_date_past_the_calendars_end_is_not_read_rather_than_raised() -> None:
+    assert resolved("See you tomorrow, the day after tomorrow and next week.", datetime(9999, 12, 31, 23, 59)) == []
+    assert resolved("I went yesterday, last week.", datetime(1, 1, 1)) == []
+    assert [m[0] for m in resolved("I went yesterday and tomorrow.", datetime(9999, 12, 31))] == ["yesterday"]
+
+
+def test_an_unreadable_time_is_quoted_at_most_80_characters() -> None:
+    with pytest.raises(InvalidInputError) as raised:
+        parse_time("9" * 100_000)
+    assert raised.value.message == f"Cannot read the turn time '{'9' * 79}…."
+
+
 def test_dates_never_read_the_wall_clock() -> None:
     tree = ast.parse(inspect.getsource(edge.dates))
     calls = {

@@ -73,6 +73,15 @@ def test_only_what_is_not_text_is_refused_and_the_first_bad_character_is_named(t
     assert code in refused.value.message and "not text" in refused.value.message
 
 
+@pytest.mark.parametrize("text", ["\u200b", "\u202e", "\u200b\u200c\u200d\u2060", " \ufeff ", "\u2066\u2069",
+                                  "\u3164"])
+def test_text_with_no_visible_character_is_refused(text: str) -> None:
+    with pytest.raises(InvalidInputError) as refused:
+        clean_text(text)
+    assert refused.value.message.startswith("The memory text has no visible character (only U+")
+    assert clean_text(f"ok{text}") == f"ok{text}".strip()  # beside a visible character they are kept as written
+
+
 def test_a_refused_query_is_told_about_queries_not_about_storing() -> None:
     with pytest.raises(InvalidInputError) as refused:
         clean_text("why \x00?", what="query")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from edge.bank.records import (
     EPISODIC,
+    MAX_NAME_CHARS,
     MAX_TEXT_CHARS,
     MAX_TURN_CHARS,
     SCOPES,
@@ -21,6 +22,7 @@ from edge.bank.records import (
     SearchHit,
     SearchMode,
     SearchScope,
+    clean_name,
     clean_text,
     now,
     text_limit,
@@ -29,7 +31,7 @@ from edge.bank.search import MIN_SIMILARITY, SearchIndex
 from edge.bank.store import MemoryBank
 
 __all__ = [
-    "EPISODIC", "MAX_TEXT_CHARS", "MAX_TURN_CHARS", "MIN_SIMILARITY", "SCOPES", "SEARCH_MODES", "HistoryEntry",
-    "Memory", "MemoryBank", "SearchHit", "SearchIndex", "SearchMode", "SearchScope", "clean_text", "now",
+    "EPISODIC", "MAX_NAME_CHARS", "MAX_TEXT_CHARS", "MAX_TURN_CHARS", "MIN_SIMILARITY", "SCOPES", "SEARCH_MODES", "HistoryEntry",
+    "Memory", "MemoryBank", "SearchHit", "SearchIndex", "SearchMode", "SearchScope", "clean_name", "clean_text", "now",
     "text_limit",
 ]

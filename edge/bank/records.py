@@ -2,12 +2,14 @@
 
 Plain values, no database: `Memory`, `SearchHit` and `HistoryEntry` are
 what every caller of the bank sees; `clean_text` is the one check every
-text passes before it is stored or searched for.
+text passes before it is stored or searched for, `clean_name` the one every
+user and speaker name passes.
 """
 from __future__ import annotations
 
 import json
 import secrets
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal, Sequence
@@ -15,6 +17,7 @@ from typing import Any, Literal, Sequence
 from edge.errors import InvalidInputError
 
 MAX_TEXT_CHARS = 4000
+MAX_NAME_CHARS = 100  # a user or speaker name
 # A turn of the episodic log is kept whole (the Manager sees it in pieces); this only stops runaway input.
 MAX_TURN_CHARS = 100_000
 EPISODIC = "episodic"
@@ -158,7 +161,63 @@ def clean_text(text: object, *, what: str = "memory text", max_chars: int = MAX_
             f"(the first is U+{ord(char):04X} at position {position + 1}); it looks binary or wrongly decoded.",
             hint=f"Remove the control characters from the {what}; text from a file must be read as UTF-8.",
         )
+    if all(map(invisible, stripped)):
+        shown = " ".join(f"U+{ord(c):04X}" for c in dict.fromkeys(stripped[:20]))
+        raise InvalidInputError(
+            f"The {what} has no visible character (only {shown}).",
+            hint=f"Write the {what} in letters, digits or symbols: zero-width spaces and direction marks alone "
+            "show nothing.",
+        )
     return stripped
+
+
+# Letters that render as nothing (Hangul fillers); the other invisible characters are told by category.
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
+
+
+def invisible(char: str) -> bool:
+    """Whether `char` shows nothing by itself: a space or line break, a format character (zero-width space and
+    joiners, direction marks and overrides, the BOM), a control character, or a blank filler letter.
+
+    By category, which is stable for assigned characters; one Python's tables
+    do not know yet (a new emoji) is "unassigned" and counts as visible.
+    """
+    return unicodedata.category(char) in ("Zs", "Zl", "Zp", "Cf", "Cc") or char in _BLANK_LETTERS
+
+
+def _joins_emoji(text: str, index: int) -> bool:
+    """Whether text[index] is a zero-width joiner inside an emoji sequence (a family, a flag), not between letters."""
+    if text[index] != "\u200d" or not 0 < index < len(text) - 1:
+        return False
+    before, after = unicodedata.category(text[index - 1]), unicodedata.category(text[index + 1])
+    return before in ("So", "Mn", "Sk", "Cn") and after in ("So", "Cn")
+
+
+def clean_name(name: object, *, what: str = "user name") -> str:
+    """A user or speaker name as stored (stripped), or `InvalidInputError`: the one rule for names everywhere.
+
+    A name is text (`clean_text`) of at most `MAX_NAME_CHARS` characters, on
+    one line, with a visible character and no invisible format character
+    (zero-width space, a joiner outside an emoji, direction mark or override, BOM): "alice"
+    with a zero-width space inside, or written backwards under U+202E, would
+    look like another user's name and be a different owner.
+    """
+    if isinstance(name, str) and len(name.strip()) > MAX_NAME_CHARS:
+        raise InvalidInputError(f"The {what} is {len(name.strip())} characters; at most {MAX_NAME_CHARS} are allowed.",
+                                hint=f"Give a name as the {what}, not a sentence.")
+    cleaned = clean_text(name, what=what, max_chars=MAX_NAME_CHARS)
+    for position, char in enumerate(cleaned, start=1):
+        category = unicodedata.category(char)
+        if char in "\n\r\t" or category in ("Zl", "Zp"):
+            raise InvalidInputError(f"The {what} holds a line break or tab (position {position}); a name is one line.",
+                                    hint=f"Give the {what} on one line.")
+        if category == "Cf" and not _joins_emoji(cleaned, position - 1):
+            raise InvalidInputError(
+                f"The {what} holds an invisible format character (U+{ord(char):04X} at position {position}).",
+                hint=f"Type the {what} without zero-width or text-direction characters: with them, two names that "
+                "look the same are different users.",
+            )
+    return cleaned
 
 
 # ----------------------------------------------------------------------------- rows of the `memories` and `history` tables
