@@ -174,3 +174,23 @@ def test_answer_scores_split_the_ceiling_and_abstention():
     assert scores["abstained"] == 1.0 and scores["false_unknown"] == 0.0 and scores["n_unanswerable"] == 1
     wrong = score_answer_replies([asked, never], ['{"answer": "unknown"}', '{"answer": "Jon"}'])
     assert wrong["abstained"] == 0.0 and wrong["false_unknown"] == 1.0 and wrong["taken"] == 0.0
+
+
+def test_an_answerable_question_no_offered_span_words_is_not_trained_on():
+    """Its best span is "unknown": training on it would teach abstaining on a question that has an answer."""
+    if not CONV_26.is_file():
+        pytest.skip("LoCoMo data not found")
+    from edge.train.config import load_config
+    from edge.train.episodes import learnable
+    from edge.train.recipe import build_data
+
+    config = load_config("smollm2-135m-answer", **{"data.source": "locomo", "data.locomo_path": str(CONV_26),
+                                                   "data.embedder": "hash", "data.answer_k": 8,
+                                                   "data.time_questions": 0})
+    data = build_data(config, HashEmbedder())
+    assert all(learnable(e) for e in data.train)
+    taught = [json.loads(e.gold_reply())["answer"] for e in data.train]
+    assert all(answer != UNKNOWN for answer, e in zip(taught, data.train) if e.answerable)
+    assert any(not learnable(e) for e in data.dev)  # dev keeps them: they measure what was shown
+    dropped = [e for e in data.dev if not learnable(e)]
+    assert all(e.answerable and e.best_offered()[1] == 0 for e in dropped)

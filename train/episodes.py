@@ -211,6 +211,20 @@ class AnswerEpisode:
         }
 
 
+def learnable(episode: AnswerEpisode) -> bool:
+    """Whether an Answer episode can teach its gold reply: it is unanswerable (gold "unknown"), or some offered
+    span shares a word with its gold answer.
+
+    An answerable question none of whose offered spans shares a word with
+    the gold (a LoCoMo answer no shown turn words) has "unknown" as its
+    best span (`best_span`), so a warm start on it teaches the model to
+    abstain on a question that has an answer; GRPO gets no signal from it
+    either (every reply scores 0). Such questions stay in dev and test,
+    where they measure retrieval.
+    """
+    return not episode.answerable or episode.text_mode != "extractive" or episode.best_offered()[1] > 0
+
+
 def closest_by_f1(texts: Sequence[str], answers: Sequence[str]) -> str | None:
     """The text with the highest token F1 against any of `answers`, the shortest of equals (None: none overlaps)."""
     scored = [(max(f1_score(t, a) for a in answers), -len(t), t) for t in texts] if answers else []

@@ -81,7 +81,7 @@ def build_data(config: TrainConfig, embedder: Embedder, *, reader: Any = None) -
                                reader=reader)
         locomo_data = replace(d, source="locomo", max_dev_episodes=0, time_questions=0)
         locomo = build_data(replace(config, data=locomo_data), embedder, reader=reader)
-        train = synthetic.train + locomo.train
+        train = [e for e in synthetic.train + locomo.train if ep.learnable(e)]
         random.Random(config.seed).shuffle(train)
         dev = synthetic.dev + locomo.dev
         if d.max_dev_episodes and len(dev) > d.max_dev_episodes:
@@ -129,6 +129,8 @@ def build_data(config: TrainConfig, embedder: Embedder, *, reader: Any = None) -
             cut = max(1, len(every) * 4 // 5)
             train, dev = every[:cut], every[cut:]
         dev_convs = []
+    if config.agent == "answer":
+        train = [e for e in train if ep.learnable(e)]
     if d.max_dev_episodes and len(dev) > d.max_dev_episodes:
         dev = random.Random(config.seed).sample(dev, d.max_dev_episodes)
     return Data(train=train, dev=dev, dev_conversations=dev_convs if d.source == "synthetic" else [])
