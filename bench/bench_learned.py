@@ -171,7 +171,7 @@ def ship(agent: str, results: dict, runs: Path, command: str) -> Path:
 
 def parse_settings(items: list[str]) -> dict:
     """`--set` items ("reward.metric=f1", "lora.r=32") as config overrides, values read as TOML (else strings)."""
-    import tomllib
+    from edge.train.config import tomllib
 
     out = {}
     for item in items:

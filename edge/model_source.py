@@ -43,7 +43,7 @@ DEFAULT_API_KEY_ENV = "EDGE_API_KEY"
 # the model's size: 280 tokens (extractive lines, no ids) answer in about 1.5 s with the 135M model on 2 cores (bench/bench_agent.py);
 # a bigger model reads more and better (bench/bench_answer_context.py: 300 tokens hold 61 % of conv-26's
 # evidence, 500 tokens 71 %); Memory-R1 reads 60 memories with an 8B model on a GPU. text_mode: below 1B
-# the model chooses among the turn's clauses (DESIGN.md, "Faithful memory"); from 1B on it writes the
+# the model chooses among the turn's clauses (README, "Faithful memory"); from 1B on it writes the
 # fact, and the grounding checks still refuse text nobody said. n_ctx: the file's trained context, capped
 # where the KV cache of a laptop-sized model stays small.
 GENERATION_BY_SIZE: tuple[tuple[float, dict[str, Any]], ...] = (

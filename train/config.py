@@ -18,11 +18,11 @@ The shipped configs live in `edge/train/configs/` (`config_path(name)`).
 """
 from __future__ import annotations
 
-import tomllib
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from edge.config import tomllib  # the standard library's, or `tomli` on Python 3.10
 from edge.errors import EdgeError
 
 AGENTS = ("manager", "answer")

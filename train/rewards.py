@@ -84,7 +84,8 @@ def answer_format_reward(prompts: list, completions: list, shown_ids: list, **_:
 
 
 # Partial credit for a Manager reply that is not fully usable: a small model sampled freely writes no valid
-# JSON at all, and a reward that is 0 for every completion gives GRPO no signal (see DESIGN.md).
+# JSON at all, and a reward that is 0 for every completion gives GRPO no signal (frac_reward_zero_std 1.0, a
+# loss of exactly 0).
 FORMAT_BRACE_ONLY = 0.1  # no JSON object, but the reply opened one
 FORMAT_NO_OPS_LIST = 0.25  # a JSON object without an "ops" list
 FORMAT_OPS_LIST = 0.5  # an "ops" list; the other half is the share of its operations that are usable
