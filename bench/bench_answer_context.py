@@ -16,7 +16,17 @@ figures are exact and cheap. Layouts:
   the budget (the turns take the rest): how much a fact is worth per token;
 - `no-ids-B`: as `windows-B`, with lines that leave out the memory's id
   (what extractive answers show, `edge.prompts.answer_line`; the default
-  bundle's budget is `ANSWER_CONTEXT_TOKENS`, 280).
+  bundle's budget is `ANSWER_CONTEXT_TOKENS`, 280);
+- `order-O`: exactly what the default bundle's Answer Agent shows
+  (`AnswerAgent.context`: k 20, 280 tokens, lines without ids) with its
+  `answer_order` set to O (`edge.generation.ANSWER_ORDERS`; `order-rank` is
+  what ships): whether reading the newest value first costs evidence.
+
+Besides recall, `first_evidence_at_mean` is the mean 0-based position of the
+first line holding evidence (questions with evidence shown) and
+`evidence_first_line` the share of questions whose first line holds some: a
+small reader favours its first lines, so an order can cost answers without
+costing recall. `--layouts` picks layouts by name prefix (e.g. `order-`).
 
 Prompt tokens are the uncached part of the prompt (the memory lines and the
 question; the instructions' KV state is reused). Writes
@@ -41,11 +51,13 @@ def main() -> None:
     parser.add_argument("--user", default="locomo")
     parser.add_argument("--data", type=Path, default=CONV)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--layouts", default="", help="comma-separated name prefixes of the layouts to run (default: all)")
     args = parser.parse_args()
 
     from edge.answer import AnswerAgent
     from edge.bank import MemoryBank
-    from edge.bundle import build_default
+    from edge.bundle import build_default, default_generation
+    from edge.generation import ANSWER_ORDERS
     from edge.locomo import load_locomo
     from edge.manager import shown_memories
     from edge.prompts import ANSWER_CONTEXT_TOKENS, focus_memory, memory_line
@@ -97,10 +109,18 @@ def main() -> None:
     for budget in sorted({220, 240, 260, ANSWER_CONTEXT_TOKENS, 300}):
         layouts[f"no-ids-{budget}"] = (lambda q, b=budget: windows(q, 0.0, b, ids=False), "no-ids")
 
+    # The runtime's own context (retrieve, budget, order) for each order the Answer Agent offers.
+    for order in ANSWER_ORDERS:
+        agent = AnswerAgent(backend, generation=default_generation(), adapter=None, order=order)
+        layouts[f"order-{order}"] = (lambda q, a=agent: a.context(bank, q, user=args.user)[0], "no-ids")
+    prefixes = [p.strip() for p in args.layouts.split(",") if p.strip()]
+    if prefixes:
+        layouts = {name: spec for name, spec in layouts.items() if any(name.startswith(p) for p in prefixes)}
+
     started = time.perf_counter()
     results = {}
     for name, (build, focused) in layouts.items():
-        recall, recall_turns, tokens, shown, facts = [], [], [], [], []
+        recall, recall_turns, tokens, shown, facts, first_at = [], [], [], [], [], []
         for qa in questions:
             memories = build(qa.question)
             evidence = set(qa.evidence)
@@ -109,6 +129,8 @@ def main() -> None:
             if evidence:
                 recall.append(len(evidence & seen) / len(evidence))
                 recall_turns.append(len(evidence & seen_turns) / len(evidence))
+                at = next((i for i, m in enumerate(memories) if evidence & set(m.source_turns)), None)
+                first_at.append(at)
             tokens.append(sum(line_cost(m, qa.question, bool(focused), focused != "no-ids") for m in memories)
                           + backend.count_tokens(f"Memories:\n\nQuestion: {qa.question}"))
             shown.append(len(memories))
@@ -121,9 +143,13 @@ def main() -> None:
             "prompt_tokens_p95": ordered[round(0.95 * (len(ordered) - 1))],
             "memories_shown_mean": round(statistics.fmean(shown), 1),
             "facts_shown_mean": round(statistics.fmean(facts), 1),
+            "first_evidence_at_mean": round(statistics.fmean(a for a in first_at if a is not None), 2),
+            "evidence_first_line": round(100 * sum(a == 0 for a in first_at) / len(first_at), 1),
         }
         print(f"{name:18s} recall {results[name]['evidence_recall']:5.1f} %  tokens {results[name]['prompt_tokens_mean']:6.1f}"
-              f"  shown {results[name]['memories_shown_mean']:4.1f} (facts {results[name]['facts_shown_mean']:.1f})")
+              f"  shown {results[name]['memories_shown_mean']:4.1f} (facts {results[name]['facts_shown_mean']:.1f})"
+              f"  first evidence at {results[name]['first_evidence_at_mean']:.2f}"
+              f" (line 1: {results[name]['evidence_first_line']:.1f} %)")
     bank.close()
     backend.close()
     report = {

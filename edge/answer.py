@@ -14,13 +14,14 @@ shown, and where the time went.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from edge.backends.base import Backend
-from edge.bank import Memory, MemoryBank
+from edge.bank import EPISODIC, Memory, MemoryBank
 from edge.errors import ModelOutputError
-from edge.generation import GenerationConfig, Setting
+from edge.generation import FACTS_FIRST_SHARE, GenerationConfig, Setting
 from edge.manager import adapter_for, shown_memories, to_messages
 from edge.prompts import (
     CORE_MEMORY_CHARS,
@@ -37,6 +38,7 @@ from edge.prompts import (
 )
 
 CORE_LIMIT = 20
+TOPIC_WORD_LINES = 3  # "topic-newest": a word in more of the kept lines than this links nothing
 
 
 @dataclass
@@ -97,13 +99,17 @@ class AnswerAgent:
         context_tokens: int | None = None,
         text_mode: str | None = None,
         memory_tokens: int | None = None,
+        order: str | None = None,
     ) -> None:
         """`generation`: how questions are answered (a bundle's `Bundle.generation`; default `GenerationConfig()`).
 
-        Its `answer_k` is how many memories are retrieved per question and
-        `answer_tokens` the most tokens their lines may take; `k`,
-        `memory_tokens`, `max_tokens` and `text_mode` override `answer_k`,
-        `answer_tokens`, `answer_max_tokens` and `text_mode`. `adapter`
+        Its `answer_k` is how many memories are retrieved per question,
+        `answer_tokens` the most tokens their lines may take and
+        `answer_order` how they are ordered (`edge.generation.ANSWER_ORDERS`;
+        "rank" unless a bundle names another); `k`, `memory_tokens`,
+        `max_tokens`, `text_mode` and `order` override `answer_k`,
+        `answer_tokens`, `answer_max_tokens`, `text_mode` and `answer_order`
+        (a name not in `ANSWER_ORDERS` raises `InvalidInputError`). `adapter`
         names the LoRA adapter serving the Answer Agent (the bundle's
         `roles.answer.adapter`); None is the base model, and a name the
         backend has not loaded raises `BackendError` here.
@@ -117,17 +123,15 @@ class AnswerAgent:
         self.backend = backend
         self.adapter = adapter_for(backend, adapter)
         self.generation = (generation or GenerationConfig()).override(
-            answer_k=k, answer_tokens=memory_tokens, answer_max_tokens=max_tokens, text_mode=text_mode)
+            answer_k=k, answer_tokens=memory_tokens, answer_max_tokens=max_tokens, text_mode=text_mode,
+            answer_order=order)
         self.context_tokens = context_tokens or backend.n_ctx
 
     k = Setting("answer_k", "Memories retrieved per question (`generation.answer_k`).")
     memory_tokens = Setting("answer_tokens", "The most tokens the memory lines may take (`generation.answer_tokens`).")
     max_tokens = Setting("answer_max_tokens", "The reply budget, in tokens (`generation.answer_max_tokens`).")
     text_mode = Setting("text_mode", '"extractive" or "free" (`generation.text_mode`).')
-
-
-
-
+    order = Setting("answer_order", 'How the memories read are ordered (`generation.answer_order`, "rank" by default).')
 
     def answer(self, bank: MemoryBank, question: str, *, user: str | None = None, k: int | None = None) -> AnswerResult:
         """Retrieve memories (hybrid search) and answer from them: `retrieve`, then `answer_from`."""
@@ -152,7 +156,7 @@ class AnswerAgent:
         return kept, shown
 
     def retrieve(self, bank: MemoryBank, question: str, *, user: str | None = None, k: int | None = None) -> list[Memory]:
-        """What the Answer Agent reads: the top-k turns of the episodic log, then up to k//3 facts.
+        """What the Answer Agent reads: the top-k turns of the episodic log, then up to k//3 facts (in `order`).
 
         The turns are what plain retrieval over raw turns shows, so the
         evidence it finds is never crowded out; the facts come after them,
@@ -163,20 +167,37 @@ class AnswerAgent:
         15 % of a 300-token budget lowered evidence recall from 60.9 % to
         57.3 % (`bench/results/answer_context.json`). A bank without a log
         (facts only) gets its top-k facts.
+
+        Orders other than "rank" (`edge.generation.ANSWER_ORDERS`) change
+        this list: "updates-first" puts the newer versions of facts the
+        question finds first, "facts-first" every current fact it finds
+        (those whose turns are shown too), "superseding-turns" moves a turn
+        that retired a fact before the turns that fact came from
+        (`superseding_turns_first`); "newest-first" and "topic-newest"
+        reorder only after the budget has picked (`_fit`). None hides a turn
+        of the log, and a superseded fact is never read here.
         """
         k = k or self.k
+        order = self.order
         turns = [h.memory for h in bank.search(question, k=k, mode="hybrid", user=user, scope="episodic")]
         shown = {t for m in turns for t in m.source_turns}
         room = max(2, k // 3) if turns else k
-        facts = []
+        first, facts = [], []
         for hit in bank.search(question, k=room + len(turns), mode="hybrid", user=user, scope="facts"):
             memory = hit.memory
-            if memory.tier == "core" or (memory.source_turns and set(memory.source_turns) <= shown):
+            if memory.tier == "core":
                 continue
-            facts.append(memory)
-            if len(facts) == room:
+            if order in ("facts-first", "current-first") or (order == "updates-first" and memory.metadata.get("supersedes")):
+                first.append(memory)  # shown before the turns, even when its turns are shown too
+            elif memory.source_turns and set(memory.source_turns) <= shown:
+                continue
+            else:
+                facts.append(memory)
+            if len(first) + len(facts) == room:
                 break
-        return turns + facts
+        if order == "superseding-turns":
+            turns = superseding_turns_first(bank, question, turns, user=user, k=k)
+        return first + turns + facts
 
     def answer_from(self, question: str, memories: list[Memory], *, core: str = "") -> AnswerResult:
         """Answer from given memories (in order; those whose lines no longer fit the token budget are left out)."""
@@ -222,18 +243,27 @@ class AnswerAgent:
 
         Memories are taken in order, each whose line still fits the budget
         (the first always is; a short one may fill the room a long one
-        left); then, should the whole prompt and the answer still not fit
-        the context window, the last are dropped.
+        left); with order "facts-first" the facts before the first turn
+        take at most `FACTS_FIRST_SHARE` of the budget; "newest-first" and
+        "topic-newest" then reorder the turns kept (`reorder_turns`), so
+        they show the memories "rank" shows. Should the whole prompt and
+        the answer still not fit the context window, the last are dropped.
         """
         _, shown = shown_memories(memories)
         kept: list[Memory] = []
         used = 0
+        facts_limit = self.memory_tokens * FACTS_FIRST_SHARE if self.order in ("facts-first", "current-first") else None
         for memory, line in zip(memories, shown):
             cost = self.backend.count_tokens(answer_line(line, question, text_mode=self.text_mode)) + 1
-            if kept and used + cost > self.memory_tokens:
+            limit = self.memory_tokens
+            if facts_limit is not None and memory.tier != EPISODIC and not any(m.tier == EPISODIC for m in kept):
+                limit = facts_limit  # the facts shown before the turns take at most their share
+            if kept and used + cost > limit:
                 continue
             kept.append(memory)
             used += cost
+        if self.order in ("newest-first", "topic-newest", "current-first"):
+            kept = reorder_turns(kept, question, "newest-first" if self.order == "newest-first" else "topic-newest")
         budget = self.context_tokens - self.max_tokens - 16
         while True:
             id_map, shown = shown_memories(kept)
@@ -245,3 +275,80 @@ class AnswerAgent:
             overflow = size - budget
             drop = max(1, min(len(kept), overflow // 24))
             kept = kept[: len(kept) - drop]
+
+
+def superseding_turns_first(bank: MemoryBank, question: str, turns: list[Memory], *, user: str | None = None,
+                            k: int = 20) -> list[Memory]:
+    """`turns` (top-k log turns, best first) with each turn that retired a fact moved before that fact's own turns.
+
+    The Manager's supersession record says which turn changed what: the
+    superseded facts the question finds (hybrid search over facts, older
+    versions included, top `k`) each name the turns they came from and the
+    turn that retired them (`Memory.superseded_turn`). When both are among
+    `turns` and the retiring turn ranks below the first of the others, it
+    is moved just before it, so the newer statement is read first. Only
+    the order changes: the same turns, none added or left out.
+    """
+    position = {t: i for i, m in enumerate(turns) for t in m.source_turns}
+    order = list(turns)
+    for hit in bank.search(question, k=k, mode="hybrid", user=user, scope="facts", include_superseded=True):
+        old = hit.memory
+        if not old.superseded or old.superseded_turn not in position:
+            continue
+        newer = turns[position[old.superseded_turn]]
+        sources = [turns[position[t]] for t in old.source_turns if t in position]
+        sources = [m for m in sources if m is not newer]
+        if not sources:
+            continue
+        first = min(order.index(m) for m in sources)
+        at = order.index(newer)
+        if at > first:
+            order.insert(first, order.pop(at))
+    return order
+
+
+def _newness(memory: Memory) -> tuple[str, str]:
+    """When a memory was said, then when it was stored: turns of one session share their time."""
+    return (memory.event_time or "", memory.created_at)
+
+
+def reorder_turns(kept: list[Memory], question: str, order: str) -> list[Memory]:
+    """The log turns among `kept` (facts stay where they are) in `order`: "newest-first" or "topic-newest".
+
+    "newest-first": newest said first (then newest stored: the turns of a
+    session share one time). "topic-newest": rank order, except that before
+    each turn come the newer kept turns whose shown window shares a content
+    word with its window (`edge.grounding.content_words`), newest first: the
+    later "I traded my Subaru for a Jeep." before the higher-ranked "I drive
+    a Subaru." for "What car does Ingrid drive?". The question's own words
+    link nothing (every matching turn holds them), nor does a word in more
+    than `TOPIC_WORD_LINES` of the kept windows. The same memories either
+    way; the order of one call depends only on `kept` and `question`.
+    """
+    slots = [i for i, m in enumerate(kept) if m.tier == EPISODIC]
+    turns = [kept[i] for i in slots]
+    if order == "newest-first":
+        ordered = sorted(turns, key=_newness, reverse=True)
+    else:
+        from edge.grounding import content_words
+
+        asked = set(content_words(question))
+        _, shown = shown_memories(turns)
+        words = [set(content_words(focus_memory(line, question).text)) - asked for line in shown]
+        seen = Counter(w for ws in words for w in ws)
+        words = [{w for w in ws if seen[w] <= TOPIC_WORD_LINES} for ws in words]
+        ordered, placed = [], set()
+        for i, turn in enumerate(turns):
+            if i in placed:
+                continue
+            newer = [j for j in range(len(turns)) if j not in placed and j != i and words[i] & words[j]
+                     and _newness(turns[j]) > _newness(turn)]
+            for j in sorted(newer, key=lambda j: _newness(turns[j]), reverse=True):
+                ordered.append(turns[j])
+                placed.add(j)
+            ordered.append(turn)
+            placed.add(i)
+    out = list(kept)
+    for i, memory in zip(slots, ordered):
+        out[i] = memory
+    return out

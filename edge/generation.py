@@ -25,6 +25,8 @@ so manifests written before a key existed stay readable):
     chat_max_tokens     int >= 1     `Agent.chat` reply budget, in tokens
     text_mode           str          "extractive" (spans of what was said) or "free" (written, validated)
     n_ctx               int >= 256   the context window the models are loaded with, in tokens
+    answer_order        str          how the Answer Agent orders what it reads (`ANSWER_ORDERS`; "rank",
+                                     today's order, unless a bundle names another)
 
 A bad value raises `BundleError` naming the bundle, the key and what it
 accepts; an unknown key is refused too (a misspelt key would otherwise be
@@ -48,6 +50,20 @@ CHAT_TEMPERATURE = 0.3
 CHAT_MAX_TOKENS = 256
 N_CTX = 4096
 MIN_N_CTX = 256  # below this not even the Manager's instructions fit
+
+# How the Answer Agent orders the memories it reads (`edge.answer.AnswerAgent.retrieve` and `_fit`):
+#   rank               the top-k turns of the log by search rank, then facts their turns do not cover
+#   updates-first      as rank, but the facts that replaced an older version come first, before every turn
+#   facts-first        the current facts the question finds (those whose turns are shown too) come first, within
+#                      a quarter of the token budget (`FACTS_FIRST_SHARE`), then the turns
+#   superseding-turns  as rank, but a turn that retired a fact is moved before the turns that fact came from
+#   newest-first       the same memories as rank (the budget picks them by rank), the turns shown newest first
+#   topic-newest       the same memories as rank; a newer turn sharing a word (not the question's) with a
+#                      turn ranked above it is shown before it
+#   current-first      facts-first, then the turns as topic-newest orders them
+# Every order shows the same kinds of memory (the log is never hidden; a superseded fact never appears).
+ANSWER_ORDERS = ("rank", "updates-first", "facts-first", "superseding-turns", "newest-first", "topic-newest", "current-first")
+FACTS_FIRST_SHARE = 0.25
 
 _INTS = ("answer_k", "answer_tokens", "manager_max_tokens", "answer_max_tokens", "chat_max_tokens", "n_ctx")
 _FLOATS = ("repeat_penalty", "temperature", "retry_temperature", "chat_temperature")
@@ -74,6 +90,7 @@ class GenerationConfig:
     chat_max_tokens: int = CHAT_MAX_TOKENS
     text_mode: str = "extractive"
     n_ctx: int = N_CTX
+    answer_order: str = "rank"
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -94,6 +111,8 @@ class GenerationConfig:
                 out.append(f"{name} must be a number {'> 0' if name == 'repeat_penalty' else '>= 0'}, not {value!r}")
         if self.text_mode not in TEXT_MODES:
             out.append(f"text_mode must be one of {', '.join(TEXT_MODES)}, not {self.text_mode!r}")
+        if self.answer_order not in ANSWER_ORDERS:
+            out.append(f"answer_order must be one of {', '.join(ANSWER_ORDERS)}, not {self.answer_order!r}")
         return out
 
     @classmethod
