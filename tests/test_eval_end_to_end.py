@@ -269,8 +269,9 @@ def test_the_bundle_with_and_without_its_manager_and_the_share_of_its_ceiling(tm
 
     report = (out / "report.md").read_text()
     assert "## What the Answer Agent takes of what it is offered" in report
-    assert "| bundle-log-only | **overall** | 4 |" in report
-    assert "## The Manager's contribution" in report and "| **overall** | 4/4 |" in report
+    # overall is over the answerable questions (categories 1-4): the adversarial one is scored by abstention
+    assert "| bundle-log-only | **overall** | 3 |" in report
+    assert "## The Manager's contribution" in report and "| **overall** | 3/3 |" in report
     assert "## Abstention" in report
     assert "offered.png" in results["charts"] and (out / "offered.png").stat().st_size > 0
 
@@ -286,7 +287,7 @@ def test_the_bundle_with_and_without_its_manager_and_the_share_of_its_ceiling(tm
     (out / "results.json").write_text(json.dumps(saved))
     path, charts = regenerate(out)
     old = path.read_text()
-    assert "| bundle | **overall** | 4 |" in old and "## The Manager's contribution" in old
+    assert "| bundle | **overall** | 3 |" in old and "## The Manager's contribution" in old
     assert "What the Answer Agent takes" not in old and "## Abstention" not in old and "offered.png" not in charts
 
 

@@ -159,3 +159,30 @@ def test_grpo_after_a_warm_start_only_run_keeps_the_warm_starts_rows(tmp_path: P
                                                                                        ("dev", 1)]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1]
     assert result.steps == 1
+
+
+def test_a_stopped_warm_start_goes_on_from_its_last_checkpoint(tmp_path: Path) -> None:
+    """A warm start stopped after its checkpoint (no sft-adapter saved yet) resumes there instead of
+    starting over: the losses of the steps before come from the checkpoint, not from training again."""
+    warm_only = TINY_MANAGER_TOML.replace("steps = 5  # --steps 2 overrides it",
+                                          "steps = 0\nsft_steps = 2\nsft_batch_size = 2\nsft_loss_tokens = \"choices\"")
+    config = tmp_path / "warm.toml"
+    config.write_text(warm_only)
+    run = tmp_path / "manager"
+    train(load_config(config), out=run, show_progress=False)
+    checkpoint = run / "sft-checkpoints" / "checkpoint-2"
+    assert (checkpoint / "adapter_model.safetensors").is_file()
+    import shutil
+
+    shutil.rmtree(run / "sft-adapter")  # as if the process had stopped between the checkpoint and the save
+    state_file = checkpoint / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    first = next(row for row in state["log_history"] if "loss" in row)
+    first["loss"] = 123.0  # a value no training step gives: seen again only if the checkpoint was read
+    state_file.write_text(json.dumps(state))
+
+    config.write_text(warm_only.replace("sft_steps = 2", "sft_steps = 3"))
+    train(load_config(config), out=run, show_progress=False)
+    losses = [r["loss"] for r in _rows(run) if r["kind"] == "sft_train"]
+    assert len(losses) == 3 and losses[0] == 123.0
+    assert (run / "sft-adapter" / "adapter_model.safetensors").is_file()

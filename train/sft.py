@@ -68,13 +68,17 @@ def decision_rows(episodes: Sequence[Any], tokenizer, constraint) -> list[dict[s
 
 def warm_start(model, tokenizer, episodes: Sequence[Any], lora, *, steps: int, learning_rate: float,
                batch_size: int, seed: int, out: Path, use_cpu: bool, bf16: bool = False,
-               loss_tokens: str = "all", constraint: Any = None):
+               loss_tokens: str = "all", constraint: Any = None, save_every: int = 0, resume: bool = True):
     """`model` with a LoRA adapter (`lora`, a peft `LoraConfig`) fitted to the episodes' gold replies.
 
     Returns (the peft model, adapter trainable for GRPO to continue; the
     per-step losses). Raises `ValueError` when no episode has a gold reply,
     or with `loss_tokens="choices"` and no `constraint`. `steps` optimiser
-    steps of `batch_size` rows; the adapter is saved to `out`.
+    steps of `batch_size` rows; the adapter is saved to `out`. With
+    `save_every` > 0 a checkpoint (adapter, optimiser, data order) is kept in
+    `out/sft-checkpoints` every that many steps and, with `resume`, a warm
+    start that was stopped goes on from its last one (transformers'
+    `Trainer.train(resume_from_checkpoint=...)`).
     """
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -97,7 +101,9 @@ def warm_start(model, tokenizer, episodes: Sequence[Any], lora, *, steps: int, l
         max_length=None if loss_tokens == "choices" else 2048,  # a cut row could lose its labelled tokens
         packing=False,
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="steps" if save_every > 0 else "no",
+        save_steps=save_every or 500,
+        save_total_limit=1,
         report_to=[],
         disable_tqdm=True,
         use_cpu=use_cpu,
@@ -108,7 +114,17 @@ def warm_start(model, tokenizer, episodes: Sequence[Any], lora, *, steps: int, l
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=lora)
-    trainer.train()
+    checkpoints = out / "sft-checkpoints"
+    last = None
+    if checkpoints.is_dir():
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(str(checkpoints)) if resume else None
+        if last is None:
+            import shutil
+
+            shutil.rmtree(checkpoints)  # an older run's checkpoints must not be rotated into this one
+    trainer.train(resume_from_checkpoint=last)
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     log.info("SFT (%s tokens): %d rows, %d steps, loss %.3f -> %.3f", loss_tokens, len(rows), steps, losses[0],
              losses[-1])

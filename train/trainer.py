@@ -423,7 +423,7 @@ def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, res
 
     lora = lora_config(config, model.config.num_hidden_layers)
     if config.sft_steps:
-        model, losses = _warm_started(model, tokenizer, data.train, lora, config, out, device, constraint)
+        model, losses = _warm_started(model, tokenizer, data.train, lora, config, out, device, constraint, resume)
         for step, loss in enumerate(losses, start=1):
             records.add({"kind": "sft_train", "step": step, "loss": loss})
         if last is None:
@@ -544,7 +544,8 @@ def _saved_warm_start(out: Path) -> Path | None:
     return saved if (saved / "adapter_model.safetensors").is_file() else None
 
 
-def _warm_started(model, tokenizer, episodes, lora, config: TrainConfig, out: Path, device: str, constraint):
+def _warm_started(model, tokenizer, episodes, lora, config: TrainConfig, out: Path, device: str, constraint,
+                  resume: bool = True):
     """The base model with the supervised warm start's adapter: trained now, or read back when a run resumes."""
     from edge.train.sft import warm_start
 
@@ -558,7 +559,7 @@ def _warm_started(model, tokenizer, episodes, lora, config: TrainConfig, out: Pa
                       learning_rate=config.sft_learning_rate, batch_size=config.sft_batch_size, seed=config.seed,
                       out=out, use_cpu=device == "cpu", bf16=config.dtype == "bfloat16",
                       loss_tokens=config.sft_loss_tokens,
-                      constraint=constraint)
+                      constraint=constraint, save_every=config.save_every, resume=resume)
 
 
 def read_adapter_meta(adapter: Path | str) -> dict[str, Any]:
