@@ -22,6 +22,7 @@ JSON-encoded columns the reward functions read.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 from dataclasses import asdict, dataclass, field
@@ -48,6 +49,8 @@ from edge.prompts import (
 from edge.train.synthetic import SynthConversation
 
 DEFAULT_WINDOW = 50
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -563,6 +566,7 @@ def friendsqa_answer_episodes(scenes: Sequence[Any], embedder: Embedder, *, k: i
     """
     episodes: list[AnswerEpisode] = []
     pool = [(scene.scene_id, q) for scene in scenes for q in scene.questions]
+    answerable = 0
     for scene in scenes:
         with scratch_bank(embedder) as bank:
             _log(bank, [Turn(u.speaker, u.text, u.time, u.turn_id) for u in scene.utterances])
@@ -580,6 +584,7 @@ def friendsqa_answer_episodes(scenes: Sequence[Any], embedder: Embedder, *, k: i
                     continue
                 episodes.append(episode)
                 kept_here += 1
+            answerable += kept_here
             rng = random.Random(f"friendsqa:{seed}:{scene.scene_id}")
             heard = normalize_answer(scene.text())
             others = [(sid, q) for sid, q in pool if sid != scene.scene_id
@@ -589,6 +594,8 @@ def friendsqa_answer_episodes(scenes: Sequence[Any], embedder: Embedder, *, k: i
                 episodes.append(AnswerEpisode(f"friendsqa:{scene.scene_id}:asks:{q.qid}", q.question, UNKNOWN,
                                               [_stored(m) for m in kept], text_mode=text_mode,
                                               shown_memories=list(shown), kind="friendsqa"))
+    log.info("FriendsQA: %d scenes, %d questions, %d kept (%s), %d unanswerable added", len(scenes), len(pool),
+             answerable, "gold among the offered spans" if only_offered else "all", len(episodes) - answerable)
     return episodes
 
 
