@@ -125,80 +125,91 @@ def facts_and_turns(db: Path) -> tuple[int, int, list[str]]:
 # ----------------------------------------------------------------------------- stdio
 
 
+async def remember_answer_edit_undo(session: ClientSession, user: str, speaker: str) -> None:
+    """The whole round of the issue's client: list the tools, add three turns, search, ask (supported, citing the
+    stored turn), update, delete, undo, restore, history, resources; the same over stdio and over HTTP."""
+    listed = (await session.list_tools()).tools
+    assert {t.name for t in listed} == TOOLS
+    for tool in listed:
+        assert tool.description and "\n" not in tool.description
+        assert tool.input_schema["type"] == "object" and tool.output_schema is not None
+    add_schema = next(t for t in listed if t.name == "add_memory").input_schema
+    assert add_schema["required"] == ["text"]
+    assert {"speaker", "time", "infer", "user"} <= set(add_schema["properties"])
+
+    added = [await call(session, "add_memory", text=text) for text in TURNS]
+    for turn, result in zip(TURNS, added, strict=True):
+        assert result["user"] == user and result["inferred"] is True
+        assert result["turn"]["text"] == turn and result["turn"]["speaker"] == speaker
+        logged = await call(session, "get_memory", id=result["logged"])
+        assert logged["tier"] == "episodic" and logged["text"] == turn
+        for change in result["applied"]:
+            assert change["after"]["source_turns"] == [result["turn"]["turn_id"]]
+
+    found = await call(session, "search_memories", query="Where does Maya live?", limit=5)
+    assert found["results"] and found["results"][0]["rank"] == 1
+    assert added[1]["logged"] in [hit["id"] for hit in found["results"]]
+    assert all(hit["owner"] == user and hit["score"] > 0 for hit in found["results"])
+    episodic = await call(session, "list_memories", tier="episodic")
+    assert [m["text"] for m in episodic["memories"]] == TURNS and episodic["total"] == 3
+
+    answer = await call(session, "ask", question="What is my cat called?")
+    assert answer["answer"] == "Luna" and answer["supported"] is True
+    from_cat_turn = {added[0]["logged"], *(c["memory_id"] for c in added[0]["applied"])}
+    assert set(answer["memory_ids"]) & from_cat_turn, answer
+
+    maya = added[1]["logged"]
+    updated = await call(session, "update_memory", id=maya, text="My sister Maya moved to Porto.")
+    assert updated["id"] == maya and updated["text"] == "My sister Maya moved to Porto."
+    assert maya in [h["id"] for h in (await call(session, "search_memories", query="Porto"))["results"]]
+
+    piano = added[2]["logged"]
+    deleted = await call(session, "delete_memory", id=piano)
+    assert deleted["deleted_at"] is not None
+    stale = await refused(session, "update_memory", id=piano, text="I gave up the piano.")
+    assert "is deleted; restore it before updating it.\nhint: Call restore_memory with its id first" in stale
+    assert piano not in [h["id"] for h in (await call(session, "search_memories", query="piano"))["results"]]
+    undone = await call(session, "undo")
+    assert [(c["action"], c["memory_id"]) for c in undone["undone"]] == [("UNDO", piano)]
+    assert (await call(session, "get_memory", id=piano))["deleted_at"] is None
+    assert piano in [h["id"] for h in (await call(session, "search_memories", query="piano"))["results"]]
+
+    entries = (await call(session, "history", limit=3))["entries"]
+    assert [(e["action"], e["memory_id"], e["actor"]) for e in entries] == [
+        ("UPDATE", maya, "api"), ("DELETE", piano, "api"), ("UNDO", piano, "api")]
+    assert entries[1]["undone_by"] == entries[2]["seq"] and entries[2]["reverts"] == entries[1]["seq"]
+    assert entries[0]["before_text"] == TURNS[1] and entries[0]["text"] == "My sister Maya moved to Porto."
+
+    await call(session, "delete_memory", id=piano)
+    restored = await call(session, "restore_memory", id=piano)
+    assert restored["id"] == piano and restored["deleted_at"] is None
+    entries = (await call(session, "history", limit=2))["entries"]
+    assert [(e["action"], e["memory_id"], e["actor"]) for e in entries] == [
+        ("DELETE", piano, "api"), ("RESTORE", piano, "api")]
+
+    resources = {str(r.uri) for r in (await session.list_resources()).resources}
+    assert resources == {"memory://core", "memory://history"}
+    recent = (await session.read_resource("memory://history")).contents[0].text
+    assert f'"memory_id": "{piano}"' in recent
+
+
+def memories_in_the_file(db: Path, user: str) -> None:
+    """What the calls changed is in the bank file, for the CLI and the API alike."""
+    with MemoryBank.open(db, user=user, create=False) as bank:
+        maya = bank.list(tier="episodic")[1]
+        assert maya.text == "My sister Maya moved to Porto."
+        assert [e.actor for e in bank.history(maya.id)] == ["manager", "api"]
+
+
 def test_stdio_server_remembers_answers_edits_and_undoes(tmp_path: Path, edge_home: Path, default_bundle) -> None:
     db = tmp_path / "bank.db"
 
     async def scenario() -> None:
         async with stdio_session(edge_mcp(default_bundle, db, "--user", "alice"), server_env(edge_home)) as session:
-            listed = (await session.list_tools()).tools
-            assert {t.name for t in listed} == TOOLS
-            for tool in listed:
-                assert tool.description and "\n" not in tool.description
-                assert tool.input_schema["type"] == "object" and tool.output_schema is not None
-            add_schema = next(t for t in listed if t.name == "add_memory").input_schema
-            assert add_schema["required"] == ["text"]
-            assert {"speaker", "time", "infer", "user"} <= set(add_schema["properties"])
-
-            added = [await call(session, "add_memory", text=text) for text in TURNS]
-            for turn, result in zip(TURNS, added, strict=True):
-                assert result["user"] == "alice" and result["inferred"] is True
-                assert result["turn"]["text"] == turn and result["turn"]["speaker"] == "alice"
-                logged = await call(session, "get_memory", id=result["logged"])
-                assert logged["tier"] == "episodic" and logged["text"] == turn
-                for change in result["applied"]:
-                    assert change["after"]["source_turns"] == [result["turn"]["turn_id"]]
-
-            found = await call(session, "search_memories", query="Where does Maya live?", limit=5)
-            assert found["results"] and found["results"][0]["rank"] == 1
-            assert added[1]["logged"] in [hit["id"] for hit in found["results"]]
-            assert all(hit["owner"] == "alice" and hit["score"] > 0 for hit in found["results"])
-            episodic = await call(session, "list_memories", tier="episodic")
-            assert [m["text"] for m in episodic["memories"]] == TURNS and episodic["total"] == 3
-
-            answer = await call(session, "ask", question="What is my cat called?")
-            assert answer["answer"] == "Luna" and answer["supported"] is True
-            from_cat_turn = {added[0]["logged"], *(c["memory_id"] for c in added[0]["applied"])}
-            assert set(answer["memory_ids"]) & from_cat_turn, answer
-
-            maya = added[1]["logged"]
-            updated = await call(session, "update_memory", id=maya, text="My sister Maya moved to Porto.")
-            assert updated["id"] == maya and updated["text"] == "My sister Maya moved to Porto."
-            assert maya in [h["id"] for h in (await call(session, "search_memories", query="Porto"))["results"]]
-
-            piano = added[2]["logged"]
-            deleted = await call(session, "delete_memory", id=piano)
-            assert deleted["deleted_at"] is not None
-            stale = await refused(session, "update_memory", id=piano, text="I gave up the piano.")
-            assert "is deleted; restore it before updating it.\nhint: Call restore_memory with its id first" in stale
-            assert piano not in [h["id"] for h in (await call(session, "search_memories", query="piano"))["results"]]
-            undone = await call(session, "undo")
-            assert [(c["action"], c["memory_id"]) for c in undone["undone"]] == [("UNDO", piano)]
-            assert (await call(session, "get_memory", id=piano))["deleted_at"] is None
-            assert piano in [h["id"] for h in (await call(session, "search_memories", query="piano"))["results"]]
-
-            entries = (await call(session, "history", limit=3))["entries"]
-            assert [(e["action"], e["memory_id"], e["actor"]) for e in entries] == [
-                ("UPDATE", maya, "api"), ("DELETE", piano, "api"), ("UNDO", piano, "api")]
-            assert entries[1]["undone_by"] == entries[2]["seq"] and entries[2]["reverts"] == entries[1]["seq"]
-            assert entries[0]["before_text"] == TURNS[1] and entries[0]["text"] == "My sister Maya moved to Porto."
-
-            await call(session, "delete_memory", id=piano)
-            restored = await call(session, "restore_memory", id=piano)
-            assert restored["id"] == piano and restored["deleted_at"] is None
-            entries = (await call(session, "history", limit=2))["entries"]
-            assert [(e["action"], e["memory_id"], e["actor"]) for e in entries] == [
-                ("DELETE", piano, "api"), ("RESTORE", piano, "api")]
-
-            resources = {str(r.uri) for r in (await session.list_resources()).resources}
-            assert resources == {"memory://core", "memory://history"}
-            recent = (await session.read_resource("memory://history")).contents[0].text
-            assert f'"memory_id": "{piano}"' in recent
+            await remember_answer_edit_undo(session, "alice", speaker="alice")
 
     anyio.run(scenario)
-    with MemoryBank.open(db, user="alice", create=False) as bank:  # the file holds it, for the CLI and the API alike
-        maya = bank.list(tier="episodic")[1]
-        assert maya.text == "My sister Maya moved to Porto."
-        assert [e.actor for e in bank.history(maya.id)] == ["manager", "api"]
+    memories_in_the_file(db, "alice")
 
 
 def test_a_call_never_sees_another_users_memories(tmp_path: Path, edge_home: Path, default_bundle) -> None:
@@ -346,7 +357,7 @@ def test_reads_run_beside_a_change_and_changes_run_one_at_a_time(tmp_path: Path,
 # ----------------------------------------------------------------------------- streamable HTTP
 
 
-def test_http_server_serves_the_tools_to_a_client_with_the_token_only(tmp_path: Path, edge_home: Path,
+def test_http_server_serves_the_whole_round_to_a_client_with_the_token_only(tmp_path: Path, edge_home: Path,
                                                                        default_bundle) -> None:
     db = tmp_path / "bank.db"
     token = "a-test-token-of-some-length"
@@ -371,15 +382,8 @@ def test_http_server_serves_the_tools_to_a_client_with_the_token_only(tmp_path: 
 
         async def scenario() -> None:
             async with http_session(url, token) as session:
-                assert {t.name for t in (await session.list_tools()).tools} == TOOLS
-                added = await call(session, "add_memory", text="I just adopted a cat named Luna.")
-                assert added["logged"] and added["turn"]["speaker"] == "User"
-                hits = await call(session, "search_memories", query="cat", tier="episodic")
-                assert [h["id"] for h in hits["results"]] == [added["logged"]]
+                await remember_answer_edit_undo(session, "me", speaker="User")  # the default user speaks as "User"
                 assert "This server serves user 'me' only" in await refused(session, "list_memories", user="bob")
-                assert (await call(session, "undo"))["undone"][0]["memory_id"] in {
-                    added["logged"], *(c["memory_id"] for c in added["applied"])}
-                assert (await call(session, "list_memories"))["total"] == 0
 
         anyio.run(scenario)
     finally:
@@ -387,6 +391,7 @@ def test_http_server_serves_the_tools_to_a_client_with_the_token_only(tmp_path: 
         code = server.wait(timeout=30)
         log.close()
     assert code == 0, (tmp_path / "server.log").read_text()
+    memories_in_the_file(db, "me")
 
 
 def test_http_on_an_address_other_machines_reach_needs_a_token(tmp_path: Path, edge_home: Path) -> None:

@@ -64,6 +64,20 @@ op_match_weight = 1.0
 """
 
 
+# The tiny Manager with a 2-step warm start and no GRPO (steps = 0).
+WARM_ONLY_TOML = TINY_MANAGER_TOML.replace("steps = 5  # --steps 2 overrides it",
+                                           "steps = 0\nsft_steps = 2\nsft_batch_size = 2\nsft_loss_tokens = \"choices\"")
+
+
+def _warm_start_only(tmp_path: Path) -> tuple[Path, Path]:
+    """(config file, run folder) of a finished WARM_ONLY_TOML run in `tmp_path`."""
+    config = tmp_path / "warm.toml"
+    config.write_text(WARM_ONLY_TOML)
+    run = tmp_path / "manager"
+    train(load_config(config), out=run, show_progress=False)
+    return config, run
+
+
 def _rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -141,12 +155,7 @@ def test_a_warm_start_then_grpo_continues_on_the_warm_started_adapter(tmp_path: 
 def test_grpo_after_a_warm_start_only_run_keeps_the_warm_starts_rows(tmp_path: Path) -> None:
     """A run that stopped after its warm start (steps = 0), continued with GRPO in the same folder, reuses
     the saved warm start and keeps its loss rows; its evaluations are redone, not doubled."""
-    warm_only = TINY_MANAGER_TOML.replace("steps = 5  # --steps 2 overrides it",
-                                          "steps = 0\nsft_steps = 2\nsft_batch_size = 2\nsft_loss_tokens = \"choices\"")
-    config = tmp_path / "warm.toml"
-    config.write_text(warm_only)
-    run = tmp_path / "manager"
-    train(load_config(config), out=run, show_progress=False)
+    config, run = _warm_start_only(tmp_path)
     losses = [r for r in _rows(run) if r["kind"] == "sft_train"]
     assert [r["step"] for r in losses] == [1, 2]
     warm = (run / "sft-adapter" / "adapter_model.safetensors").read_bytes()
@@ -164,12 +173,7 @@ def test_grpo_after_a_warm_start_only_run_keeps_the_warm_starts_rows(tmp_path: P
 def test_a_stopped_warm_start_goes_on_from_its_last_checkpoint(tmp_path: Path) -> None:
     """A warm start stopped after its checkpoint (no sft-adapter saved yet) resumes there instead of
     starting over: the losses of the steps before come from the checkpoint, not from training again."""
-    warm_only = TINY_MANAGER_TOML.replace("steps = 5  # --steps 2 overrides it",
-                                          "steps = 0\nsft_steps = 2\nsft_batch_size = 2\nsft_loss_tokens = \"choices\"")
-    config = tmp_path / "warm.toml"
-    config.write_text(warm_only)
-    run = tmp_path / "manager"
-    train(load_config(config), out=run, show_progress=False)
+    config, run = _warm_start_only(tmp_path)
     checkpoint = run / "sft-checkpoints" / "checkpoint-2"
     assert (checkpoint / "adapter_model.safetensors").is_file()
     import shutil
@@ -181,7 +185,7 @@ def test_a_stopped_warm_start_goes_on_from_its_last_checkpoint(tmp_path: Path) -
     first["loss"] = 123.0  # a value no training step gives: seen again only if the checkpoint was read
     state_file.write_text(json.dumps(state))
 
-    config.write_text(warm_only.replace("sft_steps = 2", "sft_steps = 3"))
+    config.write_text(WARM_ONLY_TOML.replace("sft_steps = 2", "sft_steps = 3"))
     train(load_config(config), out=run, show_progress=False)
     losses = [r["loss"] for r in _rows(run) if r["kind"] == "sft_train"]
     assert len(losses) == 3 and losses[0] == 123.0
