@@ -155,3 +155,15 @@ def test_json_output_stays_utf8_when_an_argument_holds_bytes_that_are_not(tmp_pa
     document = json.loads(text)
     assert done.returncode == 1 and "not text" in json.dumps(document)
     assert "\\udc97" in text  # the undecodable byte, escaped
+
+
+def test_an_overlong_text_gets_a_hint_for_what_was_being_done() -> None:
+    """A question too long is told to ask a shorter one, a query to search with fewer words, a memory to be split."""
+    hints = {}
+    for what in ("question", "query", "memory text"):
+        with pytest.raises(InvalidInputError) as refused:
+            clean_text("word " * 50, what=what, max_chars=20)
+        hints[what] = refused.value.hint
+    assert hints["question"].startswith("Ask a shorter question")
+    assert hints["query"].startswith("Search with a shorter text")
+    assert hints["memory text"].startswith("Store a summary")

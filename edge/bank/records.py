@@ -139,12 +139,12 @@ def clean_text(text: object, *, what: str = "memory text", max_chars: int = MAX_
     stripped = text.strip()
     if not stripped:
         raise InvalidInputError(f"The {what} is empty.")
-    asking = what in ("query", "question")
     if len(stripped) > max_chars:
         raise InvalidInputError(
             f"The {what} is {len(stripped)} characters; at most {max_chars} are allowed.",
-            hint="Search with a shorter text: a question or a few key words." if asking
-            else "Store a summary, or split it into several memories.",
+            hint={"query": "Search with a shorter text: a question or a few key words.",
+                  "question": "Ask a shorter question: what you want to know, in a sentence."}.get(
+                what, "Store a summary, or split it into several memories."),
         )
 
     def not_text(c: str) -> bool:
