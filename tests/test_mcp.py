@@ -642,6 +642,9 @@ def test_a_bad_start_is_refused_before_any_model_loads(tmp_path: Path, edge_home
     bad = start("--http", "999.1.1.1:8000", EDGE_MCP_TOKEN="a-test-token-of-some-length")
     assert bad.returncode == 2 and "'999.1.1.1' is neither an IP address nor a host name" in bad.stderr
     assert "Traceback" not in bad.stderr
+    typo = start("--http", "no-such-host.invalid:8000")  # no token: the name is what is wrong, and said first
+    assert typo.returncode == 1 and "Cannot serve on 'no-such-host.invalid': the name does not resolve" in typo.stderr
+    assert "bearer token" not in typo.stderr
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

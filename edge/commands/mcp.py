@@ -109,19 +109,24 @@ def bearer_token(host: str, token_env: str) -> str | None:
     return token
 
 
+def resolved(host: str, port: int) -> tuple:
+    """The first `socket.getaddrinfo` entry for serving on (host, port); `InvalidInputError` when the name
+    does not resolve (checked before the token, so a typo is not reported as a missing token)."""
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise InvalidInputError(f"Cannot serve on {host!r}: the name does not resolve ({exc.strerror}).",
+                                hint="Give an address of this machine: --http 127.0.0.1:PORT (this machine only) "
+                                "or 0.0.0.0:PORT (every interface).") from exc
+
+
 def listening_socket(host: str, port: int) -> socket.socket:
     """A socket bound to (host, port), before any model loads; `InvalidInputError` saying why it cannot be.
 
     The server then serves on this very socket, so no other process can take
     the port between the check and the serving.
     """
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
-    except socket.gaierror as exc:
-        raise InvalidInputError(f"Cannot serve on {host!r}: the name does not resolve ({exc.strerror}).",
-                                hint="Give an address of this machine: --http 127.0.0.1:PORT (this machine only) "
-                                "or 0.0.0.0:PORT (every interface).") from exc
+    family, kind, proto, _, address = resolved(host, port)
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a port in TIME_WAIT is free
     try:
@@ -362,6 +367,8 @@ def mcp(http: str | None, allow_users: bool, token_env: str, source, db: Path | 
     from edge.bank import clean_name
 
     address = parse_address(http) if http is not None else None
+    if address:
+        resolved(*address)
     token = bearer_token(address[0], token_env) if address else None
     user = clean_name(user, what="user name (--user)")
     try:
