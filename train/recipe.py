@@ -131,9 +131,29 @@ def build_data(config: TrainConfig, embedder: Embedder, *, reader: Any = None) -
         dev_convs = []
     if config.agent == "answer":
         train = [e for e in train if ep.learnable(e)]
+        if d.source == "locomo":
+            train = unanswerable_share(train, d.unanswerable, config.seed)
     if d.max_dev_episodes and len(dev) > d.max_dev_episodes:
         dev = random.Random(config.seed).sample(dev, d.max_dev_episodes)
     return Data(train=train, dev=dev, dev_conversations=dev_convs if d.source == "synthetic" else [])
+
+
+def unanswerable_share(train: list[Any], share: float, seed: int) -> list[Any]:
+    """At most `share` unanswerable episodes (gold "unknown") per answerable one, sampled; order kept.
+
+    LoCoMo's adversarial questions are about a quarter of a conversation's
+    questions, more than the one in five (`data.unanswerable`) the other
+    sources ask; trained all, they taught conv-26's answerable questions
+    "unknown" (41.9 % of its answerable dev questions, against 22.6 % for
+    the adapter trained without them: `bench/results/learned_answer.json`).
+    """
+    answerable = [e for e in train if e.answerable]
+    unanswerable = [e for e in train if not e.answerable]
+    room = int(round(share * len(answerable)))
+    if len(unanswerable) <= room:
+        return train
+    keep = {id(e) for e in random.Random(seed).sample(unanswerable, room)}
+    return [e for e in train if e.answerable or id(e) in keep]
 
 
 def _mixed_data(config: TrainConfig, embedder: Embedder, reader: Any) -> Data:
