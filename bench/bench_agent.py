@@ -5,7 +5,9 @@
     python bench/bench_agent.py --chat-turns 0 --answer-adapter runs/answer.gguf   # ask: shipped vs candidate
 
 Measures, on this machine:
-- `remember` latency per turn (p50/p95) over LoCoMo turns of conv-26,
+- `remember` latency per turn (p50/p95) over LoCoMo turns of conv-26, waiting for the Manager
+  (`wait=True`, as `edge remember` does) and not (the Python API's default: the turn is logged
+  at once and the Manager goes over it behind the call; also the time until it is done),
 - `ask` latency per question (p50/p95) over its questions, against the bank those turns built,
 - prompt tokens of a chat turn at turns 10, 100 and 200: the working state + retrieved
   memories replace the history, so the prompt should stay flat (target: turn 200 within
@@ -108,7 +110,7 @@ def main() -> None:
             agent.ask("warm-up question?")
             remember_s = []
             for i, turn in enumerate(turns, start=1):
-                result = agent.remember([turn])
+                result = agent.remember([turn], wait=True)
                 remember_s.append(result.seconds)
                 print(f"\rremember {i}/{len(turns)} {result.seconds:.2f}s", end="", file=sys.stderr)
             print(file=sys.stderr)
@@ -138,6 +140,20 @@ def main() -> None:
                 print(f"\rask {i}/{len(questions)} {answer.timings['total_s']:.2f}s", end="", file=sys.stderr)
             print(file=sys.stderr)
             results["remember"] = summary(remember_s)
+            # The same turns again, for another user on the same models, as the Python API's default
+            # `remember` takes them: logged at once, the Manager going over them in the background.
+            behind = agent.for_user("bench-behind")
+            behind_s = []
+            start = time.perf_counter()
+            for i, turn in enumerate(turns, start=1):
+                result = behind.remember([turn])
+                behind_s.append(result.seconds)
+                print(f"\rremember (Manager behind) {i}/{len(turns)} {result.seconds:.3f}s", end="", file=sys.stderr)
+            print(file=sys.stderr)
+            behind.wait_for_manager()
+            results["remember_behind"] = {**summary(behind_s), "manager_done_s": time.perf_counter() - start,
+                                          "waited_total_s": sum(remember_s)}
+            behind.close()
             results["ask"] = {**summary(ask_s), "prompt_tokens_mean": statistics.fmean(ask_tokens) if ask_tokens else 0,
                               "adapter": shipped_adapter}
             if args.answer_adapter:
@@ -183,7 +199,7 @@ def main() -> None:
     # Sections measured in separate runs (e.g. --chat-turns 0, then --turns 0 --questions 0) are merged.
     previous = previous_results(args.out)
     results = {**previous, **results, "measured_at": {**previous.get("measured_at", {}), **{
-        key: time.strftime("%Y-%m-%d %H:%M:%S") for key in ("remember", "ask", "chat") if key in results}}}
+        key: time.strftime("%Y-%m-%d %H:%M:%S") for key in ("remember", "remember_behind", "ask", "chat") if key in results}}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

@@ -266,7 +266,7 @@ def main() -> None:
                     turn = Turn(synth.speaker, synth.text, synth.time, synth.turn_id)
                     t0 = time.perf_counter()
                     if system == "bundle":
-                        result = agent.remember([turn])
+                        result = agent.remember([turn], wait=True)
                         ops = [op.action for op in result.applied if (op.after or op.before or {}).get("tier") != "episodic"]
                     else:
                         agent.bank.apply([log_entry_for(turn)], user=USER, actor="import", turn=turn_reference(turn))

@@ -111,7 +111,7 @@ def main() -> None:
             agent.ask("warm-up question?")
         for i, turn in enumerate(turns, start=1):
             for side, agent in sides.items():
-                result = agent.remember([turn]).turns[0]
+                result = agent.remember([turn], wait=True).turns[0]
                 times[side]["remember"].append(result.seconds)
                 tokens[side]["remember"].append(result.completion_tokens)
             print(f"\rremember {i}/{len(turns)}", end="", file=sys.stderr)

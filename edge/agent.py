@@ -9,6 +9,15 @@
 of the whole history (MEM1), so the prompt stays the same size however
 long the conversation runs; each user message then goes to the Manager.
 
+`remember` does not wait for the Memory Manager unless asked (`wait=True`):
+each turn is written to the episodic log at once, in one transaction with a
+record that it is pending for the Manager, and a background thread has the
+Manager go over the pending turns, oldest first. The log alone is what the
+Answer Agent reads most (on LoCoMo conv-26 the Manager's facts held none of
+the questions' evidence: `bench/results/eval-conv26-answer-before`), so
+`ask` right after `remember` already sees the turn; `wait_for_manager()`
+waits for the facts, and `close()` lets the Manager finish first.
+
 A model that cannot be reached (a server gone away) costs no turn: the turn
 is kept in the episodic log, recorded as pending in the bank, and the next
 `remember` or `chat` first has the Manager go over the pending turns
@@ -33,7 +42,7 @@ from edge.bank import EPISODIC, Memory, MemoryBank, clean_text, text_limit
 from edge.bundle import Bundle
 from edge.errors import BackendError, BundleError, InvalidInputError, TurnInterruptedError
 from edge.generation import GenerationConfig
-from edge.manager import MemoryManager, TurnResult, adapter_for, shown_memory, to_messages
+from edge.manager import MemoryManager, TurnResult, adapter_for, shown_memory, to_messages, turn_time
 from edge.operations import AppliedOp
 from edge.prompts import (
     CHAT_CORE_CHARS,
@@ -45,7 +54,8 @@ from edge.prompts import (
     state_messages,
 )
 
-PENDING_META = "pending_manager_turns"  # bank meta: turns kept while the model was unreachable (JSON list)
+PENDING_META = "pending_manager_turns"  # bank meta of edge <= 0.x: pending turns as one JSON list (still read)
+PENDING_PREFIX = "pending_manager_turn:"  # bank meta: one entry per turn the Manager has yet to go over
 CHAT_MEMORIES_K = 16  # candidates; as many as fit the chat budget are shown
 STATE_MAX_TOKENS = 96
 AskResult = AnswerResult
@@ -53,8 +63,11 @@ AskResult = AnswerResult
 
 @dataclass
 class RememberResult:
+    """What `Agent.remember` did: the Manager's result per turn, or the turns it goes over behind the call."""
+
     turns: list[TurnResult]
     seconds: float
+    pending: list[Turn] = field(default_factory=list)  # logged now; the Manager goes over them in the background
 
     @property
     def applied(self) -> list[AppliedOp]:
@@ -96,6 +109,19 @@ class ChatStream:
 
     def __iter__(self) -> Iterator[str]:
         self.result = yield from self._agent._chat_turn(self._message, self._remember, self.cancel)
+
+
+def pending_records(bank: MemoryBank, user: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The turns in `bank`'s episodic log that the Manager has yet to go over, as (meta key, record), oldest first.
+
+    A record holds user, speaker, text, time and turn_id; `user` None: every
+    user's. A bank written by an earlier edge keeps them as one list under
+    `PENDING_META`; those come first.
+    """
+    meta = bank.meta()
+    old = [(PENDING_META, p) for p in json.loads(meta.get(PENDING_META) or "[]")]
+    new = [(key, json.loads(value)) for key, value in sorted(meta.items()) if key.startswith(PENDING_PREFIX)]
+    return [(key, p) for key, p in old + new if user is None or p.get("user") == user]
 
 
 def now_stamp() -> str:
@@ -190,6 +216,13 @@ class Agent:
         self.chat_adapter = adapters["chat"]
         self.state = ""
         self._lock = threading.RLock()
+        self._start_worker_state()
+
+    def _start_worker_state(self) -> None:
+        self._wake = threading.Event()  # set when a turn is queued for the background Manager
+        self._stop = threading.Event()  # set by close(): the background Manager stops between turns
+        self._worker: threading.Thread | None = None
+        self.manager_error: Exception | None = None  # why the background Manager last stopped short, if it did
 
     def for_user(self, user: str) -> "Agent":
         """An agent for `user` on the same bank file and the same loaded models (nothing is loaded again).
@@ -210,6 +243,7 @@ class Agent:
         other.manager = copy.copy(self.manager)
         other.manager.bank = other.bank
         other.state = ""
+        other._start_worker_state()
         return other
 
     @property
@@ -263,18 +297,36 @@ class Agent:
     # ------------------------------------------------------------------ the three calls
 
     def remember(self, turns: Sequence[Turn | dict | str] | str, *, speaker: str | None = None,
-                 cancel: threading.Event | None = None) -> RememberResult:
-        """Feed conversation turns to the Memory Manager, one bank transaction per turn.
+                 cancel: threading.Event | None = None, wait: bool = False) -> RememberResult:
+        """Keep conversation turns and have the Memory Manager go over them, one bank transaction per turn.
 
-        A model that cannot be reached raises `BackendError` (its hint says
-        the turn is kept: in the log, pending for the Manager). `cancel`, once
-        set, stops the Manager between model calls: the turn is kept the same
-        way, none of its facts applied, and `TurnInterruptedError` is raised.
+        By default the call returns once every turn is in the episodic log
+        (milliseconds: no model call), each logged in one transaction with a
+        record that it is pending; a background thread then has the Manager
+        go over them, oldest first (`result.pending` lists them;
+        `wait_for_manager()` waits). `wait=True` returns after the Manager:
+        `result.turns` holds what it applied and refused per turn.
+
+        A text the log refuses (empty, binary, too long) or a time that
+        cannot be read raises `InvalidInputError` and keeps none of `turns`. With `wait=True`, a
+        model that cannot be reached raises `BackendError` (its hint says
+        the turn is kept: in the log, pending for the Manager); `cancel`,
+        once set, stops the Manager between model calls: the turn is kept
+        the same way, none of its facts applied, and `TurnInterruptedError`
+        is raised.
         """
         if isinstance(turns, (str, Turn, dict)):
             turns = [turns]
         parsed = [_as_turn(t, speaker or self.speaker) for t in turns]
         start = time.perf_counter()
+        if not wait:
+            for turn in parsed:  # every turn checked before the first is kept
+                clean_text(turn.text, what="turn", max_chars=text_limit(EPISODIC))
+                turn_time(turn)
+            # No agent lock: the Manager may hold it for a model call; the bank's own lock orders the writes.
+            kept = [self._keep_pending(turn) for turn in parsed]
+            self._wake_worker()
+            return RememberResult(turns=[], seconds=time.perf_counter() - start, pending=kept)
         with self._lock:
             self.catch_up(cancel=cancel)
             try:
@@ -283,28 +335,75 @@ class Agent:
                 raise _kept(exc) from exc
         return RememberResult(turns=results, seconds=time.perf_counter() - start)
 
+    def wait_for_manager(self, timeout: float | None = None) -> bool:
+        """Block until the Manager has gone over every pending turn of this user (in this thread, in order).
+
+        Returns True when none is left, False when `timeout` seconds (None:
+        no limit) passed first or the model stopped answering (the turns
+        stay pending; `manager_error` says why).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.pending():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            if not self._catch_up_one():
+                return not self.pending()
+        return True
+
+    def _wake_worker(self) -> None:
+        if self._worker is None or not self._worker.is_alive():
+            self._stop.clear()
+            self._worker = threading.Thread(target=self._work, name=f"edge-manager-{self.user}", daemon=True)
+            self._worker.start()
+        self._wake.set()
+
+    def _work(self) -> None:
+        """The background Manager: go over pending turns until none is left, then sleep until woken."""
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            while not self._stop.is_set() and self._catch_up_one(cancel=self._stop):
+                pass
+
     # ------------------------------------------------------------------ turns the model missed
 
     def pending(self) -> list[Turn]:
-        """This user's turns that are in the episodic log but that the Manager has not gone over yet."""
-        return [Turn(p["speaker"], p["text"], p["time"], p["turn_id"]) for p in self._pending_records()
-                if p.get("user") == self.user]
+        """This user's turns that are in the episodic log but that the Manager has not gone over yet, oldest first."""
+        return [Turn(p["speaker"], p["text"], p["time"], p["turn_id"]) for _, p in self._pending_records()]
 
     def catch_up(self, *, cancel: threading.Event | None = None) -> list[TurnResult]:
         """Have the Manager go over the pending turns, oldest first; stop at the first the model still fails on.
 
         Never raises for an unreachable model or a set `cancel` (the turns stay pending); returns what was done.
+        The lock is taken per turn, so an `ask` waits for one turn at most.
         """
-        done = []
-        with self._lock:
-            for turn in self.pending():
-                try:
-                    done.append(self.manager.process(turn, user=self.user, already_logged=True, cancel=cancel))
-                except (BackendError, TurnInterruptedError):
-                    break
-                self._set_pending([p for p in self._pending_records()
-                                   if not (p.get("user") == self.user and p.get("turn_id") == turn.turn_id)])
+        done: list[TurnResult] = []
+        while self._catch_up_one(cancel=cancel, done=done):
+            pass
         return done
+
+    def _catch_up_one(self, *, cancel: threading.Event | None = None, done: list[TurnResult] | None = None) -> bool:
+        """The Manager goes over the oldest pending turn; False when none is left or the model failed on it.
+
+        The turn's facts and the removal of its pending record are one
+        transaction: a turn is never gone over twice nor dropped.
+        """
+        with self._lock:
+            records = self._pending_records()
+            if not records:
+                return False
+            key, record = records[0]
+            turn = Turn(record["speaker"], record["text"], record["time"], record["turn_id"])
+            try:
+                result = self.manager.process(turn, user=self.user, already_logged=True, cancel=cancel,
+                                              meta=self._removal(key, record))
+            except (BackendError, TurnInterruptedError) as exc:
+                self.manager_error = exc
+                return False
+            self.manager_error = None
+            if done is not None:
+                done.append(result)
+            return True
 
     def _manage(self, turn: Turn, cancel: threading.Event | None = None) -> TurnResult:
         """`manager.process`, recording the turn as pending when the model cannot be reached (the log keeps it).
@@ -318,26 +417,32 @@ class Agent:
         turn = turn if turn.turn_id else Turn(turn.speaker, turn.text, turn.time, "t" + secrets.token_hex(5))
         try:
             return self.manager.process(turn, user=self.user, cancel=cancel)
-        except (BackendError, TurnInterruptedError):
-            self._add_pending(turn)
+        except (BackendError, TurnInterruptedError, KeyboardInterrupt):
+            self.bank.set_meta(*self._pending_entry(turn))
             raise
 
-    def _keep_pending(self, turn: Turn) -> None:
-        """Keep a turn the model could not go over (no model call): in the log now, pending for the Manager."""
-        turn = turn if turn.turn_id else Turn(turn.speaker, turn.text, turn.time, "t" + secrets.token_hex(5))
-        self.manager.keep(turn, user=self.user)
-        self._add_pending(turn)
+    def _keep_pending(self, turn: Turn) -> Turn:
+        """Keep a turn without a model call: in the log now and pending for the Manager, in one transaction."""
+        turn = Turn(turn.speaker, turn.text, turn.time or now_stamp(), turn.turn_id or "t" + secrets.token_hex(5))
+        key, value = self._pending_entry(turn)
+        self.manager.keep(turn, user=self.user, meta={key: value})
+        return turn
 
-    def _add_pending(self, turn: Turn) -> None:
+    def _pending_entry(self, turn: Turn) -> tuple[str, str]:
+        """The bank meta entry that records `turn` as pending: its key orders it after every earlier one."""
         record = {"user": self.user, "speaker": turn.speaker, "text": turn.text, "time": turn.time,
                   "turn_id": turn.turn_id}
-        self._set_pending([*self._pending_records(), record])
+        return f"{PENDING_PREFIX}{time.time_ns():020d}:{turn.turn_id}", json.dumps(record, ensure_ascii=False)
 
-    def _pending_records(self) -> list[dict[str, Any]]:
-        return json.loads(self.bank.meta().get(PENDING_META) or "[]")
+    def _pending_records(self) -> list[tuple[str, dict[str, Any]]]:
+        return pending_records(self.bank, self.user)
 
-    def _set_pending(self, records: list[dict[str, Any]]) -> None:
-        self.bank.set_meta(PENDING_META, json.dumps(records, ensure_ascii=False))
+    def _removal(self, key: str, record: dict[str, Any]) -> dict[str, str | None]:
+        """The meta change that takes `record` off the pending turns."""
+        if key != PENDING_META:
+            return {key: None}
+        rest = [p for p in json.loads(self.bank.meta().get(PENDING_META) or "[]") if p != record]
+        return {PENDING_META: json.dumps(rest, ensure_ascii=False) if rest else None}
 
     def ask(self, question: str, *, k: int | None = None) -> AskResult:
         """Answer from memory: the answer, the memory ids it used, and timings."""
@@ -415,11 +520,23 @@ class Agent:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def close(self) -> None:
-        if getattr(self, "_owns_backends", False):
-            for backend in getattr(self, "_backends", {}).values():
-                backend.close()
-        self.bank.close()
+    def close(self, *, wait: bool = True) -> None:
+        """Let the Manager go over the turns still pending (`wait`; Ctrl-C stops it, they stay pending), then
+        stop the background Manager and close the bank and the models this agent loaded."""
+        try:
+            if getattr(self, "_worker", None) is not None:
+                try:
+                    if wait:
+                        self.wait_for_manager()
+                finally:
+                    self._stop.set()
+                    self._wake.set()
+                    self._worker.join()  # type: ignore[union-attr]
+        finally:
+            if getattr(self, "_owns_backends", False):
+                for backend in getattr(self, "_backends", {}).values():
+                    backend.close()
+            self.bank.close()
 
     def __enter__(self) -> "Agent":
         return self

@@ -87,6 +87,11 @@ def core_block(bank: MemoryBank, user: str | None = None, *, limit: int = CORE_M
     return "\n".join(lines)
 
 
+def core_lines(core: str) -> list[ShownMemory]:
+    """The core block's lines as memories a reply may quote (`answer_spans`, `answer_supported`)."""
+    return [ShownMemory(id=f"core{i}", tier="core", text=line) for i, line in enumerate(core.splitlines()) if line]
+
+
 class AnswerAgent:
     def __init__(
         self,
@@ -207,7 +212,10 @@ class AnswerAgent:
                                 timings={"fit_s": 0.0, "generate_s": 0.0, "total_s": time.perf_counter() - start},
                                 offered=[] if self.text_mode == "extractive" else None)
         memories, messages, id_map, shown = self._fit(question, memories, core)
-        spans = answer_spans(shown, question) if self.text_mode == "extractive" else None
+        # The core block is in the prompt, so its lines are offered too: a fact kept as core ("Ana is allergic
+        # to penicillin") must be answerable as it would be as a semantic fact.
+        readable = [*shown, *core_lines(core)]
+        spans = answer_spans(readable, question) if self.text_mode == "extractive" else None
         generate_start = time.perf_counter()
         try:
             completion = self.backend.complete(
@@ -234,7 +242,7 @@ class AnswerAgent:
             timings={"fit_s": generate_start - start, "generate_s": end - generate_start, "total_s": end - start},
             error=parsed.error,
             raw=completion.text,
-            supported=answer_supported(parsed.answer, shown),
+            supported=answer_supported(parsed.answer, readable),
             offered=spans,
         )
 

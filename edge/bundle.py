@@ -10,7 +10,8 @@ Manifest fields:
     name                     a label shown in the UI
     prompt_version           `edge.prompts.PROMPT_VERSION` the models were trained/checked with
     backend                  "llama.cpp" | "onnx-genai" | "http"
-    server                   (backend "http" only) {"url", "model", "structured_output", "api_key_env", "adapters"}:
+    server                   (backend "http" only) {"url", "model", "structured_output", "api_key_env", "adapters",
+                             "timeout_s" (optional, default 120)}:
                              an OpenAI-compatible server; its models have no "path". The API key itself is
                              never stored, only the name of the environment variable holding it.
     models                   {key: {"path", "format", "quantization", "base"}}

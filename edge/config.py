@@ -63,6 +63,13 @@ def _env_name(value: str) -> str:
     return value
 
 
+def _positive_seconds(value: str) -> float:
+    seconds = float(value)
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError("a number of seconds above 0")
+    return seconds
+
+
 # key -> (what it is, how a string from the command line becomes its value)
 KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "model.bundle": ("a bundle folder", _path),
@@ -72,6 +79,7 @@ KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "model.structured_output": (f"how JSON is asked of the server: {', '.join(STRUCTURED_OUTPUTS)}",
                                 _choice(STRUCTURED_OUTPUTS)),
     "model.api_key_env": ("the environment variable holding the server's API key", _env_name),
+    "model.timeout": ("seconds to wait for the server's answer before it counts as timed out", _positive_seconds),
     "generation.answer_k": ("memories the Answer Agent retrieves", _positive),
     "generation.answer_tokens": ("the most tokens the memories take in the Answer Agent's prompt", _positive),
     "generation.text_mode": ("extractive (spans of what was said) or free (written by the model)",

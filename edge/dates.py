@@ -25,6 +25,7 @@ May") by the `dateparser` library.
 
 from __future__ import annotations
 
+import calendar
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -66,7 +67,10 @@ def parse_time(value: str | datetime | None) -> datetime | None:
     ("1:56 pm on 8 May, 2023", read with `dateparser`). A time with an offset
     keeps its clock reading and drops the offset: "yesterday" is relative to
     the speaker's own calendar day, not to UTC's. A date alone is midnight.
-    `None` gives `None`.
+    `None` gives `None`. A date in numbers only is read when its order is
+    certain ("13.03.2025", "03/13/2025": one number is over 12); "04.03.2025"
+    is refused as ambiguous, and an impossible ISO date ("2025-13-01") as
+    unreadable.
 
     Raises `InvalidInputError` for anything else, including text that names
     no year (a turn's time is never completed from the wall clock) and a
@@ -79,6 +83,7 @@ def parse_time(value: str | datetime | None) -> datetime | None:
     elif not isinstance(value, str) or not value.strip():
         raise InvalidInputError(f"Not a turn time: {shorten(repr(value))}.", hint=_TIME_FORMATS_HINT)
     else:
+        _refuse_ambiguous(value.strip())
         parsed = _parse_text(value.strip())
         if parsed is None:
             raise InvalidInputError(f"Cannot read the turn time {shorten(repr(value))}.", hint=_TIME_FORMATS_HINT)
@@ -92,10 +97,47 @@ def parse_time(value: str | datetime | None) -> datetime | None:
     return parsed
 
 
+# Words that say when, not what: never a topic two texts share (`edge.manager.shares_topic`).
+RELATIVE_DATE_WORDS = (
+    "yesterday", "today", "tonight", "tomorrow", "ago", "last", "next", "past", "previous", "coming", "this", "that",
+    "day", "days", "week", "weeks", "weekend", "weekends", "fortnight", "month", "months", "year", "years",
+    "morning", "afternoon", "evening", "night", "recently", "lately", "earlier", "later", "soon", "now", "before",
+    "after", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday",
+    "january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+    "november", "december", "spring", "summer", "autumn", "fall", "winter",
+)
+
+_NUMERIC_DATE = re.compile(r"(?P<first>\d{1,2})[./-](?P<second>\d{1,2})[./-](?P<year>\d{4})\b")
+
+
+def _refuse_ambiguous(text: str) -> None:
+    """Refuse a numeric date whose day and month could be either way round ("04.03.2025").
+
+    The rule, documented in `parse_time`: a date written all in numbers is
+    read only when its order is certain, that is when one of the first two
+    numbers is over 12 ("13.03.2025" and "03/13/2025" are both 13 March)
+    or both are the same. ISO dates (year first) are always read; one that
+    names an impossible month or day ("2025-13-01") is refused, never
+    read another way.
+    """
+    match = _NUMERIC_DATE.match(text)
+    if match and int(match["first"]) <= 12 and int(match["second"]) <= 12 and match["first"] != match["second"]:
+        raise InvalidInputError(
+            f"The turn time {shorten(repr(text))} is ambiguous: {match['first']} and {match['second']} could each be "
+            "the day or the month.",
+            hint=f'write it year first ("{match["year"]}-{int(match["second"]):02d}-{int(match["first"]):02d}" if '
+            f'{match["first"]} is the day) or with the month\'s name '
+            f'("{int(match["first"])} {calendar.month_name[int(match["second"])]} {match["year"]}")',
+        )
+
+
 @lru_cache(maxsize=1024)
 def _parse_text(text: str) -> datetime | None:
     """Cached: every turn of a session carries the same stamp, and dateparser takes a few ms a call."""
-    parsed = _parse_iso(text) or _parse_locomo(text) or _parse_absolute(text)
+    if re.match(r"\d{4}-\d{1,2}-\d{1,2}", text):  # ISO: read as ISO or not at all ("2025-13-01" is no date)
+        parsed = _parse_iso(text)
+    else:
+        parsed = _parse_locomo(text) or _parse_absolute(text)
     return parsed.replace(tzinfo=None) if parsed else None
 
 
@@ -110,10 +152,11 @@ def _parse_absolute(text: str) -> datetime | None:
 
 
 def _parse_iso(text: str) -> datetime | None:
-    if not re.match(r"\d{4}-\d{2}-\d{2}", text):
+    if not re.match(r"\d{4}-\d{1,2}-\d{1,2}", text):
         return None
+    padded = re.sub(r"^(\d{4})-(\d{1,2})-(\d{1,2})", lambda m: f"{m[1]}-{int(m[2]):02d}-{int(m[3]):02d}", text)
     try:
-        return datetime.fromisoformat(re.sub(r"[Zz]$", "+00:00", text))
+        return datetime.fromisoformat(re.sub(r"[Zz]$", "+00:00", padded))
     except ValueError:
         return None
 

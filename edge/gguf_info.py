@@ -16,6 +16,7 @@ vocabulary) are skipped except for their length.
 from __future__ import annotations
 
 import math
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,7 +104,7 @@ def read_gguf_info(path: Path | str) -> GgufInfo:
             if version < 2:
                 raise BackendError(f"{path.name} is GGUF version {version}; edge reads versions 2 and 3.",
                                    hint="convert the model again with a current llama.cpp")
-            n_tensors, n_kv = _read(handle, "<Q"), _read(handle, "<Q")
+            n_tensors, n_kv = _count(handle, 8 + 4), _count(handle, 8 + 4)  # each at least a length and a type
             metadata = {}
             for _ in range(n_kv):
                 key = _string(handle)
@@ -115,7 +116,7 @@ def read_gguf_info(path: Path | str) -> GgufInfo:
                 _read(handle, "<I")  # tensor type
                 _read(handle, "<Q")  # data offset
                 parameters += math.prod(dims)
-    except (struct.error, UnicodeDecodeError, ValueError) as exc:
+    except (struct.error, UnicodeDecodeError, ValueError, OverflowError, MemoryError) as exc:
         raise BackendError(f"The GGUF header of {path.name} cannot be read ({exc}).",
                            hint="the file may be truncated; download or export it again") from exc
     return GgufInfo(path=path, metadata=metadata, parameters=parameters)
@@ -129,8 +130,21 @@ def _read(handle: BinaryIO, fmt: str) -> Any:
     return struct.unpack(fmt, data)[0]
 
 
+def _count(handle: BinaryIO, least_bytes: int) -> int:
+    """A count field, refused when that many items of at least `least_bytes` each cannot fit in what is left.
+
+    A damaged count or length would otherwise ask for exabytes (`MemoryError`,
+    `OverflowError`) or loop for hours before reaching the end of the file.
+    """
+    count = _read(handle, "<Q")
+    left = os.fstat(handle.fileno()).st_size - handle.tell()
+    if count * least_bytes > left:
+        raise ValueError(f"a count or length field says {count}, more than the {left} bytes left in the file")
+    return count
+
+
 def _string(handle: BinaryIO) -> str:
-    length = _read(handle, "<Q")
+    length = _count(handle, 1)
     data = handle.read(length)
     if len(data) != length:
         raise ValueError("unexpected end of file")
@@ -143,7 +157,8 @@ def _value(handle: BinaryIO, kind: int) -> Any:
     if kind == _STRING:
         return _string(handle)
     if kind == _ARRAY:
-        item_kind, count = _read(handle, "<I"), _read(handle, "<Q")
+        item_kind = _read(handle, "<I")
+        count = _count(handle, struct.calcsize(_SCALARS[item_kind]) if item_kind in _SCALARS else 8)
         if item_kind in _SCALARS:
             handle.seek(struct.calcsize(_SCALARS[item_kind]) * count, 1)
         else:

@@ -32,6 +32,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from edge.backends.base import Backend, Message
@@ -315,16 +316,18 @@ class MemoryManager:
             log.warning("manager op rejected: %s: %r", reason, raw)
         return id_map, parse, result
 
-    def keep(self, turn: Turn, *, user: str | None = None) -> AppliedOp:
-        """Keep the turn in the episodic log without asking the model (its model is unreachable).
+    def keep(self, turn: Turn, *, user: str | None = None, meta: dict[str, str | None] | None = None) -> AppliedOp:
+        """Keep the turn in the episodic log without asking the model (its model is unreachable, or the
+        Manager goes over it behind the caller).
 
         The Manager goes over it later with `process(turn, already_logged=True)`.
+        `meta`: bank meta written in the same transaction (`MemoryBank.apply`).
         """
         return self.bank.apply([log_entry_for(turn)], user=user or self.bank.user, actor="manager",
-                               turn=turn_reference(turn))[0]
+                               turn=turn_reference(turn), meta=meta)[0]
 
     def process(self, turn: Turn, *, user: str | None = None, already_logged: bool = False,
-                cancel: threading.Event | None = None) -> TurnResult:
+                cancel: threading.Event | None = None, meta: dict[str, str | None] | None = None) -> TurnResult:
         """Keep the turn in the episodic log and apply the facts the model took from it, in one transaction.
 
         `already_logged`: the turn is in the log already (kept by `keep` while
@@ -334,6 +337,8 @@ class MemoryManager:
         applied; once set, the turn is kept in the log (unless it is there
         already), no fact of it is applied, and `TurnInterruptedError` is
         raised: a long turn stops within a piece, not after all of them.
+        `meta`: bank meta written in the transaction that applies the turn
+        (e.g. the turn no longer pending), never when the turn fails.
         """
         start = time.perf_counter()
         owner = user or self.bank.user
@@ -364,23 +369,25 @@ class MemoryManager:
                     continue
                 ops += to_bank_ops(parse, id_map, part, related, rejected=result.rejected, written=written)
             interrupted(cancel)
-        except EdgeError:
-            # The model failed outright (e.g. a server that went away): the turn itself is still kept.
+        except (EdgeError, KeyboardInterrupt):
+            # The model failed outright (e.g. a server that went away), or Ctrl-C stopped it: the turn itself
+            # is still kept.
             if logs:
                 result.logged = self.bank.apply(logs, user=owner, actor="manager", turn=turn_reference(turn))[0]
             raise
         turn_ref = turn_reference(turn)
         if not logs and not ops:
+            self.bank.apply([], meta=meta)
             result.seconds = time.perf_counter() - start
             return result
         try:
-            applied = self.bank.apply([*logs, *ops], user=owner, actor="manager", turn=turn_ref)
+            applied = self.bank.apply([*logs, *ops], user=owner, actor="manager", turn=turn_ref, meta=meta)
         except EdgeError as exc:
             if not ops:
                 raise
             result.error = f"operations refused by the bank: {exc.message}"
             log.warning("turn %s: %s", turn.turn_id, result.error)
-            applied = self.bank.apply(logs, user=owner, actor="manager", turn=turn_ref) if logs else []
+            applied = self.bank.apply(logs, user=owner, actor="manager", turn=turn_ref, meta=meta)
         if logs:
             result.logged, applied = applied[0], applied[1:]
         result.applied = applied
@@ -498,11 +505,22 @@ def shares_topic(fact: str, turn: str, speaker: str | None) -> bool:
     An UPDATE or DELETE of a fact the turn does not mention is the commonest
     way a small model destroys memory (it rewrites memory "0" whatever the
     turn says); this keeps its changes to the facts the turn is about.
+    Words of time ("last week", "yesterday", "Monday": `RELATIVE_DATE_WORDS`)
+    are no topic either: "I started at the bakery last week" says nothing
+    about "Ana adopted Pip last week".
     """
     from edge.grounding import content_words
 
-    name = set(content_words(speaker or ""))
-    return bool((set(content_words(fact)) - name) & set(content_words(turn)))
+    ignored = set(content_words(speaker or "")) | _time_words()
+    return bool((set(content_words(fact)) - ignored) & set(content_words(turn)))
+
+
+@lru_cache(maxsize=1)
+def _time_words() -> frozenset[str]:
+    from edge.dates import RELATIVE_DATE_WORDS
+    from edge.grounding import content_words
+
+    return frozenset(content_words(" ".join(RELATIVE_DATE_WORDS)))
 
 
 def _norm(text: str) -> str:

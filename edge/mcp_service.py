@@ -474,7 +474,7 @@ class MemoryService:
             turn = Turn(speaker or agent.speaker, text, time or now_stamp(), "t" + secrets.token_hex(5))
             record = TurnRecord(speaker=turn.speaker, text=turn.text, time=turn.time, turn_id=turn.turn_id)
             try:
-                result = agent.remember([turn], cancel=cancel).turns[0]
+                result = agent.remember([turn], cancel=cancel, wait=True).turns[0]
             except (BackendError, TurnInterruptedError) as exc:
                 logged = self._logged(agent.bank, owner, turn.turn_id)
                 if logged is None:  # not kept after all: the error is the call's

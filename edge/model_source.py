@@ -37,6 +37,7 @@ from edge.prompts import PROMPT_VERSION, REPEAT_PENALTY
 
 Progress = Callable[[str], None]
 DEFAULT_API_KEY_ENV = "EDGE_API_KEY"
+DEFAULT_TIMEOUT_S = 120.0  # how long to wait for a model server's answer (--timeout, config model.timeout)
 
 # (largest size in billions of parameters, settings). answer_k / answer_tokens: the Answer Agent reads up to
 # answer_k memories as windows within answer_tokens tokens, and prompt evaluation on a laptop CPU slows with
@@ -101,6 +102,7 @@ def http_backend(server: dict[str, Any], *, n_ctx: int | None = None):
     return OpenAIHTTPBackend(
         server["url"], server["model"], api_key=api_key_from_env(server.get("api_key_env")),
         schema_format=server.get("structured_output", "auto"), adapters=server.get("adapters") or None, n_ctx=n_ctx,
+        timeout=float(server.get("timeout_s") or DEFAULT_TIMEOUT_S),
     )
 
 
@@ -131,7 +133,7 @@ def gguf_manifest(info: GgufInfo, model_path: str, embedder: dict[str, Any],
 
 def server_manifest(url: str, name: str, embedder: dict[str, Any], *, structured_output: str = "auto",
                     api_key_env: str | None = None, adapters: dict[str, str] | None = None,
-                    generation: dict[str, Any] | None = None) -> dict[str, Any]:
+                    generation: dict[str, Any] | None = None, timeout: float | None = None) -> dict[str, Any]:
     """A bundle manifest whose models are served by an OpenAI-compatible server (backend "http").
 
     `adapters` maps "manager"/"answer" to the model names the server serves
@@ -148,7 +150,8 @@ def server_manifest(url: str, name: str, embedder: dict[str, Any], *, structured
         "name": f"{name} @ {url}",
         "backend": "http",
         "server": {"url": url, "model": name, "structured_output": structured_output,
-                   "api_key_env": api_key_env or DEFAULT_API_KEY_ENV, "adapters": adapters},
+                   "api_key_env": api_key_env or DEFAULT_API_KEY_ENV, "adapters": adapters,
+                   "timeout_s": timeout or DEFAULT_TIMEOUT_S},
         "models": {"base": {"format": "served", "base": name}},
         "roles": {role: {"model": "base", "adapter": None} for role in ROLES},
         "embedder": embedder,
@@ -172,10 +175,13 @@ def gguf_bundle(path: Path | str, *, generation: dict[str, Any] | None = None,
 
 
 def server_bundle(url: str, name: str, *, structured_output: str = "auto", api_key_env: str | None = None,
-                  generation: dict[str, Any] | None = None, progress: Progress = lambda _: None) -> Bundle:
-    """A bundle in memory whose models are `name` on the server at `url`, with the default embedder."""
+                  generation: dict[str, Any] | None = None, progress: Progress = lambda _: None,
+                  timeout: float | None = None) -> Bundle:
+    """A bundle in memory whose models are `name` on the server at `url`, with the default embedder.
+
+    `timeout`: seconds to wait for the server's answer (default `DEFAULT_TIMEOUT_S`)."""
     manifest = server_manifest(url, name, default_embedder(progress), structured_output=structured_output,
-                               api_key_env=api_key_env, generation=generation)
+                               api_key_env=api_key_env, generation=generation, timeout=timeout)
     return _in_memory(Path.cwd(), manifest)
 
 
@@ -260,13 +266,14 @@ class ModelChoice:
     name: str | None = None  # the served model's name (with `server`)
     structured_output: str = "auto"
     api_key_env: str | None = None
+    timeout: float | None = None  # seconds to wait for the server (with `server`; None: DEFAULT_TIMEOUT_S)
     generation: dict[str, Any] = field(default_factory=dict)  # answer_k / text_mode / n_ctx set by the user
     origin: str = "default"  # "options" (command line), "config" (config.toml) or "default"
 
     @classmethod
     def from_options(cls, *, bundle: Path | None = None, model: str | None = None, server: str | None = None,
                      structured_output: str | None = None, api_key_env: str | None = None,
-                     answer_k: int | None = None, text_mode: str | None = None, n_ctx: int | None = None,
+                     timeout: float | None = None, answer_k: int | None = None, text_mode: str | None = None, n_ctx: int | None = None,
                      config: dict[str, Any] | None = None) -> "ModelChoice":
         """The choice from command-line options; with no source among them, from `config` (`edge.config`).
 
@@ -284,7 +291,8 @@ class ModelChoice:
                 raise InvalidInputError(f"Which model should {server} run?",
                                         hint="--server URL --model NAME (the name the server lists at /v1/models)")
             return cls(server=server, name=model, structured_output=structured_output or "auto",
-                       api_key_env=api_key_env, generation=generation, origin="options")
+                       api_key_env=api_key_env, timeout=timeout or config.get("model.timeout"), generation=generation,
+                       origin="options")
         if model:
             if not (model.lower().endswith(".gguf") or Path(model).expanduser().is_file()):
                 raise InvalidInputError(f"--model {model!r} is not a .gguf file.",
@@ -295,8 +303,8 @@ class ModelChoice:
         if config.get("model.server"):
             return cls(server=config["model.server"], name=config.get("model.name") or "default",
                        structured_output=structured_output or config.get("model.structured_output", "auto"),
-                       api_key_env=api_key_env or config.get("model.api_key_env"), generation=generation,
-                       origin="config")
+                       api_key_env=api_key_env or config.get("model.api_key_env"),
+                       timeout=timeout or config.get("model.timeout"), generation=generation, origin="config")
         if config.get("model.gguf"):
             return cls(gguf=Path(config["model.gguf"]), generation=generation, origin="config")
         if config.get("model.bundle"):
@@ -322,6 +330,8 @@ class ModelChoice:
                              "model.structured_output": self.structured_output})
             if self.api_key_env:
                 settings["model.api_key_env"] = self.api_key_env
+            if self.timeout:
+                settings["model.timeout"] = self.timeout
         elif self.gguf:
             settings["model.gguf"] = str(self.gguf)
         elif self.bundle:
@@ -332,7 +342,7 @@ class ModelChoice:
         """The bundle this choice names (built, read or made in memory), with the user's overrides applied."""
         if self.server:
             bundle = server_bundle(self.server, self.name or "default", structured_output=self.structured_output,
-                                   api_key_env=self.api_key_env, progress=progress)
+                                   api_key_env=self.api_key_env, progress=progress, timeout=self.timeout)
         elif self.gguf:
             bundle = gguf_bundle(self.gguf, progress=progress)
         elif self.bundle:

@@ -30,7 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from edge.bank import MAX_TURN_CHARS
 from edge.errors import BackendError, EdgeError, InvalidInputError
+
+# A line longer than this cannot hold a turn the log takes (the turn's own limit, plus room for JSON and a name).
+MAX_LINE_CHARS = MAX_TURN_CHARS + 10_000
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +84,9 @@ def parse_line(raw: bytes, number: int) -> ScriptLine | None:
     text = text.strip()
     if not text or text.startswith("#"):
         return None
+    if len(text) > MAX_LINE_CHARS:  # said before any model call, and before JSON reads it
+        return _invalid(number, f"the line is {len(text)} characters; a turn holds at most {MAX_TURN_CHARS} "
+                        "(split it into several turns)")
     if text.startswith("{"):
         return _from_json(text, number)
     if text.startswith("?"):
@@ -98,6 +105,8 @@ def _from_json(text: str, number: int) -> ScriptLine:
         item = json.loads(text)
     except json.JSONDecodeError as exc:
         return _invalid(number, f"not valid JSON ({exc.msg} at column {exc.colno})")
+    except RecursionError:
+        return _invalid(number, "JSON nested too deeply (a script line is one flat object)")
     if not isinstance(item, dict):
         return _invalid(number, "expected a JSON object")
     if "ask" in item:
@@ -108,6 +117,9 @@ def _from_json(text: str, number: int) -> ScriptLine:
     said = item.get("text")
     if not isinstance(said, str) or not said.strip():
         return _invalid(number, "expected an object with a non-empty string 'text' (a turn) or 'ask' (a question)")
+    if len(said.strip()) > MAX_TURN_CHARS:
+        return _invalid(number, f"the turn is {len(said.strip())} characters; at most {MAX_TURN_CHARS} are allowed "
+                        "(split it into several turns)")
     fields = {name: _optional_str(item, name) for name in ("speaker", "time", "id", "turn_id")}
     wrong = [name for name, value in fields.items() if value is _WRONG]
     if wrong:
@@ -166,7 +178,7 @@ def play_line(agent: Any, line: ScriptLine, *, speaker: str | None = None) -> Li
             result = agent.ask(line.text)
         else:
             turn = Turn(line.speaker or speaker or agent.speaker, line.text, line.time, line.turn_id)
-            result = agent.remember([turn]).turns[0]
+            result = agent.remember([turn], wait=True).turns[0]
     except InvalidInputError as exc:
         return LineOutcome(line, "refused", exc.message)
     except BackendError as exc:

@@ -378,3 +378,38 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
         assert bank.count(user="alice") == 300 and bank.count(user="bob") == 300
         assert len(bank.history(user="alice")) == 300
         assert bank.check() == []
+
+
+def test_an_empty_or_unprintable_owner_is_refused_by_every_call(bank: MemoryBank, tmp_path: Path) -> None:
+    """An empty name once read as "this bank's user" in some calls and "every user" in others."""
+    bank.add("Alice likes tea")
+    bank.add("Bob likes coffee", user="bob")
+    before = sql(bank.path, "SELECT * FROM memories ORDER BY rowid")
+    for call in (lambda: bank.list(user=""), lambda: bank.add("x", user="  "), lambda: bank.history(user=""),
+                 lambda: bank.search("tea", user=""), lambda: bank.undo(user=""),
+                 lambda: bank.export_jsonl(tmp_path / "out.jsonl", user=""), lambda: list(bank.iter_memories(owner="")),
+                 lambda: bank.add("x", user="bo\nb")):
+        with pytest.raises(InvalidInputError):
+            call()
+    assert sql(bank.path, "SELECT * FROM memories ORDER BY rowid") == before
+    assert not (tmp_path / "out.jsonl").exists()
+    with pytest.raises(InvalidInputError, match="user name is empty"):
+        MemoryBank.open(tmp_path / "other.db", HashEmbedder(), user="")
+    assert not (tmp_path / "other.db").exists()
+    assert [m.text for m in bank.list(user=" bob ")] == ["Bob likes coffee"]  # trimmed, as everywhere
+
+
+def test_a_full_disk_is_said_as_such_and_the_bank_is_as_it_was(bank: MemoryBank) -> None:
+    """SQLite rolls a transaction back itself when the disk is full; our ROLLBACK after it raised "cannot
+    rollback - no transaction is active", which hid the cause. The file's page limit stands in for the disk."""
+    bank.add("Alice likes tea")
+    before = snapshot(bank)
+    pages = bank._conn.execute("PRAGMA page_count").fetchone()[0]
+    bank._conn.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(BankError, match="the disk is full .*Nothing of this change was written") as raised:
+        bank.add_many([f"Alice wrote note {i}: " + "word " * 700 for i in range(200)])
+    assert "Free some disk space" in raised.value.hint and "no transaction is active" not in raised.value.message
+    assert snapshot(bank) == before
+    bank._conn.execute("PRAGMA max_page_count = 1073741823")  # space again: the bank takes writes as before
+    bank.add("Alice likes coffee")
+    assert bank.count() == 2

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import LocalServer
-from edge.agent import Agent
+from edge.agent import Agent, pending_records
 from edge.bank import MemoryBank
 from edge.cli import cli
 from edge.errors import BackendError
@@ -234,7 +234,7 @@ def test_bundles_for_a_gguf_file_and_a_server_verify_and_serve_an_agent(tmp_path
         verified = CliRunner().invoke(cli, ["bundle", "verify", str(out), "--json"])
         assert json.loads(verified.stdout) == {"bundle": str(out), "ok": True, "problems": []}
         with Agent(bundle=out, db=tmp_path / f"{name}.db") as agent:
-            turn = agent.remember("I moved to Porto last week.").turns[0]
+            turn = agent.remember("I moved to Porto last week.", wait=True).turns[0]
             assert turn.logged is not None and turn.error is None
             result = agent.ask("Where do I live?")
             # The model was asked over the stored turn and its reply parsed (an answer of "unknown" without a
@@ -293,7 +293,7 @@ def test_the_chat_app_through_a_real_server_survives_it_going_away(tmp_path, min
         assert logged == ["I play the cello every Sunday.",
                           "Tell me a long story about my sister Rosa, a nurse in Lisbon.",
                           "I also sing in a choir."]  # each turn once: the one the server missed is not lost
-        assert json.loads(bank.meta().get("pending_manager_turns") or "[]") == []
+        assert pending_records(bank) == []
 
 
 @pytest.mark.slow
@@ -302,7 +302,7 @@ def test_a_server_killed_mid_turn_leaves_a_consistent_bank(tmp_path, minilm):
     db = tmp_path / "bank.db"
     try:
         with Agent(bundle=server_bundle(server.url, "smollm2"), db=db) as agent:
-            agent.remember("I moved to Porto last week.")
+            agent.remember("I moved to Porto last week.", wait=True)
             before = counts(db)
             history = len(agent.bank.history())
             stream = agent.chat("Tell me a long story about Porto and the river.", stream=True)
@@ -317,11 +317,11 @@ def test_a_server_killed_mid_turn_leaves_a_consistent_bank(tmp_path, minilm):
             assert [t.text for t in agent.pending()] == ["Tell me a long story about Porto and the river."]
 
             with pytest.raises(BackendError):  # still away: the next turn is kept too
-                agent.remember("I play the cello.")
+                agent.remember("I play the cello.", wait=True)
             assert len(agent.pending()) == 2 and counts(db)[1] == before[1] + 2
 
             server.start()
-            agent.remember("I also sing in a choir.")
+            agent.remember("I also sing in a choir.", wait=True)
             assert agent.pending() == []
             assert counts(db)[1] == before[1] + 3  # nothing logged twice
     finally:

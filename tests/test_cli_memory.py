@@ -43,6 +43,34 @@ def test_users_are_separate_on_the_command_line(tmp_path: Path) -> None:
     assert len(json.loads(edge("memory", "search", "giraffe", "--db", db, "-u", "bob", "--json").stdout)) == 1
 
 
+def test_an_empty_user_never_means_every_user(tmp_path: Path) -> None:
+    """`--user "$EDGE_USER"` with the variable unset exported every user's memories "of user ''"."""
+    db = str(tmp_path / "bank.db")
+    assert edge("memory", "add", "Ana likes tea", "--db", db, "-u", "ana").returncode == 0
+    assert edge("memory", "add", "Bo likes coffee", "--db", db, "-u", "bo").returncode == 0
+    out = tmp_path / "out.jsonl"
+    for command in (["memory", "export", str(out)], ["memory", "list"], ["memory", "history"], ["memory", "undo"],
+                    ["memory", "search", "tea"]):
+        done = edge(*command, "--db", db, "--user", "")
+        assert done.returncode == 2 and "the user name is empty" in done.stderr, (command, done.stderr)
+        assert "never means every user" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()
+    assert [m["text"] for m in json.loads(edge("memory", "list", "--db", db, "-u", "bo", "--json").stdout)] == [
+        "Bo likes coffee"]  # undo refused: Bo's memory is still there
+
+
+def test_user_names_are_one_trimmed_line_of_bounded_length(tmp_path: Path) -> None:
+    db = str(tmp_path / "bank.db")
+    assert edge("memory", "add", "Ana likes tea", "--db", db, "-u", "ana").returncode == 0
+    # " ana" is "ana": a stray space never makes a second user.
+    listed = edge("memory", "list", "--db", db, "-u", " ana ", "--json")
+    assert [m["text"] for m in json.loads(listed.stdout)] == ["Ana likes tea"]
+    for name, said in (("an\na", "line break"), ("a" * 100_000, "at most"), ("an\u200ba", "invisible")):
+        done = edge("memory", "add", "Ana likes coffee", "--db", db, "-u", name)
+        assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert len(json.loads(edge("memory", "list", "--db", db, "-u", "ana", "--json").stdout)) == 1
+
+
 def test_export_import_round_trip_from_the_command_line(tmp_path: Path) -> None:
     db, copy, dump = str(tmp_path / "a.db"), str(tmp_path / "b.db"), str(tmp_path / "dump.jsonl")
     edge("memory", "add", "My dentist is Dr. Ortiz", "--db", db, "--tier", "core")
@@ -90,3 +118,36 @@ def test_history_names_the_turn_a_change_came_from_in_words() -> None:
     reference = json.dumps({"id": "t3", "speaker": "Maya", "time": "3 May 2023", "text": "I moved to Oslo."})
     assert _turn_label(reference) == "turn t3, Maya, 3 May 2023"
     assert _turn_label("cli") == "turn cli"
+
+
+def test_undo_of_several_changes_asks_first_and_redo_puts_back_what_undo_reverted(tmp_path: Path) -> None:
+    """`undo -n 50` after restoring five deleted memories silently deleted the five again, with no redo."""
+    db = str(tmp_path / "bank.db")
+    ids = [json.loads(edge("memory", "add", f"Ana likes fruit number {i}", "--db", db, "--json").stdout)["id"]
+           for i in range(5)]
+    for memory_id in ids:
+        assert edge("memory", "delete", memory_id, "--db", db).returncode == 0
+    for memory_id in ids:
+        assert edge("memory", "restore", memory_id, "--db", db).returncode == 0
+    live = lambda: sorted(m["id"] for m in json.loads(edge("memory", "list", "--db", db, "--json").stdout))  # noqa: E731
+    assert live() == sorted(ids)
+
+    refused = edge("memory", "undo", "-n", "50", "--db", db)  # no terminal to ask on: it says what and stops
+    assert refused.returncode == 1 and "would revert 15 changes" in refused.stderr and "--yes" in refused.stderr
+    assert live() == sorted(ids)
+    asked = subprocess.run([sys.executable, "-m", "edge.cli", "memory", "undo", "-n", "5", "--db", db],
+                           input="n\n", capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    assert asked.returncode == 1 and live() == sorted(ids)  # a pipe is no terminal: refused the same way
+
+    assert edge("memory", "undo", "-n", "5", "--yes", "--db", db).returncode == 0
+    assert live() == []  # the five restores reverted
+    redone = edge("memory", "redo", "--db", db, "--json")
+    assert redone.returncode == 0, redone.stderr
+    assert live() == sorted(ids) and len(json.loads(redone.stdout)) == 5
+    assert "Nothing to redo" in edge("memory", "redo", "--db", db).stderr  # once
+    assert edge("memory", "undo", "--db", db).returncode == 0  # the redone changes can be undone again
+    assert len(live()) == 4
+    # A change after an undo closes the way back: redo would overwrite it.
+    assert edge("memory", "add", "Ana likes tea", "--db", db).returncode == 0
+    blocked = edge("memory", "redo", "--db", db)
+    assert blocked.returncode == 1 and "Nothing to redo" in blocked.stderr and len(live()) == 5

@@ -41,7 +41,7 @@ ANSWERED = ("every order answers 'Main Street', a span of the episodic turn 'I s
 def tomas(tmp_path_factory, default_bundle) -> Agent:
     db = tmp_path_factory.mktemp("current-state") / "agent.db"
     with Agent(bundle=default_bundle, db=db, user="tomas") as agent:
-        agent.remember(TOMAS_JOB)
+        agent.remember(TOMAS_JOB, wait=True)
         yield agent
 
 

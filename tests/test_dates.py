@@ -91,6 +91,26 @@ def test_a_turn_time_outside_the_years_1000_to_9000_is_refused(value) -> None:
     assert parse_time("1000-01-01") == datetime(1000, 1, 1) and parse_time("9000-12-31") == datetime(9000, 12, 31)
 
 
+@pytest.mark.parametrize("value", ["04.03.2025", "04/03/2025", "4-3-2025 10:00", "12.01.2024"])
+def test_a_numeric_date_that_reads_either_way_round_is_refused(value: str) -> None:
+    with pytest.raises(InvalidInputError, match="is ambiguous") as raised:
+        parse_time(value)
+    assert "year first" in raised.value.hint
+
+
+@pytest.mark.parametrize("value, expected", [("13.03.2025", datetime(2025, 3, 13)), ("03/13/2025", datetime(2025, 3, 13)),
+                                             ("05.05.2025", datetime(2025, 5, 5)), ("2025-3-4", datetime(2025, 3, 4))])
+def test_a_numeric_date_whose_order_is_certain_is_read(value: str, expected: datetime) -> None:
+    assert parse_time(value) == expected
+
+
+@pytest.mark.parametrize("value", ["2025-13-01T10:00", "2025-13-01", "2025-02-30", "2025-00-10"])
+def test_an_impossible_iso_date_is_refused_not_read_another_way(value: str) -> None:
+    """dateparser would read "2025-13-01" as 13 January: an ISO date is read as ISO or not at all."""
+    with pytest.raises(InvalidInputError, match="Cannot read the turn time"):
+        parse_time(value)
+
+
 def test_a_date_past_the_calendars_end_is_not_read_rather_than_raised() -> None:
     assert resolved("See you tomorrow, the day after tomorrow and next week.", datetime(9999, 12, 31, 23, 59)) == []
     assert resolved("I went yesterday, last week.", datetime(1, 1, 1)) == []

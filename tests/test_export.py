@@ -133,7 +133,7 @@ def test_exported_gguf_bundle_remembers_and_answers(exported: Path, tmp_path: Pa
     from edge import Agent
 
     with Agent(bundle=exported / "gguf-q4_k_m", db=tmp_path / "bank.db", user="alice") as agent:
-        remembered = agent.remember("My dog is called Biscuit.")
+        remembered = agent.remember("My dog is called Biscuit.", wait=True)
         turn = remembered.turns[0]
         assert turn.raw.strip().startswith("{") and turn.completion_tokens > 0  # the exported manager answered
         fact = agent.bank.add("Alice's dog is called Biscuit.")
@@ -159,7 +159,7 @@ def test_exported_onnx_bundle_remembers_and_answers(exported: Path, tmp_path: Pa
     from edge import Agent
 
     with Agent(bundle=exported / "onnx-int8", db=tmp_path / "bank.db", user="alice") as agent:
-        turn = agent.remember("My dog is called Biscuit.").turns[0]
+        turn = agent.remember("My dog is called Biscuit.", wait=True).turns[0]
         assert turn.raw.strip().startswith("{") and turn.completion_tokens > 0
         fact = agent.bank.add("Alice's dog is called Biscuit.")
         answer = agent.ask("What is the name of Alice's dog?")
@@ -314,7 +314,7 @@ def test_adapters_layout_with_two_adapters_passes_the_full_gates(base_dir: Path,
     assert set(bundle.manifest["adapters"]) == {"manager", "answer"}
     assert bundle.role("manager")[1].name == "manager.gguf"
     with Agent(bundle=bundle, db=tmp_path / "bank.db", user="alice") as agent:
-        agent.remember("I moved to Lisbon last spring.")
+        agent.remember("I moved to Lisbon last spring.", wait=True)
         result = agent.ask("Where does Alice live?")
     # The exported bundle's model was asked, over the stored turn, and answered under the schema it serves.
     assert result.error is None and result.completion_tokens > 0

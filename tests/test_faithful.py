@@ -53,7 +53,7 @@ def agent(tmp_path: Path, default_bundle) -> Agent:
 
 
 def test_the_tomas_turns_are_logged_verbatim_and_every_fact_is_grounded(agent: Agent) -> None:
-    result = agent.remember(TOMAS)
+    result = agent.remember(TOMAS, wait=True)
     log = agent.bank.list(tier="episodic")
     assert [m.text for m in log] == [t["text"] for t in TOMAS], "every turn is kept word for word"
     assert [m.speaker for m in log] == ["Tomas"] * 3
@@ -73,7 +73,7 @@ def test_the_tomas_turns_are_logged_verbatim_and_every_fact_is_grounded(agent: A
 def test_a_turn_that_quotes_a_title_is_managed(agent: Agent) -> None:
     # Clauses become JSON-schema enum values; one holding a double quote once broke llama.cpp's grammar.
     result = agent.remember([{"speaker": "Melanie", "time": "2023-07-03 10:00",
-                              "text": 'I loved reading "Charlotte\'s Web" as a kid. C:\\books is my folder.'}])
+                              "text": 'I loved reading "Charlotte\'s Web" as a kid. C:\\books is my folder.'}], wait=True)
     assert result.turns[0].logged is not None, "the call returned and the turn is kept"
     assert "grammar" not in (result.turns[0].error or "")
     for fact in facts(agent.bank):
@@ -81,10 +81,10 @@ def test_a_turn_that_quotes_a_title_is_managed(agent: Agent) -> None:
 
 
 def test_repeating_a_fact_never_loses_it(agent: Agent) -> None:
-    agent.remember([{"speaker": "Tomas", "time": "2025-03-02 10:00", "text": "I am vegetarian and I love cycling."}])
+    agent.remember([{"speaker": "Tomas", "time": "2025-03-02 10:00", "text": "I am vegetarian and I love cycling."}], wait=True)
     before = {m.id for m in facts(agent.bank)}
     for hour in range(3):
-        agent.remember([{"speaker": "Tomas", "time": f"2025-03-03 1{hour}:00", "text": "I am vegetarian and I love cycling."}])
+        agent.remember([{"speaker": "Tomas", "time": f"2025-03-03 1{hour}:00", "text": "I am vegetarian and I love cycling."}], wait=True)
     current = {m.id for m in agent.bank.list(tier=("semantic", "core"))}
     assert before <= current, "a repeated fact is never retired"
     assert agent.bank.count(tier="episodic") == 4

@@ -206,7 +206,7 @@ def test_roles_without_adapters_are_served_by_the_base_model(default_bundle, tmp
     backend = ScriptedBackend(['{"ops": [{"op": "NOOP"}]}'], check_schema=False)
     with Agent(bundle=Bundle(default_bundle.root, manifest), db=tmp_path / "bank.db", backend=backend) as agent:
         assert agent.manager.adapter is None and agent.answerer.adapter is None
-        agent.remember(["I like tea."])
+        agent.remember(["I like tea."], wait=True)
     assert backend.calls[0]["adapter"] is None
 
 

@@ -27,6 +27,7 @@ from mcp.client.stdio import stdio_client  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 from mcp.shared._httpx_utils import create_mcp_http_client  # noqa: E402
 
+from edge.agent import pending_records  # noqa: E402
 from edge.bank import MemoryBank  # noqa: E402
 from edge.errors import InvalidInputError  # noqa: E402
 
@@ -117,7 +118,7 @@ def facts_and_turns(db: Path) -> tuple[int, int, list[str]]:
     """(current facts, episodic turns, the pending turns' texts) of the bank file, for every user."""
     with MemoryBank.open(db, create=False) as bank:
         memories = [m for m in bank.iter_memories() if m.deleted_at is None]
-        pending = json.loads(bank.meta().get("pending_manager_turns") or "[]")
+        pending = [record for _, record in pending_records(bank)]
     return (sum(m.tier != "episodic" for m in memories), sum(m.tier == "episodic" for m in memories),
             [p["text"] for p in pending])
 
@@ -652,11 +653,12 @@ def test_a_bad_start_is_refused_before_any_model_loads(tmp_path: Path, edge_home
         busy = start("--http", f"127.0.0.1:{port}")
     assert busy.returncode == 1, busy.stderr
     assert f"Port {port} is in use (on 127.0.0.1); pick another with --http HOST:PORT." in busy.stderr
-    for name, says in [("", "The user name (--user) is empty."), (" ", "The user name (--user) is empty."),
+    # --user is checked as every command checks it (`edge.commands.checked_user`): a usage error, exit 2.
+    for name, says in [("", "the user name is empty"), (" ", "the user name is empty"),
                        ("al\nice", "holds a line break"), ("\u202eecila", "invisible format character (U+202E"),
                        ("x" * 101, "is 101 characters; at most 100")]:
         run = start("--user", name)
-        assert run.returncode == 1 and says in run.stderr, (name, run.stderr)
+        assert run.returncode == 2 and says in run.stderr and "Traceback" not in run.stderr, (name, run.stderr)
     assert not db.exists()  # every refusal came before the bank (and the models) were opened
 
 

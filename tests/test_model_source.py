@@ -199,3 +199,20 @@ def test_every_agent_command_takes_a_model_or_a_server():
         assert result.exit_code == 0
         for option in ("--bundle", "--model", "--server", "--structured-output", "--api-key-env"):
             assert option in result.output, (command, option)
+
+
+@pytest.mark.parametrize("offset, what", [(8, "tensor count"), (16, "key/value count"), (24, "first key's length")])
+def test_a_damaged_length_field_is_a_clean_refusal_not_a_memory_error(tmp_path, offset, what):
+    """A length or count field overwritten with 2**62 made the reader allocate or seek exabytes."""
+    import struct
+
+    data = bytearray(bundled_gguf_path().read_bytes())
+    data[offset:offset + 8] = struct.pack("<Q", 2 ** 62)
+    damaged = tmp_path / "damaged.gguf"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(BackendError, match="cannot be read .*more than the .* bytes left") as err:
+        read_gguf_info(damaged)
+    assert "download or export it again" in err.value.hint, what
+    out = CliRunner().invoke(cli, ["ask", "Where?", "--model", str(damaged), "--db", str(tmp_path / "b.db")])
+    assert out.exit_code != 0 and isinstance(out.exception, (BackendError, SystemExit)), repr(out.exception)
+    assert "cannot be read" in out.output + str(out.exception)

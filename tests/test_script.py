@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -9,8 +13,8 @@ from click.testing import CliRunner
 
 from edge.agent import Agent
 from edge.backends.scripted import ScriptedBackend
-from edge.bundle import ADAPTER_ROLES
 from edge.bank import MemoryBank
+from edge.bundle import ADAPTER_ROLES
 from edge.cli import cli
 from edge.errors import BackendError
 from edge.script import read_script
@@ -184,6 +188,21 @@ def test_remember_reports_each_turn_and_a_refused_one_does_not_hide_the_others(t
     assert out.exit_code == 1
 
 
+@pytest.mark.parametrize("when, reason", [("04.03.2025", "is ambiguous"), ("2025-13-01T10:00", "Cannot read")])
+def test_a_turn_time_that_reads_two_ways_or_not_at_all_is_refused_and_nothing_is_kept(
+        tmp_path: Path, default_bundle, when: str, reason: str) -> None:
+    """"04.03.2025" was read as 3 April and "2025-13-01" as 13 January: "When did Ana adopt Pip?" then got a
+    date nobody said."""
+    db = tmp_path / "bank.db"
+    out = CliRunner().invoke(cli, ["remember", "I adopted Pip yesterday.", "--time", when, "--json", "--bundle",
+                                   str(default_bundle.root), "--db", str(db), "--user", "ana"])
+    assert out.exit_code == 1, out.output
+    [turn] = json.loads(out.stdout)
+    assert turn["status"] == "refused" and reason in turn["reason"], turn
+    with MemoryBank.open(db, create=False, user="ana") as bank:
+        assert bank.list(tier=("episodic", "semantic", "core")) == []
+
+
 def test_run_plays_turns_and_a_question_on_the_default_bundle(tmp_path: Path, default_bundle) -> None:
     script = write(
         tmp_path / "s.txt",
@@ -217,3 +236,47 @@ def test_the_installed_command_exits_with_the_status_the_command_sets(tmp_path: 
                            str(tmp_path / "no-such-bundle")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "No bundle folder" in json.loads(done.stdout)["error"]["message"]
+
+
+def test_ctrl_c_on_run_says_what_was_done_and_keeps_the_turn_under_way(tmp_path: Path, default_bundle) -> None:
+    """Ctrl-C on `edge run --json` printed nothing although two turns were saved, and lost the turn under way."""
+    from edge.agent import pending_records
+
+    script = write(tmp_path / "s.txt", *[f"Ana: I visited museum number {i} in Lisbon today." for i in range(40)])
+    db = tmp_path / "bank.db"
+    process = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", str(script), "--json", "--bundle",
+                                str(default_bundle.root), "--db", str(db), "--user", "ana"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # at least one turn saved, then Ctrl-C
+        time.sleep(0.3)
+        if db.exists():
+            with MemoryBank.open(db, create=False, user="ana") as bank:
+                if bank.count(tier=("episodic",)) >= 2:
+                    break
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    document = json.loads(out)
+    assert document["error"]["message"].startswith("interrupted after") and "kept" in document["error"]["message"]
+    done = [line for line in document["lines"] if line["status"] == "done"]
+    assert len(done) >= 1 and len(document["lines"]) < 40
+    with MemoryBank.open(db, create=False, user="ana") as bank:
+        logged = [m.text for m in bank.list(tier=("episodic",))]
+        pending = [record["text"] for _, record in pending_records(bank, "ana")]
+    assert logged == [f"I visited museum number {i} in Lisbon today." for i in range(len(logged))]  # each once
+    assert len(logged) == len(done) + len(pending) and len(pending) <= 1, (len(logged), len(done), pending)
+
+
+def test_pathological_lines_are_refused_when_read_before_any_model_call(tmp_path: Path) -> None:
+    """A deeply nested JSON line aborted `edge run` with a RecursionError; a 150,000-character line was refused
+    only after 79 s of model calls."""
+    deep = '{"speaker": "Ana", "text": ' + "[" * 5000 + "]" * 5000 + "}"
+    script = write(tmp_path / "s.jsonl", json.dumps({"speaker": "Ana", "text": "I like tea."}), deep,
+                   json.dumps({"speaker": "Ana", "text": "tea " * 37_500}), "Ana: " + "tea " * 37_500,
+                   json.dumps({"speaker": "Ana", "text": "I like coffee."}))
+    lines = read_script(script)
+    assert [(line.number, line.kind) for line in lines] == [(1, "turn"), (2, "invalid"), (3, "invalid"),
+                                                          (4, "invalid"), (5, "turn")]
+    assert "nested too deeply" in lines[1].error
+    assert all("at most 100000" in line.error for line in lines[2:4])

@@ -69,14 +69,14 @@ def test_a_bank_built_with_the_untrained_bundle_keeps_working_with_the_trained_o
     write_manifest(untrained, manifest)
     db = tmp_path / "bank.db"
     with Agent(Bundle.load(untrained), db=db, user="maya") as agent:
-        agent.remember(["I just moved to Oslo for a job at the city library."])
+        agent.remember(["I just moved to Oslo for a job at the city library."], wait=True)
         facts_before = [m.text for m in agent.bank.list()]
     with Agent(default_bundle, db=db, user="maya") as agent:
         assert [m.text for m in agent.bank.list()] == facts_before  # opened as it was: nothing migrated or lost
         assert any("Oslo" in m.text for m in agent.bank.list(tier="episodic"))
         result = agent.ask("Where did Maya move?")
         assert result.error is None
-        agent.remember(["My sister Ines is visiting in May."])
+        agent.remember(["My sister Ines is visiting in May."], wait=True)
         assert len(agent.bank.list(tier="episodic")) == 2
 
 

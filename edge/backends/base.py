@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from edge.errors import BackendError, ModelOutputError
 
 ROLES = ("system", "user", "assistant")
-FINISH_REASONS = ("stop", "length", "cancelled")
+FINISH_REASONS = ("stop", "length", "cancelled", "cut")  # cut: a stream that ended before the server said it was done
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     seconds: float  # wall time of the call
-    finish_reason: str  # "stop" | "length" | "cancelled"
+    finish_reason: str  # "stop" | "length" | "cancelled" | "cut" (`FINISH_REASONS`)
 
 
 class Backend(ABC):

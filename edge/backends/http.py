@@ -93,6 +93,7 @@ class OpenAIHTTPBackend(Backend):
         self.token_count_exact = True
         self._tokenizer_route: str | None = None  # found on first count_tokens
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.timeout = float(timeout)
         self._client = httpx.Client(base_url=self.root, headers=headers, timeout=timeout)
 
     # ------------------------------------------------------------ public API
@@ -116,8 +117,7 @@ class OpenAIHTTPBackend(Backend):
             return completion
         if schema is not None:
             self._constrain(body, schema, schema_format)
-        response = self._request("POST", "/v1/chat/completions", json=body)
-        data = response.json()
+        data = self._json(self._request("POST", "/v1/chat/completions", json=body))
         try:
             choice = data["choices"][0]
             text = choice["message"].get("content") or ""
@@ -138,7 +138,7 @@ class OpenAIHTTPBackend(Backend):
 
     def models(self) -> list[str]:
         """The model names the server lists at /v1/models (empty when it lists none). BackendError when unreachable."""
-        data = self._request("GET", "/v1/models").json()
+        data = self._json(self._request("GET", "/v1/models"))
         try:
             return [str(m["id"]) for m in data.get("data") or [] if isinstance(m, dict) and "id" in m]
         except AttributeError:
@@ -198,7 +198,7 @@ class OpenAIHTTPBackend(Backend):
         httpx = self._httpx
         start = time.perf_counter()
         pieces: list[str] = []
-        chunks, finish, usage = 0, "stop", {}
+        chunks, finish, usage = 0, "cut", {}  # "cut" until the server says the reply is complete
         try:
             with self._client.stream("POST", "/v1/chat/completions", json=body) as response:
                 self._raise_for_status(response)
@@ -210,6 +210,7 @@ class OpenAIHTTPBackend(Backend):
                         continue
                     payload = line[len("data:") :].strip()
                     if payload == "[DONE]":
+                        finish = "stop" if finish == "cut" else finish
                         break
                     event = json.loads(payload)
                     usage = event.get("usage") or usage
@@ -228,6 +229,13 @@ class OpenAIHTTPBackend(Backend):
             raise self._unreachable(exc) from exc
         except json.JSONDecodeError as exc:
             raise BackendError(f"Unexpected event from {self.root}: {exc.doc[:200]!r}") from exc
+        else:
+            if finish == "cut":
+                raise BackendError(
+                    f"The reply stream from {self.root} ended before the reply was complete (no finish_reason "
+                    f"and no [DONE] after {chunks} piece(s)).",
+                    hint="the server stopped or the connection was cut; try again",
+                )
         finally:
             text = "".join(pieces)
             self.last_completion = Completion(
@@ -278,7 +286,7 @@ class OpenAIHTTPBackend(Backend):
             options["stop"] = body["stop"]
         request = {"model": body["model"], "messages": body["messages"], "stream": False, "format": schema,
                    "options": options}
-        data = self._request("POST", "/api/chat", json=request).json()
+        data = self._json(self._request("POST", "/api/chat", json=request))
         try:
             text = data["message"].get("content") or ""
         except (KeyError, TypeError, AttributeError) as exc:
@@ -305,6 +313,23 @@ class OpenAIHTTPBackend(Backend):
                 "(json_object, json_schema, grammar, ollama)",
             ) from exc
 
+    def _json(self, response) -> dict:
+        """The reply's JSON object, or BackendError: a 200 with an HTML page (a web UI on the model's port) or
+        any other body that is not a JSON object is no reply, and must not pass for one."""
+        try:
+            data = response.json()
+        except ValueError as exc:  # json.JSONDecodeError, and a body that is not UTF-8
+            kind = response.headers.get("content-type", "no content type")
+            raise BackendError(
+                f"{self.root}{response.request.url.path} answered HTTP {response.status_code} with {kind}, not "
+                f"JSON: {response.text[:120]!r}",
+                hint="is this the model server's address? A web UI often listens on a port of its own "
+                "(check --server: llama-server serves /v1 on 8080, Ollama on 11434)",
+            ) from exc
+        if not isinstance(data, dict):
+            raise BackendError(f"Unexpected reply from {self.root}: {str(data)[:200]}")
+        return data
+
     def _request(self, method: str, path: str, **kwargs):
         try:
             response = self._client.request(method, path, **kwargs)
@@ -321,6 +346,13 @@ class OpenAIHTTPBackend(Backend):
         raise BackendError(f"{self.root} answered HTTP {response.status_code}: {detail}", hint=hint)
 
     def _unreachable(self, exc: Exception) -> BackendError:
+        if isinstance(exc, self._httpx.TimeoutException):
+            return BackendError(
+                f"The model server at {self.root} timed out: no answer within {self.timeout:g} s "
+                f"({type(exc).__name__}).",
+                hint="a large model on a CPU can take longer: raise the limit with --timeout SECONDS "
+                "(or `edge config set model.timeout SECONDS`)",
+            )
         return BackendError(
             f"Cannot reach the model server at {self.root} ({type(exc).__name__}: {exc})",
             hint="start one, e.g. `python -m llama_cpp.server --model model.gguf --n_ctx 4096`, "

@@ -17,14 +17,17 @@ MMAP_BYTES = 1 << 30
 
 
 def error_kind(exc: Exception) -> str:
-    """"busy" (locked by another connection), "corrupt" (not a database, malformed) or "other"."""
+    """"busy" (locked by another connection), "corrupt" (not a database, malformed), "full" (the disk, or
+    the file's size limit) or "other"."""
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
         primary = code & 0xFF  # an extended code (SQLITE_BUSY_RECOVERY...) holds its primary code there
-        return {5: "busy", 6: "busy", 11: "corrupt", 26: "corrupt"}.get(primary, "other")
+        return {5: "busy", 6: "busy", 11: "corrupt", 13: "full", 26: "corrupt"}.get(primary, "other")
     text = str(exc).lower()
     if "locked" in text or "busy" in text:
         return "busy"
+    if "disk is full" in text:
+        return "full"
     return "corrupt" if "not a database" in text or "malformed" in text else "other"
 
 
@@ -41,6 +44,9 @@ def unusable(path: Path, exc: Exception, doing: str) -> BankError:
             f"{path} is not a readable SQLite file ({exc}).",
             hint="Restore it from a JSONL export (`edge memory import`), or move it aside to start a new bank.",
         )
+    if kind == "full":
+        return BankError(f"The bank {path} could not be written: the disk is full ({exc}). Nothing of this change "
+                         "was written.", hint="Free some disk space (or move the bank with --db), then try again.")
     return BankError(f"The bank {path} cannot be used ({exc}).",
                      hint="Check the file's and its folder's permissions and the free disk space.")
 

@@ -29,6 +29,7 @@ from edge.bank.records import (
     SearchHit,
     SearchMode,
     SearchScope,
+    clean_name,
     clean_text,
     history_from_row,
     memory_from_row,
@@ -108,6 +109,7 @@ class MemoryBank:
         (when opening and at every write) before `BankLockedError`.
         """
         path = Path(path)
+        user = clean_name(user)
         if not path.exists() and not create:
             raise BankError(f"No memory bank at {path}.", hint="Check --db, or add a memory to create it.")
         if path.is_dir():
@@ -124,6 +126,13 @@ class MemoryBank:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    def _owner(self, user: str | None) -> str:
+        """Whose memories a call means: this bank's user when None, else `user` checked (`clean_name`).
+
+        An empty name is refused, never read as "this bank's user" or "all users".
+        """
+        return self.user if user is None else clean_name(user)
 
     def __enter__(self) -> "MemoryBank":
         return self
@@ -146,11 +155,8 @@ class MemoryBank:
 
     def set_meta(self, key: str, value: str) -> None:
         """Record a fact about the bank (e.g. the prompt version its memories were managed with)."""
-        if key in ("embedder_name", "embedder_dim"):
-            raise InvalidInputError(f"{key} is fixed when the bank is created.")
         with self._transaction() as conn:
-            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                         (key, value))
+            self._write_meta(conn, {key: value})
 
     def schema_version(self) -> list[str]:
         return [r[0] for r in self._conn.execute("SELECT name FROM migrations ORDER BY name")]
@@ -197,8 +203,13 @@ class MemoryBank:
             try:
                 yield self._conn
                 self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
+            except BaseException as exc:
+                # SQLite rolls back by itself on some errors (a full disk, an I/O error): a second ROLLBACK
+                # would raise "no transaction is active" and hide the real cause.
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite.DatabaseError) and not isinstance(exc, sqlite.IntegrityError):
+                    raise unusable(self.path, exc, "writing to it") from exc
                 raise
 
     def apply(
@@ -208,17 +219,24 @@ class MemoryBank:
         user: str | None = None,
         actor: str = "api",
         turn: str | None = None,
+        meta: Mapping[str, str | None] | None = None,
     ) -> list[AppliedOp]:
         """Apply operations all together or not at all, each with a history row.
 
         Everything is validated before the first write; any failure leaves
-        the bank exactly as it was.
+        the bank exactly as it was. `meta`: bank meta entries written in the
+        same transaction (None removes one), so a record about the change
+        (a turn queued for the Manager, or gone over) commits with it or
+        not at all.
         """
-        owner = user or self.user
+        owner = self._owner(user)
         if actor not in ACTORS:
             raise InvalidInputError(f"Unknown actor {actor!r}; expected one of {', '.join(ACTORS)}.")
         ops = list(ops)
         if not ops:
+            if meta:
+                with self._transaction() as conn:
+                    self._write_meta(conn, meta)
             return []
         cleaned: list[Op] = []
         for op in ops:
@@ -242,7 +260,20 @@ class MemoryBank:
         plan = [(op, next(vectors) if _op_search_text(op) is not None else None) for op in cleaned]
         group = secrets.token_hex(6)
         with self._transaction() as conn:
-            return [self._apply_one(conn, op, vec, owner, actor, turn, group) for op, vec in plan]
+            applied = [self._apply_one(conn, op, vec, owner, actor, turn, group) for op, vec in plan]
+            self._write_meta(conn, meta or {})
+            return applied
+
+    @staticmethod
+    def _write_meta(conn, meta: Mapping[str, str | None]) -> None:
+        for key, value in meta.items():
+            if key in ("embedder_name", "embedder_dim"):
+                raise InvalidInputError(f"{key} is fixed when the bank is created.")
+            if value is None:
+                conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
+                             "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
     def _current(self, conn, memory_id: str, owner: str) -> tuple[int, Memory]:
         row = conn.execute(
@@ -405,28 +436,54 @@ class MemoryBank:
         The revert is itself recorded in history (action UNDO) and marks
         the original rows as undone, so history is never rewritten.
         """
-        owner = user or self.user
+        owner = self._owner(user)
         if steps < 1:
             raise InvalidInputError("Undo needs at least one step.")
         with self._transaction() as conn:
-            groups = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT op_group FROM history WHERE owner = ? AND action != 'UNDO' AND undone_by IS NULL "
-                    "GROUP BY op_group ORDER BY MAX(seq) DESC LIMIT ?",
-                    (owner, steps),
-                )
-            ]
-            if not groups:
+            plan = self._undo_plan(conn, owner, steps)
+            if not plan:
                 raise NothingToUndoError(f"Nothing to undo for user {owner!r}.")
             undo_group = secrets.token_hex(6)
+            return [self._revert(conn, entry, owner, actor, undo_group) for entry in plan]
+
+    def undo_plan(self, steps: int = 1, *, user: str | None = None) -> list[HistoryEntry]:
+        """What `undo(steps)` would revert, newest first (one history row per operation); nothing is changed."""
+        return self._undo_plan(self._conn, self._owner(user), steps)
+
+    @staticmethod
+    def _undo_plan(conn, owner: str, steps: int) -> list[HistoryEntry]:
+        groups = [r[0] for r in conn.execute(
+            "SELECT op_group FROM history WHERE owner = ? AND action != 'UNDO' AND undone_by IS NULL "
+            "GROUP BY op_group ORDER BY MAX(seq) DESC LIMIT ?", (owner, steps))]
+        return [history_from_row(row) for group in groups for row in conn.execute(
+            f"SELECT {HISTORY_COLUMNS} FROM history WHERE op_group = ? ORDER BY seq DESC", (group,))]
+
+    def redo(self, *, user: str | None = None, actor: str = "user") -> list[AppliedOp]:
+        """Put back what the latest undo reverted, as long as no other change came after it.
+
+        Recorded like an undo (action UNDO, `reverts` the undo's rows); the
+        changes it puts back can be undone again. Raises `NothingToUndoError`
+        when there is no undo to redo, or when a change made after the undo
+        (which the redo could overwrite) stands in the way.
+        """
+        owner = self._owner(user)
+        with self._transaction() as conn:
+            latest_change = conn.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM history WHERE owner = ? AND action != 'UNDO'", (owner,)).fetchone()[0]
+            row = conn.execute(
+                "SELECT u.op_group FROM history u JOIN history r ON u.reverts = r.seq "
+                "WHERE u.owner = ? AND u.action = 'UNDO' AND r.action != 'UNDO' AND u.undone_by IS NULL "
+                "AND u.seq > ? ORDER BY u.seq DESC LIMIT 1", (owner, latest_change)).fetchone()
+            if row is None:
+                raise NothingToUndoError(
+                    f"Nothing to redo for user {owner!r}.",
+                    hint="redo puts back what the latest undo reverted, before any other change is made")
+            redo_group = secrets.token_hex(6)
             results = []
-            for group in groups:
-                rows = conn.execute(
-                    f"SELECT {HISTORY_COLUMNS} FROM history WHERE op_group = ? ORDER BY seq DESC", (group,)
-                ).fetchall()
-                for entry in map(history_from_row, rows):
-                    results.append(self._revert(conn, entry, owner, actor, undo_group))
+            for entry in map(history_from_row, conn.execute(
+                    f"SELECT {HISTORY_COLUMNS} FROM history WHERE op_group = ? ORDER BY seq DESC", (row[0],))):
+                results.append(self._revert(conn, entry, owner, actor, redo_group))
+                conn.execute("UPDATE history SET undone_by = NULL WHERE seq = ?", (entry.reverts,))  # live again
             return results
 
     def _revert(self, conn, entry: HistoryEntry, owner: str, actor: str, group: str) -> AppliedOp:
@@ -444,7 +501,7 @@ class MemoryBank:
     # ------------------------------------------------------------------ reading
 
     def get(self, memory_id: str, *, user: str | None = None) -> Memory:
-        owner = user or self.user
+        owner = self._owner(user)
         row = self._conn.execute(
             f"SELECT {MEMORY_COLUMNS} FROM memories WHERE id = ? AND owner = ?", (memory_id, owner)
         ).fetchone()
@@ -464,7 +521,7 @@ class MemoryBank:
     ) -> list[Memory]:
         """Memories of one owner, oldest first: current ones, and on request deleted and superseded ones."""
         sql = f"SELECT {MEMORY_COLUMNS} FROM memories WHERE owner = ?"
-        args: list[Any] = [user or self.user]
+        args: list[Any] = [self._owner(user)]
         sql += _tier_filter(tier, args)
         if not include_deleted:
             sql += " AND deleted_at IS NULL"
@@ -477,13 +534,13 @@ class MemoryBank:
     def count(self, *, user: str | None = None, tier: str | Sequence[str] | None = None) -> int:
         """Current memories of one owner (not deleted, not superseded), of some tiers or all."""
         sql = "SELECT COUNT(*) FROM memories WHERE owner = ? AND deleted_at IS NULL AND valid_until IS NULL"
-        args: list[Any] = [user or self.user]
+        args: list[Any] = [self._owner(user)]
         sql += _tier_filter(tier, args)
         return self._conn.execute(sql, args).fetchone()[0]
 
     def history(self, memory_id: str | None = None, *, user: str | None = None, limit: int | None = None) -> list[HistoryEntry]:
         """History rows of one memory, or of the whole owner when no id is given; oldest first."""
-        owner = user or self.user
+        owner = self._owner(user)
         if memory_id is not None:
             rows = self._conn.execute(
                 f"SELECT {HISTORY_COLUMNS} FROM history WHERE memory_id = ? AND owner = ? ORDER BY seq", (memory_id, owner)
@@ -524,7 +581,7 @@ class MemoryBank:
         it already. Raises `InvalidInputError` for an empty or overlong
         query and an unknown mode or scope.
         """
-        owner = user or self.user
+        owner = self._owner(user)
         if k < 1:
             return []
         query = clean_text(query, what="query")
@@ -579,13 +636,13 @@ class MemoryBank:
 
     def iter_memories(self, *, owner: str | None = None) -> Iterator[Memory]:
         """Every memory row (deleted and superseded ones too) of one owner, or of all when None, oldest first."""
-        where, args = ("WHERE owner = ?", [owner]) if owner else ("", [])
+        where, args = ("WHERE owner = ?", [clean_name(owner)]) if owner is not None else ("", [])
         for row in self._conn.execute(f"SELECT {MEMORY_COLUMNS} FROM memories {where} ORDER BY rowid", args):
             yield memory_from_row(row)
 
     def iter_history(self, *, owner: str | None = None) -> Iterator[HistoryEntry]:
         """Every history row of one owner, or of all when None, oldest first."""
-        where, args = ("WHERE owner = ?", [owner]) if owner else ("", [])
+        where, args = ("WHERE owner = ?", [clean_name(owner)]) if owner is not None else ("", [])
         for row in self._conn.execute(f"SELECT {HISTORY_COLUMNS} FROM history {where} ORDER BY seq", args):
             yield history_from_row(row)
 
@@ -658,7 +715,7 @@ class MemoryBank:
         """Write the bank (all owners, or one) with its history to JSONL; returns the lines written."""
         from edge.bank_io import export_jsonl
 
-        return export_jsonl(self, Path(path), owner=user)
+        return export_jsonl(self, Path(path), owner=None if user is None else clean_name(user))
 
     def import_jsonl(self, path: Path | str, *, progress: bool = False) -> int:
         """Load a JSONL export in one transaction; returns the memories imported."""

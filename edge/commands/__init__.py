@@ -47,8 +47,27 @@ def note_new_bank(db: Path | None) -> None:
         click.secho(f"new memory bank: {db.resolve()} (no file was there)", fg="yellow", err=True)
 
 
+def checked_user(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--user as the bank stores it (`edge.bank.clean_name`): an empty name (an unset shell variable) never
+    means every user; one with a line break, a control or invisible character, or too long, is refused."""
+    from edge.bank import clean_name
+    from edge.errors import InvalidInputError
+
+    if value is None:
+        return None
+    if not value.strip():
+        raise click.BadParameter(f"the user name is empty (an unset shell variable?); it never means every user. "
+                                 f"Name one, or leave --user out for the default user '{paths.DEFAULT_USER}'.",
+                                 ctx=ctx, param=param)
+    try:
+        return clean_name(value, what="user name")
+    except InvalidInputError as exc:
+        raise click.BadParameter(f"{exc.message} {exc.hint or ''}".strip(), ctx=ctx, param=param) from exc
+
+
 def user_option(fn):
-    return click.option("--user", "-u", default=paths.DEFAULT_USER, show_default=True, help="Whose memories.")(fn)
+    return click.option("--user", "-u", default=paths.DEFAULT_USER, show_default=True, callback=checked_user,
+                        help="Whose memories.")(fn)
 
 
 def json_option(fn):
@@ -66,7 +85,8 @@ def model_options(*, generation: bool = True, answer_k: bool = True):
 
     def decorate(fn):
         @functools.wraps(fn)
-        def wrapper(*args, bundle=None, model=None, server=None, structured_output=None, api_key_env=None, **kwargs):
+        def wrapper(*args, bundle=None, model=None, server=None, structured_output=None, api_key_env=None,
+                    timeout=None, **kwargs):
             from edge.config import load_config
             from edge.model_source import ModelChoice
 
@@ -77,7 +97,8 @@ def model_options(*, generation: bool = True, answer_k: bool = True):
 
             source = ModelChoice.from_options(
                 bundle=bundle, model=model, server=server, structured_output=structured_output,
-                api_key_env=api_key_env, answer_k=default_k, text_mode=text_mode, n_ctx=n_ctx, config=load_config(),
+                api_key_env=api_key_env, timeout=timeout, answer_k=default_k, text_mode=text_mode, n_ctx=n_ctx,
+                config=load_config(),
             )
             return fn(*args, source=source, **kwargs)
 
@@ -94,6 +115,9 @@ def model_options(*, generation: bool = True, answer_k: bool = True):
                          help="How JSON is asked of the server. [default: auto, asked of the server]"),
             click.option("--api-key-env", default=None, metavar="VAR",
                          help="Environment variable holding the server's API key. [default: EDGE_API_KEY]"),
+            click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+                         help="How long to wait for the server's answer before saying it timed out. "
+                         "[default: config.toml's model.timeout, else 120]"),
         ]
         if generation:
             options += [

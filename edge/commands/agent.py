@@ -62,15 +62,29 @@ def remember(texts, speaker, when, source, db, user, as_json) -> None:
     from edge.script import ScriptLine, play
 
     lines = [ScriptLine(number, "turn", text, time=when) for number, text in enumerate(texts, start=1)]
+    outcomes: list = []
+    interrupted = False
     with open_agent(source, db, user) as agent:
-        outcomes = list(play(agent, lines, speaker=speaker or user))
+        try:
+            for outcome in play(agent, lines, speaker=speaker or user):
+                outcomes.append(outcome)
+        except KeyboardInterrupt:  # what was done is said; the turn under way is kept (`Agent.remember`)
+            interrupted = True
     if as_json:
         click.echo(json_text([remembered_json(o) for o in outcomes]))
     else:
         for outcome in outcomes:
             click.echo("\n".join(describe_line(outcome, "turn")))
+    if interrupted:
+        click.secho(f"interrupted after {len(outcomes)} of {len(lines)} turn(s): {INTERRUPTED_KEPT}", fg="yellow",
+                    err=True)
+        raise click.exceptions.Exit(130)
     if any(o.status != "done" for o in outcomes):
         raise click.exceptions.Exit(1)
+
+
+INTERRUPTED_KEPT = ("the turns before it are saved; the turn under way is kept in the conversation log, pending for "
+                    "the Memory Manager (the next `edge remember` or `edge chat` goes over it)")
 
 
 def remembered_json(outcome) -> dict:
@@ -168,6 +182,15 @@ def run_script(script, source, db, user, as_json) -> None:
                 outcomes.append(outcome)
                 if not as_json:
                     click.echo("\n".join(describe_line(outcome)))
+    except KeyboardInterrupt:  # say what was done: the turns before are saved, the one under way is kept
+        message = f"interrupted after {len(outcomes)} line(s): {INTERRUPTED_KEPT}"
+        if as_json:
+            click.echo(json_text({"script": str(script), "lines": [line_json(o) for o in outcomes],
+                                  "summary": summary_json(outcomes),
+                                  "error": {"message": message, "hint": None}}))
+        else:
+            click.secho(message, fg="yellow", err=True)
+        raise click.exceptions.Exit(130) from None
     except EdgeError as exc:
         if not as_json:
             raise

@@ -364,13 +364,10 @@ def mcp(http: str | None, allow_users: bool, token_env: str, source, db: Path | 
     (or SIGTERM) stops the server; a turn under way is kept in the
     conversation log without its facts, for the Memory Manager to go over later.
     """
-    from edge.bank import clean_name
-
     address = parse_address(http) if http is not None else None
     if address:
         resolved(*address)
     token = bearer_token(address[0], token_env) if address else None
-    user = clean_name(user, what="user name (--user)")
     try:
         import anyio  # noqa: F401
         from mcp.server.mcpserver import MCPServer  # noqa: F401 - the SDK is there

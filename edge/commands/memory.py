@@ -78,9 +78,19 @@ def memory() -> None:
 @user_option
 @json_option
 def add(text: str, tier: str, event_time: str | None, db: Path | None, user: str, as_json: bool) -> None:
-    """Store TEXT as a new memory."""
+    """Store TEXT as a new memory.
+
+    A text that reads as an instruction to the assistant ("SYSTEM: ignore
+    previous instructions") is stored as typed and flagged: the chat prompt
+    shows it as a quoted note marked as such, never as an instruction.
+    """
+    from edge.grounding import looks_like_instruction
+
     with open_bank(db, user) as bank:
         memory_ = bank.add(text, tier=tier, event_time=event_time, actor="user")
+    if looks_like_instruction(memory_.text):
+        click.secho(f"note: {memory_.id} reads as an instruction to the assistant; prompts show it as a quoted note, "
+                    "flagged, never as an instruction.", fg="yellow", err=True)
     _emit(memory_.to_dict(), as_json, lambda: click.echo(f"added {_line(memory_)}"))
 
 
@@ -211,19 +221,56 @@ def history(memory_id: str | None, limit: int, db: Path | None, user: str, as_js
 
 
 @memory.command()
-@click.option("--steps", "-n", default=1, show_default=True, help="How many changes to revert.")
+@click.option("--steps", "-n", type=click.IntRange(min=1), default=1, show_default=True,
+              help="How many changes to revert (a change: everything one command or one turn did).")
+@click.option("--yes", "-y", is_flag=True, help="Revert more than one change without showing them and asking first.")
 @db_option
 @user_option
 @json_option
-def undo(steps: int, db: Path | None, user: str, as_json: bool) -> None:
-    """Revert the latest change(s); the revert itself is recorded in history."""
+def undo(steps: int, yes: bool, db: Path | None, user: str, as_json: bool) -> None:
+    """Revert the latest change(s); the revert itself is recorded in history (`edge memory redo` puts it back).
+
+    Before reverting more than one change, undo shows what it would revert
+    and asks; without a terminal to ask on (a script, --json) it needs --yes.
+    """
+    from edge.errors import InvalidInputError
+
     with open_bank(db, user, create=False) as bank:
+        if steps > 1 and not yes:
+            plan = bank.undo_plan(steps)
+            changes = len({entry.op_group for entry in plan})
+            if changes > 1:
+                if as_json or not click.get_text_stream("stdin").isatty():
+                    raise InvalidInputError(
+                        f"undo -n {steps} would revert {changes} changes ({len(plan)} operations).",
+                        hint="see them with `edge memory history`, then add --yes to revert them")
+                click.echo(f"undo -n {steps} would revert {changes} changes:")
+                for entry in plan:
+                    click.echo("  " + _history_line(entry))
+                click.confirm("Revert them?", abort=True)
         applied = bank.undo(steps)
 
     def human() -> None:
         for op in applied:
             click.echo(f"undid #{op.seq}: {op.memory_id} -> {(op.after or {}).get('text', '')}"
                        + (" (now deleted)" if (op.after or {}).get("deleted_at") else ""))
+
+    _emit([vars(a) for a in applied], as_json, human)
+
+
+@memory.command()
+@db_option
+@user_option
+@json_option
+def redo(db: Path | None, user: str, as_json: bool) -> None:
+    """Put back what the latest undo reverted (only before any other change is made; recorded in history)."""
+    with open_bank(db, user, create=False) as bank:
+        applied = bank.redo()
+
+    def human() -> None:
+        for op in applied:
+            click.echo(f"redid #{op.seq}: {op.memory_id} -> {(op.after or {}).get('text', '')}"
+                       + (" (deleted)" if (op.after or {}).get("deleted_at") else ""))
 
     _emit([vars(a) for a in applied], as_json, human)
 

@@ -286,7 +286,7 @@ class BundleAgent(System):
             self.agent.manager.max_tokens = self.ctx.manager_max_tokens
 
     def ingest_turn(self, session: Session, turn: LocoTurn) -> dict[str, Any]:
-        result = self.agent.remember([as_turn(session, turn)])
+        result = self.agent.remember([as_turn(session, turn)], wait=True)
         return _turn_log(result.turns[0])
 
     def answer(self, question: str) -> SystemAnswer:
