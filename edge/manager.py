@@ -36,7 +36,7 @@ from functools import lru_cache
 from typing import Any
 
 from edge.backends.base import Backend, Message
-from edge.bank import Memory, MemoryBank
+from edge.bank import Memory, MemoryBank, searchable
 from edge.errors import BackendError, EdgeError, ModelOutputError, TurnInterruptedError
 from edge.generation import GenerationConfig, Setting
 from edge.operations import AddOp, AppliedOp, Op, SupersedeOp
@@ -524,4 +524,5 @@ def _time_words() -> frozenset[str]:
 
 
 def _norm(text: str) -> str:
-    return " ".join(text.lower().split())
+    """A text as duplicate checks compare it: case, spacing and invisible characters ignored (`searchable`)."""
+    return " ".join(searchable(text).lower().split())

@@ -17,16 +17,22 @@ raises.
 refused (the line or its text was not accepted) or failed (the model, the
 bank or edge itself failed on it), and goes on with the next.
 
+A turn without an id gets one from its speaker and text (`script_turn_id`),
+the same on every read of the script, so a run stopped part-way (Ctrl-C, a
+crash, `kill -9`) can be played again with `resume=True` (`edge run
+--resume`): the turns already in the conversation log are skipped.
+
 Lines are split on "\\n" only (a "\\r" before it is dropped). `str.splitlines`
 would also split on U+2028, U+0085 and other characters that JSON writers
 leave unescaped inside strings, cutting a valid JSONL line in two.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,7 +45,7 @@ MAX_LINE_CHARS = MAX_TURN_CHARS + 10_000
 log = logging.getLogger(__name__)
 
 LineKind = Literal["turn", "question", "invalid"]
-Status = Literal["done", "refused", "failed"]
+Status = Literal["done", "refused", "failed", "skipped"]
 STATUSES: tuple[str, ...] = ("done", "refused", "failed")
 BOM = "\ufeff"
 
@@ -66,11 +72,23 @@ def read_script(path: Path | str) -> list[ScriptLine]:
         raise InvalidInputError(f"Cannot read the script {path}: {exc.strerror or exc}.",
                                 hint="Check the path and that the file is readable.") from exc
     lines = []
+    seen: dict[str, int] = {}
     for number, raw in enumerate(data.split(b"\n"), start=1):
         line = parse_line(raw, number)
+        if line is not None and line.kind == "turn" and not line.turn_id:
+            key = f"{line.speaker or ''}\x1f{line.text}"
+            seen[key] = seen.get(key, 0) + 1
+            line = replace(line, turn_id=script_turn_id(line.speaker, line.text, seen[key]))
         if line is not None:
             lines.append(line)
     return lines
+
+
+def script_turn_id(speaker: str | None, text: str, occurrence: int = 1) -> str:
+    """The id of a script turn that names none: from its speaker and text (and which repeat of them it is), so
+    the same turn has the same id however the lines around it change."""
+    digest = hashlib.sha1(f"{speaker or ''}\x1f{text}".encode()).hexdigest()[:10]
+    return f"s{digest}" + (f"-{occurrence}" if occurrence > 1 else "")
 
 
 def parse_line(raw: bytes, number: int) -> ScriptLine | None:
@@ -157,13 +175,23 @@ class LineOutcome:
     result: Any = None  # a TurnResult (turn) or an AnswerResult (question)
 
 
-def play(agent: Any, lines: Iterable[ScriptLine], *, speaker: str | None = None) -> Iterator[LineOutcome]:
+def play(agent: Any, lines: Iterable[ScriptLine], *, speaker: str | None = None,
+         resume: bool = False) -> Iterator[LineOutcome]:
     """Run each line on `agent` (an `edge.Agent`) in order, whatever happened to the lines before it.
 
     `speaker` names the turns that do not name one (default: the agent's
-    own name for its user).
+    own name for its user). `resume`: a turn whose id is already in the
+    user's conversation log (an earlier run of the script got that far) is
+    skipped, not logged twice.
     """
+    logged: set[str] = set()
+    if resume:
+        logged = {turn for memory in agent.bank.list(tier=("episodic",), include_deleted=True)
+                  for turn in memory.source_turns}
     for line in lines:
+        if line.kind == "turn" and line.turn_id in logged:
+            yield LineOutcome(line, "skipped", f"turn {line.turn_id} is already in the conversation log (--resume)")
+            continue
         yield play_line(agent, line, speaker=speaker)
 
 

@@ -427,6 +427,16 @@ def test_words_of_time_are_no_topic_a_turn_and_a_fact_share(bank: MemoryBank) ->
     assert shares_topic("Ana adopted Pip last week", "Pip ran away yesterday.", "Ana")
 
 
+def test_a_look_alike_with_an_invisible_character_is_the_fact_already_stored(bank: MemoryBank) -> None:
+    tea = bank.add("Alice likes green tea")
+    reply = json.dumps({"ops": [{"op": "ADD", "text": "Alice likes green\u200b tea"}]})
+    result = MemoryManager(ScriptedBackend([reply], check_schema=False), bank, text_mode="free").process(
+        Turn("alice", "I like green\u200b tea."))
+    assert result.applied == [] and [m.id for m in bank.list(tier=FACT_TIERS)] == [tea.id]
+    [(_, reason)] = result.rejected
+    assert "already stored" in reason
+
+
 def test_a_refused_update_names_the_memory_not_the_prompts_local_id(bank: MemoryBank) -> None:
     """`edge remember` prints refusals: "UPDATE 0" told the user nothing; the memory's own id does."""
     tea = bank.add("Alice likes tea")

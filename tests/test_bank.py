@@ -413,3 +413,14 @@ def test_a_full_disk_is_said_as_such_and_the_bank_is_as_it_was(bank: MemoryBank)
     bank._conn.execute("PRAGMA max_page_count = 1073741823")  # space again: the bank takes writes as before
     bank.add("Alice likes coffee")
     assert bank.count() == 2
+
+
+def test_an_invisible_character_inside_a_word_neither_hides_it_from_search_nor_makes_it_new(bank: MemoryBank) -> None:
+    """A zero-width space or a soft hyphen inside "invoice" hid it from keyword search."""
+    spaced = bank.add("Pay the in\u200bvoice from the plumber")
+    hyphened = bank.add("Ana\u00adlyse the electricity bill")
+    assert bank.get(spaced.id).text == "Pay the in\u200bvoice from the plumber"  # stored as typed
+    assert [h.memory.id for h in bank.search("invoice", mode="keyword")] == [spaced.id]
+    assert [h.memory.id for h in bank.search("analyse", mode="keyword")] == [hyphened.id]
+    assert [h.memory.id for h in bank.search("in\u200bvoice", mode="keyword")] == [spaced.id]
+    assert bank.search("plumber invoice", mode="hybrid")[0].memory.id == spaced.id

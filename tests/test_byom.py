@@ -171,7 +171,7 @@ def test_run_a_script_on_a_copied_gguf_file(tmp_path, gguf_copy, minilm):
     db = tmp_path / "bank.db"
     code, document = run_json("run", str(write_script(tmp_path)), "--model", str(gguf_copy), "--db", str(db))
     assert code == 0, document
-    assert document["summary"] == {"done": 5, "refused": 0, "failed": 0}
+    assert document["summary"] == {"done": 5, "refused": 0, "failed": 0, "skipped": 0}
     turns = [line["result"] for line in document["lines"] if line["kind"] == "turn"]
     answers = [line["result"] for line in document["lines"] if line["kind"] == "question"]
     assert all(t["error"] is None for t in turns)
@@ -216,7 +216,7 @@ def test_run_and_ask_through_a_real_server(tmp_path, llama_server, minilm):
     server = ["--server", llama_server.url, "--model", "smollm2", "--db", str(db)]
     code, document = run_json("run", str(write_script(tmp_path)), *server)
     assert code == 0, document
-    assert document["summary"] == {"done": 5, "refused": 0, "failed": 0}
+    assert document["summary"] == {"done": 5, "refused": 0, "failed": 0, "skipped": 0}
     assert counts(db)[1] == 3
     code, answer = run_json("ask", "Where does Ana live?", *server)
     assert code == 0 and answer["error"] is None and answer["answer"].strip()

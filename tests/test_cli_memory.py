@@ -151,3 +151,14 @@ def test_undo_of_several_changes_asks_first_and_redo_puts_back_what_undo_reverte
     assert edge("memory", "add", "Ana likes tea", "--db", db).returncode == 0
     blocked = edge("memory", "redo", "--db", db)
     assert blocked.returncode == 1 and "Nothing to redo" in blocked.stderr and len(live()) == 5
+
+
+def test_text_direction_controls_are_written_out_when_printed_and_kept_as_typed(tmp_path: Path) -> None:
+    """A right-to-left override was printed raw into the terminal, reversing the rest of the line."""
+    db = str(tmp_path / "bank.db")
+    typed = "My pin is \u202e1234"
+    added = edge("memory", "add", typed, "--db", db)
+    assert added.returncode == 0 and "\u202e" not in added.stdout and "<U+202E>1234" in added.stdout
+    listed = edge("memory", "list", "--db", db)
+    assert "\u202e" not in listed.stdout and "My pin is <U+202E>1234" in listed.stdout
+    assert json.loads(edge("memory", "list", "--db", db, "--json").stdout)[0]["text"] == typed

@@ -71,6 +71,10 @@ def test_a_script_is_read_line_by_line_with_numbers_kinds_and_fields(tmp_path: P
     assert lines[1].text == "Where does Ana live?"
     assert (lines[2].speaker, lines[2].time, lines[2].turn_id) == ("Ben", "8 May 2023", "D1:2")
     assert (lines[4].speaker, lines[4].turn_id) == (None, "7")
+    # A turn that names no id gets one from its speaker and text: the same on every read, a repeat told apart.
+    assert lines[0].turn_id.startswith("s") and read_script(script)[0].turn_id == lines[0].turn_id
+    twice = read_script(write(tmp_path / "t.txt", "Ana: ok", "Ben: ok", "Ana: ok"))
+    assert twice[0].turn_id != twice[1].turn_id and twice[2].turn_id == twice[0].turn_id + "-2"
 
 
 def test_bad_lines_come_back_with_their_number_and_reason_and_the_rest_is_still_read(tmp_path: Path) -> None:
@@ -136,7 +140,7 @@ def test_a_refused_line_is_reported_with_its_number_and_the_run_goes_on(tmp_path
     assert lines[5]["status"] == "done" and lines[5]["kind"] == "question"
     assert lines[5]["result"]["question"] == "Where does Ana live?"
     refused = sum(line["status"] == "refused" for line in document["lines"])
-    assert document["summary"] == {"done": 5 - refused, "refused": refused, "failed": 0}
+    assert document["summary"] == {"done": 5 - refused, "refused": refused, "failed": 0, "skipped": 0}
     assert document["error"] is None
 
 
@@ -214,7 +218,7 @@ def test_run_plays_turns_and_a_question_on_the_default_bundle(tmp_path: Path, de
                                    "--db", str(tmp_path / "bank.db"), "--user", "ana"])
     assert out.exit_code == 0, out.output
     document = json.loads(out.stdout)
-    assert document["error"] is None and document["summary"] == {"done": 3, "refused": 0, "failed": 0}
+    assert document["error"] is None and document["summary"] == {"done": 3, "refused": 0, "failed": 0, "skipped": 0}
     assert [(l["line"], l["kind"], l["status"]) for l in document["lines"]] == [
         (1, "turn", "done"), (2, "turn", "done"), (3, "question", "done"),
     ]
@@ -238,11 +242,14 @@ def test_the_installed_command_exits_with_the_status_the_command_sets(tmp_path: 
     assert "No bundle folder" in json.loads(done.stdout)["error"]["message"]
 
 
-def test_ctrl_c_on_run_says_what_was_done_and_keeps_the_turn_under_way(tmp_path: Path, default_bundle) -> None:
-    """Ctrl-C on `edge run --json` printed nothing although two turns were saved, and lost the turn under way."""
+def test_ctrl_c_on_run_says_what_was_done_keeps_the_turn_under_way_and_resume_goes_on(tmp_path: Path,
+                                                                                     default_bundle) -> None:
+    """Ctrl-C on `edge run --json` printed nothing although two turns were saved, and lost the turn under way;
+    running the script again logged the finished turns a second time."""
     from edge.agent import pending_records
 
-    script = write(tmp_path / "s.txt", *[f"Ana: I visited museum number {i} in Lisbon today." for i in range(40)])
+    texts = [f"I visited museum number {i} in Lisbon today." for i in range(12)]
+    script = write(tmp_path / "s.txt", *[f"Ana: {text}" for text in texts])
     db = tmp_path / "bank.db"
     process = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", str(script), "--json", "--bundle",
                                 str(default_bundle.root), "--db", str(db), "--user", "ana"],
@@ -260,12 +267,21 @@ def test_ctrl_c_on_run_says_what_was_done_and_keeps_the_turn_under_way(tmp_path:
     document = json.loads(out)
     assert document["error"]["message"].startswith("interrupted after") and "kept" in document["error"]["message"]
     done = [line for line in document["lines"] if line["status"] == "done"]
-    assert len(done) >= 1 and len(document["lines"]) < 40
+    assert len(done) >= 1 and len(document["lines"]) < 12
     with MemoryBank.open(db, create=False, user="ana") as bank:
         logged = [m.text for m in bank.list(tier=("episodic",))]
         pending = [record["text"] for _, record in pending_records(bank, "ana")]
-    assert logged == [f"I visited museum number {i} in Lisbon today." for i in range(len(logged))]  # each once
+    assert logged == texts[:len(logged)]  # each once, in order
     assert len(logged) == len(done) + len(pending) and len(pending) <= 1, (len(logged), len(done), pending)
+
+    again = CliRunner().invoke(cli, ["run", str(script), "--resume", "--json", "--bundle", str(default_bundle.root),
+                                     "--db", str(db), "--user", "ana"])
+    assert again.exit_code == 0, again.output
+    resumed = json.loads(again.stdout)
+    assert resumed["summary"] == {"done": 12 - len(logged), "refused": 0, "failed": 0, "skipped": len(logged)}
+    with MemoryBank.open(db, create=False, user="ana") as bank:
+        assert [m.text for m in bank.list(tier=("episodic",))] == texts  # every turn once
+        assert pending_records(bank, "ana") == []  # the kept one was gone over first
 
 
 def test_pathological_lines_are_refused_when_read_before_any_model_call(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from edge.bank.records import (
     clean_name,
     clean_text,
     now,
+    searchable,
     text_limit,
 )
 from edge.bank.search import MIN_SIMILARITY, SearchIndex
@@ -33,5 +34,5 @@ from edge.bank.store import MemoryBank
 __all__ = [
     "EPISODIC", "MAX_NAME_CHARS", "MAX_TEXT_CHARS", "MAX_TURN_CHARS", "MIN_SIMILARITY", "SCOPES", "SEARCH_MODES", "HistoryEntry",
     "Memory", "MemoryBank", "SearchHit", "SearchIndex", "SearchMode", "SearchScope", "clean_name", "clean_text", "now",
-    "text_limit",
+    "searchable", "text_limit",
 ]

@@ -61,7 +61,8 @@ class Memory:
 
     def search_text(self) -> str:
         """What the keyword and vector indexes hold: a turn with its speaker's name, a fact as it is."""
-        return f"{self.speaker}: {self.text}" if self.tier == EPISODIC and self.speaker else self.text
+        text = f"{self.speaker}: {self.text}" if self.tier == EPISODIC and self.speaker else self.text
+        return searchable(text)
 
     @property
     def kind(self) -> str:
@@ -183,6 +184,18 @@ def invisible(char: str) -> bool:
     do not know yet (a new emoji) is "unassigned" and counts as visible.
     """
     return unicodedata.category(char) in ("Zs", "Zl", "Zp", "Cf", "Cc") or char in _BLANK_LETTERS
+
+
+def searchable(text: str) -> str:
+    """`text` as search and duplicate checks read it: without the format characters that show nothing inside a
+    word (zero-width space, soft hyphen, joiners outside an emoji, direction marks and overrides, the BOM).
+
+    The stored text stays as typed; "in\u200bvoice" then matches "invoice",
+    and "Ana\u00adlyse" is the same fact as "Analyse".
+    """
+    if not any(unicodedata.category(c) == "Cf" for c in text):
+        return text
+    return "".join(c for i, c in enumerate(text) if unicodedata.category(c) != "Cf" or _joins_emoji(text, i))
 
 
 def _joins_emoji(text: str, index: int) -> bool:

@@ -35,6 +35,7 @@ from edge.bank.records import (
     memory_from_row,
     memory_row,
     new_id,
+    searchable,
     now,
     text_limit,
 )
@@ -55,9 +56,9 @@ def _op_search_text(op: Op) -> str | None:
     """The text an operation puts into the search indexes (None: it embeds nothing new)."""
     if isinstance(op, AddOp):
         speaker = op.metadata.get("speaker") if op.tier == EPISODIC else None
-        return f"{speaker}: {op.text}" if speaker else op.text
+        return searchable(f"{speaker}: {op.text}" if speaker else op.text)
     if isinstance(op, (UpdateOp, SupersedeOp)):
-        return op.text
+        return None if op.text is None else searchable(op.text)
     return None
 
 
@@ -584,7 +585,7 @@ class MemoryBank:
         owner = self._owner(user)
         if k < 1:
             return []
-        query = clean_text(query, what="query")
+        query = searchable(clean_text(query, what="query"))
         with self._lock:
             vector = None
             if mode != "keyword":

@@ -65,6 +65,21 @@ def checked_user(ctx: click.Context, param: click.Parameter, value: str | None) 
         raise click.BadParameter(f"{exc.message} {exc.hint or ''}".strip(), ctx=ctx, param=param) from exc
 
 
+_BIDI_CONTROLS = dict.fromkeys(map(ord, "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"))
+
+
+def for_terminal(text: str) -> str:
+    """`text` as a terminal shows it safely: each text-direction control written out as <U+202E>, never obeyed.
+
+    A stored right-to-left override would otherwise reverse the rest of the
+    line it is printed on (and make "alice" read like another name). The
+    stored text and `--json` keep it as typed.
+    """
+    if not any(ord(c) in _BIDI_CONTROLS for c in text):
+        return text
+    return "".join(f"<U+{ord(c):04X}>" if ord(c) in _BIDI_CONTROLS else c for c in text)
+
+
 def user_option(fn):
     return click.option("--user", "-u", default=paths.DEFAULT_USER, show_default=True, callback=checked_user,
                         help="Whose memories.")(fn)

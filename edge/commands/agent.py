@@ -6,7 +6,15 @@ from pathlib import Path
 import click
 
 from edge.bundle import DEFAULT_GENERATION
-from edge.commands import db_option, json_option, json_text, model_options, note_new_bank, user_option
+from edge.commands import (
+    db_option,
+    for_terminal,
+    json_option,
+    json_text,
+    model_options,
+    note_new_bank,
+    user_option,
+)
 from edge.errors import EdgeError
 
 
@@ -35,7 +43,7 @@ def describe_turn(result) -> list[str]:
     lines = []
     for op in result.applied:
         text = (op.after or {}).get("text") or (op.before or {}).get("text", "")
-        lines.append(f"  {op.action:<7} {op.memory_id}  {text}")
+        lines.append(f"  {op.action:<7} {op.memory_id}  {for_terminal(text)}")
     for raw, reason in result.rejected:
         lines.append(click.style(f"  rejected {describe_op(raw)}: {reason}", fg="yellow"))
     if result.error:
@@ -113,10 +121,10 @@ def ask(question, k, show_memories, source, db, user, as_json) -> None:
     if as_json:
         click.echo(json_text(result.to_dict()))
         return
-    click.echo(result.answer)
+    click.echo(for_terminal(result.answer))
     if show_memories:
         for memory in result.memories:
-            click.echo(click.style(f"  - {memory.id} {memory.text}", dim=True))
+            click.echo(click.style(f"  - {memory.id} {for_terminal(memory.text)}", dim=True))
 
 
 def line_json(outcome) -> dict:
@@ -134,6 +142,8 @@ def line_json(outcome) -> dict:
 def describe_line(outcome, label: str = "line") -> list[str]:
     """One script line (or, with label "turn", one of `edge remember`'s turns) as it is printed."""
     line = outcome.line
+    if outcome.status == "skipped":
+        return [click.style(f"{label} {line.number} skipped: {outcome.reason}", dim=True)]
     if outcome.status != "done":
         colour = "yellow" if outcome.status == "refused" else "red"
         return [click.style(f"{label} {line.number} {outcome.status}: {outcome.reason}", fg=colour)]
@@ -143,7 +153,7 @@ def describe_line(outcome, label: str = "line") -> list[str]:
 
 
 def summary_json(outcomes) -> dict:
-    return {status: sum(o.status == status for o in outcomes) for status in ("done", "refused", "failed")}
+    return {status: sum(o.status == status for o in outcomes) for status in ("done", "refused", "failed", "skipped")}
 
 
 @click.command(name="run")
@@ -151,8 +161,10 @@ def summary_json(outcomes) -> dict:
 @model_options()
 @db_option
 @user_option
+@click.option("--resume", is_flag=True,
+              help="Skip the turns already in the conversation log (a run stopped part-way, played again).")
 @json_option
-def run_script(script, source, db, user, as_json) -> None:
+def run_script(script, source, db, user, resume, as_json) -> None:
     """Feed SCRIPT's turns to the Manager and ask its questions, in order; print ops and answers.
 
     \b
@@ -164,7 +176,10 @@ def run_script(script, source, db, user, as_json) -> None:
     Every line is run and reported, whatever happened to the ones before it:
     done, refused (a line that cannot be read, or text that is not accepted,
     with its line number and the reason) or failed (the model or the bank
-    failed on it). With --json the output is always one JSON document:
+    failed on it), or skipped (with --resume, a turn an earlier run of the
+    script already logged: a turn without an id gets one from its speaker
+    and text, the same on every run). With --json the output is always one
+    JSON document:
     {"script", "lines": [{"line", "kind", "status", "reason", ...}],
     "summary", "error"}.
 
@@ -178,12 +193,12 @@ def run_script(script, source, db, user, as_json) -> None:
     try:
         lines = read_script(script)
         with open_agent(source, db, user) as agent:
-            for outcome in play(agent, lines, speaker=user):
+            for outcome in play(agent, lines, speaker=user, resume=resume):
                 outcomes.append(outcome)
                 if not as_json:
                     click.echo("\n".join(describe_line(outcome)))
     except KeyboardInterrupt:  # say what was done: the turns before are saved, the one under way is kept
-        message = f"interrupted after {len(outcomes)} line(s): {INTERRUPTED_KEPT}"
+        message = f"interrupted after {len(outcomes)} line(s): {INTERRUPTED_KEPT}; `--resume` goes on from there"
         if as_json:
             click.echo(json_text({"script": str(script), "lines": [line_json(o) for o in outcomes],
                                   "summary": summary_json(outcomes),

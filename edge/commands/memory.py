@@ -8,7 +8,7 @@ import click
 
 from edge import paths
 from edge.bank import MIN_SIMILARITY, SCOPES, HistoryEntry, Memory, MemoryBank, SearchHit
-from edge.commands import db_option, json_option, json_text, note_new_bank, user_option
+from edge.commands import db_option, for_terminal, json_option, json_text, note_new_bank, user_option
 from edge.operations import TIERS
 
 
@@ -42,7 +42,7 @@ def _line(memory: Memory) -> str:
     if memory.superseded:
         by = f" by {memory.superseded_by}" if memory.superseded_by else ""
         gone += click.style(f" (superseded{by}, valid until {memory.valid_until})", fg="yellow")
-    return f"{click.style(memory.id, fg='cyan')}  {memory.tier:<9}{when}{who} {memory.text}{gone}"
+    return f"{click.style(memory.id, fg='cyan')}  {memory.tier:<9}{when}{for_terminal(who)} {for_terminal(memory.text)}{gone}"
 
 
 def _turn_label(reference: str) -> str:
@@ -59,7 +59,7 @@ def _turn_label(reference: str) -> str:
 
 def _history_line(entry: HistoryEntry) -> str:
     undone = click.style(f"  (undone by #{entry.undone_by})", fg="yellow") if entry.undone_by else ""
-    text = (entry.after or entry.before or {}).get("text", "")
+    text = for_terminal((entry.after or entry.before or {}).get("text", ""))
     turn = f" ({_turn_label(entry.turn)})" if entry.turn else ""
     return f"#{entry.seq:<5} {entry.at[:19]}  {entry.action:<7} {entry.memory_id}  by {entry.actor}{turn}: {text}{undone}"
 
