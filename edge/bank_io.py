@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from edge.bank import HistoryEntry, Memory, MemoryBank, clean_text, migrations, text_limit
+from edge.bank import HISTORY_ACTIONS, HistoryEntry, Memory, MemoryBank, clean_text, migrations, text_limit
 from edge.errors import BankError, InvalidInputError
+from edge.operations import ACTORS, TIERS
 
 FORMAT = "edge-memory-bank"
 FORMAT_VERSION = 1
@@ -49,65 +50,155 @@ def export_jsonl(bank: MemoryBank, path: Path, *, owner: str | None = None) -> i
     return lines
 
 
-def _read(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+MAX_REPORTED = 10  # bad lines named in an error; the count says how many more
+
+
+@dataclass
+class ExportFile:
+    """An export read and checked line by line: its header, records, and each line refused with its reason."""
+
+    header: dict[str, Any]
+    memories: list[dict[str, Any]]  # records, in file order, each checked
+    history: list[dict[str, Any]]
+    bad: list[tuple[int, str]]  # (line number, reason)
+
+    def refuse_bad(self, path: Path, skip_bad: bool) -> None:
+        """Raise `InvalidInputError` naming the bad lines, unless `skip_bad` (they are then left out)."""
+        if not self.bad or skip_bad:
+            return
+        named = "; ".join(f"line {number}: {reason}" for number, reason in self.bad[:MAX_REPORTED])
+        more = f"; and {len(self.bad) - MAX_REPORTED} more" if len(self.bad) > MAX_REPORTED else ""
+        raise InvalidInputError(
+            f"{path} has {len(self.bad)} line(s) edge cannot import, so nothing was imported: {named}{more}.",
+            hint="fix them, or import the rest with --skip-bad-lines",
+        )
+
+
+def read_export(path: Path) -> ExportFile:
+    """Read an export, checking every line before anything is written (`ExportFile.bad` lists the refused).
+
+    A file without an edge header, or from a newer edge, raises
+    `InvalidInputError` at once; a bad line (not JSON, nested too deep, an
+    unknown kind, tier, action or actor, a duplicate id, a text the bank
+    refuses, metadata that is not an object, a history row of a memory the
+    file does not hold) is recorded with its reason and left out.
+    """
     if not path.is_file():
         raise InvalidInputError(f"No export file at {path}.")
     header: dict[str, Any] | None = None
-    memories, history = [], []
-    with open(path, encoding="utf-8") as handle:
+    memories: list[dict[str, Any]] = []
+    history: list[tuple[int, dict[str, Any]]] = []
+    bad: list[tuple[int, str]] = []
+    first_line_of: dict[str, int] = {}
+    with open(path, encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-                kind = record.pop("kind")
-            except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as exc:
-                raise InvalidInputError(f"{path}:{number} is not an edge export line ({exc}).") from exc
+            except json.JSONDecodeError as exc:
+                bad.append((number, f"not JSON ({exc.msg} at column {exc.colno})"))
+                continue
+            except RecursionError:
+                bad.append((number, "JSON nested too deeply"))
+                continue
+            kind = record.pop("kind", None) if isinstance(record, dict) else None
             if kind == "header":
                 header = record
             elif kind == "memory":
-                memories.append(record)
+                reason = _memory_problem(record, first_line_of, number)
+                if reason:
+                    bad.append((number, reason))
+                else:
+                    memories.append(record)
             elif kind == "history":
-                history.append(record)
+                history.append((number, record))
             else:
-                raise InvalidInputError(f"{path}:{number} has an unknown kind {kind!r}.")
+                bad.append((number, f"unknown kind {kind!r}" if isinstance(record, dict) else "not a JSON object"))
     if header is None or header.get("format") != FORMAT:
         raise InvalidInputError(f"{path} has no edge export header.", hint="Was it written by `edge memory export`?")
-    if header.get("version", 0) > FORMAT_VERSION:
-        raise InvalidInputError(f"{path} was written by a newer edge (format {header['version']}).")
-    return header, memories, history
+    if not isinstance(header.get("version", 0), int) or header.get("version", 0) > FORMAT_VERSION:
+        raise InvalidInputError(f"{path} was written by a newer edge (format {header.get('version')!r}).")
+    held = {m["id"] for m in memories}
+    kept_history = []
+    for number, record in history:
+        reason = _history_problem(record, held)
+        if reason:
+            bad.append((number, reason))
+        else:
+            kept_history.append(record)
+    bad.sort()
+    return ExportFile(header=header, memories=memories, history=kept_history, bad=bad)
 
 
-def import_jsonl(bank: MemoryBank, path: Path, *, progress: bool = False) -> int:
+def _memory_problem(record: dict[str, Any], first_line_of: dict[str, int], number: int) -> str | None:
+    """Why a memory record cannot be imported (None: it can); records its id's first line."""
+    from edge.bank import clean_name
+
+    try:
+        memory = Memory.from_dict(record)
+    except (TypeError, ValueError) as exc:
+        return f"not a memory record ({exc})"
+    if not isinstance(memory.id, str) or not memory.id.strip():
+        return "a memory without an id"
+    if memory.id in first_line_of:
+        return f"duplicate id {memory.id!r} (first on line {first_line_of[memory.id]})"
+    if memory.tier not in TIERS:
+        return f"unknown tier {memory.tier!r} (expected one of {', '.join(TIERS)})"
+    if not isinstance(memory.metadata, dict):
+        return f"metadata must be a JSON object, not {type(memory.metadata).__name__}"
+    if not all(isinstance(t, str) for t in memory.source_turns):
+        return "source_turns must be a list of strings"
+    try:
+        clean_name(memory.owner, what="owner")
+        if memory.deleted_at is None:
+            clean_text(memory.text, max_chars=text_limit(memory.tier))
+    except InvalidInputError as exc:
+        return exc.message
+    first_line_of[memory.id] = number
+    return None
+
+
+def _history_problem(record: dict[str, Any], held: set[str]) -> str | None:
+    """Why a history record cannot be imported (None: it can)."""
+    try:
+        entry = HistoryEntry.from_dict(record)
+    except (TypeError, ValueError) as exc:
+        return f"not a history record ({exc})"
+    if entry.action not in HISTORY_ACTIONS:
+        return f"unknown action {entry.action!r} (expected one of {', '.join(HISTORY_ACTIONS)})"
+    if entry.actor not in ACTORS:
+        return f"unknown actor {entry.actor!r} (expected one of {', '.join(ACTORS)})"
+    if entry.memory_id not in held:
+        return f"a history row of memory {entry.memory_id!r}, which the file does not hold (it would block undo)"
+    if not isinstance(entry.seq, int) or not all(v is None or isinstance(v, dict) for v in (entry.before, entry.after)):
+        return "seq must be a number, before and after objects"
+    return None
+
+
+def import_jsonl(bank: MemoryBank, path: Path, *, progress: bool = False, skip_bad: bool = False) -> int:
     """Restore an export as it was written (owners, ids, history), all or nothing; returns the memories imported.
 
-    Raises `InvalidInputError` for a file that is not an edge export or holds
-    a malformed record, `BankError` when one of its ids is already in the bank.
+    Every line is checked first (`read_export`): a file with a bad line raises
+    `InvalidInputError` naming each with its line number and reason, and
+    nothing is imported, unless `skip_bad` (the good lines are imported).
+    A file whose memories are all in the bank already (imported before)
+    raises `InvalidInputError`; one with some of its ids there, `BankError`.
     """
-    _, records, entries = _read(path)
-    memories = _memories(records, path)
-    try:
-        history = [HistoryEntry.from_dict(e) for e in entries]
-    except TypeError as exc:
-        raise InvalidInputError(f"{path} holds a malformed history row ({exc}).") from exc
+    read = read_export(path)
+    read.refuse_bad(path, skip_bad)
+    memories = [Memory.from_dict(r) for r in read.memories]
+    history = [HistoryEntry.from_dict(e) for e in read.history]
+    clash = bank.taken_ids([m.id for m in memories])
+    if memories and len(clash) == len(memories):
+        raise InvalidInputError(f"Every memory of {path} is already in the bank: it was imported before.",
+                                hint="nothing was imported; `edge memory import FILE --user NAME` gives a user copies "
+                                "with new ids")
     vectors = _embed_all(bank, [m for m in memories if m.deleted_at is None], progress)
     try:
         return bank.load(memories, history, vectors)
     except BankError as exc:
         raise BankError(f"{exc.message} (importing {path})", hint=exc.hint) from exc
-
-
-def _memories(records: list[dict[str, Any]], path: Path, *, deleted_too: bool = True) -> list[Memory]:
-    """The memory records of an export as `Memory`s, their texts checked as the bank checks them
-    (a deleted memory's too, unless `deleted_too` is False: it will be left out)."""
-    try:
-        memories = [Memory.from_dict(r) for r in records]
-    except TypeError as exc:
-        raise InvalidInputError(f"{path} holds a malformed memory ({exc}).") from exc
-    for memory in memories:
-        if deleted_too or memory.deleted_at is None:
-            clean_text(memory.text, max_chars=text_limit(memory.tier))
-    return memories
 
 
 @dataclass(frozen=True)
@@ -121,7 +212,8 @@ class UserImport:
     new_ids: int  # memories whose id was already in the bank and got a new one
 
 
-def import_for_user(bank: MemoryBank, path: Path, owner: str, *, progress: bool = False) -> UserImport:
+def import_for_user(bank: MemoryBank, path: Path, owner: str, *, progress: bool = False,
+                    skip_bad: bool = False) -> UserImport:
     """Give `owner` the memories of a one-user export (all or nothing), recorded as one undoable change.
 
     A plain `import_jsonl` restores a file as it was: every memory with the
@@ -134,8 +226,9 @@ def import_for_user(bank: MemoryBank, path: Path, owner: str, *, progress: bool 
     left out. A file holding several users' memories is refused: merging
     several people into one is never what "--user" asked for.
     """
-    _, records, _ = _read(path)
-    memories = _memories(records, path, deleted_too=False)
+    read = read_export(path)
+    read.refuse_bad(path, skip_bad)
+    memories = [Memory.from_dict(r) for r in read.memories]
     file_owners = sorted({m.owner for m in memories})
     if len(file_owners) > 1:
         raise InvalidInputError(
@@ -175,6 +268,6 @@ class ExportSummary:
 
 def summarize(path: Path) -> ExportSummary:
     """Count the memories and history rows of an export and name their owners."""
-    _, memories, history = _read(path)
-    owners = sorted({str(m.get("owner")) for m in memories} | {str(h.get("owner")) for h in history})
-    return ExportSummary(memories=len(memories), history=len(history), owners=tuple(owners))
+    read = read_export(path)
+    owners = sorted({str(m.get("owner")) for m in read.memories} | {str(h.get("owner")) for h in read.history})
+    return ExportSummary(memories=len(read.memories), history=len(read.history), owners=tuple(owners))

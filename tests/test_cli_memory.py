@@ -162,3 +162,44 @@ def test_text_direction_controls_are_written_out_when_printed_and_kept_as_typed(
     listed = edge("memory", "list", "--db", db)
     assert "\u202e" not in listed.stdout and "My pin is <U+202E>1234" in listed.stdout
     assert json.loads(edge("memory", "list", "--db", db, "--json").stdout)[0]["text"] == typed
+
+
+def test_a_hand_edited_export_is_checked_line_by_line_before_anything_is_imported(tmp_path: Path) -> None:
+    """Duplicate ids, an unknown tier or action and deep nesting gave raw IntegrityError/RecursionError; a history
+    row for an unknown memory blocked undo for good; metadata given as a string made `ask` crash later."""
+    source, target = str(tmp_path / "a.db"), str(tmp_path / "b.db")
+    for text in ("Ana likes tea", "Ana lives in Porto"):
+        assert edge("memory", "add", text, "--db", source).returncode == 0
+    good = tmp_path / "good.jsonl"
+    assert edge("memory", "export", str(good), "--db", source).returncode == 0
+    lines = good.read_text().splitlines()
+    memory = json.loads(lines[1])
+    bad_lines = [
+        json.dumps({**memory, "text": "Ana likes coffee"}),  # the same id again
+        json.dumps({**memory, "id": "m-tier", "tier": "shortterm"}),
+        json.dumps({**memory, "id": "m-meta", "metadata": "speaker=Ana"}),
+        json.dumps({**json.loads(lines[3]), "memory_id": "m-nowhere"}),  # history of a memory the file lacks
+        json.dumps({**json.loads(lines[3]), "action": "MERGE"}),
+        '{"kind": "memory", "id": ' + "[" * 3000 + "]" * 3000 + "}",
+        "not json at all",
+    ]
+    edited = tmp_path / "edited.jsonl"
+    edited.write_text("\n".join(lines + bad_lines) + "\n")
+    refused = edge("memory", "import", str(edited), "--db", target)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    for number, says in [(len(lines) + 1, "duplicate id"), (len(lines) + 2, "unknown tier 'shortterm'"),
+                         (len(lines) + 3, "metadata must be a JSON object"),
+                         (len(lines) + 4, "a history row of memory 'm-nowhere', which the file does not hold"),
+                         (len(lines) + 5, "unknown action 'MERGE'"), (len(lines) + 6, "JSON nested too deeply"),
+                         (len(lines) + 7, "not JSON")]:
+        assert f"line {number}: {says}" in refused.stderr, (number, says, refused.stderr)
+    assert "--skip-bad-lines" in refused.stderr and not Path(target).exists()  # nothing written, not even a bank
+
+    skipped = edge("memory", "import", str(edited), "--db", target, "--skip-bad-lines", "--json")
+    assert skipped.returncode == 0, skipped.stderr
+    assert json.loads(skipped.stdout)["imported"] == 2 and len(json.loads(skipped.stdout)["left_out_lines"]) == 7
+    assert sorted(m["text"] for m in json.loads(edge("memory", "list", "--db", target, "--json").stdout)) == [
+        "Ana likes tea", "Ana lives in Porto"]
+    assert edge("memory", "undo", "--db", target).returncode == 0  # the history that came in does not block undo
+    again = edge("memory", "import", str(good), "--db", target)
+    assert again.returncode == 1 and "imported before" in again.stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from edge.bank.records import (
     EPISODIC,
+    HISTORY_ACTIONS,
     MAX_NAME_CHARS,
     MAX_TEXT_CHARS,
     MAX_TURN_CHARS,
@@ -32,7 +33,7 @@ from edge.bank.search import MIN_SIMILARITY, SearchIndex
 from edge.bank.store import MemoryBank
 
 __all__ = [
-    "EPISODIC", "MAX_NAME_CHARS", "MAX_TEXT_CHARS", "MAX_TURN_CHARS", "MIN_SIMILARITY", "SCOPES", "SEARCH_MODES", "HistoryEntry",
+    "EPISODIC", "HISTORY_ACTIONS", "MAX_NAME_CHARS", "MAX_TEXT_CHARS", "MAX_TURN_CHARS", "MIN_SIMILARITY", "SCOPES", "SEARCH_MODES", "HistoryEntry",
     "Memory", "MemoryBank", "SearchHit", "SearchIndex", "SearchMode", "SearchScope", "clean_name", "clean_text", "now",
     "searchable", "text_limit",
 ]

@@ -83,6 +83,9 @@ class SearchHit:
     rank: int  # 1 for the best hit
 
 
+HISTORY_ACTIONS = ("ADD", "UPDATE", "DELETE", "RESTORE", "UNDO")  # the history table's CHECK allows these
+
+
 @dataclass(frozen=True)
 class HistoryEntry:
     seq: int

@@ -702,6 +702,10 @@ class MemoryBank:
                 self._log(conn, group, "ADD", mine.id, owner, None, mine, actor, None, stamp)
         return ids
 
+    def taken_ids(self, ids: Sequence[str]) -> set[str]:
+        """Those of `ids` the bank holds already (any owner)."""
+        return self._taken_ids(self._conn, ids)
+
     @staticmethod
     def _taken_ids(conn, ids: Sequence[str]) -> set[str]:
         """Those of `ids` the bank holds already."""
@@ -718,11 +722,11 @@ class MemoryBank:
 
         return export_jsonl(self, Path(path), owner=None if user is None else clean_name(user))
 
-    def import_jsonl(self, path: Path | str, *, progress: bool = False) -> int:
-        """Load a JSONL export in one transaction; returns the memories imported."""
+    def import_jsonl(self, path: Path | str, *, progress: bool = False, skip_bad: bool = False) -> int:
+        """Load a JSONL export in one transaction; returns the memories imported (`edge.bank_io.import_jsonl`)."""
         from edge.bank_io import import_jsonl
 
-        return import_jsonl(self, Path(path), progress=progress)
+        return import_jsonl(self, Path(path), progress=progress, skip_bad=skip_bad)
 
 
 def _relinked(memory: Memory, owner: str, ids: Mapping[str, str]) -> Memory:

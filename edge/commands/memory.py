@@ -304,11 +304,19 @@ def export_(path: Path, all_users: bool, db: Path | None, user: str, as_json: bo
 
 @memory.command(name="import")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--skip-bad-lines", is_flag=True,
+              help="Import the good lines of a file some of whose lines cannot be imported (they are named).")
 @db_option
 @user_option
 @json_option
-def import_(path: Path, db: Path | None, user: str, as_json: bool) -> None:
+def import_(path: Path, skip_bad_lines: bool, db: Path | None, user: str, as_json: bool) -> None:
     """Load a JSONL export into the bank (all or nothing).
+
+    Every line is checked before anything is written: a file with a line
+    edge cannot import (not JSON, an unknown tier or action, a duplicate id,
+    a history row of a memory the file lacks, ...) is refused, each such line
+    named with its number and reason, unless --skip-bad-lines. A file
+    imported before is refused.
 
     \b
     Without --user: a restore, every memory to the owner written in the
@@ -317,11 +325,16 @@ def import_(path: Path, db: Path | None, user: str, as_json: bool) -> None:
     one change by "import" in NAME's history (one `undo` takes it back);
     deleted memories are left out, ids already in the bank get new ones.
     """
-    from edge.bank_io import import_for_user, summarize
+    from edge.bank_io import import_for_user, read_export, summarize
 
+    checked = read_export(path)  # before the bank is opened (or created): a refused file leaves no trace
+    checked.refuse_bad(path, skip_bad_lines)
+    skipped = checked.bad
+    for number, reason in skipped:
+        click.secho(f"line {number} left out: {reason}", fg="yellow", err=True)
     if _given(click.get_current_context(), "user"):
         with open_bank(db, user) as bank:
-            done = import_for_user(bank, path, user, progress=not as_json)
+            done = import_for_user(bank, path, user, progress=not as_json, skip_bad=skip_bad_lines)
         data = {"path": str(path), "imported": done.imported, "owners": [user], "file_owner": done.file_owner,
                 "left_out_deleted": done.left_out_deleted, "new_ids": done.new_ids, "history": "one import change"}
 
@@ -333,9 +346,10 @@ def import_(path: Path, db: Path | None, user: str, as_json: bool) -> None:
         _emit(data, as_json, human)
         return
     with open_bank(db, user) as bank:
-        count = bank.import_jsonl(path, progress=not as_json)
+        count = bank.import_jsonl(path, progress=not as_json, skip_bad=skip_bad_lines)
     held = summarize(path)
-    data = {"path": str(path), "imported": count, "owners": list(held.owners), "history": held.history}
+    data = {"path": str(path), "imported": count, "owners": list(held.owners), "history": held.history,
+            "left_out_lines": [{"line": number, "reason": reason} for number, reason in skipped]}
     _emit(data, as_json, lambda: click.echo(
         f"imported {count} memories with {held.history} history rows from {path} "
         f"for {', '.join(repr(o) for o in held.owners) or 'no user'}"
