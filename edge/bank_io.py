@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edge.bank import HISTORY_ACTIONS, HistoryEntry, Memory, MemoryBank, clean_text, migrations, text_limit
-from edge.errors import BankError, InvalidInputError
+from edge.errors import BankError, CorruptBankError, InvalidInputError
 from edge.operations import ACTORS, TIERS
 
 FORMAT = "edge-memory-bank"
@@ -28,26 +28,34 @@ def export_jsonl(bank: MemoryBank, path: Path, *, owner: str | None = None) -> i
     """Write the memories and history of `owner` (all owners when None) to `path`; returns the lines written.
 
     Written to a temporary file from one snapshot of the bank, then renamed
-    into place, so a reader never sees half an export.
+    into place, so a reader never sees half an export. From a damaged bank
+    (`CorruptBankError`) it saves every row still readable
+    (`MemoryBank.readable_rows`); the header's `unreadable_rows` says how
+    many were lost. A history row whose memory was lost is then refused on
+    import (`--skip-bad-lines` leaves it out).
     """
     tmp = path.with_name(path.name + ".tmp")
-    lines = 0
-    with bank.snapshot(), open(tmp, "w", encoding="utf-8") as out:
-        header = {
-            "kind": "header", "format": FORMAT, "version": FORMAT_VERSION,
-            "embedder": {"name": bank.embedder_name, "dim": bank.dim}, "schema": migrations.names(),
-            "owner": owner,
-        }
+    try:
+        with bank.snapshot():
+            memories, history, lost = list(bank.iter_memories(owner=owner)), list(bank.iter_history(owner=owner)), 0
+    except CorruptBankError:  # a damaged page: save every row still readable, one by one
+        with bank.snapshot():
+            memories, history, lost = bank.readable_rows(owner=owner)
+    header = {
+        "kind": "header", "format": FORMAT, "version": FORMAT_VERSION,
+        "embedder": {"name": bank.embedder_name, "dim": bank.dim}, "schema": migrations.names(),
+        "owner": owner,
+    }
+    if lost:
+        header["unreadable_rows"] = lost  # salvaged from a damaged bank: this many rows could not be read
+    with open(tmp, "w", encoding="utf-8") as out:
         out.write(json.dumps(header) + "\n")
-        lines += 1
-        for memory in bank.iter_memories(owner=owner):
+        for memory in memories:
             out.write(json.dumps({"kind": "memory", **memory.to_dict()}, ensure_ascii=False) + "\n")
-            lines += 1
-        for entry in bank.iter_history(owner=owner):
+        for entry in history:
             out.write(json.dumps({"kind": "history", **entry.to_dict()}, ensure_ascii=False) + "\n")
-            lines += 1
     os.replace(tmp, path)
-    return lines
+    return 1 + len(memories) + len(history)
 
 
 MAX_REPORTED = 10  # bad lines named in an error; the count says how many more
@@ -182,8 +190,8 @@ def import_jsonl(bank: MemoryBank, path: Path, *, progress: bool = False, skip_b
     Every line is checked first (`read_export`): a file with a bad line raises
     `InvalidInputError` naming each with its line number and reason, and
     nothing is imported, unless `skip_bad` (the good lines are imported).
-    A file whose memories are all in the bank already (imported before)
-    raises `InvalidInputError`; one with some of its ids there, `BankError`.
+    A file whose memories are all in the bank already (imported before), or
+    some of them, raises `BankError`.
     """
     read = read_export(path)
     read.refuse_bad(path, skip_bad)
@@ -191,7 +199,7 @@ def import_jsonl(bank: MemoryBank, path: Path, *, progress: bool = False, skip_b
     history = [HistoryEntry.from_dict(e) for e in read.history]
     clash = bank.taken_ids([m.id for m in memories])
     if memories and len(clash) == len(memories):
-        raise InvalidInputError(f"Every memory of {path} is already in the bank: it was imported before.",
+        raise BankError(f"Every memory of {path} is already in the bank: it was imported before.",
                                 hint="nothing was imported; `edge memory import FILE --user NAME` gives a user copies "
                                 "with new ids")
     vectors = _embed_all(bank, [m for m in memories if m.deleted_at is None], progress)

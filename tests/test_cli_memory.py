@@ -203,3 +203,64 @@ def test_a_hand_edited_export_is_checked_line_by_line_before_anything_is_importe
     assert edge("memory", "undo", "--db", target).returncode == 0  # the history that came in does not block undo
     again = edge("memory", "import", str(good), "--db", target)
     assert again.returncode == 1 and "imported before" in again.stderr
+
+
+def damage_pages(db: Path, table: str, pages: int = 1) -> None:
+    """Overwrite the first `pages` leaf pages of `table` in the file with noise (the header and schema stay)."""
+    from bank_file import sql
+
+    sql(db, "PRAGMA wal_checkpoint(TRUNCATE)")
+    found = sql(db, "SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY pageno LIMIT ?",
+                (table, pages))
+    size = sql(db, "PRAGMA page_size")[0][0]
+    with open(db, "r+b") as handle:
+        for (page,) in found:
+            handle.seek(size * (page - 1) + 100)
+            handle.write(bytes(range(256)) * 12)
+
+
+def test_a_damaged_page_is_named_by_check_and_every_command_says_so_without_a_traceback(tmp_path: Path) -> None:
+    """One overwritten page gave raw `database disk image is malformed` tracebacks from list, search, add,
+    history and export."""
+    from edge.bank import MemoryBank
+    from edge.embedder import HashEmbedder
+
+    db = tmp_path / "bank.db"
+    with MemoryBank.open(db, HashEmbedder(), user="me") as bank:
+        bank.add_many([f"note {i}: " + "word " * 60 for i in range(300)])
+    assert edge("memory", "check", "--db", str(db)).returncode == 0
+    damage_pages(db, "memories")
+    checked = edge("memory", "check", "--db", str(db), "--json")
+    report = json.loads(checked.stdout)
+    assert checked.returncode == 1 and not report["ok"]
+    assert any(p.startswith("memories is damaged") and "edge memory export" in p for p in report["problems"])
+    for command in (["memory", "list"], ["memory", "add", "hello"], ["memory", "history"]):
+        done = edge(*command, "--db", str(db))
+        assert "Traceback" not in done.stderr, (command, done.stderr)
+        if done.returncode:
+            assert "is not a readable SQLite file" in done.stderr and "edge memory check" in done.stderr
+    saved = edge("memory", "export", str(tmp_path / "saved.jsonl"), "--db", str(db), "--json")
+    assert saved.returncode == 0 and "Traceback" not in saved.stderr, saved.stderr
+    document = json.loads(saved.stdout)
+    assert 200 < document["memories"] < 300 and document["unreadable_rows"] > 0  # what could be read is saved
+    restored = edge("memory", "import", str(tmp_path / "saved.jsonl"), "--db", str(tmp_path / "new.db"),
+                    "--skip-bad-lines", "--json")
+    assert restored.returncode == 0 and json.loads(restored.stdout)["imported"] == document["memories"]
+    assert edge("memory", "check", "--db", str(tmp_path / "new.db")).returncode == 0
+
+
+def test_reindex_rebuilds_a_damaged_search_table_from_the_memories(tmp_path: Path) -> None:
+    from edge.bank import MemoryBank
+    from edge.embedder import HashEmbedder
+
+    db = tmp_path / "bank.db"
+    with MemoryBank.open(db, HashEmbedder(), user="me") as bank:
+        bank.add_many([f"note {i}: the tomato number {i} " + "word " * 40 for i in range(300)])
+    damage_pages(db, "memory_fts_data", pages=100)
+    checked = edge("memory", "check", "--db", str(db))
+    assert checked.returncode == 1 and "memory_fts is damaged" in checked.stdout and "reindex" in checked.stdout
+    rebuilt = edge("memory", "reindex", "--db", str(db), "--json")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert json.loads(rebuilt.stdout) == {"path": str(db), "indexed": 300, "problems": []}
+    found = json.loads(edge("memory", "search", "tomato 123", "--mode", "keyword", "--db", str(db), "--json").stdout)
+    assert found[0]["text"].startswith("note 123:")

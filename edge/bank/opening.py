@@ -22,13 +22,87 @@ def error_kind(exc: Exception) -> str:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
         primary = code & 0xFF  # an extended code (SQLITE_BUSY_RECOVERY...) holds its primary code there
-        return {5: "busy", 6: "busy", 11: "corrupt", 13: "full", 26: "corrupt"}.get(primary, "other")
+        known = {5: "busy", 6: "busy", 11: "corrupt", 13: "full", 26: "corrupt"}.get(primary)
+        if known:
+            return known
     text = str(exc).lower()
     if "locked" in text or "busy" in text:
         return "busy"
     if "disk is full" in text:
         return "full"
-    return "corrupt" if "not a database" in text or "malformed" in text else "other"
+    damaged = ("not a database", "malformed", "could not open", "corrupt", "vtable constructor failed")
+    return "corrupt" if any(words in text for words in damaged) else "other"
+
+
+class GuardedConnection:
+    """A bank's connection whose every statement and fetch turns SQLite's errors into the bank's own.
+
+    A damaged page can surface in any query, or only while its rows are
+    fetched; each path used to show its own traceback ("database disk image
+    is malformed", "could not open vectors blob"). Constraint violations
+    (`IntegrityError`) pass through: they are the caller's to handle.
+    """
+
+    def __init__(self, conn, path: Path) -> None:
+        self.raw = conn
+        self.path = path
+
+    def execute(self, sql: str, args=()) -> "GuardedCursor":
+        try:
+            return GuardedCursor(self.raw.execute(sql, args), self.path)
+        except sqlite.DatabaseError as exc:
+            raise _converted(self.path, exc) from exc
+
+    def executemany(self, sql: str, rows) -> "GuardedCursor":
+        try:
+            return GuardedCursor(self.raw.executemany(sql, rows), self.path)
+        except sqlite.DatabaseError as exc:
+            raise _converted(self.path, exc) from exc
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.raw.in_transaction
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self.raw, name)
+
+
+class GuardedCursor:
+    """A cursor whose rows, fetched one by one or all at once, raise the bank's errors (see `GuardedConnection`)."""
+
+    def __init__(self, cursor, path: Path) -> None:
+        self._cursor, self._path = cursor, path
+
+    def fetchone(self):
+        try:
+            return self._cursor.fetchone()
+        except sqlite.DatabaseError as exc:
+            raise _converted(self._path, exc) from exc
+
+    def fetchall(self):
+        try:
+            return self._cursor.fetchall()
+        except sqlite.DatabaseError as exc:
+            raise _converted(self._path, exc) from exc
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return next(self._cursor)
+        except sqlite.DatabaseError as exc:
+            raise _converted(self._path, exc) from exc
+
+    def __getattr__(self, name: str):
+        return getattr(self._cursor, name)
+
+
+def _converted(path: Path, exc: Exception) -> Exception:
+    return exc if isinstance(exc, sqlite.IntegrityError) else unusable(path, exc, "using it")
 
 
 def unusable(path: Path, exc: Exception, doing: str) -> BankError:
@@ -42,7 +116,9 @@ def unusable(path: Path, exc: Exception, doing: str) -> BankError:
     if kind == "corrupt":
         return CorruptBankError(
             f"{path} is not a readable SQLite file ({exc}).",
-            hint="Restore it from a JSONL export (`edge memory import`), or move it aside to start a new bank.",
+            hint=f"`edge memory check --db {path}` says which part; `edge memory reindex` rebuilds the search "
+            "tables; `edge memory export` saves every memory still readable, to import into a new bank "
+            "(or restore one from an earlier export with `edge memory import`).",
         )
     if kind == "full":
         return BankError(f"The bank {path} could not be written: the disk is full ({exc}). Nothing of this change "

@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from edge import db as sqlite
-from edge.bank.opening import prepare, unusable
+from edge.bank.opening import GuardedConnection, prepare, unusable
 from edge.bank.records import (
     EPISODIC,
     HISTORY_COLUMNS,
@@ -43,6 +43,7 @@ from edge.bank.search import Ranked, SearchIndex
 from edge.embedder import Embedder
 from edge.errors import (
     BankError,
+    CorruptBankError,
     EmbedderMismatchError,
     InvalidInputError,
     MemoryNotFoundError,
@@ -50,6 +51,9 @@ from edge.errors import (
 )
 from edge.operations import ACTORS, TIERS, AddOp, AppliedOp, DeleteOp, Op, RestoreOp, SupersedeOp, UpdateOp
 from edge.paths import DEFAULT_USER
+
+
+SEARCH_TABLES = ("turn_fts", "memory_fts", "memory_vec", "memory_bin")  # rebuilt from the memories by `reindex`
 
 
 def _op_search_text(op: Op) -> str | None:
@@ -79,6 +83,7 @@ class MemoryBank:
     """
 
     def __init__(self, conn, path: Path, embedder: Embedder | None, user: str) -> None:
+        conn = conn if isinstance(conn, GuardedConnection) else GuardedConnection(conn, path)
         self._conn = conn
         self.path = path
         self._embedder = embedder
@@ -196,19 +201,23 @@ class MemoryBank:
 
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
+        raw = self._conn.raw  # BEGIN, COMMIT and ROLLBACK unguarded: their errors are said as writing errors
         with self._lock:
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
+                raw.execute("BEGIN IMMEDIATE")
             except sqlite.DatabaseError as exc:  # locked past the busy timeout, read-only, disk full, ...
                 raise unusable(self.path, exc, "writing to it") from exc
             try:
                 yield self._conn
-                self._conn.execute("COMMIT")
+                raw.execute("COMMIT")
             except BaseException as exc:
                 # SQLite rolls back by itself on some errors (a full disk, an I/O error): a second ROLLBACK
                 # would raise "no transaction is active" and hide the real cause.
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                if raw.in_transaction:
+                    try:
+                        raw.execute("ROLLBACK")
+                    except sqlite.DatabaseError:
+                        pass  # the first error is the one to say
                 if isinstance(exc, sqlite.DatabaseError) and not isinstance(exc, sqlite.IntegrityError):
                     raise unusable(self.path, exc, "writing to it") from exc
                 raise
@@ -611,9 +620,38 @@ class MemoryBank:
     # ------------------------------------------------------------------ checks
 
     def check(self) -> list[str]:
-        """Problems found in the file and its indexes; empty when the bank is consistent."""
+        """Problems found in the file and its indexes, each naming the part it is in; empty when all is sound.
+
+        SQLite's integrity check runs table by table, so a damaged page is
+        named by what it holds: the memories or their history (restore from
+        an export: `edge memory export` saves what is still readable), or a
+        search table (`reindex` rebuilds those from the memories). Then the
+        search tables are compared with the memories, and every memory must
+        have a history row.
+        """
         with self._lock:
-            problems = [r[0] for r in self._conn.execute("PRAGMA quick_check") if r[0] != "ok"]
+            tables = [r[0] for r in self._conn.raw.execute(
+                "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+            problems = []
+            for table in tables:
+                try:
+                    found = [r[0] for r in self._conn.raw.execute(f"PRAGMA integrity_check('{table}')")]
+                except sqlite.DatabaseError as exc:
+                    found = [str(exc)]
+                if found != ["ok"]:
+                    part = next((t for t in SEARCH_TABLES if table == t or table.startswith(t + "_")), table)
+                    remedy = ("a search table: `edge memory reindex` rebuilds it" if part in SEARCH_TABLES else
+                              "`edge memory export` saves what is still readable")
+                    said = [line for text in found for line in text.splitlines() if not line.startswith("***")]
+                    more = f" (and {len(said) - 2} more)" if len(said) > 2 else ""
+                    problems.append(f"{part} is damaged (table {table}; {remedy}): {'; '.join(said[:2])}{more}")
+            for table in ("turn_fts", "memory_fts"):  # FTS5 checks its own index: its pages hold blobs
+                try:
+                    self._conn.raw.execute(f"INSERT INTO {table} ({table}) VALUES ('integrity-check')")
+                except sqlite.DatabaseError as exc:
+                    problems.append(f"{table} is damaged (a search table: `edge memory reindex` rebuilds it): {exc}")
+            if problems:
+                return problems
             live = self._conn.execute("SELECT COUNT(*) FROM memories WHERE deleted_at IS NULL").fetchone()[0]
             problems += self.index.check(live)
             orphans = self._conn.execute(
@@ -623,23 +661,91 @@ class MemoryBank:
             problems.append(f"{orphans} memories have no history")
         return problems
 
+    def reindex(self, *, progress: bool = False) -> int:
+        """Rebuild every search table (keywords, vectors, binary codes) from the memories; returns the memories
+        indexed. The memories and their history are not touched; one transaction, all or nothing.
+
+        Raises `CorruptBankError` when the memories themselves cannot be read
+        (then export what is readable and import it into a new bank).
+        """
+        from tqdm import tqdm
+
+        with self._lock:
+            schema = dict(self._conn.execute(
+                f"SELECT name, sql FROM sqlite_schema WHERE name IN ({','.join('?' * len(SEARCH_TABLES))})",
+                SEARCH_TABLES).fetchall())
+            live = [(r[0], memory_from_row(r[1:])) for r in self._conn.execute(
+                f"SELECT rowid, {MEMORY_COLUMNS} FROM memories WHERE deleted_at IS NULL ORDER BY rowid")]
+        vectors = []
+        with tqdm(total=len(live), desc="embedding", unit="memory", disable=not progress) as bar:
+            for start in range(0, len(live), 64):
+                chunk = live[start:start + 64]
+                vectors += list(self.embed([m.search_text() for _, m in chunk]))
+                bar.update(len(chunk))
+        with self._transaction() as conn:
+            for table in SEARCH_TABLES:
+                if table in schema:
+                    conn.execute(f"DROP TABLE {table}")
+                    conn.execute(schema[table])
+            for (rowid, memory), vec in zip(live, vectors):
+                self.index.add(rowid, memory.search_text(), memory.owner, memory.kind, vec)
+        return len(live)
+
     # ------------------------------------------------------------------ whole-bank copies (JSONL export and import)
 
     @contextmanager
     def snapshot(self) -> Iterator["MemoryBank"]:
         """Read the bank as of one moment: reads inside see no write made meanwhile by another process."""
+        raw = self._conn.raw
         with self._lock:
-            self._conn.execute("BEGIN")
+            raw.execute("BEGIN")
             try:
                 yield self
             finally:
-                self._conn.execute("COMMIT")
+                if raw.in_transaction:  # a read found a damaged page: SQLite may have ended it already
+                    try:
+                        raw.execute("COMMIT")
+                    except sqlite.DatabaseError:  # nothing was written: ending it is all that matters
+                        if raw.in_transaction:
+                            raw.execute("ROLLBACK")
 
     def iter_memories(self, *, owner: str | None = None) -> Iterator[Memory]:
         """Every memory row (deleted and superseded ones too) of one owner, or of all when None, oldest first."""
         where, args = ("WHERE owner = ?", [clean_name(owner)]) if owner is not None else ("", [])
         for row in self._conn.execute(f"SELECT {MEMORY_COLUMNS} FROM memories {where} ORDER BY rowid", args):
             yield memory_from_row(row)
+
+    def readable_rows(self, *, owner: str | None = None) -> tuple[list[Memory], list[HistoryEntry], int]:
+        """Every memory and history row of `owner` (all owners when None) that a damaged file still yields.
+
+        Read one row at a time by rowid, so a damaged page costs only the rows
+        on it; returns (memories, history rows, rows that could not be read).
+        Rowids never exceed the history's sequence (every memory was added
+        by a history row), which `sqlite_sequence` keeps apart from both tables.
+        Lost: the reads that failed, and the memories the readable history
+        names that no read returned.
+        """
+        top = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'history'").fetchone()
+        top = top[0] if top else 0
+        memories: list[Memory] = []
+        history: list[HistoryEntry] = []
+        lost = 0
+        for table, columns, build, into in (("memories", MEMORY_COLUMNS, memory_from_row, memories),
+                                            ("history", HISTORY_COLUMNS, history_from_row, history)):
+            for rowid in range(1, top + 1):
+                try:
+                    row = self._conn.execute(f"SELECT {columns} FROM {table} WHERE rowid = ?", (rowid,)).fetchone()
+                except CorruptBankError:
+                    lost += 1
+                    continue
+                if row is not None:
+                    item = build(row)
+                    if owner is None or item.owner == owner:
+                        into.append(item)
+        # A damaged page may read as holding no row at all: a memory its history names but no read returned
+        # is lost too.
+        lost += len({entry.memory_id for entry in history} - {memory.id for memory in memories})
+        return memories, history, lost
 
     def iter_history(self, *, owner: str | None = None) -> Iterator[HistoryEntry]:
         """Every history row of one owner, or of all when None, oldest first."""

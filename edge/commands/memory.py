@@ -275,6 +275,47 @@ def redo(db: Path | None, user: str, as_json: bool) -> None:
     _emit([vars(a) for a in applied], as_json, human)
 
 
+@memory.command()
+@db_option
+@json_option
+def check(db: Path | None, as_json: bool) -> None:
+    """Check the bank file: SQLite's integrity check table by table, the search tables against the memories.
+
+    Names the damaged part and what to do: a search table is rebuilt by
+    `edge memory reindex`; damaged memories or history are saved, as far as
+    they can be read, by `edge memory export`. Exit status 1 when anything
+    is wrong.
+    """
+    with open_bank(db, paths.DEFAULT_USER, create=False) as bank:
+        problems = bank.check()
+
+    def human() -> None:
+        click.echo(f"{bank.path}: " + ("sound" if not problems else f"{len(problems)} problem(s)"))
+        for problem in problems:
+            click.secho(f"  {problem}", fg="red")
+
+    _emit({"path": str(bank.path), "ok": not problems, "problems": problems}, as_json, human)
+    if problems:
+        raise click.exceptions.Exit(1)
+
+
+@memory.command()
+@db_option
+@json_option
+def reindex(db: Path | None, as_json: bool) -> None:
+    """Rebuild the search tables (keywords, vectors) from the memories, e.g. after `check` found one damaged.
+
+    The memories and their history are not changed; the rebuild is one
+    transaction, so an interrupted one leaves the bank as it was.
+    """
+    with open_bank(db, paths.DEFAULT_USER, create=False) as bank:
+        count = bank.reindex(progress=not as_json)
+        problems = bank.check()
+    _emit({"path": str(bank.path), "indexed": count, "problems": problems}, as_json,
+          lambda: click.echo(f"rebuilt the search tables of {count} memories; check: "
+                             + ("sound" if not problems else "; ".join(problems))))
+
+
 @memory.command(name="export")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--all-users", is_flag=True, help="Export every user's memories, not only --user's.")
@@ -282,24 +323,32 @@ def redo(db: Path | None, user: str, as_json: bool) -> None:
 @user_option
 @json_option
 def export_(path: Path, all_users: bool, db: Path | None, user: str, as_json: bool) -> None:
-    """Write memories and their history to a JSONL file at PATH (--user's, or --all-users')."""
-    from edge.bank_io import summarize
+    """Write memories and their history to a JSONL file at PATH (--user's, or --all-users').
+
+    From a damaged bank it saves every memory still readable and says how
+    many rows were lost.
+    """
+    from edge.bank_io import read_export, summarize
 
     if all_users and _given(click.get_current_context(), "user"):
         raise click.UsageError("--all-users exports every user; leave out --user, or drop --all-users.")
     with open_bank(db, user, create=False) as bank:
         bank.export_jsonl(path, user=None if all_users else user)
     written = summarize(path)
+    lost = read_export(path).header.get("unreadable_rows", 0)
     whose = "every user" if all_users else f"user {user!r}"
 
     def human() -> None:
         click.echo(f"wrote {written.memories} memories and {written.history} history rows of {whose} to {path}")
+        if lost:
+            click.secho(f"warning: the bank is damaged; at least {lost} rows could not be read and are not in the export "
+                        "(import it into a new bank with --skip-bad-lines)", fg="yellow", err=True)
         if not written.memories:
             hint = "" if all_users else " (--user NAME picks another user, --all-users takes everyone)"
             click.secho(f"warning: {whose} has no memories in this bank{hint}", fg="yellow", err=True)
 
     _emit({"path": str(path), "memories": written.memories, "history": written.history,
-           "owners": list(written.owners)}, as_json, human)
+           "owners": list(written.owners), "unreadable_rows": lost}, as_json, human)
 
 
 @memory.command(name="import")
