@@ -25,6 +25,7 @@ COMMANDS = {
     "export": "edge.commands.export:export",
     "eval": "edge.commands.evaluate:evaluate",
     "mcp": "edge.commands.mcp:mcp",
+    "serve": "edge.commands.serve:serve",
 }
 
 

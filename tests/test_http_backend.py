@@ -1,19 +1,14 @@
 """OpenAIHTTPBackend against a real llama_cpp.server serving the bundled model."""
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import threading
-import time
 
 import pytest
+from conftest import free_port
 
 from edge.backends import Message, load_backend, parse_json
 from edge.backends.http import OpenAIHTTPBackend
 from edge.errors import BackendError
-from edge.models import bundled_gguf_path
 
 pytest.importorskip("httpx")
 pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python[server]")
@@ -27,51 +22,6 @@ SCHEMA = {
     "required": ["name", "age"],
     "additionalProperties": False,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server_url(tmp_path_factory):
-    import httpx
-
-    port = free_port()
-    threads = str(max(1, (os.cpu_count() or 2) // 2))
-    log = (tmp_path_factory.mktemp("server") / "server.log").open("w+")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_gguf_path()),
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
-         "--n_threads", threads, "--n_threads_batch", threads],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"llama_cpp.server exited early:\n{log.read()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("llama_cpp.server did not answer /v1/models within 60 s")
-            time.sleep(0.3)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 @pytest.fixture
