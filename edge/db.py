@@ -6,6 +6,7 @@ Callers never see which one was chosen, except through `DatabaseError`.
 """
 from __future__ import annotations
 
+import os
 import sqlite3 as _stdlib_sqlite3
 from pathlib import Path
 from types import ModuleType
@@ -39,9 +40,23 @@ IntegrityError = driver.IntegrityError
 BUSY_TIMEOUT_MS = 15_000  # how long a connection waits for another process's lock
 
 
-def connect(path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS):
-    """A connection in autocommit mode (transactions are explicit) with sqlite-vec loaded."""
-    conn = driver.connect(str(path), isolation_level=None, check_same_thread=False)
+def connect(path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, read_only: bool = False):
+    """A connection in autocommit mode (transactions are explicit) with sqlite-vec loaded.
+
+    `read_only`: opened with SQLite's `mode=ro` (a file this process may not
+    write), `immutable=1` when its folder is not writable either (WAL
+    reading then cannot create the shared-memory file; the file must not be
+    written by anyone while it is open).
+    """
+    if read_only:
+        from urllib.parse import quote
+
+        writable_folder = os.access(Path(path).resolve().parent, os.W_OK)
+        flags = "mode=ro" if writable_folder else "mode=ro&immutable=1"
+        target, uri = f"file:{quote(str(Path(path).resolve()))}?{flags}", True
+    else:
+        target, uri = str(path), False
+    conn = driver.connect(target, isolation_level=None, check_same_thread=False, uri=uri)
     conn.enable_load_extension(True)
     sqlite_vec.load(conn)
     conn.enable_load_extension(False)

@@ -38,6 +38,10 @@ class InvalidInputError(EdgeError):
     """Text or arguments that cannot be stored (empty, binary, too large)."""
 
 
+class ReadOnlyBankError(BankError):
+    """The bank's file or folder cannot be written: it can be read, not changed."""
+
+
 class NothingToUndoError(BankError):
     """The history holds no operation that can be undone."""
 

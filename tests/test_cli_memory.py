@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def edge(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True,
@@ -264,3 +266,52 @@ def test_reindex_rebuilds_a_damaged_search_table_from_the_memories(tmp_path: Pat
     assert json.loads(rebuilt.stdout) == {"path": str(db), "indexed": 300, "problems": []}
     found = json.loads(edge("memory", "search", "tomato 123", "--mode", "keyword", "--db", str(db), "--json").stdout)
     assert found[0]["text"].startswith("note 123:")
+
+
+def locked(path: Path):
+    """A context that makes `path` (a file or a folder) unwritable for this process: chmod for a user, the
+    immutable attribute for root (whom permissions do not stop); the test is skipped where neither works."""
+    import contextlib
+    import shutil
+
+    @contextlib.contextmanager
+    def manage():
+        if os.geteuid() != 0:
+            mode = path.stat().st_mode
+            path.chmod(mode & ~0o222)
+            try:
+                yield
+            finally:
+                path.chmod(mode)
+            return
+        if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(path)]).returncode != 0:
+            pytest.skip("cannot make a file unwritable for root here (no chattr +i)")
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+
+    return manage()
+
+
+def test_a_read_only_bank_can_be_read_and_says_so_when_written(tmp_path: Path) -> None:
+    """`list` and `export` on a read-only file crashed with "attempt to write a readonly database"; a new bank in
+    a read-only folder with "unable to open database file"."""
+    db = tmp_path / "bank.db"
+    assert edge("memory", "add", "Ana likes tea", "--db", str(db)).returncode == 0
+    out = tmp_path / "out.jsonl"
+    with locked(db):
+        listed = edge("memory", "list", "--db", str(db), "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert [m["text"] for m in json.loads(listed.stdout)] == ["Ana likes tea"]
+        assert edge("memory", "export", str(out), "--db", str(db)).returncode == 0 and out.exists()
+        assert json.loads(edge("memory", "search", "tea", "--db", str(db), "--json").stdout)[0]["text"] == "Ana likes tea"
+        added = edge("memory", "add", "Ana likes coffee", "--db", str(db))
+        assert added.returncode == 1 and "is read-only" in added.stderr and "Traceback" not in added.stderr
+    assert edge("memory", "add", "Ana likes coffee", "--db", str(db)).returncode == 0  # writable again: as before
+    folder = tmp_path / "shelf"
+    folder.mkdir()
+    with locked(folder):
+        created = edge("memory", "add", "Ana likes tea", "--db", str(folder / "new.db"))
+        assert created.returncode == 1 and "the folder is not writable" in created.stderr, created.stderr
+        assert "Traceback" not in created.stderr

@@ -9,7 +9,7 @@ from edge import db as sqlite
 from edge.bank import migrations
 from edge.bank.records import now
 from edge.embedder import Embedder
-from edge.errors import BankError, BankLockedError, CorruptBankError, EmbedderMismatchError
+from edge.errors import BankError, BankLockedError, CorruptBankError, EmbedderMismatchError, ReadOnlyBankError
 
 # Search reads many pages per query (binary codes, vectors, keyword lists); reading them through a
 # memory map instead of one read() call per page roughly halves the time of a search at 10^5 memories.
@@ -22,7 +22,7 @@ def error_kind(exc: Exception) -> str:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
         primary = code & 0xFF  # an extended code (SQLITE_BUSY_RECOVERY...) holds its primary code there
-        known = {5: "busy", 6: "busy", 11: "corrupt", 13: "full", 26: "corrupt"}.get(primary)
+        known = {5: "busy", 6: "busy", 8: "read-only", 11: "corrupt", 13: "full", 26: "corrupt"}.get(primary)
         if known:
             return known
     text = str(exc).lower()
@@ -30,6 +30,8 @@ def error_kind(exc: Exception) -> str:
         return "busy"
     if "disk is full" in text:
         return "full"
+    if "readonly" in text or "read-only" in text:
+        return "read-only"
     damaged = ("not a database", "malformed", "could not open", "corrupt", "vtable constructor failed")
     return "corrupt" if any(words in text for words in damaged) else "other"
 
@@ -120,11 +122,42 @@ def unusable(path: Path, exc: Exception, doing: str) -> BankError:
             "tables; `edge memory export` saves every memory still readable, to import into a new bank "
             "(or restore one from an earlier export with `edge memory import`).",
         )
+    if kind == "read-only":
+        return ReadOnlyBankError(
+            f"The bank {path} is read-only (its file or its folder cannot be written): reading it works, "
+            f"{doing} does not ({exc}).",
+            hint="Check the permissions of the file and its folder (ls -l), or copy the bank somewhere writable.")
     if kind == "full":
         return BankError(f"The bank {path} could not be written: the disk is full ({exc}). Nothing of this change "
                          "was written.", hint="Free some disk space (or move the bank with --db), then try again.")
     return BankError(f"The bank {path} cannot be used ({exc}).",
                      hint="Check the file's and its folder's permissions and the free disk space.")
+
+
+def prepare_read_only(conn, path: Path, embedder: Embedder | None) -> None:
+    """Check a bank opened read-only, writing nothing: it is an edge bank at this edge's schema, and fits `embedder`.
+
+    Raises `BankError` for a bank whose schema would have to be upgraded
+    first (that is a write), `CorruptBankError` for another file, and
+    `EmbedderMismatchError` as `prepare` does.
+    """
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
+        applied = {r[0] for r in conn.execute("SELECT name FROM migrations")} if "migrations" in tables else set()
+    except sqlite.DatabaseError as exc:
+        raise unusable(path, exc, "opening it") from exc
+    if "meta" not in tables or "embedder_name" not in meta:
+        raise CorruptBankError(f"{path} is a SQLite file but not an edge memory bank.",
+                               hint="Point --db at an edge bank, or at a new file.")
+    if applied != set(migrations.names()):
+        raise BankError(f"The bank {path} is read-only and was written by another edge version: it cannot be "
+                        "upgraded in place.", hint="Copy it somewhere writable (or make it writable) and open it there.")
+    if embedder is not None and (meta["embedder_name"] != embedder.name or int(meta["embedder_dim"]) != embedder.dim):
+        raise EmbedderMismatchError(
+            f"The bank {path} was built with the embedder {meta['embedder_name']} ({meta['embedder_dim']}-d); it "
+            f"cannot be searched with {embedder.name} ({embedder.dim}-d).",
+            hint="Use the bank's own embedder (its bundle).")
 
 
 def prepare(conn, path: Path, embedder: Embedder | None) -> None:

@@ -9,6 +9,7 @@ the bank keeps in step with the memories inside the same transactions.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import threading
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from edge import db as sqlite
-from edge.bank.opening import GuardedConnection, prepare, unusable
+from edge.bank.opening import GuardedConnection, prepare, prepare_read_only, unusable
 from edge.bank.records import (
     EPISODIC,
     HISTORY_COLUMNS,
@@ -48,6 +49,7 @@ from edge.errors import (
     InvalidInputError,
     MemoryNotFoundError,
     NothingToUndoError,
+    ReadOnlyBankError,
 )
 from edge.operations import ACTORS, TIERS, AddOp, AppliedOp, DeleteOp, Op, RestoreOp, SupersedeOp, UpdateOp
 from edge.paths import DEFAULT_USER
@@ -89,6 +91,7 @@ class MemoryBank:
         self._embedder = embedder
         self.user = user
         self._lock = threading.RLock()
+        self.read_only = False  # opened on a file or folder this process may not write (`open`)
         meta = self.meta()
         self.embedder_name = meta["embedder_name"]
         self.dim = int(meta["embedder_dim"])
@@ -120,14 +123,28 @@ class MemoryBank:
             raise BankError(f"No memory bank at {path}.", hint="Check --db, or add a memory to create it.")
         if path.is_dir():
             raise BankError(f"{path} is a folder, not a memory bank file.", hint="Point --db at a .db file.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite.connect(path, busy_timeout_ms=busy_timeout_ms)
+        read_only = path.exists() and not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))
+        if not path.exists():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise BankError(f"Cannot create the folder {path.parent} for a new bank ({exc.strerror}).",
+                                hint="Point --db at a folder you can write to.") from exc
+            if not os.access(path.parent, os.W_OK):
+                raise ReadOnlyBankError(f"Cannot create a bank in {path.parent}: the folder is not writable.",
+                                        hint="Point --db at a folder you can write to.")
         try:
-            prepare(conn, path, embedder)
+            conn = sqlite.connect(path, busy_timeout_ms=busy_timeout_ms, read_only=read_only)
+        except sqlite.DatabaseError as exc:
+            raise unusable(path, exc, "opening it") from exc
+        try:
+            (prepare_read_only if read_only else prepare)(conn, path, embedder)
         except BaseException:
             conn.close()
             raise
-        return cls(conn, path, embedder, user)
+        bank = cls(conn, path, embedder, user)
+        bank.read_only = read_only
+        return bank
 
     def close(self) -> None:
         with self._lock:
@@ -202,6 +219,11 @@ class MemoryBank:
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
         raw = self._conn.raw  # BEGIN, COMMIT and ROLLBACK unguarded: their errors are said as writing errors
+        if self.read_only:
+            raise ReadOnlyBankError(
+                f"The bank {self.path} is read-only (its file or its folder cannot be written): reading it works, "
+                "changing it does not; nothing was changed.",
+                hint="Check the permissions of the file and its folder (ls -l), or copy the bank somewhere writable.")
         with self._lock:
             try:
                 raw.execute("BEGIN IMMEDIATE")
