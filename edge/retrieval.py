@@ -41,6 +41,37 @@ def query_words(text: str) -> list[str]:
     return content or unique
 
 
+# Text FTS5's unicode61 tokenizer cannot split into the words a person searches for: scripts written without
+# spaces (CJK, Thai, Lao, Khmer, Myanmar, Japanese kana) or whose words it cuts at vowel signs (Devanagari and
+# the other Indic scripts: combining marks), and names ending in symbols (C++, C#, F#).
+_SCRIPT_RANGES = ((0x0900, 0x0DFF), (0x0E00, 0x0EFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x3040, 0x30FF),
+                  (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xAC00, 0xD7AF), (0xF900, 0xFAFF), (0x20000, 0x2FA1F))
+_SYMBOL_NAME = re.compile(r"\w[+#]+(?!\w)")
+
+
+def _needs_substrings(char: str) -> bool:
+    code = ord(char)
+    return any(low <= code <= high for low, high in _SCRIPT_RANGES)
+
+
+def needs_substring_index(text: str) -> bool:
+    """Whether `text` holds words the keyword tables cannot find (`substring_terms`): it goes into the
+    substring (trigram) index too."""
+    return bool(_SYMBOL_NAME.search(text)) or any(_needs_substrings(c) for c in text)
+
+
+def substring_terms(query: str) -> list[str]:
+    """The query's terms to find as substrings: each whitespace-separated piece of the query that holds a
+    character of those scripts, or a name ending in "+" or "#" ("C++"), lower-cased, its outer punctuation
+    stripped."""
+    terms = []
+    for piece in query.lower().split():
+        piece = piece.strip(".,;:!?\"'()[]{}«»“”‘’「」『』。、，！？")
+        if piece and (_SYMBOL_NAME.search(piece) or any(_needs_substrings(c) for c in piece)):
+            terms.append(piece)
+    return list(dict.fromkeys(terms))
+
+
 def fts_or(words: list[str]) -> str:
     """An FTS5 MATCH expression that ORs the words, each quoted (any text is safe inside quotes)."""
     return " OR ".join('"' + w.replace('"', '""') + '"' for w in words)

@@ -238,8 +238,9 @@ def test_schema_steps_are_recorded_and_a_newer_file_is_refused(tmp_path: Path) -
     db = tmp_path / "bank.db"
     with MemoryBank.open(db, HashEmbedder()) as bank:
         assert bank.schema_version() == ["m001_memories_and_history", "m002_search_indexes", "m003_binary_vectors",
-                                         "m004_episodic_log_and_superseded_facts", "m005_turns_keyword_index"]
-        assert sql(db, "PRAGMA user_version") == [(5,)]
+                                         "m004_episodic_log_and_superseded_facts", "m005_turns_keyword_index",
+                                         "m006_substring_index"]
+        assert sql(db, "PRAGMA user_version") == [(6,)]
         assert sql(db, "PRAGMA journal_mode") == [("wal",)]
         sql(db, "INSERT INTO migrations VALUES ('m999_from_the_future', 'x')")
     with pytest.raises(BankError, match="newer edge"):
@@ -424,3 +425,20 @@ def test_an_invisible_character_inside_a_word_neither_hides_it_from_search_nor_m
     assert [h.memory.id for h in bank.search("analyse", mode="keyword")] == [hyphened.id]
     assert [h.memory.id for h in bank.search("in\u200bvoice", mode="keyword")] == [spaced.id]
     assert bank.search("plumber invoice", mode="hybrid")[0].memory.id == spaced.id
+
+
+def test_a_bank_from_before_the_substring_index_gets_it_filled_when_opened(tmp_path: Path) -> None:
+    """m006 indexes the texts already in the bank that the keyword tables cannot split, and only those."""
+    db = tmp_path / "bank.db"
+    with MemoryBank.open(db, HashEmbedder(), user="ana") as bank:
+        chinese = bank.add("我的妹妹住在里斯本").id
+        bank.add("My sister lives in Lisbon")
+        turn = bank.add("I write C++ for a living", tier="episodic", metadata={"speaker": "Ana"}).id
+    sql(db, "DROP TABLE memory_tri")
+    sql(db, "DELETE FROM migrations WHERE name = 'm006_substring_index'")
+    with MemoryBank.open(db, HashEmbedder(), user="ana") as bank:
+        assert [h.memory.id for h in bank.search("里斯本", mode="keyword")] == [chinese]
+        assert [h.memory.id for h in bank.search("c++", mode="keyword")] == [turn]
+        assert sql(db, "SELECT rowid, text FROM memory_tri ORDER BY rowid") == [
+            (1, "我的妹妹住在里斯本"), (3, "Ana: I write C++ for a living")]
+        assert bank.check() == []

@@ -6,6 +6,7 @@ written by a newer edge and is refused rather than guessed at.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -158,6 +159,27 @@ def m005_turns_keyword_index(db, dim: int) -> None:
 
 
 TURN_FTS = "CREATE VIRTUAL TABLE turn_fts USING fts5(text, owner UNINDEXED, tokenize = 'porter unicode61')"
+SUBSTRING_FTS = ("CREATE VIRTUAL TABLE memory_tri USING fts5(text, owner UNINDEXED, kind UNINDEXED, "
+                 "tokenize = 'trigram case_sensitive 0')")
+
+
+@migration
+def m006_substring_index(db, dim: int) -> None:
+    """`memory_tri`: a trigram index of the texts the keyword tables cannot split into words
+    (`edge.retrieval.needs_substring_index`: CJK and Indic scripts, "C++"), so a keyword search for a word
+    inside them finds it. Only those texts: an English bank's keyword index stays the size it was."""
+    from edge.retrieval import needs_substring_index
+
+    db.execute(SUBSTRING_FTS)
+    rows = db.execute(
+        "SELECT rowid, text, owner, tier, valid_until, metadata FROM memories WHERE deleted_at IS NULL").fetchall()
+    for rowid, text, owner, tier, valid_until, metadata in rows:
+        speaker = (json.loads(metadata or "{}") or {}).get("speaker") if tier == "episodic" else None
+        search_text = f"{speaker}: {text}" if speaker else text
+        if needs_substring_index(search_text):
+            kind = "turn" if tier == "episodic" else "old" if valid_until else "fact"
+            db.execute("INSERT INTO memory_tri (rowid, text, owner, kind) VALUES (?, ?, ?, ?)",
+                       (rowid, search_text, owner, kind))
 
 
 def create_search_tables(db, dim: int) -> None:

@@ -23,9 +23,11 @@ from edge.retrieval import (
     VECTOR_CODE,
     binary_codes,
     fts_or,
+    needs_substring_index,
     query_words,
     reciprocal_rank_fusion,
     split_by_frequency,
+    substring_terms,
 )
 
 # Approximate vector search fetches this many times k candidates by binary code
@@ -98,6 +100,9 @@ class SearchIndex:
         else:
             self._conn.execute("INSERT INTO memory_fts (rowid, text, owner, kind) VALUES (?, ?, ?, ?)",
                                (rowid, text, owner, kind))
+        if needs_substring_index(text):
+            self._conn.execute("INSERT INTO memory_tri (rowid, text, owner, kind) VALUES (?, ?, ?, ?)",
+                               (rowid, text, owner, kind))
         self._conn.execute("INSERT INTO memory_vec (rowid, owner, kind, embedding) VALUES (?, ?, ?, ?)",
                            (rowid, owner, kind, vec.tobytes()))
         self._conn.execute(
@@ -107,7 +112,7 @@ class SearchIndex:
 
     def remove(self, rowid: int) -> None:
         """Take a memory out of every search table (nothing happens when it is not there)."""
-        for table in ("turn_fts", "memory_fts", "memory_vec", "memory_bin"):
+        for table in ("turn_fts", "memory_fts", "memory_tri", "memory_vec", "memory_bin"):
             self._conn.execute(f"DELETE FROM {table} WHERE rowid = ?", (rowid,))
 
     def set_kind(self, rowid: int, kind: str) -> None:
@@ -117,7 +122,7 @@ class SearchIndex:
         """
         if kind == "turn":
             raise InvalidInputError("A fact cannot become a turn of the episodic log.")
-        for table in ("memory_fts", "memory_vec", "memory_bin"):
+        for table in ("memory_fts", "memory_tri", "memory_vec", "memory_bin"):
             self._conn.execute(f"UPDATE {table} SET kind = ? WHERE rowid = ?", (kind, rowid))
 
     # ------------------------------------------------------------------ searching
@@ -210,13 +215,35 @@ class SearchIndex:
         unknown scope.
         """
         words = query_words(query)
-        if not words or k < 1:
+        if k < 1:
             return []
+        found = self._substrings(substring_terms(query), owner, k, kind_filter(scope, include_superseded))
+        if not words:
+            return found
         rankings = [self._keyword_in(table, words, owner, k, (cond, args))
                     for table, cond, args in keyword_tables(scope, include_superseded)]
-        if len(rankings) == 1:
-            return rankings[0]
-        return list(heapq.merge(*rankings, key=lambda hit: -hit[1]))[:k]
+        ranked = rankings[0] if len(rankings) == 1 else list(heapq.merge(*rankings, key=lambda hit: -hit[1]))
+        if not found:
+            return ranked[:k]
+        # A word the keyword tables cannot split ("里斯本" inside a sentence, "C++") is the rarest kind of
+        # match there is: those hits lead, scored above every bm25 score, then the others.
+        top = max((score for _, score in ranked), default=0.0) + 1.0
+        seen = {rowid for rowid, _ in found}
+        return ([(rowid, top + score) for rowid, score in found] + [h for h in ranked if h[0] not in seen])[:k]
+
+    def _substrings(self, terms: list[str], owner: str, k: int, kinds: tuple[str, tuple]) -> Ranked:
+        """The owner's newest texts holding any of `terms` as a substring (the trigram index, `memory_tri`),
+        scored by how many of the terms each holds."""
+        if not terms:
+            return []
+        escaped = [t.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") for t in terms]
+        hits = " + ".join("(text LIKE ? ESCAPE '\\')" for _ in terms)
+        rows = self._conn.execute(
+            f"SELECT rowid, {hits} AS n FROM memory_tri WHERE ({hits.replace(' + ', ' OR ')}) AND owner = ?"
+            + kinds[0] + " ORDER BY n DESC, rowid DESC LIMIT ?",
+            (*[f"%{t}%" for t in escaped], *[f"%{t}%" for t in escaped], owner, *kinds[1], int(k)),
+        ).fetchall()
+        return [(rowid, float(n)) for rowid, n in rows]
 
     def _keyword_in(self, table: str, words: list[str], owner: str, k: int, kinds: tuple[str, tuple]) -> Ranked:
         """The best k matches in one keyword table.

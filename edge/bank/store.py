@@ -55,7 +55,8 @@ from edge.operations import ACTORS, TIERS, AddOp, AppliedOp, DeleteOp, Op, Resto
 from edge.paths import DEFAULT_USER
 
 
-SEARCH_TABLES = ("turn_fts", "memory_fts", "memory_vec", "memory_bin")  # rebuilt from the memories by `reindex`
+# The search tables, rebuilt from the memories by `reindex` (memory_tri: the substring index, `edge.retrieval`)
+SEARCH_TABLES = ("turn_fts", "memory_fts", "memory_tri", "memory_vec", "memory_bin")
 
 
 def _op_search_text(op: Op) -> str | None:
@@ -667,7 +668,7 @@ class MemoryBank:
                     said = [line for text in found for line in text.splitlines() if not line.startswith("***")]
                     more = f" (and {len(said) - 2} more)" if len(said) > 2 else ""
                     problems.append(f"{part} is damaged (table {table}; {remedy}): {'; '.join(said[:2])}{more}")
-            for table in ("turn_fts", "memory_fts"):  # FTS5 checks its own index: its pages hold blobs
+            for table in ("turn_fts", "memory_fts", "memory_tri"):  # FTS5 checks its own index: its pages hold blobs
                 try:
                     self._conn.raw.execute(f"INSERT INTO {table} ({table}) VALUES ('integrity-check')")
                 except sqlite.DatabaseError as exc:
