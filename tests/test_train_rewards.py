@@ -5,10 +5,9 @@ import json
 
 import pytest
 
-from edge import db as sqlite
 from edge.bank import MemoryBank
 from edge.embedder import HashEmbedder
-from edge.errors import EdgeError
+from edge.errors import BankError, EdgeError
 from edge.prompts import Turn
 from edge.train import rewards
 from edge.train.episodes import ManagerEpisode, StoredMemory
@@ -102,7 +101,7 @@ def test_candidate_reader_needs_one_unambiguous_value():
     assert reader(bank, CITY_Q) not in ("Lisbon", "Oslo")  # stale and new together: no answer
     assert reader(bank, PET_Q) == "unknown"
     bank.close()
-    with pytest.raises(sqlite.DatabaseError, match="closed database"):  # the reader really reads the bank
+    with pytest.raises(BankError, match="closed database"):  # the reader really reads the bank
         reader(bank, CITY_Q)
     with pytest.raises(EdgeError, match="needs questions with candidate answers"):
         reader(bank, {"question": "Where?", "answer": "x"})
