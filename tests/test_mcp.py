@@ -617,7 +617,7 @@ def test_a_damaged_bank_is_reported_as_the_banks_own_corruption_error(tmp_path: 
                                     ("undo", {})]:
                 text = await refused(session, tool, **arguments)
                 assert f"{db} is not a readable SQLite file (database disk image is malformed)." in text, (tool, text)
-                assert "hint: Restore it from a JSONL export" in text, (tool, text)
+                assert "hint: `edge memory check" in text and "edge memory export" in text, (tool, text)
 
     anyio.run(corrupt)
 
