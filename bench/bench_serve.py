@@ -9,8 +9,9 @@ bundle, on a bank that already holds conv-26's observations (184 facts) so
 every request retrieves memories as it would in use. The two paths take
 turns, one request each, with the same messages, so a busy moment of the
 machine falls on both. `edge serve` adds the memories to the system
-message, so the upstream reads a longer prompt through it: the prompt
-tokens are recorded beside the times, and a second `edge serve` with
+message, so the upstream reads a longer prompt through it (the prompt
+tokens are recorded as the upstream reports them; llama-cpp-python's
+server reports none in a stream, hence 0), and a second `edge serve` with
 `--memory-chars 0` (turns still logged, memories still retrieved, none
 added) measures the proxy alone.
 

@@ -297,7 +297,8 @@ class Agent:
     # ------------------------------------------------------------------ the three calls
 
     def remember(self, turns: Sequence[Turn | dict | str] | str, *, speaker: str | None = None,
-                 cancel: threading.Event | None = None, wait: bool = False) -> RememberResult:
+                 cancel: threading.Event | None = None, wait: bool = False,
+                 start_manager: bool = True) -> RememberResult:
         """Keep conversation turns and have the Memory Manager go over them, one bank transaction per turn.
 
         By default the call returns once every turn is in the episodic log
@@ -313,7 +314,10 @@ class Agent:
         the turn is kept: in the log, pending for the Manager); `cancel`,
         once set, stops the Manager between model calls: the turn is kept
         the same way, none of its facts applied, and `TurnInterruptedError`
-        is raised.
+        is raised. `start_manager=False` (with `wait=False`) logs the turns
+        and leaves the Manager asleep until `start_manager()`: a server that
+        answers with another model first (`edge serve`) keeps the CPU for
+        the reply.
         """
         if isinstance(turns, (str, Turn, dict)):
             turns = [turns]
@@ -325,7 +329,8 @@ class Agent:
                 turn_time(turn)
             # No agent lock: the Manager may hold it for a model call; the bank's own lock orders the writes.
             kept = [self._keep_pending(turn) for turn in parsed]
-            self._wake_worker()
+            if start_manager:
+                self.start_manager()
             return RememberResult(turns=[], seconds=time.perf_counter() - start, pending=kept)
         with self._lock:
             self.catch_up(cancel=cancel)
@@ -350,7 +355,8 @@ class Agent:
                 return not self.pending()
         return True
 
-    def _wake_worker(self) -> None:
+    def start_manager(self) -> None:
+        """Have the background Manager go over this user's pending turns now (it sleeps when none is left)."""
         if self._worker is None or not self._worker.is_alive():
             self._stop.clear()
             self._worker = threading.Thread(target=self._work, name=f"edge-manager-{self.user}", daemon=True)

@@ -16,7 +16,9 @@ For each `POST /v1/chat/completions`:
    instructions);
 4. the request goes upstream unchanged otherwise, and the reply comes back
    unchanged, streamed or not. Upstream errors reach the client as OpenAI
-   error objects (an `error` event inside a stream).
+   error objects (an `error` event inside a stream);
+5. once the reply is out, the Memory Manager goes over the turn in the
+   background (before, it would take the CPU from the upstream's reply).
 
 `GET /v1/models` lists the upstream's models. Built on FastAPI and uvicorn
 (installed with llama-cpp-python's server extra, which the set-up already
@@ -135,9 +137,13 @@ class MemoryProxy:
         return "\n".join([MEMORY_HEADING, *lines]) if lines else ""
 
     def keep(self, user: str, text: str) -> None:
-        """Log the user's turn now; the Memory Manager goes over it behind the call (`Agent.remember`)."""
+        """Log the user's turn now; the Memory Manager goes over it once the reply is out (`remembered`)."""
         agent = self.agent_for(user)
-        agent.remember([Turn(agent.speaker, text, None)])
+        agent.remember([Turn(agent.speaker, text, None)], start_manager=False)
+
+    def remembered(self, user: str) -> None:
+        """The reply is out: the Memory Manager may take the CPU for the user's pending turns."""
+        self.agent_for(user).start_manager()
 
     def close(self) -> None:
         """Close the other users' agents, letting their Managers finish (the server's own agent is the caller's)."""
@@ -212,15 +218,26 @@ def build_app(proxy: MemoryProxy, upstream: str, upstream_model: str | None, *, 
         if upstream_model and body.get("model") in (None, "", "edge"):
             body["model"] = upstream_model
         if body.get("stream"):
-            return StreamingResponse(stream(body), media_type="text/event-stream")
+            return StreamingResponse(stream(body, user if text is not None else None), media_type="text/event-stream")
         try:
             response = await client.post("/v1/chat/completions", json=body)
         except httpx.HTTPError as exc:
             return JSONResponse(openai_error(unreachable(exc)), status_code=502)
+        finally:
+            if text is not None:
+                proxy.remembered(user)
         return Response(content=response.content, status_code=response.status_code,
                         media_type=response.headers.get("content-type", "application/json"))
 
-    async def stream(body: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def stream(body: dict[str, Any], user: str | None) -> AsyncIterator[bytes]:
+        try:
+            async for piece in relay(body):
+                yield piece
+        finally:  # the reply is out (or failed): now the Manager may go over the turn
+            if user is not None:
+                proxy.remembered(user)
+
+    async def relay(body: dict[str, Any]) -> AsyncIterator[bytes]:
         try:
             async with client.stream("POST", "/v1/chat/completions", json=body) as response:
                 if response.status_code >= 400:
