@@ -376,11 +376,18 @@ def import_(path: Path, skip_bad_lines: bool, db: Path | None, user: str, as_jso
     """
     from edge.bank_io import import_for_user, read_export, summarize
 
+    from edge.grounding import looks_like_instruction
+
     checked = read_export(path)  # before the bank is opened (or created): a refused file leaves no trace
     checked.refuse_bad(path, skip_bad_lines)
     skipped = checked.bad
     for number, reason in skipped:
         click.secho(f"line {number} left out: {reason}", fg="yellow", err=True)
+    flagged = [str(m.get("id")) for m in checked.memories if looks_like_instruction(str(m.get("text", "")))]
+    if flagged:
+        click.secho(f"note: {len(flagged)} memories read as instructions to the assistant ({', '.join(flagged[:5])}"
+                    f"{', ...' if len(flagged) > 5 else ''}); prompts show them as quoted notes, flagged, never as "
+                    "instructions.", fg="yellow", err=True)
     if _given(click.get_current_context(), "user"):
         with open_bank(db, user) as bank:
             done = import_for_user(bank, path, user, progress=not as_json, skip_bad=skip_bad_lines)
