@@ -224,8 +224,8 @@ def test_an_older_bank_is_migrated_when_opened(tmp_path: Path, monkeypatch: pyte
             fresh.add_many(owned, user=owner)
         expected = {q: [h.memory.text for h in fresh.search(q, mode="vector", k=5)] for q in sentences(8, seed=12)}
     with MemoryBank.open(tmp_path / "old.db", HashEmbedder(), user="alice") as bank:
-        assert bank.schema_version()[-3:] == ["m003_binary_vectors", "m004_episodic_log_and_superseded_facts",
-                                              "m005_turns_keyword_index"]
+        assert bank.schema_version()[-4:] == ["m003_binary_vectors", "m004_episodic_log_and_superseded_facts",
+                                              "m005_turns_keyword_index", "m006_substring_index"]
         assert_indexes_agree(bank)
         assert bank.index.binary
         after = {q: [h.memory.text for h in bank.search(q, mode="vector", k=5)] for q in expected}
@@ -334,7 +334,7 @@ def test_a_bank_from_before_the_split_moves_its_turns_to_their_own_table(tmp_pat
     conn.close()
     assert sql(path, "SELECT count(*) FROM memory_fts WHERE kind = 'turn'") == [(2,)]
     with MemoryBank.open(path, HashEmbedder(), user="alice") as bank:
-        assert bank.schema_version()[-1] == "m005_turns_keyword_index"
+        assert bank.schema_version()[-2:] == ["m005_turns_keyword_index", "m006_substring_index"]
         assert sql(path, "SELECT text FROM turn_fts ORDER BY rowid") == [
             ("Caroline went to the LGBTQ support group",), ("Melanie painted a sunrise",)]
         assert sql(path, "SELECT text FROM memory_fts") == [("Caroline is a counselor",)]

@@ -89,6 +89,12 @@ def bank_state(db: Path) -> tuple:
         return [m.to_dict() for m in bank.iter_memories()], [e.to_dict() for e in bank.iter_history()]
 
 
+def default_sigint() -> None:
+    """In a server child: SIGINT handled as a terminal's Ctrl+C is (a background shell running the tests ignores
+    it, and children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -102,6 +108,7 @@ def unreachable_model() -> list[str]:
 
 def start_http(command: list[str], env: dict[str, str], port: int, log: Path, **popen: Any) -> subprocess.Popen:
     """`edge mcp --http` as a subprocess, returned once it listens (its output in `log`)."""
+    popen.setdefault("preexec_fn", default_sigint)  # SIGINT as a terminal sends it, even under a background shell
     server = subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, **popen)
     deadline = time.monotonic() + 90
     while True:
@@ -516,7 +523,7 @@ def test_a_signal_stops_a_server_mid_turn_without_the_turns_facts(tmp_path: Path
     assert facts_and_turns(db) == (0, 1, [BIG_TURN])
 
     idle = subprocess.Popen(edge_mcp(default_bundle, db), env=server_env(edge_home), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=default_sigint)
     try:
         hello = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
             "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}}

@@ -242,6 +242,12 @@ def test_the_installed_command_exits_with_the_status_the_command_sets(tmp_path: 
     assert "No bundle folder" in json.loads(done.stdout)["error"]["message"]
 
 
+def default_sigint() -> None:
+    """In the child: Ctrl-C as a terminal delivers it (a shell running the tests in the background ignores it,
+    and a child inherits that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_on_run_says_what_was_done_keeps_the_turn_under_way_and_resume_goes_on(tmp_path: Path,
                                                                                      default_bundle) -> None:
     """Ctrl-C on `edge run --json` printed nothing although two turns were saved, and lost the turn under way;
@@ -253,7 +259,8 @@ def test_ctrl_c_on_run_says_what_was_done_keeps_the_turn_under_way_and_resume_go
     db = tmp_path / "bank.db"
     process = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", str(script), "--json", "--bundle",
                                 str(default_bundle.root), "--db", str(db), "--user", "ana"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=default_sigint)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # at least one turn saved, then Ctrl-C
         time.sleep(0.3)
