@@ -207,13 +207,14 @@ def test_a_hand_edited_export_is_checked_line_by_line_before_anything_is_importe
     assert again.returncode == 1 and "imported before" in again.stderr
 
 
-def damage_pages(db: Path, table: str, pages: int = 1) -> None:
-    """Overwrite the first `pages` leaf pages of `table` in the file with noise (the header and schema stay)."""
+def damage_pages(db: Path, table: str, pages: int = 1, kind: str = "leaf") -> None:
+    """Overwrite the first `pages` pages of `table` of a `kind` (dbstat's pagetype: "leaf", "overflow") with noise
+    (the file's header and schema stay)."""
     from bank_file import sql
 
     sql(db, "PRAGMA wal_checkpoint(TRUNCATE)")
-    found = sql(db, "SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY pageno LIMIT ?",
-                (table, pages))
+    found = sql(db, "SELECT pageno FROM dbstat WHERE name = ? AND pagetype = ? ORDER BY pageno LIMIT ?",
+                (table, kind, pages))
     size = sql(db, "PRAGMA page_size")[0][0]
     with open(db, "r+b") as handle:
         for (page,) in found:
@@ -327,3 +328,18 @@ def test_a_memory_that_reads_as_an_instruction_is_flagged_on_add_and_on_import(t
     assert edge("memory", "export", dump, "--db", db).returncode == 0
     imported = edge("memory", "import", dump, "--db", other)
     assert imported.returncode == 0 and "1 memories read as instructions" in imported.stderr
+
+
+def test_a_damaged_vector_page_is_found_by_check_and_mended_by_reindex(tmp_path: Path) -> None:
+    """A page inside a vector blob keeps its structure: SQLite's integrity check passed while `add` wrote on."""
+    from edge.bank import MemoryBank
+    from edge.embedder import HashEmbedder
+
+    db = tmp_path / "bank.db"
+    with MemoryBank.open(db, HashEmbedder(), user="me") as bank:
+        bank.add_many([f"note {i}: the tomato number {i}" for i in range(300)])
+    damage_pages(db, "memory_vec_vector_chunks00", pages=1, kind="overflow")  # the floats, not the page structure
+    checked = edge("memory", "check", "--db", str(db))
+    assert checked.returncode == 1 and "memory_vec is damaged" in checked.stdout, checked.stdout
+    assert edge("memory", "reindex", "--db", str(db)).returncode == 0
+    assert edge("memory", "check", "--db", str(db)).returncode == 0

@@ -294,6 +294,17 @@ class SearchIndex:
         fts = sum(self._conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("turn_fts", "memory_fts"))
         vec = self._conn.execute("SELECT COUNT(*) FROM memory_vec").fetchone()[0]
         codes = self._conn.execute("SELECT COUNT(*) FROM memory_bin").fetchone()[0]
-        if live == fts == vec == codes:
-            return []
-        return [f"index counts differ: {live} live memories, {fts} keyword rows, {vec} vectors, {codes} binary codes"]
+        problems = [] if live == fts == vec == codes else [
+            f"index counts differ: {live} live memories, {fts} keyword rows, {vec} vectors, {codes} binary codes"]
+        # A damaged page inside a vector blob keeps the page's structure (SQLite's integrity check passes) and
+        # reads as other numbers: every stored vector is unit length, so one that is not was damaged.
+        damaged = 0
+        for _, blob in self._conn.execute("SELECT rowid, embedding FROM memory_vec"):
+            vector = np.frombuffer(blob, dtype=np.float32)
+            norm = float(np.linalg.norm(vector)) if np.isfinite(vector).all() else float("nan")
+            if not abs(norm - 1.0) < 1e-2:
+                damaged += 1
+        if damaged:
+            problems.append(f"memory_vec is damaged (a search table: `edge memory reindex` rebuilds it): {damaged} "
+                            "stored vectors are not the unit vectors edge writes")
+        return problems

@@ -708,7 +708,13 @@ class MemoryBank:
         with self._transaction() as conn:
             for table in SEARCH_TABLES:
                 if table in schema:
-                    conn.execute(f"DROP TABLE {table}")
+                    try:
+                        conn.execute(f"DROP TABLE {table}")
+                    except BankError as exc:  # its pages are too damaged to free: the file must be rebuilt
+                        raise CorruptBankError(
+                            f"The search table {table} of {self.path} is too damaged to rebuild in place ({exc.message}).",
+                            hint="Export what is readable (`edge memory export FILE`) and import it into a new bank "
+                            "(`edge memory import FILE --db NEW.db`).") from exc
                     conn.execute(schema[table])
             for (rowid, memory), vec in zip(live, vectors):
                 self.index.add(rowid, memory.search_text(), memory.owner, memory.kind, vec)
