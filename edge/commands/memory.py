@@ -250,10 +250,16 @@ def undo(steps: int, yes: bool, db: Path | None, user: str, as_json: bool) -> No
                 click.confirm("Revert them?", abort=True)
         applied = bank.undo(steps)
 
+    _emit_reverted(applied, as_json, "undid", " (now deleted)")
+
+
+def _emit_reverted(applied, as_json: bool, verb: str, deleted: str) -> None:
+    """What undo or redo changed: one line per operation (the memory as it is now), or JSON."""
     def human() -> None:
         for op in applied:
-            click.echo(f"undid #{op.seq}: {op.memory_id} -> {(op.after or {}).get('text', '')}"
-                       + (" (now deleted)" if (op.after or {}).get("deleted_at") else ""))
+            after = op.after or {}
+            click.echo(f"{verb} #{op.seq}: {op.memory_id} -> {for_terminal(after.get('text', ''))}"
+                       + (deleted if after.get("deleted_at") else ""))
 
     _emit([vars(a) for a in applied], as_json, human)
 
@@ -267,12 +273,7 @@ def redo(db: Path | None, user: str, as_json: bool) -> None:
     with open_bank(db, user, create=False) as bank:
         applied = bank.redo()
 
-    def human() -> None:
-        for op in applied:
-            click.echo(f"redid #{op.seq}: {op.memory_id} -> {(op.after or {}).get('text', '')}"
-                       + (" (deleted)" if (op.after or {}).get("deleted_at") else ""))
-
-    _emit([vars(a) for a in applied], as_json, human)
+    _emit_reverted(applied, as_json, "redid", " (deleted)")
 
 
 @memory.command()
