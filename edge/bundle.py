@@ -153,6 +153,18 @@ class Bundle:
         """A role's entry in `roles`; a role the manifest does not name is served like "answer"."""
         return self.manifest["roles"].get(role) or self.manifest["roles"]["answer"]
 
+    def model_backend(self, key: str) -> str:
+        """The backend kind serving the model `key`: its own `backend`, else the manifest's (older manifests)."""
+        return self.manifest["models"][key].get("backend") or self.manifest["backend"]
+
+    def model_server(self, key: str) -> dict[str, Any]:
+        """A served model's `server` table (url, model, ...): its own, else the manifest's (older manifests)."""
+        return self.manifest["models"][key].get("server") or self.manifest.get("server") or {}
+
+    def role_model(self, role: str) -> str:
+        """The key in `models` of the model serving `role`."""
+        return self._role_spec(role)["model"]
+
     def role(self, role: str) -> tuple[Path, Path | None]:
         """The model file (or folder) and the optional LoRA adapter that serve a role.
 
@@ -167,10 +179,11 @@ class Bundle:
     def model_label(self, role: str = "chat") -> str:
         """The model serving `role` as people call it: "SmolLM2-135M-Instruct Q8_0" (base and quantisation),
         or "qwen2.5:3b @ http://localhost:11434" for a served one."""
-        if self.manifest.get("backend") == "http":
-            server = self.manifest.get("server", {})
+        key = self.role_model(role)
+        if self.model_backend(key) == "http":
+            server = self.model_server(key)
             return f"{server.get('model')} @ {server.get('url')}"
-        spec = self.manifest["models"][self._role_spec(role)["model"]]
+        spec = self.manifest["models"][key]
         name = Path(str(spec.get("base") or spec.get("path"))).name
         return f"{name} {spec.get('quantization') or ''}".strip()
 
@@ -239,17 +252,22 @@ class Bundle:
         generation = generation or self.generation
         n_ctx = n_ctx or generation.n_ctx
         model, _ = self.role(role)
-        if self.backend == "http":
+        key = self.role_model(role)
+        kind = self.model_backend(key)
+        if kind == "http":
             from edge.model_source import http_backend
 
-            return http_backend(self.manifest["server"], n_ctx=n_ctx)
-        adapters = self.adapter_paths()
-        missing = [f"{key} ({path})" for key, path in adapters.items() if not path.exists()]
+            return http_backend(self.model_server(key), n_ctx=n_ctx)
+        # A model loads the adapters made for it: those whose base_model is its key (or that name none, as
+        # bundles before per-role models did). A LoRA of another base would not fit its layers.
+        adapters = {name: path for name, path in self.adapter_paths().items()
+                    if self.manifest["adapters"][name].get("base_model") in (None, key)}
+        missing = [f"{name} ({path})" for name, path in adapters.items() if not path.exists()]
         if missing:
             raise BundleError(
                 f"The bundle {self.root} names adapter files that are not there: {', '.join(missing)}.",
                 hint="re-export the bundle, or set the roles' \"adapter\" to null to serve the base model")
-        if self.backend == "onnx-genai":
+        if kind == "onnx-genai":
             return load_backend("onnx-genai", model_dir=model, adapters=adapters or None,
                                 repeat_penalty=generation.repeat_penalty)
         return load_backend(
@@ -278,10 +296,14 @@ class Bundle:
             return problems
         if m["backend"] not in BACKENDS:
             problems.append(f"unknown backend {m['backend']!r}")
-        if m["backend"] == "http" and not {"url", "model"} <= set(m.get("server") or {}):
-            problems.append("backend 'http' needs a 'server' with 'url' and 'model'")
-        if m["backend"] != "http" and any("path" not in spec for spec in m["models"].values()):
-            problems.append(f"backend {m['backend']!r} needs a 'path' for every model")
+        for key, spec in m["models"].items():
+            kind = spec.get("backend") or m["backend"]
+            if kind not in BACKENDS:
+                problems.append(f"model {key!r}: unknown backend {kind!r}")
+            elif kind == "http" and not {"url", "model"} <= set(self.model_server(key)):
+                problems.append(f"model {key!r}: backend 'http' needs a 'server' with 'url' and 'model'")
+            elif kind != "http" and "path" not in spec:
+                problems.append(f"model {key!r}: backend {kind!r} needs a 'path'")
         for role, spec in m["roles"].items():
             if spec.get("model") not in m["models"]:
                 problems.append(f"role {role!r} names unknown model {spec.get('model')!r}")

@@ -7,6 +7,9 @@
     structured_output = "auto"
     api_key_env = "OPENAI_API_KEY"                         # the variable's *name*; the key is never written here
 
+    [roles]                                                # a role on a model of its own (edge.role_models)
+    chat = "qwen2.5:3b@http://localhost:11434"            # or a .gguf file; manager / answer likewise
+
     [generation]
     answer_k = 20
     text_mode = "free"
@@ -70,6 +73,15 @@ def _positive_seconds(value: str) -> float:
     return seconds
 
 
+def _role_model(value: str) -> str:
+    from edge.role_models import RoleModel
+
+    try:
+        return RoleModel.parse(value).text
+    except InvalidInputError as exc:
+        raise ValueError(exc.message) from None
+
+
 # key -> (what it is, how a string from the command line becomes its value)
 KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "model.bundle": ("a bundle folder", _path),
@@ -80,6 +92,8 @@ KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
                                 _choice(STRUCTURED_OUTPUTS)),
     "model.api_key_env": ("the environment variable holding the server's API key", _env_name),
     "model.timeout": ("seconds to wait for the server's answer before it counts as timed out", _positive_seconds),
+    **{f"roles.{role}": (f"the model serving the {role} role: a .gguf file or NAME@URL (edge.role_models)",
+                         _role_model) for role in ("chat", "manager", "answer")},
     "generation.answer_k": ("memories the Answer Agent retrieves", _positive),
     "generation.answer_tokens": ("the most tokens the memories take in the Answer Agent's prompt", _positive),
     "generation.text_mode": ("extractive (spans of what was said) or free (written by the model)",

@@ -34,6 +34,7 @@ from edge.errors import BundleError, InvalidInputError
 from edge.files import link_or_copy, staged_dir
 from edge.gguf_info import GgufInfo, read_gguf_info
 from edge.prompts import PROMPT_VERSION, REPEAT_PENALTY
+from edge.role_models import RoleModel, with_role_models
 
 Progress = Callable[[str], None]
 DEFAULT_API_KEY_ENV = "EDGE_API_KEY"
@@ -269,18 +270,36 @@ class ModelChoice:
     timeout: float | None = None  # seconds to wait for the server (with `server`; None: DEFAULT_TIMEOUT_S)
     generation: dict[str, Any] = field(default_factory=dict)  # answer_k / text_mode / n_ctx set by the user
     origin: str = "default"  # "options" (command line), "config" (config.toml) or "default"
+    # Roles served by a model of their own (`edge.role_models`): ((role, RoleModel), ...), from --role,
+    # --chat-model and --chat-server, else config.toml's [roles] table.
+    roles: tuple[tuple[str, RoleModel], ...] = ()
 
     @classmethod
     def from_options(cls, *, bundle: Path | None = None, model: str | None = None, server: str | None = None,
                      structured_output: str | None = None, api_key_env: str | None = None,
                      timeout: float | None = None, answer_k: int | None = None, text_mode: str | None = None, n_ctx: int | None = None,
-                     config: dict[str, Any] | None = None) -> "ModelChoice":
+                     config: dict[str, Any] | None = None,
+                     roles: dict[str, RoleModel] | None = None) -> "ModelChoice":
         """The choice from command-line options; with no source among them, from `config` (`edge.config`).
 
         `model` is a GGUF path without `server`, the served model's name with
-        it. Options override the config's `generation.*` one by one.
+        it. Options override the config's `generation.*` one by one. `roles`
+        (`edge.role_models.role_models`) puts roles on models of their own;
+        without it, config.toml's `roles.*` do.
         """
         config = config if config is not None else {}
+        if not roles:
+            roles = {key.split(".", 1)[1]: RoleModel.parse(value, role=key)
+                     for key, value in config.items() if key.startswith("roles.")}
+        return replace(cls._source(bundle=bundle, model=model, server=server, structured_output=structured_output,
+                                   api_key_env=api_key_env, timeout=timeout, answer_k=answer_k, text_mode=text_mode,
+                                   n_ctx=n_ctx, config=config),
+                       roles=tuple(sorted(roles.items())))
+
+    @classmethod
+    def _source(cls, *, bundle: Path | None, model: str | None, server: str | None, structured_output: str | None,
+                api_key_env: str | None, timeout: float | None, answer_k: int | None, text_mode: str | None,
+                n_ctx: int | None, config: dict[str, Any]) -> "ModelChoice":
         given = {"answer_k": answer_k, "text_mode": text_mode, "n_ctx": n_ctx}
         generation = {key: config[f"generation.{key}"] for key in OVERRIDES if f"generation.{key}" in config}
         generation.update({key: value for key, value in given.items() if value is not None})
@@ -313,14 +332,16 @@ class ModelChoice:
 
     @property
     def is_default(self) -> bool:
-        return not (self.bundle or self.gguf or self.server)
+        return not (self.bundle or self.gguf or self.server or self.roles)
 
     def describe(self) -> str:
         if self.server:
-            return f"{self.name} @ {self.server}"
-        if self.gguf:
-            return str(self.gguf)
-        return str(self.bundle) if self.bundle else "the default bundle"
+            text = f"{self.name} @ {self.server}"
+        elif self.gguf:
+            text = str(self.gguf)
+        else:
+            text = str(self.bundle) if self.bundle else "the default bundle"
+        return text + "".join(f", {role} on {model.describe()}" for role, model in self.roles)
 
     def settings(self) -> dict[str, Any]:
         """This choice as `edge.config` settings (what `edge chat` saves for next time)."""
@@ -336,6 +357,7 @@ class ModelChoice:
             settings["model.gguf"] = str(self.gguf)
         elif self.bundle:
             settings["model.bundle"] = str(Path(self.bundle).expanduser().resolve())
+        settings.update({f"roles.{role}": model.text for role, model in self.roles})
         return settings
 
     def open(self, progress: Progress = lambda _: None) -> Bundle:
@@ -350,6 +372,10 @@ class ModelChoice:
             bundle = Bundle.load(self.bundle)
         else:
             bundle = build_default(log=progress)
+        for role, model in self.roles:
+            progress(f"The {role} role: {model.describe()}")
+        bundle = with_role_models(bundle, dict(self.roles), structured_output=self.structured_output,
+                                  api_key_env=self.api_key_env, timeout=self.timeout)
         return with_generation(bundle, self.generation)
 
     def with_generation(self, **generation: Any) -> "ModelChoice":
@@ -362,6 +388,6 @@ def remember_choice(choice: ModelChoice) -> Path | None:
 
     if choice.is_default:
         return None
-    settings = {k: v for k, v in config.load_config().items() if not k.startswith("model.")}
+    settings = {k: v for k, v in config.load_config().items() if not k.startswith(("model.", "roles."))}
     settings.update(choice.settings())
     return config.save_config(settings)

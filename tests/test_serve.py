@@ -97,12 +97,13 @@ def upstream():
     running.httpd.shutdown()
 
 
-def start_serve(default_bundle, db: Path, upstream_url: str, edge_home: Path, log: Path, *extra: str
+def start_serve(default_bundle, db: Path, upstream_url: str | None, edge_home: Path, log: Path, *extra: str
                 ) -> tuple[subprocess.Popen, str]:
+    """`edge serve` in front of `upstream_url` (None: `extra` names the upstream, e.g. with --chat-server)."""
     port = free_port()
     env = {**{k: v for k, v in os.environ.items() if k != "EDGE_SERVE_KEY"}, "EDGE_HOME": str(edge_home)}
-    process = subprocess.Popen([sys.executable, "-m", "edge.cli", "serve", "--upstream", upstream_url,
-                                "--upstream-model", "upstream-model", "--http", f"127.0.0.1:{port}",
+    upstream = ["--upstream", upstream_url, "--upstream-model", "upstream-model"] if upstream_url else []
+    process = subprocess.Popen([sys.executable, "-m", "edge.cli", "serve", *upstream, "--http", f"127.0.0.1:{port}",
                                 "--bundle", str(default_bundle.root), "--db", str(db), "--user", "ana", *extra],
                                env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 90
@@ -157,6 +158,28 @@ def test_a_fact_said_in_one_request_shapes_the_system_message_of_the_next(defaul
     with MemoryBank.open(db, create=False, user="ana") as bank:
         assert pending_records(bank) == []  # the Manager went over every turn before the server stopped
         assert bank.check() == []
+
+
+def test_serve_answers_from_the_chat_role_server_when_no_upstream_is_given(default_bundle, tmp_path, edge_home,
+                                                                          upstream):
+    """`edge serve --chat-server URL --chat-model NAME`: the reply from the chat role's server, the memory agents
+    the bundle's; with the chat role in process there is no server to forward to, and it says so."""
+    db = tmp_path / "bank.db"
+    process, url = start_serve(default_bundle, db, None, edge_home, tmp_path / "serve.log",
+                               "--chat-server", upstream.url, "--chat-model", "upstream-model")
+    try:
+        client = openai.OpenAI(base_url=url, api_key="unused")
+        said = client.chat.completions.create(model="edge", messages=[
+            {"role": "user", "content": "I just adopted a cat named Luna."}])
+        assert said.choices[0].message.content == REPLY and upstream.requests[0]["model"] == "upstream-model"
+        assert logged(db, "ana") == ["I just adopted a cat named Luna."]
+    finally:
+        stop(process)
+    refused = subprocess.run([sys.executable, "-m", "edge.cli", "serve", "--bundle", str(default_bundle.root),
+                              "--db", str(tmp_path / "other.db"), "--http", f"127.0.0.1:{free_port()}"],
+                             env={**os.environ, "EDGE_HOME": str(edge_home)}, capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode != 0 and "--chat-server URL --chat-model NAME" in refused.stderr
 
 
 def test_the_upstream_going_away_mid_stream_is_an_error_and_the_turn_is_kept(default_bundle, tmp_path, edge_home,

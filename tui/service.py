@@ -192,8 +192,14 @@ class ChatService:
         )
 
     def _model_label(self, agent: Agent) -> str:
-        """The chat model as people call it (e.g. "SmolLM2-135M-Instruct Q4_1"), else the backend's name."""
-        return agent.backend.name if self.config.backend is not None else agent.bundle.model_label("chat")
+        """The models as people call them: "SmolLM2-135M-Instruct Q4_1" when one serves every role, else
+        "chat qwen2.5:3b @ http://... · memory SmolLM2-135M-Instruct Q4_1" (`edge.role_models`); a backend
+        given in place of the bundle's by its name."""
+        if self.config.backend is not None:
+            return agent.backend.name
+        chat = agent.bundle.model_label("chat")
+        memory = sorted({agent.bundle.model_label(role) for role in ("manager", "answer")})
+        return chat if memory == [chat] else f"chat {chat} · memory {' / '.join(memory)}"
 
     def close(self, wait_s: float = 60.0) -> None:
         """Cancel a reply in progress, wait for its turn to finish, then release the models and the bank."""

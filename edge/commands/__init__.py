@@ -101,9 +101,10 @@ def model_options(*, generation: bool = True, answer_k: bool = True):
     def decorate(fn):
         @functools.wraps(fn)
         def wrapper(*args, bundle=None, model=None, server=None, structured_output=None, api_key_env=None,
-                    timeout=None, **kwargs):
+                    timeout=None, role=(), chat_model=None, chat_server=None, **kwargs):
             from edge.config import load_config
             from edge.model_source import ModelChoice
+            from edge.role_models import role_models
 
             # Only the options added here are taken; a command's own (eval's --n-ctx) pass through.
             text_mode = kwargs.pop("text_mode", None) if generation else None
@@ -113,7 +114,7 @@ def model_options(*, generation: bool = True, answer_k: bool = True):
             source = ModelChoice.from_options(
                 bundle=bundle, model=model, server=server, structured_output=structured_output,
                 api_key_env=api_key_env, timeout=timeout, answer_k=default_k, text_mode=text_mode, n_ctx=n_ctx,
-                config=load_config(),
+                config=load_config(), roles=role_models(roles=role, chat_model=chat_model, chat_server=chat_server),
             )
             return fn(*args, source=source, **kwargs)
 
@@ -133,6 +134,14 @@ def model_options(*, generation: bool = True, answer_k: bool = True):
             click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
                          help="How long to wait for the server's answer before saying it timed out. "
                          "[default: config.toml's model.timeout, else 120]"),
+            click.option("--chat-model", default=None, metavar="FILE.gguf|NAME",
+                         help="The chat reply from this model (a GGUF run in process; with --chat-server, the "
+                         "served model's name); the Memory Manager and the Answer Agent stay the bundle's."),
+            click.option("--chat-server", default=None, metavar="URL",
+                         help="The chat reply from this OpenAI-compatible server (with --chat-model NAME)."),
+            click.option("--role", multiple=True, metavar="ROLE=MODEL",
+                         help="Serve a role (chat, manager, answer) from its own model: a .gguf file or NAME@URL. "
+                         "Repeatable. [default: config.toml's [roles], else the bundle's]"),
         ]
         if generation:
             options += [

@@ -102,7 +102,11 @@ def verify(path: Path, as_json: bool) -> None:
 
 
 def _load_problems(loaded) -> list[str]:
-    """Load the embedder and each model once: a bundle whose files are intact can still be unusable."""
+    """Load the embedder and each model once: a bundle whose files are intact can still be unusable.
+
+    Each model is checked by its own backend kind (`Bundle.model_backend`): a file loads in llama.cpp or
+    onnxruntime-genai with the adapters made for it, a served model's server answers and serves it.
+    """
     from edge.backends import load_backend
 
     problems = []
@@ -112,39 +116,44 @@ def _load_problems(loaded) -> list[str]:
             problems.append(f"embedder returns shape {vector.shape}, manifest says dim {loaded.embedder_dim}")
     except Exception as exc:  # noqa: BLE001 - every failure is reported, none is fatal here
         problems.append(f"embedder does not load: {exc}")
-    if loaded.backend == "http":
-        return problems + _server_problems(loaded)
-    for key, model in loaded.model_paths().items():
+    for key in loaded.manifest["models"]:
+        kind = loaded.model_backend(key)
+        if kind == "http":
+            problems += _server_problems(loaded, key)
+            continue
+        model = loaded.model_paths()[key]
+        adapters = {name: path for name, path in loaded.adapter_paths().items()
+                    if loaded.manifest["adapters"][name].get("base_model") in (None, key)}
         try:
-            kwargs = {"model_path": model, "n_ctx": 256} if loaded.backend == "llama.cpp" else {"model_dir": model}
-            if loaded.backend == "llama.cpp" and loaded.adapter_paths():
-                kwargs["adapters"] = loaded.adapter_paths()
-            load_backend(loaded.backend, **kwargs).close()
+            kwargs = {"model_path": model, "n_ctx": 256} if kind == "llama.cpp" else {"model_dir": model}
+            if kind == "llama.cpp" and adapters:
+                kwargs["adapters"] = adapters
+            load_backend(kind, **kwargs).close()
         except Exception as exc:  # noqa: BLE001
             problems.append(f"model {key!r} does not load: {exc}")
     return problems
 
 
-def _server_problems(loaded) -> list[str]:
-    """A served bundle is usable when its server answers and lists (or at least serves) its model."""
+def _server_problems(loaded, key: str) -> list[str]:
+    """A served model is usable when its server answers and lists (or at least serves) it."""
     from edge.backends.base import Message
-
     from edge.errors import EdgeError
+    from edge.model_source import http_backend
 
-    server = loaded.manifest["server"]
-    backend = loaded.load_backend("answer")
+    server = loaded.model_server(key)
+    backend = http_backend(server)
     try:
         try:
             listed = backend.models()
         except EdgeError as exc:
-            return [f"the server {server['url']} does not answer: {exc.message}"]
+            return [f"model {key!r}: the server {server['url']} does not answer: {exc.message}"]
         if listed and server["model"] not in listed:
             # Some servers (llama_cpp.server) serve their one model under any name; ask it once.
             try:
                 backend.complete([Message("user", "Say OK.")], max_tokens=2)
             except EdgeError as exc:
-                return [f"the server does not serve {server['model']!r} (it lists {', '.join(listed)}): "
-                        f"{exc.message}"]
+                return [f"model {key!r}: the server does not serve {server['model']!r} (it lists "
+                        f"{', '.join(listed)}): {exc.message}"]
         return []
     finally:
         backend.close()

@@ -23,9 +23,10 @@ DEFAULT_KEY_ENV = "EDGE_SERVE_KEY"
 
 
 @click.command(name="serve")
-@click.option("--upstream", required=True, metavar="URL",
+@click.option("--upstream", default=None, metavar="URL",
               help="The OpenAI-compatible chat server to answer with (llama-server, Ollama, LM Studio, vLLM), "
-              "e.g. http://localhost:11434/v1.")
+              "e.g. http://localhost:11434/v1. [default: the chat role's server: --chat-server, or "
+              "config.toml's roles.chat]")
 @click.option("--upstream-model", default=None, metavar="NAME",
               help="The upstream model for requests that name none (or name 'edge').")
 @click.option("--upstream-key-env", default=None, metavar="VAR",
@@ -39,7 +40,7 @@ DEFAULT_KEY_ENV = "EDGE_SERVE_KEY"
 @model_options()
 @db_option
 @user_option
-def serve(upstream: str, upstream_model: str | None, upstream_key_env: str | None, http: str, key_env: str,
+def serve(upstream: str | None, upstream_model: str | None, upstream_key_env: str | None, http: str, key_env: str,
           memory_chars: int | None, source, db: Path | None, user: str) -> None:
     """Give any chat app a memory: an OpenAI-compatible endpoint in front of your own chat model.
 
@@ -49,8 +50,12 @@ def serve(upstream: str, upstream_model: str | None, upstream_key_env: str | Non
     message, and the request goes to --upstream; the reply comes back as
     the upstream wrote it, streamed or not. The user is the request's
     `user` field, the X-Edge-User header, or --user. The memory agents are
-    the bundle's (--bundle / --model / --server choose them, as for every
-    command); the reply is the upstream's.
+    the bundle's (--bundle / --model / --server / --role choose them, as for
+    every command); the reply is the upstream's.
+
+    \b
+      edge serve --upstream http://localhost:11434/v1 --upstream-model qwen2.5:3b
+      edge serve --chat-server http://localhost:11434 --chat-model qwen2.5:3b
     """
     try:
         import anyio  # noqa: F401
@@ -77,6 +82,13 @@ def serve(upstream: str, upstream_model: str | None, upstream_key_env: str | Non
         sock.close()
         raise
     log_to_stderr()
+    if upstream is None:
+        try:
+            upstream, upstream_model, upstream_key = chat_upstream(agent.bundle, upstream_model, upstream_key)
+        except BaseException:
+            agent.close()
+            sock.close()
+            raise
     proxy = MemoryProxy(agent, memory_chars=MEMORY_CHARS if memory_chars is None else memory_chars)
     try:
         app = build_app(proxy, upstream, upstream_model, token=token, upstream_key=upstream_key,
@@ -93,3 +105,22 @@ def serve(upstream: str, upstream_model: str | None, upstream_key_env: str | Non
         proxy.close()
         agent.close()
         click.echo("edge serve: stopped", err=True)
+
+
+def chat_upstream(bundle, upstream_model: str | None, upstream_key: str | None) -> tuple[str, str, str | None]:
+    """The upstream when --upstream is not given: the server of the bundle's chat role (`edge.role_models`).
+
+    Returns (url, model name, API key). Raises `InvalidInputError` when the
+    chat role runs in process: `edge serve` forwards requests to a server.
+    """
+    from edge.model_source import api_key_from_env
+
+    key = bundle.role_model("chat")
+    if bundle.model_backend(key) != "http":
+        raise InvalidInputError(
+            f"edge serve forwards chat requests to a model server, and the chat role runs "
+            f"{bundle.model_label('chat')} in process.",
+            hint="give --upstream URL, or put the chat role on a server: --chat-server URL --chat-model NAME")
+    server = bundle.model_server(key)
+    return (server["url"], upstream_model or server["model"],
+            upstream_key or api_key_from_env(server.get("api_key_env")))
