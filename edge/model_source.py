@@ -288,13 +288,17 @@ class ModelChoice:
         without it, config.toml's `roles.*` do.
         """
         config = config if config is not None else {}
-        if not roles:
+        source = cls._source(bundle=bundle, model=model, server=server, structured_output=structured_output,
+                             api_key_env=api_key_env, timeout=timeout, answer_k=answer_k, text_mode=text_mode,
+                             n_ctx=n_ctx, config=config)
+        origin = source.origin
+        if roles:
+            origin = "options"  # saved by `edge chat` for next time, as a model option is
+        else:
             roles = {key.split(".", 1)[1]: RoleModel.parse(value, role=key)
                      for key, value in config.items() if key.startswith("roles.")}
-        return replace(cls._source(bundle=bundle, model=model, server=server, structured_output=structured_output,
-                                   api_key_env=api_key_env, timeout=timeout, answer_k=answer_k, text_mode=text_mode,
-                                   n_ctx=n_ctx, config=config),
-                       roles=tuple(sorted(roles.items())))
+            origin = "config" if roles and origin == "default" else origin
+        return replace(source, roles=tuple(sorted(roles.items())), origin=origin)
 
     @classmethod
     def _source(cls, *, bundle: Path | None, model: str | None, server: str | None, structured_output: str | None,

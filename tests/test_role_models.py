@@ -102,11 +102,11 @@ def test_role_options_are_checked_and_remembered(tmp_path, edge_home, server_url
         role_models(roles=["chat=a.gguf"], chat_model="b.gguf")
 
     choice = ModelChoice.from_options(roles=role_models(roles=[f"chat=qwen2.5:3b@{server_url}"]), config={})
-    assert remember_choice(choice) is not None
+    assert choice.origin == "options" and remember_choice(choice) is not None  # what `edge chat` saves
     saved = config.load_config()
     assert saved == {"roles.chat": f"qwen2.5:3b@{server_url}"}
     again = ModelChoice.from_options(config=saved)  # the next `edge chat` with no options
-    assert dict(again.roles) == {"chat": RoleModel(server=server_url, name="qwen2.5:3b")}
+    assert dict(again.roles) == {"chat": RoleModel(server=server_url, name="qwen2.5:3b")} and again.origin == "config"
     assert "chat on qwen2.5:3b @" in again.describe()
     bad = subprocess.run([sys.executable, "-m", "edge.cli", "config", "set", "roles.answer", "nothing-here"],
                          capture_output=True, text=True, env={**os.environ, "EDGE_HOME": str(edge_home)}, timeout=60)
