@@ -59,7 +59,7 @@ def main() -> None:
     from edge.bundle import build_default, default_generation
     from edge.generation import ANSWER_ORDERS
     from edge.locomo import load_locomo
-    from edge.manager import shown_memories
+    from edge.model_calls import shown_memories
     from edge.prompts import ANSWER_CONTEXT_TOKENS, focus_memory, memory_line
 
     bundle = build_default(log=lambda message: print(message, file=sys.stderr))

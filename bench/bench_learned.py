@@ -57,7 +57,7 @@ RESULTS = ROOT / "bench" / "results"
 
 def served_replies(backend, episodes, *, adapter: str | None, max_tokens: int) -> list[str]:
     """Each episode's reply on llama.cpp: its runtime messages and schema, greedy, with `adapter` (None: base)."""
-    from edge.manager import to_messages
+    from edge.model_calls import to_messages
 
     replies = []
     for i, episode in enumerate(episodes, start=1):

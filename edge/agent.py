@@ -42,7 +42,8 @@ from edge.bank import EPISODIC, Memory, MemoryBank, clean_text, text_limit
 from edge.bundle import Bundle
 from edge.errors import BackendError, BundleError, InvalidInputError, TurnInterruptedError
 from edge.generation import GenerationConfig
-from edge.manager import MemoryManager, TurnResult, adapter_for, shown_memory, to_messages, turn_time
+from edge.manager import MemoryManager, TurnResult, turn_time
+from edge.model_calls import adapter_for, shown_memory, to_messages
 from edge.operations import AppliedOp
 from edge.prompts import (
     CHAT_CORE_CHARS,

@@ -22,7 +22,7 @@ from edge.backends.base import Backend
 from edge.bank import EPISODIC, Memory, MemoryBank
 from edge.errors import ModelOutputError
 from edge.generation import FACTS_FIRST_SHARE, GenerationConfig, Setting
-from edge.manager import adapter_for, shown_memories, to_messages
+from edge.model_calls import adapter_for, shown_memories, to_messages
 from edge.prompts import (
     CORE_MEMORY_CHARS,
     UNKNOWN,

@@ -37,14 +37,14 @@ from typing import Any
 
 from edge.backends.base import Backend, Message
 from edge.bank import Memory, MemoryBank, searchable
-from edge.errors import BackendError, EdgeError, ModelOutputError, TurnInterruptedError
+from edge.errors import EdgeError, ModelOutputError, TurnInterruptedError
 from edge.generation import GenerationConfig, Setting
+from edge.model_calls import adapter_for, shown_memories, to_messages
 from edge.operations import AddOp, AppliedOp, Op, SupersedeOp
 from edge.prompts import (
     DEFAULT_DELETE_CAP,
     IdMap,
     ManagerParse,
-    ShownMemory,
     Turn,
     manager_messages,
     manager_schema,
@@ -105,48 +105,6 @@ def enum_safe(text: str) -> str:
     grounded in the turn.
     """
     return " ".join(text.replace('"', "'").replace("\\", " ").replace("\u201c", "'").replace("\u201d", "'").split())
-
-
-def to_messages(messages: list[dict[str, str]]) -> list[Message]:
-    return [Message(m["role"], m["content"]) for m in messages]
-
-
-def adapter_for(backend: Backend, name: str | None) -> str | None:
-    """The adapter `name` as the argument `backend.complete(adapter=...)` takes; None is the plain base model.
-
-    A role whose bundle names an adapter is served by that adapter or not at
-    all: an adapter the backend has not loaded raises `BackendError`
-    instead of quietly answering with the base model (which would serve an
-    untrained Manager under a trained bundle's name).
-    """
-    if name is None:
-        return None
-    if name not in backend.adapters:
-        raise BackendError(
-            f"The adapter {name!r} is not loaded in {backend.name}; its role would be served by the base model.",
-            hint=f"loaded adapters: {', '.join(backend.adapters) or 'none'}; load it with the backend "
-            "(`Bundle.load_backend` attaches a bundle's adapters), or pass adapter=None for the base model",
-        )
-    return name
-
-
-def shown_memory(local_id: str, memory: Memory, *, max_chars: int | None = None) -> ShownMemory:
-    """A bank memory as the prompts show it (dates, speaker, resolved relative dates, superseded mark)."""
-    text = memory.text
-    if max_chars is not None and len(text) > max_chars:
-        text = text[: max_chars - 1].rsplit(" ", 1)[0] + "…"
-    dates = memory.metadata.get("dates") or {}
-    return ShownMemory(
-        local_id, memory.tier, text, memory.event_time,
-        speaker=memory.speaker if memory.tier == "episodic" else None,
-        dates=tuple((str(k), str(v)) for k, v in dates.items()) if memory.tier == "episodic" else (),
-        until=memory.valid_until,
-    )
-
-
-def shown_memories(memories: list[Memory], *, max_chars: int | None = None) -> tuple[IdMap, list[ShownMemory]]:
-    id_map = IdMap([m.id for m in memories])
-    return id_map, [shown_memory(id_map.to_local[m.id], m, max_chars=max_chars) for m in memories]
 
 
 def turn_reference(turn: Turn) -> str:

@@ -65,11 +65,6 @@ def check_onnx_tools() -> None:
         raise MissingExtraError("ONNX export", "onnx-genai") from exc
 
 
-def build_onnx(model_dir: Path, out_dir: Path, precision: str, *, cache: Path | None = None) -> Path:
-    """Write an onnxruntime-genai folder for the Hugging Face folder `model_dir` at `out_dir`."""
-    return build_many([(model_dir, out_dir, precision)], cache=cache)[0]
-
-
 def build_many(jobs: list[tuple[Path, Path, str]], *, cache: Path | None = None) -> list[Path]:
     """Build several (model folder, output folder, precision) jobs in one builder process.
 

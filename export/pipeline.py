@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edge import __version__
-from edge.bundle import default_generation
+from edge.bundle import ADAPTER_ROLES, default_generation
 from edge.errors import EdgeError, MissingExtraError
 from edge.export.gguf import QUANT_TYPES
 from edge.export.onnx import PRECISIONS
@@ -40,7 +40,6 @@ from edge.export.parity import DEFAULT_MARGIN, ParityReport
 from edge.generation import GenerationConfig
 from edge.prompts import PROMPT_VERSION
 
-ROLES = ("manager", "answer")
 LAYOUTS = ("merged", "adapters")
 SUMMARY_FILE = "export.json"
 
@@ -74,7 +73,7 @@ class ExportOptions:
         if not isinstance(self.generation, GenerationConfig):  # a manifest-style table
             self.generation = GenerationConfig.from_manifest(self.generation, source="--generation")
         self.adapters = {role: Path(path).expanduser() for role, path in self.adapters.items() if path}
-        unknown = set(self.adapters) - set(ROLES)
+        unknown = set(self.adapters) - set(ADAPTER_ROLES)
         if unknown:
             raise EdgeError(f"Unknown adapter role(s): {', '.join(sorted(unknown))}.", hint="roles: manager, answer")
         self.gguf = tuple(dict.fromkeys(q.strip().lower() for q in self.gguf if q.strip()))
@@ -206,9 +205,9 @@ def export(options: ExportOptions, *, progress: bool = True, log: Callable[[str]
     for adapter in adapters.values():
         merge.check_prompt_version(adapter, allow_unrecorded=options.allow_unrecorded_prompts)
 
-    roles_with = [r for r in ROLES if r in adapters]
+    roles_with = [r for r in ADAPTER_ROLES if r in adapters]
     # Model keys in the merged layout: a role with an adapter gets its merged model, others share "base".
-    merged_keys = list(dict.fromkeys(r if r in adapters else "base" for r in ROLES))
+    merged_keys = list(dict.fromkeys(r if r in adapters else "base" for r in ADAPTER_ROLES))
     gguf_keys = ["base"] if options.layout == "adapters" else merged_keys
     gguf_variants = list(dict.fromkeys(["f16", *options.gguf])) if options.gguf else []
     onnx_variants = list(dict.fromkeys((["fp32"] if options.parity else []) + list(options.onnx)))
@@ -301,7 +300,7 @@ def _parity_plan(options, merged_keys, sources, gguf_files, lora_files, onnx_dir
     generation = options.generation
     targets = []
     for key in merged_keys:
-        served = tuple(r for r in ROLES if (r if r in sources else "base") == key)
+        served = tuple(r for r in ADAPTER_ROLES if (r if r in sources else "base") == key)
         candidates: list[Candidate] = []
         for variant in gguf_variants:
             if options.layout == "adapters":
@@ -344,7 +343,7 @@ def _quant_label(variant: str) -> str:
 def _bundle_specs(options, base, adapters, merged_keys, gguf_files, lora_files, onnx_dirs, summary):
     from edge.export.bundle_writer import BundleSpec
 
-    roles_with = [r for r in ROLES if r in adapters]
+    roles_with = [r for r in ADAPTER_ROLES if r in adapters]
     answer_key = "answer" if "answer" in adapters else "base"
     export_info = {
         "base": base.name,
@@ -357,14 +356,14 @@ def _bundle_specs(options, base, adapters, merged_keys, gguf_files, lora_files, 
         if options.layout == "adapters":
             models = {"base": (gguf_files[("base", variant)], {
                 "format": "gguf", "quantization": _quant_label(variant), "base": base.name})}
-            roles = {role: {"model": "base", "adapter": role if role in lora_files else None} for role in ROLES}
+            roles = {role: {"model": "base", "adapter": role if role in lora_files else None} for role in ADAPTER_ROLES}
             roles["chat"] = {"model": "base", "adapter": None}
             adapter_files = dict(lora_files)
         else:
             models = {key: (gguf_files[(key, variant)], {
                 "format": "gguf", "quantization": _quant_label(variant), "base": base.name,
                 **({"adapter": role_info(summary, key)} if key != "base" else {})}) for key in merged_keys}
-            roles = {role: {"model": role if role in adapters else "base", "adapter": None} for role in ROLES}
+            roles = {role: {"model": role if role in adapters else "base", "adapter": None} for role in ADAPTER_ROLES}
             roles["chat"] = {"model": answer_key, "adapter": None}
             adapter_files = {}
         specs.append(BundleSpec(
@@ -378,7 +377,7 @@ def _bundle_specs(options, base, adapters, merged_keys, gguf_files, lora_files, 
         models = {key: (onnx_dirs[(key, precision)], {
             "format": "onnx", "quantization": precision, "base": base.name,
             **({"adapter": role_info(summary, key)} if key != "base" else {})}) for key in merged_keys}
-        roles = {role: {"model": role if role in adapters else "base", "adapter": None} for role in ROLES}
+        roles = {role: {"model": role if role in adapters else "base", "adapter": None} for role in ADAPTER_ROLES}
         roles["chat"] = {"model": answer_key, "adapter": None}
         specs.append(BundleSpec(
             folder_name=f"onnx-{precision}", backend="onnx-genai",

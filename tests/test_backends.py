@@ -106,7 +106,7 @@ def test_schema_output_always_parses(backend, temperature):
 def test_greedy_schema_decoding_picks_the_tokens_llama_cpps_sampler_chain_picks():
     """The fast path (grammar checked on the chosen token first) against llama.cpp's own chain."""
     from edge.prompts import REPEAT_PENALTY, ShownMemory, Turn, manager_messages, manager_schema
-    from edge.manager import to_messages
+    from edge.model_calls import to_messages
 
     turns = ["I moved to Berlin last month.", "My sister Ana plays tennis every Sunday and hates losing.",
              "Forget that I like coffee, I only drink tea now.", "We adopted a cat called Luna!"]

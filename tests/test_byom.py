@@ -6,7 +6,6 @@ JSON was asked is a tiny local HTTP server (it only has to be wrong).
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import shutil
@@ -175,12 +174,14 @@ def test_run_a_script_on_a_copied_gguf_file(tmp_path, gguf_copy, minilm):
     turns = [line["result"] for line in document["lines"] if line["kind"] == "turn"]
     answers = [line["result"] for line in document["lines"] if line["kind"] == "question"]
     assert all(t["error"] is None for t in turns)
-    assert all(a["answer"].strip() and a["error"] is None for a in answers)
+    # An answer is never empty ("unknown" at worst): what shows the model read the bank is what it retrieved and
+    # that the answer is grounded in it (extractive answers are spans of what was shown).
+    assert all(a["error"] is None and a["retrieved"] and a["supported"] for a in answers)
     facts, logged = counts(db)
     assert logged == 3 and facts >= 1
     # The same bank answers with the default bundle: one embedder for every model.
     code, answer = run_json("ask", "Where does Ana live?", "--db", str(db))
-    assert code == 0 and answer["answer"].strip()
+    assert code == 0 and answer["retrieved"] and answer["supported"]
 
 
 @pytest.mark.slow
@@ -219,7 +220,7 @@ def test_run_and_ask_through_a_real_server(tmp_path, llama_server, minilm):
     assert document["summary"] == {"done": 5, "refused": 0, "failed": 0, "skipped": 0}
     assert counts(db)[1] == 3
     code, answer = run_json("ask", "Where does Ana live?", *server)
-    assert code == 0 and answer["error"] is None and answer["answer"].strip()
+    assert code == 0 and answer["error"] is None and answer["retrieved"]
     code, answer = run_json("ask", "What instrument does Ana play?", *server, "--text-mode", "extractive")
     assert code == 0 and answer["error"] is None
 

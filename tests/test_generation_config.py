@@ -24,7 +24,8 @@ from edge.embedder import HashEmbedder
 from edge.errors import BackendError, BundleError, InvalidInputError
 from edge.files import link_or_copy
 from edge.generation import GenerationConfig
-from edge.manager import MemoryManager, adapter_for
+from edge.manager import MemoryManager
+from edge.model_calls import adapter_for
 from edge.operations import AddOp
 from edge.prompts import REPEAT_PENALTY, Turn
 

@@ -11,7 +11,7 @@ import pytest
 from edge.backends.base import parse_json
 from edge.backends.llama_cpp import LlamaCppBackend, strict_json_strings
 from edge.bank import clean_text
-from edge.manager import to_messages
+from edge.model_calls import to_messages
 from edge.prompts import ShownMemory, Turn, manager_messages, manager_schema
 
 LOCOMO = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "conv-26.json"

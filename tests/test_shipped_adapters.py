@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from edge.bundle import ADAPTER_ROLES, Bundle, default_differences, default_is_current, shipped_adapters, write_manifest
-from edge.manager import extractive_candidates, to_messages
+from edge.manager import extractive_candidates
+from edge.model_calls import to_messages
 from edge.prompts import ShownMemory, Turn, manager_messages, manager_schema
 
 CHANGE = Turn("Maya", "I don't live in Lisbon anymore, I moved to Oslo.", "10:00 am on 3 May, 2023", "t2")

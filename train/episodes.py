@@ -32,7 +32,8 @@ from typing import Any, Iterable, Sequence
 from edge.bank import Memory, MemoryBank
 from edge.embedder import Embedder
 from edge.evaluation.scoring import best_offered, exact_match, f1_score, is_unknown, normalize_answer
-from edge.manager import RELATED_K, extractive_candidates, related_facts, shown_memories
+from edge.manager import RELATED_K, extractive_candidates, related_facts
+from edge.model_calls import shown_memories
 from edge.prompts import (
     ANSWER_TOP_K,
     EXTRACTIVE_MAX_OPS,

@@ -70,9 +70,6 @@ class Conversation(VerticalScroll):
         self.anchor()
         return reply
 
-    def add_notice(self, text: str) -> None:
-        self.mount(Static(text, markup=False, classes="notice"))
-
 
 class ChatPane(Vertical):
     """The conversation and the message box; posts `ChatPane.Submitted` when the user sends a message."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from edge.errors import BackendError, ModelOutputError
 
-ROLES = ("system", "user", "assistant")
+MESSAGE_ROLES = ("system", "user", "assistant")  # a chat message's role; the agents' roles are edge.bundle.ROLES
 FINISH_REASONS = ("stop", "length", "cancelled", "cut")  # cut: a stream that ended before the server said it was done
 
 
@@ -122,8 +122,8 @@ def check_messages(messages: list[Message]) -> None:
     if not messages:
         raise ValueError("messages must not be empty")
     for message in messages:
-        if message.role not in ROLES:
-            raise ValueError(f"unknown role {message.role!r}; use one of {', '.join(ROLES)}")
+        if message.role not in MESSAGE_ROLES:
+            raise ValueError(f"unknown role {message.role!r}; use one of {', '.join(MESSAGE_ROLES)}")
 
 
 class DecodeLock:

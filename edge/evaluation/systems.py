@@ -33,7 +33,8 @@ from edge.bundle import Bundle
 from edge.embedder import Embedder
 from edge.errors import EdgeError
 from edge.locomo import Conversation, LocoTurn, Session
-from edge.manager import MemoryManager, log_entry_for, shown_memories, to_messages, turn_reference
+from edge.manager import MemoryManager, log_entry_for, turn_reference
+from edge.model_calls import shown_memories, to_messages
 from edge.operations import AddOp
 from edge.prompts import ANSWER_CONTEXT_TOKENS, ANSWER_TOP_K, Turn, answer_messages, memory_line
 
