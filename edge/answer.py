@@ -103,7 +103,7 @@ class AnswerAgent:
         max_tokens: int | None = None,
         context_tokens: int | None = None,
         text_mode: str | None = None,
-        memory_tokens: int | None = None,
+        answer_tokens: int | None = None,
         order: str | None = None,
     ) -> None:
         """`generation`: how questions are answered (a bundle's `Bundle.generation`; default `GenerationConfig()`).
@@ -111,7 +111,7 @@ class AnswerAgent:
         Its `answer_k` is how many memories are retrieved per question,
         `answer_tokens` the most tokens their lines may take and
         `answer_order` how they are ordered (`edge.generation.ANSWER_ORDERS`;
-        "rank" unless a bundle names another); `k`, `memory_tokens`,
+        "rank" unless a bundle names another); `k`, `answer_tokens`,
         `max_tokens`, `text_mode` and `order` override `answer_k`,
         `answer_tokens`, `answer_max_tokens`, `text_mode` and `answer_order`
         (a name not in `ANSWER_ORDERS` raises `InvalidInputError`). `adapter`
@@ -128,12 +128,12 @@ class AnswerAgent:
         self.backend = backend
         self.adapter = adapter_for(backend, adapter)
         self.generation = (generation or GenerationConfig()).override(
-            answer_k=k, answer_tokens=memory_tokens, answer_max_tokens=max_tokens, text_mode=text_mode,
+            answer_k=k, answer_tokens=answer_tokens, answer_max_tokens=max_tokens, text_mode=text_mode,
             answer_order=order)
         self.context_tokens = context_tokens or backend.n_ctx
 
     k = Setting("answer_k", "Memories retrieved per question (`generation.answer_k`).")
-    memory_tokens = Setting("answer_tokens", "The most tokens the memory lines may take (`generation.answer_tokens`).")
+    answer_tokens = Setting("answer_tokens", "The most tokens the memory lines may take (`generation.answer_tokens`).")
     max_tokens = Setting("answer_max_tokens", "The reply budget, in tokens (`generation.answer_max_tokens`).")
     text_mode = Setting("text_mode", '"extractive" or "free" (`generation.text_mode`).')
     order = Setting("answer_order", 'How the memories read are ordered (`generation.answer_order`, "rank" by default).')
@@ -247,7 +247,7 @@ class AnswerAgent:
         )
 
     def _fit(self, question: str, memories: list[Memory], core: str):
-        """The memories whose focused lines fit `memory_tokens`, in order, and a prompt that fits the context.
+        """The memories whose focused lines fit `answer_tokens`, in order, and a prompt that fits the context.
 
         Memories are taken in order, each whose line still fits the budget
         (the first always is; a short one may fill the room a long one
@@ -260,10 +260,10 @@ class AnswerAgent:
         _, shown = shown_memories(memories)
         kept: list[Memory] = []
         used = 0
-        facts_limit = self.memory_tokens * FACTS_FIRST_SHARE if self.order in ("facts-first", "current-first") else None
+        facts_limit = self.answer_tokens * FACTS_FIRST_SHARE if self.order in ("facts-first", "current-first") else None
         for memory, line in zip(memories, shown):
             cost = self.backend.count_tokens(answer_line(line, question, text_mode=self.text_mode)) + 1
-            limit = self.memory_tokens
+            limit = self.answer_tokens
             if facts_limit is not None and memory.tier != EPISODIC and not any(m.tier == EPISODIC for m in kept):
                 limit = facts_limit  # the facts shown before the turns take at most their share
             if kept and used + cost > limit:

@@ -41,7 +41,7 @@ from edge import __version__
 from edge.errors import BundleError
 from edge.files import sha256_file, staged_dir
 from edge.generation import GenerationConfig
-from edge.prompts import PROMPT_VERSION, REPEAT_PENALTY
+from edge.prompts import ANSWER_TOP_K, PROMPT_VERSION, REPEAT_PENALTY
 
 FORMAT = "edge-bundle"
 FORMAT_VERSION = 1
@@ -368,7 +368,7 @@ def _to_stderr(message: str) -> None:
 # 20 LoCoMo turns about 3 s, 12 answer within 1.5 s (bench/bench_agent.py). text_mode: the 135M model
 # chooses spans of what was said instead of writing text.
 DEFAULT_QUANT = "q8_0"
-DEFAULT_GENERATION = {"answer_k": 20, "repeat_penalty": REPEAT_PENALTY, "text_mode": "extractive"}
+DEFAULT_GENERATION = {"answer_k": ANSWER_TOP_K, "repeat_penalty": REPEAT_PENALTY, "text_mode": "extractive"}
 
 
 def default_generation() -> GenerationConfig:

@@ -35,7 +35,10 @@ MAX_OPS_PER_TURN = 3
 # and those tokens made `remember` p95 2.4 s on 2 cores against 1.4 s with one (18 turns of LoCoMo conv-26).
 EXTRACTIVE_MAX_OPS = 1
 DEFAULT_DELETE_CAP = 1
-ANSWER_TOP_K = 60
+# Memories the Answer Agent retrieves per question: the one default of `GenerationConfig.answer_k`, the default
+# bundle, evaluation, training episodes and the Manager's frozen reader. Memory-R1 reads 60 with an 8B model on a
+# GPU; on 2 cores the prompt decides `ask`'s latency, and the token budget below keeps about 11 of 20 windows.
+ANSWER_TOP_K = 20
 # The Answer Agent reads each memory as a window of this many words around the question's words, and all of
 # them within this many tokens, so a prompt over 20 memories costs what one over 8 whole turns did.
 ANSWER_WINDOW_WORDS = 16

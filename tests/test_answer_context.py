@@ -82,8 +82,8 @@ def test_many_long_turns_fit_the_token_budget_in_rank_order(
         ops = [AddOp(f"Day {i}: {LONG_TURN}", "episodic", f"2023-05-{i + 1:02d}T10:00", (f"D1:{i}",))
                for i in range(30)]
         bank.apply(ops, actor="import")
-        whole = AnswerAgent(llama_backend, k=30, adapter=None, memory_tokens=100_000)
-        focused = AnswerAgent(llama_backend, k=30, adapter=None, memory_tokens=400)
+        whole = AnswerAgent(llama_backend, k=30, adapter=None, answer_tokens=100_000)
+        focused = AnswerAgent(llama_backend, k=30, adapter=None, answer_tokens=400)
         question = "When did Caroline go to the LGBTQ support group?"
         retrieved = focused.retrieve(bank, question)
         memories, messages, _, shown = focused._fit(question, retrieved, "")

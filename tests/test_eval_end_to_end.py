@@ -1,6 +1,8 @@
 """`edge eval locomo` end to end on a tiny conversation, with the real bundled model and embedder."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from pathlib import Path
 
@@ -122,12 +124,13 @@ def test_full_context_keeps_the_newest_turns_that_fit(tmp_path: Path, context) -
     system.open(conversation, tmp_path / "fc")
     system.ingest(conversation)
     assert [m.id for m in system.window()] == [t.dia_id for _, t in conversation.turns()]
-    context.n_ctx, n_ctx = 420, context.n_ctx  # room for only a few turns
+    generation = context.generation
+    context.generation = dataclasses.replace(generation, n_ctx=420)  # room for only a few turns
     try:
         system._window = None
         window = [m.id for m in system.window()]
     finally:
-        context.n_ctx = n_ctx
+        context.generation = generation
     assert 0 < len(window) < 8 and window[-1] == "D2:4"
 
 
@@ -297,11 +300,12 @@ def test_free_text_answers_have_no_ceiling_and_old_answers_are_not_given_one(tmp
     out = tmp_path / "out"
     settings = EvalSettings(data=_data(tmp_path), out=out, systems=["rag-turns"], limit=1, n_ctx=4096, answer_k=20,
                             progress=False)
-    context.text_mode, mode = "free", context.text_mode
+    generation = context.generation
+    context.generation = generation.override(text_mode="free")
     try:
         results = LocomoRun(settings, context=context, log=lambda _: None).run()
     finally:
-        context.text_mode = mode
+        context.generation = generation
     row = _answers(out, "rag-turns")[0]
     assert all(row[field] is None for field in OFFERED_FIELDS) and row["unknown"] in (0.0, 1.0)
     overall = results["systems"]["rag-turns"]["categories"]["overall"]

@@ -116,7 +116,7 @@ def test_changed_settings_reach_the_runtime_the_reward_reader_and_the_parity_che
         assert agent.manager_backend.repeat_penalty == 1.3
         assert agent.manager.generation == generation and agent.manager.max_tokens == 150
         assert agent.answerer.generation == generation
-        assert (agent.answerer.k, agent.answerer.memory_tokens) == (7, 200)
+        assert (agent.answerer.k, agent.answerer.answer_tokens) == (7, 200)
 
     # The training reward's frozen reader, built for the bundle the Manager will be served in.
     config = TrainConfig(device="cpu", reward=RewardSettings(reader="agent", reader_model=str(model)))
@@ -124,7 +124,7 @@ def test_changed_settings_reach_the_runtime_the_reward_reader_and_the_parity_che
     try:
         assert reader.generation == generation
         assert reader.agent.backend.repeat_penalty == 1.3
-        assert (reader.agent.k, reader.agent.memory_tokens) == (7, 200)
+        assert (reader.agent.k, reader.agent.answer_tokens) == (7, 200)
     finally:
         reader.agent.backend.close()
 

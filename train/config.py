@@ -24,6 +24,7 @@ from typing import Any
 
 from edge.config import tomllib  # the standard library's, or `tomli` on Python 3.10
 from edge.errors import EdgeError
+from edge.prompts import ANSWER_TOP_K
 
 AGENTS = ("manager", "answer")
 SOURCES = ("synthetic", "locomo", "both", "mix")
@@ -85,7 +86,8 @@ class DataSettings:
     embedder: str = _help("Embedder of the episode banks: 'minilm' (the runtime default) or 'hash' "
                           "(model-free, fast).", "minilm")
     related_k: int = _help("Memories the Manager is shown per turn (the runtime's related_k).", 8)
-    answer_k: int = _help("Memories the Answer Agent is shown per question (Memory-R1: 60).", 60)
+    answer_k: int = _help("Memories the Answer Agent is shown per question: the default bundle's "
+                          "(edge.prompts.ANSWER_TOP_K; Memory-R1: 60).", ANSWER_TOP_K)
     window: int = _help("LoCoMo Manager episodes: how many previous turns the bank holds.", 50)
     max_dev_episodes: int = _help("Cap on dev episodes evaluated (0: all).", 0)
     text_mode: str = _help(
@@ -144,7 +146,7 @@ class RewardSettings:
                               "bundled")
     reader_url: str | None = _help("reader = 'agent': an OpenAI-compatible server to ask instead of llama.cpp.", None)
     reader_adapter: str | None = _help("reader = 'agent': a GGUF LoRA for the frozen Answer Agent.", None)
-    reader_k: int = _help("Memories the frozen reader retrieves per question.", 60)
+    reader_k: int = _help("Memories the frozen reader retrieves per question.", ANSWER_TOP_K)
     reader_n_ctx: int = _help("reader = 'agent' on llama.cpp: context window.", 4096)
 
     def __post_init__(self) -> None:

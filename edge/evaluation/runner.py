@@ -387,9 +387,7 @@ class LocomoRun:
         an `n_ctx` / `answer_k` of the evaluation's choosing; this is that
         one object, recorded whole in the run's fingerprint.
         """
-        ctx = self.context
-        return ctx.bundle.generation.override(n_ctx=ctx.n_ctx, answer_k=ctx.answer_k, answer_tokens=ctx.answer_tokens,
-                                              text_mode=ctx.text_mode)
+        return self.context.generation
 
     def fingerprint(self) -> dict[str, Any]:
         """What must not change between a run and its resumption (the decoding settings among it)."""

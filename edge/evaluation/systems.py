@@ -32,11 +32,12 @@ from edge.bank import Memory, MemoryBank
 from edge.bundle import Bundle
 from edge.embedder import Embedder
 from edge.errors import EdgeError
+from edge.generation import GenerationConfig
 from edge.locomo import Conversation, LocoTurn, Session
 from edge.manager import MemoryManager, log_entry_for, turn_reference
 from edge.model_calls import shown_memories, to_messages
 from edge.operations import AddOp
-from edge.prompts import ANSWER_CONTEXT_TOKENS, ANSWER_TOP_K, Turn, answer_messages, memory_line
+from edge.prompts import Turn, answer_messages, memory_line
 
 BANK_USER = "locomo"
 QUESTION_ALLOWANCE = 64  # tokens kept free for the question in full-context (LoCoMo's are shorter)
@@ -49,24 +50,40 @@ class EvalContext:
     bundle: Bundle
     backend: Backend
     embedder: Embedder
-    n_ctx: int
-    answer_k: int = ANSWER_TOP_K
+    # The bundle's decoding settings with the evaluation's context window and k: one object, which every system
+    # reads and the run's fingerprint records (`edge.generation`).
+    generation: GenerationConfig
     manager_max_tokens: int | None = None  # None: the Manager's own default
-    text_mode: str = "extractive"  # the bundle's `generation.text_mode`, for every system alike
-    answer_tokens: int = ANSWER_CONTEXT_TOKENS  # the bundle's `generation.answer_tokens`, likewise
 
     @classmethod
     def load(cls, bundle: Bundle, *, n_ctx: int = 8192, answer_k: int | None = None) -> "EvalContext":
         """Load the bundle's answer model (with the bundle's adapters, used only by `bundle`).
 
-        `answer_k` None: the bundle's own (`generation.answer_k`), as `edge.Agent` reads it.
+        `answer_k` None: the bundle's own (`generation.answer_k`), as `edge.Agent` reads it. The context
+        window is what the backend could load of `n_ctx`.
         """
         bundle.check_compatible()
-        answer_k = answer_k or bundle.answer_k
         backend = bundle.load_backend("answer", n_ctx=n_ctx)  # decoded as `edge.Agent` decodes the bundle
-        n_ctx = int(backend.n_ctx)
-        return cls(bundle=bundle, backend=backend, embedder=bundle.load_embedder(), n_ctx=n_ctx, answer_k=answer_k,
-                   text_mode=bundle.text_mode, answer_tokens=bundle.answer_tokens)
+        generation = bundle.generation.override(n_ctx=int(backend.n_ctx), answer_k=answer_k)
+        return cls(bundle=bundle, backend=backend, embedder=bundle.load_embedder(), generation=generation)
+
+    @property
+    def n_ctx(self) -> int:
+        return self.generation.n_ctx
+
+    @property
+    def answer_k(self) -> int:
+        return self.generation.answer_k
+
+    @property
+    def text_mode(self) -> str:
+        """The bundle's `generation.text_mode`, for every system alike."""
+        return self.generation.text_mode
+
+    @property
+    def answer_tokens(self) -> int:
+        """The bundle's `generation.answer_tokens`, for every system alike."""
+        return self.generation.answer_tokens
 
     def close(self) -> None:
         self.backend.close()
@@ -228,7 +245,7 @@ class RagTurns(System):
     def open(self, conversation: Conversation, workdir: Path) -> None:
         super().open(conversation, workdir)
         self.answerer = AnswerAgent(self.ctx.backend, k=self.ctx.answer_k, adapter=None, text_mode=self.ctx.text_mode,
-                                    memory_tokens=self.ctx.answer_tokens)
+                                    answer_tokens=self.ctx.answer_tokens)
 
     def ingest_turn(self, session: Session, turn: LocoTurn) -> dict[str, Any]:
         assert self.bank is not None
@@ -253,7 +270,7 @@ class ManagerPrompted(System):
         extra = {"max_tokens": self.ctx.manager_max_tokens} if self.ctx.manager_max_tokens else {}
         self.manager = MemoryManager(self.ctx.backend, self.bank, adapter=None, text_mode=self.ctx.text_mode, **extra)
         self.answerer = AnswerAgent(self.ctx.backend, k=self.ctx.answer_k, adapter=None, text_mode=self.ctx.text_mode,
-                                    memory_tokens=self.ctx.answer_tokens)
+                                    answer_tokens=self.ctx.answer_tokens)
 
     def ingest_turn(self, session: Session, turn: LocoTurn) -> dict[str, Any]:
         result = self.manager.process(as_turn(session, turn), user=BANK_USER)
