@@ -6,6 +6,7 @@ import with the bank's own embedder, which the header names.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -48,13 +49,19 @@ def export_jsonl(bank: MemoryBank, path: Path, *, owner: str | None = None) -> i
     }
     if lost:
         header["unreadable_rows"] = lost  # salvaged from a damaged bank: this many rows could not be read
-    with open(tmp, "w", encoding="utf-8") as out:
-        out.write(json.dumps(header) + "\n")
-        for memory in memories:
-            out.write(json.dumps({"kind": "memory", **memory.to_dict()}, ensure_ascii=False) + "\n")
-        for entry in history:
-            out.write(json.dumps({"kind": "history", **entry.to_dict()}, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as out:
+            out.write(json.dumps(header) + "\n")
+            for memory in memories:
+                out.write(json.dumps({"kind": "memory", **memory.to_dict()}, ensure_ascii=False) + "\n")
+            for entry in history:
+                out.write(json.dumps({"kind": "history", **entry.to_dict()}, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:  # a folder that is missing or not writable, a full disk: the bank is untouched
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise InvalidInputError(f"Cannot write the export to {path}: {exc.strerror or exc}.",
+                                hint="choose a file in a folder that exists and that you can write to") from exc
     return 1 + len(memories) + len(history)
 
 

@@ -107,6 +107,12 @@ def _converted(path: Path, exc: Exception) -> Exception:
     return exc if isinstance(exc, sqlite.IntegrityError) else unusable(path, exc, "using it")
 
 
+# What to do about a damaged search table: rebuild it from the memories, or, when the damage reaches further than
+# reindex can drop and rebuild, move the readable memories into a new bank.
+REINDEX_REMEDY = ("a search table: `edge memory reindex` rebuilds it; if reindex cannot, `edge memory export` "
+                  "and `edge memory import` into a new bank")
+
+
 def unusable(path: Path, exc: Exception, doing: str) -> BankError:
     """The user-facing error for a SQLite error: a lock is a lock, never reported as corruption."""
     kind = error_kind(exc)
@@ -114,6 +120,12 @@ def unusable(path: Path, exc: Exception, doing: str) -> BankError:
         return BankLockedError(
             f"The bank {path} stayed locked by another process while {doing} ({exc}).",
             hint="Another edge process is writing to it or opening it; retry when it is done.",
+        )
+    if kind == "corrupt" and doing == "opening it":  # the schema itself: neither check nor export can read past it
+        return CorruptBankError(
+            f"{path} is not a readable SQLite file ({exc}): the pages that say what it holds are damaged.",
+            hint="Restore the bank from an earlier export (`edge memory import FILE --db NEW.db`); keep this file "
+            "for a recovery tool (`sqlite3 FILE .recover`).",
         )
     if kind == "corrupt":
         return CorruptBankError(

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.bank.opening import REINDEX_REMEDY
 from edge.bank.records import SCOPES, SEARCH_MODES
 from edge.errors import InvalidInputError
 from edge.retrieval import (
@@ -305,6 +306,6 @@ class SearchIndex:
             if not abs(norm - 1.0) < 1e-2:
                 damaged += 1
         if damaged:
-            problems.append(f"memory_vec is damaged (a search table: `edge memory reindex` rebuilds it): {damaged} "
+            problems.append(f"memory_vec is damaged ({REINDEX_REMEDY}): {damaged} "
                             "stored vectors are not the unit vectors edge writes")
         return problems

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from edge import db as sqlite
-from edge.bank.opening import GuardedConnection, prepare, prepare_read_only, unusable
+from edge.bank.opening import REINDEX_REMEDY, GuardedConnection, prepare, prepare_read_only, unusable
 from edge.bank.records import (
     EPISODIC,
     HISTORY_COLUMNS,
@@ -663,16 +663,18 @@ class MemoryBank:
                     found = [str(exc)]
                 if found != ["ok"]:
                     part = next((t for t in SEARCH_TABLES if table == t or table.startswith(t + "_")), table)
-                    remedy = ("a search table: `edge memory reindex` rebuilds it" if part in SEARCH_TABLES else
+                    remedy = (REINDEX_REMEDY if part in SEARCH_TABLES else
                               "`edge memory export` saves what is still readable")
                     said = [line for text in found for line in text.splitlines() if not line.startswith("***")]
                     more = f" (and {len(said) - 2} more)" if len(said) > 2 else ""
                     problems.append(f"{part} is damaged (table {table}; {remedy}): {'; '.join(said[:2])}{more}")
-            for table in ("turn_fts", "memory_fts", "memory_tri"):  # FTS5 checks its own index: its pages hold blobs
+            # FTS5 checks its own index (its pages hold blobs) through a write to the table: not on a read-only bank,
+            # whose FTS5 pages the integrity check above has still read.
+            for table in () if self.read_only else ("turn_fts", "memory_fts", "memory_tri"):
                 try:
                     self._conn.raw.execute(f"INSERT INTO {table} ({table}) VALUES ('integrity-check')")
                 except sqlite.DatabaseError as exc:
-                    problems.append(f"{table} is damaged (a search table: `edge memory reindex` rebuilds it): {exc}")
+                    problems.append(f"{table} is damaged ({REINDEX_REMEDY}): {exc}")
             if problems:
                 return problems
             live = self._conn.execute("SELECT COUNT(*) FROM memories WHERE deleted_at IS NULL").fetchone()[0]
@@ -751,30 +753,46 @@ class MemoryBank:
         on it; returns (memories, history rows, rows that could not be read).
         Rowids never exceed the history's sequence (every memory was added
         by a history row), which `sqlite_sequence` keeps apart from both tables.
-        Lost: the reads that failed, and the memories the readable history
-        names that no read returned.
+        A memory no read returned is rebuilt from the newest readable history
+        row that records it (each row's `after` is the whole memory as that
+        change left it), so a damaged memories table loses only what its
+        history lost too. Lost: the reads that failed, and the memories the
+        readable history names that neither a read nor a history row gives.
         """
         top = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'history'").fetchone()
         top = top[0] if top else 0
         memories: list[Memory] = []
         history: list[HistoryEntry] = []
-        lost = 0
+        failed = {"memories": 0, "history": 0}
         for table, columns, build, into in (("memories", MEMORY_COLUMNS, memory_from_row, memories),
                                             ("history", HISTORY_COLUMNS, history_from_row, history)):
             for rowid in range(1, top + 1):
                 try:
                     row = self._conn.execute(f"SELECT {columns} FROM {table} WHERE rowid = ?", (rowid,)).fetchone()
                 except CorruptBankError:
-                    lost += 1
+                    failed[table] += 1
                     continue
                 if row is not None:
                     item = build(row)
                     if owner is None or item.owner == owner:
                         into.append(item)
-        # A damaged page may read as holding no row at all: a memory its history names but no read returned
-        # is lost too.
-        lost += len({entry.memory_id for entry in history} - {memory.id for memory in memories})
-        return memories, history, lost
+        # A damaged page may read as holding no row at all: a memory its history names but no read returned is
+        # rebuilt from its newest history row, or lost when that row holds no memory (a removal).
+        newest: dict[str, HistoryEntry] = {}
+        for entry in history:
+            if entry.seq > getattr(newest.get(entry.memory_id), "seq", -1):
+                newest[entry.memory_id] = entry
+        found = {memory.id for memory in memories}
+        rebuilt = unknown = 0
+        for memory_id, entry in newest.items():
+            if memory_id in found:
+                continue
+            if isinstance(entry.after, dict) and entry.after.get("id") == memory_id:
+                memories.append(Memory.from_dict(entry.after))
+                rebuilt += 1
+            else:
+                unknown += 1
+        return memories, history, failed["history"] + max(0, failed["memories"] - rebuilt) + unknown
 
     def iter_history(self, *, owner: str | None = None) -> Iterator[HistoryEntry]:
         """Every history row of one owner, or of all when None, oldest first."""
