@@ -66,7 +66,7 @@ def main() -> None:
         if exc.hint:
             click.echo(f"  hint: {exc.hint}", err=True)
         sys.exit(1)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):  # Ctrl-C before a command's own handler, or at a prompt
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:

@@ -1,8 +1,12 @@
 """Sub-commands of `edge`, each module a thin layer over the Python API."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +163,34 @@ def model_options(*, generation: bool = True, answer_k: bool = True):
         return wrapper
 
     return decorate
+
+
+@contextlib.contextmanager
+def interrupt_signals() -> Iterator[dict[str, bool]]:
+    """Ctrl-C (SIGINT) and SIGTERM raise `KeyboardInterrupt` inside, and are remembered in the yielded `{"hit": ...}`.
+
+    A native library can swallow the exception (llama.cpp loading a model
+    calls back into Python, and an exception there is only printed), not the
+    flag: a command checks it once the model is loaded. SIGTERM (a service
+    manager, `kill`) then ends a command the way Ctrl-C does: what was done
+    is said and the turn under way is kept. Outside the main thread (where
+    no handler can be set) it does nothing.
+    """
+    state = {"hit": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def handler(signum, frame) -> None:
+        state["hit"] = True
+        raise KeyboardInterrupt
+
+    previous = {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield state
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
 
 
 def json_text(document: Any) -> str:

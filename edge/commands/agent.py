@@ -9,6 +9,7 @@ from edge.bundle import DEFAULT_GENERATION
 from edge.commands import (
     db_option,
     for_terminal,
+    interrupt_signals,
     json_option,
     json_text,
     model_options,
@@ -67,15 +68,22 @@ def remember(texts, speaker, when, source, db, user, as_json) -> None:
     Each turn is its own change: one that is refused or fails is reported and
     the others still run; the exit status is then 1.
     """
+    from edge.dates import parse_time
     from edge.script import ScriptLine, play
 
+    if when is not None:
+        parse_time(when)  # an unreadable time is said before a bank is made or a model loaded
     lines = [ScriptLine(number, "turn", text, time=when) for number, text in enumerate(texts, start=1)]
     outcomes: list = []
-    interrupted = False
-    with open_agent(source, db, user) as agent:
+    interrupted = started = False
+    with interrupt_signals() as signals:
         try:
-            for outcome in play(agent, lines, speaker=speaker or user):
-                outcomes.append(outcome)
+            with open_agent(source, db, user) as agent:
+                if signals["hit"]:  # swallowed while the models loaded
+                    raise KeyboardInterrupt
+                started = True
+                for outcome in play(agent, lines, speaker=speaker or user):
+                    outcomes.append(outcome)
         except KeyboardInterrupt:  # what was done is said; the turn under way is kept (`Agent.remember`)
             interrupted = True
     if as_json:
@@ -84,13 +92,15 @@ def remember(texts, speaker, when, source, db, user, as_json) -> None:
         for outcome in outcomes:
             click.echo("\n".join(describe_line(outcome, "turn")))
     if interrupted:
-        click.secho(f"interrupted after {len(outcomes)} of {len(lines)} turn(s): {INTERRUPTED_KEPT}", fg="yellow",
-                    err=True)
+        said = (f"interrupted after {len(outcomes)} of {len(lines)} turn(s): {INTERRUPTED_KEPT}" if started else
+                INTERRUPTED_LOADING)
+        click.secho(said, fg="yellow", err=True)
         raise click.exceptions.Exit(130)
     if any(o.status != "done" for o in outcomes):
         raise click.exceptions.Exit(1)
 
 
+INTERRUPTED_LOADING = "interrupted while the models loaded: no turn was read yet, nothing was saved (run it again)"
 INTERRUPTED_KEPT = ("the turns before it are saved; the turn under way is kept in the conversation log, pending for "
                     "the Memory Manager (the next `edge remember` or `edge chat` goes over it)")
 
@@ -190,15 +200,20 @@ def run_script(script, source, db, user, resume, as_json) -> None:
     from edge.script import play, read_script
 
     outcomes = []
+    started = False
     try:
         lines = read_script(script)
-        with open_agent(source, db, user) as agent:
+        with interrupt_signals() as signals, open_agent(source, db, user) as agent:
+            if signals["hit"]:  # swallowed while the models loaded
+                raise KeyboardInterrupt
+            started = True
             for outcome in play(agent, lines, speaker=user, resume=resume):
                 outcomes.append(outcome)
                 if not as_json:
                     click.echo("\n".join(describe_line(outcome)))
     except KeyboardInterrupt:  # say what was done: the turns before are saved, the one under way is kept
-        message = f"interrupted after {len(outcomes)} line(s): {INTERRUPTED_KEPT}; `--resume` goes on from there"
+        message = (f"interrupted after {len(outcomes)} line(s): {INTERRUPTED_KEPT}; `--resume` goes on from there"
+                   if started else INTERRUPTED_LOADING)
         if as_json:
             click.echo(json_text({"script": str(script), "lines": [line_json(o) for o in outcomes],
                                   "summary": summary_json(outcomes),
