@@ -207,13 +207,13 @@ def play_line(agent: Any, line: ScriptLine, *, speaker: str | None = None) -> Li
         else:
             turn = Turn(line.speaker or speaker or agent.speaker, line.text, line.time, line.turn_id)
             result = agent.remember([turn], wait=True).turns[0]
-    except InvalidInputError as exc:
-        return LineOutcome(line, "refused", exc.message)
+    except InvalidInputError as exc:  # what to do about it, too: the line is refused alone, with no error printed
+        return LineOutcome(line, "refused", f"{exc.message} (hint: {exc.hint})" if exc.hint else exc.message)
     except BackendError as exc:
         if line.kind == "turn":  # `Agent.remember` kept it: in the conversation log, pending for the Manager
             from edge.agent import TURN_KEPT
 
-            return LineOutcome(line, "failed", f"{exc.message}. {TURN_KEPT}")
+            return LineOutcome(line, "failed", f"{exc.message.rstrip('.')}. {TURN_KEPT}")
         return LineOutcome(line, "failed", exc.message)
     except EdgeError as exc:
         return LineOutcome(line, "failed", exc.message)
