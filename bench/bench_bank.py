@@ -54,12 +54,12 @@ from typing import Callable
 
 import numpy as np
 
-from edge import db as sqlite
+from edge.bank import db as sqlite
 from edge.bank import MemoryBank
 from edge.bank.search import HYBRID_POOL
 from edge.operations import AddOp
 from edge.paths import cache_dir
-from edge.retrieval import query_words, reciprocal_rank_fusion
+from edge.bank.retrieval import query_words, reciprocal_rank_fusion
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "bank.json"
@@ -481,7 +481,7 @@ def main() -> None:
 
     import sqlite_vec
 
-    from edge import db as edge_db
+    from edge.bank import db as edge_db
     from edge.onnx_embedder import build_default_minilm
 
     started = time.perf_counter()

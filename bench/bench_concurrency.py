@@ -135,7 +135,7 @@ def run(processes: int, opens: int, folder: Path, *, banks: int = 50, jitter_ms:
 def count_memories(path: Path) -> int | None:
     if not path.exists():
         return None
-    from edge import db
+    from edge.bank import db
 
     conn = db.connect(path)
     try:
@@ -155,7 +155,7 @@ def check(path: Path) -> list[str]:
 
 
 def sqlite_version() -> str:
-    from edge import db
+    from edge.bank import db
 
     return db.driver.sqlite_version
 

@@ -33,7 +33,7 @@ QUERIES = ["里斯本", "リスボン", "माया", "C++"]
 
 
 def table_bytes(db: Path, prefixes: tuple[str, ...]) -> int:
-    from edge import db as sqlite
+    from edge.bank import db as sqlite
 
     conn = sqlite.connect(db)
     try:

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Iterator, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge import db as sqlite
+from edge.bank import db as sqlite
 from edge.bank import MIN_SIMILARITY, HistoryEntry, Memory, MemoryBank, clean_name, clean_text, text_limit
 from edge.bank.opening import unusable
 from edge.errors import BackendError, EdgeError, InvalidInputError, TurnInterruptedError, shorten

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge import db as sqlite
+from edge.bank import db as sqlite
 
 
 def sql(path: Path | str, statement: str, args: tuple = ()) -> list[tuple]:

@@ -263,7 +263,7 @@ def test_corrupted_file_gives_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_a_sqlite_file_of_another_program_is_not_taken_for_a_bank(tmp_path: Path) -> None:
-    from edge import db as sqlite
+    from edge.bank import db as sqlite
 
     other = tmp_path / "other.db"
     conn = sqlite.connect(other)

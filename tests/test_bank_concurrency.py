@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 # or not. Here the moment lasts until stdin closes.
 HOLD_EXCLUSIVE = """
 import sys
-from edge import db
+from edge.bank import db
 conn = db.connect(sys.argv[1])
 conn.execute("BEGIN EXCLUSIVE")
 print("locked", flush=True)
@@ -33,7 +33,7 @@ conn.execute("ROLLBACK")
 # Holds the write lock of an existing bank (WAL mode) until stdin closes.
 HOLD_WRITE = """
 import sys
-from edge import db
+from edge.bank import db
 conn = db.connect(sys.argv[1])
 conn.execute("BEGIN IMMEDIATE")
 conn.execute("INSERT INTO meta (key, value) VALUES ('holder', 'x')")

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from bank_file import sql
 
-from edge import db as sqlite
+from edge.bank import db as sqlite
 from edge import retrieval
 from edge.bank import MemoryBank
 from edge.embedder import HashEmbedder
 from edge.errors import MemoryNotFoundError
 from edge.operations import AddOp, DeleteOp, UpdateOp
-from edge.retrieval import (
+from edge.bank.retrieval import (
     VECTOR_CODE,
     binary_codes,
     code_bits,

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from edge.bank import MemoryBank
-from edge.bank_io import import_for_user
+from edge.bank.jsonl import import_for_user
 from edge.cli import cli
 from edge.errors import InvalidInputError
 

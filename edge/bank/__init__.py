@@ -5,6 +5,9 @@
     search      SearchIndex: the vector, binary-code and keyword tables, rank fusion, their consistency
     opening     opening a file: WAL, embedder and schema checks, SQLite errors users can act on
     migrations  the schema as append-only named steps, and the runner that applies them
+    db          the SQLite connection (sqlite-vec loaded; `sqlean` where the stdlib cannot load extensions)
+    retrieval   the pure parts of search: query words, binary codes, rank fusion (no database)
+    jsonl       export to and import from JSONL, history included
 
 Everything other modules use is imported from here: `from edge.bank import MemoryBank, Memory`.
 """

@@ -79,13 +79,13 @@ def m003_binary_vectors(db, dim: int) -> None:
     """A compact copy of every live vector for fast approximate search at 10^4..10^5 memories.
 
     `memory_bin` holds, per owner partition, each vector's binary code (see
-    `edge.retrieval.binary_codes`) and the vector itself in float16 for
+    `edge.bank.retrieval.binary_codes`) and the vector itself in float16 for
     re-scoring; rows mirror `memory_vec` exactly. Existing vectors are copied
     in here.
     """
     import numpy as np
 
-    from edge.retrieval import VECTOR_CODE, binary_codes, code_bits
+    from edge.bank.retrieval import VECTOR_CODE, binary_codes, code_bits
 
     db.execute(
         f"CREATE VIRTUAL TABLE memory_bin USING vec0(owner TEXT PARTITION KEY, code bit[{code_bits(dim)}], +half BLOB)"
@@ -166,9 +166,9 @@ SUBSTRING_FTS = ("CREATE VIRTUAL TABLE memory_tri USING fts5(text, owner UNINDEX
 @migration
 def m006_substring_index(db, dim: int) -> None:
     """`memory_tri`: a trigram index of the texts the keyword tables cannot split into words
-    (`edge.retrieval.needs_substring_index`: CJK and Indic scripts, "C++"), so a keyword search for a word
+    (`edge.bank.retrieval.needs_substring_index`: CJK and Indic scripts, "C++"), so a keyword search for a word
     inside them finds it. Only those texts: an English bank's keyword index stays the size it was."""
-    from edge.retrieval import needs_substring_index
+    from edge.bank.retrieval import needs_substring_index
 
     db.execute(SUBSTRING_FTS)
     rows = db.execute(
@@ -184,7 +184,7 @@ def m006_substring_index(db, dim: int) -> None:
 
 def create_search_tables(db, dim: int) -> None:
     """The keyword, vector and binary-code tables as m004 defines them (m005 adds `turn_fts`)."""
-    from edge.retrieval import code_bits
+    from edge.bank.retrieval import code_bits
 
     db.execute(
         "CREATE VIRTUAL TABLE memory_fts USING fts5(text, owner UNINDEXED, kind UNINDEXED, tokenize = 'porter unicode61')"

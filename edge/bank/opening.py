@@ -5,7 +5,7 @@ import random
 import time
 from pathlib import Path
 
-from edge import db as sqlite
+from edge.bank import db as sqlite
 from edge.bank import migrations
 from edge.bank.records import now
 from edge.embedder import Embedder

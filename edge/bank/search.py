@@ -19,7 +19,7 @@ import numpy as np
 from edge.bank.opening import REINDEX_REMEDY
 from edge.bank.records import SCOPES, SEARCH_MODES
 from edge.errors import InvalidInputError
-from edge.retrieval import (
+from edge.bank.retrieval import (
     KEYWORD_RANK_BUDGET,
     VECTOR_CODE,
     binary_codes,
@@ -76,7 +76,7 @@ class SearchIndex:
     """The vector, binary-code and keyword tables of one bank file, and the searches over them.
 
     `binary` says whether the file's binary codes were computed by this
-    code's scheme (`edge.retrieval.VECTOR_CODE`); when not, vector search
+    code's scheme (`edge.bank.retrieval.VECTOR_CODE`); when not, vector search
     uses the exact float32 table only.
     """
 

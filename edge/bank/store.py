@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from edge import db as sqlite
+from edge.bank import db as sqlite
 from edge.bank.opening import REINDEX_REMEDY, GuardedConnection, prepare, prepare_read_only, unusable
 from edge.bank.records import (
     EPISODIC,
@@ -55,7 +55,7 @@ from edge.operations import ACTORS, TIERS, AddOp, AppliedOp, DeleteOp, Op, Resto
 from edge.paths import DEFAULT_USER
 
 
-# The search tables, rebuilt from the memories by `reindex` (memory_tri: the substring index, `edge.retrieval`)
+# The search tables, rebuilt from the memories by `reindex` (memory_tri: the substring index, `edge.bank.retrieval`)
 SEARCH_TABLES = ("turn_fts", "memory_fts", "memory_tri", "memory_vec", "memory_bin")
 
 
@@ -871,13 +871,13 @@ class MemoryBank:
 
     def export_jsonl(self, path: Path | str, *, user: str | None = None) -> int:
         """Write the bank (all owners, or one) with its history to JSONL; returns the lines written."""
-        from edge.bank_io import export_jsonl
+        from edge.bank.jsonl import export_jsonl
 
         return export_jsonl(self, Path(path), owner=None if user is None else clean_name(user))
 
     def import_jsonl(self, path: Path | str, *, progress: bool = False, skip_bad: bool = False) -> int:
-        """Load a JSONL export in one transaction; returns the memories imported (`edge.bank_io.import_jsonl`)."""
-        from edge.bank_io import import_jsonl
+        """Load a JSONL export in one transaction; returns the memories imported (`edge.bank.jsonl.import_jsonl`)."""
+        from edge.bank.jsonl import import_jsonl
 
         return import_jsonl(self, Path(path), progress=progress, skip_bad=skip_bad)
 

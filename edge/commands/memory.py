@@ -329,7 +329,7 @@ def export_(path: Path, all_users: bool, db: Path | None, user: str, as_json: bo
     From a damaged bank it saves every memory still readable and says how
     many rows were lost.
     """
-    from edge.bank_io import read_export, summarize
+    from edge.bank.jsonl import read_export, summarize
 
     if all_users and _given(click.get_current_context(), "user"):
         raise click.UsageError("--all-users exports every user; leave out --user, or drop --all-users.")
@@ -375,7 +375,7 @@ def import_(path: Path, skip_bad_lines: bool, db: Path | None, user: str, as_jso
     one change by "import" in NAME's history (one `undo` takes it back);
     deleted memories are left out, ids already in the bank get new ones.
     """
-    from edge.bank_io import import_for_user, read_export, summarize
+    from edge.bank.jsonl import import_for_user, read_export, summarize
 
     from edge.grounding import looks_like_instruction
 

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from edge.bank import HISTORY_ACTIONS, HistoryEntry, Memory, MemoryBank, clean_text, migrations, text_limit
+from edge.bank import migrations
+from edge.bank.records import HISTORY_ACTIONS, HistoryEntry, Memory, clean_text, text_limit
+from edge.bank.store import MemoryBank
 from edge.errors import BankError, CorruptBankError, InvalidInputError
 from edge.operations import ACTORS, TIERS
 
@@ -148,7 +150,7 @@ def read_export(path: Path) -> ExportFile:
 
 def _memory_problem(record: dict[str, Any], first_line_of: dict[str, int], number: int) -> str | None:
     """Why a memory record cannot be imported (None: it can); records its id's first line."""
-    from edge.bank import clean_name
+    from edge.bank.records import clean_name
 
     try:
         memory = Memory.from_dict(record)
