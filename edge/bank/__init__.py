@@ -1,7 +1,10 @@
 """The memory bank: a user's memories in one SQLite file, searchable by meaning and by keywords.
 
     records     Memory, SearchHit, HistoryEntry and the rules for their text (no database)
-    store       MemoryBank: memories, transactions, history and undo
+    store       MemoryBank: memories, transactions, history, search; with the parts below
+    undo        BankUndo: undo and redo, each a change with its own history rows
+    repair      BankRepair: the integrity check, rebuilding the search tables, salvaging readable rows
+    transfer    BankTransfer: a consistent snapshot, every row in order, loading rows back
     search      SearchIndex: the vector, binary-code and keyword tables, rank fusion, their consistency
     opening     opening a file: WAL, embedder and schema checks, SQLite errors users can act on
     migrations  the schema as append-only named steps, and the runner that applies them

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from edge.bank import db as sqlite
-from edge.bank.opening import REINDEX_REMEDY, GuardedConnection, prepare, prepare_read_only, unusable
+from edge.bank.opening import GuardedConnection, prepare, prepare_read_only, unusable
 from edge.bank.records import (
     EPISODIC,
     HISTORY_COLUMNS,
@@ -40,23 +40,14 @@ from edge.bank.records import (
     now,
     text_limit,
 )
+from edge.bank.repair import BankRepair
 from edge.bank.search import Ranked, SearchIndex
+from edge.bank.transfer import BankTransfer
+from edge.bank.undo import BankUndo
 from edge.embedder import Embedder
-from edge.errors import (
-    BankError,
-    CorruptBankError,
-    EmbedderMismatchError,
-    InvalidInputError,
-    MemoryNotFoundError,
-    NothingToUndoError,
-    ReadOnlyBankError,
-)
+from edge.errors import BankError, EmbedderMismatchError, InvalidInputError, MemoryNotFoundError, ReadOnlyBankError
 from edge.operations import ACTORS, TIERS, AddOp, AppliedOp, DeleteOp, Op, RestoreOp, SupersedeOp, UpdateOp
 from edge.paths import DEFAULT_USER
-
-
-# The search tables, rebuilt from the memories by `reindex` (memory_tri: the substring index, `edge.bank.retrieval`)
-SEARCH_TABLES = ("turn_fts", "memory_fts", "memory_tri", "memory_vec", "memory_bin")
 
 
 def _op_search_text(op: Op) -> str | None:
@@ -78,7 +69,7 @@ def _tier_filter(tier: str | Sequence[str] | None, args: list[Any]) -> str:
     return f" AND tier IN ({','.join('?' * len(tiers))})"
 
 
-class MemoryBank:
+class MemoryBank(BankRepair, BankUndo, BankTransfer):
     """A user-scoped memory store in one SQLite file.
 
     `user` is the default owner for every call; each call may name another.
@@ -463,74 +454,6 @@ class MemoryBank:
 
     # ------------------------------------------------------------------ undo
 
-    def undo(self, steps: int = 1, *, user: str | None = None, actor: str = "user") -> list[AppliedOp]:
-        """Revert the last `steps` changes (a change = all operations of one `apply`), newest first.
-
-        The revert is itself recorded in history (action UNDO) and marks
-        the original rows as undone, so history is never rewritten.
-        """
-        owner = self._owner(user)
-        if steps < 1:
-            raise InvalidInputError("Undo needs at least one step.")
-        with self._transaction() as conn:
-            plan = self._undo_plan(conn, owner, steps)
-            if not plan:
-                raise NothingToUndoError(f"Nothing to undo for user {owner!r}.")
-            undo_group = secrets.token_hex(6)
-            return [self._revert(conn, entry, owner, actor, undo_group) for entry in plan]
-
-    def undo_plan(self, steps: int = 1, *, user: str | None = None) -> list[HistoryEntry]:
-        """What `undo(steps)` would revert, newest first (one history row per operation); nothing is changed."""
-        return self._undo_plan(self._conn, self._owner(user), steps)
-
-    @staticmethod
-    def _undo_plan(conn, owner: str, steps: int) -> list[HistoryEntry]:
-        groups = [r[0] for r in conn.execute(
-            "SELECT op_group FROM history WHERE owner = ? AND action != 'UNDO' AND undone_by IS NULL "
-            "GROUP BY op_group ORDER BY MAX(seq) DESC LIMIT ?", (owner, steps))]
-        return [history_from_row(row) for group in groups for row in conn.execute(
-            f"SELECT {HISTORY_COLUMNS} FROM history WHERE op_group = ? ORDER BY seq DESC", (group,))]
-
-    def redo(self, *, user: str | None = None, actor: str = "user") -> list[AppliedOp]:
-        """Put back what the latest undo reverted, as long as no other change came after it.
-
-        Recorded like an undo (action UNDO, `reverts` the undo's rows); the
-        changes it puts back can be undone again. Raises `NothingToUndoError`
-        when there is no undo to redo, or when a change made after the undo
-        (which the redo could overwrite) stands in the way.
-        """
-        owner = self._owner(user)
-        with self._transaction() as conn:
-            latest_change = conn.execute(
-                "SELECT COALESCE(MAX(seq), 0) FROM history WHERE owner = ? AND action != 'UNDO'", (owner,)).fetchone()[0]
-            row = conn.execute(
-                "SELECT u.op_group FROM history u JOIN history r ON u.reverts = r.seq "
-                "WHERE u.owner = ? AND u.action = 'UNDO' AND r.action != 'UNDO' AND u.undone_by IS NULL "
-                "AND u.seq > ? ORDER BY u.seq DESC LIMIT 1", (owner, latest_change)).fetchone()
-            if row is None:
-                raise NothingToUndoError(
-                    f"Nothing to redo for user {owner!r}.",
-                    hint="redo puts back what the latest undo reverted, before any other change is made")
-            redo_group = secrets.token_hex(6)
-            results = []
-            for entry in map(history_from_row, conn.execute(
-                    f"SELECT {HISTORY_COLUMNS} FROM history WHERE op_group = ? ORDER BY seq DESC", (row[0],))):
-                results.append(self._revert(conn, entry, owner, actor, redo_group))
-                conn.execute("UPDATE history SET undone_by = NULL WHERE seq = ?", (entry.reverts,))  # live again
-            return results
-
-    def _revert(self, conn, entry: HistoryEntry, owner: str, actor: str, group: str) -> AppliedOp:
-        stamp = now()
-        rowid, current = self._current(conn, entry.memory_id, owner)
-        if entry.action == "ADD":
-            target = replace(current, deleted_at=stamp, updated_at=stamp)
-        else:
-            target = Memory.from_dict(entry.before)  # type: ignore[arg-type]
-        self._write_row(conn, rowid, target, None)
-        applied = self._log(conn, group, "UNDO", entry.memory_id, owner, current, target, actor, None, stamp, reverts=entry.seq)
-        conn.execute("UPDATE history SET undone_by = ? WHERE seq = ?", (applied.seq, entry.seq))
-        return applied
-
     # ------------------------------------------------------------------ reading
 
     def get(self, memory_id: str, *, user: str | None = None) -> Memory:
@@ -642,251 +565,4 @@ class MemoryBank:
 
     # ------------------------------------------------------------------ checks
 
-    def check(self) -> list[str]:
-        """Problems found in the file and its indexes, each naming the part it is in; empty when all is sound.
-
-        SQLite's integrity check runs table by table, so a damaged page is
-        named by what it holds: the memories or their history (restore from
-        an export: `edge memory export` saves what is still readable), or a
-        search table (`reindex` rebuilds those from the memories). Then the
-        search tables are compared with the memories, and every memory must
-        have a history row.
-        """
-        with self._lock:
-            tables = [r[0] for r in self._conn.raw.execute(
-                "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
-            problems = []
-            for table in tables:
-                try:
-                    found = [r[0] for r in self._conn.raw.execute(f"PRAGMA integrity_check('{table}')")]
-                except sqlite.DatabaseError as exc:
-                    found = [str(exc)]
-                if found != ["ok"]:
-                    part = next((t for t in SEARCH_TABLES if table == t or table.startswith(t + "_")), table)
-                    remedy = (REINDEX_REMEDY if part in SEARCH_TABLES else
-                              "`edge memory export` saves what is still readable")
-                    said = [line for text in found for line in text.splitlines() if not line.startswith("***")]
-                    more = f" (and {len(said) - 2} more)" if len(said) > 2 else ""
-                    problems.append(f"{part} is damaged (table {table}; {remedy}): {'; '.join(said[:2])}{more}")
-            # FTS5 checks its own index (its pages hold blobs) through a write to the table: not on a read-only bank,
-            # whose FTS5 pages the integrity check above has still read.
-            for table in () if self.read_only else ("turn_fts", "memory_fts", "memory_tri"):
-                try:
-                    self._conn.raw.execute(f"INSERT INTO {table} ({table}) VALUES ('integrity-check')")
-                except sqlite.DatabaseError as exc:
-                    problems.append(f"{table} is damaged ({REINDEX_REMEDY}): {exc}")
-            if problems:
-                return problems
-            live = self._conn.execute("SELECT COUNT(*) FROM memories WHERE deleted_at IS NULL").fetchone()[0]
-            problems += self.index.check(live)
-            orphans = self._conn.execute(
-                "SELECT COUNT(*) FROM memories m WHERE NOT EXISTS (SELECT 1 FROM history h WHERE h.memory_id = m.id)"
-            ).fetchone()[0]
-        if orphans:
-            problems.append(f"{orphans} memories have no history")
-        return problems
-
-    def reindex(self, *, progress: bool = False) -> int:
-        """Rebuild every search table (keywords, vectors, binary codes) from the memories; returns the memories
-        indexed. The memories and their history are not touched; one transaction, all or nothing.
-
-        Raises `CorruptBankError` when the memories themselves cannot be read
-        (then export what is readable and import it into a new bank).
-        """
-        from tqdm import tqdm
-
-        with self._lock:
-            schema = dict(self._conn.execute(
-                f"SELECT name, sql FROM sqlite_schema WHERE name IN ({','.join('?' * len(SEARCH_TABLES))})",
-                SEARCH_TABLES).fetchall())
-            live = [(r[0], memory_from_row(r[1:])) for r in self._conn.execute(
-                f"SELECT rowid, {MEMORY_COLUMNS} FROM memories WHERE deleted_at IS NULL ORDER BY rowid")]
-        vectors = []
-        with tqdm(total=len(live), desc="embedding", unit="memory", disable=not progress) as bar:
-            for start in range(0, len(live), 64):
-                chunk = live[start:start + 64]
-                vectors += list(self.embed([m.search_text() for _, m in chunk]))
-                bar.update(len(chunk))
-        with self._transaction() as conn:
-            for table in SEARCH_TABLES:
-                if table in schema:
-                    try:
-                        conn.execute(f"DROP TABLE {table}")
-                    except BankError as exc:  # its pages are too damaged to free: the file must be rebuilt
-                        raise CorruptBankError(
-                            f"The search table {table} of {self.path} is too damaged to rebuild in place ({exc.message}).",
-                            hint="Export what is readable (`edge memory export FILE`) and import it into a new bank "
-                            "(`edge memory import FILE --db NEW.db`).") from exc
-                    conn.execute(schema[table])
-            for (rowid, memory), vec in zip(live, vectors):
-                self.index.add(rowid, memory.search_text(), memory.owner, memory.kind, vec)
-        return len(live)
-
     # ------------------------------------------------------------------ whole-bank copies (JSONL export and import)
-
-    @contextmanager
-    def snapshot(self) -> Iterator["MemoryBank"]:
-        """Read the bank as of one moment: reads inside see no write made meanwhile by another process."""
-        raw = self._conn.raw
-        with self._lock:
-            raw.execute("BEGIN")
-            try:
-                yield self
-            finally:
-                if raw.in_transaction:  # a read found a damaged page: SQLite may have ended it already
-                    try:
-                        raw.execute("COMMIT")
-                    except sqlite.DatabaseError:  # nothing was written: ending it is all that matters
-                        if raw.in_transaction:
-                            raw.execute("ROLLBACK")
-
-    def iter_memories(self, *, owner: str | None = None) -> Iterator[Memory]:
-        """Every memory row (deleted and superseded ones too) of one owner, or of all when None, oldest first."""
-        where, args = ("WHERE owner = ?", [clean_name(owner)]) if owner is not None else ("", [])
-        for row in self._conn.execute(f"SELECT {MEMORY_COLUMNS} FROM memories {where} ORDER BY rowid", args):
-            yield memory_from_row(row)
-
-    def readable_rows(self, *, owner: str | None = None) -> tuple[list[Memory], list[HistoryEntry], int]:
-        """Every memory and history row of `owner` (all owners when None) that a damaged file still yields.
-
-        Read one row at a time by rowid, so a damaged page costs only the rows
-        on it; returns (memories, history rows, rows that could not be read).
-        Rowids never exceed the history's sequence (every memory was added
-        by a history row), which `sqlite_sequence` keeps apart from both tables.
-        A memory no read returned is rebuilt from the newest readable history
-        row that records it (each row's `after` is the whole memory as that
-        change left it), so a damaged memories table loses only what its
-        history lost too. Lost: the reads that failed, and the memories the
-        readable history names that neither a read nor a history row gives.
-        """
-        top = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'history'").fetchone()
-        top = top[0] if top else 0
-        memories: list[Memory] = []
-        history: list[HistoryEntry] = []
-        failed = {"memories": 0, "history": 0}
-        for table, columns, build, into in (("memories", MEMORY_COLUMNS, memory_from_row, memories),
-                                            ("history", HISTORY_COLUMNS, history_from_row, history)):
-            for rowid in range(1, top + 1):
-                try:
-                    row = self._conn.execute(f"SELECT {columns} FROM {table} WHERE rowid = ?", (rowid,)).fetchone()
-                except CorruptBankError:
-                    failed[table] += 1
-                    continue
-                if row is not None:
-                    item = build(row)
-                    if owner is None or item.owner == owner:
-                        into.append(item)
-        # A damaged page may read as holding no row at all: a memory its history names but no read returned is
-        # rebuilt from its newest history row, or lost when that row holds no memory (a removal).
-        newest: dict[str, HistoryEntry] = {}
-        for entry in history:
-            if entry.seq > getattr(newest.get(entry.memory_id), "seq", -1):
-                newest[entry.memory_id] = entry
-        found = {memory.id for memory in memories}
-        rebuilt = unknown = 0
-        for memory_id, entry in newest.items():
-            if memory_id in found:
-                continue
-            if isinstance(entry.after, dict) and entry.after.get("id") == memory_id:
-                memories.append(Memory.from_dict(entry.after))
-                rebuilt += 1
-            else:
-                unknown += 1
-        return memories, history, failed["history"] + max(0, failed["memories"] - rebuilt) + unknown
-
-    def iter_history(self, *, owner: str | None = None) -> Iterator[HistoryEntry]:
-        """Every history row of one owner, or of all when None, oldest first."""
-        where, args = ("WHERE owner = ?", [clean_name(owner)]) if owner is not None else ("", [])
-        for row in self._conn.execute(f"SELECT {HISTORY_COLUMNS} FROM history {where} ORDER BY seq", args):
-            yield history_from_row(row)
-
-    def load(self, memories: Sequence[Memory], history: Sequence[HistoryEntry],
-             vectors: Mapping[str, np.ndarray]) -> int:
-        """Put memories and their history back as they were written (ids, owners, times), in one transaction.
-
-        `vectors` holds the vector of every live memory by id (see `embed`).
-        History rows get new sequence numbers; their links (`reverts`,
-        `undone_by`) follow. Raises `BankError`, writing nothing, when a
-        memory's id is already in the bank. Returns the memories loaded.
-        """
-        with self._transaction() as conn:
-            clash = self._taken_ids(conn, [m.id for m in memories])
-            if clash:
-                raise BankError(f"Memory {sorted(clash)[0]!r} is already in the bank; nothing was loaded.")
-            for memory in memories:
-                self._insert_row(conn, memory, vectors.get(memory.id))
-            seq_map: dict[int, int] = {}
-            for entry in history:
-                applied = self._log(conn, entry.op_group, entry.action, entry.memory_id, entry.owner, entry.before,
-                                    entry.after, entry.actor, entry.turn, entry.at, reverts=seq_map.get(entry.reverts))
-                seq_map[entry.seq] = applied.seq
-            for entry in history:
-                if entry.undone_by is not None:
-                    conn.execute("UPDATE history SET undone_by = ? WHERE seq = ?",
-                                 (seq_map.get(entry.undone_by), seq_map[entry.seq]))
-        return len(memories)
-
-    def adopt(self, memories: Sequence[Memory], vectors: Mapping[str, np.ndarray], *, owner: str | None = None,
-              actor: str = "import") -> dict[str, str]:
-        """Give `owner` these memories as one change that `undo` takes back whole: an ADD by `actor` each.
-
-        Unlike `load`, the memories' own history is not kept. Ids the bank
-        already holds get new ones, and links between the memories
-        (`superseded_by`, metadata "supersedes") follow them. `vectors` holds
-        each memory's vector by its old id. Returns old id -> new id.
-        """
-        owner = owner or self.user
-        if actor not in ACTORS:
-            raise InvalidInputError(f"Unknown actor {actor!r}; expected one of {', '.join(ACTORS)}.")
-        group = secrets.token_hex(6)
-        with self._transaction() as conn:
-            taken = self._taken_ids(conn, [m.id for m in memories])
-            ids: dict[str, str] = {}
-            for memory in memories:
-                fresh = memory.id
-                while fresh in taken:
-                    fresh = new_id()
-                taken.add(fresh)
-                ids[memory.id] = fresh
-            stamp = now()
-            for memory in memories:
-                mine = _relinked(memory, owner, ids)
-                self._insert_row(conn, mine, vectors[memory.id])
-                self._log(conn, group, "ADD", mine.id, owner, None, mine, actor, None, stamp)
-        return ids
-
-    def taken_ids(self, ids: Sequence[str]) -> set[str]:
-        """Those of `ids` the bank holds already (any owner)."""
-        return self._taken_ids(self._conn, ids)
-
-    @staticmethod
-    def _taken_ids(conn, ids: Sequence[str]) -> set[str]:
-        """Those of `ids` the bank holds already."""
-        taken: set[str] = set()
-        for start in range(0, len(ids), 500):
-            chunk = list(ids[start : start + 500])
-            marks = ",".join("?" * len(chunk))
-            taken |= {r[0] for r in conn.execute(f"SELECT id FROM memories WHERE id IN ({marks})", chunk)}
-        return taken
-
-    def export_jsonl(self, path: Path | str, *, user: str | None = None) -> int:
-        """Write the bank (all owners, or one) with its history to JSONL; returns the lines written."""
-        from edge.bank.jsonl import export_jsonl
-
-        return export_jsonl(self, Path(path), owner=None if user is None else clean_name(user))
-
-    def import_jsonl(self, path: Path | str, *, progress: bool = False, skip_bad: bool = False) -> int:
-        """Load a JSONL export in one transaction; returns the memories imported (`edge.bank.jsonl.import_jsonl`)."""
-        from edge.bank.jsonl import import_jsonl
-
-        return import_jsonl(self, Path(path), progress=progress, skip_bad=skip_bad)
-
-
-def _relinked(memory: Memory, owner: str, ids: Mapping[str, str]) -> Memory:
-    """`memory` as `owner`'s, with ids that point into its set renamed as `ids` renames them."""
-    changes: dict[str, Any] = {"owner": owner, "id": ids[memory.id]}
-    if memory.superseded_by in ids:
-        changes["superseded_by"] = ids[memory.superseded_by]
-    if memory.metadata.get("supersedes") in ids:
-        changes["metadata"] = {**memory.metadata, "supersedes": ids[memory.metadata["supersedes"]]}
-    return replace(memory, **changes)
