@@ -36,7 +36,7 @@ banks. Figures per system and order:
 
 Per system (independent of the order): facts stored per turn (older versions
 included) and their grounding (each checked as `edge eval` checks a stored
-fact: `edge.evaluation.runner.check_fact` with `edge.grounding.grounding`
+fact: `edge.evaluation.facts.check_fact` with `edge.grounding.grounding`
 over its source turn, the fact it replaced, the speaker and the turn's
 dates); the Manager's operations against the gold ones (how many change and
 retract turns superseded a fact); `remember` seconds per turn, p50 / p95.
@@ -107,7 +107,7 @@ def source_of(result) -> str:
 def audit(bank, conv) -> dict:
     """Every fact the bank holds (older versions and retracted ones included), checked for grounding."""
     from edge.dates import human_date, parse_time, resolve_dates
-    from edge.evaluation.runner import SourceTurn, check_fact, session_dates
+    from edge.evaluation.facts import SourceTurn, check_fact, session_dates
     from edge.grounding import grounding
 
     sources = {}

@@ -165,13 +165,13 @@ def test_answers_given_with_another_adapter_of_the_same_name_are_not_resumed(tmp
 
 
 def test_summary_statistics_without_a_model() -> None:
-    from edge.evaluation.runner import _recall, percentile, summarise_system
+    from edge.evaluation.runner import evidence_recall, percentile, summarise_system
 
     assert percentile([], 50) is None
     assert percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
     assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 95) == pytest.approx(4.8)
-    assert _recall([], ["D1:1"]) is None
-    assert _recall(["D1:1", "D2:2"], ["D2:2", "D3:3"]) == 0.5
+    assert evidence_recall([], ["D1:1"]) is None
+    assert evidence_recall(["D1:1", "D2:2"], ["D2:2", "D3:3"]) == 0.5
     rows = [
         {"qa_index": 10, "category": 4, "f1": 1.0, "bleu1": 1.0, "em": 1.0, "evidence_recall": 1.0, "seconds": 1.0,
          "prompt_tokens": 100, "shown": 5},
@@ -295,7 +295,7 @@ def test_the_bundle_with_and_without_its_manager_and_the_share_of_its_ceiling(tm
 
 
 def test_free_text_answers_have_no_ceiling_and_old_answers_are_not_given_one(tmp_path: Path, context) -> None:
-    from edge.evaluation.runner import _backfill
+    from edge.evaluation.runner import backfill
 
     out = tmp_path / "out"
     settings = EvalSettings(data=_data(tmp_path), out=out, systems=["rag-turns"], limit=1, n_ctx=4096, answer_k=20,
@@ -314,7 +314,7 @@ def test_free_text_answers_have_no_ceiling_and_old_answers_are_not_given_one(tmp
     assert results["systems"]["rag-turns"]["abstention"]["answerable"] == 1
     # An answer written before the ceiling was recorded stays without one: what was offered is not known.
     old = [{k: v for k, v in row.items() if k not in (*OFFERED_FIELDS, "unknown")}]
-    assert not _backfill(old, None) and not any(field in old[0] for field in OFFERED_FIELDS)
+    assert not backfill(old, None) and not any(field in old[0] for field in OFFERED_FIELDS)
 
 
 @pytest.mark.skipif(not CONV_26.is_file(), reason="conv-26.json is not on this machine")

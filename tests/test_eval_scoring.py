@@ -204,7 +204,7 @@ def _conversation():
 
 
 def test_session_and_turn_dates_in_human_and_iso_form() -> None:
-    from edge.evaluation.runner import metadata_dates, session_dates, turn_dates
+    from edge.evaluation.facts import metadata_dates, session_dates, turn_dates
 
     assert session_dates("1:56 pm on 8 May, 2023") == ("8 May 2023", "2023-05-08")
     assert session_dates("sometime") == ("sometime",)
@@ -219,7 +219,7 @@ def test_session_and_turn_dates_in_human_and_iso_form() -> None:
 
 
 def test_audit_counts_ungrounded_facts_and_passes_speaker_and_dates() -> None:
-    from edge.evaluation.runner import audit_facts
+    from edge.evaluation.facts import audit_facts
 
     calls = []
 
@@ -247,7 +247,7 @@ def test_audit_counts_ungrounded_facts_and_passes_speaker_and_dates() -> None:
 
 
 def test_audit_with_the_grounding_rule_of_the_manager() -> None:
-    from edge.evaluation.runner import audit_facts
+    from edge.evaluation.facts import audit_facts
 
     grounding = pytest.importorskip("edge.grounding").grounding
     facts = [
@@ -266,7 +266,7 @@ def test_bank_facts_include_deleted_and_superseded_versions(tmp_path: Path) -> N
     from edge import operations
     from edge.bank import MemoryBank
     from edge.embedder import HashEmbedder
-    from edge.evaluation.runner import bank_facts
+    from edge.evaluation.facts import bank_facts
     from edge.evaluation.systems import BANK_USER
 
     with MemoryBank.open(tmp_path / "bank.db", HashEmbedder(), user=BANK_USER) as bank:
@@ -286,7 +286,7 @@ def test_bank_facts_include_deleted_and_superseded_versions(tmp_path: Path) -> N
 
 
 def test_summary_of_facts_over_conversations() -> None:
-    from edge.evaluation.runner import summarise_facts
+    from edge.evaluation.facts import summarise_facts
 
     assert summarise_facts([]) is None
     audits = [{"sample_id": "c1", "stored": 4, "grounded": 1,
@@ -304,15 +304,15 @@ def test_summary_of_facts_over_conversations() -> None:
 
 
 def _row(category: int, prediction: str, gold: str, by_tier: dict[str, list[str]] | None, evidence: list[str]):
-    from edge.evaluation.runner import _recall
+    from edge.evaluation.runner import evidence_recall
 
     row = {"category": category, "prediction": prediction, "gold": gold, "question": "?", "evidence": evidence,
            **lexical_scores(prediction, gold), "locomo_f1": locomo_f1(prediction, gold, category),
-           "evidence_recall": _recall(evidence, [t for turns in (by_tier or {}).values() for t in turns]),
+           "evidence_recall": evidence_recall(evidence, [t for turns in (by_tier or {}).values() for t in turns]),
            "seconds": 1.0, "prompt_tokens": 100, "shown": 2}
     if by_tier is not None:
         row["context_turns_by_tier"] = by_tier
-        row.update({f"evidence_recall_{k}": _recall(evidence, by_tier.get(k, [])) for k in ("episodic", "fact")})
+        row.update({f"evidence_recall_{k}": evidence_recall(evidence, by_tier.get(k, [])) for k in ("episodic", "fact")})
     return row
 
 
@@ -411,13 +411,13 @@ def test_report_of_an_older_run_shows_dashes(tmp_path: Path) -> None:
 
 
 def test_resumed_answers_get_the_official_f1() -> None:
-    from edge.evaluation.runner import _backfill
+    from edge.evaluation.runner import backfill
 
     rows = [{"category": 1, "prediction": "painting", "gold": "hiking, painting", "question": "?"},
             {"category": 4, "prediction": "x", "gold": "x", "question": "?", "locomo_f1": 1.0}]
-    assert _backfill(rows, None)
+    assert backfill(rows, None)
     assert rows[0]["locomo_f1"] == 0.5 and "judge" not in rows[0]
-    assert not _backfill(rows, None)
+    assert not backfill(rows, None)
 
 
 # --------------------------------------------------------------------------- the ceiling: the best offered span

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edge.evaluation.runner import ANSWER_METRICS, MEM0_CATEGORY_NAMES, METRIC_LABELS
+from edge.evaluation.scoring import ANSWER_METRICS, MEM0_CATEGORY_NAMES, METRIC_LABELS
 
 MISSING = "—"
 OPTIONAL_METRICS = ("judge",)  # columns shown only when some system has a value

@@ -39,7 +39,6 @@ answered "unknown" and of answerable ones (1-4) answered "unknown".
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import resource
@@ -47,51 +46,28 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from edge.errors import EdgeError
-from edge.evaluation.scoring import LLMJudge, best_offered, exact_match, is_unknown, lexical_scores, locomo_f1
-from edge.evaluation.systems import BANK_USER, SYSTEMS, EvalContext, System, make_system
+from edge.evaluation.facts import NO_FACTS, Grounder, audit_facts, bank_facts, summarise_facts
+from edge.evaluation.scoring import (
+    ANSWERABLE,
+    MEM0_CATEGORY_NAMES,
+    METRICS,
+    UNANSWERABLE,
+    LLMJudge,
+    best_offered,
+    exact_match,
+    is_unknown,
+    lexical_scores,
+    locomo_f1,
+)
+from edge.evaluation.systems import SYSTEMS, EvalContext, System, make_system
 from edge.generation import GenerationConfig
-from edge.locomo import CATEGORY_NAMES, QA, Conversation, LocoTurn, Session, dev_question, load_locomo
+from edge.locomo import CATEGORY_NAMES, QA, Conversation, dev_question, load_locomo
 
 DEFAULT_SYSTEMS = ("full-context", "rag-turns", "manager-prompted", "bundle")
-# What an answer scored (the "Scores" table, one chart each).
-ANSWER_METRICS = ("f1", "locomo_f1", "bleu1", "em", "judge", "evidence_recall", "evidence_recall_episodic",
-                  "evidence_recall_fact")
-# What it could have scored: the best of the extractive answers it was offered (`scoring.best_offered`), and the share
-# of that F1 it took ("taken", a ratio of means, not a mean). None for free-text systems and rows of older runs.
-OFFERED_METRICS = ("best_offered_f1", "best_offered_locomo_f1", "gold_offered", "taken")
-METRICS = ANSWER_METRICS + OFFERED_METRICS
-ANSWERABLE = (1, 2, 3, 4)  # LoCoMo categories with an answer in the conversation; 5 (adversarial) has none
-UNANSWERABLE = 5
-METRIC_LABELS = {
-    "f1": "F1",
-    "locomo_f1": "LoCoMo F1",
-    "bleu1": "BLEU-1",
-    "em": "exact match",
-    "judge": "LLM judge",
-    "evidence_recall": "evidence recall",
-    "evidence_recall_episodic": "evidence recall (episodic)",
-    "evidence_recall_fact": "evidence recall (facts)",
-    "best_offered_f1": "best offered F1",
-    "best_offered_locomo_f1": "best offered LoCoMo F1",
-    "gold_offered": "gold offered",
-    "taken": "taken",
-}
-# The same five categories as Mem0's paper names them ("Mem0: Building Production-Ready AI Agents with
-# Scalable Long-Term Memory", Chhikara et al., 2025, arXiv:2504.19413), and Memory-R1 and MemLoRA after it.
-# `CATEGORY_NAMES` are LoCoMo's own (its task_eval code); the numbers are the data's.
-MEM0_CATEGORY_NAMES: dict[int, str] = {
-    1: "single-hop",
-    2: "temporal",
-    3: "multi-hop",
-    4: "open-domain",
-    5: "adversarial",
-}
 MEMORY_KINDS = ("episodic", "fact")  # keys of `SystemAnswer.context_turns_by_tier`
-EXAMPLES_SHOWN = 5  # ungrounded facts listed per system in the summary
-NO_FACTS: dict[str, Any] = {"stored": 0, "grounded": 0, "ungrounded": []}  # facts.json of a bank without facts
 
 
 @dataclass
@@ -189,149 +165,6 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
-
-
-# --------------------------------------------------------------------------- stored facts
-#
-# A stored fact is checked as the Memory Manager checks a write (`edge.manager`):
-# `edge.grounding.grounding` over the turn(s) it names as its source and, for a
-# newer version, the text of the fact it replaced; the speaker; and the dates the
-# turn allows (its session date, and its own date expressions resolved against it).
-
-# `edge.grounding.grounding(text, sources, *, speaker=None, dates=()) -> Grounding(grounded, missing)`
-Grounder = Callable[..., Any]
-
-
-@dataclass(frozen=True)
-class SourceTurn:
-    """A turn as a fact's source: who said what, and the dates it makes sayable."""
-
-    speaker: str
-    text: str
-    dates: tuple[str, ...]
-
-
-def session_dates(date_time: str) -> tuple[str, ...]:
-    """A LoCoMo session stamp ("1:56 pm on 8 May, 2023") as ("8 May 2023", "2023-05-08") (`edge.dates`).
-
-    A stamp in another shape is passed on as it is.
-    """
-    from edge.dates import human_date, parse_time
-
-    try:
-        when = parse_time(date_time)
-    except EdgeError:
-        return (date_time,) if date_time.strip() else ()
-    if when is None:
-        return ()
-    iso = when.date().isoformat()
-    return (human_date(iso), iso)
-
-
-def turn_dates(session: Session, turn: LocoTurn) -> tuple[str, ...]:
-    """The session date, and the turn's date expressions ("yesterday") resolved against it, ISO and human."""
-    from edge.dates import human_date, parse_time, resolve_dates
-
-    dates = list(session_dates(session.date_time))
-    try:
-        at = parse_time(session.date_time)
-    except EdgeError:
-        at = None
-    if at is not None:
-        for mention in resolve_dates(turn.full_text, at):
-            dates += [mention.value, human_date(mention.value)]
-    return tuple(dict.fromkeys(dates))
-
-
-def metadata_dates(metadata: dict[str, Any], said: Sequence[str] = ()) -> list[str]:
-    """The dates a memory's `metadata["dates"]` holds: a list's items, one string, or a mapping's values.
-
-    A mapping is {expression: date}, the Manager resolving the memory's own
-    text; with `said`, a date counts only when its expression occurs in one of
-    those texts, so that a date the memory's text merely asserts cannot ground
-    itself.
-    """
-    dates = metadata.get("dates") if isinstance(metadata, dict) else None
-    if isinstance(dates, dict):
-        heard = " ".join(said).casefold()
-        values: list[Any] = [v for k, v in dates.items() if not said or str(k).casefold() in heard]
-    elif isinstance(dates, (list, tuple)):
-        values = list(dates)
-    else:
-        values = [dates]
-    return [str(v) for v in values if isinstance(v, (str, int)) and str(v).strip()]
-
-
-def check_fact(memory: Any, sources: list[SourceTurn], grounder: Grounder, replaced: str | None = None
-               ) -> dict[str, Any]:
-    """Whether one fact memory's text is grounded in its source turns (and the fact it replaced, if any).
-
-    The speaker is the first source turn's. A memory none of whose source
-    turns is in the conversation is ungrounded.
-    """
-    row = {"id": memory.id, "tier": memory.tier, "text": memory.text, "source_turns": list(memory.source_turns),
-           "deleted": bool(getattr(memory, "deleted_at", None)),
-           "superseded": bool(getattr(memory, "superseded", False))}
-    if not sources:
-        return {**row, "grounded": False, "missing": ["(no source turn in the conversation)"]}
-    texts = [s.text for s in sources] + ([replaced] if replaced else [])
-    dates = [d for s in sources for d in s.dates] + metadata_dates(memory.metadata, texts)
-    result = grounder(memory.text, texts, speaker=sources[0].speaker, dates=tuple(dict.fromkeys(dates)))
-    return {**row, "grounded": bool(result.grounded), "missing": list(result.missing)}
-
-
-def audit_facts(memories: Sequence[Any], conversation: Conversation, grounder: Grounder) -> dict[str, Any]:
-    """Grounding of every fact memory of one bank: counts and the ungrounded ones (facts.json).
-
-    `memories` are all of the bank's facts, older versions included: a newer
-    version (metadata "supersedes") may also draw on the text it replaced.
-    """
-    turns = {turn.dia_id: (session, turn) for session, turn in conversation.turns()}
-    known: dict[str, SourceTurn] = {}
-
-    def source(dia_id: str) -> SourceTurn:
-        if dia_id not in known:
-            session, turn = turns[dia_id]
-            known[dia_id] = SourceTurn(turn.speaker, turn.full_text, turn_dates(session, turn))
-        return known[dia_id]
-
-    texts = {m.id: m.text for m in memories}
-    checked = [
-        check_fact(m, [source(t) for t in m.source_turns if t in turns], grounder,
-                   texts.get(m.metadata.get("supersedes") or ""))
-        for m in memories
-    ]
-    return {
-        "stored": len(checked),
-        "grounded": sum(c["grounded"] for c in checked),
-        "ungrounded": [c for c in checked if not c["grounded"]],
-    }
-
-
-def bank_facts(bank: Any) -> list[Any]:
-    """Every fact memory (tiers other than episodic) of the evaluation's user, deleted and superseded too."""
-    older = {"include_superseded": True} if "include_superseded" in inspect.signature(bank.list).parameters else {}
-    return [m for m in bank.list(user=BANK_USER, include_deleted=True, **older) if m.tier != "episodic"]
-
-
-def summarise_facts(audits: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """One system's stored-fact figures over its conversations; None when none was audited (no bank).
-
-    `hallucination_rate` is the share of stored facts that are not grounded
-    (None when no fact was stored); `examples` are the first ungrounded ones.
-    """
-    if not audits:
-        return None
-    stored = sum(a["stored"] for a in audits)
-    grounded = sum(a["grounded"] for a in audits)
-    examples = [{"sample_id": a.get("sample_id"), **u} for a in audits for u in a["ungrounded"]]
-    return {
-        "stored": stored,
-        "grounded": grounded,
-        "ungrounded": stored - grounded,
-        "hallucination_rate": (stored - grounded) / stored if stored else None,
-        "examples": examples[:EXAMPLES_SHOWN],
-    }
 
 
 # --------------------------------------------------------------------------- the run
@@ -516,7 +349,7 @@ class LocomoRun:
         path = workdir / "answers.jsonl"
         rows = _repaired_jsonl(path)
         done = {row["qa_index"] for row in rows}
-        if _backfill(rows, self.judge):
+        if backfill(rows, self.judge):
             _rewrite_jsonl(path, rows)
         questions = self.questions(conversation)
         todo = [q for q in questions if q.index not in done]
@@ -531,10 +364,10 @@ class LocomoRun:
                     "locomo_f1": locomo_f1(reply.answer, qa.answer, qa.category),
                     **offered_scores(reply.offered, qa.answer, qa.category),
                     "unknown": float(is_unknown(reply.answer)),
-                    "evidence": qa.evidence, "evidence_recall": _recall(qa.evidence, reply.context_turns),
-                    **{f"evidence_recall_{kind}": _recall(qa.evidence, by_tier.get(kind, []))
+                    "evidence": qa.evidence, "evidence_recall": evidence_recall(qa.evidence, reply.context_turns),
+                    **{f"evidence_recall_{kind}": evidence_recall(qa.evidence, by_tier.get(kind, []))
                        for kind in MEMORY_KINDS},
-                    "used_recall": _recall(qa.evidence, reply.used_turns),
+                    "used_recall": evidence_recall(qa.evidence, reply.used_turns),
                     "context_turns": reply.context_turns, "context_turns_by_tier": by_tier,
                     "used_turns": reply.used_turns,
                     "shown": reply.shown, "prompt_tokens": reply.prompt_tokens,
@@ -607,14 +440,15 @@ def offered_scores(offered: list[str] | None, gold: str, category: int) -> dict[
     }
 
 
-def _recall(evidence: list[str], turns: list[str]) -> float | None:
+def evidence_recall(evidence: list[str], turns: list[str]) -> float | None:
+    """The share (0..1) of a question's evidence turn ids (LoCoMo's "D1:3") among `turns`; None without evidence."""
     if not evidence:
         return None
     shown = set(turns)
     return sum(e in shown for e in evidence) / len(evidence)
 
 
-def _backfill(rows: list[dict[str, Any]], judge: LLMJudge | None) -> bool:
+def backfill(rows: list[dict[str, Any]], judge: LLMJudge | None) -> bool:
     """Add the scores that answers written by an older run (or without a judge) lack; True if any was."""
     changed = False
     for row in rows:

@@ -44,6 +44,40 @@ from typing import Sequence
 from edge.backends.base import Backend, Message
 from edge.errors import EdgeError, ModelOutputError
 
+# What an answer scored (the "Scores" table, one chart each).
+ANSWER_METRICS = ("f1", "locomo_f1", "bleu1", "em", "judge", "evidence_recall", "evidence_recall_episodic",
+                  "evidence_recall_fact")
+# What it could have scored: the best of the extractive answers it was offered (`scoring.best_offered`), and the share
+# of that F1 it took ("taken", a ratio of means, not a mean). None for free-text systems and rows of older runs.
+OFFERED_METRICS = ("best_offered_f1", "best_offered_locomo_f1", "gold_offered", "taken")
+METRICS = ANSWER_METRICS + OFFERED_METRICS
+ANSWERABLE = (1, 2, 3, 4)  # LoCoMo categories with an answer in the conversation; 5 (adversarial) has none
+UNANSWERABLE = 5
+METRIC_LABELS = {
+    "f1": "F1",
+    "locomo_f1": "LoCoMo F1",
+    "bleu1": "BLEU-1",
+    "em": "exact match",
+    "judge": "LLM judge",
+    "evidence_recall": "evidence recall",
+    "evidence_recall_episodic": "evidence recall (episodic)",
+    "evidence_recall_fact": "evidence recall (facts)",
+    "best_offered_f1": "best offered F1",
+    "best_offered_locomo_f1": "best offered LoCoMo F1",
+    "gold_offered": "gold offered",
+    "taken": "taken",
+}
+# The same five categories as Mem0's paper names them ("Mem0: Building Production-Ready AI Agents with
+# Scalable Long-Term Memory", Chhikara et al., 2025, arXiv:2504.19413), and Memory-R1 and MemLoRA after it.
+# `CATEGORY_NAMES` are LoCoMo's own (its task_eval code); the numbers are the data's.
+MEM0_CATEGORY_NAMES: dict[int, str] = {
+    1: "single-hop",
+    2: "temporal",
+    3: "multi-hop",
+    4: "open-domain",
+    5: "adversarial",
+}
+
 _PUNCTUATION = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
