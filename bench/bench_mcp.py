@@ -71,7 +71,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from mcp.client.stdio import stdio_client
 
     from edge.agent import Agent
-    from edge.backends.llama_cpp import default_threads
+    from edge.backends.threads import default_threads
     from edge.bank import MIN_SIMILARITY, MemoryBank
     from edge.bundle import Bundle
     from edge.locomo import load_locomo

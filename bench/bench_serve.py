@@ -63,7 +63,7 @@ def main() -> None:
 
     import openai
 
-    from edge.backends.llama_cpp import default_threads
+    from edge.backends.threads import default_threads
     from edge.bank import MemoryBank
     from edge.models import bundled_gguf_path
 

@@ -80,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from edge.agent import Agent
-    from edge.backends.llama_cpp import default_threads
+    from edge.backends.threads import default_threads
     from edge.locomo import load_locomo
     from edge.model_source import gguf_bundle, server_bundle, with_generation
     from edge.models import bundled_gguf_path

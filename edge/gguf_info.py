@@ -24,7 +24,7 @@ from typing import Any, BinaryIO
 
 from edge.errors import BackendError
 
-MAGIC = b"GGUF"
+GGUF_MAGIC = b"GGUF"
 CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
 
 # value type -> struct format (scalars); 8 string, 9 array
@@ -95,7 +95,7 @@ def read_gguf_info(path: Path | str) -> GgufInfo:
         raise BackendError(f"Model file not found: {path}", hint="check the path to the .gguf file")
     try:
         with path.open("rb") as handle:
-            if handle.read(4) != MAGIC:
+            if handle.read(4) != GGUF_MAGIC:
                 raise BackendError(
                     f"Not a GGUF model file: {path}",
                     hint="--model takes a .gguf file (llama.cpp's format); convert others with `edge export --gguf`",
@@ -172,7 +172,7 @@ def write_gguf_header(path: Path, metadata: dict[str, Any], tensors: dict[str, t
     """Write a GGUF header (no tensor data) with string / int / float / bool metadata: a test fixture."""
     with Path(path).open("wb") as handle:
         tensors = tensors or {}
-        handle.write(MAGIC + struct.pack("<IQQ", 3, len(tensors), len(metadata)))
+        handle.write(GGUF_MAGIC + struct.pack("<IQQ", 3, len(tensors), len(metadata)))
         for key, value in metadata.items():
             handle.write(_pack_string(key))
             if isinstance(value, bool):

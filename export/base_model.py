@@ -40,11 +40,11 @@ from typing import Callable
 
 from edge.errors import EdgeError, MissingExtraError
 from edge.files import link_or_copy, sha256_file, staged_dir
+from edge.gguf_info import GGUF_MAGIC
 
 BUNDLED = "bundled"
 BUNDLED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 BASE_INFO_FILE = "edge_base.json"
-GGUF_MAGIC = b"GGUF"
 
 # GGUF token types (llama.cpp's llama_token_type)
 _CONTROL, _USER_DEFINED = 3, 4

@@ -126,7 +126,7 @@ def test_greedy_schema_decoding_picks_the_tokens_llama_cpps_sampler_chain_picks(
 
 
 def test_thread_count_follows_edge_threads_and_stays_in_bounds(monkeypatch):
-    from edge.backends.llama_cpp import _usable_cores, default_threads
+    from edge.backends.threads import default_threads, usable_cores
 
     monkeypatch.setenv("EDGE_THREADS", "3")
     assert default_threads() == 3
@@ -134,7 +134,7 @@ def test_thread_count_follows_edge_threads_and_stays_in_bounds(monkeypatch):
     with pytest.raises(BackendError, match="EDGE_THREADS"):
         default_threads()
     monkeypatch.delenv("EDGE_THREADS")
-    assert 1 <= default_threads() <= max(2, _usable_cores() // 2)
+    assert 1 <= default_threads() <= max(2, usable_cores() // 2)
 
 def test_stream_pieces_make_the_final_text(backend):
     pieces = list(backend.stream(user("Name three fruits."), max_tokens=40))

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from edge.backends.base import parse_json
-from edge.backends.llama_cpp import LlamaCppBackend, strict_json_strings
+from edge.backends.gbnf import strict_json_strings
+from edge.backends.llama_cpp import LlamaCppBackend
 from edge.bank import clean_text
 from edge.model_calls import to_messages
 from edge.prompts import ShownMemory, Turn, manager_messages, manager_schema
@@ -133,7 +134,7 @@ def test_an_emoji_in_an_enum_comes_out_as_itself(llama_backend) -> None:
 def test_a_server_asked_for_a_grammar_gets_the_in_process_one() -> None:
     """`--structured-output grammar` sends the grammar llama.cpp decodes under in process: JSON strings, whole emoji."""
     from edge.backends.http import OpenAIHTTPBackend
-    from edge.backends.llama_cpp import schema_gbnf
+    from edge.backends.gbnf import schema_gbnf
 
     schema = {"type": "object", "properties": {"text": {"enum": ["so tired \U0001FAE9"]}}, "required": ["text"]}
     body: dict = {}

@@ -1,7 +1,7 @@
 """Decoding under the grammar the runtime gives llama.cpp, with llguidance.
 
 At run time the Manager's and the Answer Agent's replies are decoded by
-llama.cpp under the GBNF grammar `edge.backends.llama_cpp.schema_gbnf` makes
+llama.cpp under the GBNF grammar `edge.backends.gbnf.schema_gbnf` makes
 from `edge.prompts.manager_schema` / `answer_schema`. Rollouts for training
 must be decoded under the same constraint, or the model is trained on
 outputs it will never produce when served (and, sampled freely, the
@@ -96,7 +96,7 @@ def schema_lark(schema: dict[str, Any]) -> str:
     """The grammar llama.cpp decodes `schema` under (`schema_gbnf`), in llguidance's Lark syntax."""
     from llguidance.gbnf_to_lark import gbnf_to_lark
 
-    from edge.backends.llama_cpp import schema_gbnf
+    from edge.backends.gbnf import schema_gbnf
 
     gbnf = schema_gbnf(json.dumps(schema))  # key order matters: the grammar emits properties in schema order
     # no_forcing: where the grammar leaves one way to go on (`ops": [`), llguidance would allow only the canonical

@@ -22,6 +22,12 @@ from dataclasses import dataclass
 from edge.errors import BackendError, ModelOutputError
 
 MESSAGE_ROLES = ("system", "user", "assistant")  # a chat message's role; the agents' roles are edge.bundle.ROLES
+# The chat template used when a model carries none (ChatML, as most small instruct models use).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 FINISH_REASONS = ("stop", "length", "cancelled", "cut")  # cut: a stream that ended before the server said it was done
 
 

@@ -275,7 +275,7 @@ class OpenAIHTTPBackend(Backend):
         elif schema_format == "json_object":
             body["response_format"] = {"type": "json_object", "schema": schema}
         elif schema_format == "grammar":
-            from edge.backends.llama_cpp import schema_gbnf
+            from edge.backends.gbnf import schema_gbnf
 
             body["grammar"] = schema_gbnf(json.dumps(schema))
 

@@ -42,8 +42,6 @@ from __future__ import annotations
 import codecs
 import ctypes
 import json
-import os
-import re
 import threading
 import time
 from collections import OrderedDict, deque
@@ -54,6 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.backends.base import (
+    CHATML_TEMPLATE,
     Backend,
     ChoiceReply,
     Completion,
@@ -62,75 +61,12 @@ from edge.backends.base import (
     StopScanner,
     check_messages,
 )
+from edge.backends.gbnf import schema_gbnf
+from edge.backends.threads import default_threads
 from edge.errors import BackendError
+from edge.gguf_info import GGUF_MAGIC
 
-GGUF_MAGIC = b"GGUF"
 MIN_PREFIX_TOKENS = 16  # shorter system prompts are not worth a snapshot
-
-# Used when a GGUF carries no chat template (ChatML, as most small instruct models use).
-CHATML_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-# One character of a JSON string. Raw: anything but the quote, the backslash, the C0 control characters
-# (JSON forbids them inside strings: a newline must be the escape backslash-n) and DEL. Escaped: only
-# \" \\ \/ \n \r \t; \b, \f and \uXXXX could spell control characters and lone surrogates, which the
-# bank refuses as "not text". Wider exclusions (C1 controls, non-characters) would cost real text:
-# llama.cpp refuses a token holding an unfinished UTF-8 sequence when the character it may complete to
-# *could* fall in an excluded range, so excluding U+1FFFE would refuse the first half of every emoji
-# split across two tokens.
-JSON_STRING_CHAR = r'[^"\\\x00-\x1F\x7F] | "\\" ["\\/nrt]'
-
-
-def strict_json_strings(grammar: str) -> str:
-    """`grammar` (GBNF from llama-cpp-python's JSON-schema converter) with strings that are JSON.
-
-    llama-cpp-python 0.3.36 writes `char ::= [^"\\] | "\\" (...)`: any
-    character but a quote or a backslash, so a raw newline inside a string
-    passed the grammar and the reply failed `json.loads` ("not JSON"). Its
-    `dot` rule (regex patterns) has the same hole and lets a raw quote end
-    the string early; both become JSON_STRING_CHAR.
-    """
-    lines = []
-    for line in grammar.splitlines():
-        name = line.split("::=", 1)[0].strip() if "::=" in line else None
-        lines.append(f"{name} ::= {JSON_STRING_CHAR}" if name in ("char", "dot") else line)
-    return "\n".join(lines) + "\n"
-
-
-_SURROGATE_PAIR = re.compile(r"(?<!\\)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})", re.IGNORECASE)
-
-
-def whole_code_points(grammar: str) -> str:
-    """`grammar` with every character beyond the BMP written as one code point (`\\U0001FAE9`).
-
-    llama-cpp-python's converter writes the literals of `enum`/`const`
-    values with `json.dumps`, so an emoji in a turn's clause became the
-    surrogate pair `\\ud83e\\udee9`; llama.cpp reads each half as a code
-    point of its own, which no valid UTF-8 encodes, and the reply came out
-    as six U+FFFD ("tired ������" stored as a fact). GBNF's `\\U` escape
-    names the character itself.
-    """
-    def joined(match: re.Match) -> str:
-        high, low = int(match.group(1), 16), int(match.group(2), 16)
-        return f"\\U{0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00):08X}"
-
-    return _SURROGATE_PAIR.sub(joined, grammar)
-
-
-def schema_gbnf(schema_json: str) -> str:
-    """The GBNF grammar edge decodes a JSON schema (given as JSON text) under, in process or on a server.
-
-    llama-cpp-python's converter, with JSON strings (`strict_json_strings`)
-    and characters beyond the BMP written whole (`whole_code_points`).
-    Raises what the converter raises for a schema it cannot convert.
-    """
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-    return strict_json_strings(whole_code_points(json_schema_to_gbnf(schema_json)))
 
 
 @dataclass
@@ -656,36 +592,3 @@ def _evaluated_tokens(perf) -> int:
     batched = perf.n_p_eval if perf.t_p_eval_ms > 0 else 0
     single = perf.n_eval if perf.t_eval_ms > 0 else 0
     return batched + single
-
-
-def default_threads() -> int:
-    """llama.cpp threads for a model loaded now: `$EDGE_THREADS`, else the free cores, capped.
-
-    llama.cpp's threads spin while they wait for each other, so more threads
-    than free cores is far slower, not a little: on a 2-core machine shared
-    with a busy process, 2 threads decoded 7x slower than 1. On the same
-    machine idle, 2 threads cut a Manager turn by a quarter. So: the cores
-    the 1-minute load average leaves free, at most half the cores (about the
-    physical ones; 2 on a 2-core machine), at least 1.
-    """
-    configured = os.environ.get("EDGE_THREADS", "").strip()
-    if configured:
-        try:
-            return max(1, int(configured))
-        except ValueError:
-            raise BackendError(f"EDGE_THREADS={configured!r} is not a number.",
-                               hint="set it to a thread count, e.g. EDGE_THREADS=2, or unset it") from None
-    cores = _usable_cores()
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):  # Windows
-        busy = 0.0
-    ceiling = max(2, cores // 2) if cores >= 2 else 1
-    return max(1, min(ceiling, cores - round(busy)))
-
-
-def _usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.backends.base import (
+    CHATML_TEMPLATE,
     Backend,
     Completion,
     DecodeLock,
@@ -47,11 +48,6 @@ from edge.backends.base import (
 )
 from edge.errors import BackendError, MissingExtraError
 
-CHATML_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 PENALTY_LAST_N = 64  # llama.cpp's penalty window (`Llama.last_n_tokens_size`), in tokens of the reply
 
 
