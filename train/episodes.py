@@ -26,7 +26,6 @@ import logging
 import random
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from edge.bank import Memory, MemoryBank
@@ -598,9 +597,3 @@ def friendsqa_answer_episodes(scenes: Sequence[Any], embedder: Embedder, *, k: i
     log.info("FriendsQA: %d scenes, %d questions, %d kept (%s), %d unanswerable added", len(scenes), len(pool),
              answerable, "gold among the offered spans" if only_offered else "all", len(episodes) - answerable)
     return episodes
-
-
-def load_locomo_file(path: Path | str) -> list[Any]:
-    from edge.locomo import load_locomo
-
-    return load_locomo(path)

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from edge.embedder import Embedder, HashEmbedder
-from edge.locomo import dev_question
 from edge.evaluation.scoring import exact_match, f1_score
 from edge.generation import GenerationConfig
+from edge.locomo import dev_question, load_locomo
 
 from edge.train import episodes as ep
 from edge.train import rewards
@@ -105,8 +105,8 @@ def build_data(config: TrainConfig, embedder: Embedder, *, reader: Any = None) -
                 dev += ep.synthetic_time_episodes(dev_convs, embedder, **timed)
                 random.Random(config.seed).shuffle(train)
     else:
-        convs = ep.load_locomo_file(d.locomo_path)  # type: ignore[arg-type]
-        dev_convs = ep.load_locomo_file(d.dev_locomo_path) if d.dev_locomo_path else []
+        convs = load_locomo(d.locomo_path)  # type: ignore[arg-type]
+        dev_convs = load_locomo(d.dev_locomo_path) if d.dev_locomo_path else []
 
         def episodes_of(conversations):
             if config.agent == "manager":
