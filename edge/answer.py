@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.backends.base import Backend
+from edge.backends.base import Backend, Message
 from edge.bank import EPISODIC, Memory, MemoryBank
 from edge.errors import ModelOutputError
 from edge.generation import FACTS_FIRST_SHARE, GenerationConfig, Setting
@@ -26,6 +26,7 @@ from edge.model_calls import adapter_for, shown_memories, to_messages
 from edge.prompts import (
     CORE_MEMORY_CHARS,
     UNKNOWN,
+    IdMap,
     ShownMemory,
     answer_line,
     answer_messages,
@@ -157,7 +158,7 @@ class AnswerAgent:
         ceiling of an extractive answer (the spans of these lines,
         `edge.prompts.answer_spans`) are built from it.
         """
-        kept, _, _, shown = self._fit(question, self.retrieve(bank, question, user=user), core_block(bank, user))
+        kept, _, _, shown = self.fit(question, self.retrieve(bank, question, user=user), core_block(bank, user))
         return kept, shown
 
     def retrieve(self, bank: MemoryBank, question: str, *, user: str | None = None, k: int | None = None) -> list[Memory]:
@@ -167,7 +168,7 @@ class AnswerAgent:
         evidence it finds is never crowded out; the facts come after them,
         best first, leaving out any whose source turns are all shown
         already, and are read when the token budget has room left
-        (`_fit`). Turns first because they hold more evidence per token than
+        (`fit`). Turns first because they hold more evidence per token than
         the untrained Manager's facts: on LoCoMo conv-26, giving facts
         15 % of a 300-token budget lowered evidence recall from 60.9 % to
         57.3 % (`bench/results/answer_context.json`). A bank without a log
@@ -179,7 +180,7 @@ class AnswerAgent:
         (those whose turns are shown too), "superseding-turns" moves a turn
         that retired a fact before the turns that fact came from
         (`superseding_turns_first`); "newest-first" and "topic-newest"
-        reorder only after the budget has picked (`_fit`). None hides a turn
+        reorder only after the budget has picked (`fit`). None hides a turn
         of the log, and a superseded fact is never read here.
         """
         k = k or self.k
@@ -211,7 +212,7 @@ class AnswerAgent:
             return AnswerResult(question=question, answer=UNKNOWN, memory_ids=[], memories=[], retrieved=[],
                                 timings={"fit_s": 0.0, "generate_s": 0.0, "total_s": time.perf_counter() - start},
                                 offered=[] if self.text_mode == "extractive" else None)
-        memories, messages, id_map, shown = self._fit(question, memories, core)
+        memories, messages, id_map, shown = self.fit(question, memories, core)
         # The core block is in the prompt, so its lines are offered too: a fact kept as core ("Ana is allergic
         # to penicillin") must be answerable as it would be as a semantic fact.
         readable = [*shown, *core_lines(core)]
@@ -246,8 +247,13 @@ class AnswerAgent:
             offered=spans,
         )
 
-    def _fit(self, question: str, memories: list[Memory], core: str):
+    def fit(self, question: str, memories: list[Memory], core: str = ""
+            ) -> tuple[list[Memory], list[Message], IdMap, list[ShownMemory]]:
         """The memories whose focused lines fit `answer_tokens`, in order, and a prompt that fits the context.
+
+        Returns (the memories kept, the prompt's messages, the map of their
+        local ids, their lines as shown): what `answer_from` sends and what
+        `context` gives training and the evaluation's ceiling.
 
         Memories are taken in order, each whose line still fits the budget
         (the first always is; a short one may fill the room a long one

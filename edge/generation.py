@@ -51,7 +51,7 @@ CHAT_MAX_TOKENS = 256
 N_CTX = 4096
 MIN_N_CTX = 256  # below this not even the Manager's instructions fit
 
-# How the Answer Agent orders the memories it reads (`edge.answer.AnswerAgent.retrieve` and `_fit`):
+# How the Answer Agent orders the memories it reads (`edge.answer.AnswerAgent.retrieve` and `fit`):
 #   rank               the top-k turns of the log by search rank, then facts their turns do not cover
 #   updates-first      as rank, but the facts that replaced an older version come first, before every turn
 #   facts-first        the current facts the question finds (those whose turns are shown too) come first, within

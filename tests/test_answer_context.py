@@ -86,7 +86,7 @@ def test_many_long_turns_fit_the_token_budget_in_rank_order(
         focused = AnswerAgent(llama_backend, k=30, adapter=None, answer_tokens=400)
         question = "When did Caroline go to the LGBTQ support group?"
         retrieved = focused.retrieve(bank, question)
-        memories, messages, _, shown = focused._fit(question, retrieved, "")
+        memories, messages, _, shown = focused.fit(question, retrieved, "")
         lines = messages[1].content.split("\n")
         memory_lines = [line for line in lines if line.startswith("[")]
         used = sum(llama_backend.count_tokens(line) + 1 for line in memory_lines)
@@ -96,7 +96,7 @@ def test_many_long_turns_fit_the_token_budget_in_rank_order(
         assert positions == sorted(positions), "memories keep their rank order"
         assert len(memories) >= 10, "windows let many memories into the budget"
         assert all("LGBTQ support group" in m.text for m in shown)
-        full_memories, *_ = whole._fit(question, retrieved, "")
+        full_memories, *_ = whole.fit(question, retrieved, "")
         assert len(full_memories) == 30
         result = focused.answer(bank, question)
         assert result.supported
@@ -115,7 +115,7 @@ def test_turns_come_before_facts_and_facts_fill_the_room_left(tmp_path: Path, mi
         retrieved = agent.retrieve(bank, "Where does Tomas work now?")
         assert [m.tier for m in retrieved] == ["episodic", "semantic"], "a fact whose turn is shown is left out"
         assert retrieved[1].text == "Tomas's sister Ines is vegetarian"
-        memories, *_ = agent._fit("Where does Tomas work now?", retrieved, "")
+        memories, *_ = agent.fit("Where does Tomas work now?", retrieved, "")
         assert memories == retrieved, "a short fact fits the room the turns left"
 
 

@@ -178,7 +178,7 @@ def test_locomo_answer_episodes_show_what_the_runtime_answer_agent_shows(conv26,
         for session, turn in conv26[0].turns():  # the runtime's own log, turn by turn
             manager.keep(Turn(turn.speaker, turn.full_text, session.date_time, turn.dia_id))
         for e in episodes:
-            _, messages, _, _ = agent._fit(e.question, agent.retrieve(bank, e.question), "")
+            _, messages, _, _ = agent.fit(e.question, agent.retrieve(bank, e.question), "")
             assert e.messages() == [{"role": m.role, "content": m.content} for m in messages]
 
 
