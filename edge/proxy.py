@@ -20,7 +20,8 @@ For each `POST /v1/chat/completions`:
 5. once the reply is out, the Memory Manager goes over the turn in the
    background (before, it would take the CPU from the upstream's reply).
 
-`GET /v1/models` lists the upstream's models. Built on FastAPI and uvicorn
+With no upstream, the bundle's own chat model answers in process
+(`edge.local_chat`). `GET /v1/models` lists the upstream's models. Built on FastAPI and uvicorn
 (installed with llama-cpp-python's server extra, which the set-up already
 uses) and httpx for the upstream: the same stack the MCP server runs on.
 """
@@ -38,7 +39,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from edge.agent import Agent
 from edge.bank import clean_name
-from edge.errors import EdgeError
+from edge.errors import EdgeError, InvalidInputError
+from edge.local_chat import LocalChat, pump
 from edge.prompts import Turn, quoted_note
 
 MEMORY_CHARS = 1200  # about 300 tokens of memories in each system message
@@ -152,13 +154,19 @@ class MemoryProxy:
                 self._others.popitem()[1].close()
 
 
-def build_app(proxy: MemoryProxy, upstream: str, upstream_model: str | None, *, token: str | None = None,
-              upstream_key: str | None = None, timeout: float = 120.0):
-    """The FastAPI app of `edge serve`: `/v1/chat/completions` and `/v1/models` in front of `upstream`."""
+def build_app(proxy: MemoryProxy, upstream: str | None, upstream_model: str | None, *, token: str | None = None,
+              upstream_key: str | None = None, timeout: float = 120.0, local: LocalChat | None = None):
+    """The FastAPI app of `edge serve`: `/v1/chat/completions` and `/v1/models` in front of `upstream`.
+
+    With `local` (and no `upstream`) the replies come from the bundle's own chat model in process
+    (`edge.local_chat`), written as an OpenAI-compatible server writes them.
+    """
     import anyio
     import httpx
 
-    root = upstream.rstrip("/")
+    if upstream is None and local is None:
+        raise ValueError("build_app needs an upstream URL or a local chat model")
+    root = (upstream or "http://local").rstrip("/")
     root = root[: -len("/v1")] if root.endswith("/v1") else root
     headers = {"Authorization": f"Bearer {upstream_key}"} if upstream_key else {}
     client = httpx.AsyncClient(base_url=root, headers=headers, timeout=timeout)
@@ -184,6 +192,8 @@ def build_app(proxy: MemoryProxy, upstream: str, upstream_model: str | None, *, 
     async def models(request: Request):
         if (denied := refused(request)) is not None:
             return denied
+        if local is not None:
+            return JSONResponse({"object": "list", "data": [{"id": local.model, "object": "model", "owned_by": "edge"}]})
         try:
             response = await client.get("/v1/models")
             if response.status_code == 200:
@@ -219,6 +229,16 @@ def build_app(proxy: MemoryProxy, upstream: str, upstream_model: str | None, *, 
             body["model"] = upstream_model
         if body.get("stream"):
             return StreamingResponse(stream(body, user if text is not None else None), media_type="text/event-stream")
+        if local is not None:
+            try:
+                return JSONResponse(await anyio.to_thread.run_sync(local.complete, body))
+            except EdgeError as exc:
+                kind = "invalid_request_error" if isinstance(exc, InvalidInputError) else "upstream_error"
+                return JSONResponse(openai_error(f"The chat model failed: {exc.message}", kind),
+                                    status_code=400 if kind == "invalid_request_error" else 502)
+            finally:
+                if text is not None:
+                    proxy.remembered(user)
         try:
             response = await client.post("/v1/chat/completions", json=body)
         except httpx.HTTPError as exc:
@@ -231,11 +251,25 @@ def build_app(proxy: MemoryProxy, upstream: str, upstream_model: str | None, *, 
 
     async def stream(body: dict[str, Any], user: str | None) -> AsyncIterator[bytes]:
         try:
-            async for piece in relay(body):
+            async for piece in (relay(body) if local is None else relay_local(body)):
                 yield piece
         finally:  # the reply is out (or failed): now the Manager may go over the turn
             if user is not None:
                 proxy.remembered(user)
+
+    async def relay_local(body: dict[str, Any]) -> AsyncIterator[bytes]:
+        assert local is not None
+        cancel = threading.Event()
+        pieces = pump(local.chunks(body, cancel), cancel)
+        try:
+            while (item := await anyio.to_thread.run_sync(pieces.get)) is not None:
+                if isinstance(item, Exception):
+                    said = item.message if isinstance(item, EdgeError) else f"{type(item).__name__}: {item}"
+                    yield f"data: {json.dumps(openai_error(f'The chat model failed: {said}'))}\n\n".encode()
+                    return
+                yield item
+        finally:
+            cancel.set()  # the client went away, or the reply is done: the model stops either way
 
     async def relay(body: dict[str, Any]) -> AsyncIterator[bytes]:
         try:

@@ -163,7 +163,7 @@ def test_a_fact_said_in_one_request_shapes_the_system_message_of_the_next(defaul
 def test_serve_answers_from_the_chat_role_server_when_no_upstream_is_given(default_bundle, tmp_path, edge_home,
                                                                           upstream):
     """`edge serve --chat-server URL --chat-model NAME`: the reply from the chat role's server, the memory agents
-    the bundle's; with the chat role in process there is no server to forward to, and it says so."""
+    the bundle's."""
     db = tmp_path / "bank.db"
     process, url = start_serve(default_bundle, db, None, edge_home, tmp_path / "serve.log",
                                "--chat-server", upstream.url, "--chat-model", "upstream-model")
@@ -175,11 +175,28 @@ def test_serve_answers_from_the_chat_role_server_when_no_upstream_is_given(defau
         assert logged(db, "ana") == ["I just adopted a cat named Luna."]
     finally:
         stop(process)
-    refused = subprocess.run([sys.executable, "-m", "edge.cli", "serve", "--bundle", str(default_bundle.root),
-                              "--db", str(tmp_path / "other.db"), "--http", f"127.0.0.1:{free_port()}"],
-                             env={**os.environ, "EDGE_HOME": str(edge_home)}, capture_output=True, text=True,
-                             timeout=120)
-    assert refused.returncode != 0 and "--chat-server URL --chat-model NAME" in refused.stderr
+
+
+def test_serve_answers_from_the_bundles_own_chat_model_when_no_server_is_named(default_bundle, tmp_path,
+                                                                              edge_home) -> None:
+    """No --upstream and the chat role in process: the bundled model answers, as an OpenAI server would, streamed
+    and not, and each user message is kept as with an upstream."""
+    db = tmp_path / "bank.db"
+    process, url = start_serve(default_bundle, db, None, edge_home, tmp_path / "serve.log")
+    try:
+        client = openai.OpenAI(base_url=url, api_key="unused", timeout=120)
+        [listed] = client.models.list().data
+        assert listed.id.startswith("SmolLM2-135M-Instruct")
+        said = client.chat.completions.create(model="edge", max_tokens=24, messages=[
+            {"role": "user", "content": "I just adopted a cat named Luna."}])
+        assert said.choices[0].message.content.strip() and said.choices[0].finish_reason in ("stop", "length")
+        assert said.usage.completion_tokens > 0
+        pieces = [chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
+            model="edge", stream=True, max_tokens=24, messages=[{"role": "user", "content": "What is my cat called?"}])]
+        assert len([p for p in pieces if p]) > 1  # streamed in pieces, not one block
+        assert logged(db, "ana") == ["I just adopted a cat named Luna.", "What is my cat called?"]
+    finally:
+        stop(process)
 
 
 def test_the_upstream_going_away_mid_stream_is_an_error_and_the_turn_is_kept(default_bundle, tmp_path, edge_home,

@@ -25,8 +25,8 @@ DEFAULT_KEY_ENV = "EDGE_SERVE_KEY"
 @click.command(name="serve")
 @click.option("--upstream", default=None, metavar="URL",
               help="The OpenAI-compatible chat server to answer with (llama-server, Ollama, LM Studio, vLLM), "
-              "e.g. http://localhost:11434/v1. [default: the chat role's server: --chat-server, or "
-              "config.toml's roles.chat]")
+              "e.g. http://localhost:11434/v1. [default: the chat role's server (--chat-server, config.toml's "
+              "roles.chat), else the bundle's own chat model, in process]")
 @click.option("--upstream-model", default=None, metavar="NAME",
               help="The upstream model for requests that name none (or name 'edge').")
 @click.option("--upstream-key-env", default=None, metavar="VAR",
@@ -56,6 +56,7 @@ def serve(upstream: str | None, upstream_model: str | None, upstream_key_env: st
     \b
       edge serve --upstream http://localhost:11434/v1 --upstream-model qwen2.5:3b
       edge serve --chat-server http://localhost:11434 --chat-model qwen2.5:3b
+      edge serve                      (the bundle's own chat model answers, in process)
     """
     try:
         import anyio  # noqa: F401
@@ -64,6 +65,8 @@ def serve(upstream: str | None, upstream_model: str | None, upstream_key_env: st
     except ImportError as exc:
         raise MissingExtraError("edge serve", "server") from exc
     from edge.commands.agent import open_agent
+    from edge.local_chat import LocalChat
+    from edge.model_source import api_key_from_env
     from edge.proxy import MEMORY_CHARS, MemoryProxy, build_app
 
     host, port = parse_address(http)
@@ -82,20 +85,24 @@ def serve(upstream: str | None, upstream_model: str | None, upstream_key_env: st
         sock.close()
         raise
     log_to_stderr()
+    local = None
     if upstream is None:
-        try:
-            upstream, upstream_model, upstream_key = chat_upstream(agent.bundle, upstream_model, upstream_key)
-        except BaseException:
-            agent.close()
-            sock.close()
-            raise
+        key = agent.bundle.role_model("chat")
+        if agent.bundle.model_backend(key) == "http":  # the chat role's server is the upstream
+            server = agent.bundle.model_server(key)
+            upstream, upstream_model = server["url"], upstream_model or server["model"]
+            upstream_key = upstream_key or api_key_from_env(server.get("api_key_env"))
+        else:  # the bundle's own chat model answers, in process
+            local = LocalChat(agent.chat_backend, model=upstream_model or agent.bundle.model_label("chat"),
+                              adapter=agent.chat_adapter, max_tokens=agent.chat_max_tokens)
     proxy = MemoryProxy(agent, memory_chars=MEMORY_CHARS if memory_chars is None else memory_chars)
     try:
         app = build_app(proxy, upstream, upstream_model, token=token, upstream_key=upstream_key,
-                        timeout=source.timeout or 120.0)
+                        timeout=source.timeout or 120.0, local=local)
         auth = f", API key from ${key_env}" if token else ""
+        answers = f"{local.model} in process" if local is not None else upstream
         click.echo(f"edge serve: memory of {agent.bank.path.resolve()} (user {user!r} unless a request names one), "
-                   f"answers from {upstream}; OpenAI API at http://{host}:{port}/v1{auth} (Ctrl+C stops it)", err=True)
+                   f"answers from {answers}; OpenAI API at http://{host}:{port}/v1{auth} (Ctrl+C stops it)", err=True)
         config = uvicorn.Config(app, log_level="warning", lifespan="on")
         stop_on_sigterm()
         anyio.run(lambda: uvicorn.Server(config).serve(sockets=[sock]))
@@ -105,22 +112,3 @@ def serve(upstream: str | None, upstream_model: str | None, upstream_key_env: st
         proxy.close()
         agent.close()
         click.echo("edge serve: stopped", err=True)
-
-
-def chat_upstream(bundle, upstream_model: str | None, upstream_key: str | None) -> tuple[str, str, str | None]:
-    """The upstream when --upstream is not given: the server of the bundle's chat role (`edge.role_models`).
-
-    Returns (url, model name, API key). Raises `InvalidInputError` when the
-    chat role runs in process: `edge serve` forwards requests to a server.
-    """
-    from edge.model_source import api_key_from_env
-
-    key = bundle.role_model("chat")
-    if bundle.model_backend(key) != "http":
-        raise InvalidInputError(
-            f"edge serve forwards chat requests to a model server, and the chat role runs "
-            f"{bundle.model_label('chat')} in process.",
-            hint="give --upstream URL, or put the chat role on a server: --chat-server URL --chat-model NAME")
-    server = bundle.model_server(key)
-    return (server["url"], upstream_model or server["model"],
-            upstream_key or api_key_from_env(server.get("api_key_env")))
