@@ -9,7 +9,7 @@ import pytest
 from bank_file import sql
 
 from edge.bank import db as sqlite
-from edge import retrieval
+from edge.bank import retrieval
 from edge.bank import MemoryBank
 from edge.embedder import HashEmbedder
 from edge.errors import MemoryNotFoundError
