@@ -50,6 +50,25 @@ from edge.operations import ACTORS, TIERS, AddOp, AppliedOp, DeleteOp, Op, Resto
 from edge.paths import DEFAULT_USER
 
 
+_WRITER_LOCKS: dict[str, threading.RLock] = {}
+_WRITER_LOCKS_GUARD = threading.Lock()
+
+
+def writer_lock(path: Path) -> threading.RLock:
+    """One lock per bank file in this process, held around each write transaction.
+
+    Connections of one process to one file (a server's per-user agents and
+    their background Managers) then queue for writing in this process
+    instead of polling SQLite's busy handler, which under load let a writer
+    miss its turn again and again until its busy timeout ran out ("database
+    is locked", 8 chat requests at once on 2 busy cores). Other processes
+    still meet SQLite's own lock and busy timeout.
+    """
+    key = os.path.realpath(path)
+    with _WRITER_LOCKS_GUARD:
+        return _WRITER_LOCKS.setdefault(key, threading.RLock())
+
+
 def _op_search_text(op: Op) -> str | None:
     """The text an operation puts into the search indexes (None: it embeds nothing new)."""
     if isinstance(op, AddOp):
@@ -216,7 +235,7 @@ class MemoryBank(BankRepair, BankUndo, BankTransfer):
                 f"The bank {self.path} is read-only (its file or its folder cannot be written): reading it works, "
                 "changing it does not; nothing was changed.",
                 hint="Check the permissions of the file and its folder (ls -l), or copy the bank somewhere writable.")
-        with self._lock:
+        with self._lock, writer_lock(self.path):
             try:
                 raw.execute("BEGIN IMMEDIATE")
             except sqlite.DatabaseError as exc:  # locked past the busy timeout, read-only, disk full, ...
