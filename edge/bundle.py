@@ -255,7 +255,7 @@ class Bundle:
         key = self.role_model(role)
         kind = self.model_backend(key)
         if kind == "http":
-            from edge.model_source import http_backend
+            from edge.backends.http import http_backend
 
             return http_backend(self.model_server(key), n_ctx=n_ctx)
         # A model loads the adapters made for it: those whose base_model is its key (or that name none, as

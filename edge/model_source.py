@@ -23,12 +23,12 @@ write their own text and read more. The user overrides any of them with
 """
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from edge.backends.http import DEFAULT_API_KEY_ENV, DEFAULT_TIMEOUT_S, SCHEMA_FORMATS
 from edge.bundle import FORMAT, FORMAT_VERSION, ROLES, Bundle, build_default, write_manifest
 from edge.errors import BundleError, InvalidInputError
 from edge.files import link_or_copy, staged_dir
@@ -37,8 +37,6 @@ from edge.prompts import PROMPT_VERSION, REPEAT_PENALTY
 from edge.role_models import RoleModel, with_role_models
 
 Progress = Callable[[str], None]
-DEFAULT_API_KEY_ENV = "EDGE_API_KEY"
-DEFAULT_TIMEOUT_S = 120.0  # how long to wait for a model server's answer (--timeout, config model.timeout)
 
 # (largest size in billions of parameters, settings). answer_k / answer_tokens: the Answer Agent reads up to
 # answer_k memories as windows within answer_tokens tokens, and prompt evaluation on a laptop CPU slows with
@@ -91,22 +89,6 @@ def default_embedder(progress: Progress = lambda _: None) -> dict[str, Any]:
     return {"name": embedder.name, "dim": embedder.dim, "path": str(Path(embedder.model_dir).resolve())}
 
 
-def api_key_from_env(name: str | None) -> str | None:
-    """The API key from the environment variable `name` (default EDGE_API_KEY); None when unset."""
-    return os.environ.get(name or DEFAULT_API_KEY_ENV) or None
-
-
-def http_backend(server: dict[str, Any], *, n_ctx: int | None = None):
-    """The backend for a bundle's `server` entry, its API key read from the environment now."""
-    from edge.backends.http import OpenAIHTTPBackend
-
-    return OpenAIHTTPBackend(
-        server["url"], server["model"], api_key=api_key_from_env(server.get("api_key_env")),
-        schema_format=server.get("structured_output", "auto"), adapters=server.get("adapters") or None, n_ctx=n_ctx,
-        timeout=float(server.get("timeout_s") or DEFAULT_TIMEOUT_S),
-    )
-
-
 # ---------------------------------------------------------------------- bundles in memory
 
 
@@ -141,8 +123,6 @@ def server_manifest(url: str, name: str, embedder: dict[str, Any], *, structured
     those adapters under. The API key is never written: only the name of the
     environment variable that holds it.
     """
-    from edge.backends.http import SCHEMA_FORMATS
-
     if structured_output not in SCHEMA_FORMATS:
         raise InvalidInputError(f"Unknown structured output {structured_output!r}.",
                                 hint=f"use one of {', '.join(SCHEMA_FORMATS)}")

@@ -117,7 +117,7 @@ def with_role_models(bundle: Bundle, chosen: Mapping[str, RoleModel], *, structu
     missing, not GGUF, or without a chat template.
     """
     from edge.gguf_info import read_gguf_info
-    from edge.model_source import DEFAULT_API_KEY_ENV, DEFAULT_TIMEOUT_S
+    from edge.backends.http import DEFAULT_API_KEY_ENV, DEFAULT_TIMEOUT_S
 
     if not chosen:
         return bundle

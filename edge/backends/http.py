@@ -37,14 +37,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from edge.backends.base import Backend, Completion, Message, check_messages, parse_json
 from edge.errors import BackendError, MissingExtraError, ModelOutputError
 
 SCHEMA_FORMATS = ("auto", "json_object", "json_schema", "grammar", "ollama", "none")
+DEFAULT_API_KEY_ENV = "EDGE_API_KEY"  # the variable a server's API key is read from, unless one is named
+DEFAULT_TIMEOUT_S = 120.0  # how long to wait for a model server's answer (--timeout, config model.timeout)
 PROBE_TIMEOUT_S = 5.0
 
 
@@ -377,3 +381,18 @@ class OpenAIHTTPBackend(Backend):
 
 def _finish(reason: str | None) -> str:
     return reason if reason in ("stop", "length") else "stop"
+
+
+def api_key_from_env(name: str | None) -> str | None:
+    """The API key from the environment variable `name` (default EDGE_API_KEY); None when unset."""
+    return os.environ.get(name or DEFAULT_API_KEY_ENV) or None
+
+
+def http_backend(server: dict[str, Any], *, n_ctx: int | None = None) -> OpenAIHTTPBackend:
+    """The backend for a bundle's `server` table (url, model, structured_output, api_key_env, adapters,
+    timeout_s), its API key read from the environment now."""
+    return OpenAIHTTPBackend(
+        server["url"], server["model"], api_key=api_key_from_env(server.get("api_key_env")),
+        schema_format=server.get("structured_output", "auto"), adapters=server.get("adapters") or None, n_ctx=n_ctx,
+        timeout=float(server.get("timeout_s") or DEFAULT_TIMEOUT_S),
+    )

@@ -11,16 +11,18 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
 
 from edge.bank import migrations
 from edge.bank.records import HISTORY_ACTIONS, HistoryEntry, Memory, clean_text, text_limit
-from edge.bank.store import MemoryBank
 from edge.errors import BankError, CorruptBankError, InvalidInputError
 from edge.operations import ACTORS, TIERS
+
+if TYPE_CHECKING:
+    from edge.bank.store import MemoryBank
 
 FORMAT = "edge-memory-bank"
 FORMAT_VERSION = 1

@@ -138,7 +138,7 @@ def _server_problems(loaded, key: str) -> list[str]:
     """A served model is usable when its server answers and lists (or at least serves) it."""
     from edge.backends.base import Message
     from edge.errors import EdgeError
-    from edge.model_source import http_backend
+    from edge.backends.http import http_backend
 
     server = loaded.model_server(key)
     backend = http_backend(server)

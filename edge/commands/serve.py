@@ -66,7 +66,7 @@ def serve(upstream: str | None, upstream_model: str | None, upstream_key_env: st
         raise MissingExtraError("edge serve", "server") from exc
     from edge.commands.agent import open_agent
     from edge.local_chat import LocalChat
-    from edge.model_source import api_key_from_env
+    from edge.backends.http import api_key_from_env
     from edge.proxy import MEMORY_CHARS, MemoryProxy, build_app
 
     host, port = parse_address(http)
