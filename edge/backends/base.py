@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from edge.errors import BackendError, ModelOutputError
 
@@ -68,7 +69,6 @@ class Backend(ABC):
         """
         raise BackendError(f"The {self.name} backend does not expose the text of its prompts.")
 
-    @abstractmethod
     def complete(
         self,
         messages: list[Message],
@@ -78,6 +78,7 @@ class Backend(ABC):
         temperature: float = 0.0,
         adapter: str | None = None,
         stop: list[str] | None = None,
+        **options: Any,
     ) -> Completion:
         """Answer `messages`.
 
@@ -85,9 +86,22 @@ class Backend(ABC):
         finish_reason is "stop" the text parses and conforms (a reply cut off
         by max_tokens, finish_reason "length", may not). `adapter` names a
         LoRA adapter loaded into the backend; None is the base model.
-        """
+        `options` are a backend's own (llama.cpp: `ignore_eos`).
 
-    @abstractmethod
+        Written once for every backend that decodes in steps: `_decode`
+        runs to its end, and a reply the backend could not constrain
+        (`checks_replies`) is checked against the schema here, raising
+        `ModelOutputError`.
+        """
+        for _ in self._decode(messages, schema=schema, max_tokens=max_tokens, temperature=temperature,
+                              adapter=adapter, stop=stop, cancel=None, **options):
+            pass
+        completion = self.last_completion
+        assert completion is not None, "a backend's _decode leaves its Completion in last_completion"
+        if schema is not None and completion.finish_reason == "stop" and self.checks_replies:
+            parse_json(completion.text, schema)
+        return completion
+
     def stream(
         self,
         messages: list[Message],
@@ -97,6 +111,7 @@ class Backend(ABC):
         adapter: str | None = None,
         stop: list[str] | None = None,
         cancel: threading.Event | None = None,
+        **options: Any,
     ) -> Iterator[str]:
         """Yield text pieces; when it ends, `self.last_completion` holds the statistics.
 
@@ -105,6 +120,19 @@ class Backend(ABC):
         backend serves one call at a time: an open stream holds the model
         until it ends or is closed.
         """
+        return self._decode(messages, schema=None, max_tokens=max_tokens, temperature=temperature, adapter=adapter,
+                            stop=stop, cancel=cancel, **options)
+
+    # Whether `complete` must check a reply against its schema: a backend that cannot constrain decoding says so.
+    checks_replies: bool = False
+
+    def _decode(self, messages: list[Message], *, schema: dict | None, max_tokens: int, temperature: float,
+                adapter: str | None, stop: list[str] | None, cancel: threading.Event | None,
+                **options: Any) -> Iterator[str]:
+        """The one thing a backend that decodes in steps writes: yield the reply's text pieces, and leave its
+        `Completion` in `last_completion` when done. A backend that answers whole (a server) overrides
+        `complete` and `stream` instead."""
+        raise NotImplementedError(f"{type(self).__name__} decodes nothing by itself")
 
     @abstractmethod
     def count_tokens(self, text: str) -> int:

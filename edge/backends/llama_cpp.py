@@ -206,54 +206,6 @@ class LlamaCppBackend(Backend):
         """Tokens `text` takes inside a prompt (special tokens such as <|im_start|> count as one)."""
         return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
-    def complete(
-        self,
-        messages: list[Message],
-        *,
-        schema: dict | None = None,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        adapter: str | None = None,
-        stop: list[str] | None = None,
-        ignore_eos: bool = False,
-    ) -> Completion:
-        """`ignore_eos` keeps decoding past end-of-generation (benchmarks only)."""
-        for _ in self._decode(
-            messages,
-            schema=schema,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            adapter=adapter,
-            stop=stop,
-            cancel=None,
-            ignore_eos=ignore_eos,
-        ):
-            pass
-        assert self.last_completion is not None
-        return self.last_completion
-
-    def stream(
-        self,
-        messages: list[Message],
-        *,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        adapter: str | None = None,
-        stop: list[str] | None = None,
-        cancel: threading.Event | None = None,
-        ignore_eos: bool = False,
-    ) -> Iterator[str]:
-        return self._decode(
-            messages,
-            schema=None,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            adapter=adapter,
-            stop=stop,
-            cancel=cancel,
-            ignore_eos=ignore_eos,
-        )
-
     def close(self) -> None:
         llm = getattr(self, "_llm", None)
         if llm is None:
@@ -279,7 +231,7 @@ class LlamaCppBackend(Backend):
         adapter: str | None,
         stop: list[str] | None,
         cancel: threading.Event | None,
-        ignore_eos: bool,
+        ignore_eos: bool = False,  # keep decoding past end-of-generation (benchmarks only)
     ) -> Iterator[str]:
         if self._llm is None:
             raise BackendError("This backend has been closed.", hint="create a new one")

@@ -44,7 +44,6 @@ from edge.backends.base import (
     Message,
     StopScanner,
     check_messages,
-    parse_json,
 )
 from edge.errors import BackendError, MissingExtraError
 
@@ -148,36 +147,6 @@ class OnnxGenAIBackend(Backend):
     def count_tokens(self, text: str) -> int:
         return len(self._tokenizer.encode(text))
 
-    def complete(
-        self,
-        messages: list[Message],
-        *,
-        schema: dict | None = None,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        adapter: str | None = None,
-        stop: list[str] | None = None,
-    ) -> Completion:
-        for _ in self._decode(messages, schema, max_tokens, temperature, adapter, stop, None):
-            pass
-        completion = self.last_completion
-        assert completion is not None
-        if schema is not None and not self.constrained and completion.finish_reason == "stop":
-            parse_json(completion.text, schema)
-        return completion
-
-    def stream(
-        self,
-        messages: list[Message],
-        *,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        adapter: str | None = None,
-        stop: list[str] | None = None,
-        cancel: threading.Event | None = None,
-    ) -> Iterator[str]:
-        return self._decode(messages, None, max_tokens, temperature, adapter, stop, cancel)
-
     def close(self) -> None:
         self._adapters = None
         self._tokenizer = None
@@ -185,7 +154,13 @@ class OnnxGenAIBackend(Backend):
 
     # -------------------------------------------------------------- decoding
 
-    def _decode(self, messages, schema, max_tokens, temperature, adapter, stop, cancel) -> Iterator[str]:
+    @property
+    def checks_replies(self) -> bool:
+        """A model whose genai version cannot constrain decoding has its JSON replies checked (`Backend.complete`)."""
+        return not self.constrained
+
+    def _decode(self, messages: list[Message], *, schema: dict | None, max_tokens: int, temperature: float,
+                adapter: str | None, stop: list[str] | None, cancel: threading.Event | None) -> Iterator[str]:
         if self._model is None:
             raise BackendError("This backend has been closed.", hint="create a new one")
         if adapter is not None and adapter not in self._adapter_names:

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 
-from edge.backends.base import Backend, Completion, Message, StopScanner, check_messages, parse_json
+from edge.backends.base import Backend, Completion, Message, StopScanner, check_messages
 from edge.errors import BackendError
 
 _WORDS = re.compile(r"\S+\s*|\s+")
@@ -46,36 +46,13 @@ class ScriptedBackend(Backend):
     def count_tokens(self, text: str) -> int:
         return len(text.split())
 
-    def complete(
-        self,
-        messages: list[Message],
-        *,
-        schema: dict | None = None,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        adapter: str | None = None,
-        stop: list[str] | None = None,
-    ) -> Completion:
-        for _ in self._play(messages, schema, max_tokens, temperature, adapter, stop, None):
-            pass
-        assert self.last_completion is not None
-        if schema is not None and self.check_schema and self.last_completion.finish_reason == "stop":
-            parse_json(self.last_completion.text, schema)
-        return self.last_completion
+    @property
+    def checks_replies(self) -> bool:
+        """Scripted replies are checked against the schema asked for when `check_schema` (`Backend.complete`)."""
+        return self.check_schema
 
-    def stream(
-        self,
-        messages: list[Message],
-        *,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        adapter: str | None = None,
-        stop: list[str] | None = None,
-        cancel: threading.Event | None = None,
-    ) -> Iterator[str]:
-        return self._play(messages, None, max_tokens, temperature, adapter, stop, cancel)
-
-    def _play(self, messages, schema, max_tokens, temperature, adapter, stop, cancel) -> Iterator[str]:
+    def _decode(self, messages: list[Message], *, schema: dict | None, max_tokens: int, temperature: float,
+                adapter: str | None, stop: list[str] | None, cancel: threading.Event | None) -> Iterator[str]:
         check_messages(messages)
         if not self.replies:
             raise BackendError(
