@@ -244,6 +244,17 @@ def test_the_installed_command_exits_with_the_status_the_command_sets(tmp_path: 
     assert "No bundle folder" in json.loads(done.stdout)["error"]["message"]
 
 
+def wait_for_turns(db: Path, user: str, n: int, timeout: float = 120) -> None:
+    """Until `user`'s conversation log in `db` holds `n` turns (a command in another process is writing it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        if db.exists():
+            with MemoryBank.open(db, create=False, user=user) as bank:
+                if bank.count(tier=("episodic",)) >= n:
+                    return
+
+
 def default_sigint() -> None:
     """In the child: Ctrl-C as a terminal delivers it (a shell running the tests in the background ignores it,
     and a child inherits that)."""
@@ -263,13 +274,7 @@ def test_ctrl_c_on_run_says_what_was_done_keeps_the_turn_under_way_and_resume_go
                                 str(default_bundle.root), "--db", str(db), "--user", "ana"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=default_sigint)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # at least one turn saved, then Ctrl-C
-        time.sleep(0.3)
-        if db.exists():
-            with MemoryBank.open(db, create=False, user="ana") as bank:
-                if bank.count(tier=("episodic",)) >= 2:
-                    break
+    wait_for_turns(db, "ana", 2)  # at least one turn saved, then Ctrl-C
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
@@ -302,13 +307,7 @@ def test_sigterm_ends_remember_as_ctrl_c_does_and_keeps_the_turn_under_way(tmp_p
     process = subprocess.Popen([sys.executable, "-m", "edge.cli", "remember", *texts, "--bundle",
                                 str(default_bundle.root), "--db", str(db), "--user", "ana"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # at least one turn saved, then SIGTERM
-        time.sleep(0.3)
-        if db.exists():
-            with MemoryBank.open(db, create=False, user="ana") as bank:
-                if bank.count(tier=("episodic",)) >= 2:
-                    break
+    wait_for_turns(db, "ana", 2)  # at least one turn saved, then SIGTERM
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130 and "interrupted after" in err and "kept" in err, err

@@ -123,6 +123,12 @@ class Backend(ABC):
         return self._decode(messages, schema=None, max_tokens=max_tokens, temperature=temperature, adapter=adapter,
                             stop=stop, cancel=cancel, **options)
 
+    def require_adapter(self, adapter: str | None) -> None:
+        """Raise `BackendError` unless `adapter` is None (the base model) or one of `adapters`."""
+        if adapter is not None and adapter not in self.adapters:
+            raise BackendError(f"No LoRA adapter named {adapter!r} is loaded in {self.name}.",
+                               hint=f"loaded adapters: {', '.join(self.adapters) or 'none'}")
+
     # Whether `complete` must check a reply against its schema: a backend that cannot constrain decoding says so.
     checks_replies: bool = False
 

@@ -235,11 +235,7 @@ class LlamaCppBackend(Backend):
     ) -> Iterator[str]:
         if self._llm is None:
             raise BackendError("This backend has been closed.", hint="create a new one")
-        if adapter is not None and adapter not in self._adapters:
-            raise BackendError(
-                f"No LoRA adapter named {adapter!r} is loaded.",
-                hint=f"loaded adapters: {', '.join(self._adapters) or 'none'}",
-            )
+        self.require_adapter(adapter)
         prompt_text = self.render_prompt(messages)
         grammar = self._grammar(schema) if schema is not None else None
         with self._lock.exclusive():

@@ -163,11 +163,7 @@ class OnnxGenAIBackend(Backend):
                 adapter: str | None, stop: list[str] | None, cancel: threading.Event | None) -> Iterator[str]:
         if self._model is None:
             raise BackendError("This backend has been closed.", hint="create a new one")
-        if adapter is not None and adapter not in self._adapter_names:
-            raise BackendError(
-                f"No adapter named {adapter!r} is loaded.",
-                hint=f"loaded adapters: {', '.join(sorted(self._adapter_names)) or 'none'}",
-            )
+        self.require_adapter(adapter)
         og = self._og
         with self._lock.exclusive():
             start = time.perf_counter()

@@ -1,15 +1,4 @@
-"""Every prompt edge sends to a model, and the schemas of what comes back.
-
-This module is the one source of truth: the runtime agents, training,
-export checks and evaluation all import it. `PROMPT_VERSION` is written
-into every bundle and every trained adapter; change it whenever a prompt
-or a schema changes, since a model is only good at the prompts it was
-trained on.
-
-Models never see real memory ids: memories are shown as "0", "1", ... and
-the model's references are mapped back (`IdMap`). Small models invent
-long ids otherwise, and a constrained decoder can then only pick ids that
-were shown.
+"""Every prompt edge sends to a model, and the schemas of what comes back (see `common` for the rules).
 
 The prompts live one module per agent (`common`: what every prompt shares,
 `manager`, `answer`, `chat`); this package is their one face, and every
