@@ -267,7 +267,7 @@ def _agreement(a: list[int], b: list[int]) -> float:
 
 
 @dataclass
-class _Reference:
+class ParityReference:
     """The torch model's greedy reply to one prompt."""
 
     tokens: list[int]  # canonical: re-tokenised text, -1 when it stopped
@@ -281,7 +281,7 @@ class _Reference:
         return self.margins[position] < NEAR_TIE_LOGITS
 
 
-def _tie_aware_agreement(ref: _Reference, reply: list[int]) -> tuple[float, bool]:
+def tie_aware_agreement(ref: ParityReference, reply: list[int]) -> tuple[float, bool]:
     """Agreement that forgives a divergence at a near-tie; also whether one was forgiven."""
     raw = _agreement(ref.tokens, reply)
     if raw == 1.0:
@@ -322,7 +322,7 @@ def check_model(
         torch_runner.close()
     eos = tokenizer.eos_token_id
     references = [
-        _Reference(_canonical(tokenizer, text, stopped), [-1 if t == eos else t for t in ids], margins)
+        ParityReference(_canonical(tokenizer, text, stopped), [-1 if t == eos else t for t in ids], margins)
         for text, stopped, ids, margins in generated
     ]
 
@@ -339,7 +339,7 @@ def check_model(
                                       detail="chat template text and token count equal to the HF tokenizer's"))
             greedy = [runner.generate(item.messages, max_tokens=GREEDY_TOKENS) for item in items]
             replies = [_canonical(tokenizer, text, stopped) for text, stopped in greedy]
-            scored = [_tie_aware_agreement(ref, reply) for ref, reply in zip(references, replies)]
+            scored = [tie_aware_agreement(ref, reply) for ref, reply in zip(references, replies)]
             agreement = sum(value for value, _ in scored) / len(items)
             raw = sum(_agreement(ref.tokens, reply) for ref, reply in zip(references, replies)) / len(items)
             ties = sum(forgiven for _, forgiven in scored)

@@ -263,7 +263,7 @@ def export(options: ExportOptions, *, progress: bool = True, log: Callable[[str]
 
         report = None
         if options.parity:
-            checks = _parity_plan(options, merged_keys, sources, gguf_files, lora_files, onnx_dirs, gguf_variants)
+            checks = parity_plan(options, merged_keys, sources, gguf_files, lora_files, onnx_dirs, gguf_variants)
             report = stages.run("parity", lambda: parity.run_checks(
                 checks, margin=options.margin, per_role=options.parity_items, tick=stages.note,
                 generation=options.generation))
@@ -293,7 +293,7 @@ def export(options: ExportOptions, *, progress: bool = True, log: Callable[[str]
     return ExportResult(bundles, report, sizes, stages.timings, seconds, summary_path)
 
 
-def _parity_plan(options, merged_keys, sources, gguf_files, lora_files, onnx_dirs, gguf_variants):
+def parity_plan(options, merged_keys, sources, gguf_files, lora_files, onnx_dirs, gguf_variants):
     """The parity targets, every runner decoding with `options.generation` (what the bundles will serve with)."""
     from edge.export.parity import Candidate, Target, gguf_runner, onnx_runner
 

@@ -115,11 +115,11 @@ def test_a_db_path_with_no_bank_yet_is_announced(tmp_path: Path) -> None:
 
 
 def test_history_names_the_turn_a_change_came_from_in_words() -> None:
-    from edge.commands.memory import _turn_label
+    from edge.commands.memory import turn_label
 
     reference = json.dumps({"id": "t3", "speaker": "Maya", "time": "3 May 2023", "text": "I moved to Oslo."})
-    assert _turn_label(reference) == "turn t3, Maya, 3 May 2023"
-    assert _turn_label("cli") == "turn cli"
+    assert turn_label(reference) == "turn t3, Maya, 3 May 2023"
+    assert turn_label("cli") == "turn cli"
 
 
 def test_undo_of_several_changes_asks_first_and_redo_puts_back_what_undo_reverted(tmp_path: Path) -> None:

@@ -219,16 +219,16 @@ def test_a_missed_gate_fails_the_export_with_the_table() -> None:
 
 
 def test_greedy_agreement_forgives_only_a_divergence_where_torch_was_torn() -> None:
-    from edge.export.parity import NEAR_TIE_LOGITS, _Reference, _tie_aware_agreement
+    from edge.export.parity import NEAR_TIE_LOGITS, ParityReference, tie_aware_agreement
 
-    ref = _Reference(tokens=[5, 6, 7, 8, -1], generated=[5, 6, 7, 8, -1],
+    ref = ParityReference(tokens=[5, 6, 7, 8, -1], generated=[5, 6, 7, 8, -1],
                      margins=[3.0, NEAR_TIE_LOGITS / 2, 4.0, 4.0, 4.0])
-    assert _tie_aware_agreement(ref, [5, 6, 7, 8, -1]) == (1.0, False)
-    assert _tie_aware_agreement(ref, [5, 9, 9, 9, -1]) == (1.0, True)  # flipped at the near-tie
-    value, forgiven = _tie_aware_agreement(ref, [5, 6, 9, 9, -1])  # flipped where torch was sure
+    assert tie_aware_agreement(ref, [5, 6, 7, 8, -1]) == (1.0, False)
+    assert tie_aware_agreement(ref, [5, 9, 9, 9, -1]) == (1.0, True)  # flipped at the near-tie
+    value, forgiven = tie_aware_agreement(ref, [5, 6, 9, 9, -1])  # flipped where torch was sure
     assert value == pytest.approx(2 / 5) and not forgiven
-    shifted = _Reference(tokens=[5, 6, 7], generated=[5, 4, 7], margins=[3.0, 0.1, 0.1])
-    assert _tie_aware_agreement(shifted, [5, 6, 9]) == (pytest.approx(2 / 3), False)  # ids out of step: no excuse
+    shifted = ParityReference(tokens=[5, 6, 7], generated=[5, 4, 7], margins=[3.0, 0.1, 0.1])
+    assert tie_aware_agreement(shifted, [5, 6, 9]) == (pytest.approx(2 / 3), False)  # ids out of step: no excuse
 
 
 def test_dev_set_scores_manager_and_answer_replies() -> None:

@@ -99,7 +99,7 @@ def test_overrides_keep_what_they_do_not_name_and_are_validated():
 
 def test_changed_settings_reach_the_runtime_the_reward_reader_and_the_parity_check(default_bundle, tmp_path):
     """One bundle with other settings: the served agents, the reward's reader and the parity runners all see them."""
-    from edge.export.pipeline import ExportOptions, _parity_plan
+    from edge.export.pipeline import ExportOptions, parity_plan
     from edge.train.config import RewardSettings, TrainConfig
     from edge.train.recipe import build_reader
 
@@ -130,7 +130,7 @@ def test_changed_settings_reach_the_runtime_the_reward_reader_and_the_parity_che
 
     # The export's parity check: every runner it opens decodes with the settings the bundles will carry.
     options = ExportOptions(out=tmp_path / "dist", gguf=("q8_0",), generation=changed.generation)
-    targets = _parity_plan(options, ["base"], {"base": tmp_path / "hf"},
+    targets = parity_plan(options, ["base"], {"base": tmp_path / "hf"},
                            {("base", "f16"): model, ("base", "q8_0"): model}, {}, {}, ["f16", "q8_0"])
     for candidate in targets[0].candidates:
         runner = candidate.open()

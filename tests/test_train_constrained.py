@@ -94,11 +94,11 @@ def test_the_grammar_is_the_runtimes_json_with_its_bounds(toy):
 
 
 def test_the_lark_grammar_is_the_gbnf_with_bounded_repetitions_and_raw_characters():
-    from edge.train.constrained import _bounded_repetitions, _raw_code_points, schema_lark
+    from edge.train.constrained import bounded_repetitions, raw_code_points, schema_lark
 
-    assert _bounded_repetitions('s ::= "\\"" char (char (char (char)?)?)? "\\""') == 's ::= "\\"" char char{0,3} "\\""'
-    assert _bounded_repetitions("s ::= (x (a (a)?)?)? b") == "s ::= (x a{0,2})? b"  # an outer group stays
-    assert _raw_code_points('t ::= "\\U0001FAE9 caf\\u00e9 \\\\U0001FAE9 \\u0022"') == \
+    assert bounded_repetitions('s ::= "\\"" char (char (char (char)?)?)? "\\""') == 's ::= "\\"" char char{0,3} "\\""'
+    assert bounded_repetitions("s ::= (x (a (a)?)?)? b") == "s ::= (x a{0,2})? b"  # an outer group stays
+    assert raw_code_points('t ::= "\\U0001FAE9 caf\\u00e9 \\\\U0001FAE9 \\u0022"') == \
         't ::= "\U0001FAE9 caf\u00e9 \\\\U0001FAE9 \\u0022"'  # an escaped backslash and a quote stay as they are
     lark = schema_lark(manager_schema(["0"], candidates=["so tired \U0001FAE9"]))
     assert "\U0001FAE9" in lark and "\\U" not in lark

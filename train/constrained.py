@@ -20,8 +20,8 @@ Why llguidance (compared in issue 16):
   through its own `gbnf_to_lark` converter; computes a 49k-token mask in
   tens of microseconds, with a numpy bitmask API applied here as a
   transformers logits processor. Its converter trips on two things
-  llama-cpp-python's JSON-schema converter writes (`_raw_code_points`,
-  `_bounded_repetitions` rewrite them into equivalent GBNF first), and it
+  llama-cpp-python's JSON-schema converter writes (`raw_code_points`,
+  `bounded_repetitions` rewrite them into equivalent GBNF first), and it
   is told not to force canonical tokens (`schema_lark`). Its own
   JSON-schema compiler is not used: that would be a second translation of
   the schema, not llama.cpp's grammar.
@@ -54,7 +54,7 @@ _NESTED_OPTIONAL = re.compile(r"\(([\w-]+)((?: \(\1)*)((?:\)\?)+)")
 _KEEP_ESCAPED = set('"\\[]^-/')
 
 
-def _raw_code_points(gbnf: str) -> str:
+def raw_code_points(gbnf: str) -> str:
     """`gbnf` with its `\\uXXXX` / `\\UXXXXXXXX` escapes written as the characters themselves.
 
     gbnf_to_lark copies them with their leading zeros stripped (`\\U1FAE9`),
@@ -74,7 +74,7 @@ def _raw_code_points(gbnf: str) -> str:
     return _ESCAPE.sub(raw, gbnf)
 
 
-def _bounded_repetitions(gbnf: str) -> str:
+def bounded_repetitions(gbnf: str) -> str:
     """`gbnf` with `x (x (x)?)?` written `x{0,3}`.
 
     llama-cpp-python's converter writes a string's maxLength as optional
@@ -101,7 +101,7 @@ def schema_lark(schema: dict[str, Any]) -> str:
     gbnf = schema_gbnf(json.dumps(schema))  # key order matters: the grammar emits properties in schema order
     # no_forcing: where the grammar leaves one way to go on (`ops": [`), llguidance would allow only the canonical
     # tokenization of that text; llama.cpp lets the model write it in any tokens, and so must rollouts.
-    return '%llguidance {"no_forcing": true}\n' + gbnf_to_lark(_bounded_repetitions(_raw_code_points(gbnf)))
+    return '%llguidance {"no_forcing": true}\n' + gbnf_to_lark(bounded_repetitions(raw_code_points(gbnf)))
 
 
 # --------------------------------------------------------------------------- the constraint

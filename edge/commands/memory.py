@@ -45,7 +45,7 @@ def _line(memory: Memory) -> str:
     return f"{click.style(memory.id, fg='cyan')}  {memory.tier:<9}{when}{for_terminal(who)} {for_terminal(memory.text)}{gone}"
 
 
-def _turn_label(reference: str) -> str:
+def turn_label(reference: str) -> str:
     """The turn a change came from, as a person reads it: `turn t3, Maya, 3 May 2023` (`--json` keeps it whole)."""
     try:
         turn = json.loads(reference)
@@ -60,7 +60,7 @@ def _turn_label(reference: str) -> str:
 def _history_line(entry: HistoryEntry) -> str:
     undone = click.style(f"  (undone by #{entry.undone_by})", fg="yellow") if entry.undone_by else ""
     text = for_terminal((entry.after or entry.before or {}).get("text", ""))
-    turn = f" ({_turn_label(entry.turn)})" if entry.turn else ""
+    turn = f" ({turn_label(entry.turn)})" if entry.turn else ""
     return f"#{entry.seq:<5} {entry.at[:19]}  {entry.action:<7} {entry.memory_id}  by {entry.actor}{turn}: {text}{undone}"
 
 
