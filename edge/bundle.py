@@ -98,7 +98,9 @@ class Bundle:
         bundle = cls(root, manifest)
         problems = bundle._structure_problems()
         if problems:
-            raise BundleError(f"The bundle {root} is broken: " + "; ".join(problems), hint="Rebuild or re-export it.")
+            raise BundleError(f"The bundle {root} is broken: " + "; ".join(problems),
+                              hint=f"Rebuild or re-export it, or mend {MANIFEST} by hand (backends: {', '.join(BACKENDS)}; "
+                              "a served model needs a 'server' with 'url' and 'model').")
         bundle.generation  # noqa: B018 - a bad `generation` table fails here, at load, not when first decoding
         return bundle
 

@@ -77,9 +77,12 @@ def _role_model(value: str) -> str:
     from edge.role_models import RoleModel
 
     try:
-        return RoleModel.parse(value).text
+        model = RoleModel.parse(value)
     except InvalidInputError as exc:
-        raise ValueError(exc.message) from None
+        raise ValueError(exc.message.rstrip(".")) from None
+    if model.gguf is not None and not model.gguf.is_file():
+        raise ValueError(f"there is no file {model.gguf}")
+    return model.text
 
 
 # key -> (what it is, how a string from the command line becomes its value)
@@ -92,7 +95,7 @@ KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
                                 _choice(STRUCTURED_OUTPUTS)),
     "model.api_key_env": ("the environment variable holding the server's API key", _env_name),
     "model.timeout": ("seconds to wait for the server's answer before it counts as timed out", _positive_seconds),
-    **{f"roles.{role}": (f"the model serving the {role} role: a .gguf file or NAME@URL (edge.role_models)",
+    **{f"roles.{role}": (f"the model serving the {role} role: a .gguf file or NAME@http://host:port",
                          _role_model) for role in ("chat", "manager", "answer")},
     "generation.answer_k": ("memories the Answer Agent retrieves", _positive),
     "generation.answer_tokens": ("the most tokens the memories take in the Answer Agent's prompt", _positive),

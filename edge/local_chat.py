@@ -37,7 +37,8 @@ def request_messages(messages: Any) -> list[Message]:
         if isinstance(content, list):
             content = " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
         if role not in ("system", "user", "assistant") or not isinstance(content, str):
-            raise InvalidInputError(f"A message the chat model cannot take: role {role!r}, content {type(content).__name__}.",
+            what = "no content" if content is None else "content that is not text"
+            raise InvalidInputError(f"A message the chat model cannot take: role {role!r} with {what}.",
                                     hint="send system, user and assistant messages with text content")
         out.append(Message(role, content))
     if not out:

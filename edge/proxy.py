@@ -234,7 +234,8 @@ def build_app(proxy: MemoryProxy, upstream: str | None, upstream_model: str | No
                 return JSONResponse(await anyio.to_thread.run_sync(local.complete, body))
             except EdgeError as exc:
                 kind = "invalid_request_error" if isinstance(exc, InvalidInputError) else "upstream_error"
-                return JSONResponse(openai_error(f"The chat model failed: {exc.message}", kind),
+                said = exc.message if kind == "invalid_request_error" else f"The chat model failed: {exc.message}"
+                return JSONResponse(openai_error(said, kind),
                                     status_code=400 if kind == "invalid_request_error" else 502)
             finally:
                 if text is not None:

@@ -57,8 +57,9 @@ class RoleModel:
                                     hint=f"write NAME@{text}, NAME being what the server lists at /v1/models")
         path = Path(text).expanduser()
         if not (text.lower().endswith(".gguf") or path.is_file()):
+            served = " (or --chat-server URL with --chat-model NAME)" if role == "--chat-model" else ""
             raise InvalidInputError(f"{text!r} is neither a .gguf file nor NAME@URL ({role}).",
-                                    hint="give a GGUF file, or a served model as NAME@http://host:port")
+                                    hint=f"give a GGUF file, or a served model as NAME@http://host:port{served}")
         return cls(gguf=path.resolve())
 
     @property

@@ -56,6 +56,9 @@ def verify(folder: Path) -> dict:
 def test_the_chat_role_on_a_server_beside_the_memory_agents_with_their_adapters(split_bundle, tmp_path) -> None:
     report = verify(split_bundle)
     assert report["ok"], report["problems"]
+    shown = subprocess.run([sys.executable, "-m", "edge.cli", "bundle", "show", str(split_bundle)],
+                           capture_output=True, text=True, timeout=120)
+    assert f"chat     {SERVED} @ http" in shown.stdout and "(served, backend http)" in shown.stdout, shown.stdout
     bundle = Bundle.load(split_bundle)
     assert bundle.model_backend("chat-model") == "http" and bundle.model_backend("base") == "llama.cpp"
     local = bundle.model_label("manager")
@@ -111,6 +114,10 @@ def test_role_options_are_checked_and_remembered(tmp_path, edge_home, server_url
     bad = subprocess.run([sys.executable, "-m", "edge.cli", "config", "set", "roles.answer", "nothing-here"],
                          capture_output=True, text=True, env={**os.environ, "EDGE_HOME": str(edge_home)}, timeout=60)
     assert bad.returncode != 0 and "neither a .gguf file nor NAME@URL" in bad.stderr
+    missing = subprocess.run([sys.executable, "-m", "edge.cli", "config", "set", "roles.answer", "nofile.gguf"],
+                             capture_output=True, text=True, env={**os.environ, "EDGE_HOME": str(edge_home)},
+                             timeout=60)
+    assert missing.returncode != 0 and "there is no file" in missing.stderr and ".." not in missing.stderr
 
 
 def test_edge_chat_names_both_models_and_replies_from_the_server(split_bundle, tmp_path) -> None:

@@ -194,6 +194,9 @@ def test_serve_answers_from_the_bundles_own_chat_model_when_no_server_is_named(d
         pieces = [chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
             model="edge", stream=True, max_tokens=24, messages=[{"role": "user", "content": "What is my cat called?"}])]
         assert len([p for p in pieces if p]) > 1  # streamed in pieces, not one block
+        with pytest.raises(openai.BadRequestError, match="cannot take") as refused:
+            client.chat.completions.create(model="edge", messages=[{"role": "user", "content": None}])
+        assert "failed" not in str(refused.value)  # a bad request is said as one, not as the model failing
         assert logged(db, "ana") == ["I just adopted a cat named Luna.", "What is my cat called?"]
     finally:
         stop(process)

@@ -360,7 +360,7 @@ class OpenAIHTTPBackend(Backend):
         return BackendError(
             f"Cannot reach the model server at {self.root} ({type(exc).__name__}: {exc})",
             hint="start one, e.g. `python -m llama_cpp.server --model model.gguf --n_ctx 4096`, "
-            "or check the URL (--server)",
+            "or check the URL where it was given (--server, --chat-server, --role, config.toml or the bundle)",
         )
 
     def _server_count(self, route: str, text: str) -> int | None:

@@ -100,7 +100,8 @@ def serve(upstream: str | None, upstream_model: str | None, upstream_key_env: st
         app = build_app(proxy, upstream, upstream_model, token=token, upstream_key=upstream_key,
                         timeout=source.timeout or 120.0, local=local)
         auth = f", API key from ${key_env}" if token else ""
-        answers = f"{local.model} in process" if local is not None else upstream
+        answers = f"{local.model} in process" if local is not None else (
+            f"{upstream} ({upstream_model})" if upstream_model else upstream)
         click.echo(f"edge serve: memory of {agent.bank.path.resolve()} (user {user!r} unless a request names one), "
                    f"answers from {answers}; OpenAI API at http://{host}:{port}/v1{auth} (Ctrl+C stops it)", err=True)
         config = uvicorn.Config(app, log_level="warning", lifespan="on")
