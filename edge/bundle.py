@@ -192,6 +192,12 @@ class Bundle:
     def model_paths(self) -> dict[str, Path]:
         return {key: self.root / spec["path"] for key, spec in self.manifest["models"].items() if "path" in spec}
 
+    def model_adapters(self, key: str) -> dict[str, Path]:
+        """The adapters made for the model `key` (name -> file): those whose `base_model` is `key`, or that name
+        none, as bundles before per-role models did. A LoRA of another base would not fit its layers."""
+        return {name: path for name, path in self.adapter_paths().items()
+                if self.manifest["adapters"][name].get("base_model") in (None, key)}
+
     def adapter_paths(self) -> dict[str, Path]:
         return {key: self.root / spec["path"] for key, spec in self.manifest.get("adapters", {}).items()}
 
@@ -260,10 +266,7 @@ class Bundle:
             from edge.backends.http import http_backend
 
             return http_backend(self.model_server(key), n_ctx=n_ctx)
-        # A model loads the adapters made for it: those whose base_model is its key (or that name none, as
-        # bundles before per-role models did). A LoRA of another base would not fit its layers.
-        adapters = {name: path for name, path in self.adapter_paths().items()
-                    if self.manifest["adapters"][name].get("base_model") in (None, key)}
+        adapters = self.model_adapters(key)
         missing = [f"{name} ({path})" for name, path in adapters.items() if not path.exists()]
         if missing:
             raise BundleError(

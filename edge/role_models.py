@@ -141,12 +141,3 @@ def with_role_models(bundle: Bundle, chosen: Mapping[str, RoleModel], *, structu
             manifest["models"][key] = spec
         manifest["roles"][role] = {"model": keys[model], "adapter": None}
     return Bundle(bundle.root, manifest)
-
-
-def labels(bundle: Bundle) -> dict[str, str]:
-    """Each role's model as people call it (`Bundle.model_label`), with its adapter when it has one."""
-    out = {}
-    for role in ROLES:
-        adapter = bundle.role_adapter(role)
-        out[role] = bundle.model_label(role) + (f" + {adapter} LoRA" if adapter else "")
-    return out

@@ -25,7 +25,7 @@ from edge.bundle import Bundle, write_manifest
 from edge.errors import InvalidInputError
 from edge.files import link_or_copy
 from edge.model_source import ModelChoice, remember_choice
-from edge.role_models import RoleModel, labels, role_models, with_role_models
+from edge.role_models import RoleModel, role_models, with_role_models
 
 SERVED = "smollm2-served"
 
@@ -63,8 +63,9 @@ def test_the_chat_role_on_a_server_beside_the_memory_agents_with_their_adapters(
     assert bundle.model_backend("chat-model") == "http" and bundle.model_backend("base") == "llama.cpp"
     local = bundle.model_label("manager")
     assert local.startswith("SmolLM2-135M-Instruct")
-    assert labels(bundle) == {"chat": f"{SERVED} @ {bundle.model_server('chat-model')['url']}",
-                              "manager": f"{local} + manager LoRA", "answer": f"{local} + answer LoRA"}
+    served = {role: (bundle.model_label(role), bundle.role_adapter(role)) for role in ("chat", "manager", "answer")}
+    assert served == {"chat": (f"{SERVED} @ {bundle.model_server('chat-model')['url']}", None),
+                      "manager": (local, "manager"), "answer": (local, "answer")}
 
     with Agent(bundle=split_bundle, db=tmp_path / "bank.db", user="jon") as agent:
         assert isinstance(agent.chat_backend, OpenAIHTTPBackend)

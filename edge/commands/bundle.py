@@ -122,8 +122,7 @@ def _load_problems(loaded) -> list[str]:
             problems += _server_problems(loaded, key)
             continue
         model = loaded.model_paths()[key]
-        adapters = {name: path for name, path in loaded.adapter_paths().items()
-                    if loaded.manifest["adapters"][name].get("base_model") in (None, key)}
+        adapters = loaded.model_adapters(key)
         try:
             kwargs = {"model_path": model, "n_ctx": 256} if kind == "llama.cpp" else {"model_dir": model}
             if kind == "llama.cpp" and adapters:

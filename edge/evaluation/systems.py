@@ -67,24 +67,6 @@ class EvalContext:
         generation = bundle.generation.override(n_ctx=int(backend.n_ctx), answer_k=answer_k)
         return cls(bundle=bundle, backend=backend, embedder=bundle.load_embedder(), generation=generation)
 
-    @property
-    def n_ctx(self) -> int:
-        return self.generation.n_ctx
-
-    @property
-    def answer_k(self) -> int:
-        return self.generation.answer_k
-
-    @property
-    def text_mode(self) -> str:
-        """The bundle's `generation.text_mode`, for every system alike."""
-        return self.generation.text_mode
-
-    @property
-    def answer_tokens(self) -> int:
-        """The bundle's `generation.answer_tokens`, for every system alike."""
-        return self.generation.answer_tokens
-
     def close(self) -> None:
         self.backend.close()
 
@@ -218,7 +200,7 @@ class FullContext(System):
         if self._window is None or self._window[0] != len(self.turns):
             empty = to_messages(answer_messages("", []))
             fixed = sum(self.ctx.backend.count_tokens(m.content) + 8 for m in empty)
-            budget = self.ctx.n_ctx - AnswerAgent(self.ctx.backend).max_tokens - fixed - QUESTION_ALLOWANCE
+            budget = self.ctx.generation.n_ctx - AnswerAgent(self.ctx.backend).max_tokens - fixed - QUESTION_ALLOWANCE
             kept, used = 0, 0
             for tokens in reversed(self.turn_tokens):
                 if used + tokens > budget:
@@ -230,7 +212,7 @@ class FullContext(System):
 
     def answer(self, question: str) -> SystemAnswer:
         start = time.perf_counter()
-        answerer = AnswerAgent(self.ctx.backend, adapter=None, text_mode=self.ctx.text_mode)
+        answerer = AnswerAgent(self.ctx.backend, adapter=None, text_mode=self.ctx.generation.text_mode)
         result = answerer.answer_from(question, self.window())
         return self._from_agent_answer(result, time.perf_counter() - start)
 
@@ -244,8 +226,8 @@ class RagTurns(System):
 
     def open(self, conversation: Conversation, workdir: Path) -> None:
         super().open(conversation, workdir)
-        self.answerer = AnswerAgent(self.ctx.backend, k=self.ctx.answer_k, adapter=None, text_mode=self.ctx.text_mode,
-                                    answer_tokens=self.ctx.answer_tokens)
+        self.answerer = AnswerAgent(self.ctx.backend, k=self.ctx.generation.answer_k, adapter=None, text_mode=self.ctx.generation.text_mode,
+                                    answer_tokens=self.ctx.generation.answer_tokens)
 
     def ingest_turn(self, session: Session, turn: LocoTurn) -> dict[str, Any]:
         assert self.bank is not None
@@ -268,9 +250,9 @@ class ManagerPrompted(System):
         super().open(conversation, workdir)
         assert self.bank is not None
         extra = {"max_tokens": self.ctx.manager_max_tokens} if self.ctx.manager_max_tokens else {}
-        self.manager = MemoryManager(self.ctx.backend, self.bank, adapter=None, text_mode=self.ctx.text_mode, **extra)
-        self.answerer = AnswerAgent(self.ctx.backend, k=self.ctx.answer_k, adapter=None, text_mode=self.ctx.text_mode,
-                                    answer_tokens=self.ctx.answer_tokens)
+        self.manager = MemoryManager(self.ctx.backend, self.bank, adapter=None, text_mode=self.ctx.generation.text_mode, **extra)
+        self.answerer = AnswerAgent(self.ctx.backend, k=self.ctx.generation.answer_k, adapter=None, text_mode=self.ctx.generation.text_mode,
+                                    answer_tokens=self.ctx.generation.answer_tokens)
 
     def ingest_turn(self, session: Session, turn: LocoTurn) -> dict[str, Any]:
         result = self.manager.process(as_turn(session, turn), user=BANK_USER)
@@ -297,7 +279,7 @@ class BundleAgent(System):
         # One model for every role: share the loaded one (it carries the bundle's adapters).
         self.agent = Agent(
             bundle=bundle, db=workdir / "bank.db", user=BANK_USER,
-            backend=self.ctx.backend if one_model else None, n_ctx=self.ctx.n_ctx, answer_k=self.ctx.answer_k,
+            backend=self.ctx.backend if one_model else None, n_ctx=self.ctx.generation.n_ctx, answer_k=self.ctx.generation.answer_k,
         )
         self.bank = self.agent.bank
         if self.ctx.manager_max_tokens:
