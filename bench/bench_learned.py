@@ -55,14 +55,17 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 
-def served_replies(backend, episodes, *, adapter: str | None, max_tokens: int) -> list[str]:
-    """Each episode's reply on llama.cpp: its runtime messages and schema, greedy, with `adapter` (None: base)."""
+def served_replies(backend, episodes, *, adapter: str | None, max_tokens: int,
+                   choice_bias: dict[str, float] | None = None) -> list[str]:
+    """Each episode's reply on llama.cpp: its runtime messages and schema, greedy, with `adapter` (None: base)
+    and the Answer Agent's `choice_bias` (`GenerationConfig.answer_bias`) as the runtime applies it."""
     from edge.model_calls import to_messages
 
     replies = []
     for i, episode in enumerate(episodes, start=1):
         replies.append(backend.complete(to_messages(episode.messages()), schema=episode.schema(),
-                                        max_tokens=max_tokens, temperature=0.0, adapter=adapter).text)
+                                        max_tokens=max_tokens, temperature=0.0, adapter=adapter,
+                                        choice_bias=choice_bias).text)
         print(f"\r  {adapter or 'base'} {i}/{len(episodes)}", end="", file=sys.stderr)
     print(file=sys.stderr)
     return replies

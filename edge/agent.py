@@ -248,6 +248,11 @@ class Agent:
         return other
 
     @property
+    def model_lock(self) -> threading.RLock:
+        """The lock each model call of this agent holds, shared with the agents `for_user` made from it."""
+        return self._lock
+
+    @property
     def chat_max_tokens(self) -> int:
         """The chat reply budget, in tokens (`generation.chat_max_tokens`)."""
         return self.generation.chat_max_tokens

@@ -13,6 +13,7 @@ shown, and where the time went.
 """
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -185,7 +186,7 @@ class AnswerAgent:
         """
         k = k or self.k
         order = self.order
-        turns = [h.memory for h in bank.search(question, k=k, mode="hybrid", user=user, scope="episodic")]
+        turns = offered_turns(bank, question, self.generation.answer_retrieval, user=user, k=k)
         shown = {t for m in turns for t in m.source_turns}
         room = max(2, k // 3) if turns else k
         first, facts = [], []
@@ -222,6 +223,7 @@ class AnswerAgent:
             completion = self.backend.complete(
                 messages, schema=answer_schema(id_map.local_ids, spans=spans), max_tokens=self.max_tokens,
                 temperature=self.generation.temperature, adapter=adapter_for(self.backend, self.adapter),
+                choice_bias=self.generation.answer_bias if spans is not None else None,
             )
         except ModelOutputError as exc:  # a backend that checks the schema itself refused the reply
             return AnswerResult(question=question, answer=UNKNOWN, memory_ids=[], memories=[], retrieved=memories,
@@ -289,6 +291,43 @@ class AnswerAgent:
             overflow = size - budget
             drop = max(1, min(len(kept), overflow // 24))
             kept = kept[: len(kept) - drop]
+
+
+def offered_turns(bank: MemoryBank, question: str, retrieval: str = "hybrid", *, user: str | None = None,
+                  k: int = 20) -> list[Memory]:
+    """The turns of the episodic log the Answer Agent is offered for `question`, best first (`RETRIEVALS`).
+
+    "hybrid": the top-k of hybrid search. "speakers": the top 2k fused by
+    reciprocal rank (`edge.bank.retrieval.reciprocal_rank_fusion`) with
+    those of them said by a speaker the question names, then the top k.
+    "replies" / "replies-N": each of the first k (N) followed by the turn
+    the log kept after it (`MemoryBank.next_turns`), a turn never twice.
+    The list may be longer than k; the token budget (`AnswerAgent.fit`)
+    keeps its first lines. Raises `InvalidInputError` for a name not in
+    `RETRIEVALS` (through `GenerationConfig`).
+    """
+    from edge.bank.retrieval import reciprocal_rank_fusion
+
+    speakers = retrieval.startswith("speakers")
+    turns = [h.memory for h in bank.search(question, k=2 * k if speakers else k, mode="hybrid", user=user,
+                                          scope="episodic")]
+    if speakers:
+        named = {w.lower() for w in re.findall(r"[A-Za-z][\w-]*", re.sub(r"'s\b", "", question))}
+        said = [i for i, m in enumerate(turns) if m.speaker and m.speaker.lower() in named]
+        if said:
+            turns = [turns[i] for i, _ in reciprocal_rank_fusion(list(range(len(turns))), said)]
+        turns = turns[:k]
+    if "replies" in retrieval:
+        n = int(retrieval.rsplit("-", 1)[1]) if retrieval[-1].isdigit() else len(turns)
+        after = bank.next_turns(turns[:n], user=user)
+        out: dict[str, Memory] = {}
+        for i, turn in enumerate(turns):
+            out.setdefault(turn.id, turn)
+            reply = after.get(turn.id) if i < n else None
+            if reply is not None:
+                out.setdefault(reply.id, reply)
+        turns = list(out.values())
+    return turns
 
 
 def superseding_turns_first(bank: MemoryBank, question: str, turns: list[Memory], *, user: str | None = None,

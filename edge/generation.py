@@ -27,6 +27,11 @@ so manifests written before a key existed stay readable):
     n_ctx               int >= 256   the context window the models are loaded with, in tokens
     answer_order        str          how the Answer Agent orders what it reads (`ANSWER_ORDERS`; "rank",
                                      today's order, unless a bundle names another)
+    answer_retrieval    str          which turns of the log the Answer Agent is offered (`RETRIEVALS`;
+                                     "hybrid", the top-k of hybrid search, unless a bundle names another)
+    unknown_margin      float >= 0   logits by which "unknown" must beat every span for an extractive
+                                     answer to be "unknown" (an offset on its first token where the
+                                     options begin, `Backend.complete(choice_bias=...)`; 0: none)
 
 A bad value raises `BundleError` naming the bundle, the key and what it
 accepts; an unknown key is refused too (a misspelt key would otherwise be
@@ -39,7 +44,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
 from edge.errors import BundleError, InvalidInputError
-from edge.prompts import ANSWER_CONTEXT_TOKENS, ANSWER_TOP_K, REPEAT_PENALTY, TEXT_MODES
+from edge.prompts import ANSWER_CONTEXT_TOKENS, ANSWER_TOP_K, REPEAT_PENALTY, TEXT_MODES, UNKNOWN
 
 # The reply budgets the agents have always used: three Manager operations of up to 120 characters with
 # their JSON; an answer with its relevant ids.
@@ -65,8 +70,17 @@ MIN_N_CTX = 256  # below this not even the Manager's instructions fit
 ANSWER_ORDERS = ("rank", "updates-first", "facts-first", "superseding-turns", "newest-first", "topic-newest", "current-first")
 FACTS_FIRST_SHARE = 0.25
 
+# Which turns of the episodic log the Answer Agent is offered (`edge.answer.AnswerAgent.retrieve`), before the
+# token budget keeps the first of them:
+#   hybrid      the top-k turns of hybrid search (vector + bm25, reciprocal rank fusion), best first
+#   replies     each of the top-k followed by the turn the log kept after it (`MemoryBank.next_turns`): the
+#               answer to a question is often the reply to the turn that matched it
+#   replies-N   the same for the best N turns only (replies-3, replies-5), then the rest of the top-k
+#   speakers    hybrid, fused (reciprocal rank) with the same candidates said by a person the question names
+RETRIEVALS = ("hybrid", "replies", "replies-3", "replies-5", "speakers", "speakers-replies-3")
+
 _INTS = ("answer_k", "answer_tokens", "manager_max_tokens", "answer_max_tokens", "chat_max_tokens", "n_ctx")
-_FLOATS = ("repeat_penalty", "temperature", "retry_temperature", "chat_temperature")
+_FLOATS = ("repeat_penalty", "temperature", "retry_temperature", "chat_temperature", "unknown_margin")
 
 
 @dataclass(frozen=True)
@@ -91,6 +105,8 @@ class GenerationConfig:
     text_mode: str = "extractive"
     n_ctx: int = N_CTX
     answer_order: str = "rank"
+    answer_retrieval: str = "hybrid"
+    unknown_margin: float = 0.0
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -113,6 +129,8 @@ class GenerationConfig:
             out.append(f"text_mode must be one of {', '.join(TEXT_MODES)}, not {self.text_mode!r}")
         if self.answer_order not in ANSWER_ORDERS:
             out.append(f"answer_order must be one of {', '.join(ANSWER_ORDERS)}, not {self.answer_order!r}")
+        if self.answer_retrieval not in RETRIEVALS:
+            out.append(f"answer_retrieval must be one of {', '.join(RETRIEVALS)}, not {self.answer_retrieval!r}")
         return out
 
     @classmethod
@@ -142,6 +160,11 @@ class GenerationConfig:
         """A copy with the given settings replaced; a value of None keeps the current one."""
         given = {k: _coerce(k, v) for k, v in changes.items() if v is not None}
         return replace(self, **given) if given else self
+
+    @property
+    def answer_bias(self) -> dict[str, float] | None:
+        """The Answer Agent's `choice_bias` (`Backend.complete`): "unknown" held back by `unknown_margin`."""
+        return {UNKNOWN: -self.unknown_margin} if self.unknown_margin else None
 
     def to_manifest(self) -> dict[str, Any]:
         """Every setting as the `generation` table of a manifest (what `from_manifest` reads back)."""

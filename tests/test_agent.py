@@ -155,7 +155,7 @@ def test_ask_answers_with_the_ids_it_used_and_timings(agent: Agent) -> None:
 def test_an_agent_for_another_user_shares_the_models_and_keeps_to_that_users_memories(agent: Agent) -> None:
     agent.bank.add("Alice's locker code is 1234")
     bob = agent.for_user("bob")
-    assert bob.manager_backend is agent.manager_backend and bob._lock is agent._lock
+    assert bob.manager_backend is agent.manager_backend and bob.model_lock is agent.model_lock
     turn = bob.remember(["My locker code is 4512."], wait=True).turns[0]
     assert turn.logged is not None and bob.bank.get(turn.logged.memory_id).owner == "bob"
     assert [m.text for m in agent.bank.list()] == ["Alice's locker code is 1234"]

@@ -117,8 +117,7 @@ def test_greedy_schema_decoding_picks_the_tokens_llama_cpps_sampler_chain_picks(
             replies = []
             for fast in (True, False):
                 loaded.fast_grammar = fast
-                loaded._llm.reset()  # both from the same, empty cache: batch shapes change float results
-                loaded._snapshots.clear()
+                loaded.clear_cache()  # both from the same, empty cache: batch shapes change float results
                 replies.append(loaded.complete(messages, schema=manager_schema(["0", "1"]), max_tokens=120))
             assert replies[0].text == replies[1].text
             assert replies[0].finish_reason == replies[1].finish_reason

@@ -405,13 +405,12 @@ def test_a_full_disk_is_said_as_such_and_the_bank_is_as_it_was(bank: MemoryBank)
     rollback - no transaction is active", which hid the cause. The file's page limit stands in for the disk."""
     bank.add("Alice likes tea")
     before = snapshot(bank)
-    pages = bank._conn.execute("PRAGMA page_count").fetchone()[0]
-    bank._conn.execute(f"PRAGMA max_page_count = {pages}")
+    bank.pragma("max_page_count", bank.pragma("page_count"))
     with pytest.raises(BankError, match="the disk is full .*Nothing of this change was written") as raised:
         bank.add_many([f"Alice wrote note {i}: " + "word " * 700 for i in range(200)])
     assert "Free some disk space" in raised.value.hint and "no transaction is active" not in raised.value.message
     assert snapshot(bank) == before
-    bank._conn.execute("PRAGMA max_page_count = 1073741823")  # space again: the bank takes writes as before
+    bank.pragma("max_page_count", 1073741823)  # space again: the bank takes writes as before
     bank.add("Alice likes coffee")
     assert bank.count() == 2
 

@@ -7,7 +7,6 @@ the same tokens of the whole vocabulary (and the end of the reply at the same st
 """
 from __future__ import annotations
 
-import ctypes
 import json
 
 import numpy as np
@@ -141,34 +140,6 @@ CASES = {
 }
 
 
-class LlamaGrammarWalk:
-    """llama.cpp's grammar sampler for one schema, fed one token at a time (as the runtime feeds it)."""
-
-    def __init__(self, backend, schema: dict) -> None:
-        llm, self.lib = backend._llm, backend._lib
-        grammar = backend._grammar(schema)
-        self.sampler = self.lib.llama_sampler_init_grammar(llm._model.vocab, grammar._grammar.encode(),
-                                                           grammar._root.encode())
-        assert self.sampler, "llama.cpp could not parse the grammar"
-        self.n_vocab = llm.n_vocab()
-        self.data = (self.lib.llama_token_data * self.n_vocab)()
-        self.view = np.ctypeslib.as_array(self.data)
-
-    def allowed(self) -> np.ndarray:
-        self.view["id"], self.view["logit"], self.view["p"] = np.arange(self.n_vocab), 0.0, 0.0
-        array = self.lib.llama_token_data_array(self.data, self.n_vocab, -1, False)
-        self.lib.llama_sampler_apply(self.sampler, ctypes.byref(array))
-        out = np.zeros(self.n_vocab, dtype=bool)
-        out[self.view["id"][np.isfinite(self.view["logit"])]] = True
-        return out
-
-    def accept(self, token: int) -> None:
-        self.lib.llama_sampler_accept(self.sampler, token)
-
-    def close(self) -> None:
-        self.lib.llama_sampler_free(self.sampler)
-
-
 @pytest.fixture(scope="module")
 def constraint():
     from transformers import AutoConfig, AutoTokenizer
@@ -185,12 +156,9 @@ def constraint():
 @pytest.fixture(scope="module")
 def vocab_classes(llama_backend, constraint):
     """(ordinary tokens: text on both sides, end tokens of llama.cpp)."""
-    llm, lib = llama_backend._llm, llama_backend._lib
-    vocab = llm._model.vocab
-    n = llm.n_vocab()
+    n = llama_backend.vocab_size
     assert n == constraint.vocab_size
-    eog = np.asarray([bool(lib.llama_vocab_is_eog(vocab, i)) for i in range(n)])
-    control = np.asarray([bool(lib.llama_vocab_is_control(vocab, i)) for i in range(n)])
+    eog, control = llama_backend.token_classes()
     ordinary = ~eog & ~control & (constraint.first_byte >= 0)
     assert ordinary.sum() > n - 50
     assert eog[constraint.eos_ids].all()
@@ -201,9 +169,8 @@ def walk_both(llama_backend, constraint, vocab_classes, schema: dict, text: str)
     """Walk `text`'s tokens through both grammars, asserting equal allowed sets at every step; whether it is a
     whole reply."""
     ordinary, eog = vocab_classes
-    llm = llama_backend._llm
-    tokens = llm.tokenize(text.encode(), add_bos=False, special=False)
-    walk = LlamaGrammarWalk(llama_backend, schema)
+    tokens = llama_backend.tokenize(text)
+    walk = llama_backend.grammar_walk(schema)
     matcher = constraint.matcher(schema)
     try:
         for step in range(len(tokens) + 1):
@@ -211,10 +178,10 @@ def walk_both(llama_backend, constraint, vocab_classes, schema: dict, text: str)
             theirs = walk.allowed()
             only_theirs = np.nonzero(theirs & ordinary & ~ours)[0]
             only_ours = np.nonzero(ours & ordinary & ~theirs)[0]
-            where = f"{text!r} after {llm.detokenize(tokens[:step]).decode(errors='replace')!r}"
+            where = f"{text!r} after {b''.join(map(llama_backend.piece, tokens[:step])).decode(errors='replace')!r}"
             assert not len(only_theirs) and not len(only_ours), (
-                f"{where}: llama.cpp alone allows {[llama_backend._piece(t) for t in only_theirs[:8]]}, "
-                f"llguidance alone {[llama_backend._piece(t) for t in only_ours[:8]]}")
+                f"{where}: llama.cpp alone allows {[llama_backend.piece(t) for t in only_theirs[:8]]}, "
+                f"llguidance alone {[llama_backend.piece(t) for t in only_ours[:8]]}")
             end_theirs = bool(theirs[eog].any())
             end_ours = bool(ours[constraint.eos_ids].any())
             assert end_theirs == end_ours, f"{where}: may end? llama.cpp {end_theirs}, llguidance {end_ours}"
@@ -238,7 +205,7 @@ def test_llguidance_allows_exactly_what_llama_cpp_allows(llama_backend, constrai
     wrong = [(text, expected) for text, expected in corpus if verdicts[text] != expected]
     assert wrong == [], "the corpus's labels disagree with llama.cpp's grammar"
     for text, ok in corpus:  # and the whole-text check of the training side agrees
-        tokens = llama_backend._llm.tokenize(text.encode(), add_bos=False, special=False)
+        tokens = llama_backend.tokenize(text)
         assert constraint.accepts(schema, tokens) == ok, text
 
 

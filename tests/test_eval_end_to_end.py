@@ -127,7 +127,6 @@ def test_full_context_keeps_the_newest_turns_that_fit(tmp_path: Path, context) -
     generation = context.generation
     context.generation = dataclasses.replace(generation, n_ctx=420)  # room for only a few turns
     try:
-        system._window = None
         window = [m.id for m in system.window()]
     finally:
         context.generation = generation

@@ -73,6 +73,7 @@ def test_json_numbers_read_as_the_settings_types():
     ({"temperature": -0.1}, "temperature must be a number >= 0"),
     ({"text_mode": "poetry"}, "text_mode must be one of extractive, free"),
     ({"n_ctx": 64}, "n_ctx must be a whole number >= 256"),
+    ({"unknown_margin": -1}, "unknown_margin must be a number >= 0"),
     ({"repeat_penalt": 1.2}, "unknown generation setting"),
     (["answer_k"], "must be an object"),
 ])
@@ -85,6 +86,12 @@ def test_a_bad_setting_is_a_bundle_error_with_a_hint(table, says):
 def test_a_bad_setting_fails_the_bundle_at_load(default_bundle, tmp_path):
     with pytest.raises(BundleError, match="answer_k must be a whole number"):
         bundle_copy(default_bundle, tmp_path / "bad", generation={"answer_k": "many"})
+
+
+def test_the_unknown_margin_is_the_answer_agents_choice_bias():
+    """0 biases nothing; a margin holds "unknown" back by that many logits (`Backend.complete(choice_bias=...)`)."""
+    assert GenerationConfig().answer_bias is None
+    assert GenerationConfig.from_manifest({"unknown_margin": 2}).answer_bias == {"unknown": -2.0}
 
 
 def test_overrides_keep_what_they_do_not_name_and_are_validated():
@@ -138,6 +145,24 @@ def test_changed_settings_reach_the_runtime_the_reward_reader_and_the_parity_che
             assert runner.backend.repeat_penalty == 1.3
         finally:
             runner.close()
+
+
+def test_a_bundles_unknown_margin_reaches_the_answer_agent(default_bundle, tmp_path):
+    """The real Agent on a bundle whose Answer Agent must see "unknown" lead by 100 logits: a question the default
+    bundle answers "unknown" gets a span of what was said instead; nothing else about the bundle changes."""
+    held = bundle_copy(default_bundle, tmp_path / "held",
+                       generation={**default_bundle.manifest["generation"], "unknown_margin": 100.0})
+    turns = [{"speaker": "Jon", "text": "I'm reading The Lean Startup, it's full of ideas for my dance studio.",
+              "time": "2023-06-04 14:00"},
+             {"speaker": "Gina", "text": "I opened my online clothing store last month, I'm swamped with orders.",
+              "time": "2023-06-04 14:01"}]
+    answers = []
+    for i, bundle in enumerate((default_bundle, held)):
+        with Agent(bundle=bundle, db=tmp_path / f"bank{i}.db") as agent:
+            agent.remember(turns)
+            answers.append(agent.ask("What instrument does Gina play?").answer)
+    assert answers[0] == "unknown"
+    assert answers[1] != "unknown" and any(answers[1] in t["text"] for t in turns), answers
 
 
 def test_the_default_reward_reader_decodes_as_the_default_bundle(default_bundle):

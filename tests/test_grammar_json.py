@@ -1,7 +1,6 @@
 """Replies decoded under a JSON schema on llama.cpp are JSON: what the grammar lets through, json.loads takes."""
 from __future__ import annotations
 
-import ctypes
 import json
 from pathlib import Path
 
@@ -23,33 +22,21 @@ REPORTED_PREFIX = '{"ops": [{"op": "ADD", "tier": "semantic", "text": "Hi, I\'m 
 
 def allowed_after(backend: LlamaCppBackend, schema: dict, prefix: str) -> set[int]:
     """The tokens the backend's grammar for `schema` allows after `prefix`."""
-    llm, lib = backend._llm, backend._lib
-    grammar = backend._grammar(schema)
-    sampler = lib.llama_sampler_init_grammar(llm._model.vocab, grammar._grammar.encode(), grammar._root.encode())
-    try:
-        for token in llm.tokenize(prefix.encode(), add_bos=False, special=False):
-            lib.llama_sampler_accept(sampler, token)
-        n_vocab = llm.n_vocab()
-        data = (lib.llama_token_data * n_vocab)()
-        view = np.ctypeslib.as_array(data)
-        view["id"], view["logit"] = np.arange(n_vocab), 0.0
-        array = lib.llama_token_data_array(data, n_vocab, -1, False)
-        lib.llama_sampler_apply(sampler, ctypes.byref(array))
-        return set(np.nonzero(np.isfinite(np.ctypeslib.as_array(data)["logit"]))[0].tolist())
-    finally:
-        lib.llama_sampler_free(sampler)
+    with backend.grammar_walk(schema) as walk:
+        for token in backend.tokenize(prefix):
+            walk.accept(token)
+        return set(np.nonzero(walk.allowed())[0].tolist())
 
 
 def test_the_grammar_refuses_raw_control_characters_inside_a_json_string(llama_backend) -> None:
     schema = manager_schema(["0", "1"])
     allowed = allowed_after(llama_backend, schema, REPORTED_PREFIX)
-    pieces = {t: llama_backend._piece(t).decode("utf-8", errors="ignore") for t in allowed}
+    pieces = {t: llama_backend.piece(t).decode("utf-8", errors="ignore") for t in allowed}
     raw_controls = sorted({c for text in pieces.values() for c in text if ord(c) < 0x20 or c == "\x7f"})
     assert raw_controls == []
     assert {"\\", "<", '"'} <= {text[:1] for text in pieces.values()}  # escapes, more text, and the end stay open
-    tokenize = llama_backend._llm.tokenize
     for text in ("\\n", "é", "½", "\U0001FAE9", "\u4f60"):  # the newline escape, symbols, emoji, CJK: still text
-        assert tokenize(text.encode(), add_bos=False, special=False)[0] in allowed, text
+        assert llama_backend.tokenize(text)[0] in allowed, text
 
 
 def test_every_string_rule_of_the_converted_grammar_is_replaced() -> None:
@@ -69,15 +56,12 @@ def test_every_string_rule_of_the_converted_grammar_is_replaced() -> None:
 
 
 def test_control_tokens_that_do_not_end_generation_are_never_chosen_under_a_schema(llama_backend) -> None:
-    llm, lib = llama_backend._llm, llama_backend._lib
-    vocab = llm._model.vocab
-    logits = np.zeros(llm.n_vocab(), dtype=np.float32)
-    masked = llama_backend._without_controls(None, logits.copy())
-    im_start = llm.tokenize(b"<|im_start|>", add_bos=False, special=True)[0]
-    eos = llm._model.token_eos()
-    assert lib.llama_vocab_is_control(vocab, im_start) and masked[im_start] == -np.inf
-    assert masked[eos] == 0.0  # the end of the reply stays possible
-    assert np.isfinite(masked).sum() == llm.n_vocab() - len(llama_backend._controls())
+    eog, control = llama_backend.token_classes()
+    masked = llama_backend.without_controls(np.zeros(llama_backend.vocab_size, dtype=np.float32))
+    (im_start,) = llama_backend.tokenize("<|im_start|>", special=True)
+    assert control[im_start] and masked[im_start] == -np.inf
+    assert eog.any() and (masked[eog] == 0.0).all()  # the end of the reply stays possible
+    assert np.isfinite(masked).sum() == llama_backend.vocab_size - (control & ~eog).sum()
 
 
 def locomo_turns(limit: int, chars: int) -> list[Turn]:
@@ -179,3 +163,46 @@ def test_a_choice_is_decoded_until_one_option_fits(llama_backend) -> None:
     only = llama_backend.complete(messages, schema={**schema, "properties": {"answer": {"enum": [options[1]]}}})
     assert json.loads(only.text) == {"answer": options[1]}
     assert only.completion_tokens == 0 and llama_backend.last_prompt_eval_tokens == 0
+
+
+def test_a_choice_reply_knows_where_its_options_begin() -> None:
+    """`at_options` is the step where the next token picks an option, whatever JSON whitespace came before it."""
+    from edge.backends.base import ChoiceReply
+    from edge.prompts import answer_schema
+
+    choice = ChoiceReply.of(answer_schema([], spans=["unknown", "violin", "the violin"]))
+    assert choice.at_options('{"answer": "') and choice.at_options('{ "answer" :"')
+    assert not choice.at_options('{"answer": "v') and not choice.at_options('')
+    assert choice.option_rest("unknown") == 'unknown"'
+    shared = ChoiceReply.of(answer_schema([], spans=["unknown", "unkempt hair"]))
+    assert shared.prefix.endswith('"unk') and shared.at_options(shared.prefix)
+    assert shared.option_rest("unknown") == 'nown"'
+
+
+UNKNOWN_SHOWN = [("1", "Jon", "I like tea with honey in the morning."), ("2", "Gina", "My sister plays the violin.")]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_choice_bias_holds_unknown_back_by_its_margin(llama_backend, fast: bool) -> None:
+    """On the real model and the shipped Answer adapter: a question it answers "unknown" gets the span it ranks
+    next once "unknown" must win by a margin it does not reach, the same through the fast greedy path and
+    llama.cpp's own sampler chain; a question it answers with a span is unchanged by any margin."""
+    from edge.generation import GenerationConfig
+    from edge.prompts import answer_messages, answer_schema, answer_spans
+
+    shown = [ShownMemory(id=i, tier="episodic", text=text, speaker=who) for i, who, text in UNKNOWN_SHOWN]
+    llama_backend.fast_grammar = fast
+    try:
+        def answer(question: str, margin: float) -> str:
+            schema = answer_schema([], spans=answer_spans(shown, question))
+            reply = llama_backend.complete(to_messages(answer_messages(question, shown)), schema=schema,
+                                           max_tokens=40, adapter="answer",
+                                           choice_bias=GenerationConfig(unknown_margin=margin).answer_bias)
+            return json.loads(reply.text)["answer"]
+
+        brother = "What instrument does Gina's brother play?"
+        assert answer(brother, 0.0) == "unknown"
+        assert answer(brother, 100.0) == "violin"
+        assert answer("What does Jon drink in the morning?", 100.0) == answer("What does Jon drink in the morning?", 0.0)
+    finally:
+        llama_backend.fast_grammar = True

@@ -163,7 +163,7 @@ def test_bundle_create_for_a_server_never_stores_the_key(tmp_path, minilm, monke
     assert made.manifest["server"]["api_key_env"] == "MY_KEY"
     assert not any("sk-secret-value" in p.read_text(errors="replace") for p in out.rglob("*.json"))
     backend = made.load_backend("answer")
-    assert backend._client.headers["Authorization"] == "Bearer sk-secret-value"  # read from the environment
+    assert backend.headers["authorization"] == "Bearer sk-secret-value"  # read from the environment
     backend.close()
     verified = CliRunner().invoke(cli, ["bundle", "verify", str(out), "--json"])
     assert verified.exit_code == 1 and "does not answer" in verified.stdout  # nothing listens on port 9

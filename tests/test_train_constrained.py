@@ -222,7 +222,7 @@ def test_transformers_sees_the_prompt_llama_cpp_sees(smol):
     text = render_chat(tokenizer, messages)
     with LlamaCppBackend(bundled_gguf_path(), n_ctx=1024) as backend:
         assert text == backend.render_prompt([Message(m["role"], m["content"]) for m in messages])
-        ids = backend._llm.tokenize(text.encode(), add_bos=False, special=True)
+        ids = backend.tokenize(text, special=True)
     assert tokenizer(text, add_special_tokens=False)["input_ids"] == list(ids)
     assert tokenizer.eos_token == "<|im_end|>"  # the end of a chat turn, not <|im_start|> as the GGUF's tokenizer says
 

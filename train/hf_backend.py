@@ -32,7 +32,9 @@ class TransformersBackend(Backend):
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def complete(self, messages: list[Message], *, schema: dict | None = None, max_tokens: int = 256,
-                 temperature: float = 0.0, adapter: str | None = None, stop: list[str] | None = None) -> Completion:
+                 temperature: float = 0.0, adapter: str | None = None, stop: list[str] | None = None,
+                 choice_bias: dict[str, float] | None = None) -> Completion:
+        """Greedy (or sampled) under `schema`; `choice_bias` is not applied (`biases_choices` is False)."""
         check_messages(messages)
         if schema is None:
             raise BackendError("TransformersBackend only decodes under a JSON schema.")

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,7 @@ class Backend(ABC):
         temperature: float = 0.0,
         adapter: str | None = None,
         stop: list[str] | None = None,
+        choice_bias: Mapping[str, float] | None = None,
         **options: Any,
     ) -> Completion:
         """Answer `messages`.
@@ -86,6 +88,11 @@ class Backend(ABC):
         finish_reason is "stop" the text parses and conforms (a reply cut off
         by max_tokens, finish_reason "length", may not). `adapter` names a
         LoRA adapter loaded into the backend; None is the base model.
+        `choice_bias` maps options of a choice schema (`ChoiceReply`) to a
+        logit offset added to the first token of each where the options
+        begin: {"unknown": -2.0} makes "unknown" win only by 2 logits
+        (`GenerationConfig.unknown_margin`). Backends that see no logits (a
+        server) decode without it: `biases_choices` says which.
         `options` are a backend's own (llama.cpp: `ignore_eos`).
 
         Written once for every backend that decodes in steps: `_decode`
@@ -93,6 +100,8 @@ class Backend(ABC):
         (`checks_replies`) is checked against the schema here, raising
         `ModelOutputError`.
         """
+        if choice_bias and self.biases_choices and schema is not None:
+            options["choice_bias"] = dict(choice_bias)
         for _ in self._decode(messages, schema=schema, max_tokens=max_tokens, temperature=temperature,
                               adapter=adapter, stop=stop, cancel=None, **options):
             pass
@@ -131,6 +140,8 @@ class Backend(ABC):
 
     # Whether `complete` must check a reply against its schema: a backend that cannot constrain decoding says so.
     checks_replies: bool = False
+    # Whether `complete`'s `choice_bias` reaches the logits (a backend that decodes them itself says so).
+    biases_choices: bool = False
 
     def _decode(self, messages: list[Message], *, schema: dict | None, max_tokens: int, temperature: float,
                 adapter: str | None, stop: list[str] | None, cancel: threading.Event | None,
@@ -254,6 +265,7 @@ class ChoiceReply:
     """
 
     def __init__(self, key: str, options: list[str]) -> None:
+        self.key, self.options = key, list(options)
         self.head = "{" + json.dumps(key, ensure_ascii=False) + ': "'
         # The options as the grammar spells them inside the quotes (JSON escapes, characters whole).
         self.spelled = [json.dumps(o, ensure_ascii=False)[1:-1] for o in options]
@@ -271,6 +283,19 @@ class ChoiceReply:
         if not isinstance(options, list) or not options or not all(isinstance(o, str) for o in options):
             return None
         return cls(key, options)
+
+    def at_options(self, text: str) -> bool:
+        """Whether `text` (the reply so far) is the opening and the options' common start, nothing more: the
+        step where the next token chooses between options (any JSON whitespace the grammar let the model write)."""
+        common = self.prefix[len(self.head):]
+        return re.fullmatch(r"\s*\{\s*" + re.escape(self.head[1:-1].rstrip(' :')) + r"\s*:\s*\"" + re.escape(common),
+                            text) is not None
+
+    def option_rest(self, option: str) -> str:
+        """What follows the options' common start for `option` (its spelling and the closing quote): the text
+        whose first token a `choice_bias` offsets."""
+        spelled = json.dumps(option, ensure_ascii=False)[1:-1] + '"'
+        return spelled[len(self.prefix) - len(self.head):]
 
     def settled(self, text: str) -> str | None:
         """The whole reply once `text` (the reply so far, `prefix` included) fits one option only."""

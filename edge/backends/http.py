@@ -40,7 +40,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from edge.backends.base import Backend, Completion, Message, check_messages, parse_json
@@ -111,6 +111,7 @@ class OpenAIHTTPBackend(Backend):
         temperature: float = 0.0,
         adapter: str | None = None,
         stop: list[str] | None = None,
+        choice_bias: Mapping[str, float] | None = None,  # a server's logits are its own (`biases_choices`)
     ) -> Completion:
         start = time.perf_counter()
         body = self._body(messages, max_tokens, temperature, adapter, stop, stream=False)
@@ -139,6 +140,11 @@ class OpenAIHTTPBackend(Backend):
         if schema is not None:
             self._check(completion, schema, schema_format)
         return completion
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers sent with every request (the API key's `Authorization` among them, read from its variable)."""
+        return dict(self._client.headers)
 
     def models(self) -> list[str]:
         """The model names the server lists at /v1/models (empty when it lists none). BackendError when unreachable."""

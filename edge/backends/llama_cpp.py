@@ -45,7 +45,7 @@ import json
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +104,8 @@ def check_gguf_file(path: Path) -> None:
 
 
 class LlamaCppBackend(Backend):
+    biases_choices = True  # `complete(choice_bias=...)` offsets the logits it decodes from
+
     def __init__(
         self,
         model_path: Path,
@@ -232,6 +234,7 @@ class LlamaCppBackend(Backend):
         stop: list[str] | None,
         cancel: threading.Event | None,
         ignore_eos: bool = False,  # keep decoding past end-of-generation (benchmarks only)
+        choice_bias: dict[str, float] | None = None,
     ) -> Iterator[str]:
         if self._llm is None:
             raise BackendError("This backend has been closed.", hint="create a new one")
@@ -267,12 +270,13 @@ class LlamaCppBackend(Backend):
                 self.last_completion = Completion(text=settled, prompt_tokens=len(tokens), completion_tokens=0,
                                                   seconds=time.perf_counter() - start, finish_reason="stop")
                 return
+            bias = self._choice_bias(schema, choice_bias, lambda: head + scanner.text) if choice_bias else None
             if choice is not None:
                 forced = choice[1]
                 max_tokens = max(0, min(max_tokens, self.n_ctx - len(tokens) - len(forced)))
-                generator = self._greedy_under_grammar(tokens + forced, grammar, forced=len(forced))
+                generator = self._greedy_under_grammar(tokens + forced, grammar, forced=len(forced), bias=bias)
             elif greedy_grammar:
-                generator = self._greedy_under_grammar(tokens, grammar)
+                generator = self._greedy_under_grammar(tokens, grammar, bias=bias)
             else:
                 generator = llm.generate(
                     tokens,
@@ -283,7 +287,8 @@ class LlamaCppBackend(Backend):
                     typical_p=1.0,
                     repeat_penalty=self.repeat_penalty,
                     grammar=grammar,
-                    logits_processor=None if grammar is None else [self._without_controls],
+                    logits_processor=None if grammar is None else [
+                        lambda _ids, logits: self.without_controls(logits), *([lambda _ids, logits: bias(logits)] if bias else [])],
                 )
             try:
                 if max_tokens == 0:
@@ -298,7 +303,7 @@ class LlamaCppBackend(Backend):
                         finish = "stop"
                         break
                     n_out += 1
-                    out, stopped = scanner.feed(utf8.decode(self._piece(token)))
+                    out, stopped = scanner.feed(utf8.decode(self.piece(token)))
                     if out:
                         yield out
                     if stopped:
@@ -328,7 +333,8 @@ class LlamaCppBackend(Backend):
                     finish_reason=finish,
                 )
 
-    def _greedy_under_grammar(self, tokens: list[int], grammar, *, forced: int = 0) -> Iterator[int]:
+    def _greedy_under_grammar(self, tokens: list[int], grammar, *, forced: int = 0,
+                              bias: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[int]:
         """Greedy decoding under `grammar`, checking the grammar on the chosen token first.
 
         The last `forced` of `tokens` are the reply's fixed start (see
@@ -347,11 +353,7 @@ class LlamaCppBackend(Backend):
         cached = llm.longest_token_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens)
         llm.n_tokens = min(cached, len(tokens) - 1)  # evaluate at least one token for fresh logits
         llm.eval(tokens[llm.n_tokens:])
-        sampler = lib.llama_sampler_init_grammar(
-            llm._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8"))
-        if not sampler:
-            raise BackendError("llama.cpp could not parse the grammar made from this JSON schema.",
-                               hint="keep to type/properties/required/items/enum/anyOf")
+        sampler = self._grammar_sampler(grammar)
         one = (lib.llama_token_data * 1)()
         one_array = lib.llama_token_data_array(one, 1, -1, False)
         every = self._every_token(n_vocab)
@@ -366,7 +368,9 @@ class LlamaCppBackend(Backend):
                     seen = np.fromiter(set(recent), dtype=np.int64)
                     picked = logits[seen]
                     logits[seen] = np.where(picked <= 0, picked * self.repeat_penalty, picked / self.repeat_penalty)
-                logits = self._without_controls(None, logits)
+                logits = self.without_controls(logits)
+                if bias is not None:
+                    logits = bias(logits)
                 token = int(np.argmax(logits))
                 one[0].id, one[0].logit, one[0].p = token, float(logits[token]), 0.0
                 one_array.size, one_array.selected, one_array.sorted = 1, -1, False
@@ -386,6 +390,44 @@ class LlamaCppBackend(Backend):
         finally:
             lib.llama_sampler_free(sampler)
 
+    def _grammar_sampler(self, grammar):
+        """A fresh llama.cpp grammar sampler for a compiled grammar (freed by the caller)."""
+        sampler = self._lib.llama_sampler_init_grammar(
+            self._llm._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8"))
+        if not sampler:
+            raise BackendError("llama.cpp could not parse the grammar made from this JSON schema.",
+                               hint="keep to type/properties/required/items/enum/anyOf")
+        return sampler
+
+    # ------------------------------------------------------------ inspection: what the tokenizer and grammar do
+
+    @property
+    def vocab_size(self) -> int:
+        """Tokens in the model's vocabulary."""
+        return self._llm.n_vocab()
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        """`text` as the model's token ids (no BOS); `special=True` reads `<|im_start|>` and the like as one token."""
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special))
+
+    def token_classes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Two boolean masks over the vocabulary: tokens that end generation (EOG), and control tokens."""
+        lib, vocab = self._lib, self._llm._model.vocab
+        n = self.vocab_size
+        eog = np.fromiter((bool(lib.llama_vocab_is_eog(vocab, t)) for t in range(n)), dtype=bool, count=n)
+        control = np.fromiter((bool(lib.llama_vocab_is_control(vocab, t)) for t in range(n)), dtype=bool, count=n)
+        return eog, control
+
+    def grammar_walk(self, schema: dict) -> "GrammarWalk":
+        """llama.cpp's grammar for `schema`, fed one token at a time as decoding feeds it (`GrammarWalk`)."""
+        return GrammarWalk(self, self._grammar_sampler(self._grammar(schema)))
+
+    def clear_cache(self) -> None:
+        """Forget the evaluated tokens and the kept prompt prefixes: the next call starts from an empty cache."""
+        with self._lock.exclusive():
+            self._llm.reset()
+            self._snapshots.clear()
+
     def _choice(self, schema: dict) -> tuple[ChoiceReply, list[int]] | None:
         """The schema as a `ChoiceReply` and its fixed start as tokens, or None (not a choice, or its start
         does not tokenize back to itself, as with tokenizers that add a leading space)."""
@@ -393,11 +435,39 @@ class LlamaCppBackend(Backend):
         if choice is None:
             return None
         forced = self._llm.tokenize(choice.prefix.encode("utf-8"), add_bos=False, special=False)
-        if b"".join(self._piece(t) for t in forced) != choice.prefix.encode("utf-8"):
+        if b"".join(self.piece(t) for t in forced) != choice.prefix.encode("utf-8"):
             return None
         return choice, forced
 
-    def _without_controls(self, _input_ids, logits: np.ndarray) -> np.ndarray:
+    def _choice_bias(self, schema: dict | None, bias: dict[str, float],
+                     reply: Callable[[], str]) -> Callable[[np.ndarray], np.ndarray] | None:
+        """A logits step adding `bias[option]` to the first token of each option's rest, applied only while
+        `reply()` (the reply so far) stands where the options begin (`ChoiceReply.at_options`). None when
+        `schema` is not a choice or names none of the options."""
+        choice = ChoiceReply.of(schema) if schema is not None else None
+        if choice is None:
+            return None
+        options = set(choice.options)
+        offsets: dict[int, float] = {}
+        for option, value in bias.items():
+            if option not in options or not value:
+                continue
+            first = self._llm.tokenize(choice.option_rest(option).encode("utf-8"), add_bos=False, special=False)
+            if first:
+                offsets[first[0]] = offsets.get(first[0], 0.0) + float(value)
+        if not offsets:
+            return None
+        ids = np.fromiter(offsets, dtype=np.int64)
+        values = np.fromiter(offsets.values(), dtype=np.float32)
+
+        def step(logits: np.ndarray) -> np.ndarray:
+            if choice.at_options(reply()):
+                logits[ids] += values
+            return logits
+
+        return step
+
+    def without_controls(self, logits: np.ndarray) -> np.ndarray:
         """`logits` with every control token that does not end generation refused (-inf).
 
         The grammar checks a token by its text with special tokens spelled
@@ -425,7 +495,8 @@ class LlamaCppBackend(Backend):
             self._every_buffer = (self._lib.llama_token_data * n_vocab)()
         return self._every_buffer
 
-    def _piece(self, token: int) -> bytes:
+    def piece(self, token: int) -> bytes:
+        """The bytes a token decodes to (special tokens as nothing), cached per token."""
         piece = self._pieces.get(token)
         if piece is None:
             piece = self._llm._model.detokenize([token], special=False)
@@ -529,6 +600,45 @@ class LlamaCppBackend(Backend):
     def _free_adapter(self, name: str) -> None:
         handle = self._adapters.pop(name)
         self._lib.llama_adapter_lora_free(handle)
+
+
+class GrammarWalk:
+    """A grammar sampler walked token by token: which tokens it allows next (`LlamaCppBackend.grammar_walk`).
+
+    What the runtime's constrained decoding consults at each step, for
+    checks against it (the training side's grammar, a reported reply).
+    Close it (or use it as a context manager) to free the sampler.
+    """
+
+    def __init__(self, backend: LlamaCppBackend, sampler) -> None:
+        self._lib, self._sampler = backend._lib, sampler
+        self.vocab_size = backend.vocab_size
+        self._data = (self._lib.llama_token_data * self.vocab_size)()
+        self._view = np.ctypeslib.as_array(self._data)
+
+    def allowed(self) -> np.ndarray:
+        """A boolean mask over the vocabulary: the tokens the grammar accepts next."""
+        self._view["id"], self._view["logit"], self._view["p"] = np.arange(self.vocab_size), 0.0, 0.0
+        array = self._lib.llama_token_data_array(self._data, self.vocab_size, -1, False)
+        self._lib.llama_sampler_apply(self._sampler, ctypes.byref(array))
+        out = np.zeros(self.vocab_size, dtype=bool)
+        out[self._view["id"][np.isfinite(self._view["logit"])]] = True
+        return out
+
+    def accept(self, token: int) -> None:
+        """Advance the grammar past `token`."""
+        self._lib.llama_sampler_accept(self._sampler, token)
+
+    def close(self) -> None:
+        if self._sampler is not None:
+            self._lib.llama_sampler_free(self._sampler)
+            self._sampler = None
+
+    def __enter__(self) -> "GrammarWalk":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _evaluated_tokens(perf) -> int:

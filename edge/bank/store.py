@@ -181,6 +181,21 @@ class MemoryBank(BankRepair, BankUndo, BankTransfer):
 
     # ------------------------------------------------------------------ metadata
 
+    def pragma(self, name: str, value: int | None = None) -> Any:
+        """Read (or, with `value`, set) one SQLite PRAGMA of this bank's connection, e.g. `page_count`.
+
+        For diagnostics and limits (`max_page_count` caps the file's size, as
+        a full disk would). Raises `InvalidInputError` for a name that is not
+        a PRAGMA's spelling.
+        """
+        if not name.replace("_", "").isalpha():
+            raise InvalidInputError(f"{name!r} is not a PRAGMA name.", hint="e.g. page_count, max_page_count")
+        with self._lock:
+            sql = f"PRAGMA {name}" if value is None else f"PRAGMA {name} = {int(value)}"
+            row = self._conn.execute(sql).fetchone()
+        return None if row is None else row[0]
+
+
     def meta(self) -> dict[str, str]:
         try:
             return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
@@ -505,6 +520,28 @@ class MemoryBank(BankRepair, BankUndo, BankTransfer):
         sql += " ORDER BY rowid LIMIT ? OFFSET ?"
         args += [-1 if limit is None else int(limit), int(offset)]
         return [memory_from_row(r) for r in self._conn.execute(sql, args)]
+
+    def next_turns(self, memories: Sequence[Memory], *, user: str | None = None) -> dict[str, Memory]:
+        """For each episodic turn of `memories`, the turn the log kept right after it (its reply, most often).
+
+        Keyed by the given turn's id; a turn with none after it (the log's
+        last, or one deleted since) is left out, as are facts. One indexed
+        lookup per turn (the log's order is its rowid order), so it costs
+        the same at 10^5 memories as at 10^2.
+        """
+        owner = self._owner(user)
+        out: dict[str, Memory] = {}
+        with self._lock:
+            for memory in memories:
+                if memory.tier != EPISODIC:
+                    continue
+                row = self._conn.execute(
+                    f"SELECT {MEMORY_COLUMNS} FROM memories WHERE owner = ? AND tier = ? AND deleted_at IS NULL "
+                    "AND rowid > (SELECT rowid FROM memories WHERE id = ?) ORDER BY rowid LIMIT 1",
+                    (owner, EPISODIC, memory.id)).fetchone()
+                if row is not None:
+                    out[memory.id] = memory_from_row(row)
+        return out
 
     def count(self, *, user: str | None = None, tier: str | Sequence[str] | None = None) -> int:
         """Current memories of one owner (not deleted, not superseded), of some tiers or all."""

@@ -181,7 +181,7 @@ class FullContext(System):
         self.conversation = conversation
         self.turns: list[Memory] = []
         self.turn_tokens: list[int] = []
-        self._window: tuple[int, list[Memory]] | None = None
+        self._window: tuple[tuple[int, int], list[Memory]] | None = None
 
     def ingest_turn(self, session: Session, turn: LocoTurn) -> dict[str, Any]:
         memory = Memory(
@@ -197,7 +197,8 @@ class FullContext(System):
 
     def window(self) -> list[Memory]:
         """The newest turns that fit, oldest first; the same for every question (so the prefix is reused)."""
-        if self._window is None or self._window[0] != len(self.turns):
+        key = (len(self.turns), self.ctx.generation.n_ctx)  # a new turn or another context window: fit again
+        if self._window is None or self._window[0] != key:
             empty = to_messages(answer_messages("", []))
             fixed = sum(self.ctx.backend.count_tokens(m.content) + 8 for m in empty)
             budget = self.ctx.generation.n_ctx - AnswerAgent(self.ctx.backend).max_tokens - fixed - QUESTION_ALLOWANCE
@@ -207,7 +208,7 @@ class FullContext(System):
                     break
                 used += tokens
                 kept += 1
-            self._window = (len(self.turns), self.turns[len(self.turns) - kept :])
+            self._window = (key, self.turns[len(self.turns) - kept :])
         return self._window[1]
 
     def answer(self, question: str) -> SystemAnswer:
