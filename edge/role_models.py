@@ -20,12 +20,12 @@ carrying its own `backend` kind (and `server` table), which
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 from edge.bundle import ROLES, Bundle
+from edge.manifest import ModelEntry
 from edge.errors import InvalidInputError
 
 SERVER_SCHEMES = ("http://", "https://")
@@ -122,22 +122,21 @@ def with_role_models(bundle: Bundle, chosen: Mapping[str, RoleModel], *, structu
 
     if not chosen:
         return bundle
-    manifest = copy.deepcopy(bundle.manifest)
+    manifest = bundle.spec
     keys: dict[RoleModel, str] = {}  # roles on one model share one entry (and one loaded copy)
     for role, model in chosen.items():
         if model not in keys:
-            keys[model] = key = f"{role}-model"
-            spec: dict[str, Any]
+            keys[model] = f"{role}-model"
             if model.server:
-                spec = {"format": "served", "base": model.name, "backend": "http",
-                        "server": {"url": model.server, "model": model.name, "structured_output": structured_output,
-                                   "api_key_env": api_key_env or DEFAULT_API_KEY_ENV, "adapters": {},
-                                   "timeout_s": timeout or DEFAULT_TIMEOUT_S}}
+                entry = ModelEntry(format="served", base=model.name, backend="http", server={
+                    "url": model.server, "model": model.name, "structured_output": structured_output,
+                    "api_key_env": api_key_env or DEFAULT_API_KEY_ENV, "adapters": {},
+                    "timeout_s": timeout or DEFAULT_TIMEOUT_S})
             else:
                 info = read_gguf_info(model.gguf)
                 info.require_chat_template()
-                spec = {"path": str(model.gguf), "format": "gguf", "backend": "llama.cpp",
-                        "quantization": info.quantization, "base": info.name}
-            manifest["models"][key] = spec
-        manifest["roles"][role] = {"model": keys[model], "adapter": None}
-    return Bundle(bundle.root, manifest)
+                entry = ModelEntry(path=str(model.gguf), format="gguf", backend="llama.cpp",
+                                   quantization=info.quantization, base=info.name)
+            manifest = manifest.with_model(keys[model], entry)
+        manifest = manifest.with_model(keys[model], manifest.models[keys[model]], role)
+    return Bundle(bundle.root, manifest.to_json())

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.bundle import Bundle, write_manifest
+from edge.manifest import AdapterEntry, EmbedderEntry, Manifest, ModelEntry, RoleEntry
 from edge.files import link_or_copy, staged_dir
 
 
@@ -63,22 +64,22 @@ def write_bundle(out_dir: Path, spec: BundleSpec, embedder_dir: Path, embedder: 
         for key, (src, fields) in spec.models.items():
             rel = f"models/{key}{_suffix(src)}"
             _place(src, staging / rel, move=move)
-            models[key] = {"path": rel, **fields}
+            models[key] = ModelEntry.from_json({**fields, "path": rel})
         adapters = {}
         for key, src in spec.adapters.items():
             rel = f"adapters/{key}.gguf"
             _place(src, staging / rel, move=move)
-            adapters[key] = {"path": rel, "base_model": "base"}
+            adapters[key] = AdapterEntry(rel, "base")
         _place(embedder_dir, staging / "embedder", move=False)
-        write_manifest(staging, {
-            "name": spec.label,
-            "backend": spec.backend,
-            "models": models,
-            "adapters": adapters,
-            "roles": spec.roles,
-            "embedder": {**embedder, "path": "embedder"},
-            "export": spec.export_info,
-            **({"generation": spec.generation} if spec.generation is not None else {}),
-            "notes": spec.notes,
-        })
+        write_manifest(staging, Manifest(
+            name=spec.label,
+            backend=spec.backend,
+            models=models,
+            adapters=adapters,
+            roles={role: RoleEntry(r["model"], r.get("adapter")) for role, r in spec.roles.items()},
+            embedder=EmbedderEntry(embedder["name"], int(embedder["dim"]), "embedder"),
+            generation=spec.generation,
+            notes=spec.notes,
+            extra={"export": spec.export_info},
+        ))
     return Bundle.load(target)

@@ -107,7 +107,7 @@ def _load_problems(loaded) -> list[str]:
     Each model is checked by its own backend kind (`Bundle.model_backend`): a file loads in llama.cpp or
     onnxruntime-genai with the adapters made for it, a served model's server answers and serves it.
     """
-    from edge.backends import load_backend
+    from edge.backends import BundleModel, load_bundle_model
 
     problems = []
     try:
@@ -116,18 +116,14 @@ def _load_problems(loaded) -> list[str]:
             problems.append(f"embedder returns shape {vector.shape}, manifest says dim {loaded.embedder_dim}")
     except Exception as exc:  # noqa: BLE001 - every failure is reported, none is fatal here
         problems.append(f"embedder does not load: {exc}")
-    for key in loaded.manifest["models"]:
+    for key in loaded.spec.models:
         kind = loaded.model_backend(key)
         if kind == "http":
             problems += _server_problems(loaded, key)
             continue
-        model = loaded.model_paths()[key]
-        adapters = loaded.model_adapters(key)
+        model = BundleModel(path=loaded.model_paths()[key], adapters=loaded.model_adapters(key), n_ctx=256)
         try:
-            kwargs = {"model_path": model, "n_ctx": 256} if kind == "llama.cpp" else {"model_dir": model}
-            if kind == "llama.cpp" and adapters:
-                kwargs["adapters"] = adapters
-            load_backend(kind, **kwargs).close()
+            load_bundle_model(kind, model).close()
         except Exception as exc:  # noqa: BLE001
             problems.append(f"model {key!r} does not load: {exc}")
     return problems
