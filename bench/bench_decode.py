@@ -50,11 +50,12 @@ def rates(decoded: int, first: tuple[float, float], end: tuple[float, float]) ->
 
 def time_backend(backend: LlamaCppBackend, n_tokens: int) -> tuple[float, float]:
     first = None
-    for _ in backend.stream(MESSAGES, max_tokens=n_tokens, ignore_eos=True):
+    stream = backend.stream(MESSAGES, max_tokens=n_tokens, ignore_eos=True)
+    for _ in stream:
         if first is None:
             first = clock()
     end = clock()
-    decoded = backend.last_completion.completion_tokens
+    decoded = stream.completion.completion_tokens
     assert decoded == n_tokens, decoded
     return rates(decoded, first, end)
 

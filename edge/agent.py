@@ -491,10 +491,12 @@ class Agent:
             retrieve_s = time.perf_counter() - start
             pieces: list[str] = []
             backend = self.chat_backend
+            stream = None
             try:
-                for piece in backend.stream(messages, max_tokens=self.generation.chat_max_tokens,
-                                            temperature=self.generation.chat_temperature, cancel=cancel,
-                                            adapter=adapter_for(backend, self.chat_adapter)):
+                stream = backend.stream(messages, max_tokens=self.generation.chat_max_tokens,
+                                        temperature=self.generation.chat_temperature, cancel=cancel,
+                                        adapter=adapter_for(backend, self.chat_adapter))
+                for piece in stream:
                     pieces.append(piece)
                     yield piece
             except BackendError as exc:
@@ -502,7 +504,7 @@ class Agent:
                     raise
                 self._keep_pending(Turn(self.speaker, message, now_stamp()))
                 raise _kept(exc) from exc
-            completion = backend.last_completion
+            completion = stream.completion
             reply = "".join(pieces).strip()
             generate_s = time.perf_counter() - start - retrieve_s
             cancelled = bool(completion and completion.finish_reason == "cancelled")

@@ -97,7 +97,7 @@ class LocalChat:
                 yield event({"content": piece}, None)
         finally:
             pieces.close()  # a client gone away: the model is free for the next request
-        done = self.backend.last_completion
+        done = pieces.completion
         yield event({}, "length" if done is not None and done.finish_reason == "length" else "stop")
         yield b"data: [DONE]\n\n"
 

@@ -136,9 +136,10 @@ def test_thread_count_follows_edge_threads_and_stays_in_bounds(monkeypatch):
     assert 1 <= default_threads() <= max(2, usable_cores() // 2)
 
 def test_stream_pieces_make_the_final_text(backend):
-    pieces = list(backend.stream(user("Name three fruits."), max_tokens=40))
+    stream = backend.stream(user("Name three fruits."), max_tokens=40)
+    pieces = list(stream)
     assert len(pieces) > 1
-    final = backend.last_completion
+    final = stream.completion
     assert final is not None and final.text == "".join(pieces)
     assert final.completion_tokens >= len(pieces) - 1
 
@@ -146,11 +147,12 @@ def test_stream_pieces_make_the_final_text(backend):
 def test_cancel_stops_a_stream_early(backend):
     cancel = threading.Event()
     pieces = []
-    for piece in backend.stream(user("Tell me a long story about a dragon."), max_tokens=200, cancel=cancel):
+    stream = backend.stream(user("Tell me a long story about a dragon."), max_tokens=200, cancel=cancel)
+    for piece in stream:
         pieces.append(piece)
         if len(pieces) == 3:
             cancel.set()
-    final = backend.last_completion
+    final = stream.completion
     assert final.finish_reason == "cancelled"
     assert len(pieces) == 3
     assert final.completion_tokens <= 4
@@ -163,7 +165,7 @@ def test_an_open_stream_refuses_a_second_call_from_its_thread(backend):
     with pytest.raises(BackendError, match="still streaming"):
         backend.complete(user("hi"), max_tokens=2)
     stream.close()
-    assert backend.last_completion.finish_reason == "cancelled"
+    assert stream.completion.finish_reason == "cancelled"
     assert backend.complete(user("hi"), max_tokens=2).completion_tokens == 2
 
 
@@ -317,16 +319,18 @@ def test_scripted_backend_refuses_non_json_for_a_schema():
 
 def test_scripted_backend_streams_stops_and_cancels():
     scripted = ScriptedBackend(["one two three four five", "alpha beta gamma delta", "a b c d e f"])
-    assert "".join(scripted.stream(user("x"))) == "one two three four five"
-    assert scripted.last_completion.completion_tokens == 5
+    stream = scripted.stream(user("x"))
+    assert "".join(stream) == "one two three four five"
+    assert stream.completion.completion_tokens == 5 and scripted.completions == [stream.completion]
     assert scripted.complete(user("x"), stop=["gamma"]).text == "alpha beta "
     cancel = threading.Event()
     pieces = []
-    for piece in scripted.stream(user("x"), cancel=cancel):
+    stream = scripted.stream(user("x"), cancel=cancel)
+    for piece in stream:
         pieces.append(piece)
         cancel.set()
     assert pieces == ["a "]
-    assert scripted.last_completion.finish_reason == "cancelled"
+    assert stream.completion.finish_reason == "cancelled"
 
 
 def test_stop_scanner_holds_back_a_split_stop_string():
@@ -443,13 +447,14 @@ def test_onnx_genai_backend(onnx_model_dir):
             shaped = onnx.complete(turn, schema=OPS_SCHEMA, max_tokens=200, temperature=temperature)
             assert shaped.finish_reason == "stop"
             parse_json(shaped.text, OPS_SCHEMA)
-        pieces = list(onnx.stream(user("Name three fruits."), max_tokens=20))
-        assert "".join(pieces) == onnx.last_completion.text
+        stream = onnx.stream(user("Name three fruits."), max_tokens=20)
+        assert "".join(stream) == stream.completion.text
         cancel = threading.Event()
-        for _ in onnx.stream(user("Tell me a long story."), max_tokens=100, cancel=cancel):
+        stream = onnx.stream(user("Tell me a long story."), max_tokens=100, cancel=cancel)
+        for _ in stream:
             cancel.set()
-        assert onnx.last_completion.finish_reason == "cancelled"
-        assert onnx.last_completion.completion_tokens == 1
+        assert stream.completion.finish_reason == "cancelled"
+        assert stream.completion.completion_tokens == 1
 
 
 def test_onnx_genai_missing_folder_raises(tmp_path):

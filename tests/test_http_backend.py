@@ -39,20 +39,23 @@ def test_complete_over_http(backend):
 
 
 def test_stream_over_http(backend):
-    pieces = list(backend.stream([Message("user", "Name three fruits.")], max_tokens=30))
+    stream = backend.stream([Message("user", "Name three fruits.")], max_tokens=30)
+    assert stream.completion is None  # not before it ends
+    pieces = list(stream)
     assert len(pieces) > 1
-    assert backend.last_completion.text == "".join(pieces)
-    assert backend.last_completion.finish_reason in ("stop", "length")
+    assert stream.completion.text == "".join(pieces)
+    assert stream.completion.finish_reason in ("stop", "length")
 
 
 def test_cancel_over_http(backend):
     cancel = threading.Event()
     pieces = []
-    for piece in backend.stream([Message("user", "Tell me a long story.")], max_tokens=200, cancel=cancel):
+    stream = backend.stream([Message("user", "Tell me a long story.")], max_tokens=200, cancel=cancel)
+    for piece in stream:
         pieces.append(piece)
         cancel.set()
     assert len(pieces) == 1
-    assert backend.last_completion.finish_reason == "cancelled"
+    assert stream.completion.finish_reason == "cancelled"
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])

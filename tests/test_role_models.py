@@ -74,10 +74,11 @@ def test_the_chat_role_on_a_server_beside_the_memory_agents_with_their_adapters(
         agent.remember(["I'm reading The Lean Startup these days."], wait=True)
         answer = agent.ask("What book is Jon reading?")
         assert "Lean Startup" in answer.answer  # the trained adapter, in process
-        local_calls = agent.answer_backend.last_completion
-        reply = "".join(agent.chat("Recommend me one more book.", stream=True, remember=False))
-        assert reply.strip() and agent.chat_backend.last_completion.completion_tokens > 0
-        assert agent.answer_backend.last_completion is local_calls  # the reply never touched the local model
+        local_calls = agent.answer_backend.decodes
+        chat = agent.chat("Recommend me one more book.", stream=True, remember=False)
+        reply = "".join(chat)
+        assert reply.strip() and chat.result.completion_tokens > 0
+        assert agent.answer_backend.decodes == local_calls  # the reply never touched the local model
 
 
 def test_verify_names_the_model_whose_server_does_not_answer(default_bundle, tmp_path) -> None:

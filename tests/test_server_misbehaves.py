@@ -116,7 +116,7 @@ def test_a_reply_stream_cut_short_is_an_error_not_a_complete_reply(server, tmp_p
         with pytest.raises(BackendError, match="ended before the reply was complete") as raised:
             for piece in agent.chat("I moved to Porto.", stream=True):
                 pieces.append(piece)
-        assert pieces == ["Hello there, I"] and agent.chat_backend.last_completion.finish_reason == "cut"
+        assert pieces == ["Hello there, I"]
         assert "kept" in (raised.value.hint or "")
         agent.close(wait=False)
     logged, pending, facts = logged_and_pending(db)

@@ -290,8 +290,9 @@ def test_a_frozen_transformers_model_can_be_the_managers_reader(smol):
         bank.add("Maya has a pet cat.")
         agent = AnswerAgent(backend, k=5, max_tokens=24)
         answer = AgentReader(agent)(bank, {"question": "Which city does Maya live in?", "answer": "Oslo"})
+        direct = agent.answer(bank, "Which city does Maya live in?")
     assert isinstance(answer, str) and answer
-    assert backend.last_completion is not None and backend.last_completion.completion_tokens <= 24
+    assert 0 < direct.completion_tokens <= 24
 
 
 def test_training_decodes_with_llama_cpps_repeat_penalty_window():

@@ -87,8 +87,8 @@ def scripted(default_bundle, tmp_path: Path, replies: list[str], backend: Script
 class SlowBackend(ScriptedBackend):
     """Scripted replies streamed at a readable pace, so a test can cancel one half-way."""
 
-    def stream(self, messages, **kwargs):
-        for piece in super().stream(messages, **kwargs):
+    def _decode(self, messages, **kwargs):
+        for piece in super()._decode(messages, **kwargs):
             time.sleep(0.02)
             yield piece
 
@@ -266,7 +266,7 @@ def test_escape_cancels_the_reply_being_generated(default_bundle, tmp_path):
         reply = app.screen.query(Reply).last()
         assert reply.note == "cancelled"
         assert 0 < len(reply.text.split()) < 200
-        assert backend.calls and backend.last_completion.finish_reason != "cancelled"  # the Manager still ran
+        assert backend.calls and backend.completions[-1].finish_reason != "cancelled"  # the Manager still ran
         assert len(backend.calls) == 2  # reply + Manager; no working-state update after a cancel
         assert app.screen.query_one(StatusBar).state == "ready"
 
@@ -289,7 +289,7 @@ def test_quitting_during_a_reply_stops_it_and_keeps_the_memory_update(default_bu
         assert not app.is_running
 
     drive(app, scenario)
-    assert backend.last_completion.finish_reason == "stop" and len(backend.calls) == 2
+    assert backend.completions[-1].finish_reason == "stop" and len(backend.calls) == 2
     with MemoryBank.open(tmp_path / "bank.db", user="alice") as bank:
         assert [m.text for m in bank.list(tier=("semantic", "core"))] == ["Alice adopted a cat named Luna"]
 

@@ -26,7 +26,6 @@ class TransformersBackend(Backend):
         self.name = name
         self.n_ctx = n_ctx
         self.constraint = SchemaConstraint.for_tokenizer(tokenizer, [tokenizer.eos_token_id])
-        self.last_completion: Completion | None = None
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -42,11 +41,10 @@ class TransformersBackend(Backend):
         prompt = render_chat(self.tokenizer, [{"role": m.role, "content": m.content} for m in messages])
         text = constrained_generate(self.model, self.tokenizer, self.constraint, [prompt], [schema],
                                     max_new_tokens=max_tokens, temperature=temperature)[0]
-        self.last_completion = Completion(
+        return Completion(
             text=text, prompt_tokens=self.count_tokens(prompt), completion_tokens=self.count_tokens(text),
             seconds=time.perf_counter() - start, finish_reason="stop",
         )
-        return self.last_completion
 
     def stream(self, messages: list[Message], *, max_tokens: int = 256, temperature: float = 0.0,
                adapter: str | None = None, stop: list[str] | None = None,

@@ -1,9 +1,9 @@
 """The contract every language-model backend keeps.
 
 A backend turns a list of chat messages into text. `complete` returns the
-whole answer at once (optionally constrained to a JSON schema); `stream`
-yields text pieces as they are decoded and leaves the final statistics in
-`last_completion` once the iterator ends. Everything above this module (the
+whole answer at once (optionally constrained to a JSON schema) as a
+`Completion`; `stream` returns a `Stream`, which yields text pieces as they
+are decoded and holds its `Completion` once it ends. Everything above this module (the
 Manager, the Answer Agent, the CLI, the chat app) depends only on this file.
 
 Also here: the small helpers backends share — stop-string scanning for
@@ -16,7 +16,7 @@ import os
 import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +52,6 @@ class Backend(ABC):
     """One loaded language model (plus, optionally, named LoRA adapters)."""
 
     name: str = "backend"
-    last_completion: Completion | None = None
     # The context window in tokens (prompt + reply). Callers fit their prompts to it; a backend that knows
     # its model's window (llama.cpp) sets its own, others (a server, scripted replies) keep this default.
     n_ctx: int = 4096
@@ -102,11 +101,12 @@ class Backend(ABC):
         """
         if choice_bias and self.biases_choices and schema is not None:
             options["choice_bias"] = dict(choice_bias)
+        done: list[Completion] = []
         for _ in self._decode(messages, schema=schema, max_tokens=max_tokens, temperature=temperature,
-                              adapter=adapter, stop=stop, cancel=None, **options):
+                              adapter=adapter, stop=stop, cancel=None, done=done.append, **options):
             pass
-        completion = self.last_completion
-        assert completion is not None, "a backend's _decode leaves its Completion in last_completion"
+        assert done, "a backend's _decode hands its Completion to `done` when it ends"
+        completion = done[-1]
         if schema is not None and completion.finish_reason == "stop" and self.checks_replies:
             parse_json(completion.text, schema)
         return completion
@@ -121,16 +121,16 @@ class Backend(ABC):
         stop: list[str] | None = None,
         cancel: threading.Event | None = None,
         **options: Any,
-    ) -> Iterator[str]:
-        """Yield text pieces; when it ends, `self.last_completion` holds the statistics.
+    ) -> "Stream":
+        """The reply's text pieces as they are decoded (a `Stream`: its `completion` once it has ended).
 
         Setting `cancel` stops the stream after the piece being decoded
-        (finish_reason "cancelled"); so does closing the iterator. A local
-        backend serves one call at a time: an open stream holds the model
-        until it ends or is closed.
+        (finish_reason "cancelled"); so does closing it. A local backend
+        serves one call at a time: an open stream holds the model until it
+        ends or is closed.
         """
-        return self._decode(messages, schema=None, max_tokens=max_tokens, temperature=temperature, adapter=adapter,
-                            stop=stop, cancel=cancel, **options)
+        return Stream(lambda done: self._decode(messages, schema=None, max_tokens=max_tokens, temperature=temperature,
+                                                adapter=adapter, stop=stop, cancel=cancel, done=done, **options))
 
     def require_adapter(self, adapter: str | None) -> None:
         """Raise `BackendError` unless `adapter` is None (the base model) or one of `adapters`."""
@@ -145,10 +145,10 @@ class Backend(ABC):
 
     def _decode(self, messages: list[Message], *, schema: dict | None, max_tokens: int, temperature: float,
                 adapter: str | None, stop: list[str] | None, cancel: threading.Event | None,
-                **options: Any) -> Iterator[str]:
-        """The one thing a backend that decodes in steps writes: yield the reply's text pieces, and leave its
-        `Completion` in `last_completion` when done. A backend that answers whole (a server) overrides
-        `complete` and `stream` instead."""
+                done: Callable[[Completion], None], **options: Any) -> Iterator[str]:
+        """The one thing a backend that decodes in steps writes: yield the reply's text pieces, and hand its
+        `Completion` to `done` when it ends (also when cancelled or closed). A backend that answers whole (a
+        server) overrides `complete` and `stream` instead."""
         raise NotImplementedError(f"{type(self).__name__} decodes nothing by itself")
 
     @abstractmethod
@@ -166,6 +166,39 @@ class Backend(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
+
+
+class Stream:
+    """A reply being decoded: iterate it for its text pieces; `completion` holds its statistics once it ends.
+
+    `completion` is None until the pieces run out, the stream is closed
+    (finish_reason "cancelled") or it fails. Closing it (or leaving a
+    `with` block) frees the model for the next call.
+    """
+
+    def __init__(self, start: Callable[[Callable[[Completion], None]], Iterator[str]]) -> None:
+        self.completion: Completion | None = None
+        self._pieces = start(self._finish)
+
+    def _finish(self, completion: Completion) -> None:
+        self.completion = completion
+
+    def __iter__(self) -> "Stream":
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> "Stream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def check_messages(messages: list[Message]) -> None:

@@ -40,10 +40,10 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from edge.backends.base import Backend, Completion, Message, check_messages, parse_json
+from edge.backends.base import Backend, Completion, Message, Stream, check_messages, parse_json
 from edge.errors import BackendError, MissingExtraError, ModelOutputError
 
 SCHEMA_FORMATS = ("auto", "json_object", "json_schema", "grammar", "ollama", "none")
@@ -93,7 +93,6 @@ class OpenAIHTTPBackend(Backend):
         self.server_kind: str | None = None  # set by detect(): "ollama", "llama-server", "llama_cpp.server", ...
         self.n_ctx = n_ctx or 4096
         self.adapter_models = dict(adapters or {})
-        self.last_completion: Completion | None = None
         self.token_count_exact = True
         self._tokenizer_route: str | None = None  # found on first count_tokens
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -136,7 +135,6 @@ class OpenAIHTTPBackend(Backend):
             seconds=time.perf_counter() - start,
             finish_reason=_finish(choice.get("finish_reason")),
         )
-        self.last_completion = completion
         if schema is not None:
             self._check(completion, schema, schema_format)
         return completion
@@ -184,9 +182,10 @@ class OpenAIHTTPBackend(Backend):
         adapter: str | None = None,
         stop: list[str] | None = None,
         cancel: threading.Event | None = None,
-    ) -> Iterator[str]:
+    ) -> Stream:
+        """The reply's pieces as the server sends them (`Stream`; its `completion` once it ends)."""
         body = self._body(messages, max_tokens, temperature, adapter, stop, stream=True)
-        return self._stream(messages, body, cancel)
+        return Stream(lambda done: self._stream(messages, body, cancel, done))
 
     def count_tokens(self, text: str) -> int:
         routes = [self._tokenizer_route] if self._tokenizer_route else ["llama_cpp.server", "llama-server"]
@@ -204,7 +203,8 @@ class OpenAIHTTPBackend(Backend):
 
     # ------------------------------------------------------------- internals
 
-    def _stream(self, messages: list[Message], body: dict, cancel: threading.Event | None) -> Iterator[str]:
+    def _stream(self, messages: list[Message], body: dict, cancel: threading.Event | None,
+                done: Callable[[Completion], None]) -> Iterator[str]:
         httpx = self._httpx
         start = time.perf_counter()
         pieces: list[str] = []
@@ -247,14 +247,13 @@ class OpenAIHTTPBackend(Backend):
                     hint="the server stopped or the connection was cut; try again",
                 )
         finally:
-            text = "".join(pieces)
-            self.last_completion = Completion(
-                text=text,
+            done(Completion(
+                text="".join(pieces),
                 prompt_tokens=int(usage.get("prompt_tokens") or self._count_messages(messages)),
                 completion_tokens=int(usage.get("completion_tokens") or chunks),
                 seconds=time.perf_counter() - start,
                 finish_reason=finish,
-            )
+            ))
 
     def _body(self, messages, max_tokens, temperature, adapter, stop, *, stream: bool) -> dict:
         check_messages(messages)
@@ -306,7 +305,6 @@ class OpenAIHTTPBackend(Backend):
             completion_tokens=int(data.get("eval_count") or 0), seconds=time.perf_counter() - start,
             finish_reason=_finish(data.get("done_reason")),
         )
-        self.last_completion = completion
         return completion
 
     def _check(self, completion: Completion, schema: dict, schema_format: str) -> None:

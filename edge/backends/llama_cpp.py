@@ -157,10 +157,9 @@ class LlamaCppBackend(Backend):
         self.n_threads = threads
         self.seed = seed
         self.repeat_penalty = repeat_penalty
-        self.last_completion: Completion | None = None
         self.last_prompt_eval_tokens: int | None = None
         self._lock = DecodeLock()
-        self._calls = 0
+        self.decodes = 0  # replies decoded so far (the seed of each is seed + this count)
         self._pieces: dict[int, bytes] = {}
         self._grammars: dict[str, object] = {}
         self.fast_grammar = True  # greedy schema decoding checks the chosen token first (see _greedy_under_grammar)
@@ -233,6 +232,7 @@ class LlamaCppBackend(Backend):
         adapter: str | None,
         stop: list[str] | None,
         cancel: threading.Event | None,
+        done: Callable[[Completion], None],
         ignore_eos: bool = False,  # keep decoding past end-of-generation (benchmarks only)
         choice_bias: dict[str, float] | None = None,
     ) -> Iterator[str]:
@@ -254,8 +254,8 @@ class LlamaCppBackend(Backend):
             self._select_adapter(adapter)
             lib.llama_perf_context_reset(llm.ctx)
             self._reuse_prefix(tokens, messages, adapter)
-            self._calls += 1
-            llm.set_seed(self.seed + self._calls)
+            self.decodes += 1
+            llm.set_seed(self.seed + self.decodes)
 
             scanner = StopScanner((stop or []) + [self._formatter.eos_token])
             utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -267,8 +267,8 @@ class LlamaCppBackend(Backend):
             head, settled = (choice[0].prefix, choice[0].settled(choice[0].prefix)) if choice else ("", None)
             if settled is not None:  # one option only: nothing to decode
                 self.last_prompt_eval_tokens = 0
-                self.last_completion = Completion(text=settled, prompt_tokens=len(tokens), completion_tokens=0,
-                                                  seconds=time.perf_counter() - start, finish_reason="stop")
+                done(Completion(text=settled, prompt_tokens=len(tokens), completion_tokens=0,
+                                seconds=time.perf_counter() - start, finish_reason="stop"))
                 return
             bias = self._choice_bias(schema, choice_bias, lambda: head + scanner.text) if choice_bias else None
             if choice is not None:
@@ -325,13 +325,13 @@ class LlamaCppBackend(Backend):
                 raise
             finally:
                 generator.close()
-                self.last_completion = Completion(
+                done(Completion(
                     text=settled if settled is not None else head + scanner.text,
                     prompt_tokens=len(tokens),
                     completion_tokens=n_out,
                     seconds=time.perf_counter() - start,
                     finish_reason=finish,
-                )
+                ))
 
     def _greedy_under_grammar(self, tokens: list[int], grammar, *, forced: int = 0,
                               bias: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[int]:

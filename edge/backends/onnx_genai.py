@@ -31,7 +31,7 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +108,6 @@ class OnnxGenAIBackend(Backend):
                 hint="install onnxruntime-genai >= 0.8, or set the bundle's generation.repeat_penalty to 1.0",
             )
         self.repeat_penalty = float(repeat_penalty)
-        self.last_completion: Completion | None = None
         self._calls = 0
         self._lock = DecodeLock()
         self._adapters = None
@@ -160,7 +159,8 @@ class OnnxGenAIBackend(Backend):
         return not self.constrained
 
     def _decode(self, messages: list[Message], *, schema: dict | None, max_tokens: int, temperature: float,
-                adapter: str | None, stop: list[str] | None, cancel: threading.Event | None) -> Iterator[str]:
+                adapter: str | None, stop: list[str] | None, cancel: threading.Event | None,
+                done: Callable[[Completion], None]) -> Iterator[str]:
         if self._model is None:
             raise BackendError("This backend has been closed.", hint="create a new one")
         self.require_adapter(adapter)
@@ -224,13 +224,13 @@ class OnnxGenAIBackend(Backend):
                 finish = "cancelled"
                 raise
             finally:
-                self.last_completion = Completion(
+                done(Completion(
                     text=scanner.text,
                     prompt_tokens=len(ids),
                     completion_tokens=n_out,
                     seconds=time.perf_counter() - start,
                     finish_reason=finish,
-                )
+                ))
 
     def _penalise(self, generator, recent: deque[int]) -> None:
         """Apply the repeat penalty to the next token's logits (shape [1, vocab], or [1, 1, vocab])."""

@@ -2,7 +2,7 @@
 
 For deterministic tests of everything above the model (CLI, chat app,
 agent flow): it keeps the full Backend contract — stop strings, max_tokens,
-streaming, cancellation, last_completion — but "tokens" are whitespace-
+streaming, cancellation, the Completion of each reply — but "tokens" are whitespace-
 separated words. With a schema, a reply that is not JSON matching the schema
 raises ModelOutputError, as a real constrained backend would never return it.
 """
@@ -12,7 +12,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from edge.backends.base import Backend, Completion, Message, StopScanner, check_messages
 from edge.errors import BackendError
@@ -34,7 +34,7 @@ class ScriptedBackend(Backend):
         self._adapters = list(adapters)
         self.replies: deque[str] = deque(replies or [])
         self.calls: list[dict] = []  # every request, for assertions in tests
-        self.last_completion: Completion | None = None
+        self.completions: list[Completion] = []  # every reply's statistics, in order
 
     @property
     def adapters(self) -> list[str]:
@@ -52,7 +52,8 @@ class ScriptedBackend(Backend):
         return self.check_schema
 
     def _decode(self, messages: list[Message], *, schema: dict | None, max_tokens: int, temperature: float,
-                adapter: str | None, stop: list[str] | None, cancel: threading.Event | None) -> Iterator[str]:
+                adapter: str | None, stop: list[str] | None, cancel: threading.Event | None,
+                done: Callable[[Completion], None]) -> Iterator[str]:
         check_messages(messages)
         if not self.replies:
             raise BackendError(
@@ -89,10 +90,12 @@ class ScriptedBackend(Backend):
             finish = "cancelled"
             raise
         finally:
-            self.last_completion = Completion(
+            completion = Completion(
                 text=scanner.text,
                 prompt_tokens=sum(self.count_tokens(m.content) for m in messages),
                 completion_tokens=n_out,
                 seconds=time.perf_counter() - start,
                 finish_reason=finish,
             )
+            self.completions.append(completion)
+            done(completion)
