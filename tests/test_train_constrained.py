@@ -308,3 +308,26 @@ def test_training_decodes_with_llama_cpps_repeat_penalty_window():
     out = penalty(context, scores.clone())
     assert out[0].tolist() == pytest.approx([1.6, -2.5, 1.0, 3.0])  # 0 and 1 penalised; 3 is outside the window
     assert RepeatPenaltyProcessor(1.0)(context, scores).tolist() == scores.tolist()
+
+
+def test_the_runtimes_repeat_penalty_is_the_one_training_decodes_with() -> None:
+    """`edge.backends.penalty.repeat_penalised` (llama.cpp's fast path, onnxruntime-genai) against training's
+    torch processor: the same logits after a reply with repeated tokens, longer than the 64-token window."""
+    import numpy as np
+    import torch
+
+    from edge.backends.penalty import PENALTY_LAST_N, repeat_penalised
+    from edge.train.constrained import RepeatPenaltyProcessor
+
+    rng = np.random.default_rng(7)
+    vocab, prompt = 300, rng.integers(0, 300, size=40)
+    reply = np.concatenate([rng.integers(0, 300, size=90), [5, 5, 5, 17, 17]])
+    scores = torch.from_numpy(rng.normal(0, 3, size=(1, vocab)).astype(np.float32))
+    for penalty in (1.0, 1.2, 1.5):
+        processor = RepeatPenaltyProcessor(penalty, last_n=PENALTY_LAST_N)
+        processor(torch.from_numpy(prompt[None]), scores.clone())  # the first call fixes the prompt's length
+        theirs = processor(torch.from_numpy(np.concatenate([prompt, reply])[None]), scores.clone())[0].numpy()
+        ours = repeat_penalised(scores[0].numpy().copy(), reply[-PENALTY_LAST_N:].tolist(), penalty)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+        changed = ours != scores[0].numpy()
+        assert changed.any() == (penalty != 1.0) and set(np.nonzero(changed)[0]) <= set(reply[-PENALTY_LAST_N:])

@@ -62,6 +62,7 @@ from edge.backends.base import (
     check_messages,
 )
 from edge.backends.gbnf import schema_gbnf
+from edge.backends.penalty import repeat_penalised
 from edge.backends.threads import default_threads
 from edge.errors import BackendError
 from edge.gguf_info import GGUF_MAGIC
@@ -364,10 +365,7 @@ class LlamaCppBackend(Backend):
         try:
             while True:
                 logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,)).copy()
-                if self.repeat_penalty != 1.0 and recent:
-                    seen = np.fromiter(set(recent), dtype=np.int64)
-                    picked = logits[seen]
-                    logits[seen] = np.where(picked <= 0, picked * self.repeat_penalty, picked / self.repeat_penalty)
+                logits = repeat_penalised(logits, recent, self.repeat_penalty)
                 logits = self.without_controls(logits)
                 if bias is not None:
                     logits = bias(logits)

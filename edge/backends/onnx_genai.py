@@ -45,9 +45,9 @@ from edge.backends.base import (
     StopScanner,
     check_messages,
 )
+from edge.backends.penalty import PENALTY_LAST_N, repeat_penalised
 from edge.errors import BackendError, MissingExtraError
 
-PENALTY_LAST_N = 64  # llama.cpp's penalty window (`Llama.last_n_tokens_size`), in tokens of the reply
 
 
 def _import_og():
@@ -235,8 +235,5 @@ class OnnxGenAIBackend(Backend):
     def _penalise(self, generator, recent: deque[int]) -> None:
         """Apply the repeat penalty to the next token's logits (shape [1, vocab], or [1, 1, vocab])."""
         logits = np.array(generator.get_logits(), dtype=np.float32, copy=True)
-        row = logits.reshape(-1, logits.shape[-1])[0]  # a view: batch size is 1
-        seen = np.fromiter(set(recent), dtype=np.int64)
-        picked = row[seen]
-        row[seen] = np.where(picked <= 0, picked * self.repeat_penalty, picked / self.repeat_penalty)
+        repeat_penalised(logits.reshape(-1, logits.shape[-1])[0], recent, self.repeat_penalty)  # a view: batch 1
         generator.set_logits(logits)
