@@ -80,3 +80,60 @@ def test_the_manager_reward_terms_follow_the_config():
         config_from_dict({"agent": "answer", "data": {"time_questions": 1000}})
     with pytest.raises(ConfigError, match="time_questions"):
         config_from_dict({"agent": "answer", "data": {"source": "locomo", "locomo_path": "x", "time_questions": 2}})
+
+
+def test_a_grpo_table_reaches_trls_config_as_written(tmp_path):
+    """[grpo] is passed to TRL's GRPOConfig over edge's values; a key GRPOConfig lacks, or one edge owns, is refused
+    when the config loads."""
+    from edge.train.trainer import grpo_trainer
+
+    path = tmp_path / "mine.toml"
+    path.write_text('agent = "answer"\nsteps = 3\n[data]\nsource = "synthetic"\n[grpo]\ntop_p = 0.9\n'
+                    'num_iterations = 2\nepsilon = 0.3\n')
+    config = load_config(path, **{"grpo.mask_truncated_completions": True})
+    assert config.grpo == {"top_p": 0.9, "num_iterations": 2, "epsilon": 0.3, "mask_truncated_completions": True}
+    with pytest.raises(ConfigError, match="top_pp"):
+        config_from_dict({"grpo": {"top_pp": 0.9}})
+    with pytest.raises(ConfigError, match="max_steps"):
+        config_from_dict({"grpo": {"max_steps": 9}})
+
+    captured = {}
+
+    class Stop(Exception):
+        pass
+
+    import trl
+
+    real = trl.GRPOConfig
+
+    def spy(**kwargs):
+        captured.update(kwargs)
+        raise Stop  # the arguments are what is checked; no model is built
+
+    trl.GRPOConfig = spy
+    try:
+        with pytest.raises(Stop):
+            grpo_trainer(config, None, None, None, [], [1.0], None, checkpoints=tmp_path / "c", steps=3, device="cpu")
+    finally:
+        trl.GRPOConfig = real
+    assert captured["top_p"] == 0.9 and captured["num_iterations"] == 2 and captured["epsilon"] == 0.3
+    assert captured["max_steps"] == 3 and captured["output_dir"] == str(tmp_path / "c")
+
+
+def test_the_private_trl_methods_the_constrained_trainer_overrides_keep_their_signatures():
+    """The constrained rollouts override three private methods of TRL's GRPOTrainer (TRL documents no hook for
+    per-row grammars with transformers generation); a TRL that renames them or changes their arguments fails
+    here, not in the middle of a training run."""
+    import inspect
+
+    from trl import GRPOTrainer
+
+    expected = {
+        "_generate_and_score_completions": ["self", "inputs"],
+        "_generate": ["self", "prompts"],
+        "_generate_single_turn": ["self", "prompt_ids", "images", "multimodal_fields", "num_generations",
+                                  "has_tool_images"],
+    }
+    for name, parameters in expected.items():
+        assert hasattr(GRPOTrainer, name), name
+        assert list(inspect.signature(getattr(GRPOTrainer, name)).parameters) == parameters, name

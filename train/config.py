@@ -204,8 +204,12 @@ class TrainConfig:
     lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "[lora] table."})
     data: DataSettings = field(default_factory=DataSettings, metadata={"help": "[data] table."})
     reward: RewardSettings = field(default_factory=RewardSettings, metadata={"help": "[reward] table."})
+    grpo: dict[str, Any] = field(default_factory=dict, metadata={"help": (
+        "[grpo] table: any setting of TRL's GRPOConfig, passed to it as written, over edge's own values "
+        "(e.g. top_p, mask_truncated_completions, num_iterations); output_dir and max_steps stay edge's.")})
 
     def __post_init__(self) -> None:
+        self._check_grpo()
         if self.agent not in AGENTS:
             raise ConfigError(f"agent must be one of {', '.join(AGENTS)}, not {self.agent!r}.")
         if self.num_generations < 2:
@@ -251,6 +255,24 @@ class TrainConfig:
             raise ConfigError("steps (GRPO) and sft_steps (warm start) must be >= 0, one of them >= 1, and "
                               "prompts_per_step >= 1.")
 
+    def _check_grpo(self) -> None:
+        """A [grpo] key TRL's GRPOConfig does not have is refused here, not when training starts."""
+        if not isinstance(self.grpo, dict):
+            raise ConfigError("[grpo] must be a table of TRL GRPOConfig settings.")
+        if not self.grpo:
+            return
+        owned = sorted(set(self.grpo) & GRPO_OWNED)
+        if owned:
+            raise ConfigError(f"[grpo] cannot set {', '.join(owned)}: edge sets them (--out, --steps).")
+        try:
+            from trl import GRPOConfig
+        except ImportError:  # without the train extra nothing trains; the trainer checks again
+            return
+        unknown = sorted(set(self.grpo) - {f.name for f in fields(GRPOConfig)})
+        if unknown:
+            raise ConfigError(f"[grpo] names setting(s) TRL's GRPOConfig does not have: {', '.join(unknown)}.",
+                              hint="see https://huggingface.co/docs/trl/grpo_trainer (GRPOConfig)")
+
     def resolved_device(self) -> str:
         if self.device != "auto":
             return self.device
@@ -266,6 +288,7 @@ class TrainConfig:
 
 
 _SECTIONS = {"lora": LoraSettings, "data": DataSettings, "reward": RewardSettings}
+GRPO_OWNED = frozenset({"output_dir", "max_steps"})  # GRPOConfig settings edge sets itself
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -279,6 +302,8 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
 
 def config_from_dict(data: dict[str, Any], *, where: str = "the config") -> TrainConfig:
     top = {k: v for k, v in data.items() if k not in _SECTIONS}
+    if "grpo" in top:
+        top["grpo"] = dict(top["grpo"]) if isinstance(top["grpo"], dict) else top["grpo"]
     sections = {k: _build(cls, dict(data.get(k, {})), f"[{k}] of {where}") for k, cls in _SECTIONS.items()}
     return _build(TrainConfig, {**top, **sections}, where)
 
@@ -326,6 +351,9 @@ def with_overrides(config: TrainConfig, **overrides: Any) -> TrainConfig:
             top[key] = value
     for section, values in sections.items():
         current = getattr(config, section, None)
+        if section == "grpo":
+            top["grpo"] = {**current, **values}
+            continue
         if not is_dataclass(current):
             raise ConfigError(f"No [{section}] table in training configs.")
         top[section] = replace(current, **values)

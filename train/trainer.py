@@ -491,7 +491,7 @@ def grpo_trainer(config: TrainConfig, model, tokenizer, dataset, reward_funcs, w
     """
     from trl import GRPOConfig
 
-    args = GRPOConfig(
+    settings = dict(
         output_dir=str(checkpoints),
         max_steps=steps,
         learning_rate=config.learning_rate,
@@ -524,6 +524,7 @@ def grpo_trainer(config: TrainConfig, model, tokenizer, dataset, reward_funcs, w
         dataloader_num_workers=0,
         shuffle_dataset=not config.data.balance_ops,  # balanced episodes come in rounds, already shuffled
     )
+    args = GRPOConfig(**{**settings, **config.grpo})  # the config's [grpo] table as written, over edge's values
     return _constrained_trainer_class()(
         model=model,
         reward_funcs=reward_funcs,
