@@ -302,170 +302,216 @@ def _latest_checkpoint(folder: Path) -> str | None:
 
 def train(config: TrainConfig, *, out: Path | str, steps: int | None = None, resume: bool = True,
           show_progress: bool = True) -> TrainResult:
-    """Train `config.agent` with GRPO + LoRA; everything lands in `out`."""
-    import torch
-    from datasets import Dataset
+    """Train `config.agent` with GRPO + LoRA; everything lands in `out` (see `TrainingRun`)."""
+    return TrainingRun(config, out=out, steps=steps, resume=resume, show_progress=show_progress).run()
 
-    from edge.train import evaluate as ev
-    from edge.train.base_model import load_base
-    from edge.train.constrained import SchemaConstraint
-    from edge.train.recipe import (
-        answer_context_agent,
-        answer_metric,
-        build_data,
-        build_reader,
-        build_rewards,
-        load_embedder,
-    )
 
-    started = time.perf_counter()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    total = steps or config.steps
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    device = config.resolved_device()
+class TrainingRun:
+    """One training run in `out`: the base model and data loaded once, then resume, warm start, GRPO, the adapter.
 
-    model, tokenizer, base = load_base(config.base, dtype=config.dtype)
-    model.to(device)
-    constraint = SchemaConstraint.for_tokenizer(tokenizer, [tokenizer.eos_token_id])
-    embedder = load_embedder(config.data.embedder)
-    context = answer_context_agent(tokenizer, config) if config.agent == "answer" else None
-    data = build_data(config, embedder, reader=context)
-    reader = build_reader(config) if config.agent == "manager" else None
-    reward_funcs, weights = build_rewards(config, embedder, reader)
-    log.info("%d training episodes, %d dev episodes", len(data.train), len(data.dev))
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    Its parts in the order `run` calls them: `resume_state` (a checkpoint
+    to continue from, or a fresh start evaluated on dev), `warm_start`
+    (the supervised warm start, when the config asks for one), `grpo`
+    (TRL's trainer, with constrained rollouts), `finish` (the last dev
+    check and the adapter with its record). `evaluate` is what every dev
+    check calls; it keeps the best adapter in `out/best-adapter`.
+    """
 
-    records = RunRecords(out)
-    metric = answer_metric(config)
+    def __init__(self, config: TrainConfig, *, out: Path | str, steps: int | None = None, resume: bool = True,
+                 show_progress: bool = True) -> None:
+        import torch
 
-    main = records.writes  # rank 0 (or the only process)
+        from edge.train.base_model import load_base
+        from edge.train.constrained import SchemaConstraint
+        from edge.train.recipe import answer_context_agent, answer_metric, build_data, build_reader, load_embedder
 
-    def evaluate(current_model, step: int, kind: str = "dev") -> dict[str, Any]:
-        if not main:  # rank 0 evaluates; the others wait for it at the next step's gradient exchange
+        self.started = time.perf_counter()
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.config, self.resume, self.show_progress = config, resume, show_progress
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.total = steps or config.steps
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        self.device = config.resolved_device()
+
+        self.model, self.tokenizer, self.base = load_base(config.base, dtype=config.dtype)
+        self.model.to(self.device)
+        self.constraint = SchemaConstraint.for_tokenizer(self.tokenizer, [self.tokenizer.eos_token_id])
+        self.embedder = load_embedder(config.data.embedder)
+        context = answer_context_agent(self.tokenizer, config) if config.agent == "answer" else None
+        self.data = build_data(config, self.embedder, reader=context)
+        self.reader = build_reader(config) if config.agent == "manager" else None
+        log.info("%d training episodes, %d dev episodes", len(self.data.train), len(self.data.dev))
+        (self.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+
+        self.records = RunRecords(self.out)
+        self.metric = answer_metric(config)
+        self.main = self.records.writes  # rank 0 (or the only process)
+        self.best_metric = "op_accuracy" if config.agent == "manager" and config.data.source == "synthetic" else (
+            "answer" if config.agent == "manager" else config.reward.metric)
+        self.best: dict[str, Any] = {"value": float("-inf"), "step": None, "scores": {}}
+        self.dev_before: dict[str, Any] = {}
+        self.checkpoints = self.out / "checkpoints"
+        self.done = 0
+
+    # ------------------------------------------------------------------ dev checks and records
+
+    def evaluate(self, model, step: int, kind: str = "dev") -> dict[str, Any]:
+        """Dev scores of `model` at `step`, recorded; a new best (after step 0) is saved as `best-adapter`."""
+        from edge.train import evaluate as ev
+
+        if not self.main:  # rank 0 evaluates; the others wait for it at the next step's gradient exchange
             return {}
-        was_training = current_model.training
-        current_model.eval()
+        config = self.config
+        was_training = model.training
+        model.eval()
         try:
             if config.agent == "manager":
                 scores, _ = ev.evaluate_manager(
-                    current_model, tokenizer, constraint, data.dev, reader, embedder,
-                    max_new_tokens=config.eval_max_new_tokens, batch_size=config.eval_batch_size, metric=metric)
+                    model, self.tokenizer, self.constraint, self.data.dev, self.reader, self.embedder,
+                    max_new_tokens=config.eval_max_new_tokens, batch_size=config.eval_batch_size, metric=self.metric)
             else:
-                scores, _ = ev.evaluate_answer(current_model, tokenizer, constraint, data.dev,
+                scores, _ = ev.evaluate_answer(model, self.tokenizer, self.constraint, self.data.dev,
                                                max_new_tokens=config.eval_max_new_tokens,
                                                batch_size=config.eval_batch_size)
         finally:
             if was_training:
-                current_model.train()
-        row = {"kind": kind, "step": step, "time": round(time.time(), 1), **scores}
-        records.add(row)
-        records.plot(f"{config.agent}: {base.name}")
-        value = scores.get(best_metric)
-        if step > 0 and value is not None and value > best["value"]:
-            best.update(value=value, step=step, scores=scores)
-            current_model.save_pretrained(str(out / "best-adapter"))
-            write_meta(out / "best-adapter", step, scores)
+                model.train()
+        self.records.add({"kind": kind, "step": step, "time": round(time.time(), 1), **scores})
+        self.records.plot(f"{config.agent}: {self.base.name}")
+        value = scores.get(self.best_metric)
+        if step > 0 and value is not None and value > self.best["value"]:
+            self.keep_best(model, step, scores)
         return scores
 
-    def write_meta(folder: Path, step: int, scores: dict[str, Any]) -> None:
-        if not main:
+    def keep_best(self, model, step: int, scores: dict[str, Any]) -> None:
+        self.best.update(value=scores[self.best_metric], step=step, scores=scores)
+        if self.main:
+            model.save_pretrained(str(self.out / "best-adapter"))
+        self.write_meta(self.out / "best-adapter", step, scores)
+
+    def write_meta(self, folder: Path, step: int, scores: dict[str, Any]) -> None:
+        """`edge-adapter.json` beside an adapter: prompts, base model, steps, dev scores before and now, config."""
+        if not self.main:
             return
         meta = {
-            "agent": config.agent,
+            "agent": self.config.agent,
             "prompt_version": PROMPT_VERSION,
-            "base": base.name,
-            "base_sha256": base.sha256,
-            "base_gguf": str(base.gguf) if base.gguf else None,
+            "base": self.base.name,
+            "base_sha256": self.base.sha256,
+            "base_gguf": str(self.base.gguf) if self.base.gguf else None,
             "steps": step,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "dev_before": dev_before,
+            "dev_before": self.dev_before,
             "dev": scores,
-            "config": config.to_dict(),
+            "config": self.config.to_dict(),
         }
         (folder / ADAPTER_META).write_text(json.dumps(meta, indent=2))
 
-    best_metric = "op_accuracy" if config.agent == "manager" and config.data.source == "synthetic" else (
-        "answer" if config.agent == "manager" else config.reward.metric)
-    best: dict[str, Any] = {"value": float("-inf"), "step": None, "scores": {}}
-    dev_before: dict[str, Any] = {}
+    def result(self, adapter: Path, steps: int, dev_after: dict[str, Any]) -> TrainResult:
+        has_best = self.best["step"] is not None and (self.out / "best-adapter").is_dir()
+        return TrainResult(out=self.out, adapter=adapter, steps=steps, dev_before=self.dev_before,
+                           dev_after=dev_after, seconds=time.perf_counter() - self.started,
+                           best_adapter=self.out / "best-adapter" if has_best else None,
+                           best_step=self.best["step"], dev_best=self.best["scores"])
 
-    checkpoints = out / "checkpoints"
-    if not resume and checkpoints.exists():
-        import shutil
+    # ------------------------------------------------------------------ the run
 
-        shutil.rmtree(checkpoints)  # a fresh run must not resume from, or rotate, an older run's checkpoints
-    last = _latest_checkpoint(checkpoints) if resume else None
-    done = 0
-    if last is None:
-        # A saved warm start is reused (`_warm_started`): its loss rows stay, GRPO's go.
-        records.truncate_after(0 if config.sft_steps and _saved_warm_start(out) else -1)
-        if (out / "best-adapter").exists():
+    def run(self) -> TrainResult:
+        last = self.resume_state()
+        if self.config.sft_steps:
+            self.warm_start(fresh=last is None)
+            if not self.config.steps:
+                return self.finish_warm_start(fresh=last is None)
+        return self.finish(self.grpo(last))
+
+    def resume_state(self) -> str | None:
+        """The checkpoint to continue from (None: a fresh start, whose base model is evaluated on dev first)."""
+        if not self.resume and self.checkpoints.exists():
             import shutil
 
-            shutil.rmtree(out / "best-adapter")
-        dev_before.update(evaluate(model, 0))
-    else:
-        done = int(Path(last).name.rsplit("-", 1)[-1])
-        if done > total:
-            raise EdgeError(f"{out} already holds a run trained to step {done}, past the {total} steps asked for.",
-                            hint=f"ask for --steps {done} or more, or train into another --out")
-        records.truncate_after(done)
-        dev_before.update(next((r for r in records.dev_rows() if r["step"] == 0), {}))
-        for row in records.dev_rows():
-            if 0 < row["step"] <= done and row.get(best_metric) is not None and row[best_metric] > best["value"]:
-                best.update(value=row[best_metric], step=row["step"], scores=row)
-        log.info("resuming from %s", last)
-    best["value"] = max(best["value"], dev_before.get(best_metric) or float("-inf"))  # must beat the base
-
-    lora = lora_config(config, model.config.num_hidden_layers)
-    if config.sft_steps:
-        model, losses = _warm_started(model, tokenizer, data.train, lora, config, out, device, constraint, resume)
-        for step, loss in enumerate(losses, start=1):
-            records.add({"kind": "sft_train", "step": step, "loss": loss})
+            shutil.rmtree(self.checkpoints)  # a fresh run must not resume from, or rotate, an older run's checkpoints
+        last = _latest_checkpoint(self.checkpoints) if self.resume else None
         if last is None:
-            sft_scores = evaluate(model, 0, kind="sft")
-            if (sft_scores.get(best_metric) or float("-inf")) > best["value"]:  # the warm start beat the base
-                best.update(value=sft_scores[best_metric], step=0, scores=sft_scores)
-                model.save_pretrained(str(out / "best-adapter"))
-                write_meta(out / "best-adapter", 0, sft_scores)
-        if not config.steps:
-            adapter = out / "adapter"
-            if main:
-                model.save_pretrained(str(adapter))
-            write_meta(adapter, 0, sft_scores if last is None else {})
-            records.plot(f"{config.agent}: {base.name}")
-            return TrainResult(out=out, adapter=adapter, steps=0, dev_before=dev_before,
-                               dev_after=sft_scores if last is None else {}, seconds=time.perf_counter() - started,
-                               best_adapter=out / "best-adapter" if best["step"] is not None else None,
-                               best_step=best["step"], dev_best=best["scores"])
-    dataset = Dataset.from_list([e.row() for e in data.train])
-    trainer = grpo_trainer(
-        config, model, tokenizer, dataset, reward_funcs, weights, constraint, checkpoints=checkpoints, steps=total,
-        device=device, peft_config=None if config.sft_steps else lora,  # after the warm start GRPO trains it on
-        callbacks=_callbacks(records, evaluate, config, total, show_progress))
-    if last is not None and done == total:
-        # Nothing left to train (Trainer would take one more step): evaluate and save the checkpoint's adapter.
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
+            # A saved warm start is reused (`_warm_started`): its loss rows stay, GRPO's go.
+            self.records.truncate_after(0 if self.config.sft_steps and _saved_warm_start(self.out) else -1)
+            if (self.out / "best-adapter").exists():
+                import shutil
 
-        set_peft_model_state_dict(trainer.model, load_file(str(Path(last) / "adapter_model.safetensors")))
-    else:
-        trainer.train(resume_from_checkpoint=last)
+                shutil.rmtree(self.out / "best-adapter")
+            self.dev_before.update(self.evaluate(self.model, 0))
+        else:
+            self.done = int(Path(last).name.rsplit("-", 1)[-1])
+            if self.done > self.total:
+                raise EdgeError(f"{self.out} already holds a run trained to step {self.done}, past the {self.total} "
+                                "steps asked for.", hint=f"ask for --steps {self.done} or more, or train into another --out")
+            self.records.truncate_after(self.done)
+            self.dev_before.update(next((r for r in self.records.dev_rows() if r["step"] == 0), {}))
+            for row in self.records.dev_rows():
+                value = row.get(self.best_metric)
+                if 0 < row["step"] <= self.done and value is not None and value > self.best["value"]:
+                    self.best.update(value=value, step=row["step"], scores=row)
+            log.info("resuming from %s", last)
+        self.best["value"] = max(self.best["value"], self.dev_before.get(self.best_metric) or float("-inf"))
+        return last
 
-    dev_after = evaluate(trainer.model, total)
-    adapter = out / "adapter"
-    if main:
-        trainer.model.save_pretrained(str(adapter))
-    write_meta(adapter, total, dev_after)
-    records.plot(f"{config.agent}: {base.name}")
-    has_best = best["step"] is not None and (out / "best-adapter").is_dir()
-    return TrainResult(out=out, adapter=adapter, steps=total, dev_before=dev_before, dev_after=dev_after,
-                       seconds=time.perf_counter() - started, best_adapter=out / "best-adapter" if has_best else None,
-                       best_step=best["step"], dev_best=best["scores"])
+    def warm_start(self, *, fresh: bool) -> None:
+        """The supervised warm start (reused when saved); on a fresh run its adapter is evaluated on dev."""
+        self.lora = lora_config(self.config, self.model.config.num_hidden_layers)
+        self.model, losses = _warm_started(self.model, self.tokenizer, self.data.train, self.lora, self.config,
+                                           self.out, self.device, self.constraint, self.resume)
+        for step, loss in enumerate(losses, start=1):
+            self.records.add({"kind": "sft_train", "step": step, "loss": loss})
+        self.sft_scores: dict[str, Any] = {}
+        if fresh:
+            self.sft_scores = self.evaluate(self.model, 0, kind="sft")
+            if (self.sft_scores.get(self.best_metric) or float("-inf")) > self.best["value"]:  # it beat the base
+                self.keep_best(self.model, 0, self.sft_scores)
+
+    def finish_warm_start(self, *, fresh: bool) -> TrainResult:
+        """A run without GRPO steps: the warm start's adapter is the run's."""
+        adapter = self.out / "adapter"
+        if self.main:
+            self.model.save_pretrained(str(adapter))
+        self.write_meta(adapter, 0, self.sft_scores if fresh else {})
+        self.records.plot(f"{self.config.agent}: {self.base.name}")
+        return self.result(adapter, 0, self.sft_scores if fresh else {})
+
+    def grpo(self, last: str | None):
+        """TRL's GRPO trainer run to `total` steps (from `last` when resuming); returns the trained model."""
+        from datasets import Dataset
+
+        from edge.train.recipe import build_rewards
+
+        config = self.config
+        reward_funcs, weights = build_rewards(config, self.embedder, self.reader)
+        lora = None if config.sft_steps else lora_config(config, self.model.config.num_hidden_layers)
+        trainer = grpo_trainer(
+            config, self.model, self.tokenizer, Dataset.from_list([e.row() for e in self.data.train]), reward_funcs,
+            weights, self.constraint, checkpoints=self.checkpoints, steps=self.total, device=self.device,
+            peft_config=lora,  # after the warm start GRPO trains its adapter on
+            callbacks=_callbacks(self.records, self.evaluate, config, self.total, self.show_progress))
+        if last is not None and self.done == self.total:
+            # Nothing left to train (Trainer would take one more step): evaluate and save the checkpoint's adapter.
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(trainer.model, load_file(str(Path(last) / "adapter_model.safetensors")))
+        else:
+            trainer.train(resume_from_checkpoint=last)
+        return trainer.model
+
+    def finish(self, model) -> TrainResult:
+        """The last dev check, the adapter after the last step and its record."""
+        dev_after = self.evaluate(model, self.total)
+        adapter = self.out / "adapter"
+        if self.main:
+            model.save_pretrained(str(adapter))
+        self.write_meta(adapter, self.total, dev_after)
+        self.records.plot(f"{self.config.agent}: {self.base.name}")
+        return self.result(adapter, self.total, dev_after)
 
 
 def lora_config(config: TrainConfig, n_layers: int):
@@ -478,6 +524,8 @@ def lora_config(config: TrainConfig, n_layers: int):
         target_modules=list(config.lora.target_modules), task_type="CAUSAL_LM",
         layers_to_transform=list(range(n_layers - top, n_layers)) if top and top < n_layers else None,
     )
+
+
 
 
 def grpo_trainer(config: TrainConfig, model, tokenizer, dataset, reward_funcs, weights: list[float], constraint, *,
