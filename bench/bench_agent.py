@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results_io import write_results
+
 RESULTS = Path(__file__).resolve().parent / "results" / "agent.json"
 CONV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "locomo" / "conv-26.json"
 
@@ -200,10 +202,7 @@ def main() -> None:
     previous = previous_results(args.out)
     results = {**previous, **results, "measured_at": {**previous.get("measured_at", {}), **{
         key: time.strftime("%Y-%m-%d %H:%M:%S") for key in ("remember", "remember_behind", "ask", "chat") if key in results}}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
-    print(f"wrote {args.out}")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

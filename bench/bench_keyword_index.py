@@ -15,7 +15,6 @@ Writes bench/results/keyword_index.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -25,6 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_agent import CONV, summary  # noqa: E402
+
+from results_io import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "keyword_index.json"
 TEMPLATES = ["我的妹妹住在里斯本，她每天喝茶 {i}", "妹はリスボンに住んでいます {i}", "मेरी बहन माया लिस्बन में रहती है {i}",
@@ -87,10 +88,7 @@ def main() -> None:
         print(f"{name}: keyword {keyword / len(texts):.0f} B/memory, substring {substring / len(texts):.0f} B/memory",
               file=sys.stderr)
     results["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
-    print(f"wrote {args.out}")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ Writes bench/results/mcp.json and prints p50/p95 per tool.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -38,6 +37,8 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_agent import CONV, observation_facts, summary  # noqa: E402
+
+from results_io import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mcp.json"
 USER = "bench"
@@ -55,15 +56,13 @@ def main() -> None:
     import anyio
 
     results = anyio.run(run, args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.out, results, show=False)
     print(f"\n{'tool':24s} {'in process p50/p95 ms':>22s} {'over MCP p50/p95 ms':>22s} {'+p50 ms':>8s}")
     for tool, row in results["tools"].items():
         local, served = row["in_process"], row["mcp"]
         print(f"{tool:24s} {local['p50_s'] * 1e3:10.1f} / {local['p95_s'] * 1e3:8.1f}  "
               f"{served['p50_s'] * 1e3:10.1f} / {served['p95_s'] * 1e3:8.1f}  {row['overhead_p50_ms']:8.1f}")
     print(f"server ready (process start, bundle and bank open, MCP handshake): {results['server_start_s']:.2f} s")
-    print(f"written to {args.out}")
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

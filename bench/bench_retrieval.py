@@ -26,7 +26,6 @@ first word). Writes bench/results/retrieval.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -37,6 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONV = ROOT.parent / "shared" / "data" / "locomo" / "conv-26.json"
 FRIENDSQA = ROOT.parent / "shared" / "data" / "friendsqa"
 RESULTS = ROOT / "bench" / "results" / "retrieval.json"
+sys.path.insert(0, str(ROOT / "bench"))
+
+from results_io import write_results  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -146,9 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"bench": "retrieval", "budget_tokens": bundle.generation.answer_tokens, "k": bundle.generation.answer_k,
               "locomo": str(args.locomo), "friendsqa_scenes": args.friendsqa_scenes, "rankings": results,
               "seconds": round(time.perf_counter() - started, 1)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"written to {args.out}")
+    write_results(args.out, report, show=False)
     return 0
 
 

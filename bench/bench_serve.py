@@ -21,7 +21,6 @@ Writes bench/results/serve.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import socket
@@ -34,6 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_agent import CONV, observation_facts, summary  # noqa: E402
 from bench_server import free_port, start_server  # noqa: E402
+
+from results_io import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serve.json"
 QUESTIONS = ["What did Caroline research?", "When did Melanie paint a sunrise?", "What is Caroline's identity?",
@@ -124,10 +125,7 @@ def main() -> None:
         "target_added_p95_s": 0.1,
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
-    print(f"wrote {args.out}")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ Writes bench/results/server.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import socket
@@ -35,6 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_agent import CONV, observation_facts, summary  # noqa: E402
+
+from results_io import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "server.json"
 SETTINGS = {"text_mode": "extractive", "answer_k": 12, "n_ctx": 4096}
@@ -144,10 +145,7 @@ def main() -> None:
         process.terminate()
         process.wait(timeout=20)
     results["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
-    print(f"written to {args.out}")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

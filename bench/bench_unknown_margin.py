@@ -34,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
+from results_io import write_results  # noqa: E402
+
 MARGINS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 KEYS = ("n", "em", "f1", "best_offered_f1", "taken", "abstained", "false_unknown")
 
@@ -132,10 +134,9 @@ def main(argv: list[str] | None = None) -> int:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=2) + "\n")  # each adapter kept as it finishes
     results["seconds"] = round(time.perf_counter() - started, 1)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
     for name, entry in results["adapters"].items():
         print(f"{name}: chosen margin {entry['chosen']}")
-    print(f"written to {args.out}")
+    write_results(args.out, results, show=False)
     return 0
 
 

@@ -1,6 +1,8 @@
 """Errors meant for users. Each says what went wrong and what to do next."""
 from __future__ import annotations
 
+from typing import Any
+
 
 class EdgeError(Exception):
     """Base of every error edge raises on purpose; the CLI prints these without a traceback."""
@@ -70,6 +72,21 @@ class MissingExtraError(EdgeError):
             f"{what} needs the '{extra}' extra, which is not installed.",
             hint=f"pip install 'edge-memory[{extra}]'  (or run `make setup` from a checkout)",
         )
+
+
+def require_extra(what: str, extra: str, *modules: str) -> Any:
+    """Import `modules` (dotted names) and return the first; `MissingExtraError(what, extra)` when one is missing.
+
+    The one way a command or backend says which optional dependency group
+    (`pip install 'edge-memory[extra]'`) it needs.
+    """
+    import importlib
+
+    try:
+        loaded = [importlib.import_module(name) for name in modules]
+    except ImportError as exc:
+        raise MissingExtraError(what, extra) from exc
+    return loaded[0]
 
 
 def shorten(text: object, limit: int = 80) -> str:

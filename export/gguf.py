@@ -24,14 +24,14 @@ k-quants; llama.cpp falls back to a legacy type for those, so a "Q4_K_M"
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
-from edge.errors import EdgeError, MissingExtraError
+from edge.errors import EdgeError, MissingExtraError, require_extra
+from edge.files import staged_dir
 
 QUANT_TYPES = ("f16", "q8_0", "q4_k_m", "q4_k_s", "q5_k_m", "q6_k", "q4_0")
 _FTYPE_NAMES = {
@@ -74,17 +74,9 @@ def converter_dir(*, log=lambda message: None) -> Path:
         else:
             log(f"fetching llama.cpp's converter (llama-cpp-python {version} sdist, once)")
             archive = _download_sdist(version, Path(tmp))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=target.parent))
-        try:
+        with staged_dir(target) as staging:
             _extract_converter(archive, staging)
             (staging / _READY).write_text(f"llama-cpp-python {version}\n")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
     return target
 
 
@@ -189,10 +181,7 @@ def quantize_gguf(
     quant = quant.lower()
     if quant not in _FTYPE_NAMES:
         raise EdgeError(f"Unknown GGUF quantisation {quant!r}.", hint=f"choose from {', '.join(QUANT_TYPES)}")
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError as exc:
-        raise MissingExtraError("GGUF quantisation", "export") from exc
+    require_extra("GGUF quantisation", "export", "llama_cpp")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")

@@ -14,13 +14,11 @@ copy may be the broken one transformers writes for a GGUF base.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge.errors import EdgeError, MissingExtraError
+from edge.files import staged_dir
 from edge.export.base_model import BaseModel
 from edge.prompts import PROMPT_VERSION
 
@@ -138,9 +136,7 @@ def merge_adapter(base: BaseModel, adapter: Adapter, out_dir: Path, *, dtype: st
     merged = model.merge_and_unload()
     merged = merged.to(getattr(torch, dtype))
     merged.config._name_or_path = base.name
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as staging:
         merged.save_pretrained(staging, safe_serialization=True)
         AutoTokenizer.from_pretrained(str(base.path)).save_pretrained(staging)
         (staging / "tokenizer.model").unlink(missing_ok=True)
@@ -151,10 +147,4 @@ def merge_adapter(base: BaseModel, adapter: Adapter, out_dir: Path, *, dtype: st
             "prompt_version": adapter.prompt_version or PROMPT_VERSION,
             "dtype": dtype,
         }, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir

@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edge.errors import EdgeError, MissingExtraError
+from edge.errors import EdgeError, require_extra
 
 PRECISIONS = ("fp32", "int8", "int4")
 
@@ -57,12 +57,7 @@ for job in json.loads(sys.argv[1]):
 
 def check_onnx_tools() -> None:
     """Raise MissingExtraError unless the builder and its dependencies import."""
-    try:
-        import onnx  # noqa: F401
-        import onnx_ir  # noqa: F401
-        import onnxruntime_genai  # noqa: F401
-    except ImportError as exc:
-        raise MissingExtraError("ONNX export", "onnx-genai") from exc
+    require_extra("ONNX export", "onnx-genai", "onnx", "onnx_ir", "onnxruntime_genai")
 
 
 def build_many(jobs: list[tuple[Path, Path, str]], *, cache: Path | None = None) -> list[Path]:

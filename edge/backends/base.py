@@ -15,6 +15,7 @@ import json
 import os
 import re
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -46,6 +47,13 @@ class Completion:
     completion_tokens: int
     seconds: float  # wall time of the call
     finish_reason: str  # "stop" | "length" | "cancelled" | "cut" (`FINISH_REASONS`)
+
+    @classmethod
+    def since(cls, start: float, text: str, prompt_tokens: int, completion_tokens: int,
+              finish_reason: str) -> "Completion":
+        """A reply's statistics, its `seconds` measured from `start` (a `time.perf_counter()` reading)."""
+        return cls(text=text, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                   seconds=time.perf_counter() - start, finish_reason=finish_reason)
 
 
 class Backend(ABC):

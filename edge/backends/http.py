@@ -43,8 +43,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from edge.backends.base import Backend, Completion, Message, Stream, check_messages, parse_json
-from edge.errors import BackendError, MissingExtraError, ModelOutputError
+from edge.backends.base import Backend, Completion, Message, check_messages, parse_json
+from edge.errors import BackendError, ModelOutputError, require_extra
 
 SCHEMA_FORMATS = ("auto", "json_object", "json_schema", "grammar", "ollama", "none")
 DEFAULT_API_KEY_ENV = "EDGE_API_KEY"  # the variable a server's API key is read from, unless one is named
@@ -53,11 +53,7 @@ PROBE_TIMEOUT_S = 5.0
 
 
 def _import_httpx():
-    try:
-        import httpx
-    except ImportError as exc:
-        raise MissingExtraError("The HTTP backend", "server") from exc
-    return httpx
+    return require_extra("The HTTP backend", "server", "httpx")
 
 
 class OpenAIHTTPBackend(Backend):
@@ -173,19 +169,12 @@ class OpenAIHTTPBackend(Backend):
         self.server_kind, self.schema_format = kind, schema_format
         return schema_format
 
-    def stream(
-        self,
-        messages: list[Message],
-        *,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        adapter: str | None = None,
-        stop: list[str] | None = None,
-        cancel: threading.Event | None = None,
-    ) -> Stream:
-        """The reply's pieces as the server sends them (`Stream`; its `completion` once it ends)."""
+    def _decode(self, messages: list[Message], *, schema: dict | None, max_tokens: int, temperature: float,
+                adapter: str | None, stop: list[str] | None, cancel: threading.Event | None,
+                done: Callable[[Completion], None]) -> Iterator[str]:
+        """What `Backend.stream` iterates: the reply's pieces as the server sends them (`complete` asks whole)."""
         body = self._body(messages, max_tokens, temperature, adapter, stop, stream=True)
-        return Stream(lambda done: self._stream(messages, body, cancel, done))
+        return self._stream(messages, body, cancel, done)
 
     def count_tokens(self, text: str) -> int:
         routes = [self._tokenizer_route] if self._tokenizer_route else ["llama_cpp.server", "llama-server"]
@@ -247,13 +236,9 @@ class OpenAIHTTPBackend(Backend):
                     hint="the server stopped or the connection was cut; try again",
                 )
         finally:
-            done(Completion(
-                text="".join(pieces),
-                prompt_tokens=int(usage.get("prompt_tokens") or self._count_messages(messages)),
-                completion_tokens=int(usage.get("completion_tokens") or chunks),
-                seconds=time.perf_counter() - start,
-                finish_reason=finish,
-            ))
+            done(Completion.since(start, "".join(pieces),
+                                  int(usage.get("prompt_tokens") or self._count_messages(messages)),
+                                  int(usage.get("completion_tokens") or chunks), finish))
 
     def _body(self, messages, max_tokens, temperature, adapter, stop, *, stream: bool) -> dict:
         check_messages(messages)

@@ -268,8 +268,7 @@ class LlamaCppBackend(Backend):
             head, settled = (choice[0].prefix, choice[0].settled(choice[0].prefix)) if choice else ("", None)
             if settled is not None:  # one option only: nothing to decode
                 self.last_prompt_eval_tokens = 0
-                done(Completion(text=settled, prompt_tokens=len(tokens), completion_tokens=0,
-                                seconds=time.perf_counter() - start, finish_reason="stop"))
+                done(Completion.since(start, settled, len(tokens), 0, "stop"))
                 return
             bias = self._choice_bias(schema, choice_bias, lambda: head + scanner.text) if choice_bias else None
             if choice is not None:
@@ -326,13 +325,8 @@ class LlamaCppBackend(Backend):
                 raise
             finally:
                 generator.close()
-                done(Completion(
-                    text=settled if settled is not None else head + scanner.text,
-                    prompt_tokens=len(tokens),
-                    completion_tokens=n_out,
-                    seconds=time.perf_counter() - start,
-                    finish_reason=finish,
-                ))
+                done(Completion.since(start, settled if settled is not None else head + scanner.text, len(tokens),
+                                      n_out, finish))
 
     def _greedy_under_grammar(self, tokens: list[int], grammar, *, forced: int = 0,
                               bias: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[int]:

@@ -46,16 +46,12 @@ from edge.backends.base import (
     check_messages,
 )
 from edge.backends.penalty import PENALTY_LAST_N, repeat_penalised
-from edge.errors import BackendError, MissingExtraError
+from edge.errors import BackendError, require_extra
 
 
 
 def _import_og():
-    try:
-        import onnxruntime_genai
-    except ImportError as exc:
-        raise MissingExtraError("The onnxruntime-genai backend", "onnx-genai") from exc
-    return onnxruntime_genai
+    return require_extra("The onnxruntime-genai backend", "onnx-genai", "onnxruntime_genai")
 
 
 class OnnxGenAIBackend(Backend):
@@ -224,13 +220,7 @@ class OnnxGenAIBackend(Backend):
                 finish = "cancelled"
                 raise
             finally:
-                done(Completion(
-                    text=scanner.text,
-                    prompt_tokens=len(ids),
-                    completion_tokens=n_out,
-                    seconds=time.perf_counter() - start,
-                    finish_reason=finish,
-                ))
+                done(Completion.since(start, scanner.text, len(ids), n_out, finish))
 
     def _penalise(self, generator, recent: deque[int]) -> None:
         """Apply the repeat penalty to the next token's logits (shape [1, vocab], or [1, 1, vocab])."""

@@ -90,12 +90,7 @@ class ScriptedBackend(Backend):
             finish = "cancelled"
             raise
         finally:
-            completion = Completion(
-                text=scanner.text,
-                prompt_tokens=sum(self.count_tokens(m.content) for m in messages),
-                completion_tokens=n_out,
-                seconds=time.perf_counter() - start,
-                finish_reason=finish,
-            )
+            completion = Completion.since(start, scanner.text, sum(self.count_tokens(m.content) for m in messages),
+                                          n_out, finish)
             self.completions.append(completion)
             done(completion)

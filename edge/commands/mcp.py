@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Iterator
 import click
 
 from edge.commands import db_option, model_options, user_option
-from edge.errors import InvalidInputError, MissingExtraError
+from edge.errors import InvalidInputError, require_extra
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
@@ -368,11 +368,7 @@ def mcp(http: str | None, allow_users: bool, token_env: str, source, db: Path | 
     if address:
         resolved(*address)
     token = bearer_token(address[0], token_env) if address else None
-    try:
-        import anyio  # noqa: F401
-        from mcp.server.mcpserver import MCPServer  # noqa: F401 - the SDK is there
-    except ImportError as exc:
-        raise MissingExtraError("edge mcp", "mcp") from exc
+    require_extra("edge mcp", "mcp", "anyio", "mcp.server.mcpserver")
     from edge.commands.agent import open_agent
     from edge.mcp_server import build_server
     from edge.mcp_service import MemoryService

@@ -16,7 +16,7 @@ from edge.commands.mcp import (
     stdout_to_stderr,
     stop_on_sigterm,
 )
-from edge.errors import InvalidInputError, MissingExtraError
+from edge.errors import InvalidInputError, require_extra
 
 DEFAULT_SERVE = "127.0.0.1:8766"
 DEFAULT_KEY_ENV = "EDGE_SERVE_KEY"
@@ -58,12 +58,8 @@ def serve(upstream: str | None, upstream_model: str | None, upstream_key_env: st
       edge serve --chat-server http://localhost:11434 --chat-model qwen2.5:3b
       edge serve                      (the bundle's own chat model answers, in process)
     """
-    try:
-        import anyio  # noqa: F401
-        import fastapi  # noqa: F401
-        import uvicorn
-    except ImportError as exc:
-        raise MissingExtraError("edge serve", "server") from exc
+    uvicorn = require_extra("edge serve", "server", "uvicorn", "fastapi")
+    anyio = require_extra("edge serve", "server", "anyio")
     from edge.commands.agent import open_agent
     from edge.local_chat import LocalChat
     from edge.backends.http import api_key_from_env

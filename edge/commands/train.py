@@ -5,19 +5,14 @@ from pathlib import Path
 
 import click
 
-from edge.errors import MissingExtraError
+from edge.errors import require_extra
 
 CONFIG_HELP = ("A TOML file, or a shipped config: smollm2-135m-manager, smollm2-135m-answer (CPU), "
                "qwen2.5-3b-manager, qwen2.5-3b-answer (GPU).")
 
 
 def _require_training_extra() -> None:
-    try:
-        import peft  # noqa: F401
-        import torch  # noqa: F401
-        import trl  # noqa: F401
-    except ImportError as exc:
-        raise MissingExtraError("Training", "train") from exc
+    require_extra("Training", "train", "peft", "torch", "trl")
 
 
 @click.group()
