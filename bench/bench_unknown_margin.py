@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the training config whose dev split is served")
     parser.add_argument("--margins", type=float, nargs="+", default=list(MARGINS))
     parser.add_argument("--test", action="store_true", help="serve the test split at margin 0 and the chosen one")
+    parser.add_argument("--test-margins", type=float, nargs="*", default=[],
+                        help="more margins to serve the test split at (a setting chosen on dev by another rule)")
     parser.add_argument("--locomo", default=str(ROOT.parent / "shared" / "data" / "locomo" / "conv-26.json"))
     parser.add_argument("--friendsqa", default=str(ROOT.parent / "shared" / "data" / "friendsqa"))
     parser.add_argument("--friendsqa-scenes", type=int, default=40)
@@ -129,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             if test:
                 first = served_replies(backend, test, adapter=name, max_tokens=mt)
                 entry["test"] = {str(m): summary(score("answer", test, replies_at(
-                    backend, test, first, m, adapter=name, max_tokens=mt), embedder)) for m in sorted({0.0, chosen})}
+                    backend, test, first, m, adapter=name, max_tokens=mt), embedder))
+                    for m in sorted({0.0, chosen, *args.test_margins})}
             results["adapters"][name] = entry
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=2) + "\n")  # each adapter kept as it finishes

@@ -13,7 +13,6 @@ shown, and where the time went.
 """
 from __future__ import annotations
 
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -297,37 +296,23 @@ def offered_turns(bank: MemoryBank, question: str, retrieval: str = "hybrid", *,
                   k: int = 20) -> list[Memory]:
     """The turns of the episodic log the Answer Agent is offered for `question`, best first (`RETRIEVALS`).
 
-    "hybrid": the top-k of hybrid search. "speakers": the top 2k fused by
-    reciprocal rank (`edge.bank.retrieval.reciprocal_rank_fusion`) with
-    those of them said by a speaker the question names, then the top k.
-    "replies" / "replies-N": each of the first k (N) followed by the turn
-    the log kept after it (`MemoryBank.next_turns`), a turn never twice.
-    The list may be longer than k; the token budget (`AnswerAgent.fit`)
-    keeps its first lines. Raises `InvalidInputError` for a name not in
-    `RETRIEVALS` (through `GenerationConfig`).
+    "hybrid": the top-k of hybrid search. "replies" / "replies-N": each of
+    the first k (N) followed by the turn the log kept after it
+    (`MemoryBank.next_turns`), a turn never twice. The list may be longer
+    than k; the token budget (`AnswerAgent.fit`) keeps its first lines.
     """
-    from edge.bank.retrieval import reciprocal_rank_fusion
-
-    speakers = retrieval.startswith("speakers")
-    turns = [h.memory for h in bank.search(question, k=2 * k if speakers else k, mode="hybrid", user=user,
-                                          scope="episodic")]
-    if speakers:
-        named = {w.lower() for w in re.findall(r"[A-Za-z][\w-]*", re.sub(r"'s\b", "", question))}
-        said = [i for i, m in enumerate(turns) if m.speaker and m.speaker.lower() in named]
-        if said:
-            turns = [turns[i] for i, _ in reciprocal_rank_fusion(list(range(len(turns))), said)]
-        turns = turns[:k]
-    if "replies" in retrieval:
-        n = int(retrieval.rsplit("-", 1)[1]) if retrieval[-1].isdigit() else len(turns)
-        after = bank.next_turns(turns[:n], user=user)
-        out: dict[str, Memory] = {}
-        for i, turn in enumerate(turns):
-            out.setdefault(turn.id, turn)
-            reply = after.get(turn.id) if i < n else None
-            if reply is not None:
-                out.setdefault(reply.id, reply)
-        turns = list(out.values())
-    return turns
+    turns = [h.memory for h in bank.search(question, k=k, mode="hybrid", user=user, scope="episodic")]
+    if not retrieval.startswith("replies"):
+        return turns
+    n = int(retrieval.rsplit("-", 1)[1]) if retrieval[-1].isdigit() else len(turns)
+    after = bank.next_turns(turns[:n], user=user)
+    out: dict[str, Memory] = {}
+    for i, turn in enumerate(turns):
+        out.setdefault(turn.id, turn)
+        reply = after.get(turn.id) if i < n else None
+        if reply is not None:
+            out.setdefault(reply.id, reply)
+    return list(out.values())
 
 
 def superseding_turns_first(bank: MemoryBank, question: str, turns: list[Memory], *, user: str | None = None,

@@ -132,3 +132,50 @@ def test_a_logged_turn_reads_as_long_as_the_same_raw_turn() -> None:
     raw_line = answer_line(raw, question, text_mode="extractive")
     assert len(logged_line.split()) == len(raw_line.split()) <= 16 + 2  # 16 words and the two "…"
     assert logged_line.startswith("Caroline: ")
+
+
+def _log(bank: MemoryBank, user: str, turns: list[tuple[str, str, str]]) -> None:
+    from edge.manager import log_entry_for
+    from edge.prompts import Turn
+
+    bank.apply([log_entry_for(Turn(speaker, text, "2023-05-08 10:00", turn_id)) for turn_id, speaker, text in turns],
+               user=user)
+
+
+def test_the_turn_after_each_is_the_next_of_its_owner_still_in_the_log(tmp_path: Path) -> None:
+    """`next_turns` follows the log's order per owner: another user's turns in between, a deleted turn and a
+    fact are skipped; the last turn has none."""
+    from edge.embedder import HashEmbedder
+
+    with MemoryBank.open(tmp_path / "bank.db", HashEmbedder()) as bank:
+        _log(bank, "alice", [("a1", "Alice", "Did you ever find a new flooring guy?")])
+        _log(bank, "bob", [("b1", "Bob", "Unrelated words of another user.")])
+        _log(bank, "alice", [("a2", "Jon", "Yes, he is putting in Marley flooring next week."),
+                             ("a3", "Alice", "Nice, my sister plays the violin."),
+                             ("a4", "Jon", "Cool.")])
+        bank.apply([AddOp("Jon is getting Marley flooring", "semantic", None, ("a2",))], user="alice")
+        log = {m.source_turns[0]: m for m in bank.list(user="alice", tier="episodic")}
+        fact = bank.list(user="alice", tier="semantic")[0]
+        bank.delete(log["a3"].id, user="alice")
+        after = bank.next_turns([log["a1"], log["a2"], log["a4"], fact], user="alice")
+        assert {log[t].id: m.source_turns[0] for t, m in (("a1", after[log["a1"].id]), ("a2", after[log["a2"].id]))} \
+            == {log["a1"].id: "a2", log["a2"].id: "a4"}
+        assert log["a4"].id not in after and fact.id not in after
+
+
+def test_replies_follow_the_turns_that_matched_and_hybrid_is_the_default(tmp_path: Path) -> None:
+    """"replies-1": the best turn is followed by the one the log kept after it (the answer to a question about
+    the flooring is in the reply); "hybrid" (the default) offers the top-k as search ranks them."""
+    from edge.answer import offered_turns
+    from edge.embedder import HashEmbedder
+    from edge.generation import GenerationConfig
+
+    with MemoryBank.open(tmp_path / "bank.db", HashEmbedder()) as bank:
+        _log(bank, "alice", [("a1", "Alice", "Did you ever find someone for the flooring?"),
+                             ("a2", "Jon", "Yes, Marley, next week."),
+                             ("a3", "Alice", "My sister plays the violin.")])
+        question = "Who did Alice find for the flooring?"
+        ranked = [m.source_turns[0] for m in offered_turns(bank, question, user="alice", k=1)]
+        replies = [m.source_turns[0] for m in offered_turns(bank, question, "replies-1", user="alice", k=1)]
+    assert ranked == ["a1"] and replies == ["a1", "a2"]
+    assert GenerationConfig().answer_retrieval == "hybrid"

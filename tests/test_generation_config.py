@@ -74,6 +74,7 @@ def test_json_numbers_read_as_the_settings_types():
     ({"text_mode": "poetry"}, "text_mode must be one of extractive, free"),
     ({"n_ctx": 64}, "n_ctx must be a whole number >= 256"),
     ({"unknown_margin": -1}, "unknown_margin must be a number >= 0"),
+    ({"answer_retrieval": "psychic"}, "answer_retrieval must be one of hybrid, replies"),
     ({"repeat_penalt": 1.2}, "unknown generation setting"),
     (["answer_k"], "must be an object"),
 ])
