@@ -482,7 +482,7 @@ def main() -> None:
     import sqlite_vec
 
     from edge.bank import db as edge_db
-    from edge.onnx_embedder import build_default_minilm
+    from edge.export.embedder import build_default_minilm
 
     started = time.perf_counter()
     model = build_default_minilm()

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.onnx_embedder import OnnxEmbedder, build_default_minilm
+from edge.export.embedder import build_default_minilm
+from edge.onnx_embedder import OnnxEmbedder
 
 RESULTS = Path(__file__).resolve().parent / "results" / "embed.json"
 

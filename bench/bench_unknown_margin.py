@@ -16,11 +16,16 @@ unanswerable questions) on llama.cpp with the default bundle's model, as
 `bench_learned.py --dev` serves it, at margin 0; then, for each margin, only
 the questions it answered "unknown" are asked again (a margin changes
 nothing else: the offset applies at the step where the options begin, and
-only to "unknown"). The margin of an adapter is the one with the best mean
-of conv-26 dev F1 and FriendsQA dev F1 (`--choose`); `--test` then serves
-the held-out test split (`bench_learned.py`'s, never used to choose) at
-margin 0 and at the chosen margin. Writes
+only to "unknown"). Two rules choose a margin on dev: `chosen`, the best
+mean of conv-26 dev F1 and FriendsQA dev F1 over all their questions (which
+rewards abstaining), and the one edge ships by, `--choose-from RESULTS.json`
+(`floor_margin`): the smallest margin at which the answerable questions of
+both dev sets get at least what the shipped adapter gives them. `--test`
+then serves the held-out test split (`bench_learned.py`'s, never used to
+choose) at margin 0, at `chosen` and at `--test-margins`. Writes
 bench/results/unknown_margin.json.
+
+    python bench/bench_unknown_margin.py --choose-from bench/results/unknown_margin.json
 """
 from __future__ import annotations
 
@@ -72,9 +77,41 @@ def dev_objective(scores: dict) -> float:
     return (kinds["locomo"]["f1"] + kinds["friendsqa"]["f1"]) / 2
 
 
+def answerable_f1(kind: dict) -> float:
+    """F1 over a kind's answerable questions (`taken` is that F1 over the best offered span's)."""
+    return (kind.get("taken") or 0.0) * (kind.get("best_offered_f1") or 0.0)
+
+
+def floor_margin(entry: dict, reference: dict) -> float | None:
+    """The smallest margin at which `entry`'s answerable F1 on conv-26 dev and on FriendsQA dev are both at least
+    `reference`'s at margin 0 (the adapter edge ships, as served): as much abstention as keeps what the
+    answerable questions get. None when no margin does.
+
+    The rule ships on what answerable questions get (F1 over all dev questions rewards abstaining: conv-26's
+    dev holds 9 adversarial questions of 40) and keeps the most "unknown" that costs them nothing.
+    """
+    floor = {kind: answerable_f1(reference["dev"]["0.0"]["by_kind"][kind]) for kind in ("locomo", "friendsqa")}
+    for margin in sorted(entry["dev"], key=float):
+        kinds = entry["dev"][margin]["by_kind"]
+        if all(answerable_f1(kinds[kind]) >= floor[kind] - 1e-9 for kind in floor):
+            return float(margin)
+    return None
+
+
+def choose(path: Path, reference: str) -> dict:
+    """Each adapter's margin by `floor_margin` against `reference`, from a finished run's results file."""
+    results = json.loads(path.read_text())
+    ref = results["adapters"][reference]
+    return {name: floor_margin(entry, ref) for name, entry in results["adapters"].items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--adapter", action="append", required=True, metavar="NAME=FILE.gguf",
+    parser.add_argument("--choose-from", type=Path, default=None, metavar="RESULTS.json",
+                        help="serve nothing: print each adapter's margin by the answerable-floor rule from a finished "
+                        "run (the adapter named by --reference is the floor)")
+    parser.add_argument("--reference", default="shipped", help="the adapter whose answerable F1 is the floor")
+    parser.add_argument("--adapter", action="append", default=[], metavar="NAME=FILE.gguf",
                         help="an Answer LoRA (GGUF) to measure; repeatable")
     parser.add_argument("--config", default=str(ROOT / "runs" / "configs" / "answer-locomo2.toml"),
                         help="the training config whose dev split is served")
@@ -89,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-unanswerable", type=float, default=0.2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "unknown_margin.json")
     args = parser.parse_args(argv)
+    if args.choose_from:
+        print(json.dumps(choose(args.choose_from, args.reference), indent=2))
+        return 0
+    if not args.adapter:
+        parser.error("name at least one --adapter NAME=FILE.gguf (or --choose-from RESULTS.json)")
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from bench_learned import answer_test_episodes, score, served_replies

@@ -395,7 +395,7 @@ def build_default(target: Path | None = None, *, force: bool = False, log: Calla
     from edge import paths
     from edge.models import bundled_gguf_path
     from edge.export.gguf import quantize_gguf
-    from edge.onnx_embedder import build_default_minilm
+    from edge.export.embedder import build_default_minilm
 
     target = Path(target) if target else paths.default_bundle_dir()
     if target.exists() and not force:

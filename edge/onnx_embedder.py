@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -173,28 +172,4 @@ def load_default_minilm(threads: int | None = None) -> OnnxEmbedder:
             hint="run `edge bundle build-default` once (it needs the 'export' extra); `edge chat`, "
             "`edge ask` and `edge remember` also build it on their first run",
         )
-    return OnnxEmbedder(target, threads=threads)
-
-
-def build_default_minilm(threads: int | None = None) -> OnnxEmbedder:
-    """all-MiniLM-L6-v2 from `cache_dir()/minilm-onnx`, building it there first if missing or broken.
-
-    Building converts the shipped safetensors to ONNX with the export
-    tools (torch): only `edge bundle build-default` and the first-run path
-    that calls it come here. Raises `MissingExtraError` without them.
-    """
-    target = default_minilm_dir()
-    try:
-        return OnnxEmbedder(target, threads=threads)
-    except BundleError as exc:
-        if target.exists():
-            print(f"[edge] the cached embedder is unusable: {exc.message}", file=sys.stderr)
-            print(f"[edge] rebuilding it in {target} ...", file=sys.stderr, flush=True)
-        else:
-            print(f"[edge] building the default embedder in {target} (once) ...", file=sys.stderr, flush=True)
-    try:
-        from edge.export.embedder import export_minilm_onnx
-    except ImportError as exc:
-        raise MissingExtraError("Building the default embedder (all-MiniLM-L6-v2 ONNX)", "export") from exc
-    export_minilm_onnx(target, progress=True)
     return OnnxEmbedder(target, threads=threads)

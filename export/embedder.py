@@ -28,11 +28,13 @@ import time
 import warnings
 from pathlib import Path
 
-from edge.errors import EdgeError, MissingExtraError
+from edge.errors import BundleError, EdgeError, MissingExtraError
 from edge.onnx_embedder import (
     CONFIG_FILE,
     MODEL_FILE,
     TOKENIZER_FILE,
+    OnnxEmbedder,
+    default_minilm_dir,
     file_sha256,
     minilm_source_dir,
 )
@@ -183,3 +185,23 @@ def _replace_dir(tmp: Path, target: Path) -> None:
     tmp.rename(target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def build_default_minilm(threads: int | None = None) -> OnnxEmbedder:
+    """all-MiniLM-L6-v2 from `cache_dir()/minilm-onnx`, building it there first if missing or broken.
+
+    Building converts the shipped safetensors to ONNX with the export
+    tools (torch): only `edge bundle build-default` and the first-run path
+    that calls it come here. Raises `MissingExtraError` without them.
+    """
+    target = default_minilm_dir()
+    try:
+        return OnnxEmbedder(target, threads=threads)
+    except BundleError as exc:
+        if target.exists():
+            print(f"[edge] the cached embedder is unusable: {exc.message}", file=sys.stderr)
+            print(f"[edge] rebuilding it in {target} ...", file=sys.stderr, flush=True)
+        else:
+            print(f"[edge] building the default embedder in {target} (once) ...", file=sys.stderr, flush=True)
+    export_minilm_onnx(target, progress=True)
+    return OnnxEmbedder(target, threads=threads)

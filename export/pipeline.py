@@ -323,7 +323,7 @@ def parity_plan(options, merged_keys, sources, gguf_files, lora_files, onnx_dirs
 
 
 def _embedder(options: ExportOptions, work: Path) -> tuple[Path, dict[str, Any]]:
-    from edge.onnx_embedder import build_default_minilm
+    from edge.export.embedder import build_default_minilm
 
     embedder = build_default_minilm()
     folder = Path(embedder.model_dir)

@@ -37,7 +37,7 @@ def edge_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="session")
 def minilm():
     """The real default embedder (all-MiniLM-L6-v2 on onnxruntime)."""
-    from edge.onnx_embedder import build_default_minilm
+    from edge.export.embedder import build_default_minilm
 
     return build_default_minilm()
 

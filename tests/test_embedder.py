@@ -24,9 +24,9 @@ from edge.onnx_embedder import (
     MODEL_FILE,
     TOKENIZER_FILE,
     OnnxEmbedder,
-    build_default_minilm,
     minilm_source_dir,
 )
+from edge.export.embedder import build_default_minilm
 
 SENTENCES = [
     "The cat sits on the mat.",

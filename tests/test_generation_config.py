@@ -149,8 +149,10 @@ def test_changed_settings_reach_the_runtime_the_reward_reader_and_the_parity_che
 
 
 def test_a_bundles_unknown_margin_reaches_the_answer_agent(default_bundle, tmp_path):
-    """The real Agent on a bundle whose Answer Agent must see "unknown" lead by 100 logits: a question the default
-    bundle answers "unknown" gets a span of what was said instead; nothing else about the bundle changes."""
+    """The real Agent on a bundle whose Answer Agent must see "unknown" lead by 100 logits: a question the same
+    bundle without a margin answers "unknown" gets a span of what was said instead."""
+    free = bundle_copy(default_bundle, tmp_path / "free",
+                       generation={**default_bundle.manifest["generation"], "unknown_margin": 0.0})
     held = bundle_copy(default_bundle, tmp_path / "held",
                        generation={**default_bundle.manifest["generation"], "unknown_margin": 100.0})
     turns = [{"speaker": "Jon", "text": "I'm reading The Lean Startup, it's full of ideas for my dance studio.",
@@ -158,7 +160,7 @@ def test_a_bundles_unknown_margin_reaches_the_answer_agent(default_bundle, tmp_p
              {"speaker": "Gina", "text": "I opened my online clothing store last month, I'm swamped with orders.",
               "time": "2023-06-04 14:01"}]
     answers = []
-    for i, bundle in enumerate((default_bundle, held)):
+    for i, bundle in enumerate((free, held)):
         with Agent(bundle=bundle, db=tmp_path / f"bank{i}.db") as agent:
             agent.remember(turns)
             answers.append(agent.ask("What instrument does Gina play?").answer)

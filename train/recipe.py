@@ -30,7 +30,7 @@ class Data:
 def load_embedder(name: str) -> Embedder:
     if name == "hash":
         return HashEmbedder()
-    from edge.onnx_embedder import build_default_minilm
+    from edge.export.embedder import build_default_minilm
 
     return build_default_minilm()
 

@@ -18,7 +18,8 @@ def open_bank(db: Path | None, user: str, *, create: bool = True) -> MemoryBank:
     The bank loads the default embedder when it needs one and never builds
     it; building (once, with a progress bar) is this first-run path's job.
     """
-    from edge.onnx_embedder import build_default_minilm, default_minilm_built
+    from edge.export.embedder import build_default_minilm
+    from edge.onnx_embedder import default_minilm_built
 
     path = db or paths.default_db()
     if create:
