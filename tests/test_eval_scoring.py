@@ -166,7 +166,7 @@ def test_agent_answers_split_context_turns_by_memory_kind() -> None:
                  _memory("c", "core", ("D2:1",)), _memory("d", "episodic", ("D2:2",))]
     result = SimpleNamespace(answer="x", retrieved=retrieved, memories=retrieved[:1], prompt_tokens=10,
                              error=None, timings={})
-    reply = System._from_agent_answer(result, 0.5)
+    reply = System.from_agent_answer(result, 0.5)
     assert reply.context_turns == ["D1:1", "D1:2", "D2:1", "D2:2"]
     assert reply.context_turns_by_tier == {"episodic": ["D1:1", "D2:2"], "fact": ["D1:2", "D1:1", "D2:1"]}
 

@@ -117,12 +117,12 @@ def test_an_emoji_in_an_enum_comes_out_as_itself(llama_backend) -> None:
 
 def test_a_server_asked_for_a_grammar_gets_the_in_process_one() -> None:
     """`--structured-output grammar` sends the grammar llama.cpp decodes under in process: JSON strings, whole emoji."""
-    from edge.backends.http import OpenAIHTTPBackend
+    from edge.backends.http import constrain_request
     from edge.backends.gbnf import schema_gbnf
 
     schema = {"type": "object", "properties": {"text": {"enum": ["so tired \U0001FAE9"]}}, "required": ["text"]}
     body: dict = {}
-    OpenAIHTTPBackend._constrain(None, body, schema, "grammar")  # the request body edge posts (no server needed)
+    constrain_request(body, schema, "grammar")  # the request body edge posts (no server needed)
     assert body["grammar"] == schema_gbnf(json.dumps(schema))
     assert "\\U0001FAE9" in body["grammar"] and "\\ud83e" not in body["grammar"].lower()
 

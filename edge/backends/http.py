@@ -56,6 +56,19 @@ def _import_httpx():
     return require_extra("The HTTP backend", "server", "httpx")
 
 
+def constrain_request(body: dict, schema: dict, schema_format: str) -> None:
+    """Add `schema` to a /v1/chat/completions request body the way `schema_format` says (`SCHEMA_FORMATS`)."""
+    if schema_format == "json_schema":
+        body["response_format"] = {"type": "json_schema",
+                                   "json_schema": {"name": "output", "schema": schema, "strict": True}}
+    elif schema_format == "json_object":
+        body["response_format"] = {"type": "json_object", "schema": schema}
+    elif schema_format == "grammar":
+        from edge.backends.gbnf import schema_gbnf
+
+        body["grammar"] = schema_gbnf(json.dumps(schema))
+
+
 class OpenAIHTTPBackend(Backend):
     def __init__(
         self,
@@ -116,7 +129,7 @@ class OpenAIHTTPBackend(Backend):
             self._check(completion, schema, schema_format)
             return completion
         if schema is not None:
-            self._constrain(body, schema, schema_format)
+            constrain_request(body, schema, schema_format)
         data = self._json(self._request("POST", "/v1/chat/completions", json=body))
         try:
             choice = data["choices"][0]
@@ -260,18 +273,6 @@ class OpenAIHTTPBackend(Backend):
         if stop:
             body["stop"] = list(stop)
         return body
-
-    def _constrain(self, body: dict, schema: dict, schema_format: str) -> None:
-        """Add `schema` to a /v1/chat/completions request the way `schema_format` says."""
-        if schema_format == "json_schema":
-            body["response_format"] = {"type": "json_schema",
-                                       "json_schema": {"name": "output", "schema": schema, "strict": True}}
-        elif schema_format == "json_object":
-            body["response_format"] = {"type": "json_object", "schema": schema}
-        elif schema_format == "grammar":
-            from edge.backends.gbnf import schema_gbnf
-
-            body["grammar"] = schema_gbnf(json.dumps(schema))
 
     def _complete_ollama(self, body: dict, schema: dict, start: float) -> Completion:
         """One schema-constrained call on Ollama's own API (`format` takes a JSON schema since Ollama 0.5)."""

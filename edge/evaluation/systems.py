@@ -153,7 +153,9 @@ class System:
             self.bank = None
 
     @staticmethod
-    def _from_agent_answer(result: Any, seconds: float) -> SystemAnswer:
+    def from_agent_answer(result: Any, seconds: float) -> SystemAnswer:
+        """An Answer Agent's `AnswerResult` as the evaluation scores it: the answer, the turns it was shown and
+        used, its offered spans, its time."""
         return SystemAnswer(
             answer=result.answer,
             context_turns=source_turns(result.retrieved),
@@ -215,7 +217,7 @@ class FullContext(System):
         start = time.perf_counter()
         answerer = AnswerAgent(self.ctx.backend, adapter=None, text_mode=self.ctx.generation.text_mode)
         result = answerer.answer_from(question, self.window())
-        return self._from_agent_answer(result, time.perf_counter() - start)
+        return self.from_agent_answer(result, time.perf_counter() - start)
 
     def size(self) -> dict[str, int]:
         return {"memories": 0, "bytes": 0}
@@ -240,7 +242,7 @@ class RagTurns(System):
         assert self.bank is not None
         start = time.perf_counter()
         result = self.answerer.answer(self.bank, question, user=BANK_USER)
-        return self._from_agent_answer(result, time.perf_counter() - start)
+        return self.from_agent_answer(result, time.perf_counter() - start)
 
 
 class ManagerPrompted(System):
@@ -263,7 +265,7 @@ class ManagerPrompted(System):
         assert self.bank is not None
         start = time.perf_counter()
         result = self.answerer.answer(self.bank, question, user=BANK_USER)
-        return self._from_agent_answer(result, time.perf_counter() - start)
+        return self.from_agent_answer(result, time.perf_counter() - start)
 
 
 class BundleAgent(System):
@@ -293,7 +295,7 @@ class BundleAgent(System):
     def answer(self, question: str) -> SystemAnswer:
         start = time.perf_counter()
         result = self.agent.ask(question)
-        return self._from_agent_answer(result, time.perf_counter() - start)
+        return self.from_agent_answer(result, time.perf_counter() - start)
 
     def close(self) -> None:
         if getattr(self, "agent", None) is not None:
