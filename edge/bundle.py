@@ -323,7 +323,11 @@ def _to_stderr(message: str) -> None:
 # 20 LoCoMo turns about 3 s, 12 answer within 1.5 s (bench/bench_agent.py). text_mode: the 135M model
 # chooses spans of what was said instead of writing text.
 DEFAULT_QUANT = "q8_0"
-DEFAULT_GENERATION = {"answer_k": ANSWER_TOP_K, "repeat_penalty": REPEAT_PENALTY, "text_mode": "extractive"}
+# unknown_margin: the shipped Answer adapter answers "unknown" only when it leads every span by 1.5 logits, the
+# smallest margin at which the answerable questions of conv-26 dev and FriendsQA dev lose nothing against the
+# adapter shipped before it (bench/bench_unknown_margin.py --choose-from bench/results/unknown_margin.json).
+DEFAULT_GENERATION = {"answer_k": ANSWER_TOP_K, "repeat_penalty": REPEAT_PENALTY, "text_mode": "extractive",
+                      "unknown_margin": 1.5}
 
 
 def default_generation() -> GenerationConfig:
