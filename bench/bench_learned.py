@@ -73,12 +73,12 @@ def served_replies(backend, episodes, *, adapter: str | None, max_tokens: int,
 
 def score(agent: str, episodes, replies, embedder) -> dict:
     if agent == "manager":
-        from edge.train.evaluate import score_manager_replies
+        from edge.train.dev_scores import score_manager_replies
         from edge.prompts import ANSWER_TOP_K
         from edge.train.rewards import CandidateReader
 
         return score_manager_replies(episodes, replies, CandidateReader(k=ANSWER_TOP_K), embedder)
-    from edge.train.evaluate import score_answer_replies
+    from edge.train.dev_scores import score_answer_replies
 
     scores = score_answer_replies(episodes, replies)
     for kind, name in (("fact", "facts"), ("time", "time"), ("friendsqa", "friendsqa")):  # each source apart

@@ -51,7 +51,7 @@ def auto_threads() -> int:
 
 
 def evaluate_groups(model, tokenizer, constraint, groups, reader, embedder, config) -> list[dict]:
-    from edge.train.evaluate import evaluate_manager
+    from edge.train.dev_scores import evaluate_manager
 
     scores = []
     for episodes in groups:

@@ -8,7 +8,7 @@ of the GGUF the base was rebuilt from). Any JSON file in the folder with a
 float32, applies the adapter, folds it into the weights
 (`merge_and_unload`) and saves the result in 16-bit (float16 by default),
 never from or into a quantised model. The tokenizer is taken from the base
-folder (see `edge.export.base_model`), not from the adapter folder, whose
+folder (see `edge.export.hf_base`), not from the adapter folder, whose
 copy may be the broken one transformers writes for a GGUF base.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from edge.errors import EdgeError, MissingExtraError
 from edge.files import staged_dir
-from edge.export.base_model import BaseModel
+from edge.export.hf_base import BaseModel
 from edge.prompts import PROMPT_VERSION
 
 ADAPTER_CONFIG = "adapter_config.json"

@@ -138,7 +138,7 @@ def _size(path: Path) -> int:
 
 
 def _default_base(options: ExportOptions, recorded: list[str | None], log: Callable[[str], None]) -> str:
-    from edge.export.base_model import BUNDLED, BUNDLED_NAME
+    from edge.export.hf_base import BUNDLED, BUNDLED_NAME
 
     if options.base:
         return options.base
@@ -196,7 +196,7 @@ class _Stages:
 
 def export(options: ExportOptions, *, progress: bool = True, log: Callable[[str], None] | None = None) -> ExportResult:
     """Run every stage for `options` and return where the bundles are and how they did."""
-    from edge.export import base_model, gguf, merge, onnx, parity
+    from edge.export import gguf, hf_base, merge, onnx, parity
     from edge.export.bundle_writer import write_bundle
 
     check_tools(options)
@@ -222,7 +222,7 @@ def export(options: ExportOptions, *, progress: bool = True, log: Callable[[str]
     sizes: dict[str, int] = {}
     try:
         base_spec = _default_base(options, [a.base_model for a in adapters.values()], say)
-        base = stages.run("base", lambda: base_model.prepare_base(base_spec, log=say))
+        base = stages.run("base", lambda: hf_base.prepare_base(base_spec, log=say))
         _check_same_base(base, adapters.values())
         sources: dict[str, Path] = {"base": base.path}
         for role in roles_with:

@@ -48,7 +48,7 @@ def make_fresh_adapter(
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * std)
     peft_model.save_pretrained(str(out))
-    from edge.export.base_model import prepare_base
+    from edge.export.hf_base import prepare_base
 
     (out / "edge-adapter.json").write_text(json.dumps({
         "agent": role, "prompt_version": PROMPT_VERSION, "base": "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -59,7 +59,7 @@ def make_fresh_adapter(
 
 @pytest.fixture(scope="module")
 def base_dir():
-    from edge.export.base_model import prepare_base
+    from edge.export.hf_base import prepare_base
 
     return prepare_base("bundled").path
 
@@ -173,7 +173,7 @@ def test_exported_onnx_bundle_remembers_and_answers(exported: Path, tmp_path: Pa
 def test_base_from_gguf_has_a_gpt2_tokenizer_matching_llama_cpp(base_dir: Path) -> None:
     from transformers import AutoTokenizer
 
-    from edge.export.base_model import compare_with_llama_cpp
+    from edge.export.hf_base import compare_with_llama_cpp
     from edge.models import bundled_gguf_path
 
     config = json.loads((base_dir / "tokenizer_config.json").read_text())
@@ -186,7 +186,7 @@ def test_base_from_gguf_has_a_gpt2_tokenizer_matching_llama_cpp(base_dir: Path) 
 def test_a_base_folder_saved_from_a_gguf_load_is_used_through_a_repaired_copy(tmp_path: Path) -> None:
     import shutil
 
-    from edge.export.base_model import prepare_base
+    from edge.export.hf_base import prepare_base
     from edge.models import bundled_gguf_path
 
     folder = tmp_path / "saved"

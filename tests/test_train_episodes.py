@@ -214,7 +214,7 @@ def test_locomo_dev_questions_are_never_trained_on(conv26):
 def test_the_operation_report_shows_a_collapse_onto_one_operation():
     """Per-operation accuracy and the confusion matrix make an all-ADD policy visible."""
     from edge.train.episodes import gold_operation
-    from edge.train.evaluate import operation_report
+    from edge.train.dev_scores import operation_report
 
     episodes = synthetic_manager_episodes(generate("dev", 6), HashEmbedder())
     all_add = [json.dumps({"ops": [{"op": "ADD", "text": e.candidates[0]}]}) if e.candidates else '{"ops": [{"op": "NOOP"}]}'

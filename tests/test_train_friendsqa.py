@@ -162,7 +162,7 @@ def test_mixed_config_builds_every_source_and_refuses_what_it_lacks(friendsqa_di
 
 def test_answer_scores_split_the_ceiling_and_abstention():
     from edge.train.episodes import AnswerEpisode, StoredMemory
-    from edge.train.evaluate import score_answer_replies
+    from edge.train.dev_scores import score_answer_replies
 
     memory = [StoredMemory("m0", "episodic", "Jon is reading The Lean Startup these days")]
     asked = AnswerEpisode("e0", "What book is Jon reading?", "The Lean Startup", memory)

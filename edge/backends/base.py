@@ -338,6 +338,19 @@ class ChoiceReply:
         spelled = json.dumps(option, ensure_ascii=False)[1:-1] + '"'
         return spelled[len(self.prefix) - len(self.head):]
 
+    def first_token_offsets(self, bias: Mapping[str, float], tokenize: Callable[[str], list[int]]) -> dict[int, float]:
+        """`bias` (option -> logit offset) as offsets of the first token of each option's rest (`option_rest`,
+        tokenized by `tokenize`): what a backend adds where the options begin. Options not offered, and zero
+        offsets, are left out; options sharing a first token add up."""
+        offsets: dict[int, float] = {}
+        for option, value in bias.items():
+            if option not in self.options or not value:
+                continue
+            first = tokenize(self.option_rest(option))
+            if first:
+                offsets[first[0]] = offsets.get(first[0], 0.0) + float(value)
+        return offsets
+
     def settled(self, text: str) -> str | None:
         """The whole reply once `text` (the reply so far, `prefix` included) fits one option only."""
         inside = text[len(self.head):]

@@ -62,6 +62,7 @@ from edge.backends.base import (
     check_messages,
 )
 from edge.backends.gbnf import schema_gbnf
+from edge.backends.grammar_walk import GrammarWalk
 from edge.backends.penalty import repeat_penalised
 from edge.backends.threads import default_threads
 from edge.errors import BackendError
@@ -410,9 +411,9 @@ class LlamaCppBackend(Backend):
         control = np.fromiter((bool(lib.llama_vocab_is_control(vocab, t)) for t in range(n)), dtype=bool, count=n)
         return eog, control
 
-    def grammar_walk(self, schema: dict) -> "GrammarWalk":
+    def grammar_walk(self, schema: dict) -> GrammarWalk:
         """llama.cpp's grammar for `schema`, fed one token at a time as decoding feeds it (`GrammarWalk`)."""
-        return GrammarWalk(self, self._grammar_sampler(self._grammar(schema)))
+        return GrammarWalk(self._lib, self._grammar_sampler(self._grammar(schema)), self.vocab_size)
 
     def clear_cache(self) -> None:
         """Forget the evaluated tokens and the kept prompt prefixes: the next call starts from an empty cache."""
@@ -437,16 +438,7 @@ class LlamaCppBackend(Backend):
         `reply()` (the reply so far) stands where the options begin (`ChoiceReply.at_options`). None when
         `schema` is not a choice or names none of the options."""
         choice = ChoiceReply.of(schema) if schema is not None else None
-        if choice is None:
-            return None
-        options = set(choice.options)
-        offsets: dict[int, float] = {}
-        for option, value in bias.items():
-            if option not in options or not value:
-                continue
-            first = self._llm.tokenize(choice.option_rest(option).encode("utf-8"), add_bos=False, special=False)
-            if first:
-                offsets[first[0]] = offsets.get(first[0], 0.0) + float(value)
+        offsets = choice.first_token_offsets(bias, self.tokenize) if choice is not None else {}
         if not offsets:
             return None
         ids = np.fromiter(offsets, dtype=np.int64)
@@ -592,45 +584,6 @@ class LlamaCppBackend(Backend):
     def _free_adapter(self, name: str) -> None:
         handle = self._adapters.pop(name)
         self._lib.llama_adapter_lora_free(handle)
-
-
-class GrammarWalk:
-    """A grammar sampler walked token by token: which tokens it allows next (`LlamaCppBackend.grammar_walk`).
-
-    What the runtime's constrained decoding consults at each step, for
-    checks against it (the training side's grammar, a reported reply).
-    Close it (or use it as a context manager) to free the sampler.
-    """
-
-    def __init__(self, backend: LlamaCppBackend, sampler) -> None:
-        self._lib, self._sampler = backend._lib, sampler
-        self.vocab_size = backend.vocab_size
-        self._data = (self._lib.llama_token_data * self.vocab_size)()
-        self._view = np.ctypeslib.as_array(self._data)
-
-    def allowed(self) -> np.ndarray:
-        """A boolean mask over the vocabulary: the tokens the grammar accepts next."""
-        self._view["id"], self._view["logit"], self._view["p"] = np.arange(self.vocab_size), 0.0, 0.0
-        array = self._lib.llama_token_data_array(self._data, self.vocab_size, -1, False)
-        self._lib.llama_sampler_apply(self._sampler, ctypes.byref(array))
-        out = np.zeros(self.vocab_size, dtype=bool)
-        out[self._view["id"][np.isfinite(self._view["logit"])]] = True
-        return out
-
-    def accept(self, token: int) -> None:
-        """Advance the grammar past `token`."""
-        self._lib.llama_sampler_accept(self._sampler, token)
-
-    def close(self) -> None:
-        if self._sampler is not None:
-            self._lib.llama_sampler_free(self._sampler)
-            self._sampler = None
-
-    def __enter__(self) -> "GrammarWalk":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _evaluated_tokens(perf) -> int:

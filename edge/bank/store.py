@@ -23,16 +23,13 @@ from edge.bank import db as sqlite
 from edge.bank.opening import GuardedConnection, prepare, prepare_read_only, unusable
 from edge.bank.records import (
     EPISODIC,
-    HISTORY_COLUMNS,
     MEMORY_COLUMNS,
-    HistoryEntry,
     Memory,
     SearchHit,
     SearchMode,
     SearchScope,
     clean_name,
     clean_text,
-    history_from_row,
     memory_from_row,
     memory_row,
     new_id,
@@ -40,6 +37,7 @@ from edge.bank.records import (
     now,
     text_limit,
 )
+from edge.bank.reads import BankReads
 from edge.bank.repair import BankRepair
 from edge.bank.search import Ranked, SearchIndex
 from edge.bank.transfer import BankTransfer
@@ -79,16 +77,7 @@ def _op_search_text(op: Op) -> str | None:
     return None
 
 
-def _tier_filter(tier: str | Sequence[str] | None, args: list[Any]) -> str:
-    """SQL condition for one tier or several (appending their arguments); "" for all."""
-    if not tier:
-        return ""
-    tiers = [tier] if isinstance(tier, str) else list(tier)
-    args += tiers
-    return f" AND tier IN ({','.join('?' * len(tiers))})"
-
-
-class MemoryBank(BankRepair, BankUndo, BankTransfer):
+class MemoryBank(BankReads, BankRepair, BankUndo, BankTransfer):
     """A user-scoped memory store in one SQLite file.
 
     `user` is the default owner for every call; each call may name another.
@@ -487,85 +476,6 @@ class MemoryBank(BankRepair, BankUndo, BankTransfer):
         return Memory.from_dict(applied.after)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ undo
-
-    # ------------------------------------------------------------------ reading
-
-    def get(self, memory_id: str, *, user: str | None = None) -> Memory:
-        owner = self._owner(user)
-        row = self._conn.execute(
-            f"SELECT {MEMORY_COLUMNS} FROM memories WHERE id = ? AND owner = ?", (memory_id, owner)
-        ).fetchone()
-        if row is None:
-            raise MemoryNotFoundError(f"No memory {memory_id!r} for user {owner!r}.", hint="`edge memory list` shows ids.")
-        return memory_from_row(row)
-
-    def list(
-        self,
-        *,
-        user: str | None = None,
-        tier: str | Sequence[str] | None = None,
-        include_deleted: bool = False,
-        include_superseded: bool = False,
-        limit: int | None = None,
-        offset: int = 0,
-    ) -> list[Memory]:
-        """Memories of one owner, oldest first: current ones, and on request deleted and superseded ones."""
-        sql = f"SELECT {MEMORY_COLUMNS} FROM memories WHERE owner = ?"
-        args: list[Any] = [self._owner(user)]
-        sql += _tier_filter(tier, args)
-        if not include_deleted:
-            sql += " AND deleted_at IS NULL"
-        if not include_superseded:
-            sql += " AND valid_until IS NULL"
-        sql += " ORDER BY rowid LIMIT ? OFFSET ?"
-        args += [-1 if limit is None else int(limit), int(offset)]
-        return [memory_from_row(r) for r in self._conn.execute(sql, args)]
-
-    def next_turns(self, memories: Sequence[Memory], *, user: str | None = None) -> dict[str, Memory]:
-        """For each episodic turn of `memories`, the turn the log kept right after it (its reply, most often).
-
-        Keyed by the given turn's id; a turn with none after it (the log's
-        last, or one deleted since) is left out, as are facts. One indexed
-        lookup per turn (the log's order is its rowid order), so it costs
-        the same at 10^5 memories as at 10^2.
-        """
-        owner = self._owner(user)
-        out: dict[str, Memory] = {}
-        with self._lock:
-            for memory in memories:
-                if memory.tier != EPISODIC:
-                    continue
-                row = self._conn.execute(
-                    f"SELECT {MEMORY_COLUMNS} FROM memories WHERE owner = ? AND tier = ? AND deleted_at IS NULL "
-                    "AND rowid > (SELECT rowid FROM memories WHERE id = ?) ORDER BY rowid LIMIT 1",
-                    (owner, EPISODIC, memory.id)).fetchone()
-                if row is not None:
-                    out[memory.id] = memory_from_row(row)
-        return out
-
-    def count(self, *, user: str | None = None, tier: str | Sequence[str] | None = None) -> int:
-        """Current memories of one owner (not deleted, not superseded), of some tiers or all."""
-        sql = "SELECT COUNT(*) FROM memories WHERE owner = ? AND deleted_at IS NULL AND valid_until IS NULL"
-        args: list[Any] = [self._owner(user)]
-        sql += _tier_filter(tier, args)
-        return self._conn.execute(sql, args).fetchone()[0]
-
-    def history(self, memory_id: str | None = None, *, user: str | None = None, limit: int | None = None) -> list[HistoryEntry]:
-        """History rows of one memory, or of the whole owner when no id is given; oldest first."""
-        owner = self._owner(user)
-        if memory_id is not None:
-            rows = self._conn.execute(
-                f"SELECT {HISTORY_COLUMNS} FROM history WHERE memory_id = ? AND owner = ? ORDER BY seq", (memory_id, owner)
-            ).fetchall()
-            if not rows:
-                self.get(memory_id, user=owner)  # raises a clear not-found error
-        else:
-            rows = self._conn.execute(
-                f"SELECT {HISTORY_COLUMNS} FROM (SELECT * FROM history WHERE owner = ? ORDER BY seq DESC LIMIT ?) "
-                "ORDER BY seq",
-                (owner, -1 if limit is None else int(limit)),
-            ).fetchall()
-        return [history_from_row(r) for r in rows]
 
     # ------------------------------------------------------------------ search
 
