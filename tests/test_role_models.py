@@ -133,9 +133,10 @@ def test_edge_chat_names_both_models_and_replies_from_the_server(split_bundle, t
 
     async def main() -> None:
         async with app.run_test(size=(140, 24)) as pilot:
-            for _ in range(600):
+            for _ in range(600):  # until the models are loaded: the status bar names them
                 await pilot.pause(0.1)
-                if isinstance(app.screen, ChatScreen) and not app.workers:
+                if (isinstance(app.screen, ChatScreen) and not app.workers
+                        and app.screen.query_one(StatusBar).model):
                     break
             status = app.screen.query_one(StatusBar)
             assert status.model.startswith(f"chat {SERVED} @ http://127.0.0.1")
