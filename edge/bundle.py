@@ -26,7 +26,7 @@ from edge import __version__
 from edge.errors import BundleError
 from edge.files import sha256_file, staged_dir
 from edge.generation import GenerationConfig
-from edge.manifest import ROLES, AdapterEntry, EmbedderEntry, Manifest, ModelEntry, RoleEntry, structure_problems
+from edge.manifest import FORMAT, FORMAT_VERSION, ROLES, AdapterEntry, EmbedderEntry, Manifest, ModelEntry, RoleEntry, structure_problems
 from edge.prompts import ANSWER_TOP_K, PROMPT_VERSION, REPEAT_PENALTY
 
 MANIFEST = "bundle.json"
@@ -52,8 +52,8 @@ def write_manifest(root: Path, manifest: Manifest | Mapping[str, Any]) -> dict[s
     set now. Returns the JSON written.
     """
     if not isinstance(manifest, Manifest):
-        manifest = Manifest.from_json({"format": "edge-bundle", "format_version": 1, "prompt_version": PROMPT_VERSION,
-                                       "adapters": {}, **manifest}, source=str(root))
+        manifest = Manifest.from_json({"format": FORMAT, "format_version": FORMAT_VERSION,
+                                       "prompt_version": PROMPT_VERSION, "adapters": {}, **manifest}, source=str(root))
     full = replace(manifest, files=_files_of(root), edge_version=__version__,
                    created_at=datetime.now(timezone.utc).isoformat(timespec="seconds")).to_json()
     tmp = root / (MANIFEST + ".tmp")

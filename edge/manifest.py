@@ -168,10 +168,13 @@ class Manifest:
         """A served model's `server` table (url, model, ...): its own, else the manifest's (older manifests)."""
         return self.models[key].server or self.server or {}
 
-    def with_model(self, key: str, model: ModelEntry, *roles: str) -> "Manifest":
-        """A copy with `model` under `key` and `roles` served by its base weights (no adapter)."""
-        return replace(self, models={**self.models, key: model},
-                       roles={**self.roles, **{role: RoleEntry(key, None) for role in roles}})
+    def with_model(self, key: str, model: ModelEntry) -> "Manifest":
+        """A copy with `model` under `key` in `models`."""
+        return replace(self, models={**self.models, key: model})
+
+    def with_role(self, role: str, model: str, adapter: str | None = None) -> "Manifest":
+        """A copy with `role` served by the model `model` (a key of `models`) and `adapter` (None: its base weights)."""
+        return replace(self, roles={**self.roles, role: RoleEntry(model, adapter)})
 
     def with_generation(self, changes: Mapping[str, Any]) -> "Manifest":
         """A copy whose `generation` table has `changes` over its own."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from edge.backends.http import DEFAULT_API_KEY_ENV, DEFAULT_TIMEOUT_S, SCHEMA_FORMATS
+from edge.backends.http import SCHEMA_FORMATS, server_table
 from edge.bundle import ROLES, Bundle, build_default, write_manifest
 from edge.manifest import AdapterEntry, EmbedderEntry, Manifest, ModelEntry, RoleEntry
 from edge.errors import BundleError, InvalidInputError
@@ -127,9 +127,8 @@ def server_manifest(url: str, name: str, embedder: EmbedderEntry, *, structured_
     return Manifest(
         name=f"{name} @ {url}",
         backend="http",
-        server={"url": url, "model": name, "structured_output": structured_output,
-                "api_key_env": api_key_env or DEFAULT_API_KEY_ENV, "adapters": adapters or {},
-                "timeout_s": timeout or DEFAULT_TIMEOUT_S},
+        server=server_table(url, name, structured_output=structured_output, api_key_env=api_key_env,
+                            adapters=adapters, timeout=timeout),
         models={"base": ModelEntry(format="served", base=name)},
         roles={role: RoleEntry("base", None) for role in ROLES},
         embedder=embedder,

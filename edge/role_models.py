@@ -118,7 +118,7 @@ def with_role_models(bundle: Bundle, chosen: Mapping[str, RoleModel], *, structu
     missing, not GGUF, or without a chat template.
     """
     from edge.gguf_info import read_gguf_info
-    from edge.backends.http import DEFAULT_API_KEY_ENV, DEFAULT_TIMEOUT_S
+    from edge.backends.http import server_table
 
     if not chosen:
         return bundle
@@ -128,15 +128,14 @@ def with_role_models(bundle: Bundle, chosen: Mapping[str, RoleModel], *, structu
         if model not in keys:
             keys[model] = f"{role}-model"
             if model.server:
-                entry = ModelEntry(format="served", base=model.name, backend="http", server={
-                    "url": model.server, "model": model.name, "structured_output": structured_output,
-                    "api_key_env": api_key_env or DEFAULT_API_KEY_ENV, "adapters": {},
-                    "timeout_s": timeout or DEFAULT_TIMEOUT_S})
+                entry = ModelEntry(format="served", base=model.name, backend="http", server=server_table(
+                    model.server, model.name, structured_output=structured_output, api_key_env=api_key_env,
+                    timeout=timeout))
             else:
                 info = read_gguf_info(model.gguf)
                 info.require_chat_template()
                 entry = ModelEntry(path=str(model.gguf), format="gguf", backend="llama.cpp",
                                    quantization=info.quantization, base=info.name)
             manifest = manifest.with_model(keys[model], entry)
-        manifest = manifest.with_model(keys[model], manifest.models[keys[model]], role)
+        manifest = manifest.with_role(role, keys[model])
     return Bundle(bundle.root, manifest.to_json())

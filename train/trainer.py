@@ -336,8 +336,8 @@ class TrainingRun:
 
     def warm_start(self, *, fresh: bool) -> None:
         """The supervised warm start (reused when saved); on a fresh run its adapter is evaluated on dev."""
-        self.lora = lora_config(self.config, self.model.config.num_hidden_layers)
-        self.model, losses = _warm_started(self.model, self.tokenizer, self.data.train, self.lora, self.config,
+        lora = lora_config(self.config, self.model.config.num_hidden_layers)
+        self.model, losses = _warm_started(self.model, self.tokenizer, self.data.train, lora, self.config,
                                            self.out, self.device, self.constraint, self.resume)
         for step, loss in enumerate(losses, start=1):
             self.records.add({"kind": "sft_train", "step": step, "loss": loss})

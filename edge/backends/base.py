@@ -156,7 +156,7 @@ class Backend(ABC):
                 done: Callable[[Completion], None], **options: Any) -> Iterator[str]:
         """The one thing a backend that decodes in steps writes: yield the reply's text pieces, and hand its
         `Completion` to `done` when it ends (also when cancelled or closed). A backend that answers whole (a
-        server) overrides `complete` and `stream` instead."""
+        server) overrides `complete` too, and streams through this."""
         raise NotImplementedError(f"{type(self).__name__} decodes nothing by itself")
 
     @abstractmethod
@@ -311,6 +311,10 @@ class ChoiceReply:
         # The options as the grammar spells them inside the quotes (JSON escapes, characters whole).
         self.spelled = [json.dumps(o, ensure_ascii=False)[1:-1] for o in options]
         self.prefix = self.head + os.path.commonprefix(self.spelled)
+        # The reply up to where the options begin, with any JSON whitespace the grammar lets a model write
+        # (`at_options`, checked at every decoding step of a biased choice).
+        self._opening = re.compile(r"\s*\{\s*" + re.escape(json.dumps(key, ensure_ascii=False)) + r"\s*:\s*\""
+                                   + re.escape(self.prefix[len(self.head):]))
 
     @classmethod
     def of(cls, schema: dict) -> ChoiceReply | None:
@@ -328,9 +332,7 @@ class ChoiceReply:
     def at_options(self, text: str) -> bool:
         """Whether `text` (the reply so far) is the opening and the options' common start, nothing more: the
         step where the next token chooses between options (any JSON whitespace the grammar let the model write)."""
-        common = self.prefix[len(self.head):]
-        return re.fullmatch(r"\s*\{\s*" + re.escape(self.head[1:-1].rstrip(' :')) + r"\s*:\s*\"" + re.escape(common),
-                            text) is not None
+        return self._opening.fullmatch(text) is not None
 
     def option_rest(self, option: str) -> str:
         """What follows the options' common start for `option` (its spelling and the closing quote): the text

@@ -378,6 +378,15 @@ def api_key_from_env(name: str | None) -> str | None:
     return os.environ.get(name or DEFAULT_API_KEY_ENV) or None
 
 
+def server_table(url: str, model: str, *, structured_output: str = "auto", api_key_env: str | None = None,
+                 adapters: dict[str, str] | None = None, timeout: float | None = None) -> dict[str, Any]:
+    """A bundle's `server` table for `model` served at `url` (what `http_backend` reads): the API key is never
+    in it, only the name of the environment variable holding it (default `DEFAULT_API_KEY_ENV`)."""
+    return {"url": url, "model": model, "structured_output": structured_output,
+            "api_key_env": api_key_env or DEFAULT_API_KEY_ENV, "adapters": adapters or {},
+            "timeout_s": timeout or DEFAULT_TIMEOUT_S}
+
+
 def http_backend(server: dict[str, Any], *, n_ctx: int | None = None) -> OpenAIHTTPBackend:
     """The backend for a bundle's `server` table (url, model, structured_output, api_key_env, adapters,
     timeout_s), its API key read from the environment now."""

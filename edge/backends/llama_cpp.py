@@ -427,7 +427,7 @@ class LlamaCppBackend(Backend):
         choice = ChoiceReply.of(schema)
         if choice is None:
             return None
-        forced = self._llm.tokenize(choice.prefix.encode("utf-8"), add_bos=False, special=False)
+        forced = self.tokenize(choice.prefix)
         if b"".join(self.piece(t) for t in forced) != choice.prefix.encode("utf-8"):
             return None
         return choice, forced
@@ -464,13 +464,10 @@ class LlamaCppBackend(Backend):
         return logits
 
     def _controls(self) -> np.ndarray:
+        """The ids of the control tokens that do not end generation (computed once)."""
         if self._control_ids is None:
-            lib, vocab = self._lib, self._llm._model.vocab
-            self._control_ids = np.array(
-                [t for t in range(self._llm.n_vocab())
-                 if lib.llama_vocab_is_control(vocab, t) and not lib.llama_vocab_is_eog(vocab, t)],
-                dtype=np.int64,
-            )
+            eog, control = self.token_classes()
+            self._control_ids = np.nonzero(control & ~eog)[0].astype(np.int64)
         return self._control_ids
 
     def _every_token(self, n_vocab: int):

@@ -49,7 +49,6 @@ from edge.backends.penalty import PENALTY_LAST_N, repeat_penalised
 from edge.errors import BackendError, require_extra
 
 
-
 def _import_og():
     return require_extra("The onnxruntime-genai backend", "onnx-genai", "onnxruntime_genai")
 

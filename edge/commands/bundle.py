@@ -184,7 +184,8 @@ def show(path: Path | None, as_json: bool) -> None:
     files = manifest.get("files", {})
     for role, spec in manifest.get("roles", {}).items():
         model = manifest.get("models", {}).get(spec.get("model"), {})
-        if loaded.model_backend(spec.get("model")) == "http":  # a served model: its name and server
+        served = loaded.model_backend(spec.get("model")) == "http"
+        if served:  # a served model: its name and server
             line = f"  {role:<8} {loaded.model_label(role)} (served, backend http)"
         else:
             line = f"  {role:<8} {model.get('path', spec.get('model'))}"
@@ -193,7 +194,7 @@ def show(path: Path | None, as_json: bool) -> None:
             adapter = manifest["adapters"][key]["path"]
             size = (files.get(adapter) or {}).get("bytes")
             line += f" + LoRA {adapter}" + (f" ({size / 1024:.0f} KiB)" if size else "")
-        elif "(served" not in line:
+        elif not served:
             line += " (base model, no adapter)"
         click.echo(line)
     embedder = manifest.get("embedder") or {}
