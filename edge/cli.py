@@ -1,7 +1,9 @@
 """The `edge` command: a thin layer over `edge.MemoryBank` and `edge.Agent`.
 
-Commands live in `edge.commands.*`; heavy ones (chat, train, export, eval)
-import their packages only when run, so `edge --help` stays fast.
+Commands live in `edge.commands.*`; heavy ones (chat, train, eval) import
+their packages only when run, so `edge --help` stays fast. Commands of the
+export side (`edge export`) are declared as `edge.commands` entry points
+(`edge.plugins`) and imported the same lazy way.
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import sys
 
 import click
 
-from edge import __version__
+from edge import __version__, plugins
 from edge.commands import LazyGroup
 from edge.errors import EdgeError
 
@@ -22,14 +24,13 @@ COMMANDS = {
     "config": "edge.commands.config:config",
     "chat": "edge.commands.chat:chat",
     "train": "edge.commands.train:train",
-    "export": "edge.commands.export:export",
     "eval": "edge.commands.evaluate:evaluate",
     "mcp": "edge.commands.mcp:mcp",
     "serve": "edge.commands.serve:serve",
 }
 
 
-@click.group(cls=LazyGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, lazy_commands=COMMANDS, plugin_group=plugins.COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edge")
 def cli() -> None:
     """edge: an on-device memory agent.

@@ -16,11 +16,23 @@ from edge import paths
 
 
 class LazyGroup(click.Group):
-    """A group whose commands are imported only when used (or listed in --help)."""
+    """A group whose commands are imported only when used (or listed in --help); with `plugin_group`, also
+    the commands installed packages declare as entry points of that group (`edge export`)."""
 
-    def __init__(self, *args, lazy_commands: dict[str, str] | None = None, **kwargs) -> None:
+    def __init__(self, *args, lazy_commands: dict[str, str] | None = None, plugin_group: str | None = None,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.lazy_commands = lazy_commands or {}
+        self._lazy = dict(lazy_commands or {})
+        self.plugin_group = plugin_group
+
+    @property
+    def lazy_commands(self) -> dict[str, str]:
+        """name -> "module:attribute": the group's own, then those installed packages declare (`edge.plugins`)."""
+        if not self.plugin_group:
+            return self._lazy
+        from edge.plugins import declared
+
+        return {**declared(self.plugin_group), **self._lazy}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self.lazy_commands))

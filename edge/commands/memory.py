@@ -16,16 +16,18 @@ def open_bank(db: Path | None, user: str, *, create: bool = True) -> MemoryBank:
     """The bank at `db` (default: under $EDGE_HOME); on the very first run, build the default embedder first.
 
     The bank loads the default embedder when it needs one and never builds
-    it; building (once, with a progress bar) is this first-run path's job.
+    it; building (once, with a progress bar) is this first-run path's job,
+    done by the export side through the `edge.first_run` entry point
+    "default-embedder" (`edge.plugins`).
     """
-    from edge.export.embedder import build_default_minilm
+    from edge import plugins
     from edge.onnx_embedder import default_minilm_built
 
     path = db or paths.default_db()
     if create:
         note_new_bank(db)
     if (create or path.exists()) and not default_minilm_built():
-        build_default_minilm()
+        plugins.load(plugins.FIRST_RUN, "default-embedder")()
     return MemoryBank.open(path, user=user, create=create)
 
 

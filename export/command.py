@@ -1,4 +1,8 @@
-"""`edge export`: turn trained LoRA adapters into bundles (a thin layer over `edge.export.pipeline`)."""
+"""`edge export`: turn trained LoRA adapters into bundles (a thin layer over `edge.export.pipeline`).
+
+The CLI finds this command through the `edge.commands` entry point
+(`edge.plugins`), so the runtime's command list never imports the export side.
+"""
 from __future__ import annotations
 
 from pathlib import Path
