@@ -10,10 +10,11 @@
     [roles]                                                # a role on a model of its own (edge.role_models)
     chat = "qwen2.5:3b@http://localhost:11434"            # or a .gguf file; manager / answer likewise
 
-    [generation]
+    [generation]                                           # any of edge.generation's settings, over the bundle's
     answer_k = 20
     text_mode = "free"
     n_ctx = 8192
+    unknown_margin = 1.5
 
 Every command that runs a model (`chat`, `remember`, `ask`, `run`, `eval`)
 uses the `[model]` table when it is given no --bundle, --model or --server;
@@ -25,10 +26,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from functools import partial
 from typing import Any, Callable
 
 from edge import paths
 from edge.errors import InvalidInputError
+from edge.generation import SETTING_HELP, parse_setting
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,7 +41,6 @@ else:  # pragma: no cover - Python 3.10
 CONFIG_FILE = "config.toml"
 SOURCE_KEYS = ("model.bundle", "model.gguf", "model.server", "model.name")
 STRUCTURED_OUTPUTS = ("auto", "json_object", "json_schema", "grammar", "ollama", "none")
-TEXT_MODES = ("extractive", "free")
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
@@ -73,6 +75,13 @@ def _positive_seconds(value: str) -> float:
     return seconds
 
 
+def _generation_setting(name: str, value: str) -> Any:
+    try:
+        return parse_setting(name, value)
+    except InvalidInputError as exc:
+        raise ValueError(exc.message.rstrip(".")) from None
+
+
 def _role_model(value: str) -> str:
     from edge.role_models import RoleModel
 
@@ -97,11 +106,8 @@ KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "model.timeout": ("seconds to wait for the server's answer before it counts as timed out", _positive_seconds),
     **{f"roles.{role}": (f"the model serving the {role} role: a .gguf file or NAME@http://host:port",
                          _role_model) for role in ("chat", "manager", "answer")},
-    "generation.answer_k": ("memories the Answer Agent retrieves", _positive),
-    "generation.answer_tokens": ("the most tokens the memories take in the Answer Agent's prompt", _positive),
-    "generation.text_mode": ("extractive (spans of what was said) or free (written by the model)",
-                             _choice(TEXT_MODES)),
-    "generation.n_ctx": ("the model's context window, in tokens", _positive),
+    # every decoding setting of a bundle (edge.generation), over the bundle's own
+    **{f"generation.{name}": (what, partial(_generation_setting, name)) for name, what in SETTING_HELP.items()},
 }
 
 

@@ -85,6 +85,25 @@ _INTS = ("answer_k", "answer_tokens", "manager_max_tokens", "answer_max_tokens",
 _FLOATS = ("repeat_penalty", "temperature", "retry_temperature", "chat_temperature", "unknown_margin")
 
 
+# What each setting is, in a phrase (`edge config set generation.NAME`'s help; the table above has the ranges).
+SETTING_HELP = {
+    "repeat_penalty": "llama.cpp's repetition penalty over the last 64 generated tokens (1.0: none)",
+    "temperature": "sampling temperature of the Manager's first attempt and of every answer (0: greedy)",
+    "retry_temperature": "sampling temperature of the Manager's second attempt after an unusable reply",
+    "answer_k": "memories the Answer Agent retrieves per question",
+    "answer_tokens": "the most tokens the memories take in the Answer Agent's prompt",
+    "manager_max_tokens": "the Manager's reply budget, in tokens",
+    "answer_max_tokens": "the Answer Agent's reply budget, in tokens",
+    "chat_temperature": "sampling temperature of chat replies",
+    "chat_max_tokens": "the chat reply budget, in tokens",
+    "text_mode": f"{' or '.join(TEXT_MODES)}: spans of what was said, or text the model writes",
+    "n_ctx": "the context window the models are loaded with, in tokens",
+    "answer_order": f"how the Answer Agent orders what it reads: {', '.join(ANSWER_ORDERS)}",
+    "answer_retrieval": f"which turns of the log the Answer Agent is offered: {', '.join(RETRIEVALS)}",
+    "unknown_margin": "logits by which \"unknown\" must beat every offered span to be the answer (0: none)",
+}
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
     """Decoding settings of one bundle (see the module docstring for units and ranges).
@@ -175,6 +194,26 @@ class GenerationConfig:
 
 _HINT = ("fix the `generation` table of the bundle's bundle.json (or the override), e.g. \"repeat_penalty\": 1.2, "
          "\"answer_k\": 20, \"text_mode\": \"extractive\"; or rebuild the bundle")
+
+
+def parse_setting(name: str, text: str) -> Any:
+    """One setting from its text form (a command line's, a TOML file's): `"20"` -> 20 for answer_k.
+
+    Raises `InvalidInputError` for an unknown name or a value the setting
+    does not accept (the same checks as `GenerationConfig`'s).
+    """
+    if name not in SETTING_HELP:
+        raise InvalidInputError(f"Unknown generation setting {name!r}.", hint=f"the settings: {', '.join(SETTING_HELP)}")
+    try:
+        value: Any = int(text) if name in _INTS else float(text) if name in _FLOATS else text
+    except ValueError:
+        kind = "a whole number" if name in _INTS else "a number"
+        raise InvalidInputError(f"{name} must be {kind}, not {text!r}.", hint=SETTING_HELP[name]) from None
+    try:
+        GenerationConfig().override(**{name: value})
+    except InvalidInputError as exc:  # one phrase: what this setting accepts
+        raise InvalidInputError(exc.message.removeprefix("Bad generation settings: "), hint=SETTING_HELP[name]) from None
+    return value
 
 
 def _is_number(value: Any) -> bool:

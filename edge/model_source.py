@@ -55,7 +55,6 @@ GENERATION_BY_SIZE: tuple[tuple[float, dict[str, Any]], ...] = (
 # A served model's size is not known; servers usually run models of 1B and more.
 SERVER_GENERATION: dict[str, Any] = {"answer_k": 20, "answer_tokens": 600, "text_mode": "free", "n_ctx": 4096,
                                      "repeat_penalty": 1.0}
-OVERRIDES = ("answer_k", "answer_tokens", "text_mode", "n_ctx")
 
 
 def generation_for(info: GgufInfo) -> dict[str, Any]:
@@ -278,7 +277,7 @@ class ModelChoice:
                 api_key_env: str | None, timeout: float | None, answer_k: int | None, text_mode: str | None,
                 n_ctx: int | None, config: dict[str, Any]) -> "ModelChoice":
         given = {"answer_k": answer_k, "text_mode": text_mode, "n_ctx": n_ctx}
-        generation = {key: config[f"generation.{key}"] for key in OVERRIDES if f"generation.{key}" in config}
+        generation = {key.split(".", 1)[1]: value for key, value in config.items() if key.startswith("generation.")}
         generation.update({key: value for key, value in given.items() if value is not None})
         if bundle and (model or server):
             raise InvalidInputError("--bundle and --model/--server are two ways to choose the model; give one.")

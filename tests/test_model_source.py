@@ -12,8 +12,9 @@ from edge.bundle import Bundle
 from edge.cli import cli
 from edge.config import config_path, load_config, set_value
 from edge.errors import BackendError, InvalidInputError
+from edge.generation import GenerationConfig
 from edge.gguf_info import read_gguf_info, write_gguf_header
-from edge.model_source import ModelChoice, create_bundle, generation_for, gguf_bundle, server_bundle
+from edge.model_source import ModelChoice, create_bundle, generation_for, gguf_bundle, server_bundle, with_generation
 from edge.models import bundled_gguf_path
 
 TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
@@ -127,11 +128,32 @@ def test_config_set_show_unset(edge_home):
     assert load_config() == {"model.gguf": "/models/x.gguf"}
 
 
+def test_config_sets_any_decoding_setting_over_the_bundles(edge_home, default_bundle):
+    """Every `generation` setting a bundle has can be set by the user, and reaches the bundle served."""
+    runner = CliRunner()
+    assert runner.invoke(cli, ["config", "set", "generation.unknown_margin", "0"]).exit_code == 0
+    assert runner.invoke(cli, ["config", "set", "generation.answer_retrieval", "replies-3"]).exit_code == 0
+    assert load_config() == {"generation.unknown_margin": 0.0, "generation.answer_retrieval": "replies-3"}
+    served = with_generation(default_bundle, ModelChoice.from_options(config=load_config()).generation).generation
+    assert default_bundle.generation.unknown_margin == 1.5
+    assert (served.unknown_margin, served.answer_retrieval, served.answer_k) == (0.0, "replies-3",
+                                                                                 default_bundle.generation.answer_k)
+    negative = runner.invoke(cli, ["config", "set", "--", "generation.unknown_margin", "-1"])
+    assert negative.exit_code != 0 and "unknown_margin must be a number >= 0" in str(negative.exception)
+    unknown = runner.invoke(cli, ["config", "set", "generation.answer_retrieval", "speakers"])
+    assert unknown.exit_code != 0 and "replies-3" in str(unknown.exception), "the refusal lists what is accepted"
+    assert load_config()["generation.unknown_margin"] == 0.0, "a refused value leaves the file as it was"
+    known = json.loads(runner.invoke(cli, ["config", "show", "--all", "--json"]).stdout)["known"]
+    assert {f"generation.{name}" for name in GenerationConfig().to_manifest()} <= set(known), "every setting is listed"
+
+
 def test_config_refuses_unknown_keys_and_bad_values():
     with pytest.raises(InvalidInputError, match="Unknown setting"):
         set_value("model.colour", "blue")
     with pytest.raises(InvalidInputError, match="generation.text_mode"):
         set_value("generation.text_mode", "poetry")
+    with pytest.raises(InvalidInputError, match="whole number"):
+        set_value("generation.answer_k", "2.5")
     with pytest.raises(InvalidInputError, match="environment variable"):
         set_value("model.api_key_env", "sk-123 secret")
     config_path().write_text("[model\n")

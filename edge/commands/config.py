@@ -17,24 +17,32 @@ def config() -> None:
       edge config set model.server http://localhost:11434
       edge config set model.name qwen2.5:1.5b
       edge config set generation.answer_k 20
+      edge config set generation.unknown_margin 0
+      edge config show --all
       edge config unset model.gguf
     """
 
 
 @config.command()
+@click.option("--all", "every", is_flag=True, help="Also list the settings not set, with what each one is.")
 @json_option
-def show(as_json: bool) -> None:
+def show(every: bool, as_json: bool) -> None:
     """Print the settings (and where they are kept)."""
     from edge.config import KEYS, config_path, load_config
 
     settings = load_config()
     if as_json:
-        click.echo(json.dumps({"path": str(config_path()), "settings": settings}, indent=2))
+        shown = {"path": str(config_path()), "settings": settings}
+        if every:
+            shown["known"] = {name: what for name, (what, _) in KEYS.items()}
+        click.echo(json.dumps(shown, indent=2))
         return
     click.echo(f"# {config_path()}" + ("" if settings else "  (no settings: the default bundle is used)"))
-    for name in KEYS:
+    for name, (what, _) in KEYS.items():
         if name in settings:
-            click.echo(f"{name} = {settings[name]!r}")
+            click.echo(f"{name} = {settings[name]!r}" + (f"  # {what}" if every else ""))
+        elif every:
+            click.echo(click.style(f"# {name}: {what}", dim=True))
 
 
 @config.command(name="set")
@@ -44,6 +52,10 @@ def show(as_json: bool) -> None:
 def set_(name: str, value: str, as_json: bool) -> None:
     """Set NAME (e.g. model.gguf, model.server, generation.answer_k) to VALUE.
 
+    `edge config show --all` lists every NAME and what it is: the model
+    source, a model per role, and every decoding setting of a bundle
+    (generation.*, e.g. generation.unknown_margin); a negative VALUE
+    follows `--` (edge config set -- NAME VALUE).
     Setting a model source (model.bundle, model.gguf, model.server) replaces
     the one set before. The API key is never a setting: model.api_key_env
     names the environment variable that holds it.
