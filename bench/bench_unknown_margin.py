@@ -26,6 +26,7 @@ choose) at margin 0, at `chosen` and at `--test-margins`. Writes
 bench/results/unknown_margin.json.
 
     python bench/bench_unknown_margin.py --choose-from bench/results/unknown_margin.json
+    python bench/bench_unknown_margin.py --choose-from bench/results/unknown_margin_recipe.json --reference-margin 1.5
 """
 from __future__ import annotations
 
@@ -82,15 +83,15 @@ def answerable_f1(kind: dict) -> float:
     return (kind.get("taken") or 0.0) * (kind.get("best_offered_f1") or 0.0)
 
 
-def floor_margin(entry: dict, reference: dict) -> float | None:
+def floor_margin(entry: dict, reference: dict, served: float = 0.0) -> float | None:
     """The smallest margin at which `entry`'s answerable F1 on conv-26 dev and on FriendsQA dev are both at least
-    `reference`'s at margin 0 (the adapter edge ships, as served): as much abstention as keeps what the
-    answerable questions get. None when no margin does.
+    `reference`'s at margin `served` (the adapter edge ships, as it is served): as much abstention as keeps what
+    the answerable questions get. None when no margin does.
 
     The rule ships on what answerable questions get (F1 over all dev questions rewards abstaining: conv-26's
     dev holds 9 adversarial questions of 40) and keeps the most "unknown" that costs them nothing.
     """
-    floor = {kind: answerable_f1(reference["dev"]["0.0"]["by_kind"][kind]) for kind in ("locomo", "friendsqa")}
+    floor = {kind: answerable_f1(reference["dev"][str(float(served))]["by_kind"][kind]) for kind in ("locomo", "friendsqa")}
     for margin in sorted(entry["dev"], key=float):
         kinds = entry["dev"][margin]["by_kind"]
         if all(answerable_f1(kinds[kind]) >= floor[kind] - 1e-9 for kind in floor):
@@ -98,11 +99,16 @@ def floor_margin(entry: dict, reference: dict) -> float | None:
     return None
 
 
-def choose(path: Path, reference: str) -> dict:
-    """Each adapter's margin by `floor_margin` against `reference`, from a finished run's results file."""
+def choose(path: Path, reference: str, served: float = 0.0) -> dict:
+    """Each adapter's margin by `floor_margin` against `reference` served at `served`, from a finished run's file;
+    with each adapter's answerable F1 (conv-26 dev, FriendsQA dev) at every margin it was measured at."""
     results = json.loads(path.read_text())
     ref = results["adapters"][reference]
-    return {name: floor_margin(entry, ref) for name, entry in results["adapters"].items()}
+    return {name: {"margin": floor_margin(entry, ref, served),
+                   "answerable_f1": {margin: {kind: round(100 * answerable_f1(row["by_kind"][kind]), 1)
+                                              for kind in ("locomo", "friendsqa")}
+                                     for margin, row in sorted(entry["dev"].items(), key=lambda kv: float(kv[0]))}}
+            for name, entry in results["adapters"].items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="serve nothing: print each adapter's margin by the answerable-floor rule from a finished "
                         "run (the adapter named by --reference is the floor)")
     parser.add_argument("--reference", default="shipped", help="the adapter whose answerable F1 is the floor")
+    parser.add_argument("--reference-margin", type=float, default=0.0,
+                        help="the margin the reference is served at (the default bundle's today: "
+                        "edge.bundle.DEFAULT_GENERATION['unknown_margin'])")
     parser.add_argument("--adapter", action="append", default=[], metavar="NAME=FILE.gguf",
                         help="an Answer LoRA (GGUF) to measure; repeatable")
     parser.add_argument("--config", default=str(ROOT / "runs" / "configs" / "answer-locomo2.toml"),
@@ -127,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "unknown_margin.json")
     args = parser.parse_args(argv)
     if args.choose_from:
-        print(json.dumps(choose(args.choose_from, args.reference), indent=2))
+        print(json.dumps(choose(args.choose_from, args.reference, args.reference_margin), indent=2))
         return 0
     if not args.adapter:
         parser.error("name at least one --adapter NAME=FILE.gguf (or --choose-from RESULTS.json)")
