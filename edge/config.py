@@ -121,36 +121,60 @@ def load_config(path: Path | None = None) -> dict[str, Any]:
     Raises InvalidInputError for a file that is not TOML or holds an unknown key or a bad value.
     """
     path = path or config_path()
-    if not path.is_file():
-        return {}
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"{path} is not valid TOML ({exc}).",
-                                hint="fix it, or delete it and use `edge config set`") from exc
+    document = _read_document(path)
     flat: dict[str, Any] = {}
     for table, values in document.items():
         if not isinstance(values, dict):
-            raise InvalidInputError(f"{path}: {table!r} must be a table ([{table}]).", hint="see `edge config show`")
+            where = f"[{_table_of(table)}]" if _table_of(table) else "its table ([model], [roles], [generation])"
+            raise InvalidInputError(f"{path}: {table!r} must be a setting inside a table, not at the top.",
+                                    hint=f"move it under {where}, or remove it: edge config unset {table}")
         for key, value in values.items():
             name = f"{table}.{key}"
             if name not in KEYS:
-                raise InvalidInputError(f"{path}: unknown setting {name!r}.", hint=f"known: {', '.join(KEYS)}")
-            flat[name] = _convert(name, str(value))
+                raise InvalidInputError(f"{path}: unknown setting {name!r} (from another edge version, or a typo).",
+                                        hint=f"remove it: edge config unset {name}  (`edge config show --all` "
+                                             "lists the settings)")
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)  # TOML's 15.0 for a whole-number setting, as a bundle's JSON 20.0 is read
+            try:
+                flat[name] = _convert(name, str(value))
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"{path}: {exc.message}", hint=f"fix it: edge config set {name} VALUE, "
+                                        f"or edge config unset {name}  ({name} is {KEYS[name][0]})") from None
     return flat
+
+
+def _table_of(key: str) -> str | None:
+    """The table a setting written at the top of the file belongs in (`answer_k` -> generation)."""
+    tables = [name.split(".", 1)[0] for name in KEYS if name.split(".", 1)[1] == key]
+    return tables[0] if len(tables) == 1 else None
+
+
+def _read_document(path: Path) -> dict[str, Any]:
+    """config.toml's tables as written, nothing checked but the TOML (so a bad key can still be removed)."""
+    if not path.is_file():
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"{path} is not valid TOML ({exc}).",
+                                hint="fix it, or delete it and use `edge config set`") from exc
 
 
 def save_config(settings: dict[str, Any], path: Path | None = None) -> Path:
     """Write the flat `settings` as TOML tables, atomically; empty tables are left out."""
-    import tomli_w
-
-    path = path or config_path()
     document: dict[str, dict[str, Any]] = {}
     for name, value in sorted(settings.items()):
         if value is None:
             continue
         table, key = name.split(".", 1)
         document.setdefault(table, {})[key] = value
+    return _write_document(document, path or config_path())
+
+
+def _write_document(document: dict[str, Any], path: Path) -> Path:
+    import tomli_w
+
     tmp = path.with_suffix(".toml.tmp")
     tmp.write_text(tomli_w.dumps(document), encoding="utf-8")
     os.replace(tmp, path)
@@ -158,32 +182,66 @@ def save_config(settings: dict[str, Any], path: Path | None = None) -> Path:
 
 
 def set_value(name: str, value: str, path: Path | None = None) -> dict[str, Any]:
-    """Set one setting from its text form; setting a model source clears the other sources. Returns the settings."""
-    settings = load_config(path)
+    """Set one setting from its text form; setting a model source clears the other sources.
+
+    Returns the settings in the file, as written. The rest of the file is
+    kept as it is, so a bad value can be replaced by setting it again
+    (`load_config` names the command). Raises `InvalidInputError` for an
+    unknown name or a bad value, and leaves the file as it was then.
+    """
+    path = path or config_path()
     converted = _convert(name, value)
+    document = _read_document(path)
     if name in ("model.bundle", "model.gguf", "model.server"):
         for other in SOURCE_KEYS:
             if other != name and not (name == "model.server" and other == "model.name"):
-                settings.pop(other, None)
-    settings[name] = converted
-    save_config(settings, path)
-    return settings
+                table, key = other.split(".", 1)
+                if isinstance(document.get(table), dict):
+                    document[table].pop(key, None)
+    table, key = name.split(".", 1)
+    if not isinstance(document.get(table), dict):
+        document[table] = {}
+    document[table][key] = converted
+    _write_document({t: v for t, v in document.items() if v != {}}, path)
+    return _flat(document)
 
 
-def unset_value(name: str, path: Path | None = None) -> dict[str, Any]:
-    if name not in KEYS:
-        raise InvalidInputError(f"Unknown setting {name!r}.", hint=f"known: {', '.join(KEYS)}")
-    settings = load_config(path)
-    settings.pop(name, None)
-    save_config(settings, path)
-    return settings
+def _flat(document: dict[str, Any]) -> dict[str, Any]:
+    return {f"{t}.{k}": v for t, values in document.items() if isinstance(values, dict) for k, v in values.items()}
+
+
+def unset_value(name: str, path: Path | None = None) -> tuple[dict[str, Any], bool]:
+    """Remove one setting: (the settings left in the file, as written; whether it was set).
+
+    A name the file holds is removed even when edge does not know it (a key
+    left by another edge version), so a file `load_config` refuses can be
+    repaired with edge itself. Raises `InvalidInputError` for a name that is
+    neither known nor in the file.
+    """
+    path = path or config_path()
+    document = _read_document(path)
+    table, _, key = name.partition(".")
+    values = document.get(table)
+    held = (isinstance(values, dict) and key in values) or (not key and table in document)
+    if name not in KEYS and not held:
+        raise InvalidInputError(f"Unknown setting {name!r}.", hint="`edge config show --all` lists the settings")
+    if held:
+        if isinstance(values, dict) and key:
+            values.pop(key)
+            if not values:
+                document.pop(table)
+        else:
+            document.pop(table)
+        _write_document(document, path)
+    return _flat(document), held
 
 
 def _convert(name: str, value: str) -> Any:
     if name not in KEYS:
-        raise InvalidInputError(f"Unknown setting {name!r}.", hint=f"known: {', '.join(KEYS)}")
+        raise InvalidInputError(f"Unknown setting {name!r}.", hint="`edge config show --all` lists the settings")
     what, convert = KEYS[name]
     try:
         return convert(value)
     except ValueError as exc:
-        raise InvalidInputError(f"{value!r} is not a valid {name} ({what}): {exc}.", hint=f"{name} is {what}") from exc
+        raise InvalidInputError(f"{value!r} is not a valid {name}: {str(exc).rstrip('.')}.",
+                                hint=f"{name} is {what}") from exc

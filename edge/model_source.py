@@ -71,9 +71,10 @@ def default_embedder(progress: Progress = lambda _: None) -> EmbedderEntry:
     """The default embedder's manifest entry (name, dim, path) with an absolute path.
 
     The default bundle's copy when it exists; else the cached ONNX export of
-    all-MiniLM-L6-v2 (built once, as for the default bundle).
+    all-MiniLM-L6-v2, built on the first run (once, by the export side through
+    the `edge.first_run` entry point "default-embedder", as `open_bank` does).
     """
-    from edge import paths
+    from edge import paths, plugins
 
     default = paths.default_bundle_dir()
     if (default / "bundle.json").is_file():
@@ -82,8 +83,11 @@ def default_embedder(progress: Progress = lambda _: None) -> EmbedderEntry:
             return EmbedderEntry(bundle.embedder_name, bundle.embedder_dim, str(bundle.embedder_dir))
         except BundleError:
             pass
-    from edge.onnx_embedder import load_default_minilm
+    from edge.onnx_embedder import default_minilm_built, load_default_minilm
 
+    if not default_minilm_built():
+        progress("First run: building the default embedder (all-MiniLM-L6-v2, once)")
+        plugins.load(plugins.FIRST_RUN, "default-embedder")()
     progress("Loading the default embedder (all-MiniLM-L6-v2)")
     embedder = load_default_minilm()
     return EmbedderEntry(embedder.name, embedder.dim, str(Path(embedder.model_dir).resolve()))

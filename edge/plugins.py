@@ -52,15 +52,20 @@ def declared(group: str) -> dict[str, str]:
 def load(group: str, name: str) -> Any:
     """The object the entry point `name` of `group` names, imported now.
 
-    Raises `MissingPluginError` when no installed package declares it (edge
-    installed without its metadata, or a checkout whose pyproject.toml
+    Raises `MissingPluginError` when no installed package declares it: with
+    the names the group has when it has some, else with how to reinstall
+    (edge installed without its metadata, or a checkout whose pyproject.toml
     changed since `pip install -e .`).
     """
-    point = _declared(group).get(name)
+    found = _declared(group)
+    point = found.get(name)
     if point is None:
+        if found:  # the group is there: a name nobody declares, not a broken install
+            raise MissingPluginError(f"No installed package declares {name!r} in {group}.",
+                                     hint=f"declared there: {', '.join(sorted(found))}")
         raise MissingPluginError(
-            f"No installed package provides edge's {name!r} ({group}); edge's install is stale or partial.",
-            hint="Reinstall edge: pip install -e '.[all]' from a checkout (or `make setup`), "
-                 "or pip install 'edge-memory[all]'.",
+            f"No installed package declares {name!r} in {group}: edge's install is stale or partial.",
+            hint="Reinstall edge: `pip install -e .` in a checkout (or `make setup`), or "
+                 "`pip install --force-reinstall --no-deps edge-memory`.",
         )
     return point.load()

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from edge.bundle import Bundle
 from edge.cli import cli
-from edge.config import config_path, load_config, set_value
+from edge.config import config_path, load_config, set_value, unset_value
 from edge.errors import BackendError, InvalidInputError
 from edge.generation import GenerationConfig
 from edge.gguf_info import read_gguf_info, write_gguf_header
@@ -145,6 +145,27 @@ def test_config_sets_any_decoding_setting_over_the_bundles(edge_home, default_bu
     assert load_config()["generation.unknown_margin"] == 0.0, "a refused value leaves the file as it was"
     known = json.loads(runner.invoke(cli, ["config", "show", "--all", "--json"]).stdout)["known"]
     assert {f"generation.{name}" for name in GenerationConfig().to_manifest()} <= set(known), "every setting is listed"
+
+
+def test_a_config_file_edge_refuses_can_be_repaired_with_edge(edge_home):
+    """A key left by another edge version, or a bad value, is named with its file and removed or replaced."""
+    config_path().parent.mkdir(parents=True, exist_ok=True)
+    config_path().write_text('[generation]\nanswer_k = 15.0\nold_setting = 3\n[model]\nname = "x"\n')
+    with pytest.raises(InvalidInputError, match="old_setting") as err:
+        load_config()
+    assert str(config_path()) in err.value.message and "edge config unset generation.old_setting" in err.value.hint
+    left, was_set = unset_value("generation.old_setting")
+    assert was_set and left == {"generation.answer_k": 15, "model.name": "x"}
+    assert load_config() == {"generation.answer_k": 15, "model.name": "x"}, "TOML's 15.0 is read as 15"
+    assert unset_value("generation.answer_order") == (left, False), "a known setting that is not set: nothing changes"
+    with pytest.raises(InvalidInputError, match="Unknown setting"):
+        unset_value("generation.old_setting")
+    config_path().write_text('[generation]\nanswer_k = "many"\n')
+    with pytest.raises(InvalidInputError, match="whole number") as err:
+        load_config()
+    assert str(config_path()) in err.value.message
+    assert set_value("generation.answer_k", "5") == {"generation.answer_k": 5}
+    assert load_config() == {"generation.answer_k": 5}
 
 
 def test_config_refuses_unknown_keys_and_bad_values():

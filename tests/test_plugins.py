@@ -41,11 +41,14 @@ def test_every_declared_entry_point_loads():
     assert plugins.declared(plugins.COMMANDS) == {"export": "edge.export.command:export"}
 
 
-def test_a_missing_entry_point_says_how_to_reinstall():
+def test_a_missing_entry_point_says_what_is_there_or_how_to_reinstall():
     with pytest.raises(plugins.MissingPluginError) as caught:
         plugins.load(plugins.FIRST_RUN, "no-such-builder")
     assert isinstance(caught.value, EdgeError)
-    assert "pip install" in caught.value.hint
+    assert "default-bundle, default-embedder" in caught.value.hint, "a misspelt name is told the declared ones"
+    with pytest.raises(plugins.MissingPluginError) as caught:
+        plugins.load("edge.no-such-group", "export")
+    assert "stale or partial" in caught.value.message and "pip install" in caught.value.hint
 
 
 def test_edge_export_is_a_command_of_the_cli():

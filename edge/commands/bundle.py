@@ -200,3 +200,9 @@ def show(path: Path | None, as_json: bool) -> None:
     embedder = manifest.get("embedder") or {}
     click.echo(f"  embedder: {embedder.get('name')} ({embedder.get('dim')} dims)")
     click.echo("  generation: " + ", ".join(f"{k}={v}" for k, v in loaded.generation.to_manifest().items()))
+    from edge.config import config_path, load_config
+
+    overrides = {k.split(".", 1)[1]: v for k, v in load_config().items() if k.startswith("generation.")}
+    if overrides:  # what `edge ask`, `edge chat`, ... serve over the bundle's own
+        click.secho(f"  in force over it ({config_path()}): " + ", ".join(f"{k}={v}" for k, v in overrides.items()),
+                    fg="yellow")

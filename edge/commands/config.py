@@ -10,7 +10,12 @@ from edge.commands import json_option
 
 @click.group()
 def config() -> None:
-    """Settings every command uses when given no model: the model source and generation defaults.
+    """Your settings in $EDGE_HOME/config.toml: the model, a model per role, and decoding settings.
+
+    The model source (model.*) and roles.* are used when a command is given
+    no --bundle, --model or --server. generation.* settings apply over every
+    bundle's own, whichever model is chosen (`edge bundle show` names the
+    ones in force); command options (--answer-k, ...) win over both.
 
     \b
       edge config set model.gguf ~/models/qwen2.5-1.5b-instruct-q4_k_m.gguf
@@ -73,11 +78,11 @@ def set_(name: str, value: str, as_json: bool) -> None:
 @click.argument("name")
 @json_option
 def unset(name: str, as_json: bool) -> None:
-    """Remove NAME from the settings."""
+    """Remove NAME from the settings (also a name this edge does not know, left in the file by another version)."""
     from edge.config import config_path, unset_value
 
-    settings = unset_value(name)
+    settings, was_set = unset_value(name)
     if as_json:
-        click.echo(json.dumps({"path": str(config_path()), "settings": settings}, indent=2))
+        click.echo(json.dumps({"path": str(config_path()), "settings": settings, "was_set": was_set}, indent=2))
     else:
-        click.echo(f"{name} unset")
+        click.echo(f"{name} unset" if was_set else f"{name} was not set; nothing changed")
