@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from edge import paths
+from edge.generation import MIN_N_CTX
 
 
 class LazyGroup(click.Group):
@@ -164,7 +165,7 @@ def model_options(*, generation: bool = True, answer_k: bool = True):
                 click.option("--text-mode", type=click.Choice(["extractive", "free"]), default=None,
                              help="Facts and answers chosen from what was said, or written by the model. "
                              "[default: from the model's size]"),
-                click.option("--n-ctx", type=click.IntRange(min=512), default=None,
+                click.option("--n-ctx", type=click.IntRange(min=MIN_N_CTX), default=None,
                              help="Context window in tokens. [default: from the model file, at most 8192]"),
             ]
         if generation and answer_k:

@@ -8,6 +8,7 @@ import click
 
 from edge.commands import json_text
 from edge.errors import BundleError
+from edge.generation import MIN_N_CTX
 
 
 @click.group()
@@ -47,7 +48,7 @@ def build_default_cmd(out: Path | None, force: bool) -> None:
               help="Override the text mode chosen from the model's size.")
 @click.option("--answer-k", type=click.IntRange(min=1), default=None,
               help="Override the memories per question chosen from the model's size.")
-@click.option("--n-ctx", type=click.IntRange(min=512), default=None, help="Override the context window.")
+@click.option("--n-ctx", type=click.IntRange(min=MIN_N_CTX), default=None, help="Override the context window.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="The bundle folder to write.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

@@ -10,6 +10,7 @@ from edge.bundle import DEFAULT_GENERATION
 from edge.commands import model_options
 from edge.evaluation.runner import DEFAULT_SYSTEMS, EvalSettings
 from edge.evaluation.systems import SYSTEMS
+from edge.generation import MIN_N_CTX
 
 DATA_ENV = "EDGE_LOCOMO_DATA"
 
@@ -42,7 +43,7 @@ def _system_help() -> str:
 @click.option("--k", "answer_k", type=click.IntRange(min=1), default=None,
               help="Memories retrieved for each question (default: the bundle's generation.answer_k; "
               f"{DEFAULT_GENERATION['answer_k']} for the default bundle, 60 in Memory-R1).")
-@click.option("--n-ctx", type=click.IntRange(min=512), default=8192, show_default=True,
+@click.option("--n-ctx", type=click.IntRange(min=MIN_N_CTX), default=8192, show_default=True,
               help="Context window of the model, in tokens (full-context fills it).")
 @click.option("--include-adversarial", is_flag=True,
               help="Also ask category 5 (adversarial) questions, scored against 'Not mentioned in the conversation'.")
