@@ -138,7 +138,10 @@ def test_config_sets_any_decoding_setting_over_the_bundles(edge_home, default_bu
     assert default_bundle.generation.unknown_margin == 1.5
     assert (served.unknown_margin, served.answer_retrieval, served.answer_k) == (0.0, "replies-3",
                                                                                  default_bundle.generation.answer_k)
-    negative = runner.invoke(cli, ["config", "set", "--", "generation.unknown_margin", "-1"])
+    shown = json.loads(runner.invoke(cli, ["bundle", "show", str(default_bundle.root), "--json"]).stdout)
+    assert shown["generation"]["unknown_margin"] == 1.5 and shown["generation_in_force"]["unknown_margin"] == 0.0
+    assert all("sha256" in entry for entry in shown["files"].values()), "--json prints the manifest as written"
+    negative = runner.invoke(cli, ["config", "set", "generation.unknown_margin", "-1"])
     assert negative.exit_code != 0 and "unknown_margin must be a number >= 0" in str(negative.exception)
     unknown = runner.invoke(cli, ["config", "set", "generation.answer_retrieval", "speakers"])
     assert unknown.exit_code != 0 and "replies-3" in str(unknown.exception), "the refusal lists what is accepted"

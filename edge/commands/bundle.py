@@ -157,7 +157,8 @@ def _server_problems(loaded, key: str) -> list[str]:
 
 @bundle.command()
 @click.argument("path", type=click.Path(path_type=Path), required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON, with generation_in_force: "
+              "every decoding setting as served (the bundle's, with config.toml's generation.* over them).")
 def show(path: Path | None, as_json: bool) -> None:
     """What a bundle serves (default: the default bundle): each role's model and LoRA adapter, the embedder and
     the decoding settings; --json prints the manifest."""
@@ -169,9 +170,11 @@ def show(path: Path | None, as_json: bool) -> None:
         raise BundleError(f"No bundle at {target}.", hint="Run `edge bundle build-default`.")
     loaded = Bundle.load(target)
     manifest = dict(loaded.manifest)
-    if as_json:
-        manifest["files"] = f"{len(manifest['files'])} files"
-        click.echo(json_text(manifest))
+    if as_json:  # the manifest as written (its files with their checksums), and the settings served with it
+        from edge.config import load_config
+
+        overrides = {k.split(".", 1)[1]: v for k, v in load_config().items() if k.startswith("generation.")}
+        click.echo(json_text({**manifest, "generation_in_force": loaded.generation.override(**overrides).to_manifest()}))
         return
     click.echo(f"{loaded.name}  ({loaded.root})")
     if path is None:

@@ -50,7 +50,7 @@ def show(every: bool, as_json: bool) -> None:
             click.echo(click.style(f"# {name}: {what}", dim=True))
 
 
-@config.command(name="set")
+@config.command(name="set", context_settings={"ignore_unknown_options": True})  # a VALUE of -1 is a value
 @click.argument("name")
 @click.argument("value")
 @json_option
@@ -59,8 +59,7 @@ def set_(name: str, value: str, as_json: bool) -> None:
 
     `edge config show --all` lists every NAME and what it is: the model
     source, a model per role, and every decoding setting of a bundle
-    (generation.*, e.g. generation.unknown_margin); a negative VALUE
-    follows `--` (edge config set -- NAME VALUE).
+    (generation.*, e.g. generation.unknown_margin).
     Setting a model source (model.bundle, model.gguf, model.server) replaces
     the one set before. The API key is never a setting: model.api_key_env
     names the environment variable that holds it.
