@@ -106,8 +106,11 @@ def json_option(fn):
     return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")(fn)
 
 
-def model_options(*, generation: bool = True, answer_k: bool = True):
+def model_options(*, generation: bool = True, answer_k: bool = True, chat: bool = False):
     """--bundle / --model / --server (and the generation overrides), handed to the command as one `source`.
+
+    `chat`: the command writes chat replies, so --chat-model / --chat-server
+    (the chat role on a model of its own) are offered too.
 
     The command receives `source`, an `edge.model_source.ModelChoice`: the
     options when any names a model, else the `[model]` table of
@@ -151,26 +154,32 @@ def model_options(*, generation: bool = True, answer_k: bool = True):
             click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
                          help="How long to wait for the server's answer before saying it timed out. "
                          "[default: config.toml's model.timeout, else 120]"),
-            click.option("--chat-model", default=None, metavar="FILE.gguf|NAME",
-                         help="The chat reply from this model (a GGUF run in process; with --chat-server, the "
-                         "served model's name); the Memory Manager and the Answer Agent stay the bundle's."),
-            click.option("--chat-server", default=None, metavar="URL",
-                         help="The chat reply from this OpenAI-compatible server (with --chat-model NAME)."),
             click.option("--role", multiple=True, metavar="ROLE=MODEL",
                          help="Serve a role (chat, manager, answer) from its own model: a .gguf file or NAME@URL. "
                          "Repeatable. [default: config.toml's [roles], else the bundle's]"),
         ]
+        if chat:
+            options += [
+                click.option("--chat-model", default=None, metavar="FILE.gguf|NAME",
+                             help="The chat reply from this model (a GGUF run in process; with --chat-server, the "
+                             "served model's name); the Memory Manager and the Answer Agent stay the bundle's."),
+                click.option("--chat-server", default=None, metavar="URL",
+                             help="The chat reply from this OpenAI-compatible server (with --chat-model NAME)."),
+            ]
         if generation:
             options += [
                 click.option("--text-mode", type=click.Choice(["extractive", "free"]), default=None,
                              help="Facts and answers chosen from what was said, or written by the model. "
-                             "[default: from the model's size]"),
+                             "[default: config.toml's generation.text_mode, else the bundle's; for --model FILE, "
+                             "from its size]"),
                 click.option("--n-ctx", type=click.IntRange(min=MIN_N_CTX), default=None,
-                             help="Context window in tokens. [default: from the model file, at most 8192]"),
+                             help="Context window in tokens. [default: config.toml's generation.n_ctx, else the "
+                             "bundle's; for --model FILE, its own, at most 8192]"),
             ]
         if generation and answer_k:
             options.append(click.option("--answer-k", "default_k", type=click.IntRange(min=1), default=None,
-                                        help="Memories the Answer Agent reads. [default: from the model's size]"))
+                                        help="Memories the Answer Agent reads. [default: config.toml's "
+                                        "generation.answer_k, else the bundle's; for --model FILE, from its size]"))
         for option in reversed(options):
             wrapper = option(wrapper)
         return wrapper

@@ -117,7 +117,7 @@ def remembered_json(outcome) -> dict:
 @click.command()
 @click.argument("question")
 @click.option("-k", "--top-k", "k", type=click.IntRange(min=1), default=None,
-              help=f"Memories to retrieve. [default: the bundle's generation.answer_k; "
+              help=f"Memories to retrieve. [default: config.toml's generation.answer_k, else the bundle's; "
               f"{DEFAULT_GENERATION['answer_k']} for the default bundle]")
 @click.option("--show-memories", is_flag=True, help="Also print the memories the answer used.")
 @model_options(answer_k=False)

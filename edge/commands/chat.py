@@ -9,7 +9,7 @@ from edge.commands import db_option, model_options, user_option
 
 
 @click.command()
-@model_options()
+@model_options(chat=True)
 @db_option
 @user_option
 def chat(source, db: Path | None, user: str) -> None:

@@ -37,7 +37,7 @@ DEFAULT_KEY_ENV = "EDGE_SERVE_KEY"
               help="Environment variable holding the API key clients must send (checked whenever it is set).")
 @click.option("--memory-chars", type=click.IntRange(min=0), default=None, metavar="N",
               help="Most characters of memories added to each request's system message. [default: 1200]")
-@model_options()
+@model_options(chat=True)
 @db_option
 @user_option
 def serve(upstream: str | None, upstream_model: str | None, upstream_key_env: str | None, http: str, key_env: str,
