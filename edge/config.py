@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from functools import partial
+from pathlib import Path
 from typing import Any, Callable
 
 from edge import paths
@@ -49,13 +49,6 @@ def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
             raise ValueError(f"use one of {', '.join(options)}")
         return value
     return check
-
-
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise ValueError("must be at least 1")
-    return number
 
 
 def _path(value: str) -> str:
@@ -142,6 +135,12 @@ def load_config(path: Path | None = None) -> dict[str, Any]:
                 raise InvalidInputError(f"{path}: {exc.message}", hint=f"fix it: edge config set {name} VALUE, "
                                         f"or edge config unset {name}  ({name} is {KEYS[name][0]})") from None
     return flat
+
+
+def generation_overrides(settings: dict[str, Any]) -> dict[str, Any]:
+    """The `generation.*` settings of `settings` (`load_config`'s) by their `GenerationConfig` names: what is
+    served over a bundle's own decoding settings."""
+    return {name.split(".", 1)[1]: value for name, value in settings.items() if name.startswith("generation.")}
 
 
 def _table_of(key: str) -> str | None:

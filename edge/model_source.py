@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from edge.backends.http import SCHEMA_FORMATS, server_table
 from edge.bundle import ROLES, Bundle, build_default, write_manifest
+from edge.config import generation_overrides
 from edge.manifest import AdapterEntry, EmbedderEntry, Manifest, ModelEntry, RoleEntry
 from edge.errors import BundleError, InvalidInputError
 from edge.files import link_or_copy, staged_dir
@@ -281,7 +282,7 @@ class ModelChoice:
                 api_key_env: str | None, timeout: float | None, answer_k: int | None, text_mode: str | None,
                 n_ctx: int | None, config: dict[str, Any]) -> "ModelChoice":
         given = {"answer_k": answer_k, "text_mode": text_mode, "n_ctx": n_ctx}
-        generation = {key.split(".", 1)[1]: value for key, value in config.items() if key.startswith("generation.")}
+        generation = generation_overrides(config)
         generation.update({key: value for key, value in given.items() if value is not None})
         if bundle and (model or server):
             raise InvalidInputError("--bundle and --model/--server are two ways to choose the model; give one.")

@@ -24,7 +24,7 @@ from typing import Any
 
 from edge.config import tomllib  # the standard library's, or `tomli` on Python 3.10
 from edge.errors import EdgeError
-from edge.prompts import ANSWER_TOP_K
+from edge.prompts import ANSWER_TOP_K, TEXT_MODES
 
 AGENTS = ("manager", "answer")
 SOURCES = ("synthetic", "locomo", "both", "mix")
@@ -118,8 +118,8 @@ class DataSettings:
         if self.source == "locomo" and not self.locomo_path:  # "both" is checked when its episodes are built
             raise ConfigError("[data] source = 'locomo' needs locomo_path.",
                               hint="set locomo_path to a locomo10.json-style file, e.g. conv-26.json")
-        if self.text_mode not in ("extractive", "free"):
-            raise ConfigError(f"[data] text_mode must be 'extractive' or 'free', not {self.text_mode!r}.")
+        if self.text_mode not in TEXT_MODES:
+            raise ConfigError(f"[data] text_mode must be one of {', '.join(TEXT_MODES)}, not {self.text_mode!r}.")
         if self.dev_questions not in ("every-fifth", "none"):
             raise ConfigError(f"[data] dev_questions must be 'every-fifth' or 'none', not {self.dev_questions!r}.")
         if self.time_questions < 0:

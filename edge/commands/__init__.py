@@ -14,6 +14,7 @@ import click
 
 from edge import paths
 from edge.generation import MIN_N_CTX
+from edge.prompts import TEXT_MODES
 
 
 class LazyGroup(click.Group):
@@ -168,7 +169,7 @@ def model_options(*, generation: bool = True, answer_k: bool = True, chat: bool 
             ]
         if generation:
             options += [
-                click.option("--text-mode", type=click.Choice(["extractive", "free"]), default=None,
+                click.option("--text-mode", type=click.Choice(TEXT_MODES), default=None,
                              help="Facts and answers chosen from what was said, or written by the model. "
                              "[default: config.toml's generation.text_mode, else the bundle's; for --model FILE, "
                              "from its size]"),

@@ -9,6 +9,7 @@ import click
 from edge.commands import json_text
 from edge.errors import BundleError
 from edge.generation import MIN_N_CTX
+from edge.prompts import TEXT_MODES
 
 
 @click.group()
@@ -44,7 +45,7 @@ def build_default_cmd(out: Path | None, force: bool) -> None:
 @click.option("--api-key-env", default=None, metavar="VAR",
               help="With --server: the environment variable that will hold its API key (the key is never "
               "written to the bundle). [default: EDGE_API_KEY]")
-@click.option("--text-mode", type=click.Choice(["extractive", "free"]), default=None,
+@click.option("--text-mode", type=click.Choice(TEXT_MODES), default=None,
               help="Override the text mode chosen from the model's size.")
 @click.option("--answer-k", type=click.IntRange(min=1), default=None,
               help="Override the memories per question chosen from the model's size.")
@@ -164,16 +165,15 @@ def show(path: Path | None, as_json: bool) -> None:
     the decoding settings; --json prints the manifest."""
     from edge import paths
     from edge.bundle import Bundle
+    from edge.config import config_path, generation_overrides, load_config
 
     target = path or paths.default_bundle_dir()
     if not (target / "bundle.json").exists():
         raise BundleError(f"No bundle at {target}.", hint="Run `edge bundle build-default`.")
     loaded = Bundle.load(target)
     manifest = dict(loaded.manifest)
+    overrides = generation_overrides(load_config())  # what `edge ask`, `edge chat`, ... serve over the bundle's own
     if as_json:  # the manifest as written (its files with their checksums), and the settings served with it
-        from edge.config import load_config
-
-        overrides = {k.split(".", 1)[1]: v for k, v in load_config().items() if k.startswith("generation.")}
         click.echo(json_text({**manifest, "generation_in_force": loaded.generation.override(**overrides).to_manifest()}))
         return
     click.echo(f"{loaded.name}  ({loaded.root})")
@@ -204,9 +204,6 @@ def show(path: Path | None, as_json: bool) -> None:
     embedder = manifest.get("embedder") or {}
     click.echo(f"  embedder: {embedder.get('name')} ({embedder.get('dim')} dims)")
     click.echo("  generation: " + ", ".join(f"{k}={v}" for k, v in loaded.generation.to_manifest().items()))
-    from edge.config import config_path, load_config
-
-    overrides = {k.split(".", 1)[1]: v for k, v in load_config().items() if k.startswith("generation.")}
-    if overrides:  # what `edge ask`, `edge chat`, ... serve over the bundle's own
+    if overrides:
         click.secho(f"  in force over it ({config_path()}): " + ", ".join(f"{k}={v}" for k, v in overrides.items()),
                     fg="yellow")
