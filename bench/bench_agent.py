@@ -3,6 +3,7 @@
     python bench/bench_agent.py                 # remember/ask latency + 200 chat turns
     python bench/bench_agent.py --chat-turns 50 # shorter chat run
     python bench/bench_agent.py --chat-turns 0 --answer-adapter runs/answer.gguf   # ask: shipped vs candidate
+    python bench/bench_agent.py --chat-turns 0 --answer-retrieval hybrid   # ask: the bundle's retrieval vs another
 
 Measures, on this machine:
 - `remember` latency per turn (p50/p95) over LoCoMo turns of conv-26, waiting for the Manager
@@ -88,6 +89,9 @@ def main() -> None:
     parser.add_argument("--answer-adapter", type=Path, default=None,
                         help="a GGUF LoRA for the Answer Agent to time beside the bundle's own, question by question "
                              "on the same bank (reported as ask_candidate)")
+    parser.add_argument("--answer-retrieval", default=None,
+                        help="another generation.answer_retrieval to time beside the bundle's, question by question "
+                             "on the same bank (reported as ask_retrieval_candidate)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -124,22 +128,35 @@ def main() -> None:
             agent.bank.add_many(facts, user="bench")
             results["ask_bank"] = {"memories": agent.bank.count(), "source": "conv-26 observations + remembered",
                                    "answer_k": agent.answerer.k}
-            ask_s, ask_tokens = [], []
-            candidate_s, candidate_tokens = [], []
             shipped_adapter = agent.answerer.adapter
+            served = agent.answerer.generation
+
+            def ask_with(question: str, adapter: str | None, generation):
+                agent.answerer.adapter, agent.answerer.generation = adapter, generation
+                try:
+                    return agent.ask(question)
+                finally:
+                    agent.answerer.adapter, agent.answerer.generation = shipped_adapter, served
+
+            # Each question is asked once per variant, one right after the other (one run, the same load), in
+            # an order that alternates: the second ask of a question reads a prompt whose start llama.cpp
+            # still holds, and that advantage must not always go to the same variant.
+            variants = {"ask": (shipped_adapter, served)}
+            if args.answer_adapter:
+                variants["ask_candidate"] = ("candidate", served)
+            if args.answer_retrieval:
+                variants["ask_retrieval_candidate"] = (shipped_adapter,
+                                                       served.override(answer_retrieval=args.answer_retrieval))
+            seconds: dict[str, list[float]] = {name: [] for name in variants}
+            tokens: dict[str, list[int]] = {name: [] for name in variants}
             for i, question in enumerate(questions, start=1):
-                answer = agent.ask(question)
-                ask_s.append(answer.timings["total_s"])
-                ask_tokens.append(answer.prompt_tokens)
-                if args.answer_adapter:  # the same question at once with the other adapter: one run, same load
-                    agent.answerer.adapter = "candidate"
-                    try:
-                        other = agent.ask(question)
-                    finally:
-                        agent.answerer.adapter = shipped_adapter
-                    candidate_s.append(other.timings["total_s"])
-                    candidate_tokens.append(other.prompt_tokens)
-                print(f"\rask {i}/{len(questions)} {answer.timings['total_s']:.2f}s", end="", file=sys.stderr)
+                order = list(variants) if i % 2 else list(reversed(variants))
+                for name in order:
+                    answer = ask_with(question, *variants[name])
+                    seconds[name].append(answer.timings["total_s"])
+                    tokens[name].append(answer.prompt_tokens)
+                print(f"\rask {i}/{len(questions)} {seconds['ask'][-1]:.2f}s", end="", file=sys.stderr)
+            ask_s, ask_tokens = seconds["ask"], tokens["ask"]
             print(file=sys.stderr)
             results["remember"] = summary(remember_s)
             # The same turns again, for another user on the same models, as the Python API's default
@@ -157,10 +174,16 @@ def main() -> None:
                                           "waited_total_s": sum(remember_s)}
             behind.close()
             results["ask"] = {**summary(ask_s), "prompt_tokens_mean": statistics.fmean(ask_tokens) if ask_tokens else 0,
-                              "adapter": shipped_adapter}
+                              "adapter": shipped_adapter, "answer_retrieval": served.answer_retrieval}
+            if args.answer_retrieval:
+                results["ask_retrieval_candidate"] = {**summary(seconds["ask_retrieval_candidate"]),
+                                                      "answer_retrieval": args.answer_retrieval,
+                                                      "prompt_tokens_mean": statistics.fmean(tokens["ask_retrieval_candidate"])}
+            elif "ask_retrieval_candidate" in previous_results(args.out):
+                results["ask_retrieval_candidate"] = None
             if args.answer_adapter:
-                results["ask_candidate"] = {**summary(candidate_s), "adapter": str(args.answer_adapter),
-                                            "prompt_tokens_mean": statistics.fmean(candidate_tokens)}
+                results["ask_candidate"] = {**summary(seconds["ask_candidate"]), "adapter": str(args.answer_adapter),
+                                            "prompt_tokens_mean": statistics.fmean(tokens["ask_candidate"])}
             elif "ask_candidate" in previous_results(args.out):  # a stale comparison must not be merged in
                 results["ask_candidate"] = None
 

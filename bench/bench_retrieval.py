@@ -1,7 +1,7 @@
 """Evidence within the Answer Agent's budget, with the answer left out: rankings compared on conv-26 and FriendsQA.
 
     python bench/bench_retrieval.py                       # conv-26 and 40 FriendsQA test scenes, every ranking
-    python bench/bench_retrieval.py --rankings rank,neighbours --friendsqa-scenes 0
+    python bench/bench_retrieval.py --rankings hybrid-whole,hybrid --friendsqa-scenes 0
 
 Each conversation is written to an episodic log as the runtime writes turns
 (`edge.manager.log_entry_for`, the default bundle's embedder, real SQLite
@@ -9,8 +9,11 @@ and sqlite-vec; no Manager: what the Answer Agent reads of the log), and
 every question is put to each ranking. What the Answer Agent is shown is
 then the runtime's own budget (`AnswerAgent.fit`: the default bundle's
 `answer_tokens`, focus windows, lines sized by the served tokenizer), so a
-ranking changes only which memories come first. Per ranking, data set and
-question category:
+ranking changes only which memories come first. The rankings are
+`edge.generation.RETRIEVALS` and "hybrid-whole", hybrid search with the
+question embedded names and all (the retrieval before questions were
+embedded without the log's speakers). Per ranking, data set and question
+category:
 
 - `recall_topk`: the share of a question's evidence turns among the
   ranking's candidates (before the budget), `recall`: among those shown;
@@ -36,6 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONV = ROOT.parent / "shared" / "data" / "locomo" / "conv-26.json"
 FRIENDSQA = ROOT.parent / "shared" / "data" / "friendsqa"
 RESULTS = ROOT / "bench" / "results" / "retrieval.json"
+# Hybrid search with the question embedded whole, names and all: the Answer Agent's retrieval before it embedded
+# questions without the log's speakers (`edge.answer.without_speakers`).
+WHOLE = "hybrid-whole"
 sys.path.insert(0, str(ROOT / "bench"))
 
 from results_io import write_results  # noqa: E402
@@ -90,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     bundle = build_default(log=lambda message: print(message, file=sys.stderr))
     backend = bundle.load_backend("answer")
     embedder = bundle.load_embedder()
-    names = [n.strip() for n in args.rankings.split(",") if n.strip()] or list(RETRIEVALS)
-    agents = {name: AnswerAgent(backend, generation=bundle.generation.override(answer_retrieval=name), adapter=None)
-              for name in names}
+    names = [n.strip() for n in args.rankings.split(",") if n.strip()] or [WHOLE, *RETRIEVALS]
+    agents = {name: AnswerAgent(backend, generation=bundle.generation.override(
+        answer_retrieval="hybrid" if name == WHOLE else name), adapter=None) for name in names}
     data = [("locomo", item) for item in locomo_items(args.locomo)]
     if args.friendsqa_scenes and args.friendsqa.is_dir():
         data += [("friendsqa", item) for item in friendsqa_items(args.friendsqa, args.friendsqa_scenes)]
@@ -105,7 +111,13 @@ def main(argv: list[str] | None = None) -> int:
             for question, gold, evidence, category in questions:
                 for ranking, agent in agents.items():
                     t0 = time.perf_counter()
-                    candidates = agent.retrieve(bank, question)
+                    if ranking == WHOLE:  # the question embedded with the speakers' names: hybrid as it was
+                        candidates = [h.memory for h in bank.search(question, k=agent.k, mode="hybrid",
+                                                                    scope="episodic")]
+                        # `retrieve`'s search of the facts after the turns (none here), so the times compare
+                        bank.search(question, k=max(2, agent.k // 3) + len(candidates), mode="hybrid", scope="facts")
+                    else:
+                        candidates = agent.retrieve(bank, question)
                     retrieve_ms = 1000 * (time.perf_counter() - t0)
                     kept, _, _, shown = agent.fit(question, candidates)
                     seen_topk = {t for m in candidates for t in m.source_turns}

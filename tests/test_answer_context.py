@@ -179,3 +179,62 @@ def test_replies_follow_the_turns_that_matched_and_hybrid_is_the_default(tmp_pat
         replies = [m.source_turns[0] for m in offered_turns(bank, question, "replies-1", user="alice", k=1)]
     assert ranked == ["a1"] and replies == ["a1", "a2"]
     assert GenerationConfig().answer_retrieval == "hybrid"
+
+
+def test_a_question_is_embedded_without_the_names_of_the_logs_speakers() -> None:
+    from edge.answer import without_speakers
+
+    speakers = {"Caroline", "Melanie", "Will", "Jon Smith", "Jon"}
+    assert without_speakers("What did Caroline's mom give Melanie?", speakers) == "What did mom give ?"
+    assert without_speakers("Where did Jon Smith go?", speakers) == "Where did go?", "the longest name first"
+    assert without_speakers("What will Will do?", speakers) == "What will do?", "names match as written"
+    assert without_speakers("Caroline?", speakers) == "Caroline?", "a question of names alone stays whole"
+    assert without_speakers("What did Carolines say?", speakers) == "What did Carolines say?", "whole words only"
+    assert without_speakers("What did Caroline say?", set()) == "What did Caroline say?"
+
+
+def test_the_logs_speakers_follow_this_and_other_connections_writes(tmp_path: Path) -> None:
+    """`speakers` is kept between calls, yet a turn kept here or by another process, a delete and a restore are seen."""
+    from edge.embedder import HashEmbedder
+
+    path = tmp_path / "bank.db"
+    with MemoryBank.open(path, HashEmbedder(), user="alice") as bank, \
+            MemoryBank.open(path, HashEmbedder(), user="alice") as other:
+        assert bank.speakers() == frozenset()
+        _log(bank, "alice", [("a1", "Alice", "Hi Jon."), ("a2", "Jon", "Hi!")])
+        _log(bank, "bob", [("b1", "Bob", "Another user's turn.")])
+        assert bank.speakers() == {"Alice", "Jon"} and bank.speakers(user="bob") == {"Bob"}
+        _log(bank, "alice", [("a3", "Maya", "I joined the call.")])  # this connection: added to the kept set
+        assert bank.speakers() == {"Alice", "Jon", "Maya"}
+        _log(other, "alice", [("a4", "Kim", "Me too.")])  # another connection: the file changed, read again
+        assert bank.speakers() == {"Alice", "Jon", "Maya", "Kim"}
+        kim = next(m for m in bank.list(tier="episodic") if m.metadata["speaker"] == "Kim")
+        bank.delete(kim.id)
+        assert "Kim" not in bank.speakers()
+        bank.restore(kim.id)
+        assert "Kim" in bank.speakers()
+
+
+@pytest.mark.slow
+def test_the_answer_is_found_when_the_question_names_a_speaker(tmp_path: Path, minilm) -> None:
+    """Embedded with the name, "What is Caroline looking into?" ranks her goodbyes above her answer (every turn of
+    hers is embedded as "Caroline: ..."); without it, the turn about adoption agencies comes first."""
+    from edge.answer import offered_turns
+
+    turns = [("Caroline", "Hey Melanie! How are you doing today?"),
+             ("Melanie", "Hi Caroline! I'm great, the kids kept me busy all weekend."),
+             ("Caroline", "That sounds lovely. I have been so busy too, you know how it is."),
+             ("Melanie", "Caroline, you always have so much going on!"),
+             ("Caroline", "Ha, true. Lately I've been looking into adoption agencies, I want to give a kid a home."),
+             ("Melanie", "That's wonderful! I took the kids camping at the lake last month."),
+             ("Caroline", "Thanks Melanie, it means a lot to hear that from you."),
+             ("Melanie", "Of course Caroline, you deserve all the best."),
+             ("Caroline", "Talk soon! Bye for now."),
+             ("Melanie", "Bye Caroline, take care!")]
+    question = "What is Caroline looking into?"
+    with MemoryBank.open(tmp_path / "bank.db", minilm) as bank:
+        _log(bank, bank.user, [(f"D1:{i}", speaker, text) for i, (speaker, text) in enumerate(turns, start=1)])
+        whole = [h.memory.source_turns[0] for h in bank.search(question, k=3, mode="hybrid", scope="episodic")]
+        offered = [m.source_turns[0] for m in offered_turns(bank, question, k=3)]
+    assert whole[0] != "D1:5", "with the name embedded, another of Caroline's turns ranks first"
+    assert offered[0] == "D1:5"

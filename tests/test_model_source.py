@@ -132,11 +132,11 @@ def test_config_sets_any_decoding_setting_over_the_bundles(edge_home, default_bu
     """Every `generation` setting a bundle has can be set by the user, and reaches the bundle served."""
     runner = CliRunner()
     assert runner.invoke(cli, ["config", "set", "generation.unknown_margin", "0"]).exit_code == 0
-    assert runner.invoke(cli, ["config", "set", "generation.answer_retrieval", "replies-3"]).exit_code == 0
-    assert load_config() == {"generation.unknown_margin": 0.0, "generation.answer_retrieval": "replies-3"}
+    assert runner.invoke(cli, ["config", "set", "generation.answer_retrieval", "hybrid"]).exit_code == 0
+    assert load_config() == {"generation.unknown_margin": 0.0, "generation.answer_retrieval": "hybrid"}
     served = with_generation(default_bundle, ModelChoice.from_options(config=load_config()).generation).generation
-    assert default_bundle.generation.unknown_margin == 1.5
-    assert (served.unknown_margin, served.answer_retrieval, served.answer_k) == (0.0, "replies-3",
+    assert (default_bundle.generation.unknown_margin, default_bundle.generation.answer_retrieval) == (1.5, "replies-3")
+    assert (served.unknown_margin, served.answer_retrieval, served.answer_k) == (0.0, "hybrid",
                                                                                  default_bundle.generation.answer_k)
     shown = json.loads(runner.invoke(cli, ["bundle", "show", str(default_bundle.root), "--json"]).stdout)
     assert shown["generation"]["unknown_margin"] == 1.5 and shown["generation_in_force"]["unknown_margin"] == 0.0

@@ -28,6 +28,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
+from edge.answer import offered_turns
 from edge.bank import Memory, MemoryBank
 from edge.embedder import Embedder
 from edge.evaluation.scoring import best_offered, exact_match, f1_score, is_unknown, normalize_answer
@@ -457,10 +458,11 @@ def _log(bank: MemoryBank, turns: Sequence[Turn]) -> None:
 
 
 def _answer_context(bank: MemoryBank, question: str, k: int, reader: Any) -> tuple[list[Memory], list[ShownMemory]]:
-    """The memories the runtime Answer Agent shows for `question` and how (`reader`; None: the top-k turns)."""
+    """The memories the runtime Answer Agent shows for `question` and how (`reader`; None: the top-k turns it
+    retrieves, `edge.answer.offered_turns`, with no budget)."""
     if reader is not None:
         return reader.context(bank, question)
-    kept = [h.memory for h in bank.search(question, k=k, scope="episodic")]
+    kept = offered_turns(bank, question, k=k)
     return kept, shown_memories(kept)[1]
 
 

@@ -51,10 +51,16 @@ class TokenCounter:
 
 
 def answer_context_agent(tokenizer, config: TrainConfig):
-    """The Answer Agent whose retrieval and token budget LoCoMo Answer episodes reproduce (no model loaded)."""
-    from edge.answer import AnswerAgent
+    """The Answer Agent whose retrieval and token budget LoCoMo Answer episodes reproduce (no model loaded).
 
-    return AnswerAgent(TokenCounter(tokenizer), k=config.data.answer_k, text_mode=config.data.text_mode)  # type: ignore[arg-type]
+    Its settings are those `edge export` writes into a bundle (`edge.bundle.default_generation`: the retrieval,
+    `answer_retrieval`, among them), with the config's `answer_k` and `text_mode`.
+    """
+    from edge.answer import AnswerAgent
+    from edge.bundle import default_generation
+
+    return AnswerAgent(TokenCounter(tokenizer), generation=default_generation(),  # type: ignore[arg-type]
+                       k=config.data.answer_k, text_mode=config.data.text_mode)
 
 
 def build_data(config: TrainConfig, embedder: Embedder, *, reader: Any = None) -> Data:

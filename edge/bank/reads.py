@@ -1,4 +1,5 @@
-"""Reading a bank: one memory, an owner's memories in log order, the turn after a turn, counts, history.
+"""Reading a bank: one memory, an owner's memories in log order, the turn after a turn, the log's speakers,
+counts, history.
 
 `BankReads` is part of `MemoryBank` (`edge.bank.store`); nothing here writes.
 """
@@ -82,6 +83,34 @@ class BankReads:
                 if row is not None:
                     out[memory.id] = memory_from_row(row)
         return out
+
+    def speakers(self, *, user: str | None = None) -> frozenset[str]:
+        """The names the owner's episodic log gives its speakers ("Caroline", "User"), as written.
+
+        The Answer Agent embeds a question without them (`edge.answer.without_speakers`).
+        Reading them scans the log (about 35 ms at 5 x 10^4 turns), so the
+        set is kept per owner and read again only when another connection
+        changed the file (`PRAGMA data_version`), or this one deleted or
+        restored a turn or changed the file other than through `apply` (an
+        import, an undo); every other `apply` (a turn kept, the Manager's
+        facts) adds the speakers of the turns it kept to the kept set.
+        """
+        owner = self._owner(user)
+        with self._lock:
+            version = self._data_version()
+            cached = self._speaker_cache.get(owner)
+            if cached is not None and cached[0] == version:
+                return cached[1]
+            rows = self._conn.execute(
+                "SELECT DISTINCT json_extract(metadata, '$.speaker') FROM memories "
+                "WHERE owner = ? AND tier = ? AND deleted_at IS NULL", (owner, EPISODIC)).fetchall()
+            names = frozenset(r[0] for r in rows if isinstance(r[0], str) and r[0].strip())
+            self._speaker_cache[owner] = (version, names)
+            return names
+
+    def _data_version(self) -> tuple[int, int]:
+        """What changes when the file does: other connections' commits, and this connection's own changes."""
+        return self._conn.execute("PRAGMA data_version").fetchone()[0], self._conn.total_changes
 
     def count(self, *, user: str | None = None, tier: str | Sequence[str] | None = None) -> int:
         """Current memories of one owner (not deleted, not superseded), of some tiers or all."""

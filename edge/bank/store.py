@@ -91,6 +91,7 @@ class MemoryBank(BankReads, BankRepair, BankUndo, BankTransfer):
         self._embedder = embedder
         self.user = user
         self._lock = threading.RLock()
+        self._speaker_cache: dict[str, tuple[tuple[int, int], frozenset[str]]] = {}  # owner -> `speakers`
         self.read_only = False  # opened on a file or folder this process may not write (`open`)
         meta = self.meta()
         self.embedder_name = meta["embedder_name"]
@@ -307,9 +308,17 @@ class MemoryBank(BankReads, BankRepair, BankUndo, BankTransfer):
         plan = [(op, next(vectors) if _op_search_text(op) is not None else None) for op in cleaned]
         group = secrets.token_hex(6)
         with self._transaction() as conn:
+            known = self._speaker_cache.get(owner)
+            fresh = known is not None and known[0] == self._data_version()
             applied = [self._apply_one(conn, op, vec, owner, actor, turn, group) for op, vec in plan]
             self._write_meta(conn, meta or {})
-            return applied
+        if fresh and not any(a.action in ("DELETE", "RESTORE") and (a.before or {}).get("tier") == EPISODIC
+                             for a in applied):  # only deleting or restoring a turn can take a speaker away or back
+            said = {(a.after or {}).get("metadata", {}).get("speaker") for a in applied
+                    if a.action == "ADD" and (a.after or {}).get("tier") == EPISODIC}
+            names = known[1] | {s for s in said if isinstance(s, str) and s.strip()}
+            self._speaker_cache[owner] = (self._data_version(), frozenset(names))
+        return applied
 
     @staticmethod
     def _write_meta(conn, meta: Mapping[str, str | None]) -> None:
@@ -490,6 +499,7 @@ class MemoryBank(BankReads, BankRepair, BankUndo, BankTransfer):
         scope: SearchScope = "all",
         include_superseded: bool = False,
         min_similarity: float | None = None,
+        vector_text: str | None = None,
     ) -> list[SearchHit]:
         """Find one owner's memories for a query: by meaning, by keywords, or both fused (RRF).
 
@@ -500,7 +510,8 @@ class MemoryBank(BankReads, BankRepair, BankUndo, BankTransfer):
         `edge.bank.MIN_SIMILARITY`) keeps only hits that match a keyword of
         the query or are at least that close in meaning, as a search box
         must. `query_vector` is the query's embedding when the caller has
-        it already. Raises `InvalidInputError` for an empty or overlong
+        it already; `vector_text`, the text to embed in its place (the
+        keywords still come from `query`). Raises `InvalidInputError` for an empty or overlong
         query and an unknown mode or scope.
         """
         owner = self._owner(user)
@@ -510,7 +521,9 @@ class MemoryBank(BankReads, BankRepair, BankUndo, BankTransfer):
         with self._lock:
             vector = None
             if mode != "keyword":
-                vector = query_vector if query_vector is not None else self.embed([query])[0]
+                if query_vector is None:
+                    query_vector = self.embed([searchable(vector_text) if vector_text else query])[0]
+                vector = query_vector
             ranked = self.index.ranked(query, vector, owner, k, mode=mode, scope=scope,
                                        include_superseded=include_superseded, min_similarity=min_similarity)
             return self.hits(ranked)
