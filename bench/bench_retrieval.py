@@ -24,7 +24,12 @@ category:
 
 No text is generated. LoCoMo's evidence is its `evidence` turn ids;
 FriendsQA's the utterances its answers lie in (category: the question's
-first word). Writes bench/results/retrieval.json.
+first word). `--scale-turns N` also times the Answer Agent's retrieval
+(`offered_turns`, every ranking) on a log of N turns (conv-26's turns
+repeated, its 2 speakers renamed per block of 50 turns, 50 names in all;
+a model-free embedder, since only the bank's work is timed) and reading the log's speakers afresh
+(`MemoryBank.speakers`, done once and again after a turn is deleted).
+Writes bench/results/retrieval.json.
 """
 from __future__ import annotations
 
@@ -76,12 +81,56 @@ def friendsqa_items(root: Path, scenes: int):
         yield scene.scene_id, turns, questions
 
 
+def at_scale(n: int, data: list, agents: dict) -> dict:
+    """Retrieval time p50/p95 (ms) per ranking on a log of `n` turns, and the time of reading its speakers."""
+    from edge.bank import MemoryBank
+    from edge.embedder import HashEmbedder
+    from edge.manager import log_entry_for
+    from edge.prompts import Turn
+
+    turns = [t for source, (_, ts, _) in data if source == "locomo" for t in ts]
+    questions = [q for source, (_, _, qs) in data if source == "locomo" for q, *_ in qs][:150]
+    out: dict = {"turns": n, "questions": len(questions), "embedder": "hash (model-free)"}
+    with MemoryBank.open(":memory:", HashEmbedder()) as bank:
+        for start in range(0, n, 500):
+            block = [turns[i % len(turns)] for i in range(start, min(n, start + 500))]
+            bank.apply([log_entry_for(Turn(f"{t.speaker}{(start + j) // 50 % 25}", t.text, t.time, f"s{start + j}"))
+                        for j, t in enumerate(block)])
+        for name in ("speakers_first_read_ms", "speakers_kept_ms"):
+            t0 = time.perf_counter()
+            count = len(bank.speakers())
+            out[name] = round(1000 * (time.perf_counter() - t0), 2)
+        bank.delete(bank.list(tier="episodic", limit=1)[0].id)
+        t0 = time.perf_counter()
+        bank.speakers()
+        out["speakers_after_a_delete_ms"] = round(1000 * (time.perf_counter() - t0), 2)
+        out["speakers"] = count
+        for ranking, agent in agents.items():
+            ms = []
+            for question in questions:
+                t0 = time.perf_counter()
+                if ranking == WHOLE:
+                    bank.search(question, k=agent.k, mode="hybrid", scope="episodic")
+                    bank.search(question, k=max(2, agent.k // 3), mode="hybrid", scope="facts")
+                else:
+                    agent.retrieve(bank, question)
+                ms.append(1000 * (time.perf_counter() - t0))
+            out[ranking] = {"retrieve_ms_p50": round(percentile(ms, 0.5), 1),
+                            "retrieve_ms_p95": round(percentile(ms, 0.95), 1)}
+            print(f"{ranking:16s} {n} turns  retrieve p50 {out[ranking]['retrieve_ms_p50']} ms "
+                  f"p95 {out[ranking]['retrieve_ms_p95']} ms", file=sys.stderr)
+    print(f"speakers: {count} names; first read {out['speakers_first_read_ms']} ms, kept "
+          f"{out['speakers_kept_ms']} ms, after a delete {out['speakers_after_a_delete_ms']} ms", file=sys.stderr)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--locomo", type=Path, default=CONV)
     parser.add_argument("--friendsqa", type=Path, default=FRIENDSQA)
     parser.add_argument("--friendsqa-scenes", type=int, default=40, help="FriendsQA test scenes (0: none)")
     parser.add_argument("--rankings", default="", help="comma-separated rankings to run (default: all)")
+    parser.add_argument("--scale-turns", type=int, default=0, help="also time retrieval on a log of this many turns")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -156,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
               f"p95 {entry['retrieve_ms_p95']:.1f} ms")
         for category, f in entry["by_category"].items():
             print(f"    {category:22s} n {f['n']:3d}  recall {f['recall']:5.1f} %  best span F1 {f['best_offered_f1']:5.1f}")
+    scale = at_scale(args.scale_turns, data, agents) if args.scale_turns else None
     backend.close()
-    report = {"bench": "retrieval", "budget_tokens": bundle.generation.answer_tokens, "k": bundle.generation.answer_k,
+    report = {"bench": "retrieval", "at_scale": scale, "budget_tokens": bundle.generation.answer_tokens, "k": bundle.generation.answer_k,
               "locomo": str(args.locomo), "friendsqa_scenes": args.friendsqa_scenes, "rankings": results,
               "seconds": round(time.perf_counter() - started, 1)}
     write_results(args.out, report, show=False)

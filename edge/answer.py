@@ -17,6 +17,7 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Iterable
 
 from edge.backends.base import Backend, Message
@@ -332,12 +333,20 @@ def without_speakers(question: str, speakers: Iterable[str]) -> str:
     (case and whole words: a speaker "Will" leaves "will" alone), with
     a possessive "'s"; a question that is nothing but names stays whole.
     """
+    pattern = _names_pattern(frozenset(speakers))
+    if pattern is None:
+        return question
+    left = " ".join(pattern.sub(" ", question).split())
+    return left if re.search(r"\w", left) else question
+
+
+@lru_cache(maxsize=16)
+def _names_pattern(speakers: frozenset[str]) -> re.Pattern[str] | None:
+    """One regex for a set of names, longest first (`MemoryBank.speakers` hands back the same set until it changes)."""
     names = sorted((n for n in speakers if n.strip()), key=len, reverse=True)
     if not names:
-        return question
-    pattern = r"(?<!\w)(?:" + "|".join(re.escape(n) for n in names) + r")(?:['\u2019]s)?(?!\w)"
-    left = " ".join(re.sub(pattern, " ", question).split())
-    return left if re.search(r"\w", left) else question
+        return None
+    return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(n) for n in names) + r")(?:['\u2019]s)?(?!\w)")
 
 
 def superseding_turns_first(bank: MemoryBank, question: str, turns: list[Memory], *, user: str | None = None,
