@@ -88,7 +88,7 @@ class BankReads:
         """The names the owner's episodic log gives its speakers ("Caroline", "User"), as written.
 
         The Answer Agent embeds a question without them (`edge.answer.without_speakers`).
-        Reading them scans the log (about 35 ms at 5 x 10^4 turns), so the
+        Reading them scans the log (68 ms at 10^5 turns, bench/bench_retrieval.py --scale-turns), so the
         set is kept per owner and read again only when another connection
         changed the file (`PRAGMA data_version`), or this one deleted or
         restored a turn or changed the file other than through `apply` (an

@@ -307,18 +307,19 @@ class MemoryBank(BankReads, BankRepair, BankUndo, BankTransfer):
         vectors = iter(self.embed(texts))  # type: ignore[arg-type]
         plan = [(op, next(vectors) if _op_search_text(op) is not None else None) for op in cleaned]
         group = secrets.token_hex(6)
-        with self._transaction() as conn:
-            known = self._speaker_cache.get(owner)
-            fresh = known is not None and known[0] == self._data_version()
-            applied = [self._apply_one(conn, op, vec, owner, actor, turn, group) for op, vec in plan]
-            self._write_meta(conn, meta or {})
-        if fresh and not any(a.action in ("DELETE", "RESTORE") and (a.before or {}).get("tier") == EPISODIC
-                             for a in applied):  # only deleting or restoring a turn can take a speaker away or back
-            said = {(a.after or {}).get("metadata", {}).get("speaker") for a in applied
-                    if a.action == "ADD" and (a.after or {}).get("tier") == EPISODIC}
-            names = known[1] | {s for s in said if isinstance(s, str) and s.strip()}
-            self._speaker_cache[owner] = (self._data_version(), frozenset(names))
-        return applied
+        with self._lock:  # the write and the speakers it adds, before another thread's write
+            with self._transaction() as conn:
+                known = self._speaker_cache.get(owner)
+                fresh = known is not None and known[0] == self._data_version()
+                applied = [self._apply_one(conn, op, vec, owner, actor, turn, group) for op, vec in plan]
+                self._write_meta(conn, meta or {})
+            if fresh and not any(a.action in ("DELETE", "RESTORE") and (a.before or {}).get("tier") == EPISODIC
+                                 for a in applied):  # only deleting or restoring a turn takes a speaker away or back
+                said = {(a.after or {}).get("metadata", {}).get("speaker") for a in applied
+                        if a.action == "ADD" and (a.after or {}).get("tier") == EPISODIC}
+                names = known[1] | {s for s in said if isinstance(s, str) and s.strip()}
+                self._speaker_cache[owner] = (self._data_version(), frozenset(names))
+            return applied
 
     @staticmethod
     def _write_meta(conn, meta: Mapping[str, str | None]) -> None:
@@ -511,8 +512,8 @@ class MemoryBank(BankReads, BankRepair, BankUndo, BankTransfer):
         the query or are at least that close in meaning, as a search box
         must. `query_vector` is the query's embedding when the caller has
         it already; `vector_text`, the text to embed in its place (the
-        keywords still come from `query`). Raises `InvalidInputError` for an empty or overlong
-        query and an unknown mode or scope.
+        keywords still come from `query`). Raises `InvalidInputError` for
+        an empty or overlong query and an unknown mode or scope.
         """
         owner = self._owner(user)
         if k < 1:
