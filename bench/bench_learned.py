@@ -34,7 +34,8 @@ spread.
     python bench/bench_learned.py --agent answer --seeds 0 --compare-shipped --dev --runs runs/learned-f1 --set reward.metric=f1
     python bench/bench_learned.py --agent manager --seeds 0 --sft-steps 2 --test-conversations 1   # smoke
 
-Writes bench/results/learned_<agent>.json; the runs (adapters, curves) stay in runs/learned/.
+Writes the results into the runs folder (`--runs`, default runs/learned/), beside the adapters and curves;
+with `--ship` into bench/results/learned_<agent>.json, the shipped adapter's figures (`--out` chooses).
 With `--ship`, the seed with the best dev score (dev, never test: the test
 split only measures) becomes the adapter edge ships for the default bundle:
 `edge/adapters/<agent>.gguf`, its record `edge/adapters/<agent>.json`, and
@@ -219,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure the adapter edge ships now (edge/adapters/<agent>.gguf), in the same run")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "learned")
     parser.add_argument("--retrain", action="store_true", help="train again even where a run has finished")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results file (default: <runs>/learned_<agent>.json; with --ship, "
+                             "bench/results/learned_<agent>.json)")
     parser.add_argument("--ship", action="store_true",
                         help="make the dev-best seed's adapter the one edge ships (edge/adapters/<agent>.gguf)")
     args = parser.parse_args(argv)
@@ -337,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         "training": {str(s): v for s, v in training.items()},
         "seconds": round(time.perf_counter() - started, 1),
     }
-    out_path = args.out or RESULTS / f"learned_{args.agent}.json"
+    # Only the run that ships writes over the shipped adapter's figures; any other run keeps its own beside its runs.
+    out_path = args.out or (RESULTS if args.ship else args.runs) / f"learned_{args.agent}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results["summary"], indent=2))
