@@ -81,6 +81,16 @@ def friendsqa_items(root: Path, scenes: int):
         yield scene.scene_id, turns, questions
 
 
+def retrieve(agent, bank, question: str, ranking: str) -> list:
+    """What `ranking` offers for `question`: `agent.retrieve`, or for "hybrid-whole" hybrid search with the question
+    embedded names and all, followed by `retrieve`'s search of the facts (so that the times compare)."""
+    if ranking != WHOLE:
+        return agent.retrieve(bank, question)
+    turns = [h.memory for h in bank.search(question, k=agent.k, mode="hybrid", scope="episodic")]
+    bank.search(question, k=max(2, agent.k // 3) + len(turns), mode="hybrid", scope="facts")
+    return turns
+
+
 def at_scale(n: int, data: list, agents: dict) -> dict:
     """Retrieval time p50/p95 (ms) per ranking on a log of `n` turns, and the time of reading its speakers."""
     from edge.bank import MemoryBank
@@ -110,11 +120,7 @@ def at_scale(n: int, data: list, agents: dict) -> dict:
             for ranking in (list(agents) if i % 2 else list(reversed(agents))):
                 agent = agents[ranking]
                 t0 = time.perf_counter()
-                if ranking == WHOLE:
-                    bank.search(question, k=agent.k, mode="hybrid", scope="episodic")
-                    bank.search(question, k=max(2, agent.k // 3), mode="hybrid", scope="facts")
-                else:
-                    agent.retrieve(bank, question)
+                retrieve(agent, bank, question, ranking)
                 ms[ranking].append(1000 * (time.perf_counter() - t0))
         for ranking in agents:
             out[ranking] = {"retrieve_ms_p50": round(percentile(ms[ranking], 0.5), 1),
@@ -162,13 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             for question, gold, evidence, category in questions:
                 for ranking, agent in agents.items():
                     t0 = time.perf_counter()
-                    if ranking == WHOLE:  # the question embedded with the speakers' names: hybrid as it was
-                        candidates = [h.memory for h in bank.search(question, k=agent.k, mode="hybrid",
-                                                                    scope="episodic")]
-                        # `retrieve`'s search of the facts after the turns (none here), so the times compare
-                        bank.search(question, k=max(2, agent.k // 3) + len(candidates), mode="hybrid", scope="facts")
-                    else:
-                        candidates = agent.retrieve(bank, question)
+                    candidates = retrieve(agent, bank, question, ranking)
                     retrieve_ms = 1000 * (time.perf_counter() - t0)
                     kept, _, _, shown = agent.fit(question, candidates)
                     seen_topk = {t for m in candidates for t in m.source_turns}

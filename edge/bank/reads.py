@@ -5,7 +5,7 @@ counts, history.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from edge.bank.records import (
     EPISODIC,
@@ -17,6 +17,14 @@ from edge.bank.records import (
     memory_from_row,
 )
 from edge.errors import MemoryNotFoundError
+
+if TYPE_CHECKING:
+    from edge.operations import AppliedOp
+
+
+def _names(values: Iterable[Any]) -> frozenset[str]:
+    """The speaker names among `values` (metadata as stored: a name may be missing, blank or not text)."""
+    return frozenset(v for v in values if isinstance(v, str) and v.strip())
 
 
 def _tier_filter(tier: str | Sequence[str] | None, args: list[Any]) -> str:
@@ -97,16 +105,30 @@ class BankReads:
         """
         owner = self._owner(user)
         with self._lock:
-            version = self._data_version()
-            cached = self._speaker_cache.get(owner)
-            if cached is not None and cached[0] == version:
-                return cached[1]
+            kept = self._kept_speakers(owner)
+            if kept is not None:
+                return kept
             rows = self._conn.execute(
                 "SELECT DISTINCT json_extract(metadata, '$.speaker') FROM memories "
                 "WHERE owner = ? AND tier = ? AND deleted_at IS NULL", (owner, EPISODIC)).fetchall()
-            names = frozenset(r[0] for r in rows if isinstance(r[0], str) and r[0].strip())
-            self._speaker_cache[owner] = (version, names)
+            names = _names(r[0] for r in rows)
+            self._speaker_cache[owner] = (self._data_version(), names)
             return names
+
+    def _kept_speakers(self, owner: str) -> frozenset[str] | None:
+        """The owner's kept set of speakers while the file is as it was when it was read, else None."""
+        cached = self._speaker_cache.get(owner)
+        return cached[1] if cached is not None and cached[0] == self._data_version() else None
+
+    def _keep_speakers_of(self, owner: str, known: frozenset[str] | None, applied: Sequence[AppliedOp]) -> None:
+        """After `apply`: the speakers of the turns it kept join `known` (the set kept before it, None: none), unless
+        it deleted or restored a turn, which can take a speaker away or bring one back (then `speakers` reads again)."""
+        if known is None or any(a.action in ("DELETE", "RESTORE") and (a.before or {}).get("tier") == EPISODIC
+                                for a in applied):
+            return
+        said = _names((a.after or {}).get("metadata", {}).get("speaker") for a in applied
+                      if a.action == "ADD" and (a.after or {}).get("tier") == EPISODIC)
+        self._speaker_cache[owner] = (self._data_version(), known | said)
 
     def _data_version(self) -> tuple[int, int]:
         """What changes when the file does: other connections' commits, and this connection's own changes."""

@@ -309,16 +309,10 @@ class MemoryBank(BankReads, BankRepair, BankUndo, BankTransfer):
         group = secrets.token_hex(6)
         with self._lock:  # the write and the speakers it adds, before another thread's write
             with self._transaction() as conn:
-                known = self._speaker_cache.get(owner)
-                fresh = known is not None and known[0] == self._data_version()
+                known = self._kept_speakers(owner)
                 applied = [self._apply_one(conn, op, vec, owner, actor, turn, group) for op, vec in plan]
                 self._write_meta(conn, meta or {})
-            if fresh and not any(a.action in ("DELETE", "RESTORE") and (a.before or {}).get("tier") == EPISODIC
-                                 for a in applied):  # only deleting or restoring a turn takes a speaker away or back
-                said = {(a.after or {}).get("metadata", {}).get("speaker") for a in applied
-                        if a.action == "ADD" and (a.after or {}).get("tier") == EPISODIC}
-                names = known[1] | {s for s in said if isinstance(s, str) and s.strip()}
-                self._speaker_cache[owner] = (self._data_version(), frozenset(names))
+            self._keep_speakers_of(owner, known, applied)
             return applied
 
     @staticmethod
