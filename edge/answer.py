@@ -25,7 +25,7 @@ from edge.backends.base import Backend, Message
 from edge.bank import EPISODIC, Memory, MemoryBank
 from edge.bank.retrieval import STOPWORDS
 from edge.errors import ModelOutputError
-from edge.generation import FACTS_FIRST_SHARE, GenerationConfig, Setting
+from edge.generation import FACTS_FIRST_SHARE, STALE_UPDATES_FIRST, GenerationConfig, Setting
 from edge.model_calls import adapter_for, shown_memories, to_messages
 from edge.prompts import (
     CORE_MEMORY_CHARS,
@@ -181,7 +181,10 @@ class AnswerAgent:
         Orders other than "rank" (`edge.generation.ANSWER_ORDERS`) change
         this list: "updates-first" puts the newer versions of facts the
         question finds first, "facts-first" every current fact it finds
-        (those whose turns are shown too), "superseding-turns" moves a turn
+        (those whose turns are shown too), "stale-updates-first" (the
+        default bundle's) the newer versions among the question's top
+        `STALE_UPDATES_FIRST` facts whose older versions' turns are offered
+        too (`stale_turns`), "superseding-turns" moves a turn
         that retired a fact before the turns that fact came from
         (`superseding_turns_first`); "newest-first" and "topic-newest"
         reorder only after the budget has picked (`fit`). None hides a turn
@@ -193,12 +196,16 @@ class AnswerAgent:
         shown = {t for m in turns for t in m.source_turns}
         room = max(2, k // 3) if turns else k
         first, facts = [], []
-        for hit in bank.search(question, k=room + len(turns), mode="hybrid", user=user, scope="facts"):
+        for position, hit in enumerate(bank.search(question, k=room + len(turns), mode="hybrid", user=user,
+                                                    scope="facts")):
             memory = hit.memory
             if memory.tier == "core":
                 continue
             if order in ("facts-first", "current-first") or (order == "updates-first" and memory.metadata.get("supersedes")):
                 first.append(memory)  # shown before the turns, even when its turns are shown too
+            elif (order == "stale-updates-first" and position < STALE_UPDATES_FIRST
+                  and stale_turns(bank, memory, user=user) & shown):
+                first.append(memory)  # the turns offered hold a value it replaced: the newer one is read first
             elif memory.source_turns and set(memory.source_turns) <= shown:
                 continue
             else:
@@ -353,6 +360,26 @@ def _names_pattern(speakers: frozenset[str]) -> re.Pattern[str] | None:
     if not names:
         return None
     return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(n) for n in names) + r")(?:['\u2019]s?)?(?!\w)")
+
+
+def stale_turns(bank: MemoryBank, fact: Memory, *, user: str | None = None, depth: int = 8) -> set[str]:
+    """The turns the older versions of `fact` came from (its `supersedes` chain, newest first, at most `depth`).
+
+    Empty for a fact that replaced nothing. One indexed lookup per version;
+    a version no longer in the bank (purged) ends the chain.
+    """
+    from edge.errors import MemoryNotFoundError
+
+    turns: set[str] = set()
+    older = fact.metadata.get("supersedes")
+    while older and depth > 0:
+        try:
+            version = bank.get(str(older), user=user)
+        except MemoryNotFoundError:
+            break
+        turns.update(version.source_turns)
+        older, depth = version.metadata.get("supersedes"), depth - 1
+    return turns
 
 
 def superseding_turns_first(bank: MemoryBank, question: str, turns: list[Memory], *, user: str | None = None,

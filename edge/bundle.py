@@ -331,8 +331,12 @@ DEFAULT_QUANT = "q8_0"
 # within the budget on conv-26 from 72.5 % to 77.7 % and on FriendsQA from 93.6 % to 94.6 % (bench/bench_retrieval.py),
 # and conv-26's F1 from 26.7 to 28.5 (bench/results/eval-conv26-retrieval*); its cost, knowledge update EM 42.1 -> 36.8
 # (bench/results/knowledge_update_retrieval.json): the shipped adapter was trained on the top-k order.
+# answer_order: a current fact the Manager wrote in place of an older one is read first when it is one of the
+# question's top 2 facts and a turn of its older version is offered (the reader would see the stale value):
+# knowledge update EM 36.8 -> 42.1, with the log alone 36.8 (the Manager's facts earn that); conv-26 F1 28.5 -> 28.3,
+# dev 32.4 both, where "updates-first" (every newer version first) fell to 22.3 (bench/results/knowledge_update_stale.json).
 DEFAULT_GENERATION = {"answer_k": ANSWER_TOP_K, "repeat_penalty": REPEAT_PENALTY, "text_mode": "extractive",
-                      "unknown_margin": 1.5, "answer_retrieval": "replies-3"}
+                      "unknown_margin": 1.5, "answer_retrieval": "replies-3", "answer_order": "stale-updates-first"}
 
 
 def default_generation() -> GenerationConfig:

@@ -25,8 +25,9 @@ so manifests written before a key existed stay readable):
     chat_max_tokens     int >= 1     `Agent.chat` reply budget, in tokens
     text_mode           str          "extractive" (spans of what was said) or "free" (written, validated)
     n_ctx               int >= 256   the context window the models are loaded with, in tokens
-    answer_order        str          how the Answer Agent orders what it reads (`ANSWER_ORDERS`; "rank",
-                                     today's order, unless a bundle names another)
+    answer_order        str          how the Answer Agent orders what it reads (`ANSWER_ORDERS`; "rank"
+                                     unless a bundle names another: the default bundle's is
+                                     "stale-updates-first")
     answer_retrieval    str          which turns of the log the Answer Agent is offered (`RETRIEVALS`;
                                      "hybrid", the top-k of hybrid search, unless a bundle names another)
     unknown_margin      float >= 0   logits by which "unknown" must beat every span for an extractive
@@ -66,9 +67,14 @@ MIN_N_CTX = 256  # below this not even the Manager's instructions fit
 #   topic-newest       the same memories as rank; a newer turn sharing a word (not the question's) with a
 #                      turn ranked above it is shown before it
 #   current-first      facts-first, then the turns as topic-newest orders them
+#   stale-updates-first  as rank, but a fact that replaced an older version comes first when it is among the
+#                      question's top `STALE_UPDATES_FIRST` facts and a turn its older version came from is
+#                      offered too (the reader would see the stale value); the default bundle's order
 # Every order shows the same kinds of memory (the log is never hidden; a superseded fact never appears).
-ANSWER_ORDERS = ("rank", "updates-first", "facts-first", "superseding-turns", "newest-first", "topic-newest", "current-first")
+ANSWER_ORDERS = ("rank", "updates-first", "facts-first", "superseding-turns", "newest-first", "topic-newest",
+                 "current-first", "stale-updates-first")
 FACTS_FIRST_SHARE = 0.25
+STALE_UPDATES_FIRST = 2
 
 # Which turns of the episodic log the Answer Agent is offered (`edge.answer.AnswerAgent.retrieve`), before the
 # token budget keeps the first of them:

@@ -19,7 +19,7 @@ from edge.bank import MemoryBank
 from edge.bundle import DEFAULT_GENERATION, default_generation
 from edge.errors import InvalidInputError
 from edge.generation import ANSWER_ORDERS, GenerationConfig
-from edge.operations import AddOp, SupersedeOp
+from edge.operations import AddOp, DeleteOp, SupersedeOp
 
 TOMAS_JOB = [
     {"speaker": "Tomas", "time": "2025-03-02 10:00", "text": "I started at the bakery on Main Street."},
@@ -55,24 +55,27 @@ def test_the_job_change_supersedes_the_bakery_fact_until_the_library_turn(tomas:
     assert current[0].source_turns == (library_turn,)
 
 
-@pytest.mark.parametrize("order", ["rank", "current-first"])
+@pytest.mark.parametrize("order", ["stale-updates-first", "rank", "current-first"])
 def test_where_tomas_works_now_is_the_library(tomas: Agent, order: str) -> None:
     """The shipped bundle answers from the newest job: "city library", not the bakery's "Main Street"."""
+    served = tomas.answerer.order
+    assert served == "stale-updates-first", "the default bundle's order"
     tomas.answerer.order = order
     try:
         result = tomas.ask(WHERE_NOW)
     finally:
-        tomas.answerer.order = "rank"
+        tomas.answerer.order = served
     assert "library" in result.answer.lower(), (result.answer, [(m.tier, m.text) for m in result.memories])
 
 
 def test_every_order_shows_both_turns_and_answers_from_what_it_showed(tomas: Agent) -> None:
+    served = tomas.answerer.order
     for order in ANSWER_ORDERS:
         tomas.answerer.order = order
         try:
             result = tomas.ask(WHERE_NOW)
         finally:
-            tomas.answerer.order = "rank"
+            tomas.answerer.order = served
         shown = [m.text for m in result.retrieved]
         assert all(t["text"] in shown for t in TOMAS_JOB), (order, shown)
         assert not any(m.superseded for m in result.retrieved), "a superseded fact is never read"
@@ -110,10 +113,9 @@ def shown_turns(agent: AnswerAgent, bank: MemoryBank) -> list[str]:
     return [m.source_turns[0] for m in memories if m.tier == "episodic"]
 
 
-def test_rank_is_the_default_and_a_bundle_names_no_order() -> None:
-    assert GenerationConfig().answer_order == "rank"
-    assert default_generation().answer_order == "rank", "the default bundle reads as it always did"
-    assert "answer_order" not in DEFAULT_GENERATION, "a built default bundle stays current"
+def test_rank_unless_a_bundle_names_an_order_and_the_default_bundle_reads_updates_over_stale_values() -> None:
+    assert GenerationConfig().answer_order == "rank", "a bundle that names no order reads as it always did"
+    assert default_generation().answer_order == DEFAULT_GENERATION["answer_order"] == "stale-updates-first"
     with pytest.raises(InvalidInputError, match="answer_order"):
         GenerationConfig(answer_order="newest")
 
@@ -153,9 +155,28 @@ def test_superseding_turns_moves_the_trade_before_the_turn_it_retired(ingrid: Me
     assert order.index("S:4") < order.index("S:1")
 
 
-@pytest.mark.parametrize("order", ["updates-first", "facts-first", "current-first"])
+@pytest.mark.parametrize("order", ["updates-first", "facts-first", "current-first", "stale-updates-first"])
 def test_the_newer_fact_comes_before_every_turn(ingrid: MemoryBank, llama_backend, order: str) -> None:
     memories, lines = AnswerAgent(llama_backend, adapter=None, order=order).context(ingrid, CAR)
     assert memories[0].text == "Ingrid traded Ingrid's Subaru for a Jeep."
     assert memories[0].metadata.get("supersedes")
     assert [m.tier for m in memories[1:]] == ["episodic"] * 4
+
+
+def test_stale_updates_first_reads_the_newer_fact_first_only_when_the_older_value_is_offered(
+        ingrid: MemoryBank, llama_backend) -> None:
+    """The Subaru turn (S:1, the older version's) is offered for the car question, so the Jeep fact leads; for a
+    question the log answers without S:1 the newer fact is only read after the turns, as "rank" reads it."""
+    from edge.answer import stale_turns
+
+    newer = ingrid.list(tier="semantic")[0]
+    assert stale_turns(ingrid, newer) == {"S:1"}
+    agent = AnswerAgent(llama_backend, adapter=None, order="stale-updates-first")
+    retrieved = agent.retrieve(ingrid, CAR)
+    assert retrieved[0].id == newer.id and [m.tier for m in retrieved[1:]] == ["episodic"] * 4
+    # A fresh log where the Subaru turn is gone (deleted, recoverably): nothing stale is offered.
+    (subaru,) = [m for m in ingrid.list(tier="episodic") if m.source_turns == ("S:1",)]
+    ingrid.apply([DeleteOp(subaru.id)], actor="user")
+    retrieved = agent.retrieve(ingrid, CAR)
+    assert [m.tier for m in retrieved] == ["episodic"] * 3, "its own turn is shown: read as rank reads it (not at all)"
+    assert stale_turns(ingrid, ingrid.list(tier="episodic")[0]) == set(), "a turn replaced nothing"
