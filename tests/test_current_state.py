@@ -165,8 +165,8 @@ def test_the_newer_fact_comes_before_every_turn(ingrid: MemoryBank, llama_backen
 
 def test_stale_updates_first_reads_the_newer_fact_first_only_when_the_older_value_is_offered(
         ingrid: MemoryBank, llama_backend) -> None:
-    """The Subaru turn (S:1, the older version's) is offered for the car question, so the Jeep fact leads; for a
-    question the log answers without S:1 the newer fact is only read after the turns, as "rank" reads it."""
+    """The Subaru turn (S:1, the older version's) is offered for the car question, so the Jeep fact leads; once
+    that turn is gone nothing stale is offered, and the fact is read as "rank" reads it (its own turn is shown)."""
     from edge.answer import stale_turns
 
     newer = ingrid.list(tier="semantic")[0]
