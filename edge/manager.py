@@ -9,7 +9,8 @@ For each turn:
    can only be one of the turn's clauses, so the model chooses what to keep.
 3. Every operation is validated: ids it was shown, the delete cap, a text
    grounded in what was said (`edge.grounding`), no instruction-like text,
-   no retiring of a fact the turn just repeated.
+   no retiring of a fact the turn just repeated, no change to a fact another
+   speaker said (`speaks_for`).
 4. The log entry and what survives are applied in one bank transaction. An
    UPDATE or DELETE supersedes the old fact (kept, valid until this turn)
    instead of destroying it.
@@ -45,6 +46,7 @@ from edge.prompts import (
     DEFAULT_DELETE_CAP,
     IdMap,
     ManagerParse,
+    ProposedOp,
     Turn,
     manager_messages,
     manager_schema,
@@ -374,8 +376,11 @@ def to_bank_ops(
     turn (or the fact it replaces), instruction-like text, a fact already
     stored, an UPDATE that changes nothing, a DELETE of a fact the turn
     just repeated, any change of facts by a turn that reads as an
-    instruction. UPDATE and DELETE become `SupersedeOp`s: the old fact is
-    kept, valid until this turn. `written` holds the (normalised) texts
+    instruction. A turn changes only facts its own speaker said
+    (`speaks_for`): an UPDATE of another person's fact is refused as a
+    change and weighed as an ADD of its text, a DELETE of one is refused.
+    UPDATE and DELETE become `SupersedeOp`s: the old fact is kept, valid
+    until this turn. `written` holds the (normalised) texts
     already written for this turn and gains the ones kept: the pieces of a
     long turn share one.
     """
@@ -394,6 +399,14 @@ def to_bank_ops(
         real_id = id_map.real(proposed.id or "")
         target = by_id.get(real_id or "") if proposed.op != "ADD" else None
         text = proposed.text
+        if target is not None and not speaks_for(target, turn.speaker):
+            owner = target.metadata.get("speaker")
+            kept_as = "; its text is weighed as a new fact" if text is not None else ""
+            rejected.append(({"op": proposed.op, "id": real_id, "text": text},
+                             f"the turn is {turn.speaker}'s and cannot change a fact {owner} said{kept_as}"))
+            if text is None:
+                continue
+            proposed, target = ProposedOp("ADD", text=text, tier="semantic"), None
         sources = [turn.text] + ([target.text] if target else [])
         reason = None
         if proposed.op != "ADD" and target is None:
@@ -455,6 +468,23 @@ def _bank_op(name: str, text: str | None, target: Memory | None, turn: Turn, at:
         assert target is not None
         return SupersedeOp(target.id, text, said_at, turn.turn_id, event_time, sources, metadata)
     return AddOp(text or "", tier, event_time, sources, metadata)  # type: ignore[arg-type]
+
+
+def speaks_for(fact: Memory, speaker: str | None) -> bool:
+    """Whether a turn by `speaker` may change `fact`: a fact the Manager took from that speaker's own turns.
+
+    A fact with no speaker (added by a user or the API) is anyone's to
+    change. Another person's reply is the commonest wrong change in a
+    conversation between two people: on LoCoMo conv-26 the shipped Manager
+    wrote 46 UPDATEs and 5 DELETEs, and most retired one speaker's fact for
+    the other's answer ("Researching adoption agencies ..." replaced by
+    Melanie's "That photo is stunning!"), hiding true facts from the reader.
+    Names compare without case or outer spaces.
+    """
+    said_by = fact.metadata.get("speaker")
+    if not said_by or not speaker:
+        return True
+    return str(said_by).strip().casefold() == speaker.strip().casefold()
 
 
 def shares_topic(fact: str, turn: str, speaker: str | None) -> bool:

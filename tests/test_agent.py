@@ -455,6 +455,34 @@ def test_words_of_time_are_no_topic_a_turn_and_a_fact_share(bank: MemoryBank) ->
     assert shares_topic("Ana adopted Pip last week", "Pip ran away yesterday.", "Ana")
 
 
+def test_a_turn_changes_only_its_own_speakers_facts(bank: MemoryBank) -> None:
+    """Melanie's "That photo is stunning!" retired Caroline's adoption fact on LoCoMo conv-26: another person's
+    UPDATE is kept as a new fact instead, their DELETE refused; Caroline's own turn still changes her fact."""
+    from edge.operations import AddOp
+
+    adoption, photo = bank.apply([AddOp(text, "semantic", metadata={"speaker": "Caroline"}) for text in (
+        "Caroline is researching adoption agencies", "Caroline took a photo of the agencies")], actor="manager")
+    manager = MemoryManager(ScriptedBackend([], check_schema=False), bank, text_mode="free")
+    shown = [m.id for m in manager.related(Turn("Melanie", "That photo of the adoption agencies is stunning!"))]
+    update, delete = str(shown.index(adoption.memory_id)), str(shown.index(photo.memory_id))
+    reply = json.dumps({"ops": [{"op": "UPDATE", "id": update, "text": "That photo of the adoption agencies is stunning!"},
+                                {"op": "DELETE", "id": delete}]})
+    result = MemoryManager(ScriptedBackend([reply], check_schema=False), bank, text_mode="free").process(
+        Turn("Melanie", "That photo of the adoption agencies is stunning!", "2023-05-08 13:56"))
+    assert not bank.get(adoption.memory_id).superseded and not bank.get(photo.memory_id).superseded, \
+        "Caroline's facts stay current"
+    assert [(op.action, (op.after or {}).get("text")) for op in result.applied] == [
+        ("ADD", "That photo of the adoption agencies is stunning!")]
+    reasons = [reason for _, reason in result.rejected]
+    assert len(reasons) == 2 and all("cannot change a fact Caroline said" in r for r in reasons), reasons
+    # Her own turn may change it (names compare without case).
+    turn = Turn("caroline", "I applied to two adoption agencies!", "2023-05-20 10:00")
+    local = str([m.id for m in manager.related(turn)].index(adoption.memory_id))
+    reply = json.dumps({"ops": [{"op": "UPDATE", "id": local, "text": "caroline applied to two adoption agencies"}]})
+    result = MemoryManager(ScriptedBackend([reply], check_schema=False), bank, text_mode="free").process(turn)
+    assert [op.action for op in result.applied] == ["UPDATE"] and bank.get(adoption.memory_id).superseded
+
+
 def test_a_look_alike_with_an_invisible_character_is_the_fact_already_stored(bank: MemoryBank) -> None:
     tea = bank.add("Alice likes green tea")
     reply = json.dumps({"ops": [{"op": "ADD", "text": "Alice likes green\u200b tea"}]})
