@@ -24,8 +24,9 @@ retrieval and budget; the orders in `--orders`) is scored against
 LoCoMo's evidence: recall, split into the log's turns and the facts;
 facts shown per question; best offered span F1 (`edge.prompts.answer_spans`,
 `edge.evaluation.scoring.best_offered`). With `--answer`, the shipped
-Answer Agent (its adapter, as served) answers the 152 scored questions from
-each copy: F1, LoCoMo F1, and the same on the 31 dev questions. The
+Answer Agent (its adapter, as served) answers the scored questions that
+name evidence (150 of conv-26's 152) from each copy: F1, LoCoMo F1, and F1
+on the dev questions among them. The
 baseline of every row is the log alone (`log-only`: no facts at all).
 
 Writes bench/results/consolidation.json (`--out`). Model-free part: about
@@ -107,7 +108,8 @@ def main() -> None:
     backend = bundle.load_backend("answer", n_ctx=8192)
     generation = bundle.generation
     conversation = load_locomo(args.data)[0]
-    scored = [(i, qa) for i, qa in enumerate(conversation.qa) if qa in conversation.questions()]
+    # The questions `edge eval locomo` scores (categories 1-4) that name evidence, with their index in the file.
+    scored = [(i, qa) for i, qa in enumerate(conversation.qa) if not qa.is_adversarial and qa.evidence]
     temp = tempfile.TemporaryDirectory(prefix="edge-consolidation-")
 
     with MemoryBank.open(args.db, embedder, user=args.user) as source:
@@ -138,8 +140,6 @@ def main() -> None:
         f1, lf1, dev_f1, by_category = [], [], [], {}
         with MemoryBank.open(path, embedder, user=args.user) as bank:
             for index, qa in scored:
-                if not qa.evidence:
-                    continue
                 memories, shown = agent.context(bank, qa.question)
                 evidence = set(qa.evidence)
                 log = {t for m in memories if m.tier == "episodic" for t in m.source_turns}

@@ -24,7 +24,7 @@ from typing import Any, Iterable
 from edge.backends.base import Backend, Message
 from edge.bank import EPISODIC, Memory, MemoryBank
 from edge.bank.retrieval import STOPWORDS
-from edge.errors import ModelOutputError
+from edge.errors import MemoryNotFoundError, ModelOutputError
 from edge.generation import FACTS_FIRST_SHARE, STALE_UPDATES_FIRST, GenerationConfig, Setting
 from edge.model_calls import adapter_for, shown_memories, to_messages
 from edge.prompts import (
@@ -368,8 +368,6 @@ def stale_turns(bank: MemoryBank, fact: Memory, *, user: str | None = None, dept
     Empty for a fact that replaced nothing. One indexed lookup per version;
     a version no longer in the bank (purged) ends the chain.
     """
-    from edge.errors import MemoryNotFoundError
-
     turns: set[str] = set()
     older = fact.metadata.get("supersedes")
     while older and depth > 0:

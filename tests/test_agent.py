@@ -15,7 +15,7 @@ from edge.bank import MemoryBank
 from edge.bundle import ADAPTER_ROLES, Bundle
 from edge.embedder import HashEmbedder
 from edge.errors import BundleError, EmbedderMismatchError, InvalidInputError, TurnInterruptedError
-from edge.manager import MemoryManager, shares_topic
+from edge.manager import MemoryManager, related_facts, shares_topic
 from edge.prompts import DEFAULT_DELETE_CAP, FACT_TIERS, WORKING_STATE_CHARS, Turn
 
 
@@ -462,8 +462,7 @@ def test_a_turn_changes_only_its_own_speakers_facts(bank: MemoryBank) -> None:
 
     adoption, photo = bank.apply([AddOp(text, "semantic", metadata={"speaker": "Caroline"}) for text in (
         "Caroline is researching adoption agencies", "Caroline took a photo of the agencies")], actor="manager")
-    manager = MemoryManager(ScriptedBackend([], check_schema=False), bank, text_mode="free")
-    shown = [m.id for m in manager.related(Turn("Melanie", "That photo of the adoption agencies is stunning!"))]
+    shown = [m.id for m in related_facts(bank, Turn("Melanie", "That photo of the adoption agencies is stunning!"))]
     update, delete = str(shown.index(adoption.memory_id)), str(shown.index(photo.memory_id))
     reply = json.dumps({"ops": [{"op": "UPDATE", "id": update, "text": "That photo of the adoption agencies is stunning!"},
                                 {"op": "DELETE", "id": delete}]})
@@ -477,7 +476,7 @@ def test_a_turn_changes_only_its_own_speakers_facts(bank: MemoryBank) -> None:
     assert len(reasons) == 2 and all("cannot change a fact Caroline said" in r for r in reasons), reasons
     # Her own turn may change it (names compare without case).
     turn = Turn("caroline", "I applied to two adoption agencies!", "2023-05-20 10:00")
-    local = str([m.id for m in manager.related(turn)].index(adoption.memory_id))
+    local = str([m.id for m in related_facts(bank, turn)].index(adoption.memory_id))
     reply = json.dumps({"ops": [{"op": "UPDATE", "id": local, "text": "caroline applied to two adoption agencies"}]})
     result = MemoryManager(ScriptedBackend([reply], check_schema=False), bank, text_mode="free").process(turn)
     assert [op.action for op in result.applied] == ["UPDATE"] and bank.get(adoption.memory_id).superseded
