@@ -52,12 +52,12 @@ def test_only_the_operation_id_and_clause_choice_are_labelled(tokenizer, constra
     gold = json.loads(change.gold_reply())["ops"][0]
     assert words[0] == "UPDATE"
     assert gold["id"] in words
+    reply_tokens = len(row["input_ids"]) - prompt_length
+    assert len(labelled) < reply_tokens / 3  # the JSON frame and the copied clause are the grammar's, not learned
     lone = next(e for e in episodes if gold_operation(e) == "UPDATE" and len(e.shown) == 1)
     [row] = decision_rows([lone], tokenizer, constraint)
     assert json.loads(lone.gold_reply())["ops"][0]["id"] not in [tokenizer.decode([t]).strip() for t in row["labels"]
                                                                  if t != -100]  # one fact shown: the grammar's id
-    reply_tokens = len(row["input_ids"]) - prompt_length
-    assert len(labelled) < reply_tokens / 3  # the JSON frame and the copied clause are the grammar's, not learned
 
 
 def test_a_noop_is_labelled_at_its_operation_only(tokenizer, constraint, episodes) -> None:

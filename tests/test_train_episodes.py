@@ -101,6 +101,29 @@ def test_synthetic_manager_episodes_express_gold_ops_in_shown_ids():
     assert {"intro", "change", "retract", "chat", "repeat"} <= kinds
 
 
+def test_manager_episodes_carry_the_log_and_facts_that_name_their_turn_and_speaker(conv26):
+    """What the served reward rebuilds: the log up to and with the turn; facts as the runtime Manager writes them
+    (a changed fact is the newer version, taken from the turn that changed it)."""
+    conv = generate("dev", 6)
+    episodes = synthetic_manager_episodes(conv, HashEmbedder())
+    turns = {t.turn_id: t for c in conv for t in c.turns}
+    changed = 0
+    for e in episodes:
+        assert e.log[-1] == e.turn and len({t.turn_id for t in e.log}) == len(e.log)
+        assert [t.turn_id for t in e.log] == [t.turn_id for t in e.log if t.turn_id in turns]
+        for m in e.bank:
+            (source,) = m.source_turns
+            assert source in {t.turn_id for t in e.log[:-1]}, "a fact comes from an earlier turn"
+            assert m.metadata == {"speaker": turns[source].speaker}
+            changed += turns[source].ops[0].op == "UPDATE" if turns[source].ops else 0
+    assert changed, "some fact is the newer version a change turn wrote"
+    locomo = locomo_manager_episodes(conv26, HashEmbedder(), window=50)
+    order = _turn_order(conv26[0])
+    for e in locomo[:20]:
+        assert [order[t.turn_id] for t in e.log] == list(range(order[e.turn.turn_id] + 1)), "every turn so far"
+    assert json.loads(locomo[0].row()["log"])[-1]["turn_id"] == locomo[0].turn.turn_id
+
+
 def test_synthetic_answer_episodes_point_at_the_memory_that_answers():
     episodes = synthetic_answer_episodes(generate("dev", 4), HashEmbedder(), k=10)
     assert episodes

@@ -148,12 +148,21 @@ class RewardSettings:
     reader_adapter: str | None = _help("reader = 'agent': a GGUF LoRA for the frozen Answer Agent.", None)
     reader_k: int = _help("Memories the frozen reader retrieves per question.", ANSWER_TOP_K)
     reader_n_ctx: int = _help("reader = 'agent' on llama.cpp: context window.", 4096)
+    context: str = _help(
+        "Manager: what the frozen reader reads after the reply: 'facts' (the facts alone) or 'served' (the "
+        "episodic log of the conversation so far plus the facts, as the bundle serves them: a reply earns "
+        "only what its facts add to the log; needs reader = 'agent').", "facts")
 
     def __post_init__(self) -> None:
         if self.metric not in ("em", "f1"):
             raise ConfigError(f"[reward] metric must be 'em' or 'f1', not {self.metric!r}.")
         if self.reader not in ("agent", "candidates"):
             raise ConfigError(f"[reward] reader must be 'agent' or 'candidates', not {self.reader!r}.")
+        if self.context not in ("facts", "served"):
+            raise ConfigError(f"[reward] context must be 'facts' or 'served', not {self.context!r}.")
+        if self.context == "served" and self.reader != "agent":
+            raise ConfigError("[reward] context = 'served' needs reader = 'agent': the candidate reader would "
+                              "see every value the log ever held and never answer.", hint="set reader = \"agent\"")
 
 
 @dataclass

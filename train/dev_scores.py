@@ -40,8 +40,9 @@ def manager_replies(model, tokenizer, constraint: SchemaConstraint, episodes: Se
 
 def score_manager_replies(episodes: Sequence[ManagerEpisode], replies: Sequence[str], reader: Reader | None,
                           embedder: Embedder, metric: Callable[[object, object], float] = exact_match,
-                          ) -> dict[str, Any]:
-    """Metrics of given replies (pure: no model), overall and per turn kind."""
+                          context: str = "facts") -> dict[str, Any]:
+    """Metrics of given replies (no model but `reader`'s), overall and per turn kind; `answer` is the reader's
+    score with the reward's `context` (`edge.train.rewards.score_reply`)."""
     cached = CachedEmbedder(embedder)
     groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     ops_used: dict[str, int] = defaultdict(int)
@@ -58,7 +59,7 @@ def score_manager_replies(episodes: Sequence[ManagerEpisode], replies: Sequence[
         if not parse.ops and parse.ok:
             ops_used["NOOP"] += 1
         if reader is not None and episode.questions:
-            score, _ = score_reply(reply, episode.row(), reader, cached, metric)
+            score, _ = score_reply(reply, episode.row(), reader, cached, metric, context)
             groups["all"]["answer"].append(score)  # type: ignore[arg-type]
             groups[episode.kind or "turn"]["answer"].append(score)  # type: ignore[arg-type]
     result: dict[str, Any] = {"n": len(episodes), "ops_used": dict(ops_used),
@@ -120,10 +121,11 @@ def operation_report(episodes: Sequence[ManagerEpisode], replies: Sequence[str])
 
 def evaluate_manager(model, tokenizer, constraint: SchemaConstraint, episodes: Sequence[ManagerEpisode],
                      reader: Reader | None, embedder: Embedder, *, max_new_tokens: int = 256, batch_size: int = 8,
-                     metric: Callable[[object, object], float] = exact_match) -> tuple[dict[str, Any], list[str]]:
+                     metric: Callable[[object, object], float] = exact_match, context: str = "facts",
+                     ) -> tuple[dict[str, Any], list[str]]:
     replies = manager_replies(model, tokenizer, constraint, episodes, max_new_tokens=max_new_tokens,
                               batch_size=batch_size)
-    return score_manager_replies(episodes, replies, reader, embedder, metric), replies
+    return score_manager_replies(episodes, replies, reader, embedder, metric, context), replies
 
 
 def evaluate_answer(model, tokenizer, constraint: SchemaConstraint, episodes: Sequence[AnswerEpisode], *,

@@ -34,6 +34,7 @@ from edge.embedder import Embedder
 from edge.evaluation.scoring import best_offered, exact_match, f1_score, is_unknown, normalize_answer
 from edge.manager import RELATED_K, extractive_candidates, related_facts
 from edge.model_calls import shown_memories
+from edge.operations import SupersedeOp
 from edge.prompts import (
     ANSWER_TOP_K,
     EXTRACTIVE_MAX_OPS,
@@ -56,12 +57,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StoredMemory:
-    """A live memory of the bank before a turn; `key` names it within the episode."""
+    """A live memory of the bank before a turn; `key` names it within the episode.
+
+    `source_turns` and `metadata` (the speaker the fact was taken from) are
+    kept so that a bank rebuilt for the reward is read as the runtime reads
+    it: `edge.manager.speaks_for` checks whose fact a reply changes, and
+    `edge.answer.stale_turns` follows a superseded fact to its turns.
+    """
 
     key: str
     tier: str
     text: str
     event_time: str | None = None
+    source_turns: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,6 +86,9 @@ class ManagerEpisode:
     # own `candidates(turn)`; None: free text.
     candidates: list[str] | None = None
     evidence_clause: str | None = None  # LoCoMo: the clause that answers the turn's questions best
+    # The episodic log once the turn is kept: every earlier turn of the conversation and this one, oldest first
+    # (what the served Answer Agent reads besides the facts; the reward's context = "served").
+    log: list[Turn] = field(default_factory=list)
 
     @property
     def shown_ids(self) -> list[str]:
@@ -133,6 +145,7 @@ class ManagerEpisode:
             "gold_ops": json.dumps(self.gold_ops),
             "kind": self.kind or "",
             "gold_reply": self.gold_reply() or "",
+            "log": json.dumps([asdict(t) for t in self.log]),
         }
 
 
@@ -269,7 +282,9 @@ def scratch_bank(embedder: Embedder) -> MemoryBank:
 
 
 def _stored(memory: Memory) -> StoredMemory:
-    return StoredMemory(memory.id, memory.tier, memory.text, memory.event_time)
+    # The episode holds live memories only, so the version a fact superseded is not there to point at.
+    metadata = {k: v for k, v in memory.metadata.items() if k != "supersedes"}
+    return StoredMemory(memory.id, memory.tier, memory.text, memory.event_time, tuple(memory.source_turns), metadata)
 
 
 def related_memories(bank: MemoryBank, turn: Turn, k: int) -> list[Memory]:
@@ -299,8 +314,10 @@ def synthetic_manager_episodes(conversations: Iterable[SynthConversation], embed
     for conv in conversations:
         with scratch_bank(embedder) as bank:
             slot_ids: dict[str, str] = {}
+            history: list[Turn] = []
             for synth in conv.turns:
                 turn = Turn(synth.speaker, synth.text, synth.time, synth.turn_id)
+                history.append(turn)
                 candidates = turn_candidates(turn) if text_mode == "extractive" else None
                 related = related_memories(bank, turn, related_k) if bank.count() else []
                 id_map, _ = shown_memories(related)
@@ -326,19 +343,25 @@ def synthetic_manager_episodes(conversations: Iterable[SynthConversation], embed
                     gold_ops=gold,
                     kind=synth.kind,
                     candidates=candidates,
+                    log=list(history),
                 ))
-                _apply_gold(bank, slot_ids, synth, candidates)
+                _apply_gold(bank, slot_ids, synth, candidates, speaker=synth.speaker)
     return episodes
 
 
-def _apply_gold(bank: MemoryBank, slot_ids: dict[str, str], synth: Any, candidates: Sequence[str] | None) -> None:
-    """The gold bank moves on by the turn's gold operations."""
+def _apply_gold(bank: MemoryBank, slot_ids: dict[str, str], synth: Any, candidates: Sequence[str] | None, *,
+                speaker: str | None = None) -> None:
+    """The gold bank moves on by the turn's gold operations (a fact names its turn and speaker, as the runtime's)."""
     for op in synth.ops:
         text = _gold_text(op, candidates) or op.text
         if op.op == "ADD":
-            slot_ids[op.slot] = bank.add(text, turn=synth.turn_id).id
-        elif op.op == "UPDATE":
-            bank.update(slot_ids[op.slot], text)
+            slot_ids[op.slot] = bank.add(text, source_turns=[synth.turn_id], turn=synth.turn_id,
+                                         metadata={"speaker": speaker} if speaker else None).id
+        elif op.op == "UPDATE":  # a supersession naming the turn, as the served Manager's UPDATE
+            changed = bank.apply([SupersedeOp(slot_ids[op.slot], text, synth.time, synth.turn_id, synth.time,
+                                              (synth.turn_id,), {"speaker": speaker} if speaker else {})],
+                                 actor="manager", turn=synth.turn_id)[0]
+            slot_ids[op.slot] = changed.memory_id
         elif op.op == "DELETE":
             bank.delete(slot_ids.pop(op.slot))
 
@@ -388,9 +411,12 @@ def synthetic_answer_episodes(conversations: Iterable[SynthConversation], embedd
     for conv in conversations:
         with scratch_bank(embedder) as bank:
             slot_ids: dict[str, str] = {}
+            history: list[Turn] = []
             for synth in conv.turns:
                 turn = Turn(synth.speaker, synth.text, synth.time, synth.turn_id)
-                _apply_gold(bank, slot_ids, synth, turn_candidates(turn) if text_mode == "extractive" else None)
+                history.append(turn)
+                _apply_gold(bank, slot_ids, synth, turn_candidates(turn) if text_mode == "extractive" else None,
+                            speaker=synth.speaker)
             for i, q in enumerate(conv.final_questions):
                 hits = bank.search(q.question, k=k) if bank.count() else []
                 memories = [_stored(h.memory) for h in hits]
@@ -487,8 +513,10 @@ def locomo_manager_episodes(conversations: Sequence[Any], embedder: Embedder, *,
                                                            "category": qa.category, "index": qa.index})
         with scratch_bank(embedder) as bank:
             live: list[str] = []  # memory ids, oldest first
+            history: list[Turn] = []
             for session, loco in conv.turns():
                 turn = Turn(loco.speaker, loco.full_text, session.date_time, loco.dia_id)
+                history.append(turn)
                 questions = by_evidence.get(loco.dia_id, [])
                 if questions or not only_with_questions:
                     related = related_memories(bank, turn, related_k) if live else []
@@ -501,11 +529,12 @@ def locomo_manager_episodes(conversations: Sequence[Any], embedder: Embedder, *,
                         questions=questions,
                         candidates=candidates,
                         evidence_clause=evidence_clause(candidates, questions) if candidates else None,
+                        log=list(history),
                     ))
                 # The previous turns stand in for the facts a Manager would have kept from them: the Manager
                 # is shown facts only (the episodic log is edge's own and never offered to it).
                 memory = bank.add(f"{loco.speaker}: {loco.full_text}", tier="semantic", event_time=session.date_time,
-                                  source_turns=[loco.dia_id])
+                                  source_turns=[loco.dia_id], metadata={"speaker": loco.speaker})
                 live.append(memory.id)
                 if len(live) > window:
                     bank.delete(live.pop(0))

@@ -310,7 +310,7 @@ def build_rewards(config: TrainConfig, embedder: Embedder, reader: rewards.Reade
         return [score, rewards.answer_format_reward], [1.0, r.format_weight]
     if reader is None:
         raise ValueError("the Manager's reward needs a reader")
-    outcome = rewards.ManagerOutcomeReward(reader, embedder, answer_metric(config))
+    outcome = rewards.ManagerOutcomeReward(reader, embedder, answer_metric(config), r.context)
     funcs = [outcome, rewards.manager_format_reward, rewards.manager_compression_reward]
     weights = [r.outcome_weight, r.format_weight, r.compression_weight]
     if r.op_match_weight:

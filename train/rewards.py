@@ -18,7 +18,12 @@ Memory Manager:
   runtime Manager would, and score the answers a *frozen* reader gives to
   the episode's questions (EM). The reader is either the Answer Agent on a
   backend (`AgentReader`, Memory-R1's choice) or `CandidateReader`, a
-  model-free reader for synthetic questions (see its docstring);
+  model-free reader for synthetic questions (see its docstring). With
+  context "served" the rebuilt bank also holds the episodic log (every turn
+  so far, this one included), so the reader answers from what the served
+  Answer Agent is shown (log plus facts within its budget) and a reply earns
+  only what its facts add over the log (Memory-R1's outcome reward, as the
+  bundle serves it);
 - `manager_compression_reward`: minus the number of memories added, so that
   turns with nothing new are left alone (Mem-alpha's compression term);
 - `manager_op_match_reward` (synthetic data, optional): the reply's
@@ -35,7 +40,7 @@ from edge.bank import MemoryBank
 from edge.embedder import Embedder
 from edge.errors import EdgeError
 from edge.evaluation.scoring import exact_match, f1_score, multiset_f1
-from edge.manager import to_bank_ops, turn_reference
+from edge.manager import log_entry_for, to_bank_ops, turn_reference
 from edge.operations import AddOp
 from edge.prompts import DEFAULT_DELETE_CAP, IdMap, ManagerParse, Turn, parse_answer_output, parse_manager_output
 
@@ -225,11 +230,17 @@ class AgentReader:
 
     Built by `edge.train.recipe.build_reader` with the decoding settings of
     the bundle the Manager is trained for (`generation`), so it reads a
-    bank the way the served Answer Agent will.
+    bank the way the served Answer Agent will. Decoding is greedy, so an
+    answer depends only on the question and the lines the agent shows
+    (`AnswerAgent.context`): replies of a GRPO group that leave those lines
+    as they were share one model call (at most `cache` answers are kept).
     """
 
-    def __init__(self, agent: Any) -> None:
+    def __init__(self, agent: Any, cache: int = 50_000) -> None:
         self.agent = agent
+        self.cache = cache
+        self.calls = 0  # model calls made (answers not found in the cache)
+        self._answers: dict[tuple, str] = {}
 
     @property
     def generation(self) -> Any:
@@ -237,7 +248,23 @@ class AgentReader:
         return self.agent.generation
 
     def __call__(self, bank: MemoryBank, question: dict[str, Any]) -> str:
-        return self.agent.answer(bank, question["question"]).answer
+        text = question["question"]
+        greedy = not self.agent.generation.temperature
+        key: tuple | None = None
+        if greedy:
+            from edge.answer import core_block
+
+            _, shown = self.agent.context(bank, text)
+            key = (text, repr(shown), core_block(bank))  # every field of every line shown, and the core block
+            if key in self._answers:
+                return self._answers[key]
+        answer = self.agent.answer(bank, text).answer
+        self.calls += 1
+        if key is not None:
+            if len(self._answers) >= self.cache:
+                self._answers.clear()
+            self._answers[key] = answer
+        return answer
 
 
 # --------------------------------------------------------------------------- Memory Manager: outcome
@@ -265,11 +292,17 @@ class CachedEmbedder:
         return np.stack([self._cache[t] for t in texts]) if texts else self.inner.embed([])
 
 
-def rebuild_bank(bank_rows: Sequence[dict[str, Any]], embedder: Embedder) -> tuple[MemoryBank, dict[str, str]]:
-    """An in-memory bank holding `bank_rows` (an episode's memories); returns it and key -> new id."""
+def rebuild_bank(bank_rows: Sequence[dict[str, Any]], embedder: Embedder, log: Sequence[Turn] = ()
+                 ) -> tuple[MemoryBank, dict[str, str]]:
+    """An in-memory bank holding `bank_rows` (an episode's memories, with their source turns and speaker) and,
+    when given, `log` written to the episodic log as the runtime writes it (`edge.manager.log_entry_for`);
+    returns it and key -> new id."""
     bank = MemoryBank.open(":memory:", embedder)
+    if log:
+        bank.apply([log_entry_for(turn) for turn in log])
     if bank_rows:
-        applied = bank.apply([AddOp(m["text"], m["tier"], m.get("event_time")) for m in bank_rows])
+        applied = bank.apply([AddOp(m["text"], m["tier"], m.get("event_time"), tuple(m.get("source_turns") or ()),
+                                    dict(m.get("metadata") or {})) for m in bank_rows])
         return bank, {m["key"]: a.memory_id for m, a in zip(bank_rows, applied)}
     return bank, {}
 
@@ -284,8 +317,9 @@ def apply_reply(bank: MemoryBank, parse: ManagerParse, shown_real_ids: Sequence[
     the facts this bank holds afterwards are those the served Manager would
     write for the same reply (`tests/test_generation_config.py` checks it).
     Unlike the runtime, this does not add the turn itself to the episodic
-    log: every reply of a group would share that entry, so it could not tell
-    them apart, and a reader could answer from it whatever the reply did.
+    log: `score_reply` has it there already when the reward's context is
+    "served" (every reply of a group shares it), and leaves it out for
+    "facts" (a reader could answer from it whatever the reply did).
     (A turn longer than `edge.manager.MANAGER_TURN_CHARS` reaches the served
     Manager in pieces; an episode holds it whole.)
     """
@@ -300,14 +334,28 @@ def apply_reply(bank: MemoryBank, parse: ManagerParse, shown_real_ids: Sequence[
     return None
 
 
+REWARD_CONTEXTS = ("facts", "served")
+
+
 def score_reply(text: str, row: dict[str, Any], reader: Reader, embedder: Embedder,
-                metric: Callable[[object, object], float] = exact_match) -> tuple[float | None, list[str]]:
-    """Mean score of `reader`'s answers after applying reply `text` to the episode's bank; and the answers."""
+                metric: Callable[[object, object], float] = exact_match, context: str = "facts"
+                ) -> tuple[float | None, list[str]]:
+    """Mean score of `reader`'s answers after applying reply `text` to the episode's bank; and the answers.
+
+    `context` "facts": the bank holds the facts only, so the reader answers
+    from what the reply kept; "served": the episode's log (`row["log"]`,
+    every turn so far, this one included) is in the bank too, as the
+    runtime keeps it, so what differs between replies is what their facts
+    add to the log. Raises `ValueError` for another context.
+    """
+    if context not in REWARD_CONTEXTS:
+        raise ValueError(f"context must be one of {REWARD_CONTEXTS}, not {context!r}")
     questions = _loads(row["questions"])
     if not questions:
         return None, []
     parse = parse_manager_output(text, _loads(row["shown_ids"]), delete_cap=DEFAULT_DELETE_CAP)  # as the runtime's
-    bank, keys = rebuild_bank(_loads(row["bank"]), embedder)
+    log = [Turn(**t) for t in _loads(row.get("log") or "[]")] if context == "served" else ()
+    bank, keys = rebuild_bank(_loads(row["bank"]), embedder, log)
     try:
         if parse.ok:
             turn = Turn(**_loads(row["turn"]))
@@ -324,17 +372,22 @@ class ManagerOutcomeReward:
 
     __name__ = "manager_outcome_reward"
 
-    def __init__(self, reader: Reader, embedder: Embedder, metric: Callable[[object, object], float] = exact_match):
+    def __init__(self, reader: Reader, embedder: Embedder, metric: Callable[[object, object], float] = exact_match,
+                 context: str = "facts"):
+        if context not in REWARD_CONTEXTS:
+            raise ValueError(f"context must be one of {REWARD_CONTEXTS}, not {context!r}")
         self.reader = reader
         self.embedder = CachedEmbedder(embedder)
         self.metric = metric
+        self.context = context
 
     def __call__(self, prompts: list, completions: list, **columns: Any) -> list[float | None]:
-        keys = ("questions", "shown_ids", "bank", "shown", "turn")
+        keys = ("questions", "shown_ids", "bank", "shown", "turn") + (("log",) if self.context == "served" else ())
         out: list[float | None] = []
         for i, completion in enumerate(completions):
             row = {k: columns[k][i] for k in keys}
-            out.append(score_reply(completion_text(completion), row, self.reader, self.embedder, self.metric)[0])
+            out.append(score_reply(completion_text(completion), row, self.reader, self.embedder, self.metric,
+                                   self.context)[0])
         log_metric = columns.get("log_metric")
         gold = columns.get("gold_ops")
         if log_metric and gold and any(g not in (None, "null") for g in gold):

@@ -248,7 +248,8 @@ class TrainingRun:
             if config.agent == "manager":
                 scores, _ = ev.evaluate_manager(
                     model, self.tokenizer, self.constraint, self.data.dev, self.reader, self.embedder,
-                    max_new_tokens=config.eval_max_new_tokens, batch_size=config.eval_batch_size, metric=self.metric)
+                    max_new_tokens=config.eval_max_new_tokens, batch_size=config.eval_batch_size, metric=self.metric,
+                    context=config.reward.context)
             else:
                 scores, _ = ev.evaluate_answer(model, self.tokenizer, self.constraint, self.data.dev,
                                                max_new_tokens=config.eval_max_new_tokens,
