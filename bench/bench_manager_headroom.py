@@ -24,12 +24,16 @@ alone, the reward as trained so far) and "served" (the conversation's
 episodic log too, as the bundle serves it: a reply earns only what its
 facts add to the log).
 
-Figures per source and context (means over episodes with questions):
+Figures per source and context (means over episodes with questions; exact
+match, the reward's metric, and under "f1" the same for token F1):
 `noop`, `gold`, `shipped`: the score of that reply; `oracle`: the best
 score any reply reaches (the most one-turn outcome training could teach);
 `signal`: the share of episodes whose replies do not all score the same
 (a GRPO group there can have a non-zero advantage); `shipped_below_oracle`:
-the share where some reply beats the shipped one. Synthetic figures are
+the share where some reply beats the shipped one. `gold` and `shipped` are
+means over the episodes that have that reply (`gold_episodes`: LoCoMo turns
+with an evidence clause; `shipped_episodes`: those where the Manager was
+shown the episode's facts in its order), the others over all. Synthetic figures are
 also given per turn kind (intro, change, retract, ...).
 
 The reader decodes greedily, so an answer depends only on the lines it is
@@ -96,6 +100,7 @@ def shipped_reply(episode, manager_backend, generation, adapter, embedder) -> st
 
 def measure(episodes, reader, embedder, manager, *, updates: bool) -> list[dict]:
     """Per episode with questions: each reply's score under each context."""
+    from edge.evaluation.scoring import f1_score
     from edge.train.rewards import CachedEmbedder, score_reply
 
     cached = CachedEmbedder(embedder)
@@ -111,10 +116,15 @@ def measure(episodes, reader, embedder, manager, *, updates: bool) -> list[dict]
         shipped = shipped_reply(episode, *manager, cached)
         if shipped is not None:
             replies.append(("shipped", shipped))
-        scores = {ctx: {name: score_reply(text, row, reader, cached, context=ctx)[0] for name, text in replies}
-                  for ctx in CONTEXTS}
+        scores: dict[str, dict[str, float]] = {}
+        f1: dict[str, dict[str, float]] = {}
+        for ctx in CONTEXTS:
+            scores[ctx], f1[ctx] = {}, {}
+            for name, text in replies:
+                scores[ctx][name], answers = score_reply(text, row, reader, cached, context=ctx)
+                f1[ctx][name] = sum(f1_score(a, q["answer"]) for a, q in zip(answers, episode.questions)) / len(answers)
         rows.append({"episode": episode.episode_id, "kind": episode.kind or "turn", "shipped": shipped,
-                     "questions": [q["question"] for q in episode.questions], "scores": scores})
+                     "questions": [q["question"] for q in episode.questions], "scores": scores, "f1": f1})
         print(f"  {n}/{len(episodes)} {episode.episode_id}: "
               + "; ".join(f"{ctx} noop {s['noop']:.2f} best {max(s.values()):.2f}"
                           + (f" shipped {s['shipped']:.2f}" if "shipped" in s else "")
@@ -122,18 +132,21 @@ def measure(episodes, reader, embedder, manager, *, updates: bool) -> list[dict]
     return rows
 
 
-def summarise(rows: list[dict]) -> dict:
+def summarise(rows: list[dict], metric: str = "scores") -> dict:
+    """Figures per context (and per turn kind) of `metric`: "scores" (exact match, the reward) or "f1"."""
     def figures(subset: list[dict], ctx: str) -> dict:
         def mean(values):
             values = [v for v in values if v is not None]
             return round(sum(values) / len(values), 4) if values else None
 
-        per = [r["scores"][ctx] for r in subset]
+        per = [r[metric][ctx] for r in subset]
         return {
             "episodes": len(per),
             "noop": mean([s["noop"] for s in per]),
-            "gold": mean([s.get("gold") for s in per]),
-            "shipped": mean([s.get("shipped") for s in per]),
+            "gold": mean([s.get("gold") for s in per]),  # over the episodes that have one (`gold_episodes`)
+            "gold_episodes": sum("gold" in s for s in per),
+            "shipped": mean([s.get("shipped") for s in per]),  # over `shipped_episodes`: the Manager saw its ids
+            "shipped_episodes": sum("shipped" in s for s in per),
             "oracle": mean([max(s.values()) for s in per]),
             "signal": mean([float(len(set(s.values())) > 1) for s in per]),
             "shipped_below_oracle": mean([float(s["shipped"] < max(s.values())) for s in per if "shipped" in s]),
@@ -175,7 +188,7 @@ def main() -> None:
     results: dict = {
         "bench": "manager_headroom", "bundle": str(bundle.root),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_at_start": load_at_start},
-        "reader": "the default bundle's Answer Agent with its adapter (greedy), exact match",
+        "reader": "the default bundle's Answer Agent with its adapter (greedy); exact match, and token F1 under f1",
         "sources": {},
     }
     sources = [("synthetic-test", lambda: synthetic_manager_episodes(generate("test", args.conversations), embedder),
@@ -193,7 +206,8 @@ def main() -> None:
             print(f"{name}: {len(episodes)} episodes", file=sys.stderr, flush=True)
             calls, start = reader.calls, time.perf_counter()
             rows = measure(episodes, reader, embedder, manager, updates=updates)
-            results["sources"][name] = {**summarise(rows), "reader_calls": reader.calls - calls,
+            results["sources"][name] = {**summarise(rows), "f1": summarise(rows, "f1"),
+                                        "reader_calls": reader.calls - calls,
                                         "seconds": round(time.perf_counter() - start, 1), "rows": rows}
     finally:
         agent.close(wait=False)

@@ -56,7 +56,8 @@ def evaluate_groups(model, tokenizer, constraint, groups, reader, embedder, conf
     scores = []
     for episodes in groups:
         result, _ = evaluate_manager(model, tokenizer, constraint, episodes, reader, embedder,
-                                     max_new_tokens=config.eval_max_new_tokens, batch_size=config.eval_batch_size)
+                                     max_new_tokens=config.eval_max_new_tokens, batch_size=config.eval_batch_size,
+                                     context=config.reward.context)
         scores.append(result)
     return scores
 

@@ -453,6 +453,13 @@ def _already_stored(text: str, related: list[Memory], at: datetime | None) -> bo
     return any((m.event_time or "")[:10] == day for m in same)
 
 
+def gold_bank_op(name: str, text: str | None, target: Memory | None, turn: Turn) -> Op:
+    """The bank operation the Manager's `name` ("ADD", "UPDATE", "DELETE") on `target` becomes for `turn`, with
+    no check: how training writes a gold operation so that its bank is the one a right reply would build."""
+    at = turn_time(turn)
+    return _bank_op(name, text, target, turn, at, stamp(at))
+
+
 def _bank_op(name: str, text: str | None, target: Memory | None, turn: Turn, at: datetime | None,
              said_at: str | None, *, tier: str = "semantic") -> Op:
     if name == "DELETE":

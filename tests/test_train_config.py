@@ -5,19 +5,24 @@ import pytest
 
 from edge.train.config import CONFIG_DIR, ConfigError, TrainConfig, config_from_dict, describe, load_config
 
-SHIPPED = ["smollm2-135m-manager", "smollm2-135m-answer", "qwen2.5-3b-manager", "qwen2.5-3b-answer"]
+SHIPPED = ["smollm2-135m-manager", "smollm2-135m-answer", "smollm2-135m-manager-outcome", "qwen2.5-3b-manager",
+           "qwen2.5-3b-answer"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_configs_load(name):
     config = load_config(name)
-    assert config.agent == name.rsplit("-", 1)[-1]
+    assert config.agent == name.removesuffix("-outcome").rsplit("-", 1)[-1]
     assert (CONFIG_DIR / f"{name}.toml").is_file()
     if name.startswith("qwen"):
         assert (config.dtype, config.device, config.temperature) == ("bfloat16", "cuda", 1.0)
         assert config.data.source == "both" and config.reward.metric == "em"  # synthetic gold + LoCoMo
     assert config.sft_steps > 0 and config.sft_loss_tokens == "choices"
-    if not name.startswith("qwen"):
+    if name.endswith("-outcome"):  # the shipped Answer Agent reads the log and the facts, as the bundle serves them
+        r = config.reward
+        assert (r.context, r.reader, r.reader_model, r.reader_adapter) == ("served", "agent", "bundled", "bundled")
+        assert config.data.embedder == "minilm" and r.op_match_weight == 0.0 and config.steps > 0
+    elif not name.startswith("qwen"):
         assert (config.base, config.dtype, config.device) == ("bundled", "float32", "cpu")
 
 
@@ -37,6 +42,8 @@ def test_bad_combinations_say_what_to_set():
         config_from_dict({"data": {"source": "locomo", "locomo_path": "x.json"}, "reward": {"reader": "candidates"}})
     with pytest.raises(ConfigError, match="locomo_path"):
         config_from_dict({"data": {"source": "locomo"}})
+    with pytest.raises(ConfigError, match="embedder"):
+        config_from_dict({"data": {"embedder": "hash"}, "reward": {"reader": "agent", "context": "served"}})
     with pytest.raises(ConfigError, match="float32"):
         TrainConfig(dtype="bfloat16", device="cpu")
 

@@ -101,22 +101,28 @@ def test_synthetic_manager_episodes_express_gold_ops_in_shown_ids():
     assert {"intro", "change", "retract", "chat", "repeat"} <= kinds
 
 
-def test_manager_episodes_carry_the_log_and_facts_that_name_their_turn_and_speaker(conv26):
-    """What the served reward rebuilds: the log up to and with the turn; facts as the runtime Manager writes them
-    (a changed fact is the newer version, taken from the turn that changed it)."""
+def test_synthetic_manager_episodes_carry_the_log_and_facts_written_as_the_runtime_writes_them():
+    """What the served reward rebuilds: every turn so far, in order, this one last; facts dated by their turn,
+    naming it and its speaker (a changed fact is the newer version, taken from the turn that changed it)."""
     conv = generate("dev", 6)
     episodes = synthetic_manager_episodes(conv, HashEmbedder())
     turns = {t.turn_id: t for c in conv for t in c.turns}
+    order = {t.turn_id: (c.sample_id, i) for c in conv for i, t in enumerate(c.turns)}
     changed = 0
     for e in episodes:
-        assert e.log[-1] == e.turn and len({t.turn_id for t in e.log}) == len(e.log)
-        assert [t.turn_id for t in e.log] == [t.turn_id for t in e.log if t.turn_id in turns]
+        sample, here = order[e.turn.turn_id]
+        assert [order[t.turn_id] for t in e.log] == [(sample, i) for i in range(here + 1)]
+        assert e.log[-1] == e.turn
         for m in e.bank:
             (source,) = m.source_turns
-            assert source in {t.turn_id for t in e.log[:-1]}, "a fact comes from an earlier turn"
-            assert m.metadata == {"speaker": turns[source].speaker}
-            changed += turns[source].ops[0].op == "UPDATE" if turns[source].ops else 0
+            assert order[source][0] == sample and order[source][1] < here, "a fact comes from an earlier turn"
+            assert m.metadata["speaker"] == turns[source].speaker and m.event_time
+            assert "supersedes" not in m.metadata, "the retired version is not in the episode to point at"
+            changed += any(op.op == "UPDATE" for op in turns[source].ops)
     assert changed, "some fact is the newer version a change turn wrote"
+
+
+def test_locomo_manager_episodes_carry_every_turn_so_far(conv26):
     locomo = locomo_manager_episodes(conv26, HashEmbedder(), window=50)
     order = _turn_order(conv26[0])
     for e in locomo[:20]:

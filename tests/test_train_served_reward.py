@@ -61,15 +61,17 @@ def test_the_served_reward_pays_the_update_and_not_an_add_the_log_already_holds(
     assert facts == {"update": 1.0, "add": 1.0, "noop": 0.0}, "read without the log, the ADD looks as good"
 
 
-def test_replies_that_leave_the_readers_lines_unchanged_share_one_model_call(row, reader, minilm) -> None:
-    rewards.score_reply(reply("NOOP"), row, reader, minilm, context="served")
-    calls = reader.calls
+def test_replies_that_leave_the_readers_lines_unchanged_share_one_model_call(row, minilm, llama_backend) -> None:
+    reader = rewards.AgentReader(AnswerAgent(llama_backend, generation=default_generation(), adapter="answer"))
+    first = rewards.score_reply(reply("NOOP"), row, reader, minilm, context="served")
+    assert reader.calls == 1
     again = rewards.score_reply(reply("NOOP"), row, reader, minilm, context="served")
     add = rewards.score_reply(reply("ADD", text="Ingrid traded Ingrid's Subaru for a Jeep."), row, reader, minilm,
                               context="served")
-    assert reader.calls == calls and again == add, "same lines shown (the ADD's own turn is): the cached answer"
-    rewards.score_reply(reply("DELETE", id="0"), row, reader, minilm, context="facts")
-    assert reader.calls == calls + 1, "the facts alone, nothing left: a context not seen before"
+    assert reader.calls == 1 and again == add == first, "same lines shown (the ADD's own turn is): the cached answer"
+    update = rewards.score_reply(reply("UPDATE", id="0", text="Ingrid traded Ingrid's Subaru for a Jeep."), row,
+                                 reader, minilm, context="served")
+    assert reader.calls == 2 and update != first, "the newer fact read first: new lines, a model call"
 
 
 def test_the_served_bank_holds_the_log_as_the_runtime_writes_it_and_the_facts_with_their_speaker(row, minilm) -> None:
@@ -88,6 +90,8 @@ def test_the_served_bank_holds_the_log_as_the_runtime_writes_it_and_the_facts_wi
     assert len(seen) == 1
     with pytest.raises(ValueError, match="context"):
         rewards.score_reply(reply("NOOP"), row, look, minilm, context="log")
+    with pytest.raises(ValueError, match="needs the episode's log"):
+        rewards.score_reply(reply("NOOP"), {**row, "log": "[]"}, look, minilm, context="served")
 
 
 def test_a_served_reward_needs_the_answer_agent_as_its_reader() -> None:
@@ -96,3 +100,22 @@ def test_a_served_reward_needs_the_answer_agent_as_its_reader() -> None:
         RewardSettings(context="served", reader="candidates")
     with pytest.raises(ConfigError, match="context must be"):
         RewardSettings(context="everything")
+
+
+def test_the_bundled_reader_is_the_default_bundles_answer_agent(default_bundle, edge_home) -> None:
+    """`reader_adapter = "bundled"`: the bundle's own model file (not the bundled base) with its Answer adapter,
+    decoding as the default bundle does."""
+    from edge import paths
+    from edge.train.config import load_config
+    from edge.train.recipe import build_reader
+
+    target = paths.default_bundle_dir()
+    target.symlink_to(default_bundle.root, target_is_directory=True)  # the cached build, not a second one
+    reader = build_reader(load_config("smollm2-135m-manager-outcome"))
+    try:
+        model, _ = default_bundle.role("answer")
+        assert reader.agent.backend.model_path.resolve() == model.resolve()
+        assert reader.agent.adapter == "answer" and "answer" in reader.agent.backend.adapters
+        assert reader.agent.generation.answer_order == default_generation().answer_order
+    finally:
+        reader.agent.backend.close()

@@ -145,7 +145,8 @@ class RewardSettings:
                               "copy of the run's base model, run by transformers), or a model served at reader_url.",
                               "bundled")
     reader_url: str | None = _help("reader = 'agent': an OpenAI-compatible server to ask instead of llama.cpp.", None)
-    reader_adapter: str | None = _help("reader = 'agent': a GGUF LoRA for the frozen Answer Agent.", None)
+    reader_adapter: str | None = _help("reader = 'agent': a GGUF LoRA for the frozen Answer Agent; 'bundled': the "
+                                       "default bundle's shipped Answer adapter.", None)
     reader_k: int = _help("Memories the frozen reader retrieves per question.", ANSWER_TOP_K)
     reader_n_ctx: int = _help("reader = 'agent' on llama.cpp: context window.", 4096)
     context: str = _help(
@@ -257,6 +258,9 @@ class TrainConfig:
         if self.data.time_questions > len(EVENTS):
             raise ConfigError(f"[data] time_questions is at most {len(EVENTS)} (the distinct events the generator "
                               f"knows), not {self.data.time_questions}.")
+        if self.reward.context == "served" and self.data.embedder != "minilm":
+            raise ConfigError("[reward] context = 'served' reads as the bundle does, with its embedder.",
+                              hint="set [data] embedder = \"minilm\"")
         if self.reward.reader == "candidates" and self.data.source != "synthetic":
             raise ConfigError("[reward] reader = 'candidates' only works on synthetic data (its questions list "
                               "their possible answers).", hint="set reader = \"agent\" for LoCoMo")

@@ -32,9 +32,8 @@ from edge.answer import offered_turns
 from edge.bank import Memory, MemoryBank
 from edge.embedder import Embedder
 from edge.evaluation.scoring import best_offered, exact_match, f1_score, is_unknown, normalize_answer
-from edge.manager import RELATED_K, extractive_candidates, related_facts
+from edge.manager import RELATED_K, extractive_candidates, gold_bank_op, related_facts
 from edge.model_calls import shown_memories
-from edge.operations import SupersedeOp
 from edge.prompts import (
     ANSWER_TOP_K,
     EXTRACTIVE_MAX_OPS,
@@ -62,7 +61,9 @@ class StoredMemory:
     `source_turns` and `metadata` (the speaker the fact was taken from) are
     kept so that a bank rebuilt for the reward is read as the runtime reads
     it: `edge.manager.speaks_for` checks whose fact a reply changes, and
-    `edge.answer.stale_turns` follows a superseded fact to its turns.
+    `edge.answer.stale_turns` can follow the fact a reply supersedes to its
+    turns. The versions an earlier change retired are not kept (an episode
+    holds the live memories), so their chains end at the live fact.
     """
 
     key: str
@@ -351,19 +352,20 @@ def synthetic_manager_episodes(conversations: Iterable[SynthConversation], embed
 
 def _apply_gold(bank: MemoryBank, slot_ids: dict[str, str], synth: Any, candidates: Sequence[str] | None, *,
                 speaker: str | None = None) -> None:
-    """The gold bank moves on by the turn's gold operations (a fact names its turn and speaker, as the runtime's)."""
+    """The gold bank moves on by the turn's gold operations, written as the runtime Manager writes them
+    (`edge.manager.gold_bank_op`: dated by the turn, naming it and its speaker; a change or retraction
+    supersedes the fact)."""
+    turn = Turn(speaker or "", synth.text, synth.time, synth.turn_id)
     for op in synth.ops:
+        if op.op not in ("ADD", "UPDATE", "DELETE"):  # NOOP: the bank stays as it is
+            continue
         text = _gold_text(op, candidates) or op.text
-        if op.op == "ADD":
-            slot_ids[op.slot] = bank.add(text, source_turns=[synth.turn_id], turn=synth.turn_id,
-                                         metadata={"speaker": speaker} if speaker else None).id
-        elif op.op == "UPDATE":  # a supersession naming the turn, as the served Manager's UPDATE
-            changed = bank.apply([SupersedeOp(slot_ids[op.slot], text, synth.time, synth.turn_id, synth.time,
-                                              (synth.turn_id,), {"speaker": speaker} if speaker else {})],
-                                 actor="manager", turn=synth.turn_id)[0]
-            slot_ids[op.slot] = changed.memory_id
-        elif op.op == "DELETE":
-            bank.delete(slot_ids.pop(op.slot))
+        target = bank.get(slot_ids[op.slot]) if op.op in ("UPDATE", "DELETE") else None
+        (applied,) = bank.apply([gold_bank_op(op.op, text, target, turn)], actor="manager", turn=synth.turn_id)
+        if op.op == "DELETE":
+            slot_ids.pop(op.slot)
+        else:
+            slot_ids[op.slot] = applied.memory_id
 
 
 def gold_operation(episode: ManagerEpisode) -> str:
@@ -411,10 +413,8 @@ def synthetic_answer_episodes(conversations: Iterable[SynthConversation], embedd
     for conv in conversations:
         with scratch_bank(embedder) as bank:
             slot_ids: dict[str, str] = {}
-            history: list[Turn] = []
             for synth in conv.turns:
                 turn = Turn(synth.speaker, synth.text, synth.time, synth.turn_id)
-                history.append(turn)
                 _apply_gold(bank, slot_ids, synth, turn_candidates(turn) if text_mode == "extractive" else None,
                             speaker=synth.speaker)
             for i, q in enumerate(conv.final_questions):

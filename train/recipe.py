@@ -5,8 +5,10 @@ pieces without starting a training run.
 """
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from edge.embedder import Embedder, HashEmbedder
@@ -19,6 +21,7 @@ from edge.train import rewards
 from edge.train.config import TrainConfig
 from edge.train.synthetic import generate
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class Data:
@@ -249,6 +252,23 @@ def answer_metric(config: TrainConfig) -> Callable[[object, object], float]:
     return exact_match if config.reward.metric == "em" else f1_score
 
 
+def shipped_answer_role() -> tuple[Path, Path]:
+    """The default bundle's Answer Agent: its model file and its adapter (GGUF LoRA), the bundle built in
+    $EDGE_HOME first if it is not there. Raises `ConfigError` when that bundle serves the answer role
+    without an adapter."""
+    from edge.bundle import build_default
+
+    bundle = build_default(log=lambda message: log.info("%s", message))
+    adapter = bundle.role_adapter("answer")
+    if adapter is None:
+        from edge.train.config import ConfigError
+
+        raise ConfigError("The default bundle serves the Answer Agent without an adapter.",
+                          hint="set reader_adapter to a GGUF LoRA path, or leave it out for the base model")
+    model, _ = bundle.role("answer")
+    return Path(model), bundle.adapter_paths()[adapter]
+
+
 def build_reader(config: TrainConfig, generation: GenerationConfig | None = None) -> rewards.Reader:
     """The frozen reader of the Manager's reward, decoding as the served Answer Agent decodes.
 
@@ -288,12 +308,14 @@ def build_reader(config: TrainConfig, generation: GenerationConfig | None = None
         model.to(config.resolved_device()).eval().requires_grad_(False)
         backend = TransformersBackend(model, tokenizer, name=f"frozen {base.name}", n_ctx=generation.n_ctx)
     else:
-        from pathlib import Path
-
         from edge.models import bundled_gguf_path
 
         path = bundled_gguf_path() if r.reader_model == "bundled" else Path(r.reader_model)
         adapters = {"answer": Path(r.reader_adapter)} if r.reader_adapter else None
+        if r.reader_adapter == "bundled":  # the shipped Answer Agent: the bundle's model file with its adapter
+            shipped_model, shipped_adapter = shipped_answer_role()
+            path = shipped_model if r.reader_model == "bundled" else path
+            adapters = {"answer": shipped_adapter}
         backend = load_backend("llama.cpp", model_path=path, n_ctx=generation.n_ctx, adapters=adapters,
                                repeat_penalty=generation.repeat_penalty)
     # A reader_adapter the backend could not load (a server, the transformers reader) raises BackendError here.

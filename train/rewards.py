@@ -31,6 +31,7 @@ Memory Manager:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
@@ -239,7 +240,7 @@ class AgentReader:
     def __init__(self, agent: Any, cache: int = 50_000) -> None:
         self.agent = agent
         self.cache = cache
-        self.calls = 0  # model calls made (answers not found in the cache)
+        self.calls = 0  # answers not found in the cache (an agent shown nothing answers "unknown" without a model)
         self._answers: dict[tuple, str] = {}
 
     @property
@@ -255,7 +256,8 @@ class AgentReader:
             from edge.answer import core_block
 
             _, shown = self.agent.context(bank, text)
-            key = (text, repr(shown), core_block(bank))  # every field of every line shown, and the core block
+            # every field of every line shown and the core block, hashed: a key stays small
+            key = (text, hashlib.sha256(f"{shown!r}\x00{core_block(bank)}".encode()).hexdigest())
             if key in self._answers:
                 return self._answers[key]
         answer = self.agent.answer(bank, text).answer
@@ -298,13 +300,18 @@ def rebuild_bank(bank_rows: Sequence[dict[str, Any]], embedder: Embedder, log: S
     when given, `log` written to the episodic log as the runtime writes it (`edge.manager.log_entry_for`);
     returns it and key -> new id."""
     bank = MemoryBank.open(":memory:", embedder)
-    if log:
-        bank.apply([log_entry_for(turn) for turn in log])
-    if bank_rows:
-        applied = bank.apply([AddOp(m["text"], m["tier"], m.get("event_time"), tuple(m.get("source_turns") or ()),
-                                    dict(m.get("metadata") or {})) for m in bank_rows])
-        return bank, {m["key"]: a.memory_id for m, a in zip(bank_rows, applied)}
-    return bank, {}
+    try:
+        if log:
+            bank.apply([log_entry_for(turn) for turn in log])
+        if bank_rows:
+            applied = bank.apply([AddOp(m["text"], m["tier"], m.get("event_time"),
+                                        tuple(m.get("source_turns") or ()), dict(m.get("metadata") or {}))
+                                  for m in bank_rows])
+            return bank, {m["key"]: a.memory_id for m, a in zip(bank_rows, applied)}
+        return bank, {}
+    except BaseException:
+        bank.close()
+        raise
 
 
 def apply_reply(bank: MemoryBank, parse: ManagerParse, shown_real_ids: Sequence[str], turn: Turn) -> str | None:
@@ -355,6 +362,8 @@ def score_reply(text: str, row: dict[str, Any], reader: Reader, embedder: Embedd
         return None, []
     parse = parse_manager_output(text, _loads(row["shown_ids"]), delete_cap=DEFAULT_DELETE_CAP)  # as the runtime's
     log = [Turn(**t) for t in _loads(row.get("log") or "[]")] if context == "served" else ()
+    if context == "served" and not log:  # the log holds at least the turn itself
+        raise ValueError("context 'served' needs the episode's log (the row's 'log' column, from ManagerEpisode.row)")
     bank, keys = rebuild_bank(_loads(row["bank"]), embedder, log)
     try:
         if parse.ok:

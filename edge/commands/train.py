@@ -8,6 +8,7 @@ import click
 from edge.errors import require_extra
 
 CONFIG_HELP = ("A TOML file, or a shipped config: smollm2-135m-manager, smollm2-135m-answer (CPU), "
+               "smollm2-135m-manager-outcome (the outcome as served; GPU-sized), "
                "qwen2.5-3b-manager, qwen2.5-3b-answer (GPU).")
 
 
