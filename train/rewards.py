@@ -233,7 +233,7 @@ class AgentReader:
     the bundle the Manager is trained for (`generation`), so it reads a
     bank the way the served Answer Agent will. Decoding is greedy, so an
     answer depends only on the question and the lines the agent shows
-    (`AnswerAgent.context`): replies of a GRPO group that leave those lines
+    (`AnswerAgent.fit`): replies of a GRPO group that leave those lines
     as they were share one model call (at most `cache` answers are kept).
     """
 
@@ -249,18 +249,19 @@ class AgentReader:
         return self.agent.generation
 
     def __call__(self, bank: MemoryBank, question: dict[str, Any]) -> str:
-        text = question["question"]
-        greedy = not self.agent.generation.temperature
-        key: tuple | None = None
-        if greedy:
-            from edge.answer import core_block
+        from edge.answer import core_block
 
-            _, shown = self.agent.context(bank, text)
+        text = question["question"]
+        # `AnswerAgent.answer`'s steps, the retrieval done once for the key and the answer
+        retrieved, core = self.agent.retrieve(bank, text), core_block(bank)
+        key: tuple | None = None
+        if not self.agent.generation.temperature:  # greedy
+            _, _, _, shown = self.agent.fit(text, retrieved, core)
             # every field of every line shown and the core block, hashed: a key stays small
-            key = (text, hashlib.sha256(f"{shown!r}\x00{core_block(bank)}".encode()).hexdigest())
+            key = (text, hashlib.sha256(f"{shown!r}\x00{core}".encode()).hexdigest())
             if key in self._answers:
                 return self._answers[key]
-        answer = self.agent.answer(bank, text).answer
+        answer = self.agent.answer_from(text, retrieved, core=core).answer
         self.calls += 1
         if key is not None:
             if len(self._answers) >= self.cache:
