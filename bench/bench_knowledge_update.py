@@ -46,8 +46,15 @@ its `bundle` system) the same Agent also answers conv-26's 152 scored
 questions (categories 1-4) once per order in `--locomo-orders`, on a copy of
 the bank (the file given is never written): LoCoMo F1
 (`edge.evaluation.scoring.locomo_f1`), SQuAD F1 and evidence recall of what
-was shown. An order can keep every evidence turn in the context and still
-cost answers, since a small reader favours its first lines.
+was shown, on all of them and on the dev questions (`edge.locomo.dev_question`).
+An order can keep every evidence turn in the context and still cost answers,
+since a small reader favours its first lines. `--locomo-log-bank` (the bank of
+`edge eval`'s `bundle-log-only` system) is answered the same way: the same
+reader without the Manager's facts and record.
+
+An order may carry the retired values setting after a "+"
+("stale-updates-first+withheld", `edge.generation.RETIRED_VALUES`); an order
+alone is read with "offered".
 
 Writes bench/results/knowledge_update.json (`--out`). A model call per turn
 and per question: about 15 minutes for 12 conversations and 7 orders on 2
@@ -154,27 +161,29 @@ def pretty(value, indent: int = 0) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def locomo_answers(args, bundle, backend, orders: list[str]) -> dict:
-    """conv-26's scored questions answered by the bundle's Agent on a copy of `args.locomo_bank`, once per order."""
+def locomo_answers(args, bundle, backend, orders: list[str], bank: Path) -> dict:
+    """conv-26's scored questions answered by the bundle's Agent on a copy of `bank`, once per order."""
     import shutil
 
     from edge.agent import Agent
     from edge.evaluation.scoring import exact_match, f1_score, is_unknown, locomo_f1
-    from edge.locomo import load_locomo
+    from edge.locomo import dev_question, load_locomo
 
     conversation = load_locomo(args.locomo_data)[0]
     questions = conversation.questions()
-    out: dict = {"conversation": conversation.sample_id, "bank": str(args.locomo_bank), "questions": len(questions),
+    out: dict = {"conversation": conversation.sample_id, "bank": str(bank), "questions": len(questions),
                  "orders": {}, "index": [], "answers": {}}  # answers: per order, in the order of `index` (qa index)
     with tempfile.TemporaryDirectory(prefix="edge-ku-locomo-") as folder:
         db = Path(folder) / "bank.db"
-        shutil.copyfile(args.locomo_bank, db)
+        shutil.copyfile(bank, db)
         # As `edge eval`'s `bundle` system opens it: its context window and answer_k.
         agent = Agent(bundle=bundle, db=db, user="locomo", backend=backend, n_ctx=8192,
                       answer_k=bundle.generation.answer_k)
         try:
-            for order in orders:
+            for label in orders:
+                order, _, retired = label.partition("+")
                 agent.answerer.order = order
+                agent.answerer.retired_values = retired or "offered"
                 scored = []
                 for qa in questions:
                     result = agent.ask(qa.question)
@@ -192,18 +201,21 @@ def locomo_answers(args, bundle, backend, orders: list[str]) -> dict:
                     values = [r[key] for r in scored if r[key] is not None]
                     return round(100 * statistics.fmean(values), 1)
 
-                out["orders"][order] = {key: mean(key) for key in ("locomo_f1", "f1", "em", "evidence_recall")}
-                out["orders"][order]["unknown_share"] = mean("unknown")
+                out["orders"][label] = {key: mean(key) for key in ("locomo_f1", "f1", "em", "evidence_recall")}
+                out["orders"][label]["unknown_share"] = mean("unknown")
+                dev = [r["locomo_f1"] for r in scored if dev_question(r["index"])]
+                out["orders"][label]["dev_locomo_f1"] = round(100 * statistics.fmean(dev), 1) if dev else None
+                out["orders"][label]["dev_questions"] = len(dev)
                 out["index"] = [r["index"] for r in scored]
-                out["answers"][order] = [r["answer"] for r in scored]
-                print(f"conv-26 {order}: LoCoMo F1 {out['orders'][order]['locomo_f1']}", flush=True)
+                out["answers"][label] = [r["answer"] for r in scored]
+                print(f"conv-26 {label}: LoCoMo F1 {out['orders'][label]['locomo_f1']}", flush=True)
         finally:
             agent.close()
     return out
 
 
 def main() -> None:
-    from edge.generation import ANSWER_ORDERS
+    from edge.generation import ANSWER_ORDERS, RETIRED_VALUES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--conversations", type=int, default=12, help="held-out synthetic conversations (test split)")
@@ -213,15 +225,19 @@ def main() -> None:
                         help="keep the banks here (a bank already built there is reused); default: a temporary folder")
     parser.add_argument("--locomo-bank", type=Path, default=None,
                         help="a conv-26 bank built by `edge eval locomo` (bundle system): answer its questions too")
+    parser.add_argument("--locomo-log-bank", type=Path, default=None,
+                        help="the same conversation's bank for `edge eval`'s bundle-log-only system: answered too")
     parser.add_argument("--locomo-orders", default="rank", help="orders to answer conv-26 with, comma-separated")
     parser.add_argument("--locomo-data", type=Path, default=CONV)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     orders = [o.strip() for o in args.orders.split(",") if o.strip()]
     locomo_orders = [o.strip() for o in args.locomo_orders.split(",") if o.strip()] if args.locomo_bank else []
-    unknown_orders = set(orders + locomo_orders) - set(ANSWER_ORDERS)
-    if unknown_orders:
-        raise SystemExit(f"unknown order(s) {', '.join(sorted(unknown_orders))}; have {', '.join(ANSWER_ORDERS)}")
+    unknown_orders = {o.partition("+")[0] for o in orders + locomo_orders} - set(ANSWER_ORDERS)
+    unknown_retired = {o.partition("+")[2] for o in orders + locomo_orders if "+" in o} - set(RETIRED_VALUES)
+    if unknown_orders or unknown_retired:
+        raise SystemExit(f"unknown order(s) or retired_values {', '.join(sorted(unknown_orders | unknown_retired))}; "
+                         f"have {', '.join(ANSWER_ORDERS)}, each optionally +{' or +'.join(RETIRED_VALUES)}")
 
     from edge.agent import Agent
     from edge.bundle import build_default
@@ -293,9 +309,11 @@ def main() -> None:
             stats["superseded"] += checked["superseded"]
             stats["ungrounded"] += checked["ungrounded"]
 
-        for order in orders:
+        for label in orders:
+            order, _, retired = label.partition("+")
             for system, agent in agents.items():
                 agent.answerer.order = order
+                agent.answerer.retired_values = retired or "offered"
                 for q in conv.final_questions:
                     slot = history.get(q.slot, {"values": [], "changed": False, "retracted": False})
                     old = [v for v in dict.fromkeys(slot["values"]) if v != q.answer]
@@ -307,7 +325,7 @@ def main() -> None:
                     old_at = next((i for i, t in enumerate(texts) if any(holds(t, v) for v in old)
                                    and not (q.answer != "unknown" and holds(t, q.answer))), None)
                     rows.append({
-                        "conversation": conv.sample_id, "system": system, "order": order, "question": q.question,
+                        "conversation": conv.sample_id, "system": system, "order": label, "question": q.question,
                         "gold": q.answer, "answer": result.answer, "slot": q.slot, "changed": slot["changed"],
                         "retracted": q.answer == "unknown",
                         "em": exact_match(result.answer, q.answer),
@@ -318,13 +336,16 @@ def main() -> None:
                         "facts_shown": sum(m.tier != "episodic" for m in result.retrieved),
                         "seconds": round(seconds, 3),
                     })
-            print(f"{conv.sample_id} {order:18s} " + "  ".join(
-                f"{s} EM {statistics.fmean(r['em'] for r in rows if r['conversation'] == conv.sample_id and r['system'] == s and r['order'] == order):.2f}"
+            print(f"{conv.sample_id} {label:18s} " + "  ".join(
+                f"{s} EM {statistics.fmean(r['em'] for r in rows if r['conversation'] == conv.sample_id and r['system'] == s and r['order'] == label):.2f}"
                 for s in SYSTEMS), flush=True)
         for agent in agents.values():
             agent.answerer.order = "rank"
+            agent.answerer.retired_values = "offered"
             agent.close()
-    locomo = locomo_answers(args, bundle, shared, locomo_orders) if locomo_orders else None
+    locomo = locomo_answers(args, bundle, shared, locomo_orders, args.locomo_bank) if locomo_orders else None
+    locomo_log = (locomo_answers(args, bundle, shared, locomo_orders, args.locomo_log_bank)
+                  if locomo_orders and args.locomo_log_bank else None)
     shared.close()
 
     def mean(values) -> float | None:
@@ -377,11 +398,13 @@ def main() -> None:
             print(f"{system:16s} {order:18s} {f['em']:5.1f} {f['em_changed']:6.1f} {f['em_unchanged']:7.1f} "
                   f"{f['old_share']:5.1f} {f['unknown_share']:5.1f} {f['new_line_first']:7.1f} "
                   f"{f['facts_shown_mean']:5.2f}  {f['answer_from']}")
-    if locomo:
-        print()
-        for order, f in locomo["orders"].items():
-            print(f"conv-26 {order:18s} LoCoMo F1 {f['locomo_f1']:5.1f}  F1 {f['f1']:5.1f}  EM {f['em']:5.1f}"
-                  f"  evidence recall {f['evidence_recall']:5.1f}  unknown {f['unknown_share']:5.1f}")
+    for name, answered in (("bundle", locomo), ("bundle-log-only", locomo_log)):
+        if answered:
+            print()
+            for order, f in answered["orders"].items():
+                print(f"conv-26 {name:16s} {order:18s} LoCoMo F1 {f['locomo_f1']:5.1f} (dev {f['dev_locomo_f1']:5.1f})"
+                      f"  F1 {f['f1']:5.1f}  EM {f['em']:5.1f}  evidence recall {f['evidence_recall']:5.1f}"
+                      f"  unknown {f['unknown_share']:5.1f}")
     for system in SYSTEMS:
         f = figures[system]
         print(f"{system}: {f['facts_per_turn']:.2f} facts/turn ({f['facts_grounded']}/{f['facts_stored']} grounded, "
@@ -400,6 +423,7 @@ def main() -> None:
         "conversations": [c.sample_id for c in conversations], "split": "test",
         "questions": sum(len(c.final_questions) for c in conversations),
         "bundle": str(bundle.root), "orders": orders, "systems": figures, "locomo": locomo,
+        "locomo_log_only": locomo_log,
         **compact_answers(rows), "seconds": round(time.perf_counter() - started, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

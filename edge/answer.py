@@ -25,12 +25,13 @@ from edge.backends.base import Backend, Message
 from edge.bank import EPISODIC, Memory, MemoryBank
 from edge.bank.retrieval import STOPWORDS
 from edge.errors import MemoryNotFoundError, ModelOutputError
-from edge.generation import FACTS_FIRST_SHARE, STALE_UPDATES_FIRST, GenerationConfig, Setting
+from edge.generation import FACTS_FIRST_SHARE, RETIRED_K, STALE_UPDATES_FIRST, GenerationConfig, Setting
 from edge.model_calls import adapter_for, shown_memories, to_messages
 from edge.prompts import (
     CORE_MEMORY_CHARS,
     UNKNOWN,
     IdMap,
+    Retirement,
     ShownMemory,
     answer_line,
     answer_messages,
@@ -142,14 +143,16 @@ class AnswerAgent:
     max_tokens = Setting("answer_max_tokens", "The reply budget, in tokens (`generation.answer_max_tokens`).")
     text_mode = Setting("text_mode", '"extractive" or "free" (`generation.text_mode`).')
     order = Setting("answer_order", 'How the memories read are ordered (`generation.answer_order`, "rank" by default).')
+    retired_values = Setting("retired_values", 'Whether a retired value may be the answer (`generation.retired_values`).')
 
     def answer(self, bank: MemoryBank, question: str, *, user: str | None = None, k: int | None = None) -> AnswerResult:
         """Retrieve memories (hybrid search) and answer from them: `retrieve`, then `answer_from`."""
         start = time.perf_counter()
         retrieved = self.retrieve(bank, question, user=user, k=k)
         core = core_block(bank, user)
+        retired = self.retirements(bank, question, retrieved, user=user)
         retrieve_s = time.perf_counter() - start
-        result = self.answer_from(question, retrieved, core=core)
+        result = self.answer_from(question, retrieved, core=core, retired=retired)
         result.timings.update(retrieve_s=retrieve_s, total_s=time.perf_counter() - start)
         return result
 
@@ -164,6 +167,16 @@ class AnswerAgent:
         """
         kept, _, _, shown = self.fit(question, self.retrieve(bank, question, user=user), core_block(bank, user))
         return kept, shown
+
+    def retirements(self, bank: MemoryBank, question: str, memories: list[Memory], *, user: str | None = None
+                    ) -> list[Retirement]:
+        """The retired values `answer_from` withholds for `question` given what it reads (`memories`).
+
+        Empty unless `retired_values` is "withheld" (`edge.generation.RETIRED_VALUES`); then `retirements`.
+        """
+        if self.retired_values != "withheld" or self.text_mode != "extractive":
+            return []
+        return retirements(bank, question, memories, user=user)
 
     def retrieve(self, bank: MemoryBank, question: str, *, user: str | None = None, k: int | None = None) -> list[Memory]:
         """What the Answer Agent reads: the top-k turns of the episodic log, then up to k//3 facts (in `order`).
@@ -216,8 +229,12 @@ class AnswerAgent:
             turns = superseding_turns_first(bank, question, turns, user=user, k=k)
         return first + turns + facts
 
-    def answer_from(self, question: str, memories: list[Memory], *, core: str = "") -> AnswerResult:
-        """Answer from given memories (in order; those whose lines no longer fit the token budget are left out)."""
+    def answer_from(self, question: str, memories: list[Memory], *, core: str = "",
+                    retired: list[Retirement] | tuple[Retirement, ...] = ()) -> AnswerResult:
+        """Answer from given memories (in order; those whose lines no longer fit the token budget are left out).
+
+        `retired`: values no extractive reply may say (`retirements`; `edge.prompts.answer_spans`).
+        """
         start = time.perf_counter()
         if not memories and not core:
             return AnswerResult(question=question, answer=UNKNOWN, memory_ids=[], memories=[], retrieved=[],
@@ -227,13 +244,15 @@ class AnswerAgent:
         # The core block is in the prompt, so its lines are offered too: a fact kept as core ("Ana is allergic
         # to penicillin") must be answerable as it would be as a semantic fact.
         readable = [*shown, *core_lines(core)]
-        spans = answer_spans(readable, question) if self.text_mode == "extractive" else None
+        spans = answer_spans(readable, question, retired=retired) if self.text_mode == "extractive" else None
         generate_start = time.perf_counter()
         try:
             completion = self.backend.complete(
                 messages, schema=answer_schema(id_map.local_ids, spans=spans), max_tokens=self.max_tokens,
                 temperature=self.generation.temperature, adapter=adapter_for(self.backend, self.adapter),
-                choice_bias=self.generation.answer_bias if spans is not None else None,
+                # a retraction the question found: "unknown" is what the record says, not held back
+                choice_bias=self.generation.answer_bias if spans is not None and not any(r.retracted for r in retired)
+                else None,
             )
         except ModelOutputError as exc:  # a backend that checks the schema itself refused the reply
             return AnswerResult(question=question, answer=UNKNOWN, memory_ids=[], memories=[], retrieved=memories,
@@ -378,6 +397,62 @@ def stale_turns(bank: MemoryBank, fact: Memory, *, user: str | None = None, dept
         turns.update(version.source_turns)
         older, depth = version.metadata.get("supersedes"), depth - 1
     return turns
+
+
+def retirements(bank: MemoryBank, question: str, memories: list[Memory], *, user: str | None = None,
+                k: int = RETIRED_K) -> list[Retirement]:
+    """What the Manager's supersession record retires for `question`: one `Retirement` per stale fact it finds.
+
+    A fact counts when it is superseded (changed or retracted by a later
+    turn, `Memory.superseded`), ranks among the question's top `k` facts
+    (hybrid search, older versions included: Zep/Graphiti's invalidated
+    edges, read at question time), and both the turn that retired it and a
+    turn it came from are among `memories` (what the Answer Agent
+    retrieved: the reader would see the old value beside the statement
+    that ended it; a supersession whose turn is not offered withholds
+    nothing, so a wrong one costs less). Its words are its stemmed
+    content words less the question's and its speaker's name; the newer
+    words are those its current version adds (its `superseded_by` chain
+    followed to the live fact; none when the chain ends in a retraction).
+    A current version that restates it (`edge.grounding.restates`: most of
+    its words, no "quit" or "anymore") retires nothing: the Manager may
+    rewrite a fact a turn only repeats.
+    A bank without a Manager (the log alone) has no record: [].
+    """
+    from edge.grounding import content_words, restates
+
+    shown = {t for m in memories for t in m.source_turns}
+    if not shown:
+        return []
+    asked = set(content_words(question))
+    out: list[Retirement] = []
+    for hit in bank.search(question, k=k, mode="hybrid", user=user, scope="facts", include_superseded=True):
+        old = hit.memory
+        if not old.superseded or old.superseded_turn not in shown or not set(old.source_turns) & shown:
+            continue
+        current = _current_version(bank, old, user=user)
+        if current is not None and restates(old.text, current.text, speaker=old.speaker):
+            continue  # "Just a reminder: I drive a Subaru" superseded nothing it did not say again
+        said = set(content_words(old.text))
+        words = said - asked - set(content_words(old.speaker or ""))
+        newer = set(content_words(current.text)) - said if current is not None else set()
+        if words:
+            out.append(Retirement(frozenset(words), frozenset(newer), retracted=current is None))
+    return out
+
+
+def _current_version(bank: MemoryBank, fact: Memory, *, user: str | None = None, depth: int = 8) -> Memory | None:
+    """The live fact at the end of `fact`'s `superseded_by` chain; None when it ends in a retraction or a purge."""
+    version = fact
+    while version.superseded and depth > 0:
+        if not version.superseded_by:
+            return None
+        try:
+            version = bank.get(version.superseded_by, user=user)
+        except MemoryNotFoundError:
+            return None
+        depth -= 1
+    return None if version.superseded else version
 
 
 def superseding_turns_first(bank: MemoryBank, question: str, turns: list[Memory], *, user: str | None = None,

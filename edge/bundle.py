@@ -335,8 +335,14 @@ DEFAULT_QUANT = "q8_0"
 # question's top 2 facts and a turn of its older version is offered (the reader would see the stale value):
 # knowledge update EM 36.8 -> 42.1, with the log alone 36.8 (the Manager's facts earn that); conv-26 F1 28.5 -> 28.3,
 # dev 32.4 both, where "updates-first" (every newer version first) fell to 22.3 (bench/results/knowledge_update_stale.json).
+# retired_values: a span saying only a value the Manager retired (the older version of a fact a later turn
+# changed, or a retracted fact, when the question finds it and both turns are offered) is no reply, and a
+# retraction lifts "unknown"'s margin: knowledge update EM 42.1 -> 49.1 and the old value given 50.0 % -> 30.6 %,
+# with the log alone 36.8 % / 63.9 % (the Manager's record earns that); conv-26 LoCoMo F1 29.2 -> 29.0, dev
+# 35.6 -> 34.9 (one question), with the log alone 29.2 and 35.6 (bench/results/knowledge_update_retired.json).
 DEFAULT_GENERATION = {"answer_k": ANSWER_TOP_K, "repeat_penalty": REPEAT_PENALTY, "text_mode": "extractive",
-                      "unknown_margin": 1.5, "answer_retrieval": "replies-3", "answer_order": "stale-updates-first"}
+                      "unknown_margin": 1.5, "answer_retrieval": "replies-3", "answer_order": "stale-updates-first",
+                      "retired_values": "withheld"}
 
 
 def default_generation() -> GenerationConfig:

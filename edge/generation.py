@@ -33,6 +33,10 @@ so manifests written before a key existed stay readable):
     unknown_margin      float >= 0   logits by which "unknown" must beat every span for an extractive
                                      answer to be "unknown" (an offset on its first token where the
                                      options begin, `Backend.complete(choice_bias=...)`; 0: none)
+    retired_values      str          "offered" or "withheld": whether an extractive answer may be a value
+                                     the Manager retired (the older version of a fact a later turn
+                                     changed, or a retracted one: `RETIRED_VALUES`; "offered" unless a
+                                     bundle names "withheld")
 
 A bad value raises `BundleError` naming the bundle, the key and what it
 accepts; an unknown key is refused too (a misspelt key would otherwise be
@@ -87,6 +91,15 @@ STALE_UPDATES_FIRST = 2
 # (bench/results/retrieval.json).
 RETRIEVALS = ("hybrid", "replies", "replies-3", "replies-5")
 
+# Whether an extractive answer may be a value the Manager retired (`edge.answer.retirements`, `Retirement`):
+#   offered   every span of what is shown is a reply, the old value of a changed fact too
+#   withheld  a span saying only the value of a superseded or retracted fact the question finds (among its top
+#             `RETIRED_K` facts, older versions included) is no reply when a turn it came from and the turn that
+#             retired it are offered; the turns are still shown, a question about an earlier state is offered every
+#             span, and after a retraction "unknown" is not held back by `unknown_margin`
+RETIRED_VALUES = ("offered", "withheld")
+RETIRED_K = 3
+
 _INTS = ("answer_k", "answer_tokens", "manager_max_tokens", "answer_max_tokens", "chat_max_tokens", "n_ctx")
 _FLOATS = ("repeat_penalty", "temperature", "retry_temperature", "chat_temperature", "unknown_margin")
 
@@ -107,6 +120,7 @@ SETTING_HELP = {
     "answer_order": f"how the Answer Agent orders what it reads: {', '.join(ANSWER_ORDERS)}",
     "answer_retrieval": f"which turns of the log the Answer Agent is offered: {', '.join(RETRIEVALS)}",
     "unknown_margin": "logits by which \"unknown\" must beat every offered span to be the answer (0: none)",
+    "retired_values": f"{' or '.join(RETIRED_VALUES)}: whether an answer may be a value a later turn changed or retracted",
 }
 
 
@@ -134,6 +148,7 @@ class GenerationConfig:
     answer_order: str = "rank"
     answer_retrieval: str = "hybrid"
     unknown_margin: float = 0.0
+    retired_values: str = "offered"
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -158,6 +173,8 @@ class GenerationConfig:
             out.append(f"answer_order must be one of {', '.join(ANSWER_ORDERS)}, not {self.answer_order!r}")
         if self.answer_retrieval not in RETRIEVALS:
             out.append(f"answer_retrieval must be one of {', '.join(RETRIEVALS)}, not {self.answer_retrieval!r}")
+        if self.retired_values not in RETIRED_VALUES:
+            out.append(f"retired_values must be one of {', '.join(RETIRED_VALUES)}, not {self.retired_values!r}")
         return out
 
     @classmethod

@@ -220,6 +220,11 @@ def _content_pairs(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def content_pairs(text: str) -> list[tuple[str, str]]:
+    """(word as written, stem) for each content word of `text`, in order: `content_words` with what was said."""
+    return _content_pairs(text)
+
+
 def content_words(text: str) -> list[str]:
     """The stemmed content words of `text`, in order (repeats kept).
 

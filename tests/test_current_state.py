@@ -180,3 +180,98 @@ def test_stale_updates_first_reads_the_newer_fact_first_only_when_the_older_valu
     retrieved = agent.retrieve(ingrid, CAR)
     assert [m.tier for m in retrieved] == ["episodic"] * 3, "its own turn is shown: read as rank reads it (not at all)"
     assert stale_turns(ingrid, ingrid.list(tier="episodic")[0]) == set(), "a turn replaced nothing"
+
+
+# ----------------------------------------------------------------------------- retired values, withheld
+
+def test_a_retired_value_is_no_reply_but_the_current_state_and_the_past_are() -> None:
+    """`answer_spans` with the Subaru retired: "Subaru" alone is withheld, every span naming the Jeep is offered,
+    and a question about the earlier car is offered the Subaru again."""
+    from edge.prompts import Retirement, ShownMemory, answer_spans
+    from edge.prompts.common import show_date
+
+    lines = [ShownMemory("0", "episodic", "I drive a Subaru.", "2023-05-01T21:45"),
+             ShownMemory("1", "episodic", "I traded my Subaru for a Jeep.", "2023-06-24T15:00")]
+    subaru = Retirement(frozenset({"subaru"}), frozenset({"trade", "jeep"}))
+    offered = answer_spans(lines, CAR)
+    withheld = answer_spans(lines, CAR, retired=[subaru])
+    assert {"Subaru", "drive a Subaru"} <= set(offered) and not {"Subaru", "drive a Subaru"} & set(withheld)
+    assert {"Jeep", "Subaru for a Jeep", "traded my Subaru", "unknown"} <= set(withheld), "a newer word says the change"
+    assert set(withheld) < set(offered)
+    assert "Subaru" in answer_spans(lines, "What car did Ingrid drive before the Jeep?", retired=[subaru])
+    dated = answer_spans(lines, "When did Ingrid get a car?", retired=[subaru])
+    assert show_date("2023-05-01T21:45") in dated, "dates are never withheld"
+
+
+def test_the_managers_record_retires_the_subaru_and_the_log_alone_retires_nothing(
+        ingrid: MemoryBank, tmp_path: Path, minilm, llama_backend) -> None:
+    from edge.answer import retirements
+
+    agent = AnswerAgent(llama_backend, adapter=None, order="stale-updates-first")
+    (found,) = retirements(ingrid, CAR, agent.retrieve(ingrid, CAR))
+    assert "subaru" in found.words and "ingrid" not in found.words, "the value, not the question's or speaker's words"
+    assert {"trade", "jeep"} <= found.newer and not found.retracted
+    with MemoryBank.open(tmp_path / "log-only.db", minilm, user="ingrid") as log_only:
+        for turn_id, at, text in INGRID:
+            log_only.apply([AddOp(text, "episodic", at, (turn_id,), {"speaker": "Ingrid", "turn_id": turn_id})],
+                           actor="import")
+        assert retirements(log_only, CAR, agent.retrieve(log_only, CAR)) == []
+    # Its turn no longer offered (deleted, recoverably): the reader would not see the value, nothing to withhold.
+    (turn,) = [m for m in ingrid.list(tier="episodic") if m.source_turns == ("S:1",)]
+    ingrid.apply([DeleteOp(turn.id)], actor="user")
+    (left,) = [m for m in ingrid.list(tier="episodic") if m.source_turns == ("S:3",)]
+    ingrid.apply([DeleteOp(left.id)], actor="user")
+    assert retirements(ingrid, CAR, agent.retrieve(ingrid, CAR)) == []
+
+
+def test_a_retraction_retires_the_value_with_no_newer_one(tmp_path: Path, minilm, llama_backend) -> None:
+    with MemoryBank.open(tmp_path / "bank.db", minilm, user="ana") as bank:
+        for turn_id, at, text in [("S:1", "2024-01-05T10:00", "I have a parrot called Kiwi."),
+                                  ("S:2", "2024-03-01T10:00", "I don't have a parrot anymore.")]:
+            bank.apply([AddOp(text, "episodic", at, (turn_id,), {"speaker": "Ana", "turn_id": turn_id})],
+                       actor="import")
+        (added,) = bank.apply([AddOp("Ana has a parrot called Kiwi.", "semantic", "2024-01-05T10:00", ("S:1",),
+                                     {"speaker": "Ana"})], actor="manager")
+        bank.apply([SupersedeOp(added.memory_id, None, "2024-03-01T10:00", "S:2")], actor="manager", turn="S:2")
+        question = "What pet does Ana have?"
+        agent = AnswerAgent(llama_backend, adapter=None)
+        (found,) = retirements_of(bank, agent, question)
+        assert found.retracted and not found.newer and {"parrot", "kiwi"} <= found.words
+
+
+def test_a_newer_version_that_only_repeats_the_fact_retires_nothing(tmp_path: Path, minilm, llama_backend) -> None:
+    """The Manager may rewrite a fact a reminder repeats ("Just a reminder: I drive a Subaru"): the Subaru is
+    still the answer, so nothing is withheld."""
+    with MemoryBank.open(tmp_path / "bank.db", minilm, user="ingrid") as bank:
+        for turn_id, at, text in INGRID[:3]:
+            bank.apply([AddOp(text, "episodic", at, (turn_id,), {"speaker": "Ingrid", "turn_id": turn_id})],
+                       actor="import")
+        (added,) = bank.apply([AddOp("Ingrid drive a Subaru.", "semantic", INGRID[0][1], ("S:1",),
+                                     {"speaker": "Ingrid"})], actor="manager")
+        bank.apply([SupersedeOp(added.memory_id, "Just a reminder: Ingrid drive a Subaru.", INGRID[2][1], "S:3",
+                                INGRID[2][1], ("S:3",), {"speaker": "Ingrid"})], actor="manager", turn="S:3")
+        assert bank.get(added.memory_id).superseded
+        assert retirements_of(bank, AnswerAgent(llama_backend, adapter=None), CAR) == []
+
+
+def retirements_of(bank: MemoryBank, agent: AnswerAgent, question: str):
+    from edge.answer import retirements
+
+    return retirements(bank, question, agent.retrieve(bank, question))
+
+
+@pytest.mark.parametrize("setting", ["offered", "withheld"])
+def test_withheld_is_what_the_agent_offers_the_model(ingrid: MemoryBank, llama_backend, setting: str) -> None:
+    """The real model answers with "withheld" from spans without the Subaru alone; with "offered" it may say it."""
+    agent = AnswerAgent(llama_backend, adapter=None, order="stale-updates-first",
+                        generation=GenerationConfig(retired_values=setting))
+    result = agent.answer(ingrid, CAR)
+    assert result.offered and result.answer in result.offered and result.supported
+    assert ("Subaru" in result.offered) == (setting == "offered")
+    assert any("Jeep" in span for span in result.offered)
+
+
+def test_retired_values_is_a_checked_setting() -> None:
+    assert GenerationConfig().retired_values == "offered", "a bundle that names nothing reads as it always did"
+    with pytest.raises(InvalidInputError, match="retired_values"):
+        GenerationConfig(retired_values="hidden")

@@ -18,7 +18,7 @@ from edge.backends.scripted import ScriptedBackend
 from edge.bank import MemoryBank
 from edge.errors import BackendError, InvalidInputError
 from edge.grounding import clauses, grounding
-from edge.manager import MemoryManager, manager_pieces
+from edge.manager import MemoryManager, manager_pieces, related_facts
 from edge.operations import SupersedeOp
 from edge.prompts import Turn
 
@@ -263,3 +263,45 @@ def test_the_same_words_about_another_day_are_a_new_fact(bank: MemoryBank) -> No
         Turn("Tomas", said, "2025-03-09 10:00"))
     assert later.rejected == [] and len(later.applied) == 1
     assert sorted(m.event_time[:10] for m in facts(bank)) == ["2025-03-01", "2025-03-08"]
+
+
+# ----------------------------------------------------------------------------- a topic is a word said rarely
+
+CAMPING = [  # a long conversation says "time" again and again; the camping fact is about the mountains
+    "We had such a good time at the lake.", "Time flies, the kids grow so fast.", "Any time you need help, call me.",
+    "It was a great time with my sister.", "Next time we should go hiking.", "I took the kids camping in the mountains.",
+]
+
+
+def test_a_word_said_all_through_the_log_names_no_topic_to_change_a_fact(bank: MemoryBank) -> None:
+    """An UPDATE whose only word in common with its fact is said in more than `RARE_TOPIC_TURNS` turns is refused
+    (the fact stays current); one sharing a rarer word ("mountains") is applied."""
+    from edge.manager import RARE_TOPIC_TURNS, log_entry_for
+
+    for i, text in enumerate(CAMPING):
+        bank.apply([log_entry_for(Turn("Mel", text, f"2025-05-0{i + 1} 10:00", f"S:{i + 1}"))])
+    camping = bank.add("Mel took the kids camping in the mountains, a nice time together.")
+    assert bank.turn_frequency("time") == RARE_TOPIC_TURNS == 5 and bank.turn_frequency("mountains") == 1
+    assert bank.turn_frequency("times") == 5, "counted by stem (FTS5's Porter tokenizer)"
+    turn = Turn("Mel", "That awesome time was the best weekend ever.", "2025-05-09 10:00", "S:9")
+    result = manager(bank, reply({"op": "UPDATE", "id": "0", "text": turn.text})).process(turn)
+    assert bank.turn_frequency("time") == 6, "the turn itself is in the log"
+    assert result.applied == [] and any("more than 5 turns" in reason for _, reason in result.rejected)
+    assert not bank.get(camping.id).superseded and result.logged is not None, "the fact stays current, the turn kept"
+    later = Turn("Mel", "The mountains were too cold, next year we go to the sea.", "2025-05-10 10:00", "S:10")
+    shown = [m.id for m in related_facts(bank, later)]
+    result = manager(bank, reply({"op": "UPDATE", "id": str(shown.index(camping.id)), "text": later.text})).process(later)
+    assert [a.action for a in result.applied] == ["UPDATE"] and bank.get(camping.id).superseded
+
+
+def test_turn_frequency_counts_one_owners_current_turns(bank: MemoryBank) -> None:
+    from edge.manager import log_entry_for
+    from edge.operations import DeleteOp
+
+    (one,) = bank.apply([log_entry_for(Turn("Tomas", "The bakery opens early.", "2025-03-02 10:00", "S:1"))])
+    bank.apply([log_entry_for(Turn("Tomas", "I love the bakery.", "2025-03-02 10:01", "S:2"))])
+    bank.apply([log_entry_for(Turn("Ana", "A bakery near me closed.", "2025-03-02 10:02", "S:3"))], user="ana")
+    assert bank.turn_frequency("bakery") == 2 and bank.turn_frequency("bakery", user="ana") == 1
+    assert bank.turn_frequency("") == 0 and bank.turn_frequency('"quoted" OR x') == 0
+    bank.apply([DeleteOp(one.memory_id)], actor="user")
+    assert bank.turn_frequency("bakery") == 1, "a deleted turn is not counted"

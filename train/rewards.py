@@ -254,14 +254,16 @@ class AgentReader:
         text = question["question"]
         # `AnswerAgent.answer`'s steps, the retrieval done once for the key and the answer
         retrieved, core = self.agent.retrieve(bank, text), core_block(bank)
+        retired = self.agent.retirements(bank, text, retrieved)
         key: tuple | None = None
         if not self.agent.generation.temperature:  # greedy
             _, _, _, shown = self.agent.fit(text, retrieved, core)
-            # every field of every line shown and the core block, hashed: a key stays small
-            key = (text, hashlib.sha256(f"{shown!r}\x00{core}".encode()).hexdigest())
+            # every field of every line shown, the core block and the values withheld, hashed: a key stays small
+            withheld = sorted((sorted(r.words), sorted(r.newer)) for r in retired)
+            key = (text, hashlib.sha256(f"{shown!r}\x00{core}\x00{withheld!r}".encode()).hexdigest())
             if key in self._answers:
                 return self._answers[key]
-        answer = self.agent.answer_from(text, retrieved, core=core).answer
+        answer = self.agent.answer_from(text, retrieved, core=core, retired=retired).answer
         self.calls += 1
         if key is not None:
             if len(self._answers) >= self.cache:
@@ -327,12 +329,14 @@ def apply_reply(bank: MemoryBank, parse: ManagerParse, shown_real_ids: Sequence[
     Unlike the runtime, this does not add the turn itself to the episodic
     log: `score_reply` has it there already when the reward's context is
     "served" (every reply of a group shares it), and leaves it out for
-    "facts" (a reader could answer from it whatever the reply did).
+    "facts" (a reader could answer from it whatever the reply did); the
+    topic check counts how often a word is said over the log the bank holds
+    (none for "facts": every word in common counts, as it did).
     (A turn longer than `edge.manager.MANAGER_TURN_CHARS` reaches the served
     Manager in pieces; an episode holds it whole.)
     """
     id_map = IdMap(list(shown_real_ids))
-    ops = to_bank_ops(parse, id_map, turn, [bank.get(i) for i in shown_real_ids])
+    ops = to_bank_ops(parse, id_map, turn, [bank.get(i) for i in shown_real_ids], frequency=bank.turn_frequency)
     if not ops:
         return None
     try:

@@ -141,6 +141,20 @@ class BankReads:
         sql += _tier_filter(tier, args)
         return self._conn.execute(sql, args).fetchone()[0]
 
+    def turn_frequency(self, word: str, *, user: str | None = None) -> int:
+        """How many turns of one owner's episodic log hold `word` (a document frequency, in turns).
+
+        Counted on the log's keyword table (SQLite FTS5, its Porter
+        tokenizer: "traded" counts the turns saying "trade" or "trading"),
+        deleted turns left out. A `word` FTS5 reads as nothing counts 0.
+        """
+        from edge.bank.retrieval import fts_or
+
+        if not word.strip():
+            return 0
+        return self._conn.execute("SELECT count(*) FROM turn_fts WHERE turn_fts MATCH ? AND owner = ?",
+                                  (fts_or([word.strip()]), self._owner(user))).fetchone()[0]
+
     def history(self, memory_id: str | None = None, *, user: str | None = None, limit: int | None = None) -> list[HistoryEntry]:
         """History rows of one memory, or of the whole owner when no id is given; oldest first."""
         owner = self._owner(user)

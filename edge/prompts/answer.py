@@ -124,10 +124,38 @@ def _words(text: str) -> list[str]:
 _ASKS_FOR_TIME = re.compile(
     r"\b(when|what (year|month|day|date|time|week)|which (year|month|day|date|week)|how long ago|since when)\b", re.I)
 _ASKS_FOR_PERSON = re.compile(r"\b(who|whom|whose)\b", re.I)
+# A question about an earlier state ("What car did Ingrid drive before the Jeep?") may be answered with a retired
+# value: `answer_spans` withholds none for it.
+_ASKS_FOR_PAST = re.compile(
+    r"\b(before|previous(ly)?|used to|former(ly)?|originally|earlier|prior|first|old|past|ago|no longer|anymore|"
+    r"until|stopp?ed|quit|gave up|sold|changed?|switch(ed)?|replaced?)\b", re.I)
+
+
+@dataclass(frozen=True)
+class Retirement:
+    """A value the Memory Manager retired, as `answer_spans` withholds it (`edge.answer.retirements` builds them).
+
+    `words`: the stemmed content words (`edge.grounding.content_words`) of
+    a superseded or retracted fact, less the question's and its speaker's
+    name; `newer`: those its current version adds (empty after a
+    retraction, `retracted`). A span holding a word of `words` and none of
+    `newer` says only the retired value ("Subaru", "drive a Subaru" once "I
+    traded my Subaru for a Jeep" replaced "I drive a Subaru"); one holding
+    a newer word ("Jeep", "Subaru for a Jeep") says the current state.
+    """
+
+    words: frozenset[str]
+    newer: frozenset[str] = frozenset()
+    retracted: bool = False  # taken back with no newer version: "unknown" may well be the answer
+
+    def withholds(self, said: set[str] | frozenset[str]) -> bool:
+        """Whether a span of these stemmed content words says only the retired value."""
+        return bool(said & self.words) and not said & self.newer
 
 
 def answer_spans(
-    memories: Sequence[ShownMemory], question: str = "", *, max_words: int = MAX_ANSWER_SPAN_WORDS
+    memories: Sequence[ShownMemory], question: str = "", *, max_words: int = MAX_ANSWER_SPAN_WORDS,
+    retired: Sequence[Retirement] = (),
 ) -> list[str]:
     """What an extractive answer may be: a span of a shown memory, a date shown with one, or "unknown".
 
@@ -142,6 +170,13 @@ def answer_spans(
     the default model copied the asked-about name in a third of its
     single-hop answers. Deterministic and in first-seen order, since it
     becomes a JSON-schema `enum` the decoder is held to.
+
+    `retired` (the Manager's record of values a later turn changed or
+    retracted, `edge.answer.retirements`) withholds the spans that say only
+    a retired value (`Retirement.withholds`): the turn stays shown, its old
+    value is no longer a reply. A question that asks about an earlier state
+    ("before", "used to", "first", "sold", ...) is offered every span.
+    Dates and speakers' names are never withheld.
     """
     from edge.grounding import content_words
 
@@ -149,6 +184,8 @@ def answer_spans(
     memories = [focus_memory(m, question) for m in memories]
     wants_time, wants_person = bool(_ASKS_FOR_TIME.search(question)), bool(_ASKS_FOR_PERSON.search(question))
     asked = set(content_words(question))
+    if retired and _ASKS_FOR_PAST.search(question):
+        retired = ()
     for memory in memories:
         for value in (memory.event_time, *(v for _, v in memory.dates)) if wants_time else ():
             if value:
@@ -164,7 +201,8 @@ def answer_spans(
             for end in range(start, min(start + max_words, len(words))):
                 said |= stems[end]
                 if stems[end] and not said <= asked:  # an answer says something the question does not
-                    spans[" ".join(words[start : end + 1])] = None
+                    if not any(r.withholds(said) for r in retired):
+                        spans[" ".join(words[start : end + 1])] = None
     return list(spans)
 
 
