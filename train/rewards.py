@@ -259,7 +259,7 @@ class AgentReader:
         if not self.agent.generation.temperature:  # greedy
             _, _, _, shown = self.agent.fit(text, retrieved, core)
             # every field of every line shown, the core block and the values withheld, hashed: a key stays small
-            withheld = sorted((sorted(r.words), sorted(r.newer)) for r in retired)
+            withheld = sorted((sorted(r.words), sorted(r.newer), r.retracted) for r in retired)
             key = (text, hashlib.sha256(f"{shown!r}\x00{core}\x00{withheld!r}".encode()).hexdigest())
             if key in self._answers:
                 return self._answers[key]
