@@ -161,6 +161,13 @@ def pretty(value, indent: int = 0) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def read_as(answerer, label: str) -> None:
+    """Set an Answer Agent to read as `label` says: an order, optionally "+offered" or "+withheld" (retired values)."""
+    order, _, retired = label.partition("+")
+    answerer.order = order
+    answerer.retired_values = retired or "offered"
+
+
 def locomo_answers(args, bundle, backend, orders: list[str], bank: Path) -> dict:
     """conv-26's scored questions answered by the bundle's Agent on a copy of `bank`, once per order."""
     import shutil
@@ -181,9 +188,7 @@ def locomo_answers(args, bundle, backend, orders: list[str], bank: Path) -> dict
                       answer_k=bundle.generation.answer_k)
         try:
             for label in orders:
-                order, _, retired = label.partition("+")
-                agent.answerer.order = order
-                agent.answerer.retired_values = retired or "offered"
+                read_as(agent.answerer, label)
                 scored = []
                 for qa in questions:
                     result = agent.ask(qa.question)
@@ -310,10 +315,8 @@ def main() -> None:
             stats["ungrounded"] += checked["ungrounded"]
 
         for label in orders:
-            order, _, retired = label.partition("+")
             for system, agent in agents.items():
-                agent.answerer.order = order
-                agent.answerer.retired_values = retired or "offered"
+                read_as(agent.answerer, label)
                 for q in conv.final_questions:
                     slot = history.get(q.slot, {"values": [], "changed": False, "retracted": False})
                     old = [v for v in dict.fromkeys(slot["values"]) if v != q.answer]
@@ -340,8 +343,7 @@ def main() -> None:
                 f"{s} EM {statistics.fmean(r['em'] for r in rows if r['conversation'] == conv.sample_id and r['system'] == s and r['order'] == label):.2f}"
                 for s in SYSTEMS), flush=True)
         for agent in agents.values():
-            agent.answerer.order = "rank"
-            agent.answerer.retired_values = "offered"
+            read_as(agent.answerer, "rank")
             agent.close()
     locomo = locomo_answers(args, bundle, shared, locomo_orders, args.locomo_bank) if locomo_orders else None
     locomo_log = (locomo_answers(args, bundle, shared, locomo_orders, args.locomo_log_bank)

@@ -245,14 +245,14 @@ class AnswerAgent:
         # to penicillin") must be answerable as it would be as a semantic fact.
         readable = [*shown, *core_lines(core)]
         spans = answer_spans(readable, question, retired=retired) if self.text_mode == "extractive" else None
+        # After a retraction the question found, "unknown" is what the record says: not held back by the margin.
+        bias = self.generation.answer_bias if spans is not None and not any(r.retracted for r in retired) else None
         generate_start = time.perf_counter()
         try:
             completion = self.backend.complete(
                 messages, schema=answer_schema(id_map.local_ids, spans=spans), max_tokens=self.max_tokens,
                 temperature=self.generation.temperature, adapter=adapter_for(self.backend, self.adapter),
-                # a retraction the question found: "unknown" is what the record says, not held back
-                choice_bias=self.generation.answer_bias if spans is not None and not any(r.retracted for r in retired)
-                else None,
+                choice_bias=bias,
             )
         except ModelOutputError as exc:  # a backend that checks the schema itself refused the reply
             return AnswerResult(question=question, answer=UNKNOWN, memory_ids=[], memories=[], retrieved=memories,

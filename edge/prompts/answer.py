@@ -200,9 +200,9 @@ def answer_spans(
             said: set[str] = set()
             for end in range(start, min(start + max_words, len(words))):
                 said |= stems[end]
-                if stems[end] and not said <= asked:  # an answer says something the question does not
-                    if not any(r.withholds(said) for r in retired):
-                        spans[" ".join(words[start : end + 1])] = None
+                # an answer says something the question does not, and not only a value the Manager retired
+                if stems[end] and not said <= asked and not any(r.withholds(said) for r in retired):
+                    spans[" ".join(words[start : end + 1])] = None
     return list(spans)
 
 
