@@ -37,6 +37,9 @@ so manifests written before a key existed stay readable):
                                      the Manager retired (the older version of a fact a later turn
                                      changed, or a retracted one: `RETIRED_VALUES`; "offered" unless a
                                      bundle names "withheld")
+    consolidation       str          "none" or "extend": whether the Manager is offered EXTEND, growing a fact
+                                     of the turn's speaker by one clause of the turn (`CONSOLIDATIONS`;
+                                     "none" unless a bundle names it: the shipped Manager was not trained on it)
 
 A bad value raises `BundleError` naming the bundle, the key and what it
 accepts; an unknown key is refused too (a misspelt key would otherwise be
@@ -49,7 +52,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
 from edge.errors import BundleError, InvalidInputError
-from edge.prompts import ANSWER_CONTEXT_TOKENS, ANSWER_TOP_K, REPEAT_PENALTY, TEXT_MODES, UNKNOWN
+from edge.prompts import (ANSWER_CONTEXT_TOKENS, ANSWER_TOP_K, EXTEND, MANAGER_OPS, REPEAT_PENALTY, TEXT_MODES,
+                          UNKNOWN)
 
 # The reply budgets the agents have always used: three Manager operations of up to 120 characters with
 # their JSON; an answer with its relevant ids.
@@ -100,6 +104,12 @@ RETRIEVALS = ("hybrid", "replies", "replies-3", "replies-5")
 RETIRED_VALUES = ("offered", "withheld")
 RETIRED_K = 3
 
+# Whether the Manager keeps consolidated facts (`edge.manager.consolidated_text`):
+#   none    its operations are ADD, UPDATE, DELETE and NOOP (`MANAGER_OPS`): every fact is one clause of one turn
+#   extend  EXTEND is offered too: one clause of the turn joins a fact its speaker said, the fact citing every turn
+#           it draws on (mem0's merged memories; Memory-R1's UPDATE that adds to a memory)
+CONSOLIDATIONS = ("none", "extend")
+
 _INTS = ("answer_k", "answer_tokens", "manager_max_tokens", "answer_max_tokens", "chat_max_tokens", "n_ctx")
 _FLOATS = ("repeat_penalty", "temperature", "retry_temperature", "chat_temperature", "unknown_margin")
 
@@ -121,6 +131,7 @@ SETTING_HELP = {
     "answer_retrieval": f"which turns of the log the Answer Agent is offered: {', '.join(RETRIEVALS)}",
     "unknown_margin": "logits by which \"unknown\" must beat every offered span to be the answer (0: none)",
     "retired_values": f"{' or '.join(RETIRED_VALUES)}: whether an answer may be a value a later turn changed or retracted",
+    "consolidation": f"{' or '.join(CONSOLIDATIONS)}: whether the Manager may grow a fact by a later turn's clause",
 }
 
 
@@ -149,6 +160,7 @@ class GenerationConfig:
     answer_retrieval: str = "hybrid"
     unknown_margin: float = 0.0
     retired_values: str = "offered"
+    consolidation: str = "none"
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -175,6 +187,8 @@ class GenerationConfig:
             out.append(f"answer_retrieval must be one of {', '.join(RETRIEVALS)}, not {self.answer_retrieval!r}")
         if self.retired_values not in RETIRED_VALUES:
             out.append(f"retired_values must be one of {', '.join(RETIRED_VALUES)}, not {self.retired_values!r}")
+        if self.consolidation not in CONSOLIDATIONS:
+            out.append(f"consolidation must be one of {', '.join(CONSOLIDATIONS)}, not {self.consolidation!r}")
         return out
 
     @classmethod
@@ -209,6 +223,11 @@ class GenerationConfig:
     def answer_bias(self) -> dict[str, float] | None:
         """The Answer Agent's `choice_bias` (`Backend.complete`): "unknown" held back by `unknown_margin`."""
         return {UNKNOWN: -self.unknown_margin} if self.unknown_margin else None
+
+    @property
+    def manager_ops(self) -> tuple[str, ...]:
+        """The operations the Manager's grammar offers: `MANAGER_OPS`, and EXTEND with `consolidation = "extend"`."""
+        return (*MANAGER_OPS, EXTEND) if self.consolidation == "extend" else MANAGER_OPS
 
     def to_manifest(self) -> dict[str, Any]:
         """Every setting as the `generation` table of a manifest (what `from_manifest` reads back)."""

@@ -13,7 +13,10 @@ For each turn:
    speaker said (`speaks_for`).
 4. The log entry and what survives are applied in one bank transaction. An
    UPDATE or DELETE supersedes the old fact (kept, valid until this turn)
-   instead of destroying it.
+   instead of destroying it. An EXTEND (offered with
+   `generation.consolidation = "extend"`) grows a fact of the turn's speaker
+   by one clause of the turn: a consolidated fact citing every turn it
+   draws on, whose earlier text is in history (undo restores it).
 A reply that cannot be parsed is retried once; after that the turn is a
 NOOP with the reason logged, and the turn is still kept. A model that fails
 outright (a server gone away) leaves the turn kept and the error raised;
@@ -41,9 +44,11 @@ from edge.bank import Memory, MemoryBank, searchable
 from edge.errors import EdgeError, ModelOutputError, TurnInterruptedError
 from edge.generation import GenerationConfig, Setting
 from edge.model_calls import adapter_for, shown_memories, to_messages
-from edge.operations import AddOp, AppliedOp, Op, SupersedeOp
+from edge.operations import AddOp, AppliedOp, Op, SupersedeOp, UpdateOp
 from edge.prompts import (
+    CONSOLIDATED_MAX_CHARS,
     DEFAULT_DELETE_CAP,
+    EXTEND,
     IdMap,
     ManagerParse,
     ProposedOp,
@@ -243,7 +248,8 @@ class MemoryManager:
         kept = list(related)
         while True:
             id_map, shown = shown_memories(kept, max_chars=SHOWN_TEXT_CHARS)
-            messages = to_messages(manager_messages(turn, shown, text_mode=self.text_mode))
+            messages = to_messages(manager_messages(turn, shown, text_mode=self.text_mode,
+                                                    ops=self.generation.manager_ops))
             size = sum(self.backend.count_tokens(m.content) + 4 for m in messages)
             if size <= budget or not kept:
                 return id_map, messages, kept
@@ -253,7 +259,8 @@ class MemoryManager:
         """Ask the model for operations on `related`; parse and validate them (nothing is applied)."""
         result = TurnResult(turn=turn)
         id_map, messages, _ = self.prompt(turn, related)
-        schema = manager_schema(id_map.local_ids, candidates=self.candidates(turn))
+        ops = self.generation.manager_ops
+        schema = manager_schema(id_map.local_ids, candidates=self.candidates(turn), ops=ops)
         parse = ManagerParse(error="not asked")
         temperatures = (self.generation.temperature, self.generation.retry_temperature)
         for attempt, temperature in enumerate(temperatures, start=1):
@@ -270,7 +277,7 @@ class MemoryManager:
             result.raw = completion.text
             result.prompt_tokens += completion.prompt_tokens
             result.completion_tokens += completion.completion_tokens
-            parse = parse_manager_output(completion.text, id_map.local_ids, delete_cap=self.delete_cap)
+            parse = parse_manager_output(completion.text, id_map.local_ids, delete_cap=self.delete_cap, ops=ops)
             if parse.ok:
                 break
             log.warning("manager reply unusable (attempt %d): %s: %r", attempt, parse.error, completion.text[:200])
@@ -391,6 +398,13 @@ def to_bank_ops(
     change and weighed as an ADD of its text, a DELETE of one is refused;
     an UPDATE or DELETE of a fact the turn does not speak of
     (`shares_topic`) is refused.
+    An EXTEND's text is a clause of the turn (grounded in the turn alone)
+    that joins its fact (`consolidated_text`): refused when the fact already
+    says every word of it; weighed as an ADD of the clause when the fact is
+    another speaker's, when the joined fact would pass
+    `CONSOLIDATED_MAX_CHARS`, or when the clause has a date of its own
+    ("yesterday": a consolidated fact keeps one date). It becomes an
+    `UpdateOp` whose source turns are the fact's and this turn's.
     UPDATE and DELETE become `SupersedeOp`s: the old fact is kept, valid
     until this turn. `written` holds the (normalised) texts
     already written for this turn and gains the ones kept: the pieces of a
@@ -419,7 +433,14 @@ def to_bank_ops(
             if text is None:
                 continue
             proposed, target = ProposedOp("ADD", text=text, tier="semantic"), None
-        sources = [turn.text] + ([target.text] if target else [])
+        if proposed.op == EXTEND and target is not None and text is not None:
+            apart = _kept_apart(target, text, turn.speaker, at)
+            if apart:
+                rejected.append(({"op": EXTEND, "id": real_id, "text": text},
+                                 f"{apart}; its text is weighed as a new fact"))
+                proposed, target = ProposedOp("ADD", text=text, tier="semantic"), None
+        # An UPDATE may keep words of the fact it rewrites; an EXTEND adds only what the turn said.
+        sources = [turn.text] + ([target.text] if target and proposed.op == "UPDATE" else [])
         reason = None
         if proposed.op != "ADD" and target is None:
             reason = f"id {proposed.id!r} is not a fact that was shown"
@@ -435,8 +456,11 @@ def to_bank_ops(
             reason = "the same text is written twice in one turn"
         elif proposed.op != "ADD" and instruction:
             reason = "the turn reads as an instruction; it cannot change or retire facts"
-        elif proposed.op != "ADD" and target is not None and not shares_topic(target.text, turn.text, turn.speaker,
-                                                                             frequency=frequency):
+        elif proposed.op == EXTEND and target is not None and _says_nothing_new(target.text, text or "",
+                                                                                  turn.speaker):
+            reason = "the fact already says this"
+        elif proposed.op in ("UPDATE", "DELETE") and target is not None and not shares_topic(
+                target.text, turn.text, turn.speaker, frequency=frequency):
             reason = ("the turn says nothing about this fact (no word in common besides the speaker's name and "
                       f"words said in more than {RARE_TOPIC_TURNS} turns)")
         elif proposed.op == "UPDATE" and target is not None and _norm(target.text) == _norm(text or ""):
@@ -467,8 +491,36 @@ def _already_stored(text: str, related: list[Memory], at: datetime | None) -> bo
     return any((m.event_time or "")[:10] == day for m in same)
 
 
+def consolidated_text(fact: str, clause: str, speaker: str | None) -> str:
+    """`fact` grown by `clause`: "Maya took up pottery" + "Maya started swimming" -> "Maya took up pottery;
+    started swimming". The clause's leading speaker name (which `edge.grounding.clauses` puts for "I") is
+    dropped, the fact already names them; every word is still one that was said."""
+    head = fact.strip().rstrip(".;").rstrip()
+    tail = clause.strip().rstrip(".;").rstrip()
+    if speaker and tail.casefold().startswith(speaker.strip().casefold() + " "):
+        tail = tail[len(speaker.strip()) + 1:].lstrip()
+    return f"{head}; {tail}"
+
+
+def _kept_apart(target: Memory, clause: str, speaker: str | None, at: datetime | None) -> str | None:
+    """Why an EXTEND's clause is kept as a fact of its own instead of joining `target` (None: it joins)."""
+    if resolved_dates(clause, at):
+        return "the clause has a date of its own (a consolidated fact keeps one date)"
+    if len(consolidated_text(target.text, clause, speaker)) > CONSOLIDATED_MAX_CHARS:
+        return f"the fact would pass {CONSOLIDATED_MAX_CHARS} characters"
+    return None
+
+
+def _says_nothing_new(fact: str, clause: str, speaker: str | None) -> bool:
+    """Whether every content word of `clause` (the speaker's name aside) is already in `fact`."""
+    from edge.grounding import content_words
+
+    said = set(content_words(clause)) - set(content_words(speaker or ""))
+    return said <= set(content_words(fact))
+
+
 def gold_bank_op(name: str, text: str | None, target: Memory | None, turn: Turn) -> Op:
-    """The bank operation the Manager's `name` ("ADD", "UPDATE", "DELETE") on `target` becomes for `turn`, with
+    """The bank operation the Manager's `name` (ADD, UPDATE, EXTEND, DELETE) on `target` becomes for `turn`, with
     no check: how training writes a gold operation so that its bank is the one a right reply would build."""
     at = turn_time(turn)
     return _bank_op(name, text, target, turn, at, stamp(at))
@@ -485,6 +537,9 @@ def _bank_op(name: str, text: str | None, target: Memory | None, turn: Turn, at:
     if fact_dates:
         metadata["dates"] = fact_dates
     sources = (turn.turn_id,) if turn.turn_id else ()
+    if name == EXTEND:  # the fact keeps its date and speaker; the bank adds this turn to its source turns
+        assert target is not None
+        return UpdateOp(target.id, consolidated_text(target.text, text or "", turn.speaker), None, sources)
     if name == "UPDATE":
         assert target is not None
         return SupersedeOp(target.id, text, said_at, turn.turn_id, event_time, sources, metadata)

@@ -203,7 +203,35 @@ def answer_spans(
                 # an answer says something the question does not, and not only a value the Manager retired
                 if stems[end] and not said <= asked and not any(r.withholds(said) for r in retired):
                     spans[" ".join(words[start : end + 1])] = None
+        listed = clause_list(memory, asked)
+        if listed:
+            spans[listed] = None
     return list(spans)
+
+
+def clause_list(memory: ShownMemory, asked: set[str] = frozenset()) -> str | None:  # type: ignore[assignment]
+    """A consolidated fact's clauses as one answer: "Maya took up pottery; started swimming" read for "What
+    activities has Maya taken up?" offers "took up pottery, started swimming" (None for a turn of the log or a
+    fact of one clause).
+
+    The answer to a list question ("What activities does Melanie partake in?", LoCoMo's multi-hop) is the
+    clauses of one consolidated fact (`edge.manager.consolidated_text`), longer than any span
+    (`MAX_ANSWER_SPAN_WORDS`); LoCoMo's multi-hop F1 scores it item by item, split on commas. Words at its head
+    that only name what the question asks (the person) are left out; every word is one the fact says.
+    """
+    from edge.grounding import content_words
+
+    if memory.tier == "episodic" or "; " not in memory.text:
+        return None
+    clauses = [" ".join(_words(part)) for part in memory.text.split("; ")]
+    clauses = [c for c in clauses if c]
+    if len(clauses) < 2:
+        return None
+    head = clauses[0].split()
+    while len(head) > 1 and set(content_words(head[0])) <= asked:
+        head = head[1:]
+    clauses[0] = " ".join(head)
+    return ", ".join(clauses)
 
 
 def answer_schema(

@@ -61,7 +61,16 @@ MAX_ANSWER_SPAN_WORDS = 5
 # How the models are decoded, here so training samples the way the runtime serves.
 # A repetition penalty keeps a small model from looping inside a memory's text.
 REPEAT_PENALTY = 1.2
-OP_NAMES = ("ADD", "UPDATE", "DELETE", "NOOP")
+# The Manager's operations. MANAGER_OPS are what every Manager is offered (and what the shipped adapter was
+# trained with); EXTEND, which grows a fact of the turn's speaker by one clause of the turn into a consolidated
+# fact (mem0's merged memories, Memory-R1's UPDATE that adds to a memory), is offered only to a Manager whose
+# bundle names `generation.consolidation = "extend"`.
+MANAGER_OPS = ("ADD", "UPDATE", "DELETE", "NOOP")
+EXTEND = "EXTEND"
+OP_NAMES = (*MANAGER_OPS, EXTEND)
+# The longest a consolidated fact grows (characters): past it, a clause is kept as a fact of its own. A line of
+# 320 characters is about 70 tokens, a quarter of the Answer Agent's budget (ANSWER_CONTEXT_TOKENS).
+CONSOLIDATED_MAX_CHARS = 320
 
 
 # --------------------------------------------------------------------------- shared pieces
