@@ -234,6 +234,9 @@ def main() -> None:
                         help="the same conversation's bank for `edge eval`'s bundle-log-only system: answered too")
     parser.add_argument("--locomo-orders", default="rank", help="orders to answer conv-26 with, comma-separated")
     parser.add_argument("--locomo-data", type=Path, default=CONV)
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="a bundle folder to measure instead of the default bundle (e.g. one whose "
+                             "generation.consolidation is \"extend\"); use its own --workdir")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     orders = [o.strip() for o in args.orders.split(",") if o.strip()]
@@ -245,7 +248,7 @@ def main() -> None:
                          f"have {', '.join(ANSWER_ORDERS)}, each optionally +{' or +'.join(RETIRED_VALUES)}")
 
     from edge.agent import Agent
-    from edge.bundle import build_default
+    from edge.bundle import Bundle, build_default
     from edge.evaluation.scoring import exact_match, is_unknown
     from edge.manager import log_entry_for, turn_reference
     from edge.prompts import Turn
@@ -253,7 +256,8 @@ def main() -> None:
 
     started = time.perf_counter()
     load_at_start = [round(x, 2) for x in os.getloadavg()]
-    bundle = build_default(log=lambda message: print(message, file=sys.stderr))
+    bundle = (Bundle.load(args.bundle) if args.bundle
+              else build_default(log=lambda message: print(message, file=sys.stderr)))
     conversations = generate("test", args.conversations)
     temp = None
     if args.workdir is None:
@@ -424,7 +428,7 @@ def main() -> None:
         "bundle-log-only is one bank transaction with its embedding, of bundle that and the Manager's model call",
         "conversations": [c.sample_id for c in conversations], "split": "test",
         "questions": sum(len(c.final_questions) for c in conversations),
-        "bundle": str(bundle.root), "orders": orders, "systems": figures, "locomo": locomo,
+        "bundle": str(bundle.root), "generation": bundle.generation.to_manifest(), "orders": orders, "systems": figures, "locomo": locomo,
         "locomo_log_only": locomo_log,
         **compact_answers(rows), "seconds": round(time.perf_counter() - started, 1),
     }

@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     from edge.train.config import load_config
     from edge.train.episodes import synthetic_manager_episodes
     from edge.train.recipe import load_embedder
-    from edge.train.synthetic import generate
+    from edge.generation import GenerationConfig
+    from edge.train.synthetic import activity_conversations, generate
     from edge.train.trainer import train
 
     config_name = args.config or f"smollm2-135m-{args.agent}"
@@ -247,7 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     test_convs = generate("test", args.test_conversations)
     d = base_config.data
     if args.agent == "manager":
-        episodes = synthetic_manager_episodes(test_convs, embedder, related_k=d.related_k, text_mode=d.text_mode)
+        if d.activity_conversations:  # a Manager trained on lists told over sessions is tested on them too
+            test_convs = test_convs + activity_conversations("test", args.test_conversations)
+        ops = GenerationConfig(consolidation=d.consolidation).manager_ops  # what it is served with
+        episodes = synthetic_manager_episodes(test_convs, embedder, related_k=d.related_k, text_mode=d.text_mode,
+                                              ops=ops)
     else:
         episodes = answer_test_episodes(base_config, embedder, test_convs, args)
     print(f"{len(episodes)} test episodes from {len(test_convs)} held-out conversations"

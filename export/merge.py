@@ -38,6 +38,9 @@ class Adapter:
     rank: int
     target_modules: list[str]
     base_sha256: str | None = None  # of the GGUF the base was rebuilt from, when recorded
+    # A Manager's `[data] consolidation` ("none" | "extend"): the operations its prompt and grammar offered, so
+    # the bundle serves it with the same ones (`edge.generation.GenerationConfig.consolidation`). None: not recorded.
+    consolidation: str | None = None
 
 
 def read_adapter(path: Path | str, role: str) -> Adapter:
@@ -69,7 +72,15 @@ def read_adapter(path: Path | str, role: str) -> Adapter:
         rank=int(config.get("r", 0)),
         target_modules=sorted(targets) if isinstance(targets, list) else [str(targets)],
         base_sha256=record.get("base_sha256"),
+        consolidation=_recorded_data(record).get("consolidation"),
     )
+
+
+def _recorded_data(record: dict) -> dict:
+    """The `[data]` table of the training config the adapter records (empty when none)."""
+    config = record.get("config")
+    data = config.get("data") if isinstance(config, dict) else None
+    return data if isinstance(data, dict) else {}
 
 
 def _recorded_base(record: dict) -> str | None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -194,6 +194,19 @@ class _Stages:
         self.bar.close()
 
 
+def served_as_trained(options: ExportOptions, adapters: dict, log: Callable[[str], None] | None = None
+                      ) -> ExportOptions:
+    """`options` with the generation settings its adapters were trained for: a Manager trained with
+    `[data] consolidation = "extend"` is offered EXTEND in its prompt and grammar, so its bundles serve it so."""
+    manager = adapters.get("manager")
+    trained = getattr(manager, "consolidation", None)
+    if not trained or trained == options.generation.consolidation:
+        return options
+    if log is not None:
+        log(f"generation.consolidation = {trained!r}: what the Manager adapter was trained with")
+    return replace(options, generation=options.generation.override(consolidation=trained))
+
+
 def export(options: ExportOptions, *, progress: bool = True, log: Callable[[str], None] | None = None) -> ExportResult:
     """Run every stage for `options` and return where the bundles are and how they did."""
     from edge.export import gguf, hf_base, merge, onnx, parity
@@ -204,6 +217,7 @@ def export(options: ExportOptions, *, progress: bool = True, log: Callable[[str]
     adapters = {role: merge.read_adapter(path, role) for role, path in options.adapters.items()}
     for adapter in adapters.values():
         merge.check_prompt_version(adapter, allow_unrecorded=options.allow_unrecorded_prompts)
+    options = served_as_trained(options, adapters, log)
 
     roles_with = [r for r in ADAPTER_ROLES if r in adapters]
     # Model keys in the merged layout: a role with an adapter gets its merged model, others share "base".

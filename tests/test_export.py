@@ -275,6 +275,27 @@ def test_adapter_trained_for_the_other_role_is_refused(tmp_path: Path) -> None:
         read_adapter(tmp_path, "manager")
 
 
+def test_a_manager_trained_to_consolidate_is_exported_to_serve_extend(tmp_path: Path) -> None:
+    """What is trained is what is served: the Manager's `[data] consolidation` becomes the bundles' setting."""
+    from edge.export.merge import read_adapter
+    from edge.export.pipeline import ExportOptions, served_as_trained
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"")
+    record = {"agent": "manager", "prompt_version": PROMPT_VERSION, "config": {"data": {"consolidation": "extend"}}}
+    (tmp_path / "edge-adapter.json").write_text(json.dumps(record))
+    adapter = read_adapter(tmp_path, "manager")
+    assert adapter.consolidation == "extend"
+    options = ExportOptions(out=tmp_path / "dist", adapters={"manager": tmp_path})
+    assert options.generation.consolidation == "none"
+    said: list[str] = []
+    served = served_as_trained(options, {"manager": adapter}, said.append)
+    assert served.generation.consolidation == "extend" and served.generation.manager_ops[-1] == "EXTEND"
+    assert served.generation.answer_order == options.generation.answer_order, "the other settings are kept"
+    assert said and "consolidation" in said[0]
+    assert served_as_trained(options, {}, said.append) is options, "no Manager adapter: nothing to change"
+
+
 def test_missing_onnx_builder_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from edge.export.pipeline import ExportOptions, check_tools
 

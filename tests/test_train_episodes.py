@@ -296,3 +296,50 @@ def test_time_questions_join_the_answer_agents_synthetic_data_when_the_config_as
     timed = [e for e in with_.train if e.question.startswith("When did ")]
     assert len(timed) == 6 and len([e for e in with_.dev if e.question.startswith("When did ")]) == 4
     assert {e.episode_id for e in with_.train} - {e.episode_id for e in timed} == {e.episode_id for e in without.train}
+
+
+def test_a_manager_trained_to_consolidate_is_offered_extend_and_its_gold_bank_grows_one_fact():
+    """Activity conversations: with EXTEND offered, each later activity's gold reply is an EXTEND of the shown
+    fact (valid under the episode's own schema, the runtime's), and the gold bank holds one fact citing every
+    told turn; without, the gold is an ADD and the bank one fact per activity."""
+    from edge.backends.base import schema_violation
+    from edge.prompts import MANAGER_OPS, OP_NAMES, parse_manager_output
+    from edge.train.synthetic import activity_conversations
+
+    conversations = activity_conversations("dev", 4)
+    offered = synthetic_manager_episodes(conversations, HashEmbedder(), ops=OP_NAMES)
+    plain = synthetic_manager_episodes(conversations, HashEmbedder())
+    extends = [e for e in offered if e.gold_ops and e.gold_ops[0]["op"] == "EXTEND"]
+    assert len(extends) == sum(t.kind == "extend" for c in conversations for t in c.turns), "every fact was shown"
+    for e in extends:
+        reply = json.loads(e.gold_reply())
+        assert schema_violation(reply, e.schema()) is None and reply["ops"][0]["op"] == "EXTEND"
+        assert parse_manager_output(e.gold_reply(), e.shown_ids).ops[0].op == "EXTEND"
+        assert "EXTEND" in e.messages()[0]["content"]
+        (fact,) = [m for m in e.bank if m.tier == "semantic"]
+        assert e.shown[int(reply["ops"][0]["id"])] == fact.key
+    last = [e for e in offered if e.episode_id == conversations[0].turns[-1].turn_id][0]
+    told = [t.turn_id for t in conversations[0].turns if t.kind != "chat"]
+    grown = [m for m in last.bank if m.tier == "semantic"]
+    assert len(grown) == 1 and set(grown[0].source_turns) | {last.turn.turn_id} >= set(told[:-1])
+    assert all(e.ops == MANAGER_OPS and "EXTEND" not in e.messages()[0]["content"] for e in plain)
+    assert {e.gold_ops[0]["op"] for e in plain if e.kind == "extend"} == {"ADD"}
+    final = [e for e in plain if e.episode_id == conversations[0].turns[-1].turn_id][0]
+    assert len([m for m in final.bank if m.tier == "semantic"]) >= len(told) - 1
+
+
+def test_the_config_adds_activity_conversations_and_offers_extend_to_the_manager():
+    from edge.train.config import ConfigError, load_config
+    from edge.train.recipe import build_data
+
+    overrides = {"data.source": "synthetic", "data.embedder": "hash", "data.train_conversations": 2,
+                 "data.dev_conversations": 1}
+    shipped = build_data(load_config("smollm2-135m-manager", **overrides), HashEmbedder())
+    both = {"data.activity_conversations": 3, "data.consolidation": "extend"}
+    consolidating = build_data(load_config("smollm2-135m-manager", **overrides, **both), HashEmbedder())
+    assert all("EXTEND" not in e.ops for e in shipped.train + shipped.dev)
+    assert all("EXTEND" in e.ops for e in consolidating.train + consolidating.dev)
+    assert any(e.gold_ops and e.gold_ops[0]["op"] == "EXTEND" for e in consolidating.train)
+    assert {e.episode_id for e in consolidating.train} > {e.episode_id for e in shipped.train}
+    with pytest.raises(ConfigError, match="consolidation"):
+        load_config("smollm2-135m-manager", **{"data.consolidation": "merge"})

@@ -70,3 +70,22 @@ def test_turns_say_the_new_value_and_never_leak_it_elsewhere():
                     assert op.value in turn.text
             if turn.kind == "chat":
                 assert turn.ops[0].op == "NOOP"
+
+
+def test_activity_conversations_add_once_then_extend_and_ask_for_the_whole_list():
+    from edge.grounding import clauses
+    from edge.train.synthetic import ACTIVITY_QUESTION, activity_conversation, activity_conversations
+
+    assert activity_conversation(7) == activity_conversation(7) != activity_conversation(8)
+    assert generate_conversation(7) == generate_conversation(7), "its own random stream: the others are unchanged"
+    for conv in activity_conversations("test", 12):
+        told = [t for t in conv.turns if t.kind != "chat"]
+        ops = [t.ops[0].op for t in told]
+        assert ops[0] == "ADD" and set(ops[1:]) == {"EXTEND"} and len(told) >= 3
+        assert all(t.ops == (t.ops[0],) and t.ops[0].op == "NOOP" for t in conv.turns if t.kind == "chat")
+        assert len({t.time for t in told}) == len(told), "one activity per session"
+        (question,) = conv.final_questions
+        assert question.question == ACTIVITY_QUESTION.format(name=conv.person)
+        assert question.answer.split(", ") == [t.ops[0].value for t in told], "every activity, in the order told"
+        for turn in told:  # the value is a clause's: an extractive Manager can keep it
+            assert any(turn.ops[0].value in c for c in clauses(turn.text, conv.person)), turn.text

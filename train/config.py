@@ -24,6 +24,7 @@ from typing import Any
 
 from edge.config import tomllib  # the standard library's, or `tomli` on Python 3.10
 from edge.errors import EdgeError
+from edge.generation import CONSOLIDATIONS
 from edge.prompts import ANSWER_TOP_K, TEXT_MODES
 
 AGENTS = ("manager", "answer")
@@ -103,6 +104,15 @@ class DataSettings:
         "Synthetic Manager episodes: repeat the turns whose gold operation is rarer (UPDATE, DELETE) until each "
         "operation is right as often as the commonest, served in rounds of one turn per operation (set "
         "prompts_per_step = 4 for one round per step). Dev and test keep their natural mix.", False)
+    consolidation: str = _help(
+        "Manager: 'extend' offers EXTEND (a clause of the turn joined to a fact its speaker said: a consolidated "
+        "fact), as a bundle with generation.consolidation = 'extend' serves it; 'none' (the shipped Manager's) "
+        "offers ADD, UPDATE, DELETE and NOOP. `edge export` writes the Manager adapter's setting into the "
+        "bundle's generation. With balance_ops, rounds hold five operations: set prompts_per_step = 5.", "none")
+    activity_conversations: int = _help(
+        "Synthetic Manager episodes: activity conversations added to the training ones (a person takes up one "
+        "activity per session: an ADD, then EXTENDs; edge.train.synthetic.activity_conversation), and as many "
+        "of the dev seeds as dev_conversations; 0: none.", 0)
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -124,6 +134,11 @@ class DataSettings:
             raise ConfigError(f"[data] dev_questions must be 'every-fifth' or 'none', not {self.dev_questions!r}.")
         if self.time_questions < 0:
             raise ConfigError(f"[data] time_questions must be 0 or more, not {self.time_questions}.")
+        if self.consolidation not in CONSOLIDATIONS:
+            raise ConfigError(f"[data] consolidation must be one of {', '.join(CONSOLIDATIONS)}, "
+                              f"not {self.consolidation!r}.")
+        if self.activity_conversations < 0:
+            raise ConfigError(f"[data] activity_conversations must be 0 or more, not {self.activity_conversations}.")
         if self.embedder not in ("minilm", "hash"):
             raise ConfigError(f"[data] embedder must be 'minilm' or 'hash', not {self.embedder!r}.")
 

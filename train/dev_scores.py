@@ -73,7 +73,7 @@ def score_manager_replies(episodes: Sequence[ManagerEpisode], replies: Sequence[
     return result
 
 
-OPERATIONS = ("ADD", "UPDATE", "DELETE", "NOOP")
+OPERATIONS = ("ADD", "UPDATE", "DELETE", "NOOP", "EXTEND")
 
 
 def operation_report(episodes: Sequence[ManagerEpisode], replies: Sequence[str]) -> dict[str, Any]:
@@ -107,7 +107,7 @@ def operation_report(episodes: Sequence[ManagerEpisode], replies: Sequence[str])
         gold_texts = {op["text"] for op in episode.gold_ops or [] if op.get("text")}
         if episode.evidence_clause:
             gold_texts.add(episode.evidence_clause)
-        written = {op.text for op in parse.ops if op.op in ("ADD", "UPDATE") and op.text}
+        written = {op.text for op in parse.ops if op.op in ("ADD", "UPDATE", "EXTEND") and op.text}
         chosen += len(written)
         hits += len(written & gold_texts)
         gold_total += len(gold_texts)

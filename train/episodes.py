@@ -36,7 +36,9 @@ from edge.manager import RELATED_K, extractive_candidates, gold_bank_op, related
 from edge.model_calls import shown_memories
 from edge.prompts import (
     ANSWER_TOP_K,
+    EXTEND,
     EXTRACTIVE_MAX_OPS,
+    MANAGER_OPS,
     UNKNOWN,
     ShownMemory,
     Turn,
@@ -90,6 +92,9 @@ class ManagerEpisode:
     # The episodic log once the turn is kept: every earlier turn of the conversation and this one, oldest first
     # (what the served Answer Agent reads besides the facts; the reward's context = "served").
     log: list[Turn] = field(default_factory=list)
+    # The operations offered (`GenerationConfig.manager_ops`): EXTEND too when the Manager is trained for a bundle
+    # whose `generation.consolidation` is "extend" (its prompt and grammar then say so).
+    ops: tuple[str, ...] = MANAGER_OPS
 
     @property
     def shown_ids(self) -> list[str]:
@@ -103,10 +108,10 @@ class ManagerEpisode:
         by_key = {m.key: m for m in self.bank}
         shown = [ShownMemory(str(i), by_key[k].tier, by_key[k].text, by_key[k].event_time)
                  for i, k in enumerate(self.shown)]
-        return manager_messages(self.turn, shown, text_mode=self.text_mode)
+        return manager_messages(self.turn, shown, text_mode=self.text_mode, ops=self.ops)
 
     def schema(self) -> dict[str, Any]:
-        return manager_schema(self.shown_ids, candidates=self.candidates)
+        return manager_schema(self.shown_ids, candidates=self.candidates, ops=self.ops)
 
     def gold_reply(self) -> str | None:
         """The reply that does the gold operations, as `json.dumps` writes it (None: no gold, LoCoMo's Manager).
@@ -127,7 +132,7 @@ class ManagerEpisode:
             text = op.get("text")
             if text is None:
                 continue
-            head = {"op": "ADD"} if op["op"] == "ADD" else {"op": "UPDATE", "id": op["id"]}
+            head = {"op": "ADD"} if op["op"] == "ADD" else {"op": op["op"], "id": op["id"]}
             ops.append({**head, "text": text} if self.candidates is not None else {**head, "tier": "semantic",
                                                                                   "text": text})
         limit = EXTRACTIVE_MAX_OPS if self.candidates is not None else len(ops)
@@ -303,13 +308,20 @@ def _gold_text(op: Any, candidates: Sequence[str] | None) -> str | None:
 
 
 def synthetic_manager_episodes(conversations: Iterable[SynthConversation], embedder: Embedder, *,
-                               related_k: int = RELATED_K, text_mode: str = "extractive") -> list[ManagerEpisode]:
+                               related_k: int = RELATED_K, text_mode: str = "extractive",
+                               ops: Sequence[str] = MANAGER_OPS) -> list[ManagerEpisode]:
     """One Manager episode per turn, the bank holding the gold memories of the turns before it.
 
     Extractive (the default bundle's mode): each episode offers the turn's
     clauses as the runtime Manager does, the gold texts are the clauses that
     hold the gold values, and the gold bank stores those clauses, as a
     served Manager that chose right would have.
+
+    `ops`: the operations the Manager is offered (`GenerationConfig.manager_ops`).
+    A gold EXTEND (`synthetic.activity_conversation`) of a fact that is shown
+    stays one when EXTEND is offered; otherwise, or when the fact is not
+    among those shown, the right reply is an ADD of the clause, and the gold
+    bank keeps it as its own fact.
     """
     episodes: list[ManagerEpisode] = []
     for conv in conversations:
@@ -330,6 +342,10 @@ def synthetic_manager_episodes(conversations: Iterable[SynthConversation], embed
                         gold.append({"op": "ADD", "value": op.value, "text": text})
                     elif op.op == "UPDATE":
                         gold.append({"op": "UPDATE", "id": target, "value": op.value, "text": text})
+                    elif op.op == EXTEND:
+                        extends = EXTEND in ops and target is not None
+                        gold.append({"op": EXTEND, "id": target, "value": op.value, "text": text} if extends
+                                    else {"op": "ADD", "value": op.value, "text": text})
                     elif op.op == "DELETE" and target is not None:
                         gold.append({"op": "DELETE", "id": target})
                 if candidates is not None:  # one operation per turn (the rest of it stays in the log)
@@ -345,23 +361,27 @@ def synthetic_manager_episodes(conversations: Iterable[SynthConversation], embed
                     kind=synth.kind,
                     candidates=candidates,
                     log=list(history),
+                    ops=tuple(ops),
                 ))
-                _apply_gold(bank, slot_ids, synth, candidates, speaker=synth.speaker)
+                extended = {g["value"] for g in gold if g["op"] == EXTEND}
+                _apply_gold(bank, slot_ids, synth, candidates, speaker=synth.speaker, extended=extended)
     return episodes
 
 
 def _apply_gold(bank: MemoryBank, slot_ids: dict[str, str], synth: Any, candidates: Sequence[str] | None, *,
-                speaker: str | None = None) -> None:
+                speaker: str | None = None, extended: set[str] = frozenset()) -> None:  # type: ignore[assignment]
     """The gold bank moves on by the turn's gold operations, written as the runtime Manager writes them
     (`edge.manager.gold_bank_op`: dated by the turn, naming it and its speaker; a change or retraction
-    supersedes the fact)."""
+    supersedes the fact; an EXTEND grows it). A gold EXTEND whose value is not in `extended` (EXTEND not offered,
+    or its fact not shown) is kept as an ADD, the fact the right reply writes then."""
     turn = Turn(speaker or "", synth.text, synth.time, synth.turn_id)
     for op in synth.ops:
-        if op.op not in ("ADD", "UPDATE", "DELETE"):  # NOOP: the bank stays as it is
+        if op.op not in ("ADD", "UPDATE", "DELETE", EXTEND):  # NOOP: the bank stays as it is
             continue
+        name = "ADD" if op.op == EXTEND and op.value not in extended else op.op
         text = _gold_text(op, candidates) or op.text
-        target = bank.get(slot_ids[op.slot]) if op.op in ("UPDATE", "DELETE") else None
-        (applied,) = bank.apply([gold_bank_op(op.op, text, target, turn)], actor="manager", turn=synth.turn_id)
+        target = bank.get(slot_ids[op.slot]) if name in ("UPDATE", "DELETE", EXTEND) else None
+        (applied,) = bank.apply([gold_bank_op(name, text, target, turn)], actor="manager", turn=synth.turn_id)
         if op.op == "DELETE":
             slot_ids.pop(op.slot)
         else:

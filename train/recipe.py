@@ -19,7 +19,7 @@ from edge.locomo import dev_question, load_locomo
 from edge.train import episodes as ep
 from edge.train import rewards
 from edge.train.config import TrainConfig
-from edge.train.synthetic import generate
+from edge.train.synthetic import activity_conversations, generate
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +100,15 @@ def build_data(config: TrainConfig, embedder: Embedder, *, reader: Any = None) -
         train_convs = generate("train", d.train_conversations)
         dev_convs = generate("dev", d.dev_conversations)
         if config.agent == "manager":
-            train = ep.synthetic_manager_episodes(train_convs, embedder, related_k=d.related_k, text_mode=mode)
+            ops = GenerationConfig(consolidation=d.consolidation).manager_ops
+            if d.activity_conversations:  # lists told over sessions: what EXTEND keeps as one fact
+                train_convs += activity_conversations("train", d.activity_conversations)
+                dev_convs += activity_conversations("dev", d.dev_conversations)
+            managed = dict(related_k=d.related_k, text_mode=mode, ops=ops)
+            train = ep.synthetic_manager_episodes(train_convs, embedder, **managed)
             if d.balance_ops:
                 train = ep.balance_ops(train, config.seed)
-            dev = ep.synthetic_manager_episodes(dev_convs, embedder, related_k=d.related_k, text_mode=mode)
+            dev = ep.synthetic_manager_episodes(dev_convs, embedder, **managed)
         else:
             train = ep.synthetic_answer_episodes(train_convs, embedder, k=d.answer_k, text_mode=mode)
             dev = ep.synthetic_answer_episodes(dev_convs, embedder, k=d.answer_k, text_mode=mode)

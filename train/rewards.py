@@ -167,7 +167,7 @@ def op_match_score(parse: ManagerParse, gold_ops: Sequence[dict[str, Any]]) -> f
 
 def values_stated(parse: ManagerParse, gold_ops: Sequence[dict[str, Any]]) -> bool:
     """Whether every value the gold ADD/UPDATEs store appears in some added or updated text."""
-    texts = " ".join((op.text or "").lower() for op in parse.ops if op.op in ("ADD", "UPDATE"))
+    texts = " ".join((op.text or "").lower() for op in parse.ops if op.op in ("ADD", "UPDATE", "EXTEND"))
     return all(str(op["value"]).lower() in texts for op in gold_ops if op.get("value"))
 
 

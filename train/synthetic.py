@@ -157,7 +157,7 @@ MONTHS = ("January", "February", "March", "April", "May", "June", "July", "Augus
 class GoldOp:
     """A gold operation, naming memories by slot (the episode builder maps slots to ids)."""
 
-    op: str  # ADD | UPDATE | DELETE | NOOP
+    op: str  # ADD | UPDATE | DELETE | NOOP | EXTEND (activity conversations: `activity_conversation`)
     slot: str | None = None
     value: str | None = None
     text: str | None = None  # the canonical memory text after the op
@@ -446,3 +446,59 @@ def untold_events(conv: SynthConversation, told: Sequence[DatedEvent], n: int) -
         who = conv.person if rng.random() < 0.7 else friend
         out.append(Question(f"When did {who} {event}?", UNKNOWN, "event", ()))
     return out
+
+
+# --------------------------------------------------------------------------- activities (consolidated facts)
+
+# (what the answer names, how the person says they took it up): a list that grows over sessions, which a
+# consolidated fact holds in one line and single-clause facts in several (`edge.manager.consolidated_text`).
+ACTIVITIES: tuple[tuple[str, str], ...] = (
+    ("pottery", "took up pottery"), ("swimming", "started swimming"), ("a choir", "joined a choir"),
+    ("chess", "started playing chess"), ("salsa", "began salsa classes"), ("climbing", "took up climbing"),
+    ("gardening", "started gardening"), ("the violin", "began learning the violin"),
+    ("running", "joined a running club"), ("painting", "took up painting"), ("yoga", "started doing yoga"),
+    ("baking", "got into baking"), ("knitting", "picked up knitting"), ("archery", "tried archery"),
+)
+FIRST_ACTIVITY = ("I {did}.", "Guess what, I {did}!", "So I {did}, it is great fun.")
+MORE_ACTIVITY = ("I also {did}.", "Oh, and I {did} too.", "Besides that, I {did}.", "On top of that I {did}.")
+ACTIVITY_QUESTION = "What activities has {name} taken up?"
+
+
+def activity_conversation(seed: int, *, sessions: tuple[int, int] = (3, 4), chat: tuple[int, int] = (3, 8)
+                          ) -> SynthConversation:
+    """A person who takes up one activity per session, with small talk between: the list questions of
+    consolidated facts ("What activities has Maya taken up?" -> "pottery, swimming, a choir").
+
+    The first activity is an ADD (slot "activities"), each later one an
+    EXTEND of that fact; small talk is NOOP. `final_questions` asks for the
+    whole list, in the order told. A pure function of `seed`, drawn from its
+    own random stream (`activities:SEED`), so the other generators' output
+    is unchanged.
+    """
+    rng = random.Random(f"activities:{seed}")
+    person = rng.choice(NAMES)
+    conv = SynthConversation(seed=seed, person=person)
+    chosen = rng.sample(ACTIVITIES, rng.randint(*sessions))
+    day = rng.randint(0, 200)
+    n = 0
+    for session, (name, did) in enumerate(chosen):
+        day += rng.randint(3, 40)
+        when = _date(rng, day)
+        texts = [rng.choice(CHAT) for _ in range(rng.randint(*chat))]
+        at = rng.randrange(len(texts) + 1)
+        templates = FIRST_ACTIVITY if session == 0 else MORE_ACTIVITY
+        op = GoldOp("ADD" if session == 0 else "EXTEND", "activities", name, fix_articles(f"{person} {did}."))
+        for i, text in enumerate([*texts[:at], rng.choice(templates).format(did=did), *texts[at:]]):
+            n += 1
+            told = i == at
+            conv.turns.append(SynthTurn(f"A{seed}:{n}", person, fix_articles(text), when,
+                                        ("intro" if session == 0 else "extend") if told else "chat",
+                                        (op,) if told else (GoldOp("NOOP"),), ()))
+    answer = ", ".join(name for name, _ in chosen)
+    conv.final_questions = [Question(ACTIVITY_QUESTION.format(name=person), answer, "activities", ())]
+    return conv
+
+
+def activity_conversations(split: str, n: int, *, offset: int = 0) -> list[SynthConversation]:
+    """`n` activity conversations of a split (train / dev / test seeds, as `generate`)."""
+    return [activity_conversation(seed) for seed in split_seeds(split, n, offset=offset)]
