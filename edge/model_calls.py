@@ -47,6 +47,7 @@ def shown_memory(local_id: str, memory: Memory, *, max_chars: int | None = None)
         speaker=memory.speaker if memory.tier == "episodic" else None,
         dates=tuple((str(k), str(v)) for k, v in dates.items()) if memory.tier == "episodic" else (),
         until=memory.valid_until,
+        turns=max(1, len(memory.source_turns)) if memory.tier != "episodic" else 1,
     )
 
 

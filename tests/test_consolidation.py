@@ -130,12 +130,14 @@ def test_an_extend_that_cannot_join_is_weighed_as_a_fact_of_its_own_or_refused(b
 
 def test_a_list_answer_is_one_span_of_a_consolidated_fact() -> None:
     """What consolidation is for with extractive answers: two activities said weeks apart become one span."""
-    fact = ShownMemory("0", "semantic", "Maya took up pottery; also started swimming on Sundays")
+    fact = ShownMemory("0", "semantic", "Maya took up pottery; also started swimming on Sundays", turns=2)
+    one_turn = ShownMemory("0", "semantic", "Maya is lucky to have her family; they bring joy")
     apart = [ShownMemory("0", "semantic", "Maya took up pottery"),
              ShownMemory("1", "semantic", "Maya also started swimming on Sundays")]
     question = "What activities does Maya do?"
     assert "pottery also started swimming" in answer_spans([fact], question)
     assert not any("pottery" in s and "swimming" in s for s in answer_spans(apart, question))
+    assert not any("," in s for s in answer_spans([one_turn], "Who does Maya have?")), "one turn's fact: spans only"
 
 
 def test_the_bundled_manager_decodes_under_the_grammar_that_offers_extend(tmp_path: Path, minilm,

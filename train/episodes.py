@@ -179,7 +179,9 @@ class AnswerEpisode:
     def shown(self) -> list[ShownMemory]:
         if self.shown_memories is not None:
             return self.shown_memories
-        return [ShownMemory(str(i), m.tier, m.text, m.event_time) for i, m in enumerate(self.memories)]
+        return [ShownMemory(str(i), m.tier, m.text, m.event_time,
+                            turns=max(1, len(m.source_turns)) if m.tier != "episodic" else 1)
+                for i, m in enumerate(self.memories)]
 
     def spans(self) -> list[str] | None:
         """What an extractive answer may be (`edge.prompts.answer_spans`); None for free text."""

@@ -212,7 +212,7 @@ def answer_spans(
 def clause_list(memory: ShownMemory, asked: set[str] = frozenset()) -> str | None:  # type: ignore[assignment]
     """A consolidated fact's clauses as one answer: "Maya took up pottery; started swimming" read for "What
     activities has Maya taken up?" offers "took up pottery, started swimming" (None for a turn of the log or a
-    fact of one clause).
+    fact that cites one turn: "Mel is lucky to have her family; they bring joy" is one clause of one turn).
 
     The answer to a list question ("What activities does Melanie partake in?", LoCoMo's multi-hop) is the
     clauses of one consolidated fact (`edge.manager.consolidated_text`), longer than any span
@@ -221,7 +221,7 @@ def clause_list(memory: ShownMemory, asked: set[str] = frozenset()) -> str | Non
     """
     from edge.grounding import content_words
 
-    if memory.tier == "episodic" or "; " not in memory.text:
+    if memory.tier == "episodic" or memory.turns < 2 or "; " not in memory.text:
         return None
     clauses = [" ".join(_words(part)) for part in memory.text.split("; ")]
     clauses = [c for c in clauses if c]

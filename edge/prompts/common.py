@@ -83,7 +83,9 @@ class ShownMemory:
     `event_time` is shown as a human date ("8 May 2023"); a turn of the
     episodic log shows its `speaker`; `dates` are the turn's relative
     expressions resolved against its time ({"yesterday": "2023-05-07"});
-    `until` marks a superseded fact.
+    `until` marks a superseded fact. `turns` is how many turns of the log a
+    fact cites (a consolidated fact cites several; never shown, it says
+    which facts offer their clauses as one answer: `answer.clause_list`).
     """
 
     id: str
@@ -93,6 +95,7 @@ class ShownMemory:
     speaker: str | None = None
     dates: tuple[tuple[str, str], ...] = ()
     until: str | None = None
+    turns: int = 1
 
 
 class IdMap:
