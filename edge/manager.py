@@ -322,6 +322,7 @@ class MemoryManager:
         result = TurnResult(turn=turn)
         ops: list[Op] = []
         written: set[str] = set()  # the pieces are applied together: none may write what an earlier one wrote
+        changed: set[str] = set()  # nor change a fact an earlier piece changed (each read the fact as it was)
 
         def frequency(word: str) -> int:
             """Turns of the log saying `word`, this one included (written with the facts when not logged yet)."""
@@ -343,6 +344,7 @@ class MemoryManager:
                     log.warning("turn %s is a NOOP: %s", turn.turn_id, result.error)
                     continue
                 ops += to_bank_ops(parse, id_map, part, related, rejected=result.rejected, written=written,
+                                   changed=changed,
                                    frequency=frequency)
             interrupted(cancel)
         except (EdgeError, KeyboardInterrupt):
@@ -382,6 +384,7 @@ def interrupted(cancel: threading.Event | None) -> None:
 def to_bank_ops(
     parse: ManagerParse, id_map: IdMap, turn: Turn, related: list[Memory],
     *, rejected: list[tuple[dict[str, Any], str]] | None = None, written: set[str] | None = None,
+    changed: set[str] | None = None,
     frequency: Callable[[str], int] | None = None,
 ) -> list[Op]:
     """The model's operations as bank operations, less those that fail a faithfulness check.
@@ -408,7 +411,11 @@ def to_bank_ops(
     UPDATE and DELETE become `SupersedeOp`s: the old fact is kept, valid
     until this turn. `written` holds the (normalised) texts
     already written for this turn and gains the ones kept: the pieces of a
-    long turn share one.
+    long turn share one. `changed` likewise holds the ids of the facts an
+    earlier piece changed: each piece read the fact as it was before the
+    turn, so a second change of it is refused (an EXTEND's clause is weighed
+    as a fact of its own), where the bank would refuse the whole turn's facts
+    or a second EXTEND would write over the first one's clause.
     """
     from edge.grounding import grounding, looks_like_instruction, restates
 
@@ -421,6 +428,7 @@ def to_bank_ops(
     date_words = [*dates.values(), *(show_date(v) for v in dates.values()), *([show_date(said_at)] if said_at else [])]
     kept: list[Op] = []
     added = written if written is not None else set()
+    changed = changed if changed is not None else set()
     for proposed in parse.ops:
         real_id = id_map.real(proposed.id or "")
         target = by_id.get(real_id or "") if proposed.op != "ADD" else None
@@ -434,7 +442,8 @@ def to_bank_ops(
                 continue
             proposed, target = ProposedOp("ADD", text=text, tier="semantic"), None
         if proposed.op == EXTEND and target is not None and text is not None:
-            apart = _kept_apart(target, text, turn.speaker, at)
+            apart = (_kept_apart(target, text, turn.speaker, at)
+                     or ("an earlier piece of this turn changed the fact" if target.id in changed else None))
             if apart:
                 rejected.append(({"op": EXTEND, "id": real_id, "text": text},
                                  f"{apart}; its text is weighed as a new fact"))
@@ -454,6 +463,8 @@ def to_bank_ops(
             reason = "the same fact is already stored"
         elif text is not None and _norm(text) in added:
             reason = "the same text is written twice in one turn"
+        elif proposed.op != "ADD" and target is not None and target.id in changed:
+            reason = "an earlier piece of this turn changed this fact"
         elif proposed.op != "ADD" and instruction:
             reason = "the turn reads as an instruction; it cannot change or retire facts"
         elif proposed.op == EXTEND and target is not None and _says_nothing_new(target.text, text or "",
@@ -475,6 +486,8 @@ def to_bank_ops(
         kept.append(_bank_op(proposed.op, text, target, turn, at, said_at, tier=proposed.tier or "semantic"))
         if text is not None:
             added.add(_norm(text))
+        if target is not None:
+            changed.add(target.id)
     return kept
 
 

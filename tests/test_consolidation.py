@@ -153,3 +153,25 @@ def test_the_bundled_manager_decodes_under_the_grammar_that_offers_extend(tmp_pa
             assert grounding(fact.text, said, speaker="Maya").grounded, fact.text
             assert set(fact.source_turns) <= {t.turn_id for t in MAYA}
         assert bank.check() == []
+
+
+def test_two_pieces_of_a_long_turn_never_write_over_each_others_clause(bank) -> None:
+    """A turn past MANAGER_TURN_CHARS reaches the Manager in pieces, each shown the fact as it was before the turn:
+    a second EXTEND of it is kept as a fact of its own, so neither clause is lost."""
+    from edge.manager import manager_pieces
+
+    kept = bank.add("Maya took up pottery", metadata={"speaker": "Maya"})
+    swim = "I also started swimming on Sundays at the big pool near the old harbour in town."
+    choir = "And I joined a choir that sings at the church by the market square every week."
+    turn = Turn("Maya", " ".join([swim] * 8 + [choir] * 8), "2025-04-16 18:00", "S:9")
+    pieces = manager_pieces(turn.text)
+    assert len(pieces) == 2 and "swimming" in pieces[0] and "choir" in pieces[1]
+    replies = [reply({"op": "EXTEND", "id": "0", "text": clause_of(Turn("Maya", piece, turn.time), word)})
+               for piece, word in zip(pieces, ("swimming", "choir"))]
+    result = manager(bank, *replies).process(turn)
+    assert [a.action for a in result.applied] == ["UPDATE", "ADD"]
+    assert any("earlier piece" in reason for _, reason in result.rejected)
+    grown = bank.get(kept.id)
+    assert "swimming" in grown.text and grown.source_turns == ("S:9",)
+    assert any("choir" in m.text for m in bank.list(tier="semantic") if m.id != kept.id)
+    assert bank.check() == []
