@@ -44,7 +44,7 @@ from edge.bank import Memory, MemoryBank, searchable
 from edge.errors import EdgeError, ModelOutputError, TurnInterruptedError
 from edge.generation import GenerationConfig, Setting
 from edge.model_calls import adapter_for, shown_memories, to_messages
-from edge.operations import AddOp, AppliedOp, Op, SupersedeOp, UpdateOp
+from edge.operations import AddOp, AppliedOp, ExtendOp, Op, SupersedeOp, consolidated_text
 from edge.prompts import (
     CONSOLIDATED_MAX_CHARS,
     DEFAULT_DELETE_CAP,
@@ -406,8 +406,10 @@ def to_bank_ops(
     says every word of it; weighed as an ADD of the clause when the fact is
     another speaker's, when the joined fact would pass
     `CONSOLIDATED_MAX_CHARS`, or when the clause has a date of its own
-    ("yesterday": a consolidated fact keeps one date). It becomes an
-    `UpdateOp` whose source turns are the fact's and this turn's.
+    ("yesterday": a consolidated fact keeps one date), or when the fact
+    names no speaker (a user's: "I like green tea" is never grown by Maya's
+    turn). It becomes an `ExtendOp`: the bank joins the clause to the fact
+    as it is then, and the fact cites this turn too.
     UPDATE and DELETE become `SupersedeOp`s: the old fact is kept, valid
     until this turn. `written` holds the (normalised) texts
     already written for this turn and gains the ones kept: the pieces of a
@@ -504,19 +506,10 @@ def _already_stored(text: str, related: list[Memory], at: datetime | None) -> bo
     return any((m.event_time or "")[:10] == day for m in same)
 
 
-def consolidated_text(fact: str, clause: str, speaker: str | None) -> str:
-    """`fact` grown by `clause`: "Maya took up pottery" + "Maya started swimming" -> "Maya took up pottery;
-    started swimming". The clause's leading speaker name (which `edge.grounding.clauses` puts for "I") is
-    dropped, the fact already names them; every word is still one that was said."""
-    head = fact.strip().rstrip(".;").rstrip()
-    tail = clause.strip().rstrip(".;").rstrip()
-    if speaker and tail.casefold().startswith(speaker.strip().casefold() + " "):
-        tail = tail[len(speaker.strip()) + 1:].lstrip()
-    return f"{head}; {tail}"
-
-
 def _kept_apart(target: Memory, clause: str, speaker: str | None, at: datetime | None) -> str | None:
     """Why an EXTEND's clause is kept as a fact of its own instead of joining `target` (None: it joins)."""
+    if not target.metadata.get("speaker"):
+        return "the fact names no speaker (a user's or the API's): it is never grown by a turn"
     if resolved_dates(clause, at):
         return "the clause has a date of its own (a consolidated fact keeps one date)"
     if len(consolidated_text(target.text, clause, speaker)) > CONSOLIDATED_MAX_CHARS:
@@ -550,9 +543,9 @@ def _bank_op(name: str, text: str | None, target: Memory | None, turn: Turn, at:
     if fact_dates:
         metadata["dates"] = fact_dates
     sources = (turn.turn_id,) if turn.turn_id else ()
-    if name == EXTEND:  # the fact keeps its date and speaker; the bank adds this turn to its source turns
+    if name == EXTEND:  # joined to the fact as it is when applied; it keeps its date and speaker
         assert target is not None
-        return UpdateOp(target.id, consolidated_text(target.text, text or "", turn.speaker), None, sources)
+        return ExtendOp(target.id, text or "", turn.speaker, sources)
     if name == "UPDATE":
         assert target is not None
         return SupersedeOp(target.id, text, said_at, turn.turn_id, event_time, sources, metadata)

@@ -63,7 +63,35 @@ class SupersedeOp:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-Op = Union[AddOp, UpdateOp, DeleteOp, RestoreOp, SupersedeOp]
+@dataclass(frozen=True)
+class ExtendOp:
+    """Grow a current fact by one clause of a later turn: a consolidated fact (the Manager's EXTEND).
+
+    The bank joins `clause` to the fact's text as it is when the change is
+    applied (`consolidated_text`), so a change made to the fact meanwhile
+    is kept, and refuses a fact that is deleted or superseded; the fact's
+    source turns gain `source_turns`. mem0 merges related memories into one
+    the same way; Memory-R1's UPDATE adds to a memory.
+    """
+
+    id: str
+    clause: str
+    speaker: str | None = None
+    source_turns: tuple[str, ...] = ()
+
+
+Op = Union[AddOp, UpdateOp, DeleteOp, RestoreOp, SupersedeOp, ExtendOp]
+
+
+def consolidated_text(fact: str, clause: str, speaker: str | None) -> str:
+    """`fact` grown by `clause`: "Maya took up pottery" + "Maya started swimming" -> "Maya took up pottery;
+    started swimming". The clause's leading speaker name (which `edge.grounding.clauses` puts for "I") is
+    dropped, the fact already names them; every word is still one that was said."""
+    head = fact.strip().rstrip(".;").rstrip()
+    tail = clause.strip().rstrip(".;").rstrip()
+    if speaker and tail.casefold().startswith(speaker.strip().casefold() + " "):
+        tail = tail[len(speaker.strip()) + 1:].lstrip()
+    return f"{head}; {tail}"
 
 
 @dataclass(frozen=True)

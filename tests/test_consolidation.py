@@ -175,3 +175,35 @@ def test_two_pieces_of_a_long_turn_never_write_over_each_others_clause(bank) -> 
     assert "swimming" in grown.text and grown.source_turns == ("S:9",)
     assert any("choir" in m.text for m in bank.list(tier="semantic") if m.id != kept.id)
     assert bank.check() == []
+
+
+def test_a_clause_joins_the_fact_as_it_is_when_applied_and_never_a_retired_one(bank) -> None:
+    """The bank joins an EXTEND's clause to the fact's current text: a change made while the model was
+    answering (another connection, the user) is kept, and a fact retired meanwhile is not grown."""
+    from edge.errors import MemoryNotFoundError
+    from edge.operations import ExtendOp, SupersedeOp
+
+    fact = bank.add("Maya took up pottery", metadata={"speaker": "Maya"}, source_turns=["S:1"])
+    extend_op = ExtendOp(fact.id, "Maya also started swimming", "Maya", ("S:3",))
+    bank.update(fact.id, "Maya took up pottery and ceramics painting", actor="user")
+    (applied,) = bank.apply([extend_op], actor="manager", turn="S:3")
+    grown = bank.get(fact.id)
+    assert grown.text == "Maya took up pottery and ceramics painting; also started swimming"
+    assert grown.source_turns == ("S:1", "S:3") and applied.before["text"].endswith("ceramics painting")
+    assert bank.search("swimming", k=3, scope="facts")[0].memory.id == fact.id, "indexed as it now reads"
+
+    (newer,) = bank.apply([SupersedeOp(fact.id, "Maya quit pottery", "2025-05-01T10:00", "S:4")], actor="manager")
+    history = len(bank.history(fact.id))
+    with pytest.raises(MemoryNotFoundError, match="only current facts"):
+        bank.apply([ExtendOp(fact.id, "Maya joined a choir", "Maya", ("S:5",))], actor="manager")
+    assert len(bank.history(fact.id)) == history and "choir" not in bank.get(fact.id).text, "the bank as it was"
+    assert bank.check() == []
+
+
+def test_a_fact_with_no_speaker_is_never_grown_by_a_turn(bank) -> None:
+    """A user's own fact ("I like green tea") names no speaker; Maya's clause joined to it would read as the user's."""
+    tea = bank.add("I like green tea")
+    swim = Turn("Maya", "I also started swimming on Sundays.", "2025-04-16 18:00", "S:3")
+    result = extend(bank, swim, tea.id, "swimming")
+    assert [a.action for a in result.applied] == ["ADD"] and any("no speaker" in r for _, r in result.rejected)
+    assert bank.get(tea.id).text == "I like green tea"

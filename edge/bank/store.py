@@ -44,7 +44,8 @@ from edge.bank.transfer import BankTransfer
 from edge.bank.undo import BankUndo
 from edge.embedder import Embedder
 from edge.errors import BankError, EmbedderMismatchError, InvalidInputError, MemoryNotFoundError, ReadOnlyBankError
-from edge.operations import ACTORS, TIERS, AddOp, AppliedOp, DeleteOp, Op, RestoreOp, SupersedeOp, UpdateOp
+from edge.operations import (ACTORS, TIERS, AddOp, AppliedOp, DeleteOp, ExtendOp, Op, RestoreOp, SupersedeOp, UpdateOp,
+                             consolidated_text)
 from edge.paths import DEFAULT_USER
 
 
@@ -299,6 +300,8 @@ class MemoryBank(BankReads, BankRepair, BankUndo, BankTransfer):
             elif isinstance(op, SupersedeOp):
                 text = None if op.text is None else clean_text(op.text)
                 cleaned.append(replace(op, text=text, source_turns=tuple(op.source_turns), metadata=dict(op.metadata)))
+            elif isinstance(op, ExtendOp):
+                cleaned.append(replace(op, clause=clean_text(op.clause), source_turns=tuple(op.source_turns)))
             elif isinstance(op, (DeleteOp, RestoreOp)):
                 cleaned.append(op)
             else:
@@ -353,6 +356,14 @@ class MemoryBank(BankReads, BankRepair, BankUndo, BankTransfer):
             )
         if isinstance(op, SupersedeOp):
             return self._supersede(conn, op, rowid, before, vec, owner, actor, turn, group, stamp)
+        if isinstance(op, ExtendOp):
+            if before.deleted_at or before.superseded:
+                raise MemoryNotFoundError(f"Memory {op.id!r} is not a current fact; only current facts can be grown.")
+            after = replace(before, text=clean_text(consolidated_text(before.text, op.clause, op.speaker)),
+                            updated_at=stamp, source_turns=tuple(dict.fromkeys(before.source_turns + op.source_turns)))
+            # Embedded here: the text it joins is the fact as it is now, inside the transaction.
+            self._write_row(conn, rowid, after, self.embed([searchable(after.text)])[0])
+            return self._log(conn, group, "UPDATE", op.id, owner, before, after, actor, turn, stamp)
         if isinstance(op, UpdateOp):
             if before.deleted_at:
                 raise MemoryNotFoundError(f"Memory {op.id!r} is deleted; restore it before updating it.")
