@@ -104,7 +104,7 @@ RETRIEVALS = ("hybrid", "replies", "replies-3", "replies-5")
 RETIRED_VALUES = ("offered", "withheld")
 RETIRED_K = 3
 
-# Whether the Manager keeps consolidated facts (`edge.manager.consolidated_text`):
+# Whether the Manager keeps consolidated facts (`edge.operations.consolidated_text`):
 #   none    its operations are ADD, UPDATE, DELETE and NOOP (`MANAGER_OPS`): every fact is one clause of one turn
 #   extend  EXTEND is offered too: one clause of the turn joins a fact its speaker said, the fact citing every turn
 #           it draws on (mem0's merged memories; Memory-R1's UPDATE that adds to a memory)

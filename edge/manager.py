@@ -469,9 +469,9 @@ def to_bank_ops(
             reason = "an earlier piece of this turn changed this fact"
         elif proposed.op != "ADD" and instruction:
             reason = "the turn reads as an instruction; it cannot change or retire facts"
-        elif proposed.op == EXTEND and target is not None and _says_nothing_new(target.text, text or "",
-                                                                                  turn.speaker):
-            reason = "the fact already says this"
+        elif proposed.op == EXTEND and target is not None and grounding(text or "", [target.text],
+                                                                        speaker=turn.speaker).grounded:
+            reason = "the fact already says this"  # every word of the clause is one the fact (or a name) says
         elif proposed.op in ("UPDATE", "DELETE") and target is not None and not shares_topic(
                 target.text, turn.text, turn.speaker, frequency=frequency):
             reason = ("the turn says nothing about this fact (no word in common besides the speaker's name and "
@@ -515,14 +515,6 @@ def _kept_apart(target: Memory, clause: str, speaker: str | None, at: datetime |
     if len(consolidated_text(target.text, clause, speaker)) > CONSOLIDATED_MAX_CHARS:
         return f"the fact would pass {CONSOLIDATED_MAX_CHARS} characters"
     return None
-
-
-def _says_nothing_new(fact: str, clause: str, speaker: str | None) -> bool:
-    """Whether every content word of `clause` (the speaker's name aside) is already in `fact`."""
-    from edge.grounding import content_words
-
-    said = set(content_words(clause)) - set(content_words(speaker or ""))
-    return said <= set(content_words(fact))
 
 
 def gold_bank_op(name: str, text: str | None, target: Memory | None, turn: Turn) -> Op:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from edge.backends.base import Backend, Message
 from edge.bank import Memory
 from edge.errors import BackendError
-from edge.prompts import IdMap, ShownMemory
+from edge.prompts import IdMap, ShownMemory, cited_turns
 
 
 def to_messages(messages: list[dict[str, str]]) -> list[Message]:
@@ -47,7 +47,7 @@ def shown_memory(local_id: str, memory: Memory, *, max_chars: int | None = None)
         speaker=memory.speaker if memory.tier == "episodic" else None,
         dates=tuple((str(k), str(v)) for k, v in dates.items()) if memory.tier == "episodic" else (),
         until=memory.valid_until,
-        turns=max(1, len(memory.source_turns)) if memory.tier != "episodic" else 1,
+        turns=cited_turns(memory.tier, memory.source_turns),
     )
 
 

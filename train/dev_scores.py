@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from edge.embedder import Embedder
 from edge.evaluation.scoring import exact_match, f1_score, is_unknown
-from edge.prompts import parse_answer_output, parse_manager_output
+from edge.prompts import OP_NAMES, TEXT_OPS, parse_answer_output, parse_manager_output
 
 from edge.train.base_model import render_chat
 from edge.train.constrained import SchemaConstraint, constrained_generate
@@ -73,7 +73,7 @@ def score_manager_replies(episodes: Sequence[ManagerEpisode], replies: Sequence[
     return result
 
 
-OPERATIONS = ("ADD", "UPDATE", "DELETE", "NOOP", "EXTEND")
+OPERATIONS = OP_NAMES  # ADD, UPDATE, DELETE, NOOP, EXTEND
 
 
 def operation_report(episodes: Sequence[ManagerEpisode], replies: Sequence[str]) -> dict[str, Any]:
@@ -107,7 +107,7 @@ def operation_report(episodes: Sequence[ManagerEpisode], replies: Sequence[str])
         gold_texts = {op["text"] for op in episode.gold_ops or [] if op.get("text")}
         if episode.evidence_clause:
             gold_texts.add(episode.evidence_clause)
-        written = {op.text for op in parse.ops if op.op in ("ADD", "UPDATE", "EXTEND") and op.text}
+        written = {op.text for op in parse.ops if op.op in TEXT_OPS and op.text}
         chosen += len(written)
         hits += len(written & gold_texts)
         gold_total += len(gold_texts)

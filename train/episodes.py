@@ -26,7 +26,7 @@ import logging
 import random
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import AbstractSet, Any, Iterable, Sequence
 
 from edge.answer import offered_turns
 from edge.bank import Memory, MemoryBank
@@ -45,6 +45,7 @@ from edge.prompts import (
     answer_messages,
     answer_schema,
     answer_spans,
+    cited_turns,
     manager_messages,
     manager_schema,
 )
@@ -179,8 +180,7 @@ class AnswerEpisode:
     def shown(self) -> list[ShownMemory]:
         if self.shown_memories is not None:
             return self.shown_memories
-        return [ShownMemory(str(i), m.tier, m.text, m.event_time,
-                            turns=max(1, len(m.source_turns)) if m.tier != "episodic" else 1)
+        return [ShownMemory(str(i), m.tier, m.text, m.event_time, turns=cited_turns(m.tier, m.source_turns))
                 for i, m in enumerate(self.memories)]
 
     def spans(self) -> list[str] | None:
@@ -371,7 +371,7 @@ def synthetic_manager_episodes(conversations: Iterable[SynthConversation], embed
 
 
 def _apply_gold(bank: MemoryBank, slot_ids: dict[str, str], synth: Any, candidates: Sequence[str] | None, *,
-                speaker: str | None = None, extended: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+                speaker: str | None = None, extended: AbstractSet[str] = frozenset()) -> None:
     """The gold bank moves on by the turn's gold operations, written as the runtime Manager writes them
     (`edge.manager.gold_bank_op`: dated by the turn, naming it and its speaker; a change or retraction
     supersedes the fact; an EXTEND grows it). A gold EXTEND whose value is not in `extended` (EXTEND not offered,

@@ -43,7 +43,8 @@ from edge.errors import EdgeError
 from edge.evaluation.scoring import exact_match, f1_score, multiset_f1
 from edge.manager import log_entry_for, to_bank_ops, turn_reference
 from edge.operations import AddOp
-from edge.prompts import DEFAULT_DELETE_CAP, IdMap, ManagerParse, Turn, parse_answer_output, parse_manager_output
+from edge.prompts import (DEFAULT_DELETE_CAP, TEXT_OPS, IdMap, ManagerParse, Turn, parse_answer_output,
+                          parse_manager_output)
 
 UNKNOWN = "unknown"
 
@@ -167,7 +168,7 @@ def op_match_score(parse: ManagerParse, gold_ops: Sequence[dict[str, Any]]) -> f
 
 def values_stated(parse: ManagerParse, gold_ops: Sequence[dict[str, Any]]) -> bool:
     """Whether every value the gold ADD/UPDATEs store appears in some added or updated text."""
-    texts = " ".join((op.text or "").lower() for op in parse.ops if op.op in ("ADD", "UPDATE", "EXTEND"))
+    texts = " ".join((op.text or "").lower() for op in parse.ops if op.op in TEXT_OPS)
     return all(str(op["value"]).lower() in texts for op in gold_ops if op.get("value"))
 
 

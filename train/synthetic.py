@@ -451,7 +451,7 @@ def untold_events(conv: SynthConversation, told: Sequence[DatedEvent], n: int) -
 # --------------------------------------------------------------------------- activities (consolidated facts)
 
 # (what the answer names, how the person says they took it up): a list that grows over sessions, which a
-# consolidated fact holds in one line and single-clause facts in several (`edge.manager.consolidated_text`).
+# consolidated fact holds in one line and single-clause facts in several (`edge.operations.consolidated_text`).
 ACTIVITIES: tuple[tuple[str, str], ...] = (
     ("pottery", "took up pottery"), ("swimming", "started swimming"), ("a choir", "joined a choir"),
     ("chess", "started playing chess"), ("salsa", "began salsa classes"), ("climbing", "took up climbing"),

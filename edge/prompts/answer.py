@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import AbstractSet, Any, Sequence
 
 from edge.prompts.common import (
     ANSWER_WINDOW_WORDS,
@@ -209,13 +209,13 @@ def answer_spans(
     return list(spans)
 
 
-def clause_list(memory: ShownMemory, asked: set[str] = frozenset()) -> str | None:  # type: ignore[assignment]
+def clause_list(memory: ShownMemory, asked: AbstractSet[str] = frozenset()) -> str | None:
     """A consolidated fact's clauses as one answer: "Maya took up pottery; started swimming" read for "What
     activities has Maya taken up?" offers "took up pottery, started swimming" (None for a turn of the log or a
     fact that cites one turn: "Mel is lucky to have her family; they bring joy" is one clause of one turn).
 
     The answer to a list question ("What activities does Melanie partake in?", LoCoMo's multi-hop) is the
-    clauses of one consolidated fact (`edge.manager.consolidated_text`), longer than any span
+    clauses of one consolidated fact (`edge.operations.consolidated_text`), longer than any span
     (`MAX_ANSWER_SPAN_WORDS`); LoCoMo's multi-hop F1 scores it item by item, split on commas. Words at its head
     that only name what the question asks (the person) are left out; every word is one the fact says.
     """

@@ -68,6 +68,7 @@ REPEAT_PENALTY = 1.2
 MANAGER_OPS = ("ADD", "UPDATE", "DELETE", "NOOP")
 EXTEND = "EXTEND"
 OP_NAMES = (*MANAGER_OPS, EXTEND)
+TEXT_OPS = ("ADD", "UPDATE", EXTEND)  # the operations that write a text (a fact's, or the clause EXTEND adds)
 # The longest a consolidated fact grows (characters): past it, a clause is kept as a fact of its own. A line of
 # 320 characters is about 70 tokens, a quarter of the Answer Agent's budget (ANSWER_CONTEXT_TOKENS).
 CONSOLIDATED_MAX_CHARS = 320
@@ -96,6 +97,11 @@ class ShownMemory:
     dates: tuple[tuple[str, str], ...] = ()
     until: str | None = None
     turns: int = 1
+
+
+def cited_turns(tier: str, source_turns: Sequence[str]) -> int:
+    """`ShownMemory.turns` of a memory: how many turns of the log a fact cites (at least 1); 1 for a turn."""
+    return 1 if tier == "episodic" else max(1, len(source_turns))
 
 
 class IdMap:

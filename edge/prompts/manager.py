@@ -14,6 +14,7 @@ from edge.prompts.common import (
     MAX_OPS_PER_TURN,
     MANAGER_OPS,
     OP_NAMES,
+    TEXT_OPS,
     ShownMemory,
     Turn,
     first_json_object,
@@ -77,7 +78,7 @@ def manager_schema(
 
     `ops` with EXTEND adds `{"op": "EXTEND", "id": <shown id>, "text": <text>}`:
     the text (a clause of the turn, with candidates) joins the fact as one
-    more clause of a consolidated fact (`edge.manager.consolidated_text`).
+    more clause of a consolidated fact (`edge.operations.consolidated_text`).
 
     With `candidates` (extractive memory: the turn's clauses, see
     `edge.grounding.clauses`) a memory text can only be one of them, so a
@@ -145,7 +146,6 @@ def manager_schema(
 
 
 _CHANGES = ("UPDATE", EXTEND, "DELETE")  # operations on a shown fact (an id)
-_WRITES = ("ADD", "UPDATE", EXTEND)  # operations with a text
 
 
 @dataclass(frozen=True)
@@ -223,13 +223,13 @@ def parse_manager_output(
             reason = f"id {target!r} was not among the memories shown"
         elif name in _CHANGES and target in seen_targets:
             reason = f"id {target!r} is changed twice in one turn"
-        elif name in _WRITES and not body:
+        elif name in TEXT_OPS and not body:
             reason = "empty text"
-        elif name in _WRITES and not re.search(r"\w", body or ""):
+        elif name in TEXT_OPS and not re.search(r"\w", body or ""):
             reason = "text has no word"
-        elif name in _WRITES and len(body or "") > MAX_MEMORY_TEXT_CHARS:
+        elif name in TEXT_OPS and len(body or "") > MAX_MEMORY_TEXT_CHARS:
             reason = f"text longer than {MAX_MEMORY_TEXT_CHARS} characters"
-        elif name in _WRITES and len(body or "") == MAX_MEMORY_TEXT_CHARS:
+        elif name in TEXT_OPS and len(body or "") == MAX_MEMORY_TEXT_CHARS:
             reason = f"text cut off by the {MAX_MEMORY_TEXT_CHARS}-character limit"
         elif name == "ADD" and raw.get("tier", "semantic") not in FACT_TIERS:
             reason = f"tier {raw.get('tier')!r} is not a fact tier ({', '.join(FACT_TIERS)})"
