@@ -411,7 +411,11 @@ def retirements(bank: MemoryBank, question: str, memories: list[Memory], *, user
     retrieved: the reader would see the old value beside the statement
     that ended it; a supersession whose turn is not offered withholds
     nothing, so a wrong one costs less). Its words are its stemmed
-    content words less the question's and its speaker's name; the newer
+    content words less the question's and its speaker's name, and of
+    those only the ones the retiring turn names when it names any and the
+    fact has a newer version (a fact "moved from Porto to Ghent for a
+    bakery job" changed by "I left the bakery, I work at the library"
+    withholds "bakery", not "Porto"; a retraction withholds them all); the newer
     words are those its current version adds (its `superseded_by` chain
     followed to the live fact; none when the chain ends in a retraction).
     A current version that restates it (`edge.grounding.restates`: most of
@@ -435,10 +439,24 @@ def retirements(bank: MemoryBank, question: str, memories: list[Memory], *, user
             continue  # "Just a reminder: I drive a Subaru" superseded nothing it did not say again
         said = set(content_words(old.text))
         words = said - asked - set(content_words(old.speaker or ""))
+        # A turn that changes a fact names what it changes ("I left the bakery"): when it names some of the old
+        # fact's words, only those are retired, so the rest of the fact ("moved from Porto to Ghent") stays an
+        # answer. A turn that names none of them ("I drive a Jeep now"), or a retraction (the fact as a whole
+        # no longer holds), retires them all.
+        if current is not None:
+            words = (words & _turn_words(memories, old.superseded_turn)) or words
         newer = set(content_words(current.text)) - said if current is not None else set()
         if words:
             out.append(Retirement(frozenset(words), frozenset(newer), retracted=current is None))
     return out
+
+
+def _turn_words(memories: list[Memory], turn: str) -> set[str]:
+    """The stemmed content words of the turn `turn` as `memories` hold it (its log entry, else a fact citing it)."""
+    from edge.grounding import content_words
+
+    holding = sorted((m for m in memories if turn in m.source_turns), key=lambda m: m.tier != EPISODIC)
+    return set(content_words(holding[0].text)) if holding else set()
 
 
 def _current_version(bank: MemoryBank, fact: Memory, *, user: str | None = None, depth: int = 8) -> Memory | None:

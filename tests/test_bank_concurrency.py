@@ -131,3 +131,20 @@ def test_four_processes_opening_and_writing_new_banks_at_once_never_fail(tmp_pat
     assert result["failures"] == 0, result["failure_examples"]
     assert result["memories_in_banks"] == 200 and result["bank_problems"] == []
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_a_bank_open_while_another_connection_writes_still_checks_sound(tmp_path: Path) -> None:
+    """`check` on a connection that has not read since another one wrote: the keyword indexes are sound, and
+    are said to be (FTS5 caches its index structure per connection; the check must not judge a stale copy)."""
+    from edge.operations import AddOp
+
+    embedder = HashEmbedder(64)
+    with MemoryBank.open(tmp_path / "bank.db", embedder, user="u") as first, \
+            MemoryBank.open(tmp_path / "bank.db", embedder, user="u") as second:
+        first.apply([AddOp("I like tea.", "semantic", None, (), {})], actor="user")
+        assert first.check() == []
+        second.apply([AddOp("I like green tea a lot.", "semantic", None, (), {})], actor="user")
+        second.apply([AddOp("We met in Ghent.", "episodic", "2024-01-01T10:00", ("S:1",),
+                            {"turn_id": "S:1", "speaker": "Ana"})], actor="import")
+        assert first.check() == [], "a sound bank, read through a connection opened before the writes"
+        assert second.check() == []

@@ -254,6 +254,35 @@ def test_a_newer_version_that_only_repeats_the_fact_retires_nothing(tmp_path: Pa
         assert retirements_of(bank, AnswerAgent(llama_backend, adapter=None), CAR) == []
 
 
+TOMAS_MOVE = [
+    ("S:1", "2025-01-10T09:00", "I moved from Porto to Ghent for a job at a bakery."),
+    ("S:2", "2025-02-01T17:00", "I took up pottery on Tuesdays."),
+    ("S:3", "2025-03-09T18:30", "I quit the bakery, I work at the city library now."),
+]
+
+
+def test_a_change_retires_only_what_its_turn_names(tmp_path: Path, minilm, llama_backend) -> None:
+    """The fact "moved from Porto to Ghent for a job at a bakery", superseded by "I quit the bakery": the bakery is
+    withheld for where Tomas works, while where he moved from is still answerable (Porto stays offered)."""
+    with MemoryBank.open(tmp_path / "bank.db", minilm, user="tomas") as bank:
+        for turn_id, at, text in TOMAS_MOVE:
+            bank.apply([AddOp(text, "episodic", at, (turn_id,), {"speaker": "Tomas", "turn_id": turn_id})],
+                       actor="import")
+        (added,) = bank.apply([AddOp("Tomas moved from Porto to Ghent for a job at a bakery.", "semantic",
+                                     TOMAS_MOVE[0][1], ("S:1",), {"speaker": "Tomas"})], actor="manager")
+        bank.apply([SupersedeOp(added.memory_id, "Tomas quit the bakery, Tomas work at the city library now.",
+                                TOMAS_MOVE[2][1], "S:3", TOMAS_MOVE[2][1], ("S:3",), {"speaker": "Tomas"})],
+                   actor="manager", turn="S:3")
+        agent = AnswerAgent(llama_backend, adapter=None, order="stale-updates-first",
+                            generation=GenerationConfig(retired_values="withheld"))
+        moved = "Where did Tomas move from?"
+        (found,) = retirements_of(bank, agent, moved)
+        assert found.words == {"bakeri"}, "the stem of the one word the retiring turn names"
+        assert "Porto" in agent.answer(bank, moved).offered, "the move is still true: not withheld"
+        works = agent.answer(bank, "Where does Tomas work?").offered
+        assert not {"bakery", "a bakery"} & set(works) and any("library" in span for span in works)
+
+
 def retirements_of(bank: MemoryBank, agent: AnswerAgent, question: str):
     from edge.answer import retirements
 

@@ -12,6 +12,7 @@ from edge.errors import BankError, CorruptBankError
 
 # The search tables, rebuilt from the memories by `reindex` (memory_tri: the substring index, `edge.bank.retrieval`)
 SEARCH_TABLES = ("turn_fts", "memory_fts", "memory_tri", "memory_vec", "memory_bin")
+FTS_TABLES = SEARCH_TABLES[:3]  # the FTS5 ones
 
 
 class BankRepair:
@@ -31,6 +32,14 @@ class BankRepair:
             tables = [r[0] for r in self._conn.raw.execute(
                 "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
             problems = []
+            # An FTS5 table keeps its index structure cached per connection and refreshes it when read, but its
+            # integrity check uses the cached one: after another connection wrote, a connection that has not read
+            # since would report a sound index as malformed. One read brings it up to date.
+            for table in FTS_TABLES:
+                try:
+                    self._conn.raw.execute(f"SELECT rowid FROM {table} LIMIT 1").fetchall()
+                except sqlite.DatabaseError:
+                    pass  # damaged: the integrity check below names it
             for table in tables:
                 try:
                     found = [r[0] for r in self._conn.raw.execute(f"PRAGMA integrity_check('{table}')")]
@@ -45,7 +54,7 @@ class BankRepair:
                     problems.append(f"{part} is damaged (table {table}; {remedy}): {'; '.join(said[:2])}{more}")
             # FTS5 checks its own index (its pages hold blobs) through a write to the table: not on a read-only bank,
             # whose FTS5 pages the integrity check above has still read.
-            for table in () if self.read_only else ("turn_fts", "memory_fts", "memory_tri"):
+            for table in () if self.read_only else FTS_TABLES:
                 try:
                     self._conn.raw.execute(f"INSERT INTO {table} ({table}) VALUES ('integrity-check')")
                 except sqlite.DatabaseError as exc:
