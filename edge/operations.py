@@ -103,3 +103,4 @@ class AppliedOp:
     memory_id: str
     before: dict[str, Any] | None
     after: dict[str, Any] | None
+    reverts: int | None = None  # an undo or redo: the history row it reverted

@@ -35,7 +35,11 @@ def test_add_search_update_delete_undo_history_from_the_command_line(tmp_path: P
     assert shown["text"] == "I grow peppers" and shown["deleted_at"] is None
     history = json.loads(edge("memory", "history", memory_id, "--db", db, "--json").stdout)
     assert [h["action"] for h in history] == ["ADD", "UPDATE", "DELETE", "UNDO"]
-    assert "ADD" in edge("memory", "history", "--db", db).stdout
+    deleted, reverted = history[2]["seq"], history[3]["seq"]
+    assert history[3]["reverts"] == deleted
+    # The change undone is named by its own number (the delete), the row recording the undo after the text.
+    assert undo.stdout.startswith(f"undid #{deleted}: {memory_id} -> I grow peppers") and f"(history #{reverted})" in undo.stdout
+    assert f"(reverts #{deleted})" in edge("memory", "history", "--db", db).stdout
 
 
 def test_users_are_separate_on_the_command_line(tmp_path: Path) -> None:

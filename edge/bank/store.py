@@ -451,7 +451,8 @@ class MemoryBank(BankReads, BankRepair, BankUndo, BankTransfer):
                 actor, turn, stamp, reverts,
             ),
         )
-        return AppliedOp(seq=cur.lastrowid, action=action, memory_id=memory_id, before=before_d, after=after_d)
+        return AppliedOp(seq=cur.lastrowid, action=action, memory_id=memory_id, before=before_d, after=after_d,
+                         reverts=reverts)
 
     # convenience wrappers ------------------------------------------------------
 

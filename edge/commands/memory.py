@@ -64,7 +64,9 @@ def _history_line(entry: HistoryEntry) -> str:
     undone = click.style(f"  (undone by #{entry.undone_by})", fg="yellow") if entry.undone_by else ""
     text = for_terminal((entry.after or entry.before or {}).get("text", ""))
     turn = f" ({turn_label(entry.turn)})" if entry.turn else ""
-    return f"#{entry.seq:<5} {entry.at[:19]}  {entry.action:<7} {entry.memory_id}  by {entry.actor}{turn}: {text}{undone}"
+    reverts = f"  (reverts #{entry.reverts})" if entry.reverts else ""
+    return (f"#{entry.seq:<5} {entry.at[:19]}  {entry.action:<7} {entry.memory_id}  by {entry.actor}{turn}: {text}"
+            f"{reverts}{undone}")
 
 
 @click.group()
@@ -253,16 +255,20 @@ def undo(steps: int, yes: bool, db: Path | None, user: str, as_json: bool) -> No
                 click.confirm("Revert them?", abort=True)
         applied = bank.undo(steps)
 
-    _emit_reverted(applied, as_json, "undid", " (now deleted)")
+    _emit_reverted(applied, as_json, "undid #{}", " (now deleted)")
 
 
 def _emit_reverted(applied, as_json: bool, verb: str, deleted: str) -> None:
-    """What undo or redo changed: one line per operation (the memory as it is now), or JSON."""
+    """What undo or redo changed: one line per operation (the memory as it is now), or JSON.
+
+    `verb` names the history row reverted (`AppliedOp.reverts`, "{}"); the
+    row that records the revert is given after the text.
+    """
     def human() -> None:
         for op in applied:
             after = op.after or {}
-            click.echo(f"{verb} #{op.seq}: {op.memory_id} -> {for_terminal(after.get('text', ''))}"
-                       + (deleted if after.get("deleted_at") else ""))
+            click.echo(f"{verb.format(op.reverts)}: {op.memory_id} -> {for_terminal(after.get('text', ''))}"
+                       + (deleted if after.get("deleted_at") else "") + f"  (history #{op.seq})")
 
     _emit([vars(a) for a in applied], as_json, human)
 
@@ -276,7 +282,7 @@ def redo(db: Path | None, user: str, as_json: bool) -> None:
     with open_bank(db, user, create=False) as bank:
         applied = bank.redo()
 
-    _emit_reverted(applied, as_json, "redid", " (deleted)")
+    _emit_reverted(applied, as_json, "redid what undo #{} reverted", " (deleted)")
 
 
 @memory.command()
