@@ -412,12 +412,14 @@ def retirements(bank: MemoryBank, question: str, memories: list[Memory], *, user
     that ended it; a supersession whose turn is not offered withholds
     nothing, so a wrong one costs less). Its words are its stemmed
     content words less the question's and its speaker's name, and of
-    those only the ones the retiring turn names when it names any and the
-    fact has a newer version (a fact "moved from Porto to Ghent for a
-    bakery job" changed by "I left the bakery, I work at the library"
-    withholds "bakery", not "Porto"; a retraction withholds them all); the newer
-    words are those its current version adds (its `superseded_by` chain
-    followed to the live fact; none when the chain ends in a retraction).
+    those only the ones the retiring turn names when it names any (a fact
+    "moved from Porto to Ghent for a bakery job" changed or retracted by
+    "I left the bakery, I work at the library" withholds "bakery", not
+    "Porto"); the newer words are those its current version adds (its
+    `superseded_by` chain followed to the live fact; none when the chain
+    ends in a retraction). `Retirement.retracted` (which lets "unknown"
+    be said without the margin) only for a retraction of the question's
+    best fact.
     A current version that restates it (`edge.grounding.restates`: most of
     its words, no "quit" or "anymore") retires nothing: the Manager may
     rewrite a fact a turn only repeats.
@@ -430,7 +432,8 @@ def retirements(bank: MemoryBank, question: str, memories: list[Memory], *, user
         return []
     asked = set(content_words(question))
     out: list[Retirement] = []
-    for hit in bank.search(question, k=k, mode="hybrid", user=user, scope="facts", include_superseded=True):
+    hits = bank.search(question, k=k, mode="hybrid", user=user, scope="facts", include_superseded=True)
+    for rank, hit in enumerate(hits):
         old = hit.memory
         if not old.superseded or old.superseded_turn not in shown or not set(old.source_turns) & shown:
             continue
@@ -439,15 +442,15 @@ def retirements(bank: MemoryBank, question: str, memories: list[Memory], *, user
             continue  # "Just a reminder: I drive a Subaru" superseded nothing it did not say again
         said = set(content_words(old.text))
         words = said - asked - set(content_words(old.speaker or ""))
-        # A turn that changes a fact names what it changes ("I left the bakery"): when it names some of the old
-        # fact's words, only those are retired, so the rest of the fact ("moved from Porto to Ghent") stays an
-        # answer. A turn that names none of them ("I drive a Jeep now"), or a retraction (the fact as a whole
-        # no longer holds), retires them all.
-        if current is not None:
-            words = (words & _turn_words(memories, old.superseded_turn)) or words
+        # A turn that changes or retracts a fact names what it ends ("I left the bakery"): when it names some of
+        # the old fact's words, only those are retired, so the rest of the fact ("moved from Porto to Ghent")
+        # stays an answer. A turn that names none of them ("I drive a Jeep now") retires them all.
+        words = (words & _turn_words(memories, old.superseded_turn)) or words
         newer = set(content_words(current.text)) - said if current is not None else set()
         if words:
-            out.append(Retirement(frozenset(words), frozenset(newer), retracted=current is None))
+            # "unknown" is what the record says only when the question's best fact was taken back: a retraction
+            # further down the list (in a small bank, every fact is among the first three) is about another topic.
+            out.append(Retirement(frozenset(words), frozenset(newer), retracted=current is None and rank == 0))
     return out
 
 
@@ -487,7 +490,8 @@ def superseding_turns_first(bank: MemoryBank, question: str, turns: list[Memory]
     """
     position = {t: i for i, m in enumerate(turns) for t in m.source_turns}
     order = list(turns)
-    for hit in bank.search(question, k=k, mode="hybrid", user=user, scope="facts", include_superseded=True):
+    hits = bank.search(question, k=k, mode="hybrid", user=user, scope="facts", include_superseded=True)
+    for rank, hit in enumerate(hits):
         old = hit.memory
         if not old.superseded or old.superseded_turn not in position:
             continue

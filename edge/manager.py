@@ -397,8 +397,10 @@ def to_bank_ops(
     stored, an UPDATE that changes nothing, a DELETE of a fact the turn
     just repeated, any change of facts by a turn that reads as an
     instruction. A turn changes only facts its own speaker said
-    (`speaks_for`): an UPDATE of another person's fact is refused as a
-    change and weighed as an ADD of its text, a DELETE of one is refused;
+    (`speaks_for`) and no turn changes a core memory written by hand (it
+    names no speaker: "Tomas has a cat named Miso", pinned with `edge
+    memory add --tier core`): an UPDATE of either is refused as a change
+    and weighed as an ADD of its text, a DELETE of one is refused;
     an UPDATE or DELETE of a fact the turn does not speak of
     (`shares_topic`) is refused.
     An EXTEND's text is a clause of the turn (grounded in the turn alone)
@@ -435,11 +437,13 @@ def to_bank_ops(
         real_id = id_map.real(proposed.id or "")
         target = by_id.get(real_id or "") if proposed.op != "ADD" else None
         text = proposed.text
-        if target is not None and not speaks_for(target, turn.speaker):
+        pinned = target is not None and target.tier == "core" and not target.metadata.get("speaker")
+        if target is not None and (pinned or not speaks_for(target, turn.speaker)):
             owner = target.metadata.get("speaker")
             kept_as = "; its text is weighed as a new fact" if text is not None else ""
-            rejected.append(({"op": proposed.op, "id": real_id, "text": text},
-                             f"the turn is {turn.speaker}'s and cannot change a fact {owner} said{kept_as}"))
+            why = ("a core memory written by hand is changed only by hand (`edge memory update`)" if pinned else
+                   f"the turn is {turn.speaker}'s and cannot change a fact {owner} said")
+            rejected.append(({"op": proposed.op, "id": real_id, "text": text}, why + kept_as))
             if text is None:
                 continue
             proposed, target = ProposedOp("ADD", text=text, tier="semantic"), None

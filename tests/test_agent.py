@@ -482,6 +482,22 @@ def test_a_turn_changes_only_its_own_speakers_facts(bank: MemoryBank) -> None:
     assert [op.action for op in result.applied] == ["UPDATE"] and bank.get(adoption.memory_id).superseded
 
 
+def test_a_core_memory_written_by_hand_is_changed_by_no_turn(bank: MemoryBank) -> None:
+    """`edge memory add "Tomas has a cat named Miso" --tier core`, then "I adopted a dog named Pixel": the shipped
+    Manager's UPDATE retired the pinned memory ("named" passed the topic check in a small bank). The UPDATE is
+    weighed as a new fact, a DELETE is refused."""
+    cat = bank.add("Tomas has a cat named Miso", tier="core")
+    turn = Turn("Tomas", "I adopted a dog named Pixel.", "2025-03-02 10:00")
+    local = str([m.id for m in related_facts(bank, turn)].index(cat.id))
+    for ops in ([{"op": "UPDATE", "id": local, "text": "Tomas adopted a dog named Pixel"}], [{"op": "DELETE", "id": local}]):
+        result = MemoryManager(ScriptedBackend([json.dumps({"ops": ops})], check_schema=False), bank,
+                               text_mode="free").process(turn)
+        assert not bank.get(cat.id).superseded and bank.get(cat.id).text == "Tomas has a cat named Miso"
+        assert all("core memory written by hand" in reason for _, reason in result.rejected) and result.rejected
+    assert [m.text for m in bank.list(tier=FACT_TIERS) if "Pixel" in m.text] == ["Tomas adopted a dog named Pixel"], \
+        "the turn's fact is kept beside the cat"
+
+
 def test_a_look_alike_with_an_invisible_character_is_the_fact_already_stored(bank: MemoryBank) -> None:
     tea = bank.add("Alice likes green tea")
     reply = json.dumps({"ops": [{"op": "ADD", "text": "Alice likes green\u200b tea"}]})

@@ -137,8 +137,9 @@ class Retirement:
 
     `words`: the stemmed content words (`edge.grounding.content_words`) of
     a superseded or retracted fact, less the question's and its speaker's
-    name; `newer`: those its current version adds (empty after a
-    retraction, `retracted`). A span holding a word of `words` and none of
+    name (only those the turn that ended it names, when it names any);
+    `newer`: those its current version adds (empty after a
+    retraction). A span holding a word of `words` and none of
     `newer` says only the retired value ("Subaru", "drive a Subaru" once "I
     traded my Subaru for a Jeep" replaced "I drive a Subaru"); one holding
     a newer word ("Jeep", "Subaru for a Jeep") says the current state.
@@ -146,7 +147,8 @@ class Retirement:
 
     words: frozenset[str]
     newer: frozenset[str] = frozenset()
-    retracted: bool = False  # taken back with no newer version: "unknown" may well be the answer
+    retracted: bool = False  # the question's best fact, taken back with no newer version: "unknown" may well be
+    #                          the answer
 
     def withholds(self, said: set[str] | frozenset[str]) -> bool:
         """Whether a span of these stemmed content words says only the retired value."""
