@@ -457,7 +457,11 @@ class Agent:
         return {PENDING_META: json.dumps(rest, ensure_ascii=False) if rest else None}
 
     def ask(self, question: str, *, k: int | None = None) -> AskResult:
-        """Answer from memory: the answer, the memory ids it used, and timings."""
+        """Answer from memory: the answer, the memory ids it used, and timings.
+
+        Raises `InvalidInputError` for a question that is empty, too long or not text (`clean_text`).
+        """
+        clean_text(question, what="question")
         with self._lock:
             return self.answerer.answer(self.bank, question, user=self.user, k=k)
 

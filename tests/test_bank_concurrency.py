@@ -93,8 +93,11 @@ def test_a_bank_whose_write_lock_stays_held_is_reported_locked(tmp_path: Path) -
         bank.add("an existing memory")
     holder = hold(HOLD_WRITE, path)
     try:
-        with pytest.raises(BankLockedError):
-            MemoryBank.open(path, HashEmbedder(), busy_timeout_ms=300)
+        # Opening a bank at this edge's schema writes nothing: reading goes on while another process writes.
+        with MemoryBank.open(path, HashEmbedder(), busy_timeout_ms=300) as bank:
+            assert [m.text for m in bank.list()] == ["an existing memory"]
+            with pytest.raises(BankLockedError):
+                bank.add("a change that must wait for the lock")
     finally:
         release(holder)
     with MemoryBank.open(path, HashEmbedder()) as bank:
@@ -115,6 +118,7 @@ def test_a_really_corrupt_file_is_still_reported_corrupt(tmp_path: Path, damage:
     started = time.monotonic()
     with pytest.raises(CorruptBankError, match="not a readable SQLite file") as corrupt:
         MemoryBank.open(path, HashEmbedder())
+    assert "does not begin as one" in str(corrupt.value) and "--db" in corrupt.value.hint
     assert time.monotonic() - started < 5  # corruption is not retried as if it were a lock
     assert not isinstance(corrupt.value, BankLockedError)
 

@@ -91,3 +91,16 @@ def test_a_rejected_operation_is_printed_as_a_person_reads_it() -> None:
     assert describe_op({"op": "DELETE", "id": "m3"}) == "DELETE m3"
     assert describe_op({"op": "ADD", "text": "x"}) == 'ADD "x"'
     assert describe_op("not an object") == "not an object"
+
+
+def test_ask_on_a_bank_that_does_not_exist_says_so_and_creates_nothing(tmp_path: Path, scripted_answers) -> None:
+    """A mistyped --db answered "unknown" and left a new, empty bank behind."""
+    typo = tmp_path / "bnak.db"
+    from edge.errors import BankError, InvalidInputError
+
+    out = CliRunner().invoke(cli, ["ask", "Where does Ana live?", "--db", str(typo)])
+    assert isinstance(out.exception, BankError) and "No memory bank at" in out.exception.message
+    assert "Check --db" in out.exception.hint and not typo.exists()
+    empty = CliRunner().invoke(cli, ["ask", "   "])
+    assert isinstance(empty.exception, InvalidInputError) and "The question is empty" in empty.exception.message
+    assert empty.exception.hint

@@ -121,6 +121,13 @@ def unusable(path: Path, exc: Exception, doing: str) -> BankError:
             f"The bank {path} stayed locked by another process while {doing} ({exc}).",
             hint="Another edge process is writing to it or opening it; retry when it is done.",
         )
+    if kind == "corrupt" and doing == "opening it" and not _has_sqlite_header(path):
+        return CorruptBankError(
+            f"{path} is not a readable SQLite file ({exc}): it does not begin as one, so it is another kind of "
+            "file, or a bank whose first page was overwritten.",
+            hint="Check that --db (or EDGE_HOME) names your bank. If this file was a bank, restore it from an "
+            "earlier export (`edge memory import FILE --db NEW.db`); keep it for `sqlite3 FILE .recover`.",
+        )
     if kind == "corrupt" and doing == "opening it":  # the schema itself: neither check nor export can read past it
         return CorruptBankError(
             f"{path} is not a readable SQLite file ({exc}): the pages that say what it holds are damaged.",
@@ -144,6 +151,15 @@ def unusable(path: Path, exc: Exception, doing: str) -> BankError:
                          "was written.", hint="Free some disk space (or move the bank with --db), then try again.")
     return BankError(f"The bank {path} cannot be used ({exc}).",
                      hint="Check the file's and its folder's permissions and the free disk space.")
+
+
+def _has_sqlite_header(path: Path) -> bool:
+    """Whether the file begins with SQLite's 16-byte header string (https://sqlite.org/fileformat.html)."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return True  # unreadable here: say nothing more than SQLite did
 
 
 def prepare_read_only(conn, path: Path, embedder: Embedder | None) -> None:
@@ -217,6 +233,10 @@ def prepare(conn, path: Path, embedder: Embedder | None) -> None:
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
     conn.execute("PRAGMA foreign_keys = ON")
+    if {"meta", "migrations"} <= tables and (meta := _current_meta(conn, path)) is not None:
+        # Already at this edge's schema: opening writes nothing, so a writer holding the lock does not stop a read.
+        _check_embedder(meta, embedder, path)
+        return
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite.DatabaseError as exc:
@@ -231,17 +251,31 @@ def prepare(conn, path: Path, embedder: Embedder | None) -> None:
                 embedder = default or load_default_embedder()
             meta = {"embedder_name": embedder.name, "embedder_dim": str(embedder.dim), "created_at": now()}
             conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
-        elif embedder is not None and (
-            meta["embedder_name"] != embedder.name or int(meta["embedder_dim"]) != embedder.dim
-        ):
-            raise EmbedderMismatchError(
-                f"The bank {path} was built with the embedder {meta['embedder_name']} "
-                f"({meta['embedder_dim']}-d); it cannot be searched with {embedder.name} ({embedder.dim}-d).",
-                hint="Use the bank's own embedder (its bundle), or export it to JSONL and import it "
-                "into a new bank built with the new embedder.",
-            )
+        else:
+            _check_embedder(meta, embedder, path)
         migrations.migrate(conn, path, int(meta["embedder_dim"]))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _current_meta(conn, path: Path) -> dict[str, str] | None:
+    """The bank's meta when its schema is this edge's already (every migration recorded), else None."""
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        applied = {r[0] for r in conn.execute("SELECT name FROM migrations")}
+    except sqlite.DatabaseError as exc:
+        raise unusable(path, exc, "opening it") from exc
+    return meta if "embedder_name" in meta and applied == set(migrations.names()) else None
+
+
+def _check_embedder(meta: dict[str, str], embedder: Embedder | None, path: Path) -> None:
+    """Raise `EmbedderMismatchError` when `embedder` is not the one the bank was built with (None: any)."""
+    if embedder is not None and (meta["embedder_name"] != embedder.name or int(meta["embedder_dim"]) != embedder.dim):
+        raise EmbedderMismatchError(
+            f"The bank {path} was built with the embedder {meta['embedder_name']} "
+            f"({meta['embedder_dim']}-d); it cannot be searched with {embedder.name} ({embedder.dim}-d).",
+            hint="Use the bank's own embedder (its bundle), or export it to JSONL and import it "
+            "into a new bank built with the new embedder.",
+        )

@@ -142,7 +142,8 @@ def clean_text(text: object, *, what: str = "memory text", max_chars: int = MAX_
         raise InvalidInputError(f"The {what} must be a string, not {type(text).__name__}.")
     stripped = text.strip()
     if not stripped:
-        raise InvalidInputError(f"The {what} is empty.")
+        raise InvalidInputError(f"The {what} is empty.", hint=f"Give the {what} as text with at least one "
+                                "non-blank character (quote it in a shell: \"...\").")
     if len(stripped) > max_chars:
         raise InvalidInputError(
             f"The {what} is {len(stripped)} characters; at most {max_chars} are allowed.",

@@ -125,7 +125,12 @@ def remembered_json(outcome) -> dict:
 @user_option
 @json_option
 def ask(question, k, show_memories, source, db, user, as_json) -> None:
-    """Answer QUESTION from memory."""
+    """Answer QUESTION from memory (a bank named with --db must exist: asking never creates one)."""
+    if db is not None and not Path(db).exists():
+        from edge.errors import BankError
+
+        raise BankError(f"No memory bank at {db}.",
+                        hint="Check --db; `edge remember`, `edge run` or `edge chat` creates a bank there.")
     with open_agent(source, db, user) as agent:
         result = agent.ask(question, k=k)
     if as_json:
