@@ -175,6 +175,13 @@ class GenerationConfig:
             low = MIN_N_CTX if name == "n_ctx" else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 out.append(f"{name} must be a whole number >= {low}, not {value!r}")
+        budgets = ("answer_tokens", "manager_max_tokens", "answer_max_tokens", "chat_max_tokens")
+        if isinstance(self.n_ctx, int) and not any(name.startswith("n_ctx") for name in out):
+            for name in budgets:
+                value = getattr(self, name)
+                if isinstance(value, int) and not isinstance(value, bool) and value >= self.n_ctx:
+                    out.append(f"{name} must be less than n_ctx ({self.n_ctx}), the context window it is part of, "
+                               f"not {value}")
         for name in _FLOATS:
             value = getattr(self, name)
             if not _is_number(value) or value < 0 or (name == "repeat_penalty" and value <= 0):

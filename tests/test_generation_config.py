@@ -73,6 +73,8 @@ def test_json_numbers_read_as_the_settings_types():
     ({"temperature": -0.1}, "temperature must be a number >= 0"),
     ({"text_mode": "poetry"}, "text_mode must be one of extractive, free"),
     ({"n_ctx": 64}, "n_ctx must be a whole number >= 256"),
+    ({"answer_tokens": 99999999999}, r"answer_tokens must be less than n_ctx \(4096\)"),
+    ({"n_ctx": 2048, "chat_max_tokens": 2048}, r"chat_max_tokens must be less than n_ctx \(2048\)"),
     ({"unknown_margin": -1}, "unknown_margin must be a number >= 0"),
     ({"answer_retrieval": "psychic"}, "answer_retrieval must be one of hybrid, replies"),
     ({"repeat_penalt": 1.2}, "unknown generation setting"),
@@ -264,7 +266,7 @@ def test_the_reward_bank_after_a_reply_is_the_runtime_managers_bank(tmp_path):
     embedder = HashEmbedder()
     turn = Turn("Maya", "I moved from Lisbon to Oslo last week, and I quit being a nurse.", "2023-05-08 13:56", "S1:2")
     with MemoryBank.open(tmp_path / "runtime.db", embedder) as bank:
-        bank.apply([AddOp(text, tier) for tier, text in FACTS])
+        bank.apply([AddOp(text, tier, metadata={"speaker": "Maya"}) for tier, text in FACTS])  # the Manager's facts
         probe = MemoryManager(ScriptedBackend(), bank, text_mode="free")
         shown = probe.related(turn)
         local = {m.text: str(i) for i, m in enumerate(shown)}
@@ -282,7 +284,8 @@ def test_the_reward_bank_after_a_reply_is_the_runtime_managers_bank(tmp_path):
     row = {
         "questions": json.dumps([{"question": "Where does Maya live?", "answer": "Oslo"}]),
         "shown_ids": json.dumps([str(i) for i in range(len(shown))]),
-        "bank": json.dumps([{"key": keys[text], "tier": tier, "text": text} for tier, text in FACTS]),
+        "bank": json.dumps([{"key": keys[text], "tier": tier, "text": text, "metadata": {"speaker": "Maya"}}
+                            for tier, text in FACTS]),
         "shown": json.dumps([keys[m.text] for m in shown]),
         "turn": json.dumps(asdict(turn)),
     }
