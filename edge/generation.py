@@ -64,6 +64,7 @@ CHAT_TEMPERATURE = 0.3
 CHAT_MAX_TOKENS = 256
 N_CTX = 4096
 MIN_N_CTX = 256  # below this not even the Manager's instructions fit
+MAX_N_CTX = 1 << 20  # a million tokens: more than any model edge serves reads
 
 # How the Answer Agent orders the memories it reads (`edge.answer.AnswerAgent.retrieve` and `fit`):
 #   rank               the top-k turns of the log by search rank, then facts their turns do not cover
@@ -175,6 +176,8 @@ class GenerationConfig:
             low = MIN_N_CTX if name == "n_ctx" else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 out.append(f"{name} must be a whole number >= {low}, not {value!r}")
+            elif name == "n_ctx" and value > MAX_N_CTX:
+                out.append(f"n_ctx must be at most {MAX_N_CTX}, not {value}")
         budgets = ("answer_tokens", "manager_max_tokens", "answer_max_tokens", "chat_max_tokens")
         if isinstance(self.n_ctx, int) and not any(name.startswith("n_ctx") for name in out):
             for name in budgets:
@@ -258,8 +261,12 @@ def parse_setting(name: str, text: str) -> Any:
     except ValueError:
         kind = "a whole number" if name in _INTS else "a number"
         raise InvalidInputError(f"{name} must be {kind}, not {text!r}.", hint=SETTING_HELP[name]) from None
+    # The setting alone: a budget is checked against the largest context window (the bundle's own n_ctx is met
+    # when the settings are used), and a context window against budgets of one token.
+    base = (GenerationConfig(n_ctx=MAX_N_CTX) if name != "n_ctx" else
+            GenerationConfig(answer_tokens=1, manager_max_tokens=1, answer_max_tokens=1, chat_max_tokens=1))
     try:
-        GenerationConfig().override(**{name: value})
+        base.override(**{name: value})
     except InvalidInputError as exc:  # one phrase: what this setting accepts
         raise InvalidInputError(exc.message.removeprefix("Bad generation settings: "), hint=SETTING_HELP[name]) from None
     return value

@@ -65,6 +65,19 @@ def test_json_numbers_read_as_the_settings_types():
     assert GenerationConfig.from_manifest(config.to_manifest()) == config
 
 
+def test_a_setting_is_checked_alone_against_the_largest_context_window() -> None:
+    """`edge config set` checks one setting: a budget a bundle's 8192-token window holds is accepted, one no window
+    holds is refused, and a small window is not refused for the default budgets (its bundle's are met at load)."""
+    from edge.errors import InvalidInputError
+    from edge.generation import parse_setting
+
+    assert parse_setting("answer_tokens", "5000") == 5000 and parse_setting("n_ctx", "256") == 256
+    with pytest.raises(InvalidInputError, match="answer_tokens must be less than n_ctx"):
+        parse_setting("answer_tokens", "99999999999")
+    with pytest.raises(BundleError, match=r"answer_tokens must be less than n_ctx \(512\)"):
+        GenerationConfig.from_manifest({"n_ctx": 512, "answer_tokens": 600})
+
+
 @pytest.mark.parametrize("table, says", [
     ({"repeat_penalty": 0}, "repeat_penalty must be a number > 0"),
     ({"answer_k": 0}, "answer_k must be a whole number >= 1"),
