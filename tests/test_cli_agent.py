@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -104,3 +105,17 @@ def test_ask_on_a_bank_that_does_not_exist_says_so_and_creates_nothing(tmp_path:
     empty = CliRunner().invoke(cli, ["ask", "   "])
     assert isinstance(empty.exception, InvalidInputError) and "The question is empty" in empty.exception.message
     assert empty.exception.hint
+
+
+def test_a_refusal_the_pieces_of_a_long_turn_repeat_is_printed_once_with_its_count() -> None:
+    """A 95 KB turn printed dozens of identical "rejected DELETE m89e6d30e" lines, one per piece."""
+    from edge.commands.agent import describe_turn
+    from edge.manager import TurnResult
+    from edge.prompts import Turn
+
+    refusal = ({"op": "DELETE", "id": "m89e6d30e"}, "an earlier piece of this turn changed the fact")
+    other = ({"op": "ADD", "text": "Ana moved to Ghent"}, "already stored")
+    lines = describe_turn(TurnResult(Turn("Ana", "..."), rejected=[refusal, other, refusal, refusal]))
+    assert [click.unstyle(line) for line in lines] == [
+        "  rejected DELETE m89e6d30e: an earlier piece of this turn changed the fact (x3)",
+        '  rejected ADD "Ana moved to Ghent": already stored']

@@ -1,6 +1,7 @@
 """`edge remember`, `edge ask`, `edge run`: the agents without the chat app."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -45,8 +46,10 @@ def describe_turn(result) -> list[str]:
     for op in result.applied:
         text = (op.after or {}).get("text") or (op.before or {}).get("text", "")
         lines.append(f"  {op.action:<7} {op.memory_id}  {for_terminal(text)}")
-    for raw, reason in result.rejected:
-        lines.append(click.style(f"  rejected {describe_op(raw)}: {reason}", fg="yellow"))
+    # The pieces of a long turn may each propose the same refused operation: one line for it, with the count.
+    refused = Counter(f"rejected {describe_op(raw)}: {reason}" for raw, reason in result.rejected)
+    for line, count in refused.items():
+        lines.append(click.style(f"  {line}" + (f" (x{count})" if count > 1 else ""), fg="yellow"))
     if result.error:
         lines.append(click.style(f"  NOOP ({result.error})", fg="yellow"))
     if not lines:
