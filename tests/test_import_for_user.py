@@ -41,7 +41,7 @@ def test_import_for_a_named_user_gives_that_user_the_memories_as_one_undoable_ch
     db = tmp_path / "ben.db"
     out = edge("memory", "import", str(ana_export), "--db", str(db), "--user", "ben")
     assert out.exit_code == 0, out.output
-    assert "imported 2 memories for user 'ben'" in out.output and "1 deleted" in out.output
+    assert "imported 2 memories for user 'ben'" in out.output and "1 deleted memory left out" in out.output
     assert sorted(m["text"] for m in listing(db, "ben")) == ["Ana swims on Tuesdays", "The locker code is 1288"]
     assert listing(db, "ana") == []
     history = json.loads(edge("memory", "history", "--db", str(db), "--user", "ben", "--json").stdout)

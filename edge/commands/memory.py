@@ -406,8 +406,10 @@ def import_(path: Path, skip_bad_lines: bool, db: Path | None, user: str, as_jso
 
         def human() -> None:
             origin = f" (written for {done.file_owner!r})" if done.file_owner not in (None, user) else ""
-            left = f"; {done.left_out_deleted} deleted ones left out" if done.left_out_deleted else ""
-            click.echo(f"imported {done.imported} memories for user {user!r} from {path}{origin}{left}")
+            n = done.left_out_deleted
+            left = f"; {n} deleted {'memory' if n == 1 else 'memories'} left out" if n else ""
+            noun = "memory" if done.imported == 1 else "memories"
+            click.echo(f"imported {done.imported} {noun} for user {user!r} from {path}{origin}{left}")
 
         _emit(data, as_json, human)
         return
