@@ -490,8 +490,7 @@ def superseding_turns_first(bank: MemoryBank, question: str, turns: list[Memory]
     """
     position = {t: i for i, m in enumerate(turns) for t in m.source_turns}
     order = list(turns)
-    hits = bank.search(question, k=k, mode="hybrid", user=user, scope="facts", include_superseded=True)
-    for rank, hit in enumerate(hits):
+    for hit in bank.search(question, k=k, mode="hybrid", user=user, scope="facts", include_superseded=True):
         old = hit.memory
         if not old.superseded or old.superseded_turn not in position:
             continue
