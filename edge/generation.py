@@ -178,7 +178,9 @@ class GenerationConfig:
                 out.append(f"{name} must be a whole number >= {low}, not {value!r}")
             elif name == "n_ctx" and value > MAX_N_CTX:
                 out.append(f"n_ctx must be at most {MAX_N_CTX}, not {value}")
-        budgets = ("answer_tokens", "manager_max_tokens", "answer_max_tokens", "chat_max_tokens")
+        # A reply's budget must leave the window room for its prompt. (answer_tokens may pass the window: the
+        # memories are then bounded by the window alone, `AnswerAgent.fit`.)
+        budgets = ("manager_max_tokens", "answer_max_tokens", "chat_max_tokens")
         if isinstance(self.n_ctx, int) and not any(name.startswith("n_ctx") for name in out):
             for name in budgets:
                 value = getattr(self, name)
@@ -261,10 +263,10 @@ def parse_setting(name: str, text: str) -> Any:
     except ValueError:
         kind = "a whole number" if name in _INTS else "a number"
         raise InvalidInputError(f"{name} must be {kind}, not {text!r}.", hint=SETTING_HELP[name]) from None
-    # The setting alone: a budget is checked against the largest context window (the bundle's own n_ctx is met
-    # when the settings are used), and a context window against budgets of one token.
+    # The setting alone: a reply's budget is checked against the largest context window (the bundle's own n_ctx
+    # is met when the settings are used), and a context window against budgets of one token.
     base = (GenerationConfig(n_ctx=MAX_N_CTX) if name != "n_ctx" else
-            GenerationConfig(answer_tokens=1, manager_max_tokens=1, answer_max_tokens=1, chat_max_tokens=1))
+            GenerationConfig(manager_max_tokens=1, answer_max_tokens=1, chat_max_tokens=1))
     try:
         base.override(**{name: value})
     except InvalidInputError as exc:  # one phrase: what this setting accepts

@@ -259,6 +259,8 @@ def test_a_damaged_length_field_is_a_clean_refusal_not_a_memory_error(tmp_path, 
     with pytest.raises(BackendError, match="cannot be read .*more than the .* bytes left") as err:
         read_gguf_info(damaged)
     assert "download or export it again" in err.value.hint, what
-    out = CliRunner().invoke(cli, ["ask", "Where?", "--model", str(damaged), "--db", str(tmp_path / "b.db")])
+    bank = tmp_path / "b.db"
+    assert CliRunner().invoke(cli, ["memory", "add", "Ana lives in Ghent", "--db", str(bank)]).exit_code == 0
+    out = CliRunner().invoke(cli, ["ask", "Where?", "--model", str(damaged), "--db", str(bank)])
     assert out.exit_code != 0 and isinstance(out.exception, (BackendError, SystemExit)), repr(out.exception)
     assert "cannot be read" in out.output + str(out.exception)
