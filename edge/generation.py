@@ -64,7 +64,6 @@ CHAT_TEMPERATURE = 0.3
 CHAT_MAX_TOKENS = 256
 N_CTX = 4096
 MIN_N_CTX = 256  # below this not even the Manager's instructions fit
-MAX_N_CTX = 1 << 20  # a million tokens: more than any model edge serves reads
 
 # How the Answer Agent orders the memories it reads (`edge.answer.AnswerAgent.retrieve` and `fit`):
 #   rank               the top-k turns of the log by search rank, then facts their turns do not cover
@@ -176,17 +175,6 @@ class GenerationConfig:
             low = MIN_N_CTX if name == "n_ctx" else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 out.append(f"{name} must be a whole number >= {low}, not {value!r}")
-            elif name == "n_ctx" and value > MAX_N_CTX:
-                out.append(f"n_ctx must be at most {MAX_N_CTX}, not {value}")
-        # A reply's budget must leave the window room for its prompt. (answer_tokens may pass the window: the
-        # memories are then bounded by the window alone, `AnswerAgent.fit`.)
-        budgets = ("manager_max_tokens", "answer_max_tokens", "chat_max_tokens")
-        if isinstance(self.n_ctx, int) and not any(name.startswith("n_ctx") for name in out):
-            for name in budgets:
-                value = getattr(self, name)
-                if isinstance(value, int) and not isinstance(value, bool) and value >= self.n_ctx:
-                    out.append(f"{name} must be less than n_ctx ({self.n_ctx}), the context window it is part of, "
-                               f"not {value}")
         for name in _FLOATS:
             value = getattr(self, name)
             if not _is_number(value) or value < 0 or (name == "repeat_penalty" and value <= 0):
@@ -263,12 +251,8 @@ def parse_setting(name: str, text: str) -> Any:
     except ValueError:
         kind = "a whole number" if name in _INTS else "a number"
         raise InvalidInputError(f"{name} must be {kind}, not {text!r}.", hint=SETTING_HELP[name]) from None
-    # The setting alone: a reply's budget is checked against the largest context window (the bundle's own n_ctx
-    # is met when the settings are used), and a context window against budgets of one token.
-    base = (GenerationConfig(n_ctx=MAX_N_CTX) if name != "n_ctx" else
-            GenerationConfig(manager_max_tokens=1, answer_max_tokens=1, chat_max_tokens=1))
     try:
-        base.override(**{name: value})
+        GenerationConfig().override(**{name: value})
     except InvalidInputError as exc:  # one phrase: what this setting accepts
         raise InvalidInputError(exc.message.removeprefix("Bad generation settings: "), hint=SETTING_HELP[name]) from None
     return value

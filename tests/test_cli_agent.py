@@ -102,9 +102,9 @@ def test_ask_on_a_bank_that_does_not_exist_says_so_and_creates_nothing(tmp_path:
     out = CliRunner().invoke(cli, ["ask", "Where does Ana live?", "--db", str(typo)])
     assert isinstance(out.exception, BankError) and "No memory bank at" in out.exception.message
     assert "Check --db" in out.exception.hint and not typo.exists()
-    empty = CliRunner().invoke(cli, ["ask", "   "])
+    empty = CliRunner().invoke(cli, ["ask", "   ", "--db", str(typo)])
     assert isinstance(empty.exception, InvalidInputError) and "The question is empty" in empty.exception.message
-    assert empty.exception.hint
+    assert empty.exception.hint and not typo.exists(), "the question is checked before anything is opened"
 
 
 def test_a_refusal_the_pieces_of_a_long_turn_repeat_is_printed_once_with_its_count() -> None:

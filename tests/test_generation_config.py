@@ -65,21 +65,6 @@ def test_json_numbers_read_as_the_settings_types():
     assert GenerationConfig.from_manifest(config.to_manifest()) == config
 
 
-def test_a_setting_is_checked_alone_against_the_largest_context_window() -> None:
-    """`edge config set` checks one setting: a reply budget a bundle's 8192-token window holds is accepted, one no
-    window holds is refused, and a small window is not refused for the default budgets (its bundle's are met at
-    load). The memories' budget may pass the window: the window alone bounds them then."""
-    from edge.errors import InvalidInputError
-    from edge.generation import parse_setting
-
-    assert parse_setting("chat_max_tokens", "5000") == 5000 and parse_setting("n_ctx", "256") == 256
-    with pytest.raises(InvalidInputError, match="chat_max_tokens must be less than n_ctx"):
-        parse_setting("chat_max_tokens", "99999999999")
-    with pytest.raises(BundleError, match=r"answer_max_tokens must be less than n_ctx \(512\)"):
-        GenerationConfig.from_manifest({"n_ctx": 512, "answer_max_tokens": 600})
-    assert GenerationConfig(answer_tokens=100_000).answer_tokens == 100_000
-
-
 @pytest.mark.parametrize("table, says", [
     ({"repeat_penalty": 0}, "repeat_penalty must be a number > 0"),
     ({"answer_k": 0}, "answer_k must be a whole number >= 1"),
@@ -88,8 +73,6 @@ def test_a_setting_is_checked_alone_against_the_largest_context_window() -> None
     ({"temperature": -0.1}, "temperature must be a number >= 0"),
     ({"text_mode": "poetry"}, "text_mode must be one of extractive, free"),
     ({"n_ctx": 64}, "n_ctx must be a whole number >= 256"),
-    ({"answer_max_tokens": 99999999999}, r"answer_max_tokens must be less than n_ctx \(4096\)"),
-    ({"n_ctx": 2048, "chat_max_tokens": 2048}, r"chat_max_tokens must be less than n_ctx \(2048\)"),
     ({"unknown_margin": -1}, "unknown_margin must be a number >= 0"),
     ({"answer_retrieval": "psychic"}, "answer_retrieval must be one of hybrid, replies"),
     ({"repeat_penalt": 1.2}, "unknown generation setting"),

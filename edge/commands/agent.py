@@ -129,6 +129,9 @@ def remembered_json(outcome) -> dict:
 @json_option
 def ask(question, k, show_memories, source, db, user, as_json) -> None:
     """Answer QUESTION from memory (a bank named with --db must exist: asking never creates one)."""
+    from edge.bank import clean_text
+
+    clean_text(question, what="question")  # before any model or bank is opened
     if db is not None and not Path(db).exists():
         from edge.errors import BankError
 
