@@ -396,11 +396,10 @@ def to_bank_ops(
     turn (or the fact it replaces), instruction-like text, a fact already
     stored, an UPDATE that changes nothing, a DELETE of a fact the turn
     just repeated, any change of facts by a turn that reads as an
-    instruction. A turn changes only facts its own speaker said
-    (`speaks_for`) and no turn changes a core memory written by hand (it
-    names no speaker: "Tomas has a cat named Miso", pinned with `edge
-    memory add --tier core`): an UPDATE of either is refused as a change
-    and weighed as an ADD of its text, a DELETE of one is refused;
+    instruction. A turn changes only facts its own speaker said, and no
+    turn a core memory written by hand (`speaks_for`): an UPDATE of
+    either is refused as a change and weighed as an ADD of its text, a
+    DELETE of one is refused;
     an UPDATE or DELETE of a fact the turn does not speak of
     (`shares_topic`) is refused.
     An EXTEND's text is a clause of the turn (grounded in the turn alone)
@@ -437,12 +436,11 @@ def to_bank_ops(
         real_id = id_map.real(proposed.id or "")
         target = by_id.get(real_id or "") if proposed.op != "ADD" else None
         text = proposed.text
-        pinned = target is not None and target.tier == "core" and not target.metadata.get("speaker")
-        if target is not None and (pinned or not speaks_for(target, turn.speaker)):
+        if target is not None and not speaks_for(target, turn.speaker):
             owner = target.metadata.get("speaker")
             kept_as = "; its text is weighed as a new fact" if text is not None else ""
-            why = ("a core memory written by hand is changed only by hand (`edge memory update`)" if pinned else
-                   f"the turn is {turn.speaker}'s and cannot change a fact {owner} said")
+            why = (f"the turn is {turn.speaker}'s and cannot change a fact {owner} said" if owner else
+                   "a core memory written by hand is changed only by hand (`edge memory update`)")
             rejected.append(({"op": proposed.op, "id": real_id, "text": text}, why + kept_as))
             if text is None:
                 continue
@@ -552,7 +550,10 @@ def speaks_for(fact: Memory, speaker: str | None) -> bool:
     """Whether a turn by `speaker` may change `fact`: a fact the Manager took from that speaker's own turns.
 
     A fact with no speaker (added by a user or the API) is anyone's to
-    change. Another person's reply is the commonest wrong change in a
+    change, except a core memory written so: the user pinned it (`edge
+    memory add --tier core`), and a small bank's rare-word topic check let
+    "I adopted a dog named Pixel" retire "Tomas has a cat named Miso".
+    Another person's reply is the commonest wrong change in a
     conversation between two people: on LoCoMo conv-26 the shipped Manager
     wrote 46 UPDATEs and 5 DELETEs, and most retired one speaker's fact for
     the other's answer ("Researching adoption agencies ..." replaced by
@@ -560,7 +561,9 @@ def speaks_for(fact: Memory, speaker: str | None) -> bool:
     Names compare without case or outer spaces.
     """
     said_by = fact.metadata.get("speaker")
-    if not said_by or not speaker:
+    if not said_by:
+        return fact.tier != "core"
+    if not speaker:
         return True
     return str(said_by).strip().casefold() == speaker.strip().casefold()
 
