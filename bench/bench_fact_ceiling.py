@@ -41,10 +41,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_knowledge_update import CONV, read_as
 from results_io import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fact_ceiling.json"
-CONV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "locomo" / "conv-26.json"
 USER = "locomo"  # the user `edge eval locomo` writes its banks as
 IN_PLACE = "facts-in-place"  # read as facts-first, each fact read in place of the turns it cites (`facts_in_place`)
 
@@ -74,12 +74,11 @@ def answer_all(agent, questions, label: str) -> dict:
     from edge.evaluation.scoring import exact_match, f1_score, locomo_f1
     from edge.locomo import dev_question
 
-    order, _, retired = label.partition("+")
-    agent.answerer.order = "facts-first" if order == IN_PLACE else order
-    agent.answerer.retired_values = retired or "offered"
+    in_place = label.partition("+")[0] == IN_PLACE
+    read_as(agent.answerer, label.replace(IN_PLACE, "facts-first", 1) if in_place else label)
     rows = []
     for qa in questions:
-        result = facts_in_place(agent, qa.question) if order == IN_PLACE else agent.ask(qa.question)
+        result = facts_in_place(agent, qa.question) if in_place else agent.ask(qa.question)
         log = {t for m in result.retrieved if m.tier == "episodic" for t in m.source_turns}
         facts = {t for m in result.retrieved if m.tier != "episodic" for t in m.source_turns} - log
         evidence = set(qa.evidence)
