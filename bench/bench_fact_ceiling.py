@@ -2,6 +2,7 @@
 
     python bench/bench_fact_ceiling.py --log-bank OUT/bundle-log-only/conv-26/bank.db \
         --bank OUT/bundle/conv-26/bank.db          # banks `edge eval locomo` built
+    python bench/bench_fact_ceiling.py ... --bundle DIR --orders facts-first+withheld   # another Answer adapter
 
 LoCoMo (Maharana et al., 2024) annotates each session with "observations":
 one sentence per thing a speaker said, written by the dataset's authors,
@@ -130,6 +131,9 @@ def main() -> None:
     parser.add_argument("--bank", type=Path, default=None, help="conv-26's bank of `edge eval`'s bundle (optional)")
     parser.add_argument("--orders", default="stale-updates-first+withheld,facts-first",
                         help="orders to answer with, comma-separated (optionally ORDER+withheld)")
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="a bundle folder whose Answer Agent reads instead of the default bundle's (e.g. one "
+                             "with an Answer adapter trained on facts-first layouts)")
     parser.add_argument("--data", type=Path, default=CONV)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -139,12 +143,13 @@ def main() -> None:
                              "--system bundle-log-only`)")
 
     from edge.agent import Agent
-    from edge.bundle import build_default
+    from edge.bundle import Bundle, build_default
     from edge.locomo import load_locomo
 
     started = time.perf_counter()
     load_at_start = [round(x, 2) for x in os.getloadavg()]
-    bundle = build_default(log=lambda message: print(message, file=sys.stderr))
+    bundle = (Bundle.load(args.bundle) if args.bundle
+              else build_default(log=lambda message: print(message, file=sys.stderr)))
     backend = bundle.load_backend("answer")
     questions = load_locomo(args.data)[0].questions()
     orders = [o for o in args.orders.split(",") if o]
@@ -172,6 +177,7 @@ def main() -> None:
     write_results(args.out, {
         "date": time.strftime("%Y-%m-%d"), "cpu_count": os.cpu_count(), "machine": platform.machine(),
         "load_average_at_start": load_at_start, "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "bundle": str(args.bundle) if args.bundle else "default", "answer_order_served": bundle.generation.answer_order,
         "conversation": "conv-26", "questions": len(questions), "log_bank": str(args.log_bank),
         "bank": str(args.bank) if args.bank else None, "orders": orders, "systems": systems,
         "seconds": round(time.perf_counter() - started, 1),

@@ -343,3 +343,68 @@ def test_the_config_adds_activity_conversations_and_offers_extend_to_the_manager
     assert {e.episode_id for e in consolidating.train} > {e.episode_id for e in shipped.train}
     with pytest.raises(ConfigError, match="consolidation"):
         load_config("smollm2-135m-manager", **{"data.consolidation": "merge"})
+
+
+def test_synthetic_answer_episodes_with_the_log_read_the_gold_facts_first(llama_backend):
+    """A facts-first reader over the log plus a good Manager's facts: the current fact leads, the turns follow."""
+    from edge.answer import AnswerAgent
+
+    reader = AnswerAgent(llama_backend, k=20, order="facts-first")
+    alone = synthetic_answer_episodes(generate("dev", 3), HashEmbedder(), k=20)
+    logged = synthetic_answer_episodes(generate("dev", 3), HashEmbedder(), k=20, reader=reader, with_log=True)
+    assert [e.episode_id for e in logged] == [e.episode_id for e in alone]
+    for e in logged:
+        tiers = [m.tier for m in e.memories]
+        assert "episodic" in tiers, "the log is shown beside the facts"
+        facts = [t for t in tiers if t != "episodic"]
+        assert tiers[:len(facts)] == facts, "facts-first: every fact before the first turn"
+        assert e.shown_memories is not None and len(e.shown_memories) == len(e.memories)
+        if e.answer != "unknown":
+            assert e.gold_offered()
+            assert all(e.memories[int(j)].tier != "episodic" for j in e.relevant)
+    assert any(e.relevant for e in logged), "a question's current fact is among what is shown"
+    with pytest.raises(ValueError, match="need the reader"):
+        synthetic_answer_episodes(generate("dev", 1), HashEmbedder(), with_log=True)
+
+
+def test_locomo_answer_episodes_read_a_served_bank_as_served_and_leave_it_unwritten(conv26, llama_backend, tmp_path):
+    """`bank`: the log and a Manager's fact of conv-26, read facts-first from a copy; a bank of other turns is refused."""
+    import hashlib
+
+    from edge.answer import AnswerAgent
+    from edge.bank import MemoryBank
+    from edge.manager import log_entry_for
+    from edge.operations import AddOp
+    from edge.prompts import Turn
+
+    turns = [Turn(t.speaker, t.full_text, s.date_time, t.dia_id) for s, t in conv26[0].turns()]
+    path = tmp_path / "bank.db"
+    with MemoryBank.open(path, HashEmbedder(), user="locomo") as bank:
+        bank.apply([log_entry_for(t) for t in turns])
+        bank.apply([AddOp("Caroline went to a LGBTQ support group on 7 May 2023", "semantic", turns[2].time,
+                          (turns[2].turn_id,), {"speaker": "Caroline"})], actor="manager")
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    reader = AnswerAgent(llama_backend, k=20, order="facts-first")
+    (episode,) = locomo_answer_episodes(conv26, HashEmbedder(), reader=reader, questions=[0], bank=path)
+    assert episode.question == "When did Caroline go to the LGBTQ support group?"
+    assert episode.memories[0].tier == "semantic" and "support group" in episode.memories[0].text
+    assert any(m.tier == "episodic" for m in episode.memories)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+    other = tmp_path / "other.db"
+    with MemoryBank.open(other, HashEmbedder(), user="locomo") as bank:
+        bank.apply([log_entry_for(t) for t in turns[:10]])
+    with pytest.raises(ValueError, match="lacks .* turns"):
+        locomo_answer_episodes(conv26, HashEmbedder(), reader=reader, questions=[0], bank=other)
+
+
+def test_the_config_refuses_an_unknown_answer_order_and_a_missing_served_bank(tmp_path):
+    from edge.train.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="answer_order must be one of"):
+        load_config("smollm2-135m-answer", **{"data.answer_order": "facts-last"})
+    with pytest.raises(ConfigError, match="no such file") as caught:
+        load_config("smollm2-135m-answer", **{"data.locomo_bank": str(tmp_path / "missing.db")})
+    assert "edge eval locomo" in caught.value.hint
+    config = load_config("smollm2-135m-answer", **{"data.answer_order": "facts-first", "data.synthetic_log": True})
+    assert config.data.answer_order == "facts-first" and config.data.synthetic_log

@@ -24,7 +24,7 @@ from typing import Any
 
 from edge.config import tomllib  # the standard library's, or `tomli` on Python 3.10
 from edge.errors import EdgeError
-from edge.generation import CONSOLIDATIONS
+from edge.generation import ANSWER_ORDERS, CONSOLIDATIONS
 from edge.prompts import ANSWER_TOP_K, TEXT_MODES
 
 AGENTS = ("manager", "answer")
@@ -100,6 +100,18 @@ class DataSettings:
     time_questions: int = _help(
         "Synthetic Answer episodes: dated events told per conversation (\"I went to a pottery class yesterday.\"), "
         "each asked \"When did ...?\" with its resolved date as gold; 0: none.", 0)
+    answer_order: str | None = _help(
+        "Answer episodes over a log: the order their reader reads memories in (edge.generation.ANSWER_ORDERS; "
+        "'facts-first' shows the facts a question finds before its turns). Unset: the default bundle's. A "
+        "bundle serving the adapter must read in the same order.", None)
+    locomo_bank: str | None = _help(
+        "LoCoMo Answer episodes: a bank `edge eval locomo` built for the conversation of locomo_path (its "
+        "episodic log and the Manager's facts, e.g. OUT/bundle/conv-26/bank.db), read as served instead of "
+        "a bank of the log alone. A copy is read; the file is left as it is.", None)
+    synthetic_log: bool = _help(
+        "Synthetic Answer episodes: the bank holds the conversation's episodic log beside its gold facts and "
+        "the question is answered from what the runtime reader shows (answer_order); off: the gold facts alone, "
+        "their top answer_k.", False)
     balance_ops: bool = _help(
         "Synthetic Manager episodes: repeat the turns whose gold operation is rarer (UPDATE, DELETE) until each "
         "operation is right as often as the commonest, served in rounds of one turn per operation (set "
@@ -130,6 +142,13 @@ class DataSettings:
                               hint="set locomo_path to a locomo10.json-style file, e.g. conv-26.json")
         if self.text_mode not in TEXT_MODES:
             raise ConfigError(f"[data] text_mode must be one of {', '.join(TEXT_MODES)}, not {self.text_mode!r}.")
+        if self.answer_order is not None and self.answer_order not in ANSWER_ORDERS:
+            raise ConfigError(f"[data] answer_order must be one of {', '.join(ANSWER_ORDERS)}, not "
+                              f"{self.answer_order!r}.")
+        if self.locomo_bank is not None and not Path(self.locomo_bank).is_file():
+            raise ConfigError(f"[data] locomo_bank {self.locomo_bank}: no such file.",
+                              hint="build it with `edge eval locomo --system bundle --out OUT` "
+                                   "(OUT/bundle/conv-26/bank.db)")
         if self.dev_questions not in ("every-fifth", "none"):
             raise ConfigError(f"[data] dev_questions must be 'every-fifth' or 'none', not {self.dev_questions!r}.")
         if self.time_questions < 0:

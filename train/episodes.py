@@ -25,8 +25,12 @@ import json
 import logging
 import random
 import re
+import sqlite3
+import tempfile
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import AbstractSet, Any, Iterable, Sequence
+from pathlib import Path
+from typing import AbstractSet, Any, Iterable, Iterator, Sequence
 
 from edge.answer import offered_turns
 from edge.bank import Memory, MemoryBank
@@ -289,6 +293,34 @@ def scratch_bank(embedder: Embedder) -> MemoryBank:
     return MemoryBank.open(":memory:", embedder)
 
 
+@contextmanager
+def served_bank(path: Path, embedder: Embedder, turns: Sequence[Turn]) -> Iterator[MemoryBank]:
+    """A copy of the bank file at `path`, opened as its one user (SQLite's backup API; the file is only read).
+
+    Raises ValueError when the file holds several users' memories, or its
+    episodic log lacks one of `turns` (a bank of another conversation, or
+    one `edge eval` left unfinished).
+    """
+    with tempfile.TemporaryDirectory(prefix="edge-served-bank-") as folder:
+        copy = Path(folder) / "bank.db"
+        source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            with closing(sqlite3.connect(copy)) as target:
+                source.backup(target)
+            owners = [row[0] for row in source.execute("SELECT DISTINCT owner FROM memories")]
+        finally:
+            source.close()
+        if len(owners) != 1:
+            raise ValueError(f"{path}: a served bank holds one user's memories, not {len(owners)}")
+        with MemoryBank.open(copy, embedder, user=owners[0], create=False) as bank:
+            logged = {t for m in bank.list(tier="episodic") for t in m.source_turns}
+            missing = [t.turn_id for t in turns if t.turn_id not in logged]
+            if missing:
+                raise ValueError(f"{path}: its episodic log lacks {len(missing)} turns of the conversation "
+                                 f"(first {missing[0]}); is it this conversation's bank, and finished?")
+            yield bank
+
+
 def _stored(memory: Memory) -> StoredMemory:
     # The episode holds live memories only, so the version a fact superseded is not there to point at.
     metadata = {k: v for k, v in memory.metadata.items() if k != "supersedes"}
@@ -429,23 +461,40 @@ def balance_ops(episodes: Sequence[ManagerEpisode], seed: int = 0) -> list[Manag
 
 
 def synthetic_answer_episodes(conversations: Iterable[SynthConversation], embedder: Embedder, *,
-                              k: int = ANSWER_TOP_K, text_mode: str = "extractive") -> list[AnswerEpisode]:
-    """One Answer episode per final question, over the conversation's final gold bank."""
+                              k: int = ANSWER_TOP_K, text_mode: str = "extractive", with_log: bool = False,
+                              reader: Any = None) -> list[AnswerEpisode]:
+    """One Answer episode per final question, over the conversation's final gold bank.
+
+    `with_log`: the bank also holds every turn in its episodic log, written
+    as the runtime writes it, as a served bank with a good Manager's facts
+    does, and the question is answered from what `reader` (an
+    `edge.answer.AnswerAgent`) shows: its order, retrieval and budget.
+    Without, the top-k gold facts alone. Raises ValueError for `with_log`
+    without a reader.
+    """
+    if with_log and reader is None:
+        raise ValueError("episodes over the log and the facts need the reader that chooses what is shown")
     episodes: list[AnswerEpisode] = []
     for conv in conversations:
         with scratch_bank(embedder) as bank:
             slot_ids: dict[str, str] = {}
             for synth in conv.turns:
                 turn = Turn(synth.speaker, synth.text, synth.time, synth.turn_id)
+                if with_log:
+                    _log(bank, [turn])
                 _apply_gold(bank, slot_ids, synth, turn_candidates(turn) if text_mode == "extractive" else None,
                             speaker=synth.speaker)
             for i, q in enumerate(conv.final_questions):
-                hits = bank.search(q.question, k=k) if bank.count() else []
-                memories = [_stored(h.memory) for h in hits]
+                shown: list[ShownMemory] | None = None
+                if with_log:
+                    kept, context = _answer_context(bank, q.question, k, reader)
+                    memories, shown = [_stored(m) for m in kept], list(context)
+                else:
+                    memories = [_stored(h.memory) for h in (bank.search(q.question, k=k) if bank.count() else [])]
                 holder = slot_ids.get(q.slot)
                 relevant = [str(j) for j, m in enumerate(memories) if m.key == holder]
                 episodes.append(AnswerEpisode(f"{conv.sample_id}:q{i}", q.question, q.answer, memories, relevant,
-                                              text_mode=text_mode))
+                                              text_mode=text_mode, shown_memories=shown))
     return episodes
 
 
@@ -565,7 +614,8 @@ def locomo_manager_episodes(conversations: Sequence[Any], embedder: Embedder, *,
 
 def locomo_answer_episodes(conversations: Sequence[Any], embedder: Embedder, *, k: int = ANSWER_TOP_K,
                            include_adversarial: bool = False, text_mode: str = "extractive",
-                           reader: Any = None, questions: Sequence[int] | None = None) -> list[AnswerEpisode]:
+                           reader: Any = None, questions: Sequence[int] | None = None,
+                           bank: Path | None = None) -> list[AnswerEpisode]:
     """One Answer episode per LoCoMo question, over a bank whose episodic log holds every turn of its conversation.
 
     The log is written as the runtime writes it (`edge.manager.log_entry`:
@@ -575,16 +625,24 @@ def locomo_answer_episodes(conversations: Sequence[Any], embedder: Embedder, *, 
     turns. `questions`: LoCoMo question indexes to keep (None: all).
     `include_adversarial` adds category 5, whose questions ask about what
     the conversation never says, with the gold answer "unknown".
+
+    `bank`: a bank `edge eval locomo` built for the (single) conversation,
+    its log and the Manager's facts, read as served (a copy; the file is
+    not written). Raises ValueError when it is not that conversation's
+    (its log lacks a turn of it) or `conversations` are several.
     """
+    if bank is not None and len(conversations) != 1:
+        raise ValueError(f"a served bank holds one conversation; {len(conversations)} given")
     episodes: list[AnswerEpisode] = []
     for conv in conversations:
-        with scratch_bank(embedder) as bank:
-            _log(bank, [Turn(loco.speaker, loco.full_text, session.date_time, loco.dia_id)
-                        for session, loco in conv.turns()])
+        turns = [Turn(loco.speaker, loco.full_text, session.date_time, loco.dia_id) for session, loco in conv.turns()]
+        with (served_bank(bank, embedder, turns) if bank is not None else scratch_bank(embedder)) as memory_bank:
+            if bank is None:
+                _log(memory_bank, turns)
             for qa in conv.questions(include_adversarial=include_adversarial):
                 if questions is not None and qa.index not in questions:
                     continue
-                kept, shown = _answer_context(bank, qa.question, k, reader)
+                kept, shown = _answer_context(memory_bank, qa.question, k, reader)
                 evidence = set(qa.evidence)
                 relevant = [str(j) for j, m in enumerate(kept) if evidence & set(m.source_turns)]
                 # An adversarial question asks about what was never said: the Answer Agent's answer is "unknown".

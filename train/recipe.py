@@ -63,7 +63,7 @@ def answer_context_agent(tokenizer, config: TrainConfig):
     from edge.bundle import default_generation
 
     return AnswerAgent(TokenCounter(tokenizer), generation=default_generation(),  # type: ignore[arg-type]
-                       k=config.data.answer_k, text_mode=config.data.text_mode)
+                       k=config.data.answer_k, text_mode=config.data.text_mode, order=config.data.answer_order)
 
 
 def build_data(config: TrainConfig, embedder: Embedder, *, reader: Any = None) -> Data:
@@ -110,8 +110,10 @@ def build_data(config: TrainConfig, embedder: Embedder, *, reader: Any = None) -
                 train = ep.balance_ops(train, config.seed)
             dev = ep.synthetic_manager_episodes(dev_convs, embedder, **managed)
         else:
-            train = ep.synthetic_answer_episodes(train_convs, embedder, k=d.answer_k, text_mode=mode)
-            dev = ep.synthetic_answer_episodes(dev_convs, embedder, k=d.answer_k, text_mode=mode)
+            facts = dict(k=d.answer_k, text_mode=mode, reader=reader if d.synthetic_log else None,
+                         with_log=d.synthetic_log)
+            train = ep.synthetic_answer_episodes(train_convs, embedder, **facts)
+            dev = ep.synthetic_answer_episodes(dev_convs, embedder, **facts)
             if d.time_questions:  # "When did ...?" over the episodic log, shown as the runtime shows it
                 timed = dict(per_conversation=d.time_questions, k=d.answer_k, text_mode=mode, reader=reader,
                              unanswerable=d.unanswerable)
@@ -127,7 +129,8 @@ def build_data(config: TrainConfig, embedder: Embedder, *, reader: Any = None) -
                 return ep.locomo_manager_episodes(conversations, embedder, related_k=d.related_k, window=d.window,
                                                   text_mode=mode)
             return ep.locomo_answer_episodes(conversations, embedder, k=d.answer_k, text_mode=mode, reader=reader,
-                                             include_adversarial=d.unanswerable > 0)
+                                             include_adversarial=d.unanswerable > 0,
+                                             bank=Path(d.locomo_bank) if d.locomo_bank else None)
 
         every = episodes_of(convs)
         if dev_convs:
