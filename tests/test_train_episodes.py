@@ -387,6 +387,7 @@ def test_locomo_answer_episodes_read_a_served_bank_as_served_and_leave_it_unwrit
     reader = AnswerAgent(llama_backend, k=20, order="facts-first")
     (episode,) = locomo_answer_episodes(conv26, HashEmbedder(), reader=reader, questions=[0], bank=path)
     assert episode.question == "When did Caroline go to the LGBTQ support group?"
+    assert episode.episode_id == "conv-26:served:qa0"
     assert episode.memories[0].tier == "semantic" and "support group" in episode.memories[0].text
     assert any(m.tier == "episodic" for m in episode.memories)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
@@ -408,3 +409,25 @@ def test_the_config_refuses_an_unknown_answer_order_and_a_missing_served_bank(tm
     assert "edge eval locomo" in caught.value.hint
     config = load_config("smollm2-135m-answer", **{"data.answer_order": "facts-first", "data.synthetic_log": True})
     assert config.data.answer_order == "facts-first" and config.data.synthetic_log
+
+
+def test_locomo_questions_over_the_served_bank_and_the_log_alone_keep_dev_apart(conv26, tmp_path):
+    """`locomo_log_too`: each question over both banks; a dev question is in neither layout's training rows."""
+    from edge.bank import MemoryBank
+    from edge.manager import log_entry_for
+    from edge.prompts import Turn
+    from edge.train.config import load_config
+    from edge.train.recipe import build_data
+
+    path = tmp_path / "bank.db"
+    with MemoryBank.open(path, HashEmbedder(), user="locomo") as bank:
+        bank.apply([log_entry_for(Turn(t.speaker, t.full_text, s.date_time, t.dia_id)) for s, t in conv26[0].turns()])
+    settings = {"data.source": "locomo", "data.locomo_path": str(CONV_26), "data.time_questions": 0,
+                "data.embedder": "hash", "data.locomo_bank": str(path)}
+    served = build_data(load_config("smollm2-135m-answer", **settings), HashEmbedder())
+    both = build_data(load_config("smollm2-135m-answer", **settings, **{"data.locomo_log_too": True}), HashEmbedder())
+    assert {e.episode_id.split(":")[1] for e in served.dev} == {"served"}
+    assert {e.episode_id.rsplit(":", 1)[0] for e in both.dev} == {"conv-26:served", "conv-26"}
+    assert len(both.dev) == 2 * len(served.dev) == 80
+    dev = {int(e.episode_id.rsplit("qa", 1)[1]) for e in both.dev}
+    assert not dev & {int(e.episode_id.rsplit("qa", 1)[1]) for e in both.train}

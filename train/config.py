@@ -108,6 +108,9 @@ class DataSettings:
         "LoCoMo Answer episodes: a bank `edge eval locomo` built for the conversation of locomo_path (its "
         "episodic log and the Manager's facts, e.g. OUT/bundle/conv-26/bank.db), read as served instead of "
         "a bank of the log alone. A copy is read; the file is left as it is.", None)
+    locomo_log_too: bool = _help(
+        "With locomo_bank: every LoCoMo question also over its log alone (a bank without a Manager's facts, "
+        "as `bundle-log-only` serves it), so the reader learns both layouts.", False)
     synthetic_log: bool = _help(
         "Synthetic Answer episodes: the bank holds the conversation's episodic log beside its gold facts and "
         "the question is answered from what the runtime reader shows (answer_order); off: the gold facts alone, "

@@ -647,7 +647,8 @@ def locomo_answer_episodes(conversations: Sequence[Any], embedder: Embedder, *, 
                 relevant = [str(j) for j, m in enumerate(kept) if evidence & set(m.source_turns)]
                 # An adversarial question asks about what was never said: the Answer Agent's answer is "unknown".
                 gold = UNKNOWN if qa.is_adversarial else qa.answer
-                episodes.append(AnswerEpisode(f"{conv.sample_id}:qa{qa.index}", qa.question, gold,
+                layout = ":served" if bank is not None else ""  # one question may be asked over both banks
+                episodes.append(AnswerEpisode(f"{conv.sample_id}{layout}:qa{qa.index}", qa.question, gold,
                                               [_stored(m) for m in kept], relevant, qa.category,
                                               text_mode=text_mode, shown_memories=list(shown), kind="locomo"))
     return episodes

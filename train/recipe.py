@@ -128,9 +128,12 @@ def build_data(config: TrainConfig, embedder: Embedder, *, reader: Any = None) -
             if config.agent == "manager":
                 return ep.locomo_manager_episodes(conversations, embedder, related_k=d.related_k, window=d.window,
                                                   text_mode=mode)
-            return ep.locomo_answer_episodes(conversations, embedder, k=d.answer_k, text_mode=mode, reader=reader,
-                                             include_adversarial=d.unanswerable > 0,
-                                             bank=Path(d.locomo_bank) if d.locomo_bank else None)
+            asked = dict(k=d.answer_k, text_mode=mode, reader=reader, include_adversarial=d.unanswerable > 0)
+            if not d.locomo_bank:
+                return ep.locomo_answer_episodes(conversations, embedder, **asked)
+            served = ep.locomo_answer_episodes(conversations, embedder, bank=Path(d.locomo_bank), **asked)
+            # Each question over the log alone too: the reader keeps reading a bank without a Manager's facts.
+            return served + (ep.locomo_answer_episodes(conversations, embedder, **asked) if d.locomo_log_too else [])
 
         every = episodes_of(convs)
         if dev_convs:
