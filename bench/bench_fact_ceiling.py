@@ -1,6 +1,6 @@
 """What facts could add on LoCoMo conv-26 with the shipped reader: LoCoMo's own observations as the Manager's facts.
 
-    python bench/bench_fact_ceiling.py --log-bank OUT/bundle-log-only/conv-26/bank.db \
+    python bench/bench_fact_ceiling.py --log-bank OUT/bundle-log-only/conv-26/bank.db \\
         --bank OUT/bundle/conv-26/bank.db          # banks `edge eval locomo` built
     python bench/bench_fact_ceiling.py ... --bundle DIR --orders facts-first+withheld   # another Answer adapter
 
@@ -134,13 +134,22 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=None,
                         help="a bundle folder whose Answer Agent reads instead of the default bundle's (e.g. one "
                              "with an Answer adapter trained on facts-first layouts)")
-    parser.add_argument("--data", type=Path, default=CONV)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--data", type=Path, default=CONV, help="the LoCoMo conversation the banks hold")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the figures are written (JSON)")
     args = parser.parse_args()
     for path in (args.log_bank, args.bank, args.data):
         if path is not None and not path.is_file():
-            raise SystemExit(f"{path}: no such file (build the banks with `edge eval locomo --system bundle "
-                             "--system bundle-log-only`)")
+            raise SystemExit(f"{path}: {'a folder, not a file' if path.is_dir() else 'no such file'} (build the "
+                             "banks with `edge eval locomo --system bundle --system bundle-log-only`)")
+    if args.bundle is not None and not (args.bundle / "bundle.json").is_file():
+        raise SystemExit(f"{args.bundle}: no bundle there (a folder with bundle.json, e.g. from `edge export`)")
+    from edge.generation import ANSWER_ORDERS, RETIRED_VALUES
+
+    for label in args.orders.split(","):
+        order, _, retired = label.partition("+")
+        if order not in (*ANSWER_ORDERS, IN_PLACE) or (retired and retired not in RETIRED_VALUES):
+            raise SystemExit(f"--orders: {label!r} is no order (one of {', '.join(ANSWER_ORDERS)} or {IN_PLACE}, "
+                             f"optionally +{' or +'.join(RETIRED_VALUES)})")
 
     from edge.agent import Agent
     from edge.bundle import Bundle, build_default

@@ -407,8 +407,33 @@ def test_the_config_refuses_an_unknown_answer_order_and_a_missing_served_bank(tm
     with pytest.raises(ConfigError, match="no such file") as caught:
         load_config("smollm2-135m-answer", **{"data.locomo_bank": str(tmp_path / "missing.db")})
     assert "edge eval locomo" in caught.value.hint
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_config("smollm2-135m-answer", **{"data.locomo_bank": str(tmp_path)})
+    for name, content in (("empty.db", b""), ("notes.db", b"not a bank\n" * 50)):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ConfigError, match="is not an edge memory bank"):
+            load_config("smollm2-135m-answer", **{"data.locomo_bank": str(tmp_path / name)})
+    with pytest.raises(ConfigError, match="is the path of a bank file"):
+        load_config("smollm2-135m-answer", **{"data.locomo_bank": 5})
+    with pytest.raises(ConfigError, match="synthetic_log is true or false, not 'no'"):
+        load_config("smollm2-135m-answer", **{"data.synthetic_log": "no"})
+    with pytest.raises(ConfigError, match="no locomo_bank is set"):
+        load_config("smollm2-135m-answer", **{"data.locomo_log_too": True})
     config = load_config("smollm2-135m-answer", **{"data.answer_order": "facts-first", "data.synthetic_log": True})
     assert config.data.answer_order == "facts-first" and config.data.synthetic_log
+
+
+def test_a_served_bank_is_checked_before_any_model_loads(tmp_path):
+    from edge.bank import MemoryBank
+    from edge.train.config import ConfigError, load_config
+
+    path = tmp_path / "bank.db"
+    with MemoryBank.open(path, HashEmbedder(), user="locomo") as bank:
+        bank.add("Caroline: hi", tier="episodic", source_turns=["D1:1"])
+    config = load_config("smollm2-135m-answer", **{"data.locomo_bank": str(path), "data.locomo_log_too": True})
+    assert config.data.locomo_bank == str(path) and config.data.locomo_log_too
+    with pytest.raises(ConfigError, match="has no served bank"):
+        load_config("smollm2-135m-answer", **{"data.locomo_bank": str(path), "data.dev_locomo_path": str(CONV_26)})
 
 
 def test_locomo_questions_over_the_served_bank_and_the_log_alone_keep_dev_apart(conv26, tmp_path):
@@ -431,3 +456,13 @@ def test_locomo_questions_over_the_served_bank_and_the_log_alone_keep_dev_apart(
     assert len(both.dev) == 2 * len(served.dev) == 80
     dev = {int(e.episode_id.rsplit("qa", 1)[1]) for e in both.dev}
     assert not dev & {int(e.episode_id.rsplit("qa", 1)[1]) for e in both.train}
+
+    from edge.train.config import ConfigError
+
+    short = tmp_path / "short.db"  # another conversation's bank, as far as conv-26 can tell
+    with MemoryBank.open(short, HashEmbedder(), user="locomo") as bank:
+        bank.apply([log_entry_for(Turn(t.speaker, t.full_text, s.date_time, t.dia_id))
+                    for s, t in list(conv26[0].turns())[:10]])
+    with pytest.raises(ConfigError, match="lacks .* turns") as caught:
+        build_data(load_config("smollm2-135m-answer", **{**settings, "data.locomo_bank": str(short)}), HashEmbedder())
+    assert "edge eval locomo" in caught.value.hint

@@ -18,6 +18,7 @@ The shipped configs live in `edge/train/configs/` (`config_path(name)`).
 """
 from __future__ import annotations
 
+from contextlib import closing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -148,10 +149,18 @@ class DataSettings:
         if self.answer_order is not None and self.answer_order not in ANSWER_ORDERS:
             raise ConfigError(f"[data] answer_order must be one of {', '.join(ANSWER_ORDERS)}, not "
                               f"{self.answer_order!r}.")
-        if self.locomo_bank is not None and not Path(self.locomo_bank).is_file():
-            raise ConfigError(f"[data] locomo_bank {self.locomo_bank}: no such file.",
-                              hint="build it with `edge eval locomo --system bundle --out OUT` "
-                                   "(OUT/bundle/conv-26/bank.db)")
+        for setting in fields(self):  # a TOML string "no" would read as true
+            if isinstance(setting.default, bool) and not isinstance(getattr(self, setting.name), bool):
+                raise ConfigError(f"[data] {setting.name} is true or false, not {getattr(self, setting.name)!r}.")
+        if self.locomo_bank is not None:
+            self.locomo_bank = _served_bank_path(self.locomo_bank)
+            if self.dev_locomo_path:
+                raise ConfigError("[data] locomo_bank holds locomo_path's conversation only; a dev_locomo_path "
+                                  "conversation has no served bank.", hint="leave dev_locomo_path out: every fifth "
+                                  "question of locomo_path is held out for dev (dev_questions = 'every-fifth')")
+        elif self.locomo_log_too:
+            raise ConfigError("[data] locomo_log_too asks for LoCoMo's questions over a served bank besides the log "
+                              "alone, but no locomo_bank is set.", hint=_SERVED_BANK_HINT)
         if self.dev_questions not in ("every-fifth", "none"):
             raise ConfigError(f"[data] dev_questions must be 'every-fifth' or 'none', not {self.dev_questions!r}.")
         if self.time_questions < 0:
@@ -163,6 +172,29 @@ class DataSettings:
             raise ConfigError(f"[data] activity_conversations must be 0 or more, not {self.activity_conversations}.")
         if self.embedder not in ("minilm", "hash"):
             raise ConfigError(f"[data] embedder must be 'minilm' or 'hash', not {self.embedder!r}.")
+
+
+_SERVED_BANK_HINT = "build it with `edge eval locomo CONV.json --system bundle --out OUT` (OUT/bundle/conv-26/bank.db)"
+
+
+def _served_bank_path(value: Any) -> str:
+    """`locomo_bank` checked before any model loads: a path (~ expanded) to an SQLite file holding edge's memories."""
+    import sqlite3
+
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"[data] locomo_bank is the path of a bank file, not {value!r}.", hint=_SERVED_BANK_HINT)
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"[data] locomo_bank {path} is a folder, not a bank file.", hint=_SERVED_BANK_HINT)
+    if not path.is_file():
+        raise ConfigError(f"[data] locomo_bank {path}: no such file.", hint=_SERVED_BANK_HINT)
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            conn.execute("SELECT 1 FROM memories LIMIT 1").fetchall()
+    except sqlite3.DatabaseError as exc:  # not SQLite, or SQLite without edge's tables
+        raise ConfigError(f"[data] locomo_bank {path} is not an edge memory bank ({exc}).",
+                          hint=_SERVED_BANK_HINT) from exc
+    return str(path)
 
 
 @dataclass

@@ -131,7 +131,13 @@ def build_data(config: TrainConfig, embedder: Embedder, *, reader: Any = None) -
             asked = dict(k=d.answer_k, text_mode=mode, reader=reader, include_adversarial=d.unanswerable > 0)
             if not d.locomo_bank:
                 return ep.locomo_answer_episodes(conversations, embedder, **asked)
-            served = ep.locomo_answer_episodes(conversations, embedder, bank=Path(d.locomo_bank), **asked)
+            try:
+                served = ep.locomo_answer_episodes(conversations, embedder, bank=Path(d.locomo_bank), **asked)
+            except ValueError as exc:  # a bank of another conversation, or of several users
+                from edge.train.config import ConfigError
+
+                raise ConfigError(f"[data] locomo_bank: {exc}", hint="give the bank `edge eval locomo` built for "
+                                  "locomo_path's conversation (OUT/bundle/<sample id>/bank.db)") from exc
             # Each question over the log alone too: the reader keeps reading a bank without a Manager's facts.
             return served + (ep.locomo_answer_episodes(conversations, embedder, **asked) if d.locomo_log_too else [])
 
