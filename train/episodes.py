@@ -633,6 +633,7 @@ def locomo_answer_episodes(conversations: Sequence[Any], embedder: Embedder, *, 
     """
     if bank is not None and len(conversations) != 1:
         raise ValueError(f"a served bank holds one conversation; {len(conversations)} given")
+    layout = ":served" if bank is not None else ""  # one question may be asked over both banks
     episodes: list[AnswerEpisode] = []
     for conv in conversations:
         turns = [Turn(loco.speaker, loco.full_text, session.date_time, loco.dia_id) for session, loco in conv.turns()]
@@ -647,7 +648,6 @@ def locomo_answer_episodes(conversations: Sequence[Any], embedder: Embedder, *, 
                 relevant = [str(j) for j, m in enumerate(kept) if evidence & set(m.source_turns)]
                 # An adversarial question asks about what was never said: the Answer Agent's answer is "unknown".
                 gold = UNKNOWN if qa.is_adversarial else qa.answer
-                layout = ":served" if bank is not None else ""  # one question may be asked over both banks
                 episodes.append(AnswerEpisode(f"{conv.sample_id}{layout}:qa{qa.index}", qa.question, gold,
                                               [_stored(m) for m in kept], relevant, qa.category,
                                               text_mode=text_mode, shown_memories=list(shown), kind="locomo"))

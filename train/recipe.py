@@ -110,8 +110,7 @@ def build_data(config: TrainConfig, embedder: Embedder, *, reader: Any = None) -
                 train = ep.balance_ops(train, config.seed)
             dev = ep.synthetic_manager_episodes(dev_convs, embedder, **managed)
         else:
-            facts = dict(k=d.answer_k, text_mode=mode, reader=reader if d.synthetic_log else None,
-                         with_log=d.synthetic_log)
+            facts = dict(k=d.answer_k, text_mode=mode, reader=reader, with_log=d.synthetic_log)
             train = ep.synthetic_answer_episodes(train_convs, embedder, **facts)
             dev = ep.synthetic_answer_episodes(dev_convs, embedder, **facts)
             if d.time_questions:  # "When did ...?" over the episodic log, shown as the runtime shows it
